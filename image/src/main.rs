@@ -1,0 +1,3 @@
+//! pddgpu-image (work in progress).
+
+fn main() {}

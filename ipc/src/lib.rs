@@ -1,0 +1,1 @@
+//! pddgpu IPC: wire protocol, transports, client library (work in progress).

@@ -1,0 +1,1 @@
+//! The `pddgpu:` scheme (work in progress).

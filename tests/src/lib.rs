@@ -1,0 +1,1 @@
+//! Shared helpers of the pddgpu multi-process tests (work in progress).
