@@ -1,0 +1,29 @@
+//! # pddgpu-image — the QEMU guest for pddgpu
+//!
+//! Builds a minimal Linux guest whose only job is to host the user-space
+//! driver server `pddgpud` on real (emulated) PCI hardware — QEMU's
+//! `bochs-display` — and boots it: Debian's kernel, a busybox initramfs
+//! with our binaries (and the shared libraries they need), a scenario run
+//! by `/init`, and a verdict read from the serial console.
+//!
+//! - [`hosttools`]: the host tools needed, installed when root on Debian.
+//! - [`kernel`]: the Debian kernel, downloaded once and cached.
+//! - [`binaries`] / [`ldd`]: building the guest programs and their libraries.
+//! - [`initramfs`]: the newc + gzip archive.
+//! - [`init`] / [`scenario`]: the guest's `/init` and what it runs.
+//! - [`qemu`] / [`serial`]: booting, streaming the console, the verdict.
+//! - [`boot`]: the whole pipeline behind `pddgpu-image qemu`.
+//! - [`pci`]: sysfs PCI lookup for the guest test program.
+#![deny(missing_docs)]
+
+pub mod binaries;
+pub mod boot;
+pub mod hosttools;
+pub mod init;
+pub mod initramfs;
+pub mod kernel;
+pub mod ldd;
+pub mod pci;
+pub mod qemu;
+pub mod scenario;
+pub mod serial;
