@@ -1,0 +1,220 @@
+//! The client side of the host transport: one blocking Unix-socket
+//! connection carrying request frames and receiving responses (with passed
+//! file descriptors).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendFlags,
+};
+use syscall::schemev2::{Cqe, Opcode, Sqe, SqeFlags};
+
+use crate::frame::{
+    RequestHeader, ResponseHeader, MAX_PAYLOAD, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
+};
+
+/// A decoded response.
+#[derive(Debug)]
+pub struct Reply {
+    /// The completion as the server's scheme dispatch produced it.
+    pub cqe: Cqe,
+    /// Payload bytes (data read, call output, path, dirents, stat).
+    pub payload: Vec<u8>,
+    /// A file descriptor passed with the response, if any.
+    pub fd: Option<OwnedFd>,
+}
+
+impl Reply {
+    /// The scheme's result: the value, or the errno it failed with.
+    pub fn result(&self) -> Result<usize, i32> {
+        syscall::error::Error::demux(self.cqe.result as usize).map_err(|e| e.errno)
+    }
+}
+
+/// One connection to a host-transport server. Requests are strictly
+/// sequential: send one frame, read its response.
+pub struct HostConnection {
+    stream: UnixStream,
+    next_tag: u32,
+    rbuf: Vec<u8>,
+}
+
+/// How much of a response is read with the first `recvmsg`.
+const FIRST_READ: usize = 64 << 10;
+
+impl HostConnection {
+    /// Connects to the server listening at `path`.
+    pub fn connect(path: &Path) -> io::Result<Self> {
+        Ok(Self::from_stream(UnixStream::connect(path)?))
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: UnixStream) -> Self {
+        HostConnection {
+            stream,
+            next_tag: 1,
+            rbuf: vec![0; FIRST_READ],
+        }
+    }
+
+    /// The underlying socket (for tests that misbehave on purpose).
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends one request and waits for its response.
+    ///
+    /// `args` are the `Sqe` arguments as the scheme sees them, except that
+    /// pointer/length pairs are replaced by `payload` (bytes sent) and
+    /// `out_len` (bytes the caller is ready to receive).
+    pub fn request(
+        &mut self,
+        opcode: Opcode,
+        args: [u64; 6],
+        payload: &[u8],
+        out_len: usize,
+    ) -> io::Result<Reply> {
+        if payload.len() > MAX_PAYLOAD || out_len > MAX_PAYLOAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("request larger than {MAX_PAYLOAD} bytes"),
+            ));
+        }
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        let header = RequestHeader {
+            payload_len: payload.len() as u32,
+            out_len: out_len as u32,
+            sqe: Sqe {
+                opcode: opcode as u8,
+                sqe_flags: SqeFlags::empty(),
+                _rsvd: 0,
+                tag,
+                args,
+                caller: 0,
+            },
+        };
+        self.send_all(&[&header.encode(), payload])?;
+        let reply = self.read_response()?;
+        if reply.cqe.tag != tag {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response tag {} for request {tag}", reply.cqe.tag),
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// Writes raw bytes to the server (tests of malformed input).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.send_all(&[bytes])
+    }
+
+    fn send_all(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut sent = 0;
+        while sent < total {
+            // Build the iovec for what is still unsent.
+            let mut skip = sent;
+            let mut iov = Vec::with_capacity(parts.len());
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                iov.push(IoSlice::new(&part[skip..]));
+                skip = 0;
+            }
+            match rustix::net::sendmsg(
+                &self.stream,
+                &iov,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one complete response frame (and any descriptor passed with it).
+    pub fn read_response(&mut self) -> io::Result<Reply> {
+        let mut fds = Vec::new();
+        let mut have = 0;
+        while have < RESPONSE_HEADER_LEN {
+            let n = self.recv_into(have, &mut fds)?;
+            have += n;
+        }
+        let header = ResponseHeader::decode(&self.rbuf[..have])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let len = header.payload_len as usize;
+        let mut payload = Vec::with_capacity(len);
+        let first = (have - RESPONSE_HEADER_LEN).min(len);
+        payload.extend_from_slice(&self.rbuf[RESPONSE_HEADER_LEN..RESPONSE_HEADER_LEN + first]);
+        if have > RESPONSE_HEADER_LEN + len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "server sent more than one response",
+            ));
+        }
+        while payload.len() < len {
+            let n = self.recv_into(0, &mut fds)?;
+            let take = n.min(len - payload.len());
+            payload.extend_from_slice(&self.rbuf[..take]);
+        }
+        let fd = if header.flags & RESPONSE_FLAG_FD != 0 {
+            if fds.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response announced a file descriptor but none arrived",
+                ));
+            }
+            Some(fds.swap_remove(0))
+        } else {
+            None
+        };
+        Ok(Reply {
+            cqe: header.cqe,
+            payload,
+            fd,
+        })
+    }
+
+    /// One `recvmsg` into `rbuf[at..]`, collecting passed descriptors.
+    fn recv_into(&mut self, at: usize, fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut self.rbuf[at..])];
+            match rustix::net::recvmsg(
+                &self.stream,
+                &mut iov,
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(msg) if msg.bytes == 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the pddgpu server closed the connection",
+                    ))
+                }
+                Ok(msg) => {
+                    for m in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(received) = m {
+                            fds.extend(received);
+                        }
+                    }
+                    return Ok(msg.bytes);
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

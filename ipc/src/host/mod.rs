@@ -1,0 +1,9 @@
+//! The host transport (Linux and other Unix hosts): Unix stream sockets
+//! carrying Redox scheme requests, with `SCM_RIGHTS` for mapping and
+//! `SO_PEERCRED` for the caller's identity.
+
+pub mod client;
+pub mod server;
+
+pub use client::{HostConnection, Reply};
+pub use server::{HostServer, PeerCred, ServerLimits, ROOT_FD};
