@@ -1,10 +1,43 @@
 //! # pddgpu-ipc — wire protocol, transports and client library
 //!
+//! - [`wire`]: the `#[repr(C)]` structs of the binary `call` interface, BO
+//!   creation parameters and their path form, share tokens.
+//! - [`model`]: the JSON documents (`stats.json`, `leaks.json`,
+//!   `clients.json`) shared by the scheme and its readers.
 //! - [`frame`]: the versioned, validated frames of the host transport.
 //! - [`host`]: the host transport (Unix sockets): a server that runs requests
-//!   through the real `redox-scheme` dispatch, and a client connection.
+//!   through the real `redox-scheme` dispatch, and its client side.
+//! - [`transport`]: the small trait the client library talks through.
+//! - [`Device`] / [`Bo`]: the client library.
+//! - [`cli`]: the `pddgpu` command-line tool.
 #![deny(missing_docs)]
 
+pub mod cli;
+mod client;
+mod error;
 pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
+pub mod model;
+pub mod size;
+pub mod transport;
+pub mod wire;
+
+pub use client::{Bo, Device};
+pub use error::{Error, Result};
+pub use wire::{BoDesc, BoFlags, Domain, ShareToken};
+
+/// Environment variable naming the host-transport socket.
+pub const SOCKET_ENV: &str = "PDDGPU_SOCKET";
+
+/// Where the host-transport socket lives: `$PDDGPU_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/pddgpu.sock`, else `/run/pddgpu/pddgpu.sock`.
+pub fn default_socket_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return std::path::Path::new(&dir).join("pddgpu.sock");
+    }
+    "/run/pddgpu/pddgpu.sock".into()
+}

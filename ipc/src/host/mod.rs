@@ -7,3 +7,6 @@ pub mod server;
 
 pub use client::{HostConnection, Reply};
 pub use server::{HostServer, PeerCred, ServerLimits, ROOT_FD};
+pub mod transport;
+
+pub use transport::{HostTransport, DUP_BACKING};

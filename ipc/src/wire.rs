@@ -1,0 +1,638 @@
+//! Structures shared by the scheme and its clients on every transport: the
+//! binary `call` operations on a BO handle, BO creation parameters and their
+//! path form, and the errno names used in messages.
+//!
+//! The `#[repr(C)]` structs are encoded field by field in little-endian
+//! order (`encode`/`decode`), so neither side ever reinterprets raw bytes,
+//! and every decode checks the length and the ABI version.
+
+use core::fmt;
+use core::str::FromStr;
+
+/// Version of the binary `call` ABI. Carried in every struct that has an
+/// `abi` field; a mismatch is `EINVAL`.
+pub const WIRE_ABI: u32 = 1;
+
+/// `call` operation codes, passed in `metadata[0]` of a `call` on a BO
+/// handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum BoCall {
+    /// Payload out: one [`BoInfoWire`].
+    Info = 1,
+    /// Payload out: up to `payload.len() / SegmentWire::SIZE` segments
+    /// starting at segment index `metadata[1]`; the result is the number
+    /// written.
+    Segments = 2,
+    /// Payload out: one [`ExportWire`] (the token another client needs).
+    Export = 3,
+}
+
+impl BoCall {
+    /// Decodes `metadata[0]`.
+    pub fn from_raw(raw: u64) -> Option<Self> {
+        match raw {
+            1 => Some(BoCall::Info),
+            2 => Some(BoCall::Segments),
+            3 => Some(BoCall::Export),
+            _ => None,
+        }
+    }
+}
+
+/// Memory domain of a BO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Domain {
+    /// Device memory (VRAM), managed by the buddy allocator.
+    Vram,
+    /// System memory mapped through the GTT, managed by the range allocator.
+    Gtt,
+}
+
+impl Domain {
+    /// The lower-case name used in paths and text files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Domain::Vram => "vram",
+            Domain::Gtt => "gtt",
+        }
+    }
+    /// The number used in [`BoInfoWire::domain`].
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            Domain::Vram => 0,
+            Domain::Gtt => 1,
+        }
+    }
+    /// Decodes [`BoInfoWire::domain`].
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            0 => Some(Domain::Vram),
+            1 => Some(Domain::Gtt),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Domain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vram" => Ok(Domain::Vram),
+            "gtt" => Ok(Domain::Gtt),
+            other => Err(format!("unknown domain `{other}` (expected vram or gtt)")),
+        }
+    }
+}
+
+bitflags::bitflags! {
+    /// Placement flags of a new BO (the `flags=` query key, comma
+    /// separated).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct BoFlags: u32 {
+        /// One physically contiguous range.
+        const CONTIGUOUS = 1 << 0;
+        /// Inside the CPU-visible part of VRAM.
+        const VISIBLE = 1 << 1;
+        /// Placed from the top of the address space down.
+        const TOPDOWN = 1 << 2;
+        /// Zero-filled before it is handed out.
+        const CLEARED = 1 << 3;
+    }
+}
+
+const FLAG_NAMES: [(&str, BoFlags); 4] = [
+    ("contiguous", BoFlags::CONTIGUOUS),
+    ("visible", BoFlags::VISIBLE),
+    ("topdown", BoFlags::TOPDOWN),
+    ("cleared", BoFlags::CLEARED),
+];
+
+impl BoFlags {
+    /// Parses `contiguous,visible,…` (empty string: no flags).
+    pub fn parse_list(s: &str) -> Result<Self, String> {
+        let mut flags = BoFlags::empty();
+        for word in s.split(',').filter(|w| !w.is_empty()) {
+            let (_, f) = FLAG_NAMES.iter().find(|(n, _)| *n == word).ok_or_else(|| {
+                format!("unknown flag `{word}` (expected contiguous, visible, topdown, cleared)")
+            })?;
+            flags |= *f;
+        }
+        Ok(flags)
+    }
+
+    /// The comma-separated list form.
+    pub fn to_list(self) -> String {
+        FLAG_NAMES
+            .iter()
+            .filter(|(_, f)| self.contains(*f))
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Longest BO label accepted.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Parameters of a new BO; its path form is `bo/new?size=…&domain=…&…`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoDesc {
+    /// Size in bytes (> 0).
+    pub size: u64,
+    /// Memory domain.
+    pub domain: Domain,
+    /// Placement flags.
+    pub flags: BoFlags,
+    /// Alignment in bytes: 0 (default) or a power of two.
+    pub align: u64,
+    /// Free-form label shown in `leaks` and `clients`
+    /// (`[A-Za-z0-9_.-]`, at most [`MAX_LABEL_LEN`] bytes).
+    pub label: String,
+}
+
+impl BoDesc {
+    /// A description with default alignment and no label.
+    pub fn new(size: u64, domain: Domain, flags: BoFlags) -> Self {
+        BoDesc {
+            size,
+            domain,
+            flags,
+            align: 0,
+            label: String::new(),
+        }
+    }
+
+    /// The scheme path that creates this BO.
+    pub fn to_path(&self) -> String {
+        let mut p = format!("bo/new?size={}&domain={}", self.size, self.domain);
+        if self.align != 0 {
+            p += &format!("&align={}", self.align);
+        }
+        if !self.flags.is_empty() {
+            p += &format!("&flags={}", self.flags.to_list());
+        }
+        if !self.label.is_empty() {
+            p += &format!("&label={}", self.label);
+        }
+        p
+    }
+
+    /// Parses the query string of `bo/new?…` (the part after `?`).
+    /// Every problem is reported with the offending key, for the log.
+    pub fn parse_query(query: &str) -> Result<Self, String> {
+        let mut size = None;
+        let mut domain = None;
+        let mut flags = None;
+        let mut align = None;
+        let mut label = None;
+        for pair in query.split('&') {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("query item `{pair}` is not key=value"))?;
+            let dup = || format!("query key `{key}` given twice");
+            match key {
+                "size" => {
+                    let v = crate::size::parse_size(value).map_err(|e| format!("size: {e}"))?;
+                    if size.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "domain" => {
+                    let v: Domain = value.parse()?;
+                    if domain.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "flags" => {
+                    let v = BoFlags::parse_list(value)?;
+                    if flags.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "align" => {
+                    let v = crate::size::parse_size(value).map_err(|e| format!("align: {e}"))?;
+                    if v != 0 && !v.is_power_of_two() {
+                        return Err(format!("align {v} is not a power of two"));
+                    }
+                    if align.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "label" => {
+                    check_label(value)?;
+                    if label.replace(value.to_string()).is_some() {
+                        return Err(dup());
+                    }
+                }
+                other => return Err(format!("unknown query key `{other}`")),
+            }
+        }
+        let size = size.ok_or("missing size=")?;
+        if size == 0 {
+            return Err("size must be greater than 0".into());
+        }
+        Ok(BoDesc {
+            size,
+            domain: domain.unwrap_or(Domain::Vram),
+            flags: flags.unwrap_or_default(),
+            align: align.unwrap_or(0),
+            label: label.unwrap_or_default(),
+        })
+    }
+}
+
+/// Checks a label: at most [`MAX_LABEL_LEN`] bytes of `[A-Za-z0-9_.-]`.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.len() > MAX_LABEL_LEN {
+        return Err(format!("label longer than {MAX_LABEL_LEN} bytes"));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!("label contains `{c}` (allowed: A-Z a-z 0-9 _ . -)"));
+    }
+    Ok(())
+}
+
+/// The credential another client needs to import a BO: its id and the
+/// secret token from [`BoCall::Export`]. Text form `<id>:<token hex>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShareToken {
+    /// The BO id.
+    pub id: u64,
+    /// The secret token.
+    pub token: u64,
+}
+
+impl ShareToken {
+    /// The scheme path that imports this BO.
+    pub fn to_path(&self) -> String {
+        format!("bo/{}?token={:x}", self.id, self.token)
+    }
+}
+
+impl fmt::Display for ShareToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{:x}", self.id, self.token)
+    }
+}
+
+impl FromStr for ShareToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, token) = s
+            .split_once(':')
+            .ok_or("a share token looks like <id>:<hex token>")?;
+        Ok(ShareToken {
+            id: id.parse().map_err(|_| format!("bad BO id `{id}`"))?,
+            token: u64::from_str_radix(token, 16).map_err(|_| format!("bad token `{token}`"))?,
+        })
+    }
+}
+
+/// Reply of [`BoCall::Info`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct BoInfoWire {
+    /// [`WIRE_ABI`].
+    pub abi: u32,
+    /// [`Domain::to_raw`].
+    pub domain: u32,
+    /// BO id (never reused within a run of the server).
+    pub id: u64,
+    /// Size in bytes as requested.
+    pub size: u64,
+    /// [`BoFlags`] bits.
+    pub flags: u32,
+    /// References held (creator plus importers).
+    pub refcount: u32,
+    /// Owner (client) id of the creator.
+    pub owner: u64,
+    /// Creation time, milliseconds since the server started.
+    pub created_ms: u64,
+    /// Number of backing segments (see [`BoCall::Segments`]).
+    pub segment_count: u32,
+    /// 1 when exported.
+    pub exported: u32,
+}
+
+impl BoInfoWire {
+    /// Encoded size.
+    pub const SIZE: usize = 56;
+
+    /// Encodes into `out` (exactly [`Self::SIZE`] bytes).
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut w = Writer::<{ Self::SIZE }>::new();
+        w.u32(self.abi);
+        w.u32(self.domain);
+        w.u64(self.id);
+        w.u64(self.size);
+        w.u32(self.flags);
+        w.u32(self.refcount);
+        w.u64(self.owner);
+        w.u64(self.created_ms);
+        w.u32(self.segment_count);
+        w.u32(self.exported);
+        w.finish()
+    }
+
+    /// Decodes and checks the ABI version.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(b, Self::SIZE)?;
+        let v = BoInfoWire {
+            abi: r.u32(),
+            domain: r.u32(),
+            id: r.u64(),
+            size: r.u64(),
+            flags: r.u32(),
+            refcount: r.u32(),
+            owner: r.u64(),
+            created_ms: r.u64(),
+            segment_count: r.u32(),
+            exported: r.u32(),
+        };
+        (v.abi == WIRE_ABI).then_some(v)
+    }
+}
+
+/// One backing segment of a BO: `len` bytes at `bo_offset` in the BO live
+/// at `backing_offset` in the domain's backing memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SegmentWire {
+    /// Offset inside the BO.
+    pub bo_offset: u64,
+    /// Offset inside the VRAM or GTT backing.
+    pub backing_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl SegmentWire {
+    /// Encoded size.
+    pub const SIZE: usize = 24;
+
+    /// Encodes one segment.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut w = Writer::<{ Self::SIZE }>::new();
+        w.u64(self.bo_offset);
+        w.u64(self.backing_offset);
+        w.u64(self.len);
+        w.finish()
+    }
+
+    /// Decodes one segment.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(b, Self::SIZE)?;
+        Some(SegmentWire {
+            bo_offset: r.u64(),
+            backing_offset: r.u64(),
+            len: r.u64(),
+        })
+    }
+}
+
+/// Reply of [`BoCall::Export`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ExportWire {
+    /// [`WIRE_ABI`].
+    pub abi: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The BO id.
+    pub id: u64,
+    /// The secret import token.
+    pub token: u64,
+}
+
+impl ExportWire {
+    /// Encoded size.
+    pub const SIZE: usize = 24;
+
+    /// Encodes the reply.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut w = Writer::<{ Self::SIZE }>::new();
+        w.u32(self.abi);
+        w.u32(self.reserved);
+        w.u64(self.id);
+        w.u64(self.token);
+        w.finish()
+    }
+
+    /// Decodes and checks the ABI version.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(b, Self::SIZE)?;
+        let v = ExportWire {
+            abi: r.u32(),
+            reserved: r.u32(),
+            id: r.u64(),
+            token: r.u64(),
+        };
+        (v.abi == WIRE_ABI).then_some(v)
+    }
+}
+
+struct Writer<const N: usize> {
+    buf: [u8; N],
+    at: usize,
+}
+
+impl<const N: usize> Writer<N> {
+    fn new() -> Self {
+        Writer { buf: [0; N], at: 0 }
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf[self.at..self.at + 4].copy_from_slice(&v.to_le_bytes());
+        self.at += 4;
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf[self.at..self.at + 8].copy_from_slice(&v.to_le_bytes());
+        self.at += 8;
+    }
+    fn finish(self) -> [u8; N] {
+        debug_assert_eq!(self.at, N);
+        self.buf
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Succeeds only when `b` is exactly `len` bytes long.
+    fn new(b: &'a [u8], len: usize) -> Option<Self> {
+        (b.len() == len).then_some(Reader { b, at: 0 })
+    }
+    fn u32(&mut self) -> u32 {
+        let mut a = [0; 4];
+        a.copy_from_slice(&self.b[self.at..self.at + 4]);
+        self.at += 4;
+        u32::from_le_bytes(a)
+    }
+    fn u64(&mut self) -> u64 {
+        let mut a = [0; 8];
+        a.copy_from_slice(&self.b[self.at..self.at + 8]);
+        self.at += 8;
+        u64::from_le_bytes(a)
+    }
+}
+
+/// The symbolic name of an errno (`"ENOSPC"`), for messages.
+pub fn errno_name(errno: i32) -> &'static str {
+    use syscall::error::*;
+    match errno {
+        EPERM => "EPERM",
+        ENOENT => "ENOENT",
+        EIO => "EIO",
+        EBADF => "EBADF",
+        EAGAIN => "EAGAIN",
+        ENOMEM => "ENOMEM",
+        EACCES => "EACCES",
+        EBUSY => "EBUSY",
+        EEXIST => "EEXIST",
+        ENODEV => "ENODEV",
+        ENOTDIR => "ENOTDIR",
+        EISDIR => "EISDIR",
+        EINVAL => "EINVAL",
+        EMFILE => "EMFILE",
+        EFBIG => "EFBIG",
+        ENOSPC => "ENOSPC",
+        ESPIPE => "ESPIPE",
+        ENOSYS => "ENOSYS",
+        EMSGSIZE => "EMSGSIZE",
+        EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        EOPNOTSUPP => "EOPNOTSUPP",
+        ESHUTDOWN => "ESHUTDOWN",
+        EDQUOT => "EDQUOT",
+        ENAMETOOLONG => "ENAMETOOLONG",
+        ERANGE => "ERANGE",
+        _ => "E?",
+    }
+}
+
+/// The description of an errno (`"No space left on device"`).
+pub fn errno_text(errno: i32) -> &'static str {
+    usize::try_from(errno)
+        .ok()
+        .and_then(|i| syscall::error::STR_ERROR.get(i))
+        .copied()
+        .unwrap_or("Unknown error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structs_round_trip_and_check_length_and_abi() {
+        let info = BoInfoWire {
+            abi: WIRE_ABI,
+            domain: 1,
+            id: 42,
+            size: 1 << 20,
+            flags: 3,
+            refcount: 2,
+            owner: 7,
+            created_ms: 1234,
+            segment_count: 5,
+            exported: 1,
+        };
+        let b = info.encode();
+        assert_eq!(BoInfoWire::decode(&b), Some(info));
+        assert_eq!(BoInfoWire::decode(&b[..55]), None);
+        let mut wrong = b;
+        wrong[0] = 2;
+        assert_eq!(BoInfoWire::decode(&wrong), None);
+        let seg = SegmentWire {
+            bo_offset: 4096,
+            backing_offset: 1 << 30,
+            len: 8192,
+        };
+        assert_eq!(SegmentWire::decode(&seg.encode()), Some(seg));
+        let ex = ExportWire {
+            abi: WIRE_ABI,
+            reserved: 0,
+            id: 9,
+            token: 0xdead_beef,
+        };
+        assert_eq!(ExportWire::decode(&ex.encode()), Some(ex));
+        assert_eq!(ExportWire::decode(&[0; 23]), None);
+    }
+
+    #[test]
+    fn bo_desc_path_round_trips() {
+        let mut d = BoDesc::new(
+            64 << 20,
+            Domain::Gtt,
+            BoFlags::CONTIGUOUS | BoFlags::CLEARED,
+        );
+        d.align = 65536;
+        d.label = "tex_0.a-b".into();
+        let path = d.to_path();
+        let query = path.strip_prefix("bo/new?").unwrap();
+        assert_eq!(BoDesc::parse_query(query).unwrap(), d);
+        let plain = BoDesc::parse_query("size=4K").unwrap();
+        assert_eq!(plain, BoDesc::new(4096, Domain::Vram, BoFlags::empty()));
+    }
+
+    #[test]
+    fn bo_desc_rejects_bad_queries() {
+        for q in [
+            "",
+            "size=0",
+            "size=abc",
+            "size=-1",
+            "size=99999999999999999999999",
+            "size=4096&size=4096",
+            "size=4096&domain=cpu",
+            "size=4096&align=3",
+            "size=4096&align=x",
+            "size=4096&flags=fast",
+            "size=4096&label=a%20b",
+            "size=4096&label=a/b",
+            "size=4096&bogus=1",
+            "size",
+            "domain=vram",
+            "size=4096&&domain=vram",
+        ] {
+            assert!(BoDesc::parse_query(q).is_err(), "accepted `{q}`");
+        }
+        let long = format!("size=1&label={}", "a".repeat(MAX_LABEL_LEN + 1));
+        assert!(BoDesc::parse_query(&long).is_err());
+    }
+
+    #[test]
+    fn share_tokens_parse() {
+        let t = ShareToken {
+            id: 17,
+            token: 0xabc,
+        };
+        assert_eq!(t.to_string(), "17:abc");
+        assert_eq!("17:abc".parse::<ShareToken>().unwrap(), t);
+        assert_eq!(t.to_path(), "bo/17?token=abc");
+        assert!("17".parse::<ShareToken>().is_err());
+        assert!("x:1".parse::<ShareToken>().is_err());
+        assert!("1:zz".parse::<ShareToken>().is_err());
+    }
+
+    #[test]
+    fn errno_names_and_texts() {
+        assert_eq!(errno_name(syscall::error::ENOSPC), "ENOSPC");
+        assert_eq!(
+            errno_text(syscall::error::ENOENT),
+            "No such file or directory"
+        );
+        assert_eq!(errno_text(-5), "Unknown error");
+    }
+}
