@@ -1,5 +1,432 @@
-//! The `pddgpu` command-line tool (in progress).
-/// Runs the CLI; returns the exit code.
+//! The `pddgpu` command-line tool: a shell user's view of `pddgpu:`.
+//!
+//! Exit codes: 0 success; 1 the server refused the operation; 2 usage
+//! error; 3 the server cannot be reached; 4 no space or quota exceeded;
+//! 5 permission denied; 6 the audit or health check found problems.
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+
+use crate::model::{LeakReport, PoolStats, Stats};
+use crate::size::{format_size, parse_size};
+use crate::wire::{BoDesc, BoFlags, Domain};
+use crate::{Device, Error};
+
+/// Exit code: the server refused the operation.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: bad command line.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the server cannot be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code: no space, or the client's quota is used up.
+pub const EXIT_NO_SPACE: i32 = 4;
+/// Exit code: permission denied.
+pub const EXIT_PERMISSION: i32 = 5;
+/// Exit code: a leak audit or health check found problems.
+pub const EXIT_PROBLEMS: i32 = 6;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pddgpu",
+    version,
+    about = "Inspect and drive the pddgpu GPU memory server (pddgpu: scheme)",
+    after_help = "Exit codes: 0 ok, 1 refused, 2 usage, 3 server unreachable, 4 no space/quota, \
+                  5 permission denied, 6 problems found"
+)]
+struct Cli {
+    /// Socket of the server (host transport); default $PDDGPU_SOCKET,
+    /// $XDG_RUNTIME_DIR/pddgpu.sock or /run/pddgpu/pddgpu.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Memory statistics of VRAM, GTT and BOs.
+    Stats {
+        /// Print stats.json as the server wrote it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print any file of the scheme (e.g. `stats`, `vram`, `config/leak_monitor`).
+    Cat {
+        /// Path inside pddgpu:, e.g. `health`.
+        path: String,
+    },
+    /// List a directory of the scheme (root, `config`, `bo`).
+    Ls {
+        /// Directory inside pddgpu: (default: the root).
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Allocate a BO, map it, write and verify a pattern, then free it
+    /// (or keep it with --hold).
+    Alloc {
+        /// Size, e.g. 4096, 64K, 64M, 1G.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// vram or gtt.
+        #[arg(long, default_value = "vram")]
+        domain: Domain,
+        /// Comma-separated: contiguous, visible, topdown, cleared.
+        #[arg(long, default_value = "", value_parser = BoFlags::parse_list)]
+        flags: BoFlags,
+        /// Alignment (power of two), e.g. 64K.
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        align: u64,
+        /// Label shown in `leaks` and `clients`.
+        #[arg(long, default_value = "pddgpu-cli")]
+        label: String,
+        /// Keep the BO until this process is interrupted.
+        #[arg(long)]
+        hold: bool,
+        /// Print the share token so another client can import the BO.
+        #[arg(long)]
+        export: bool,
+    },
+    /// The last leak audit.
+    Leaks {
+        /// Print leaks.json.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a leak audit now (exit 6 if it finds anything).
+    LeakCheck,
+    /// Recover a memory manager from the error state.
+    Recover {
+        /// vram, gtt or all.
+        #[arg(value_parser = ["vram", "gtt", "all"])]
+        which: String,
+    },
+    /// Show all tunables, one tunable, or set one.
+    Config {
+        /// Tunable name.
+        name: Option<String>,
+        /// New value.
+        value: Option<String>,
+    },
+    /// Per-client usage.
+    Clients {
+        /// Print clients.json.
+        #[arg(long)]
+        json: bool,
+    },
+    /// `ok`, or the problems found (exit 6 if not ok).
+    Health,
+}
+
+/// Runs the CLI with the process arguments; returns the exit code.
 pub fn main() -> i32 {
-    1
+    run(std::env::args_os())
+}
+
+/// Runs the CLI with explicit arguments; returns the exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pddgpu: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+fn exit_code(e: &Error) -> i32 {
+    use syscall::error::{EACCES, EAGAIN, EDQUOT, ENOSPC, EPERM};
+    match e {
+        Error::Connect { .. } => EXIT_UNREACHABLE,
+        Error::Scheme { errno, .. } => match *errno {
+            ENOSPC | EAGAIN | EDQUOT => EXIT_NO_SPACE,
+            EACCES | EPERM => EXIT_PERMISSION,
+            _ => EXIT_FAILED,
+        },
+        Error::Invalid(_) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    }
+}
+
+fn connect(socket: Option<std::path::PathBuf>) -> crate::Result<Device> {
+    #[cfg(not(target_os = "redox"))]
+    {
+        match socket {
+            Some(p) => Device::connect(&p),
+            None => Device::open(),
+        }
+    }
+    #[cfg(target_os = "redox")]
+    {
+        let _ = socket;
+        Err(Error::Invalid(
+            "the Redox transport is not built into this pddgpu".into(),
+        ))
+    }
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn execute(cli: Cli) -> crate::Result<i32> {
+    let dev = connect(cli.socket)?;
+    match cli.command {
+        Command::Stats { json: true } => out(&dev.read_text("stats.json")?),
+        Command::Stats { json: false } => out(&format_stats(&dev.stats()?)),
+        Command::Cat { path } => {
+            let data = dev.read_file(&path)?;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&data);
+        }
+        Command::Ls { path } => {
+            for name in dev.list_dir(&path)? {
+                out(&format!("{name}\n"));
+            }
+        }
+        Command::Alloc {
+            size,
+            domain,
+            flags,
+            align,
+            label,
+            hold,
+            export,
+        } => alloc(&dev, size, domain, flags, align, label, hold, export)?,
+        Command::Leaks { json: true } => out(&dev.read_text("leaks.json")?),
+        Command::Leaks { json: false } => out(&dev.read_text("leaks")?),
+        Command::LeakCheck => {
+            let report = dev.leak_check()?;
+            out(&format_leaks(&report));
+            if !report.clean {
+                return Ok(EXIT_PROBLEMS);
+            }
+        }
+        Command::Recover { which } => {
+            dev.recover(&which)?;
+            out(&format!("recovered {which}; health: {}", dev.health()?));
+        }
+        Command::Config { name: None, value } => {
+            if value.is_some() {
+                return Err(Error::Invalid(
+                    "give a tunable name before the value".into(),
+                ));
+            }
+            for name in dev.config_names()? {
+                let value = dev.config(&name)?;
+                out(&format!("{name} {value}\n"));
+            }
+        }
+        Command::Config {
+            name: Some(name),
+            value: None,
+        } => out(&format!("{}\n", dev.config(&name)?)),
+        Command::Config {
+            name: Some(name),
+            value: Some(value),
+        } => {
+            dev.set_config(&name, &value)?;
+            out(&format!("{name} {}\n", dev.config(&name)?));
+        }
+        Command::Clients { json: true } => out(&dev.read_text("clients.json")?),
+        Command::Clients { json: false } => out(&dev.read_text("clients")?),
+        Command::Health => {
+            let health = dev.health()?;
+            out(&health);
+            if health.trim() != "ok" {
+                return Ok(EXIT_PROBLEMS);
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alloc(
+    dev: &Device,
+    size: u64,
+    domain: Domain,
+    flags: BoFlags,
+    align: u64,
+    label: String,
+    hold: bool,
+    export: bool,
+) -> crate::Result<()> {
+    if align != 0 && !align.is_power_of_two() {
+        return Err(Error::Invalid(format!(
+            "--align {align} is not a power of two"
+        )));
+    }
+    let desc = BoDesc {
+        size,
+        domain,
+        flags,
+        align,
+        label,
+    };
+    let mut bo = dev.create(&desc)?;
+    let id = bo.id();
+    let segments = bo.segments()?.len();
+    let pattern = (id as u8) ^ 0x5a;
+    let map = bo.map()?;
+    map.fill(pattern);
+    let ok = map.iter().all(|&b| b == pattern);
+    out(&format!(
+        "allocated BO {id}: {} in {domain} ({} segment{}), mapped, pattern {:#04x} {}\n",
+        format_size(size),
+        segments,
+        if segments == 1 { "" } else { "s" },
+        pattern,
+        if ok { "verified" } else { "MISMATCH" },
+    ));
+    if !ok {
+        return Err(Error::Invalid(
+            "the mapped BO did not read back what was written".into(),
+        ));
+    }
+    if export {
+        out(&format!("share token {}\n", bo.export()?));
+    }
+    if hold {
+        out(&format!(
+            "holding BO {id} at {}; interrupt (Ctrl-C) to release it\n",
+            bo.path()?
+        ));
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    bo.close()?;
+    out(&format!("freed BO {id}\n"));
+    Ok(())
+}
+
+fn pct(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        0
+    } else {
+        (part as u128 * 100 / whole as u128) as u64
+    }
+}
+
+fn format_pool(name: &str, p: &PoolStats) -> String {
+    let mut s = format!(
+        "{name:<8} {} {}, used {} of {} ({}%), free {}, largest free {}, fragmentation {}%",
+        p.state,
+        if p.healthy { "healthy" } else { "UNHEALTHY" },
+        format_size(p.used),
+        format_size(p.total),
+        pct(p.used, p.total),
+        format_size(p.free),
+        format_size(p.largest_free),
+        p.fragmentation_pct,
+    );
+    if p.visible_total > 0 {
+        s += &format!(
+            ", visible used {} of {}",
+            format_size(p.visible_used),
+            format_size(p.visible_total)
+        );
+    }
+    s.push('\n');
+    s
+}
+
+/// Human form of `stats.json`.
+pub fn format_stats(s: &Stats) -> String {
+    let mut text = format!("device   {} ({})\n", s.device.name, s.device.state);
+    text += &format_pool("vram", &s.vram);
+    text += &format_pool("gtt", &s.gtt);
+    text += &format!(
+        "bos      {} live, vram {}, gtt {}\n",
+        s.bos.count,
+        format_size(s.bos.vram_bytes),
+        format_size(s.bos.gtt_bytes)
+    );
+    if !s.counters.is_empty() {
+        let list: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        text += &format!("counters {}\n", list.join(", "));
+    }
+    text
+}
+
+/// Human form of a leak report.
+pub fn format_leaks(r: &LeakReport) -> String {
+    let mut text = format!(
+        "leak audit at {} ms: {}\n",
+        r.checked_ms,
+        if r.clean { "clean" } else { "PROBLEMS FOUND" }
+    );
+    for p in &r.problems {
+        text += &format!("problem: {p}\n");
+    }
+    for s in &r.suspects {
+        text += &format!(
+            "suspect: bo {} owner {} pid {} {} {} age {} ms label {:?}: {}\n",
+            s.id,
+            s.owner,
+            s.pid,
+            format_size(s.size),
+            s.domain,
+            s.age_ms,
+            s.label,
+            s.reason
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_exit_2_and_help_exits_0() {
+        assert_eq!(run(["pddgpu", "alloc", "--size", "12Q"]), EXIT_USAGE);
+        assert_eq!(run(["pddgpu", "recover", "disk"]), EXIT_USAGE);
+        assert_eq!(run(["pddgpu", "frobnicate"]), EXIT_USAGE);
+        assert_eq!(run(["pddgpu", "--help"]), 0);
+    }
+
+    #[test]
+    fn unreachable_server_exits_3() {
+        let code = run([
+            "pddgpu",
+            "--socket",
+            "/nonexistent/pddgpu-test.sock",
+            "stats",
+        ]);
+        assert_eq!(code, EXIT_UNREACHABLE);
+    }
+
+    #[test]
+    fn stats_format_is_readable() {
+        let mut s = Stats::default();
+        s.device.name = "sim".into();
+        s.device.state = "ready".into();
+        s.vram.state = "ready".into();
+        s.vram.healthy = true;
+        s.vram.total = 256 << 20;
+        s.vram.used = 64 << 20;
+        s.vram.visible_total = 64 << 20;
+        s.counters.insert("allocs".into(), 5);
+        let text = format_stats(&s);
+        assert!(text.contains("used 64.0 MiB of 256.0 MiB (25%)"), "{text}");
+        assert!(text.contains("visible used 0 B of 64.0 MiB"), "{text}");
+        assert!(text.contains("gtt      "), "{text}");
+        assert!(text.contains("allocs 5"), "{text}");
+    }
 }
