@@ -40,6 +40,11 @@ impl BoCall {
     }
 }
 
+/// The `dup` name that asks a BO handle for a file descriptor of its
+/// domain's backing memory (host transport: the client maps the BO's
+/// segments from it).
+pub const DUP_BACKING: &[u8] = b"backing";
+
 /// Memory domain of a BO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Domain {

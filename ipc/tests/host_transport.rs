@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN};
-use pddgpu_ipc::host::{HostConnection, HostServer, ServerLimits, ROOT_FD};
+use pddgpu_ipc::host::{HostConnection, HostScheme, HostServer, ServerLimits, ROOT_FD};
 use redox_scheme::scheme::{SchemeState, SchemeSync};
 use redox_scheme::{CallerCtx, OpenResult};
 use syscall::data::Stat;
@@ -133,6 +133,8 @@ impl SchemeSync for FileScheme {
         self.closed.lock().unwrap().push(id);
     }
 }
+
+impl HostScheme for FileScheme {}
 
 struct Harness {
     path: std::path::PathBuf,

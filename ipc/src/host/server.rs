@@ -45,6 +45,21 @@ use crate::frame::{
 /// [`SchemeSync::scheme_root`] returned.
 pub const ROOT_FD: u64 = u64::MAX;
 
+/// What a scheme served over the host transport may learn beyond
+/// [`SchemeSync`]: that a client connection ended, with every handle it
+/// still held. The default closes them one by one, as a kernel would; a
+/// scheme can instead release a dead client's resources in one batch.
+pub trait HostScheme: SchemeSync {
+    /// The connection of process `pid` ended; `handles` are the handles it
+    /// still held (each must be treated as closed).
+    fn on_disconnect(&mut self, pid: u32, handles: &[usize]) {
+        let _ = pid;
+        for &id in handles {
+            self.on_close(id);
+        }
+    }
+}
+
 /// Limits of a [`HostServer`].
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
@@ -155,6 +170,11 @@ impl HostServer {
         self.conns.len()
     }
 
+    /// True while some response is still queued for a slow reader.
+    pub fn has_pending_output(&self) -> bool {
+        self.conns.iter().any(|c| !c.out.is_empty())
+    }
+
     /// Credentials of every connected client.
     pub fn peers(&self) -> Vec<PeerCred> {
         self.conns.iter().map(|c| c.cred).collect()
@@ -164,7 +184,7 @@ impl HostServer {
     /// accepts new clients and serves every complete request that arrived.
     /// Returns the number of requests served. An interrupted wait (a
     /// signal) returns `Ok(0)` so the caller can check its flags.
-    pub fn poll_once<S: SchemeSync>(
+    pub fn poll_once<S: HostScheme>(
         &mut self,
         scheme: &mut S,
         state: &mut SchemeState,
@@ -207,13 +227,13 @@ impl HostServer {
 
     /// Disconnects every client, closing all their handles in the scheme
     /// (used at shutdown, after the scheme stopped accepting work).
-    pub fn disconnect_all<S: SchemeSync>(&mut self, scheme: &mut S) {
+    pub fn disconnect_all<S: HostScheme>(&mut self, scheme: &mut S) {
         for conn in self.conns.drain(..) {
             Self::release(conn, scheme);
         }
     }
 
-    fn release<S: SchemeSync>(conn: Conn, scheme: &mut S) {
+    fn release<S: HostScheme>(conn: Conn, scheme: &mut S) {
         if conn.filled > 0 {
             log::info!(
                 "client pid {} went away in the middle of a request ({} bytes unprocessed)",
@@ -223,9 +243,7 @@ impl HostServer {
         }
         let mut ids: Vec<usize> = conn.handles.into_iter().collect();
         ids.sort_unstable();
-        for id in ids {
-            scheme.on_close(id);
-        }
+        scheme.on_disconnect(conn.cred.pid, &ids);
     }
 
     /// Polls the listener and all connections. Returns whether the listener
@@ -310,7 +328,7 @@ impl HostServer {
     }
 
     /// Serves one ready connection. `Err` means drop it.
-    fn service<S: SchemeSync>(
+    fn service<S: HostScheme>(
         &mut self,
         index: usize,
         flags: PollFlags,

@@ -15,10 +15,7 @@ use super::client::{HostConnection, Reply};
 use super::server::ROOT_FD;
 use crate::frame::MAX_PAYLOAD;
 use crate::transport::{validate_segments, Mapping, TResult, Transport, TransportError};
-use crate::wire::{Domain, SegmentWire};
-
-/// The `dup` name that asks a BO handle for its domain's backing memory.
-pub const DUP_BACKING: &[u8] = b"backing";
+use crate::wire::{Domain, SegmentWire, DUP_BACKING};
 
 /// The host transport seen from a client.
 pub struct HostTransport {
