@@ -1,0 +1,449 @@
+//! The hole index: every free range of the allocator, findable by size and
+//! by address.
+//!
+//! Holes live in an arena (`Vec<Hole>`, recycled through a free list) and are
+//! indexed twice:
+//! - by **address** in one treap keyed by start whose nodes remember the
+//!   largest hole below them, so "the first hole at or after `a` that is at
+//!   least `n` bytes" is one `O(log n)` walk;
+//! - by **size** in segregated bins (8 bins per power of two, found with two
+//!   bitmap look-ups like TLSF) with a treap keyed by `(size, start)` in each
+//!   bin, so "the smallest hole of at least `n` bytes" is a bitmap step plus
+//!   a walk down one usually tiny tree, and stays `O(log n)` even when every
+//!   hole falls into the same bin.
+
+use alloc::vec::Vec;
+
+use super::tree::{self, ByAddr, BySize};
+
+/// "No index": the end of a list or an absent tree link.
+pub(super) const NIL: u32 = u32::MAX;
+
+/// Most holes (and nodes) the arenas can index; keeps tagged links unambiguous.
+pub(super) const MAX_INDEX: u32 = (1 << 31) - 2;
+
+/// Number of size bins: 8 per power of two up to 2^63, plus 8 exact small bins.
+const NBINS: usize = 512;
+const NWORDS: usize = NBINS / 64;
+
+/// Tree links of one hole in one tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Links {
+    pub left: u32,
+    pub right: u32,
+    pub parent: u32,
+}
+
+impl Links {
+    /// Not in any tree.
+    pub const EMPTY: Links = Links {
+        left: NIL,
+        right: NIL,
+        parent: NIL,
+    };
+}
+
+/// One free range `[start, end)`, or a recycled arena slot.
+#[derive(Clone, Debug)]
+pub(super) struct Hole {
+    /// First free byte.
+    pub start: u64,
+    /// One past the last free byte.
+    pub end: u64,
+    /// Address-ordered list link to the record before (tagged, see `Link`).
+    pub prev: u32,
+    /// Address-ordered list link to the record after; free-list link when recycled.
+    pub next: u32,
+    /// Random treap priority.
+    pub prio: u32,
+    /// The size bin this hole is filed in, or `NIL` when not filed.
+    pub bin: u32,
+    /// Largest hole size in this hole's address subtree.
+    pub max: u64,
+    /// Links in the address tree.
+    pub addr: Links,
+    /// Links in its size bin's tree.
+    pub size: Links,
+}
+
+impl Hole {
+    /// Size of the hole in bytes.
+    #[inline]
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// The size bin of a hole or request of `size` bytes: monotone in `size`.
+#[inline]
+pub(super) fn bin_of(size: u64) -> usize {
+    if size < 8 {
+        size as usize
+    } else {
+        let e = 63 - size.leading_zeros() as usize;
+        let m = ((size >> (e - 3)) & 7) as usize;
+        (e - 2) * 8 + m
+    }
+}
+
+/// All holes, their arena and both indexes.
+#[derive(Clone, Debug)]
+pub(super) struct HoleIndex {
+    /// The arena; indices are stable while a hole lives.
+    pub holes: Vec<Hole>,
+    free: u32,
+    addr_root: u32,
+    bins: [u32; NBINS],
+    bitmap: [u64; NWORDS],
+    summary: u64,
+    /// Number of live holes.
+    pub count: usize,
+    rng: u32,
+}
+
+impl HoleIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        HoleIndex {
+            holes: Vec::new(),
+            free: NIL,
+            addr_root: NIL,
+            bins: [NIL; NBINS],
+            bitmap: [0; NWORDS],
+            summary: 0,
+            count: 0,
+            rng: 0x9E37_79B9,
+        }
+    }
+
+    #[inline]
+    fn next_prio(&mut self) -> u32 {
+        // xorshift32: treap priorities only need to be independent of keys.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        x
+    }
+
+    /// Takes an arena slot for a new hole `[start, end)` with list links
+    /// `prev`/`next` and files it in both indexes. The allocator caps live
+    /// nodes below [`MAX_INDEX`], and holes never outnumber nodes by more
+    /// than one, so the arena index always stays below [`MAX_INDEX`].
+    pub fn create(&mut self, start: u64, end: u64, prev: u32, next: u32) -> u32 {
+        let prio = self.next_prio();
+        let rec = Hole {
+            start,
+            end,
+            prev,
+            next,
+            prio,
+            bin: NIL,
+            max: end - start,
+            addr: Links::EMPTY,
+            size: Links::EMPTY,
+        };
+        let i = if self.free != NIL {
+            let i = self.free;
+            self.free = self.holes[i as usize].next;
+            self.holes[i as usize] = rec;
+            i
+        } else {
+            let i = self.holes.len() as u32;
+            self.holes.push(rec);
+            i
+        };
+        tree::insert::<ByAddr>(&mut self.holes, &mut self.addr_root, i);
+        self.file(i);
+        self.count += 1;
+        i
+    }
+
+    /// Unfiles hole `i` from both indexes and recycles its slot.
+    pub fn destroy(&mut self, i: u32) {
+        self.unfile(i);
+        tree::remove::<ByAddr>(&mut self.holes, &mut self.addr_root, i);
+        let h = &mut self.holes[i as usize];
+        h.start = 0;
+        h.end = 0;
+        h.prev = NIL;
+        h.next = self.free;
+        self.free = i;
+        self.count -= 1;
+    }
+
+    /// Changes hole `i` to `[start, end)`. The new range must keep the hole
+    /// between the same neighbours in address order (it only grows into or
+    /// shrinks away from adjacent allocated space).
+    pub fn resize(&mut self, i: u32, start: u64, end: u64) {
+        let h = &self.holes[i as usize];
+        let (old_bin, old_len) = (h.bin as usize, h.len());
+        let new_len = end - start;
+        let new_bin = bin_of(new_len);
+        if new_bin == old_bin && self.keeps_size_order(i, start, new_len) {
+            // Same bin and same position among its neighbours: the size tree
+            // needs no restructuring.
+            let h = &mut self.holes[i as usize];
+            h.start = start;
+            h.end = end;
+        } else {
+            self.unfile(i);
+            let h = &mut self.holes[i as usize];
+            h.start = start;
+            h.end = end;
+            self.file(i);
+        }
+        if new_len != old_len {
+            tree::fix_max_upwards(&mut self.holes, i);
+        }
+    }
+
+    /// Whether key `(len, start)` for hole `i` still sorts strictly between
+    /// its in-order neighbours in its size tree (then the tree needs no
+    /// restructuring when the hole changes to that key).
+    fn keeps_size_order(&self, i: u32, start: u64, len: u64) -> bool {
+        let h = &self.holes;
+        let key = (len, start);
+        let p = tree::prev::<BySize>(h, i);
+        if p != NIL && (h[p as usize].len(), h[p as usize].start) >= key {
+            return false;
+        }
+        let n = tree::next::<BySize>(h, i);
+        n == NIL || key < (h[n as usize].len(), h[n as usize].start)
+    }
+
+    fn file(&mut self, i: u32) {
+        let b = bin_of(self.holes[i as usize].len());
+        self.holes[i as usize].bin = b as u32;
+        tree::insert::<BySize>(&mut self.holes, &mut self.bins[b], i);
+        self.bitmap[b / 64] |= 1 << (b % 64);
+        self.summary |= 1 << (b / 64);
+    }
+
+    fn unfile(&mut self, i: u32) {
+        let b = self.holes[i as usize].bin as usize;
+        tree::remove::<BySize>(&mut self.holes, &mut self.bins[b], i);
+        self.holes[i as usize].bin = NIL;
+        if self.bins[b] == NIL {
+            self.bitmap[b / 64] &= !(1 << (b % 64));
+            if self.bitmap[b / 64] == 0 {
+                self.summary &= !(1 << (b / 64));
+            }
+        }
+    }
+
+    /// The first non-empty bin at or above `b`.
+    #[inline]
+    fn bin_at_or_above(&self, b: usize) -> Option<usize> {
+        if b >= NBINS {
+            return None;
+        }
+        let w = b / 64;
+        let m = self.bitmap[w] & (!0u64 << (b % 64));
+        if m != 0 {
+            return Some(w * 64 + m.trailing_zeros() as usize);
+        }
+        let s = if w + 1 >= 64 {
+            0
+        } else {
+            self.summary & (!0u64 << (w + 1))
+        };
+        if s == 0 {
+            return None;
+        }
+        let w = s.trailing_zeros() as usize;
+        Some(w * 64 + self.bitmap[w].trailing_zeros() as usize)
+    }
+
+    /// The smallest hole (by `(size, start)`) of at least `min` bytes.
+    pub fn smallest_at_least(&self, min: u64) -> u32 {
+        let b = bin_of(min);
+        if self.bitmap[b / 64] & (1 << (b % 64)) != 0 {
+            // Lower bound of (min, 0) in this bin's tree.
+            let mut cur = self.bins[b];
+            let mut best = NIL;
+            while cur != NIL {
+                let h = &self.holes[cur as usize];
+                if h.len() >= min {
+                    best = cur;
+                    cur = h.size.left;
+                } else {
+                    cur = h.size.right;
+                }
+            }
+            if best != NIL {
+                return best;
+            }
+        }
+        match self.bin_at_or_above(b + 1) {
+            Some(b) => tree::leftmost::<BySize>(&self.holes, self.bins[b]),
+            None => NIL,
+        }
+    }
+
+    /// The hole after `i` in `(size, start)` order.
+    pub fn next_by_size(&self, i: u32) -> u32 {
+        let n = tree::next::<BySize>(&self.holes, i);
+        if n != NIL {
+            return n;
+        }
+        match self.bin_at_or_above(self.holes[i as usize].bin as usize + 1) {
+            Some(b) => tree::leftmost::<BySize>(&self.holes, self.bins[b]),
+            None => NIL,
+        }
+    }
+
+    /// The last hole whose start is at or below `addr`.
+    pub fn last_starting_at_or_below(&self, addr: u64) -> u32 {
+        let mut cur = self.addr_root;
+        let mut best = NIL;
+        while cur != NIL {
+            let h = &self.holes[cur as usize];
+            if h.start <= addr {
+                best = cur;
+                cur = h.addr.right;
+            } else {
+                cur = h.addr.left;
+            }
+        }
+        best
+    }
+
+    /// The first hole whose start is at or above `addr`.
+    fn first_starting_at_or_above(&self, addr: u64) -> u32 {
+        let mut cur = self.addr_root;
+        let mut best = NIL;
+        while cur != NIL {
+            let h = &self.holes[cur as usize];
+            if h.start >= addr {
+                best = cur;
+                cur = h.addr.left;
+            } else {
+                cur = h.addr.right;
+            }
+        }
+        best
+    }
+
+    /// The first hole in address order starting at or above `addr` whose size
+    /// is at least `min`.
+    pub fn first_sized_at_or_above(&self, addr: u64, min: u64) -> u32 {
+        if tree::sub_max(&self.holes, self.addr_root) < min {
+            return NIL;
+        }
+        let i = self.first_starting_at_or_above(addr);
+        tree::next_sized_from(&self.holes, i, min)
+    }
+
+    /// The last hole in address order starting below `addr` whose size is at
+    /// least `min`.
+    pub fn last_sized_below(&self, addr: u64, min: u64) -> u32 {
+        if addr == 0 || tree::sub_max(&self.holes, self.addr_root) < min {
+            return NIL;
+        }
+        let i = self.last_starting_at_or_below(addr - 1);
+        tree::prev_sized_from(&self.holes, i, min)
+    }
+
+    /// The size of the largest hole (0 when there is none).
+    pub fn largest(&self) -> u64 {
+        tree::sub_max(&self.holes, self.addr_root)
+    }
+
+    /// Checks the index's internal invariants (tree order, heap order,
+    /// parent links, subtree maxima, bin filing, counts).
+    pub fn check(&self) -> Result<(), &'static str> {
+        let mut seen = 0usize;
+        let mut stack = Vec::new();
+        if self.addr_root != NIL {
+            if self.holes[self.addr_root as usize].addr.parent != NIL {
+                return Err("address root has a parent");
+            }
+            stack.push(self.addr_root);
+        }
+        while let Some(i) = stack.pop() {
+            seen += 1;
+            let h = &self.holes[i as usize];
+            if h.start >= h.end {
+                return Err("empty hole in the address tree");
+            }
+            let mut m = h.len();
+            for (c, is_left) in [(h.addr.left, true), (h.addr.right, false)] {
+                if c == NIL {
+                    continue;
+                }
+                let ch = &self.holes[c as usize];
+                if ch.addr.parent != i {
+                    return Err("address tree parent link broken");
+                }
+                if ch.prio > h.prio {
+                    return Err("address tree heap order broken");
+                }
+                if (ch.start < h.start) != is_left {
+                    return Err("address tree key order broken");
+                }
+                m = m.max(ch.max);
+                stack.push(c);
+            }
+            if m != h.max {
+                return Err("address tree subtree maximum stale");
+            }
+        }
+        if seen != self.count {
+            return Err("address tree size differs from hole count");
+        }
+        let mut filed = 0usize;
+        for b in 0..NBINS {
+            let root = self.bins[b];
+            let marked = self.bitmap[b / 64] & (1 << (b % 64)) != 0;
+            if marked != (root != NIL) {
+                return Err("bin bitmap out of date");
+            }
+            if (self.summary & (1 << (b / 64)) != 0) != (self.bitmap[b / 64] != 0) {
+                return Err("bin summary out of date");
+            }
+            if root == NIL {
+                continue;
+            }
+            if self.holes[root as usize].size.parent != NIL {
+                return Err("size root has a parent");
+            }
+            stack.push(root);
+            while let Some(i) = stack.pop() {
+                filed += 1;
+                let h = &self.holes[i as usize];
+                if h.bin as usize != b || bin_of(h.len()) != b {
+                    return Err("hole filed in the wrong size bin");
+                }
+                for (c, is_left) in [(h.size.left, true), (h.size.right, false)] {
+                    if c == NIL {
+                        continue;
+                    }
+                    let ch = &self.holes[c as usize];
+                    if ch.size.parent != i {
+                        return Err("size tree parent link broken");
+                    }
+                    if ch.prio > h.prio {
+                        return Err("size tree heap order broken");
+                    }
+                    if BySize::less_pub(ch, h) != is_left {
+                        return Err("size tree key order broken");
+                    }
+                    stack.push(c);
+                }
+            }
+        }
+        if filed != self.count {
+            return Err("size bins hold a different number of holes");
+        }
+        Ok(())
+    }
+}
+
+impl BySize {
+    /// Key order of size trees, for checks.
+    fn less_pub(a: &Hole, b: &Hole) -> bool {
+        <BySize as tree::TreeKind>::less(a, b)
+    }
+}

@@ -1,0 +1,365 @@
+//! Intrusive treaps over the hole arena.
+//!
+//! Every hole sits in two balanced search trees at once: the *address* tree
+//! (keyed by start, each subtree remembering its largest hole so that
+//! address-ordered searches can skip subtrees that hold nothing big enough)
+//! and one *size* tree per size bin (keyed by `(size, start)`). Both are
+//! treaps: binary search trees ordered by key and heap-ordered by a random
+//! priority, which keeps their expected depth `O(log n)` whatever order the
+//! keys arrive in. Links are `u32` indices into the arena, with parent links
+//! so that in-order stepping and upward fix-ups need no stack.
+
+use super::holes::{Hole, Links, NIL};
+
+/// Which of a hole's two link sets a tree uses, and how it orders holes.
+pub(super) trait TreeKind {
+    /// Whether the tree maintains [`Hole::max`] (largest hole per subtree).
+    const AUGMENTED: bool;
+    /// The links of `h` in this tree.
+    fn links(h: &Hole) -> &Links;
+    /// The links of `h` in this tree, mutably.
+    fn links_mut(h: &mut Hole) -> &mut Links;
+    /// Strict key order of this tree.
+    fn less(a: &Hole, b: &Hole) -> bool;
+}
+
+/// The address tree: keyed by start, augmented with the subtree's largest hole.
+pub(super) struct ByAddr;
+/// A size-bin tree: keyed by `(size, start)`.
+pub(super) struct BySize;
+
+impl TreeKind for ByAddr {
+    const AUGMENTED: bool = true;
+    #[inline]
+    fn links(h: &Hole) -> &Links {
+        &h.addr
+    }
+    #[inline]
+    fn links_mut(h: &mut Hole) -> &mut Links {
+        &mut h.addr
+    }
+    #[inline]
+    fn less(a: &Hole, b: &Hole) -> bool {
+        a.start < b.start
+    }
+}
+
+impl TreeKind for BySize {
+    const AUGMENTED: bool = false;
+    #[inline]
+    fn links(h: &Hole) -> &Links {
+        &h.size
+    }
+    #[inline]
+    fn links_mut(h: &mut Hole) -> &mut Links {
+        &mut h.size
+    }
+    #[inline]
+    fn less(a: &Hole, b: &Hole) -> bool {
+        (a.len(), a.start) < (b.len(), b.start)
+    }
+}
+
+#[inline]
+fn left<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
+    K::links(&h[i as usize]).left
+}
+#[inline]
+fn right<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
+    K::links(&h[i as usize]).right
+}
+#[inline]
+fn parent<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
+    K::links(&h[i as usize]).parent
+}
+
+/// The largest hole in the address subtree rooted at `i` (0 for none).
+#[inline]
+pub(super) fn sub_max(h: &[Hole], i: u32) -> u64 {
+    if i == NIL {
+        0
+    } else {
+        h[i as usize].max
+    }
+}
+
+/// Recomputes `i`'s subtree maximum from its own size and its children.
+#[inline]
+fn recompute_max(h: &mut [Hole], i: u32) -> u64 {
+    let (l, r) = (h[i as usize].addr.left, h[i as usize].addr.right);
+    let m = h[i as usize].len().max(sub_max(h, l)).max(sub_max(h, r));
+    h[i as usize].max = m;
+    m
+}
+
+/// Re-derives the subtree maxima from `i` up to the root after `i`'s size
+/// changed (or a child of `i` went away), stopping as soon as a maximum is
+/// unchanged because nothing above it can change then.
+pub(super) fn fix_max_upwards(h: &mut [Hole], mut i: u32) {
+    while i != NIL {
+        let old = h[i as usize].max;
+        if recompute_max(h, i) == old {
+            return;
+        }
+        i = h[i as usize].addr.parent;
+    }
+}
+
+/// Replaces `old` by `new` as the child of `p` (or as the root).
+#[inline]
+fn replace_child<K: TreeKind>(h: &mut [Hole], root: &mut u32, p: u32, old: u32, new: u32) {
+    if p == NIL {
+        *root = new;
+    } else {
+        let l = K::links_mut(&mut h[p as usize]);
+        if l.left == old {
+            l.left = new;
+        } else {
+            l.right = new;
+        }
+    }
+}
+
+/// Rotates `x` above its parent, keeping key order.
+fn rotate_up<K: TreeKind>(h: &mut [Hole], root: &mut u32, x: u32) {
+    let p = parent::<K>(h, x);
+    let g = parent::<K>(h, p);
+    if left::<K>(h, p) == x {
+        let b = right::<K>(h, x);
+        K::links_mut(&mut h[p as usize]).left = b;
+        if b != NIL {
+            K::links_mut(&mut h[b as usize]).parent = p;
+        }
+        K::links_mut(&mut h[x as usize]).right = p;
+    } else {
+        let b = left::<K>(h, x);
+        K::links_mut(&mut h[p as usize]).right = b;
+        if b != NIL {
+            K::links_mut(&mut h[b as usize]).parent = p;
+        }
+        K::links_mut(&mut h[x as usize]).left = p;
+    }
+    K::links_mut(&mut h[p as usize]).parent = x;
+    K::links_mut(&mut h[x as usize]).parent = g;
+    replace_child::<K>(h, root, g, p, x);
+    if K::AUGMENTED {
+        recompute_max(h, p);
+        recompute_max(h, x);
+    }
+}
+
+/// Inserts hole `i` (whose key fields are set) into the tree at `root`.
+pub(super) fn insert<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
+    let size = h[i as usize].len();
+    let mut p = NIL;
+    let mut cur = *root;
+    let mut go_left = false;
+    while cur != NIL {
+        if K::AUGMENTED && h[cur as usize].max < size {
+            h[cur as usize].max = size;
+        }
+        p = cur;
+        go_left = K::less(&h[i as usize], &h[cur as usize]);
+        cur = if go_left {
+            left::<K>(h, cur)
+        } else {
+            right::<K>(h, cur)
+        };
+    }
+    *K::links_mut(&mut h[i as usize]) = Links {
+        left: NIL,
+        right: NIL,
+        parent: p,
+    };
+    if K::AUGMENTED {
+        h[i as usize].max = size;
+    }
+    if p == NIL {
+        *root = i;
+    } else if go_left {
+        K::links_mut(&mut h[p as usize]).left = i;
+    } else {
+        K::links_mut(&mut h[p as usize]).right = i;
+    }
+    let prio = h[i as usize].prio;
+    loop {
+        let p = parent::<K>(h, i);
+        if p == NIL || h[p as usize].prio >= prio {
+            break;
+        }
+        rotate_up::<K>(h, root, i);
+    }
+}
+
+/// Removes hole `i` from the tree at `root`.
+pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
+    loop {
+        let (l, r) = (left::<K>(h, i), right::<K>(h, i));
+        if l == NIL || r == NIL {
+            break;
+        }
+        let up = if h[l as usize].prio > h[r as usize].prio {
+            l
+        } else {
+            r
+        };
+        rotate_up::<K>(h, root, up);
+    }
+    let (l, r) = (left::<K>(h, i), right::<K>(h, i));
+    let child = if l != NIL { l } else { r };
+    let p = parent::<K>(h, i);
+    if child != NIL {
+        K::links_mut(&mut h[child as usize]).parent = p;
+    }
+    replace_child::<K>(h, root, p, i, child);
+    *K::links_mut(&mut h[i as usize]) = Links::EMPTY;
+    if K::AUGMENTED {
+        fix_max_upwards(h, p);
+    }
+}
+
+/// The leftmost (smallest-key) hole of the subtree at `i`.
+#[inline]
+pub(super) fn leftmost<K: TreeKind>(h: &[Hole], mut i: u32) -> u32 {
+    if i == NIL {
+        return NIL;
+    }
+    loop {
+        let l = left::<K>(h, i);
+        if l == NIL {
+            return i;
+        }
+        i = l;
+    }
+}
+
+/// The rightmost (largest-key) hole of the subtree at `i`.
+#[inline]
+pub(super) fn rightmost<K: TreeKind>(h: &[Hole], mut i: u32) -> u32 {
+    if i == NIL {
+        return NIL;
+    }
+    loop {
+        let r = right::<K>(h, i);
+        if r == NIL {
+            return i;
+        }
+        i = r;
+    }
+}
+
+/// The in-order successor of `i` in its tree.
+pub(super) fn next<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
+    let r = right::<K>(h, i);
+    if r != NIL {
+        return leftmost::<K>(h, r);
+    }
+    let mut x = i;
+    loop {
+        let p = parent::<K>(h, x);
+        if p == NIL || left::<K>(h, p) == x {
+            return p;
+        }
+        x = p;
+    }
+}
+
+/// The in-order predecessor of `i` in its tree.
+pub(super) fn prev<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
+    let l = left::<K>(h, i);
+    if l != NIL {
+        return rightmost::<K>(h, l);
+    }
+    let mut x = i;
+    loop {
+        let p = parent::<K>(h, x);
+        if p == NIL || right::<K>(h, p) == x {
+            return p;
+        }
+        x = p;
+    }
+}
+
+/// The leftmost hole of the address subtree at `i` whose size is at least `min`.
+pub(super) fn leftmost_sized(h: &[Hole], mut i: u32, min: u64) -> u32 {
+    while i != NIL && h[i as usize].max >= min {
+        let l = h[i as usize].addr.left;
+        if sub_max(h, l) >= min {
+            i = l;
+        } else if h[i as usize].len() >= min {
+            return i;
+        } else {
+            i = h[i as usize].addr.right;
+        }
+    }
+    NIL
+}
+
+/// The rightmost hole of the address subtree at `i` whose size is at least `min`.
+pub(super) fn rightmost_sized(h: &[Hole], mut i: u32, min: u64) -> u32 {
+    while i != NIL && h[i as usize].max >= min {
+        let r = h[i as usize].addr.right;
+        if sub_max(h, r) >= min {
+            i = r;
+        } else if h[i as usize].len() >= min {
+            return i;
+        } else {
+            i = h[i as usize].addr.left;
+        }
+    }
+    NIL
+}
+
+/// Starting at `i` (inclusive), the first hole in address order whose size
+/// is at least `min`: walks up through the ancestors, descending only into a
+/// right subtree that is known to hold a big enough hole. `O(depth)`.
+pub(super) fn next_sized_from(h: &[Hole], mut i: u32, min: u64) -> u32 {
+    while i != NIL {
+        if h[i as usize].len() >= min {
+            return i;
+        }
+        let r = h[i as usize].addr.right;
+        if sub_max(h, r) >= min {
+            return leftmost_sized(h, r, min);
+        }
+        // Climb to the first ancestor of which we are in the left subtree.
+        loop {
+            let p = h[i as usize].addr.parent;
+            if p == NIL {
+                return NIL;
+            }
+            let came_from_left = h[p as usize].addr.left == i;
+            i = p;
+            if came_from_left {
+                break;
+            }
+        }
+    }
+    NIL
+}
+
+/// Starting at `i` (inclusive), the last hole in address order at or before
+/// `i` whose size is at least `min` (the mirror of [`next_sized_from`]).
+pub(super) fn prev_sized_from(h: &[Hole], mut i: u32, min: u64) -> u32 {
+    while i != NIL {
+        if h[i as usize].len() >= min {
+            return i;
+        }
+        let l = h[i as usize].addr.left;
+        if sub_max(h, l) >= min {
+            return rightmost_sized(h, l, min);
+        }
+        loop {
+            let p = h[i as usize].addr.parent;
+            if p == NIL {
+                return NIL;
+            }
+            let came_from_right = h[p as usize].addr.right == i;
+            i = p;
+            if came_from_right {
+                break;
+            }
+        }
+    }
+    NIL
+}
