@@ -86,6 +86,9 @@ enum Command {
         /// Print the share token so another client can import the BO.
         #[arg(long)]
         export: bool,
+        /// Number of BOs to allocate (all held at once, then freed).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
     },
     /// The last leak audit.
     Leaks {
@@ -205,7 +208,17 @@ fn execute(cli: Cli) -> crate::Result<i32> {
             label,
             hold,
             export,
-        } => alloc(&dev, size, domain, flags, align, label, hold, export)?,
+            count,
+        } => {
+            let desc = BoDesc {
+                size,
+                domain,
+                flags,
+                align,
+                label,
+            };
+            alloc(&dev, &desc, count, hold, export)?
+        }
         Command::Leaks { json: true } => out(&dev.read_text("leaks.json")?),
         Command::Leaks { json: false } => out(&dev.read_text("leaks")?),
         Command::LeakCheck => {
@@ -254,63 +267,72 @@ fn execute(cli: Cli) -> crate::Result<i32> {
     Ok(0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn alloc(
-    dev: &Device,
-    size: u64,
-    domain: Domain,
-    flags: BoFlags,
-    align: u64,
-    label: String,
-    hold: bool,
-    export: bool,
-) -> crate::Result<()> {
-    if align != 0 && !align.is_power_of_two() {
+fn alloc(dev: &Device, desc: &BoDesc, count: u32, hold: bool, export: bool) -> crate::Result<()> {
+    if desc.align != 0 && !desc.align.is_power_of_two() {
         return Err(Error::Invalid(format!(
-            "--align {align} is not a power of two"
+            "--align {} is not a power of two",
+            desc.align
         )));
     }
-    let desc = BoDesc {
-        size,
-        domain,
-        flags,
-        align,
-        label,
-    };
-    let mut bo = dev.create(&desc)?;
-    let id = bo.id();
-    let segments = bo.segments()?.len();
-    let pattern = (id as u8) ^ 0x5a;
-    let map = bo.map()?;
-    map.fill(pattern);
-    let ok = map.iter().all(|&b| b == pattern);
-    out(&format!(
-        "allocated BO {id}: {} in {domain} ({} segment{}), mapped, pattern {:#04x} {}\n",
-        format_size(size),
-        segments,
-        if segments == 1 { "" } else { "s" },
-        pattern,
-        if ok { "verified" } else { "MISMATCH" },
-    ));
-    if !ok {
-        return Err(Error::Invalid(
-            "the mapped BO did not read back what was written".into(),
+    let mut bos = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut bo = dev.create(desc)?;
+        let id = bo.id();
+        let segments = bo.segments()?.len();
+        let pattern = (id as u8) ^ 0x5a;
+        let map = bo.map()?;
+        for (i, b) in map.iter_mut().enumerate() {
+            *b = pattern.wrapping_add(i as u8);
+        }
+        let mapped_ok = map
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern.wrapping_add(i as u8));
+        // Read the tail back through the server too: the same memory.
+        let mut tail = [0u8; 64];
+        let at = desc.size.saturating_sub(tail.len() as u64);
+        let n = bo.read_at(at, &mut tail)?;
+        let server_ok = tail[..n]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern.wrapping_add((at as usize + i) as u8));
+        out(&format!(
+            "BO {id}: {} in {} ({} segment{}), mapped, wrote pattern, read back {}\n",
+            format_size(desc.size),
+            desc.domain,
+            segments,
+            if segments == 1 { "" } else { "s" },
+            if mapped_ok && server_ok {
+                "ok"
+            } else {
+                "MISMATCH"
+            },
         ));
-    }
-    if export {
-        out(&format!("share token {}\n", bo.export()?));
+        if !(mapped_ok && server_ok) {
+            return Err(Error::Invalid(format!(
+                "BO {id} did not read back what was written"
+            )));
+        }
+        if export {
+            out(&format!("BO {id}: share token {}\n", bo.export()?));
+        }
+        bos.push(bo);
     }
     if hold {
+        let ids: Vec<String> = bos.iter().map(|b| b.id().to_string()).collect();
         out(&format!(
-            "holding BO {id} at {}; interrupt (Ctrl-C) to release it\n",
-            bo.path()?
+            "holding BO {}; interrupt (Ctrl-C) to release\n",
+            ids.join(", ")
         ));
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
-    bo.close()?;
-    out(&format!("freed BO {id}\n"));
+    for bo in bos {
+        let id = bo.id();
+        bo.close()?;
+        out(&format!("BO {id}: freed\n"));
+    }
     Ok(())
 }
 
