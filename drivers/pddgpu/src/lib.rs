@@ -17,5 +17,7 @@
 
 extern crate alloc;
 
+pub mod buddy;
 pub mod manager;
+pub mod vram;
 pub mod range;
