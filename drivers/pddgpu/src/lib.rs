@@ -19,5 +19,5 @@ extern crate alloc;
 
 pub mod buddy;
 pub mod manager;
-pub mod vram;
 pub mod range;
+pub mod vram;

@@ -1,0 +1,410 @@
+//! VRAM allocator benchmark: our buddy allocator (and the VRAM manager on
+//! top of it) against `buddy_system_allocator::FrameAllocator`, on the same
+//! seeded workloads in the same run.
+//!
+//! `cargo bench -p pddgpu --bench vram` prints, per workload:
+//! - `ratio vram/<workload>/buddy_system_allocator <peer_time / our_time>`
+//! - our and the peer's ns per alloc+free pair,
+//! - bytes of allocator metadata per live allocation, measured with a
+//!   counting global allocator (heap held by the allocator itself; the
+//!   block lists our allocator returns, which the caller keeps, are shown
+//!   separately).
+//!
+//! Workloads (sizes in 4 KiB pages; the peer works in 4 KiB frames and
+//! rounds every request up to a power of two, ours rounds to pages and may
+//! split a request into several blocks, as drm_buddy does):
+//! - `mix`: 8 GiB space, sizes log-uniform from 4 KiB to 64 MiB at page
+//!   granularity, random allocs and frees keeping about half the space
+//!   live;
+//! - `mix_pow2`: the same with power-of-two sizes (one block each);
+//! - `steady100k`: 16 GiB space, 100,000 live allocations of 4 KiB–256 KiB,
+//!   then random free+alloc pairs at that level.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use buddy_system_allocator::FrameAllocator;
+use pddgpu::buddy::{AllocFlags, Block, BuddyAllocator};
+use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
+
+/// Counts live heap bytes of the whole process.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only
+// counts sizes on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn live_bytes() -> isize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+const PAGE: u64 = 4096;
+
+/// splitmix64: small, seeded, good enough for workloads.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Log-uniform page count in `1..=max_pages` (at page granularity
+    /// unless `pow2`).
+    fn pages(&mut self, max_pages: u64, pow2: bool) -> u64 {
+        let max_exp = 63 - max_pages.leading_zeros() as u64;
+        let exp = self.below(max_exp + 1);
+        if pow2 {
+            1 << exp
+        } else {
+            let lo = 1u64 << exp;
+            let hi = (lo * 2 - 1).min(max_pages);
+            lo + self.below(hi - lo + 1)
+        }
+    }
+}
+
+/// One step of a workload: allocate `pages`, or free live slot `slot`.
+#[derive(Clone, Copy)]
+enum Step {
+    Alloc { pages: u64 },
+    Free { slot: usize },
+}
+
+/// A pre-generated, allocator-independent sequence of steps. Slots are
+/// numbered in allocation order; frees name slots that are live in the
+/// generator's own bookkeeping (of requested sizes).
+struct Workload {
+    name: &'static str,
+    space_pages: u64,
+    /// Steps run before timing starts (building the live set).
+    warmup: Vec<Step>,
+    /// Timed steps.
+    timed: Vec<Step>,
+    slots: usize,
+}
+
+fn mix(name: &'static str, pow2: bool, seed: u64) -> Workload {
+    let space_pages = (8u64 << 30) / PAGE;
+    let max_pages = (64u64 << 20) / PAGE;
+    let mut rng = Rng(seed);
+    let mut live: Vec<(usize, u64)> = Vec::new();
+    let mut live_pages = 0u64;
+    let mut timed = Vec::new();
+    let mut slots = 0;
+    let target = space_pages / 2;
+    for _ in 0..400_000 {
+        let alloc_percent = if live_pages < target { 60 } else { 40 };
+        let alloc = live.is_empty() || rng.below(100) < alloc_percent;
+        if alloc {
+            let pages = rng.pages(max_pages, pow2);
+            timed.push(Step::Alloc { pages });
+            live.push((slots, pages));
+            live_pages += pages;
+            slots += 1;
+        } else {
+            let i = rng.below(live.len() as u64) as usize;
+            let (slot, pages) = live.swap_remove(i);
+            live_pages -= pages;
+            timed.push(Step::Free { slot });
+        }
+    }
+    for (slot, _) in live {
+        timed.push(Step::Free { slot });
+    }
+    Workload {
+        name,
+        space_pages,
+        warmup: Vec::new(),
+        timed,
+        slots,
+    }
+}
+
+fn steady(seed: u64) -> Workload {
+    let space_pages = (16u64 << 30) / PAGE;
+    let max_pages = (256u64 << 10) / PAGE;
+    let mut rng = Rng(seed);
+    let mut live: Vec<usize> = Vec::new();
+    let mut warmup = Vec::new();
+    let mut slots = 0;
+    for _ in 0..100_000 {
+        warmup.push(Step::Alloc {
+            pages: rng.pages(max_pages, false),
+        });
+        live.push(slots);
+        slots += 1;
+    }
+    let mut timed = Vec::new();
+    for _ in 0..300_000 {
+        let i = rng.below(live.len() as u64) as usize;
+        timed.push(Step::Free { slot: live[i] });
+        timed.push(Step::Alloc {
+            pages: rng.pages(max_pages, false),
+        });
+        live[i] = slots;
+        slots += 1;
+    }
+    Workload {
+        name: "steady100k",
+        space_pages,
+        warmup,
+        timed,
+        slots,
+    }
+}
+
+/// The operations a benchmarked allocator offers.
+trait Subject {
+    type Handle;
+    fn new(space_pages: u64) -> Self;
+    fn alloc(&mut self, pages: u64) -> Option<Self::Handle>;
+    fn free(&mut self, handle: Self::Handle);
+    /// Heap bytes held by handles (kept by the caller, not the allocator).
+    fn handle_heap(handle: &Self::Handle) -> usize;
+}
+
+struct Ours(BuddyAllocator);
+
+impl Subject for Ours {
+    type Handle = Vec<Block>;
+
+    fn new(space_pages: u64) -> Self {
+        Ours(BuddyAllocator::new(space_pages * PAGE, PAGE).expect("space"))
+    }
+
+    fn alloc(&mut self, pages: u64) -> Option<Vec<Block>> {
+        self.0
+            .alloc(pages * PAGE, PAGE, AllocFlags::empty(), 0..0)
+            .ok()
+    }
+
+    fn free(&mut self, handle: Vec<Block>) {
+        self.0.free(&handle).expect("free");
+    }
+
+    fn handle_heap(handle: &Vec<Block>) -> usize {
+        handle.capacity() * std::mem::size_of::<Block>()
+    }
+}
+
+/// The peer: frames `base..2*base` (a power-of-two aligned start, so that
+/// `add_frame` makes one root block instead of 32-frame pieces).
+struct Peer {
+    inner: FrameAllocator<33>,
+}
+
+impl Subject for Peer {
+    type Handle = (usize, usize);
+
+    fn new(space_pages: u64) -> Self {
+        let mut inner = FrameAllocator::<33>::new();
+        let base = space_pages as usize;
+        inner.add_frame(base, base * 2);
+        Peer { inner }
+    }
+
+    fn alloc(&mut self, pages: u64) -> Option<(usize, usize)> {
+        let count = pages as usize;
+        self.inner.alloc(count).map(|frame| (frame, count))
+    }
+
+    fn free(&mut self, (frame, count): (usize, usize)) {
+        self.inner.dealloc(frame, count);
+    }
+
+    fn handle_heap(_: &(usize, usize)) -> usize {
+        0
+    }
+}
+
+struct Outcome {
+    time: Duration,
+    pairs: u64,
+    failed: u64,
+    /// Allocator heap bytes per live allocation at the end of warm-up (or
+    /// at the peak of live allocations for workloads without warm-up).
+    meta_per_live: f64,
+    handle_per_live: f64,
+}
+
+fn run<S: Subject>(w: &Workload) -> Outcome {
+    let mut slots: Vec<Option<S::Handle>> = Vec::with_capacity(w.slots);
+    slots.resize_with(w.slots, || None);
+    let mut next_slot = 0usize;
+    let mut failed = 0u64;
+    let base = live_bytes();
+    let mut subject = S::new(w.space_pages);
+    let mut live = 0usize;
+    let mut handle_bytes = 0usize;
+    let mut best_sample = (0.0f64, 0.0f64, 0usize);
+    let mut step = |subject: &mut S,
+                    slots: &mut Vec<Option<S::Handle>>,
+                    s: Step,
+                    live: &mut usize,
+                    handle_bytes: &mut usize| match s {
+        Step::Alloc { pages } => {
+            match subject.alloc(pages) {
+                Some(h) => {
+                    *handle_bytes += S::handle_heap(&h);
+                    slots[next_slot] = Some(h);
+                    *live += 1;
+                }
+                None => failed += 1,
+            }
+            next_slot += 1;
+        }
+        Step::Free { slot } => {
+            if let Some(h) = slots[slot].take() {
+                *handle_bytes -= S::handle_heap(&h);
+                subject.free(h);
+                *live -= 1;
+            }
+        }
+    };
+    for &s in &w.warmup {
+        step(&mut subject, &mut slots, s, &mut live, &mut handle_bytes);
+    }
+    let sample = |live: usize, handle_bytes: usize| {
+        let total = (live_bytes() - base) as f64;
+        let handles = handle_bytes as f64;
+        ((total - handles) / live as f64, handles / live as f64, live)
+    };
+    if live > 0 {
+        best_sample = sample(live, handle_bytes);
+    }
+    let start = Instant::now();
+    for (i, &s) in w.timed.iter().enumerate() {
+        step(&mut subject, &mut slots, s, &mut live, &mut handle_bytes);
+        if w.warmup.is_empty() && i % 4096 == 0 && live > best_sample.2 {
+            best_sample = sample(live, handle_bytes);
+        }
+    }
+    let time = start.elapsed();
+    black_box(&subject);
+    let allocs = w
+        .timed
+        .iter()
+        .filter(|s| matches!(s, Step::Alloc { .. }))
+        .count() as u64;
+    Outcome {
+        time,
+        pairs: allocs,
+        failed,
+        meta_per_live: best_sample.0,
+        handle_per_live: best_sample.1,
+    }
+}
+
+/// Best of `rounds` runs (least disturbed by the other load on the box).
+fn best<S: Subject>(w: &Workload, rounds: usize) -> Outcome {
+    let mut best: Option<Outcome> = None;
+    for _ in 0..rounds {
+        let o = run::<S>(w);
+        if best.as_ref().is_none_or(|b| o.time < b.time) {
+            best = Some(o);
+        }
+    }
+    best.expect("at least one round")
+}
+
+fn ns_per_pair(o: &Outcome) -> f64 {
+    o.time.as_nanos() as f64 / o.pairs as f64
+}
+
+/// The VRAM manager (lock, window placement, counters) on the `mix`
+/// workload, for the per-operation cost of the full path.
+fn manager_mix(w: &Workload) -> (Duration, u64) {
+    let manager = VramManager::new(VramConfig::new(w.space_pages * PAGE, 256 << 20)).expect("vram");
+    let mut slots: Vec<Option<VramAllocation>> = Vec::with_capacity(w.slots);
+    slots.resize_with(w.slots, || None);
+    let mut next_slot = 0;
+    let mut allocs = 0u64;
+    let start = Instant::now();
+    for &s in &w.timed {
+        match s {
+            Step::Alloc { pages } => {
+                allocs += 1;
+                slots[next_slot] = manager.alloc(pages * PAGE, 0, VramFlags::empty()).ok();
+                next_slot += 1;
+            }
+            Step::Free { slot } => {
+                if let Some(a) = slots[slot].take() {
+                    manager.free(&a).expect("free");
+                }
+            }
+        }
+    }
+    (start.elapsed(), allocs)
+}
+
+fn main() {
+    let rounds = std::env::var("VRAM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let workloads = [
+        mix("mix", false, 0x5EED_0001),
+        mix("mix_pow2", true, 0x5EED_0002),
+        steady(0x5EED_0003),
+    ];
+    for w in &workloads {
+        let ours = best::<Ours>(w, rounds);
+        let peer = best::<Peer>(w, rounds);
+        let ratio = peer.time.as_secs_f64() / ours.time.as_secs_f64();
+        println!("ratio vram/{}/buddy_system_allocator {:.2}", w.name, ratio);
+        println!(
+            "  {}: ours {:.1} ns per alloc+free ({} pairs, {} failed), peer {:.1} ns ({} failed)",
+            w.name,
+            ns_per_pair(&ours),
+            ours.pairs,
+            ours.failed,
+            ns_per_pair(&peer),
+            peer.failed
+        );
+        println!(
+            "  {}: metadata per live allocation: ours {:.1} B (+ {:.1} B block list held by the caller), peer {:.1} B",
+            w.name, ours.meta_per_live, ours.handle_per_live, peer.meta_per_live
+        );
+    }
+    let (time, allocs) = manager_mix(&workloads[0]);
+    println!(
+        "  mix via VramManager (lock, window, counters): {:.1} ns per alloc+free",
+        time.as_nanos() as f64 / allocs as f64
+    );
+}
