@@ -18,6 +18,7 @@
 extern crate alloc;
 
 pub mod buddy;
+pub mod device;
 pub mod manager;
 pub mod range;
 pub mod vram;

@@ -1,0 +1,237 @@
+//! Typed registers: a [`Register`] names a register, its offset and the
+//! type of its value (an integer or a bitfield), so driver logic reads
+//! `mmio.get(pddgpu::STATUS)` instead of poking raw offsets.
+//!
+//! [`pddgpu`] is the register map of the PDDGPU (the device the simulation
+//! implements). Other device models define their own maps the same way.
+
+use core::fmt;
+use core::marker::PhantomData;
+
+use super::mmio::Width;
+
+/// A value that can live in a register of a fixed width.
+pub trait RegValue: Copy {
+    /// The access width of registers holding this type.
+    const WIDTH: Width;
+    /// Converts the raw (zero-extended) register contents.
+    fn from_raw(raw: u64) -> Self;
+    /// Converts to the raw value to write.
+    fn into_raw(self) -> u64;
+}
+
+macro_rules! int_reg_value {
+    ($($t:ty => $w:expr),*) => {$(
+        impl RegValue for $t {
+            const WIDTH: Width = $w;
+            fn from_raw(raw: u64) -> Self {
+                raw as $t
+            }
+            fn into_raw(self) -> u64 {
+                self.into()
+            }
+        }
+    )*};
+}
+int_reg_value!(u8 => Width::W8, u16 => Width::W16, u32 => Width::W32, u64 => Width::W64);
+
+/// Implements [`RegValue`] for a `bitflags` type over `u8`..`u64`
+/// (unknown bits read from the device are kept, not dropped).
+#[macro_export]
+macro_rules! bitflags_reg_value {
+    ($t:ty, $raw:ty) => {
+        impl $crate::device::regs::RegValue for $t {
+            const WIDTH: $crate::device::Width = <$raw as $crate::device::regs::RegValue>::WIDTH;
+            fn from_raw(raw: u64) -> Self {
+                <$t>::from_bits_retain(raw as $raw)
+            }
+            fn into_raw(self) -> u64 {
+                self.bits().into()
+            }
+        }
+    };
+}
+
+/// A named register at a fixed offset holding a `T`.
+pub struct Register<T> {
+    name: &'static str,
+    offset: usize,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Register<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Register<T> {}
+
+impl<T> fmt::Debug for Register<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{:#x}", self.name, self.offset)
+    }
+}
+
+impl<T: RegValue> Register<T> {
+    /// A register called `name` at byte `offset` of the region.
+    pub const fn new(name: &'static str, offset: usize) -> Self {
+        Register {
+            name,
+            offset,
+            _value: PhantomData,
+        }
+    }
+
+    /// The register's name (for logs and errors).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Byte offset in the register region.
+    pub const fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Access width.
+    pub const fn width(&self) -> Width {
+        T::WIDTH
+    }
+}
+
+/// The PDDGPU register map (version 1.0).
+///
+/// | offset | name | width | access | meaning |
+/// |---|---|---|---|---|
+/// | 0x000 | `ID` | 32 | RO | [`ID_VALUE`](pddgpu::ID_VALUE) (`"PDDG"`) |
+/// | 0x004 | `VERSION` | 32 | RO | `major << 16 \| minor` |
+/// | 0x008 | `VRAM_SIZE` | 64 | RO | VRAM bytes |
+/// | 0x010 | `VISIBLE_SIZE` | 64 | RO | CPU-visible window at the start of VRAM |
+/// | 0x018 | `GTT_SIZE` | 64 | RO | GTT aperture bytes |
+/// | 0x020 | `STATUS` | 32 | RW1C | [`Status`](pddgpu::Status) event bits (write 1 to clear) |
+/// | 0x024 | `CONTROL` | 32 | RW | [`Control`](pddgpu::Control) |
+/// | 0x028 | `FAULT_ALLOC` | 32 | read-to-consume | 1 when an injected allocation failure was consumed by this read |
+/// | 0x02c | `FAULT_PENDING` | 32 | RO | injected allocation failures not yet consumed |
+/// | 0x030 | `BAD_START` | 64 | RO | start of the last reported bad VRAM range |
+/// | 0x038 | `BAD_LEN` | 64 | RO | its length (0 = none) |
+/// | 0x040 | `SCRATCH` | 32 | RW | free for the driver (self-test) |
+pub mod pddgpu {
+    use super::Register;
+
+    /// Size of the PDDGPU register region (one 4 KiB page).
+    pub const REGION_SIZE: usize = 0x1000;
+    /// Value of the identity register: `"PDDG"` in ASCII.
+    pub const ID_VALUE: u32 = 0x5044_4447;
+    /// Register layout version implemented by this driver (major 1).
+    pub const VERSION_MAJOR: u16 = 1;
+
+    /// Identity register.
+    pub const ID: Register<u32> = Register::new("ID", 0x000);
+    /// Layout version, `major << 16 | minor`.
+    pub const VERSION: Register<u32> = Register::new("VERSION", 0x004);
+    /// VRAM size in bytes.
+    pub const VRAM_SIZE: Register<u64> = Register::new("VRAM_SIZE", 0x008);
+    /// Size of the CPU-visible VRAM window.
+    pub const VISIBLE_SIZE: Register<u64> = Register::new("VISIBLE_SIZE", 0x010);
+    /// GTT aperture size in bytes.
+    pub const GTT_SIZE: Register<u64> = Register::new("GTT_SIZE", 0x018);
+    /// Event bits; writing 1 to a bit clears it.
+    pub const STATUS: Register<Status> = Register::new("STATUS", 0x020);
+    /// Device control.
+    pub const CONTROL: Register<Control> = Register::new("CONTROL", 0x024);
+    /// Reading consumes one pending injected allocation failure (reads 1),
+    /// or reads 0 when none is pending.
+    pub const FAULT_ALLOC: Register<u32> = Register::new("FAULT_ALLOC", 0x028);
+    /// Injected allocation failures not yet consumed.
+    pub const FAULT_PENDING: Register<u32> = Register::new("FAULT_PENDING", 0x02c);
+    /// Start of the reported bad VRAM range.
+    pub const BAD_START: Register<u64> = Register::new("BAD_START", 0x030);
+    /// Length of the reported bad VRAM range (0 = none).
+    pub const BAD_LEN: Register<u64> = Register::new("BAD_LEN", 0x038);
+    /// A read/write register with no effect, for self-tests.
+    pub const SCRATCH: Register<u32> = Register::new("SCRATCH", 0x040);
+
+    bitflags::bitflags! {
+        /// The `STATUS` register.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub struct Status: u32 {
+            /// The device detected an internal error.
+            const ERROR = 1 << 0;
+            /// Injected allocation failures are pending (see `FAULT_ALLOC`);
+            /// not write-1-to-clear: it drops when the count reaches 0.
+            const ALLOC_FAULT = 1 << 1;
+            /// The VRAM manager's state is to be corrupted (fault injection).
+            const CORRUPT_VRAM = 1 << 2;
+            /// The GTT manager's state is to be corrupted (fault injection).
+            const CORRUPT_GTT = 1 << 3;
+            /// A bad VRAM range was reported in `BAD_START`/`BAD_LEN`.
+            const BAD_RANGE = 1 << 4;
+            /// Mirrors `CONTROL.ENABLE` (read-only).
+            const ENABLED = 1 << 31;
+        }
+    }
+
+    impl Status {
+        /// The bits cleared by writing 1 to them.
+        pub const W1C: Status = Status::ERROR
+            .union(Status::CORRUPT_VRAM)
+            .union(Status::CORRUPT_GTT)
+            .union(Status::BAD_RANGE);
+        /// Bits that call for the driver's attention.
+        pub const EVENTS: Status = Status::W1C.union(Status::ALLOC_FAULT);
+    }
+
+    bitflags::bitflags! {
+        /// The `CONTROL` register.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub struct Control: u32 {
+            /// The driver has taken the device (set at init, cleared at
+            /// shutdown).
+            const ENABLE = 1 << 0;
+        }
+    }
+
+    crate::bitflags_reg_value!(Status, u32);
+    crate::bitflags_reg_value!(Control, u32);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pddgpu::*;
+    use super::*;
+
+    #[test]
+    fn map_is_naturally_aligned_and_disjoint() {
+        let regs: [(usize, usize); 12] = [
+            (ID.offset(), 4),
+            (VERSION.offset(), 4),
+            (VRAM_SIZE.offset(), 8),
+            (VISIBLE_SIZE.offset(), 8),
+            (GTT_SIZE.offset(), 8),
+            (STATUS.offset(), 4),
+            (CONTROL.offset(), 4),
+            (FAULT_ALLOC.offset(), 4),
+            (FAULT_PENDING.offset(), 4),
+            (BAD_START.offset(), 8),
+            (BAD_LEN.offset(), 8),
+            (SCRATCH.offset(), 4),
+        ];
+        for (i, (off, w)) in regs.iter().enumerate() {
+            assert_eq!(off % w, 0);
+            assert!(off + w <= REGION_SIZE);
+            for (off2, w2) in &regs[i + 1..] {
+                assert!(
+                    off + w <= *off2 || off2 + w2 <= *off,
+                    "{off:#x} overlaps {off2:#x}"
+                );
+            }
+        }
+        assert_eq!(STATUS.width(), Width::W32);
+        assert_eq!(VRAM_SIZE.width(), Width::W64);
+        assert_eq!(
+            Status::from_raw(0x8000_0011),
+            Status::ENABLED | Status::ERROR | Status::BAD_RANGE
+        );
+        assert!(!Status::W1C.contains(Status::ALLOC_FAULT));
+    }
+}
