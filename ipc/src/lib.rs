@@ -8,6 +8,8 @@
 //! - [`host`]: the host transport (Unix sockets): a server that runs requests
 //!   through the real `redox-scheme` dispatch, and its client side.
 //! - [`transport`]: the small trait the client library talks through.
+//! - `redox` (Redox only): the Redox transport, system calls on
+//!   `/scheme/pddgpu/…`.
 //! - [`Device`] / [`Bo`]: the client library.
 //! - [`cli`]: the `pddgpu` command-line tool.
 #![deny(missing_docs)]
@@ -19,6 +21,8 @@ pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
 pub mod model;
+#[cfg(target_os = "redox")]
+pub mod redox;
 pub mod size;
 pub mod transport;
 pub mod wire;
