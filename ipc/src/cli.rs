@@ -172,10 +172,12 @@ fn connect(socket: Option<std::path::PathBuf>) -> crate::Result<Device> {
     }
     #[cfg(target_os = "redox")]
     {
-        let _ = socket;
-        Err(Error::Invalid(
-            "the Redox transport is not built into this pddgpu".into(),
-        ))
+        if socket.is_some() {
+            return Err(Error::Invalid(
+                "--socket is for the host transport; on Redox pddgpu uses /scheme/pddgpu".into(),
+            ));
+        }
+        Device::open()
     }
 }
 
