@@ -1,24 +1,32 @@
 //! VRAM allocator benchmark: our buddy allocator (and the VRAM manager on
 //! top of it) against `buddy_system_allocator::FrameAllocator`, on the same
-//! seeded workloads in the same run.
+//! seeded workloads in the same run (rounds alternate between the two and
+//! the best round of each counts, as the box is shared).
 //!
 //! `cargo bench -p pddgpu --bench vram` prints, per workload:
 //! - `ratio vram/<workload>/buddy_system_allocator <peer_time / our_time>`
 //! - our and the peer's ns per alloc+free pair,
 //! - bytes of allocator metadata per live allocation, measured with a
-//!   counting global allocator (heap held by the allocator itself; the
-//!   block lists our allocator returns, which the caller keeps, are shown
-//!   separately).
+//!   counting global allocator (heap held by the allocator itself), and the
+//!   size of the handle the caller keeps per allocation,
+//! - VRAM reserved for the live set (the peer rounds every request up to a
+//!   power of two).
 //!
-//! Workloads (sizes in 4 KiB pages; the peer works in 4 KiB frames and
-//! rounds every request up to a power of two, ours rounds to pages and may
-//! split a request into several blocks, as drm_buddy does):
+//! Requests are in 4 KiB pages (frames for the peer). Workloads:
 //! - `mix`: 8 GiB space, sizes log-uniform from 4 KiB to 64 MiB at page
-//!   granularity, random allocs and frees keeping about half the space
-//!   live;
-//! - `mix_pow2`: the same with power-of-two sizes (one block each);
-//! - `steady100k`: 16 GiB space, 100,000 live allocations of 4 KiB–256 KiB,
-//!   then random free+alloc pairs at that level.
+//!   granularity, random allocs and frees keeping about half of the space
+//!   live. Like the peer, ours is asked for one power-of-two block per
+//!   request (`min_block_size` = the size rounded up to a power of two) —
+//!   the like-for-like comparison.
+//! - `mix_split`: the same requests with drm_buddy semantics: rounded to
+//!   pages only, served by several blocks (largest first). More work per
+//!   request, far less memory reserved.
+//! - `steady100k` / `steady100k_split`: 16 GiB space, 100,000 live
+//!   allocations of 4 KiB–256 KiB, then random free+alloc pairs at that
+//!   level; one block / split as above.
+//!
+//! Extra knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<name>`,
+//! `VRAM_BENCH_SIDE=ours|peer` (profiling).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -26,7 +34,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use buddy_system_allocator::FrameAllocator;
-use pddgpu::buddy::{AllocFlags, Block, BuddyAllocator};
+use pddgpu::buddy::{AllocFlags, BlockList, BuddyAllocator};
 use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
 
 /// Counts live heap bytes of the whole process.
@@ -84,18 +92,12 @@ impl Rng {
         self.next() % n
     }
 
-    /// Log-uniform page count in `1..=max_pages` (at page granularity
-    /// unless `pow2`).
-    fn pages(&mut self, max_pages: u64, pow2: bool) -> u64 {
+    /// Log-uniform page count in `1..=max_pages`, at page granularity.
+    fn pages(&mut self, max_pages: u64) -> u64 {
         let max_exp = 63 - max_pages.leading_zeros() as u64;
-        let exp = self.below(max_exp + 1);
-        if pow2 {
-            1 << exp
-        } else {
-            let lo = 1u64 << exp;
-            let hi = (lo * 2 - 1).min(max_pages);
-            lo + self.below(hi - lo + 1)
-        }
+        let lo = 1u64 << self.below(max_exp + 1);
+        let hi = (lo * 2 - 1).min(max_pages);
+        lo + self.below(hi - lo + 1)
     }
 }
 
@@ -111,6 +113,9 @@ enum Step {
 /// generator's own bookkeeping (of requested sizes).
 struct Workload {
     name: &'static str,
+    /// Ours serves requests with drm_buddy semantics (several blocks)
+    /// instead of one power-of-two block.
+    split: bool,
     space_pages: u64,
     /// Steps run before timing starts (building the live set).
     warmup: Vec<Step>,
@@ -119,7 +124,7 @@ struct Workload {
     slots: usize,
 }
 
-fn mix(name: &'static str, pow2: bool, seed: u64) -> Workload {
+fn mix(name: &'static str, split: bool, seed: u64) -> Workload {
     let space_pages = (8u64 << 30) / PAGE;
     let max_pages = (64u64 << 20) / PAGE;
     let mut rng = Rng(seed);
@@ -132,7 +137,7 @@ fn mix(name: &'static str, pow2: bool, seed: u64) -> Workload {
         let alloc_percent = if live_pages < target { 60 } else { 40 };
         let alloc = live.is_empty() || rng.below(100) < alloc_percent;
         if alloc {
-            let pages = rng.pages(max_pages, pow2);
+            let pages = rng.pages(max_pages);
             timed.push(Step::Alloc { pages });
             live.push((slots, pages));
             live_pages += pages;
@@ -149,6 +154,7 @@ fn mix(name: &'static str, pow2: bool, seed: u64) -> Workload {
     }
     Workload {
         name,
+        split,
         space_pages,
         warmup: Vec::new(),
         timed,
@@ -156,7 +162,7 @@ fn mix(name: &'static str, pow2: bool, seed: u64) -> Workload {
     }
 }
 
-fn steady(seed: u64) -> Workload {
+fn steady(name: &'static str, split: bool, seed: u64) -> Workload {
     let space_pages = (16u64 << 30) / PAGE;
     let max_pages = (256u64 << 10) / PAGE;
     let mut rng = Rng(seed);
@@ -165,7 +171,7 @@ fn steady(seed: u64) -> Workload {
     let mut slots = 0;
     for _ in 0..100_000 {
         warmup.push(Step::Alloc {
-            pages: rng.pages(max_pages, false),
+            pages: rng.pages(max_pages),
         });
         live.push(slots);
         slots += 1;
@@ -175,13 +181,14 @@ fn steady(seed: u64) -> Workload {
         let i = rng.below(live.len() as u64) as usize;
         timed.push(Step::Free { slot: live[i] });
         timed.push(Step::Alloc {
-            pages: rng.pages(max_pages, false),
+            pages: rng.pages(max_pages),
         });
         live[i] = slots;
         slots += 1;
     }
     Workload {
-        name: "steady100k",
+        name,
+        split,
         space_pages,
         warmup,
         timed,
@@ -192,34 +199,65 @@ fn steady(seed: u64) -> Workload {
 /// The operations a benchmarked allocator offers.
 trait Subject {
     type Handle;
-    fn new(space_pages: u64) -> Self;
-    fn alloc(&mut self, pages: u64) -> Option<Self::Handle>;
-    fn free(&mut self, handle: Self::Handle);
-    /// Heap bytes held by handles (kept by the caller, not the allocator).
+    fn new(space_pages: u64, split: bool) -> Self;
+    /// Allocates `pages` into `slot` (left `None` on failure).
+    fn alloc(&mut self, pages: u64, slot: &mut Option<Self::Handle>);
+    fn free(&mut self, handle: &Self::Handle);
+    /// Heap bytes held by a handle beyond its inline size (kept by the
+    /// caller, not the allocator).
     fn handle_heap(handle: &Self::Handle) -> usize;
+    /// Bytes of the space reserved by live allocations.
+    fn reserved(&self) -> u64;
 }
 
-struct Ours(BuddyAllocator);
+struct Ours {
+    buddy: BuddyAllocator,
+    split: bool,
+}
 
 impl Subject for Ours {
-    type Handle = Vec<Block>;
+    type Handle = BlockList;
 
-    fn new(space_pages: u64) -> Self {
-        Ours(BuddyAllocator::new(space_pages * PAGE, PAGE).expect("space"))
+    fn new(space_pages: u64, split: bool) -> Self {
+        Ours {
+            buddy: BuddyAllocator::new(space_pages * PAGE, PAGE).expect("space"),
+            split,
+        }
     }
 
-    fn alloc(&mut self, pages: u64) -> Option<Vec<Block>> {
-        self.0
-            .alloc(pages * PAGE, PAGE, AllocFlags::empty(), 0..0)
-            .ok()
+    fn alloc(&mut self, pages: u64, slot: &mut Option<BlockList>) {
+        let size = pages * PAGE;
+        let min_block = if self.split {
+            PAGE
+        } else {
+            size.next_power_of_two()
+        };
+        // The fast path of the API: blocks are written straight into the
+        // caller's storage.
+        let blocks = slot.insert(BlockList::new());
+        if self
+            .buddy
+            .alloc_into(size, min_block, AllocFlags::empty(), 0..0, blocks)
+            .is_err()
+        {
+            *slot = None;
+        }
     }
 
-    fn free(&mut self, handle: Vec<Block>) {
-        self.0.free(&handle).expect("free");
+    fn free(&mut self, handle: &BlockList) {
+        self.buddy.free(handle).expect("free");
     }
 
-    fn handle_heap(handle: &Vec<Block>) -> usize {
-        handle.capacity() * std::mem::size_of::<Block>()
+    fn handle_heap(handle: &BlockList) -> usize {
+        if handle.spilled() {
+            handle.capacity() * std::mem::size_of::<pddgpu::buddy::Block>()
+        } else {
+            0
+        }
+    }
+
+    fn reserved(&self) -> u64 {
+        self.buddy.used()
     }
 }
 
@@ -227,29 +265,41 @@ impl Subject for Ours {
 /// `add_frame` makes one root block instead of 32-frame pieces).
 struct Peer {
     inner: FrameAllocator<33>,
+    reserved_frames: usize,
 }
 
 impl Subject for Peer {
     type Handle = (usize, usize);
 
-    fn new(space_pages: u64) -> Self {
+    fn new(space_pages: u64, _split: bool) -> Self {
         let mut inner = FrameAllocator::<33>::new();
         let base = space_pages as usize;
         inner.add_frame(base, base * 2);
-        Peer { inner }
+        Peer {
+            inner,
+            reserved_frames: 0,
+        }
     }
 
-    fn alloc(&mut self, pages: u64) -> Option<(usize, usize)> {
+    fn alloc(&mut self, pages: u64, slot: &mut Option<(usize, usize)>) {
         let count = pages as usize;
-        self.inner.alloc(count).map(|frame| (frame, count))
+        *slot = self.inner.alloc(count).map(|frame| (frame, count));
+        if slot.is_some() {
+            self.reserved_frames += count.next_power_of_two();
+        }
     }
 
-    fn free(&mut self, (frame, count): (usize, usize)) {
+    fn free(&mut self, &(frame, count): &(usize, usize)) {
         self.inner.dealloc(frame, count);
+        self.reserved_frames -= count.next_power_of_two();
     }
 
     fn handle_heap(_: &(usize, usize)) -> usize {
         0
+    }
+
+    fn reserved(&self) -> u64 {
+        self.reserved_frames as u64 * PAGE
     }
 }
 
@@ -261,6 +311,8 @@ struct Outcome {
     /// at the peak of live allocations for workloads without warm-up).
     meta_per_live: f64,
     handle_per_live: f64,
+    /// VRAM reserved by the live set where the metadata was sampled.
+    reserved: u64,
 }
 
 fn run<S: Subject>(w: &Workload) -> Outcome {
@@ -268,21 +320,17 @@ fn run<S: Subject>(w: &Workload) -> Outcome {
     slots.resize_with(w.slots, || None);
     let mut next_slot = 0usize;
     let mut failed = 0u64;
-    let base = live_bytes();
-    let mut subject = S::new(w.space_pages);
     let mut live = 0usize;
     let mut handle_bytes = 0usize;
-    let mut best_sample = (0.0f64, 0.0f64, 0usize);
-    let mut step = |subject: &mut S,
-                    slots: &mut Vec<Option<S::Handle>>,
-                    s: Step,
-                    live: &mut usize,
-                    handle_bytes: &mut usize| match s {
+    let base = live_bytes();
+    let mut subject = S::new(w.space_pages, w.split);
+    let mut step = |subject: &mut S, s: Step, live: &mut usize, handle_bytes: &mut usize| match s {
         Step::Alloc { pages } => {
-            match subject.alloc(pages) {
+            let slot = &mut slots[next_slot];
+            subject.alloc(pages, slot);
+            match slot {
                 Some(h) => {
-                    *handle_bytes += S::handle_heap(&h);
-                    slots[next_slot] = Some(h);
+                    *handle_bytes += S::handle_heap(h);
                     *live += 1;
                 }
                 None => failed += 1,
@@ -290,29 +338,37 @@ fn run<S: Subject>(w: &Workload) -> Outcome {
             next_slot += 1;
         }
         Step::Free { slot } => {
-            if let Some(h) = slots[slot].take() {
-                *handle_bytes -= S::handle_heap(&h);
+            if let Some(h) = &slots[slot] {
+                *handle_bytes -= S::handle_heap(h);
                 subject.free(h);
+                slots[slot] = None;
                 *live -= 1;
             }
         }
     };
-    for &s in &w.warmup {
-        step(&mut subject, &mut slots, s, &mut live, &mut handle_bytes);
-    }
-    let sample = |live: usize, handle_bytes: usize| {
+    // (metadata per live allocation, handle heap per live allocation, live
+    // count, reserved bytes) at the sampling point.
+    let sample = |subject: &S, live: usize, handle_bytes: usize| {
         let total = (live_bytes() - base) as f64;
         let handles = handle_bytes as f64;
-        ((total - handles) / live as f64, handles / live as f64, live)
+        let live_f = live.max(1) as f64;
+        (
+            (total - handles) / live_f,
+            handles / live_f,
+            live,
+            subject.reserved(),
+        )
     };
-    if live > 0 {
-        best_sample = sample(live, handle_bytes);
+    for &s in &w.warmup {
+        step(&mut subject, s, &mut live, &mut handle_bytes);
     }
+    let mut sampled = sample(&subject, live, handle_bytes);
     let start = Instant::now();
     for (i, &s) in w.timed.iter().enumerate() {
-        step(&mut subject, &mut slots, s, &mut live, &mut handle_bytes);
-        if w.warmup.is_empty() && i % 4096 == 0 && live > best_sample.2 {
-            best_sample = sample(live, handle_bytes);
+        step(&mut subject, s, &mut live, &mut handle_bytes);
+        // Without a warm-up, sample at the peak of live allocations.
+        if w.warmup.is_empty() && i % 4096 == 0 && live > sampled.2 {
+            sampled = sample(&subject, live, handle_bytes);
         }
     }
     let time = start.elapsed();
@@ -326,21 +382,41 @@ fn run<S: Subject>(w: &Workload) -> Outcome {
         time,
         pairs: allocs,
         failed,
-        meta_per_live: best_sample.0,
-        handle_per_live: best_sample.1,
+        meta_per_live: sampled.0,
+        handle_per_live: sampled.1,
+        reserved: sampled.3,
     }
 }
 
-/// Best of `rounds` runs (least disturbed by the other load on the box).
-fn best<S: Subject>(w: &Workload, rounds: usize) -> Outcome {
-    let mut best: Option<Outcome> = None;
+/// Best of `rounds` runs of each, ours and the peer's alternating, so that
+/// both see the same background load (the box is shared).
+fn best_pair(w: &Workload, rounds: usize) -> (Outcome, Outcome) {
+    let mut ours: Option<Outcome> = None;
+    let mut peer: Option<Outcome> = None;
+    // VRAM_BENCH_SIDE=ours|peer runs one side only (for profiling).
+    let side = std::env::var("VRAM_BENCH_SIDE").ok();
+    let (run_ours, run_peer) = match side.as_deref() {
+        Some("ours") => (true, false),
+        Some("peer") => (false, true),
+        _ => (true, true),
+    };
     for _ in 0..rounds {
-        let o = run::<S>(w);
-        if best.as_ref().is_none_or(|b| o.time < b.time) {
-            best = Some(o);
+        if run_ours {
+            let o = run::<Ours>(w);
+            if ours.as_ref().is_none_or(|b| o.time < b.time) {
+                ours = Some(o);
+            }
+        }
+        if run_peer {
+            let p = run::<Peer>(w);
+            if peer.as_ref().is_none_or(|b| p.time < b.time) {
+                peer = Some(p);
+            }
         }
     }
-    best.expect("at least one round")
+    let ours = ours.unwrap_or_else(|| run::<Ours>(w));
+    let peer = peer.unwrap_or_else(|| run::<Peer>(w));
+    (ours, peer)
 }
 
 fn ns_per_pair(o: &Outcome) -> f64 {
@@ -377,15 +453,19 @@ fn main() {
     let rounds = std::env::var("VRAM_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let workloads = [
         mix("mix", false, 0x5EED_0001),
-        mix("mix_pow2", true, 0x5EED_0002),
-        steady(0x5EED_0003),
+        mix("mix_split", true, 0x5EED_0001),
+        steady("steady100k", false, 0x5EED_0003),
+        steady("steady100k_split", true, 0x5EED_0003),
     ];
+    let only = std::env::var("VRAM_BENCH_ONLY").ok();
     for w in &workloads {
-        let ours = best::<Ours>(w, rounds);
-        let peer = best::<Peer>(w, rounds);
+        if only.as_deref().is_some_and(|o| o != w.name) {
+            continue;
+        }
+        let (ours, peer) = best_pair(w, rounds);
         let ratio = peer.time.as_secs_f64() / ours.time.as_secs_f64();
         println!("ratio vram/{}/buddy_system_allocator {:.2}", w.name, ratio);
         println!(
@@ -398,8 +478,19 @@ fn main() {
             peer.failed
         );
         println!(
-            "  {}: metadata per live allocation: ours {:.1} B (+ {:.1} B block list held by the caller), peer {:.1} B",
-            w.name, ours.meta_per_live, ours.handle_per_live, peer.meta_per_live
+            "  {}: metadata per live allocation: ours {:.1} B, peer {:.1} B; handle kept by the caller: ours {} B + {:.1} B heap, peer {} B",
+            w.name,
+            ours.meta_per_live,
+            peer.meta_per_live,
+            std::mem::size_of::<BlockList>(),
+            ours.handle_per_live,
+            std::mem::size_of::<(usize, usize)>()
+        );
+        println!(
+            "  {}: VRAM reserved for the same live set: ours {} MiB, peer {} MiB",
+            w.name,
+            ours.reserved >> 20,
+            peer.reserved >> 20
         );
     }
     let (time, allocs) = manager_mix(&workloads[0]);

@@ -204,7 +204,7 @@ fn rejected_frees_and_claims_change_nothing() {
     let b0 = x[0];
     type Expect = fn(&BuddyError) -> bool;
     let cases: Vec<(Vec<Block>, Expect)> = vec![
-        (theirs.clone(), |e| matches!(e, BuddyError::Foreign { .. })),
+        (theirs.to_vec(), |e| matches!(e, BuddyError::Foreign { .. })),
         (
             vec![Block::new(b0.offset() + K4, b0.order(), 12, b0.tag())],
             |e| matches!(e, BuddyError::Misaligned { .. }),
@@ -213,18 +213,23 @@ fn rejected_frees_and_claims_change_nothing() {
             matches!(e, BuddyError::Misaligned { .. })
         }),
         (
-            vec![Block::new(b0.offset(), b0.order(), 12, b0.tag() + 100)],
+            vec![Block::new(
+                b0.offset(),
+                b0.order(),
+                12,
+                b0.tag().wrapping_add(100),
+            )],
             |e| matches!(e, BuddyError::StaleTag { .. }),
         ),
         (vec![Block::new(32 * K4, 0, 12, 1)], |e| {
             matches!(e, BuddyError::NotAllocated { .. })
         }),
-        ([x.clone(), vec![x[1]]].concat(), |e| {
+        ([x.to_vec(), vec![x[1]]].concat(), |e| {
             matches!(e, BuddyError::Duplicate { .. })
         }),
         // A valid list with one bad block at the end: nothing is freed.
         (
-            [x.clone(), y.clone(), vec![Block::new(40 * K4, 0, 12, 1)]].concat(),
+            [x.to_vec(), y.to_vec(), vec![Block::new(40 * K4, 0, 12, 1)]].concat(),
             |e| matches!(e, BuddyError::NotAllocated { .. }),
         ),
     ];

@@ -52,6 +52,9 @@ enum Op {
         pick: usize,
         /// Free in two calls (the blocks split at this point).
         split: Option<usize>,
+        /// Free through records rebuilt from (offset, order, tag) only,
+        /// without the node hints (the slow, validating path).
+        rebuild: bool,
     },
     /// Free an allocation that was already freed.
     StaleFree { pick: usize },
@@ -93,8 +96,8 @@ fn op_strategy(total_chunks: u64) -> impl Strategy<Value = Op> {
         );
     prop_oneof![
         10 => alloc,
-        7 => (any::<usize>(), prop::option::weighted(0.2, any::<usize>()))
-            .prop_map(|(pick, split)| Op::Free { pick, split }),
+        7 => (any::<usize>(), prop::option::weighted(0.2, any::<usize>()), prop::bool::weighted(0.2))
+            .prop_map(|(pick, split, rebuild)| Op::Free { pick, split, rebuild }),
         1 => any::<usize>().prop_map(|pick| Op::StaleFree { pick }),
         1 => (any::<usize>(), 0u8..6).prop_map(|(pick, kind)| Op::BadFree { pick, kind }),
         1 => any::<usize>().prop_map(|pick| Op::Reclaim { pick }),
@@ -282,7 +285,9 @@ fn run_case(shift: u8, chunks: u64, ops: &[Op]) -> u64 {
                                     );
                                 }
                             }
-                            live.push(Live { blocks });
+                            live.push(Live {
+                                blocks: blocks.to_vec(),
+                            });
                         }
                         Err(BuddyError::NoSpace { .. }) => {
                             assert!(!expect, "no space although the model finds room");
@@ -292,11 +297,20 @@ fn run_case(shift: u8, chunks: u64, ops: &[Op]) -> u64 {
                     }
                 }
             }
-            Op::Free { pick, split } => {
+            Op::Free {
+                pick,
+                split,
+                rebuild,
+            } => {
                 if live.is_empty() {
                     continue;
                 }
-                let l = live.swap_remove(pick % live.len());
+                let mut l = live.swap_remove(pick % live.len());
+                if rebuild {
+                    for b in &mut l.blocks {
+                        *b = Block::new(b.offset(), b.order(), b.chunk_shift(), b.tag());
+                    }
+                }
                 match split {
                     Some(at) if l.blocks.len() > 1 => {
                         let at = 1 + at % (l.blocks.len() - 1);

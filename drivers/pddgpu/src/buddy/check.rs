@@ -1,57 +1,74 @@
 //! Full consistency check of a [`BuddyAllocator`], for tests and recovery.
 
+use alloc::vec::Vec;
+
 use super::store::{NodeState, NIL};
 use super::BuddyAllocator;
 
 /// Verifies every invariant; see [`BuddyAllocator::check`].
 pub(super) fn check(a: &BuddyAllocator) -> Result<(), &'static str> {
     let store = &a.store;
-    // Leaves tile 0..size exactly, each aligned, with no mergeable buddies.
+    // Walk the tree in address order: leaves must tile 0..size exactly.
     let mut at = 0u64;
     let mut leaves = 0usize;
     let mut used = 0u64;
     let mut allocated = 0u64;
     let mut free_per_order = [0u64; 64];
-    while at < a.size {
-        let idx = store.lookup(at).ok_or("hole in the leaf tiling")?;
-        let n = store.node(idx);
-        if n.offset != at {
-            return Err("leaf indexed under a wrong offset");
+    let mut expected_root_offset = 0u64;
+    for &root in &a.roots {
+        let n = store.node(root);
+        if n.parent != NIL || n.offset != expected_root_offset {
+            return Err("root out of place");
         }
+        expected_root_offset = expected_root_offset.wrapping_add(a.block_bytes(u32::from(n.order)));
+    }
+    let mut stack: Vec<u32> = a.roots.iter().rev().copied().collect();
+    while let Some(idx) = stack.pop() {
+        let n = store.node(idx);
         if n.order > a.max_order {
-            return Err("leaf order above the maximum");
+            return Err("node order above the maximum");
         }
         let bytes = a.block_bytes(u32::from(n.order));
-        if at & (bytes - 1) != 0 {
-            return Err("leaf not aligned to its size");
+        if n.offset & (bytes - 1) != 0 {
+            return Err("node not aligned to its size");
         }
         match n.state {
+            NodeState::Split => {
+                let (l, r) = (store.node(n.aux), store.node(n.aux + 1));
+                if n.aux & 1 != 0 || l.parent != idx || r.parent != idx {
+                    return Err("broken parent/child links");
+                }
+                if n.order == 0 || l.order + 1 != n.order || r.order + 1 != n.order {
+                    return Err("child order is not parent order - 1");
+                }
+                if l.offset != n.offset || r.offset != n.offset + bytes / 2 {
+                    return Err("children do not halve their parent");
+                }
+                if l.state == NodeState::Free && r.state == NodeState::Free {
+                    return Err("two free buddies left unmerged");
+                }
+                stack.push(n.aux + 1);
+                stack.push(n.aux);
+                continue;
+            }
             NodeState::Allocated => {
                 used += bytes;
                 allocated += 1;
             }
-            NodeState::Free => {
-                free_per_order[usize::from(n.order)] += 1;
-                if n.order < a.max_order {
-                    if let Some(b) = store.lookup(at ^ bytes) {
-                        let bn = store.node(b);
-                        if bn.state == NodeState::Free && bn.order == n.order {
-                            return Err("two free buddies left unmerged");
-                        }
-                    }
-                }
-            }
+            NodeState::Free => free_per_order[usize::from(n.order)] += 1,
+            NodeState::Unused => return Err("unused node inside the tree"),
+        }
+        if n.offset != at {
+            return Err("leaves do not tile the space");
         }
         leaves += 1;
-        at = at
-            .checked_add(bytes)
-            .ok_or("leaf past the end of the space")?;
+        at = at.wrapping_add(bytes);
     }
     if at != a.size {
-        return Err("leaves run past the end of the space");
+        return Err("leaves do not cover the space exactly");
     }
     if leaves != store.leaf_count() {
-        return Err("index holds leaves outside the tiling");
+        return Err("leaf counter out of date");
     }
     if used != a.used || allocated != a.allocated_blocks {
         return Err("used/allocated counters do not match the leaves");
@@ -76,8 +93,8 @@ pub(super) fn check(a: &BuddyAllocator) -> Result<(), &'static str> {
                 if n.prev != prev {
                     return Err("broken free-list back link");
                 }
-                if store.lookup(n.offset) != Some(idx) {
-                    return Err("listed node is not indexed");
+                if a.leaf_at(n.offset) != idx {
+                    return Err("listed node is not a leaf of the tree");
                 }
                 listed += 1;
                 if listed > free_per_order[order as usize] {

@@ -2,11 +2,8 @@
 //! (drm_buddy_block_trim), or, when no such block is free, find a run of
 //! adjacent free blocks ("try harder") and claim exactly that run.
 
-use alloc::vec;
-use alloc::vec::Vec;
-
 use super::store::{NodeState, NIL};
-use super::{ceil_log2, floor_log2, Block, BuddyAllocator, BuddyError, Placement};
+use super::{ceil_log2, floor_log2, Block, BlockList, BuddyAllocator, BuddyError, Placement};
 
 impl BuddyAllocator {
     /// One contiguous run of `need` bytes (a multiple of the minimum block
@@ -17,75 +14,84 @@ impl BuddyAllocator {
         need: u64,
         min_order: u32,
         place: &Placement,
-        tag: u32,
-    ) -> Result<Vec<Block>, BuddyError> {
+        tag: u16,
+        out: &mut BlockList,
+    ) -> Result<(), BuddyError> {
         let order = ceil_log2(need >> self.chunk_shift);
         if order <= u32::from(self.max_order) {
             if let Some((idx, target)) = self.find(order, place) {
                 let block = self.take(idx, order, target, tag);
                 if self.block_bytes(order) == need {
-                    return Ok(vec![block]);
+                    out.push(block);
+                } else {
+                    self.trim(block, need, place.topdown, out);
                 }
-                return Ok(self.trim(block, need, place.topdown));
+                return Ok(());
             }
         }
-        self.alloc_run(need, min_order, place, tag)
+        self.alloc_run(need, min_order, place, tag, out)
     }
 
     /// Shrinks the freshly allocated `block` to `need` bytes — its low end,
     /// or its high end for top-down — giving the rest back as free blocks.
-    /// Returns the kept blocks in address order.
-    fn trim(&mut self, block: Block, need: u64, keep_high: bool) -> Vec<Block> {
-        let mut cur = self.store.lookup(block.offset).expect("taken block");
+    /// Appends the kept blocks to `out` in address order.
+    fn trim(&mut self, block: Block, need: u64, keep_high: bool, out: &mut BlockList) {
+        let tag = block.tag;
+        let mut cur = block.node;
         let mut offset = block.offset;
         let mut j = u32::from(block.order);
         let mut remaining = need;
-        let mut out = Vec::with_capacity((need >> self.chunk_shift).count_ones() as usize);
+        let base = out.len();
         self.used -= self.block_bytes(j) - need;
         loop {
             if remaining == self.block_bytes(j) {
-                out.push(Block::new(offset, j as u8, self.chunk_shift, block.tag));
+                out.push(self.mark_allocated(cur, tag));
                 break;
             }
             j -= 1;
             let half = self.block_bytes(j);
             let right = offset + half;
-            self.store.node_mut(cur).order = j as u8;
+            let c = self.store.split(cur, j as u8, offset, right);
             // A half given back is never merged: its buddy is (partly) kept.
             if !keep_high {
                 if remaining <= half {
-                    let r = self.store.create(right, j as u8);
-                    self.store.push_free(r);
+                    self.store.push_free(c + 1);
+                    cur = c;
                 } else {
-                    out.push(Block::new(offset, j as u8, self.chunk_shift, block.tag));
-                    cur = self.new_allocated(right, j, block.tag);
+                    out.push(self.mark_allocated(c, tag));
+                    cur = c + 1;
                     offset = right;
                     remaining -= half;
                 }
             } else if remaining <= half {
-                self.store.push_free(cur);
-                cur = self.new_allocated(right, j, block.tag);
+                self.store.push_free(c);
+                cur = c + 1;
                 offset = right;
             } else {
-                self.new_allocated(right, j, block.tag);
-                out.push(Block::new(right, j as u8, self.chunk_shift, block.tag));
+                out.push(self.mark_allocated(c + 1, tag));
+                cur = c;
                 remaining -= half;
             }
         }
-        self.allocated_blocks += out.len() as u64 - 1;
+        self.allocated_blocks += (out.len() - base) as u64 - 1;
         if keep_high {
-            out.reverse();
+            out[base..].reverse();
         }
-        out
     }
 
-    /// A new allocated leaf (no accounting; the caller does it).
-    fn new_allocated(&mut self, offset: u64, order: u32, tag: u32) -> u32 {
-        let idx = self.store.create(offset, order as u8);
+    /// Marks leaf `idx` allocated with `tag` (no accounting; the caller
+    /// does it) and returns its block.
+    fn mark_allocated(&mut self, idx: u32, tag: u16) -> Block {
         let n = self.store.node_mut(idx);
         n.state = NodeState::Allocated;
-        n.tag = tag;
-        idx
+        n.aux = u32::from(tag);
+        Block {
+            offset: n.offset,
+            tag,
+            node: idx,
+            order: n.order,
+            chunk_shift: self.chunk_shift,
+        }
     }
 
     /// "Try harder": the first run of `need` free bytes, aligned to the
@@ -98,8 +104,9 @@ impl BuddyAllocator {
         need: u64,
         min_order: u32,
         place: &Placement,
-        tag: u32,
-    ) -> Result<Vec<Block>, BuddyError> {
+        tag: u16,
+        out: &mut BlockList,
+    ) -> Result<(), BuddyError> {
         let align = self.block_bytes(min_order);
         let mut regions = 0u64;
         let mut orders = self.store.order_mask();
@@ -133,7 +140,8 @@ impl BuddyAllocator {
                             && u128::from(at) + u128::from(need) <= u128::from(place.end)
                             && self.run_is_free(leaf_end, u128::from(at) + u128::from(need))
                         {
-                            return Ok(self.claim_span(at, at + need, tag));
+                            self.claim_span(at, at + need, tag, out);
+                            return Ok(());
                         }
                     }
                     idx = node.next;
@@ -143,25 +151,22 @@ impl BuddyAllocator {
         Err(BuddyError::NoSpace { size: need })
     }
 
-    /// Whether the leaves from `from` up to `to` are all free.
+    /// Whether the leaves from `from` (a leaf boundary) up to `to` are all
+    /// free.
     fn run_is_free(&self, mut from: u128, to: u128) -> bool {
         while from < to {
-            let Some(idx) = self.store.lookup(from as u64) else {
-                return false;
-            };
-            let n = self.store.node(idx);
+            let n = self.store.node(self.leaf_at(from as u64));
             if n.state != NodeState::Free {
                 return false;
             }
-            from += u128::from(self.block_bytes(u32::from(n.order)));
+            from = u128::from(n.offset) + u128::from(self.block_bytes(u32::from(n.order)));
         }
         true
     }
 
     /// Allocates exactly `start..end` (all free, chunk-aligned) as the
     /// largest aligned blocks that tile it, in address order.
-    fn claim_span(&mut self, start: u64, end: u64, tag: u32) -> Vec<Block> {
-        let mut out = Vec::new();
+    fn claim_span(&mut self, start: u64, end: u64, tag: u16, out: &mut BlockList) {
         let mut at = start;
         while at < end {
             let pages_left = (end - at) >> self.chunk_shift;
@@ -172,6 +177,5 @@ impl BuddyAllocator {
             out.push(self.take(idx, order, at, tag));
             at += self.block_bytes(order);
         }
-        out
     }
 }

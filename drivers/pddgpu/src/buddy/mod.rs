@@ -22,10 +22,14 @@
 //! tag), foreign, misaligned or out-of-bounds blocks are rejected with a
 //! [`BuddyError`].
 //!
-//! Metadata is proportional to the number of live and free blocks: only
-//! leaf blocks are stored (a slab of 24-byte nodes plus a hash index), and
-//! a 256 GiB space with 4 KiB chunks starts as a handful of roots. Placement
-//! is address-ordered at the granularity of *regions* (at most 64 equal
+//! Metadata is proportional to the number of blocks: the allocator keeps
+//! the tree of blocks that exist (32-byte nodes, siblings sharing a cache
+//! line), so a 256 GiB space with 4 KiB chunks starts as a handful of
+//! roots. Every operation is a few pointer steps per tree level, with no
+//! searching: a block handed out remembers its node, so a free validates
+//! it in O(1) (falling back to a walk down the tree for records that have
+//! no valid node hint, e.g. after [`BuddyAllocator::claim`]). Placement is
+//! address-ordered at the granularity of *regions* (at most 64 equal
 //! slices of the space); see `store` for the data structure.
 
 mod check;
@@ -34,9 +38,14 @@ mod search;
 mod store;
 
 use alloc::vec::Vec;
+use core::hash::{Hash, Hasher};
 use core::ops::Range;
 
-use store::{LeafStore, NodeState};
+use store::{NodeState, NodeStore, NIL};
+
+/// The blocks of one allocation; up to three are stored inline (no heap
+/// allocation), which covers every power-of-two request and most others.
+pub type BlockList = smallvec::SmallVec<[Block; 3]>;
 
 bitflags::bitflags! {
     /// How [`BuddyAllocator::alloc`] places an allocation.
@@ -59,23 +68,44 @@ bitflags::bitflags! {
 /// the allocator that made it and the tag of the allocation it belongs to,
 /// so that a stale copy (after a free and a reuse of the same memory) or a
 /// block from another allocator is rejected instead of freeing someone
-/// else's memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// else's memory (the 16-bit tag counts allocations, so a stale copy could
+/// only pass if the very same block were handed out again exactly 65,536
+/// allocations later). It also carries a hint to its node in the allocator,
+/// which makes frees O(1); the hint is not part of its identity (equality
+/// and hashing ignore it) and a wrong hint is harmless.
+#[derive(Clone, Copy, Debug)]
 pub struct Block {
     offset: u64,
-    tag: u32,
+    node: u32,
+    tag: u16,
     order: u8,
     chunk_shift: u8,
+}
+
+impl PartialEq for Block {
+    fn eq(&self, other: &Self) -> bool {
+        (self.offset, self.tag, self.order, self.chunk_shift)
+            == (other.offset, other.tag, other.order, other.chunk_shift)
+    }
+}
+
+impl Eq for Block {}
+
+impl Hash for Block {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.offset, self.tag, self.order, self.chunk_shift).hash(state);
+    }
 }
 
 impl Block {
     /// A block record with the given fields, e.g. rebuilt from a saved
     /// table. Nothing is checked here: the allocator validates every block
     /// it is given.
-    pub const fn new(offset: u64, order: u8, chunk_shift: u8, tag: u32) -> Self {
+    pub const fn new(offset: u64, order: u8, chunk_shift: u8, tag: u16) -> Self {
         Block {
             offset,
             tag,
+            node: NIL,
             order,
             chunk_shift,
         }
@@ -97,7 +127,7 @@ impl Block {
     }
 
     /// Tag of the allocation the block belongs to.
-    pub const fn tag(&self) -> u32 {
+    pub const fn tag(&self) -> u16 {
         self.tag
     }
 
@@ -259,14 +289,20 @@ pub(crate) struct Placement {
 /// A drm_buddy-class buddy allocator; see the [module docs](self).
 ///
 /// Single-threaded (`&mut self`): the VRAM manager wraps it in a lock.
+// `repr(C)` keeps `used` and `allocated_blocks` apart: when adjacent, the
+// compiler fuses their updates into one 16-byte access, which stalls on
+// store forwarding after the separate 8-byte updates of the other path.
+#[repr(C)]
 pub struct BuddyAllocator {
-    store: LeafStore,
+    used: u64,
     size: u64,
+    allocated_blocks: u64,
+    store: NodeStore,
+    /// Root nodes in address order.
+    roots: Vec<u32>,
+    next_tag: u16,
     chunk_shift: u8,
     max_order: u8,
-    used: u64,
-    allocated_blocks: u64,
-    next_tag: u32,
 }
 
 impl core::fmt::Debug for BuddyAllocator {
@@ -325,18 +361,19 @@ impl BuddyAllocator {
             .saturating_sub(6)
             .max(u32::from(chunk_shift));
         let regions = (((size - 1) >> region_shift) + 1) as usize;
-        let mut store = LeafStore::new(usize::from(max_order) + 1, regions, region_shift);
+        let mut store = NodeStore::new(usize::from(max_order) + 1, regions, region_shift);
+        let mut roots = Vec::new();
         let mut offset = 0u64;
         let mut pages = size >> chunk_shift;
         while pages != 0 {
             let order = floor_log2(pages);
-            let idx = store.create(offset, order as u8);
-            store.push_free(idx);
-            offset += 1u64 << (order + u32::from(chunk_shift));
+            roots.push(store.add_root(offset, order as u8));
+            offset = offset.wrapping_add(1u64 << (order + u32::from(chunk_shift)));
             pages &= !(1u64 << order);
         }
         Ok(BuddyAllocator {
             store,
+            roots,
             size,
             chunk_shift,
             max_order,
@@ -382,8 +419,8 @@ impl BuddyAllocator {
         self.allocated_blocks
     }
 
-    /// Number of leaf blocks (free + allocated) — what the metadata is
-    /// proportional to.
+    /// Number of leaf blocks (free + allocated); the tree holds about twice
+    /// as many nodes, and that is what the metadata is proportional to.
     pub fn leaf_count(&self) -> usize {
         self.store.leaf_count()
     }
@@ -417,27 +454,33 @@ impl BuddyAllocator {
     }
 
     /// Every leaf block in address order, with `true` for free ones (free
-    /// blocks carry tag 0). O(number of leaves); for tests, dumps and
+    /// blocks carry tag 0). O(number of nodes); for tests, dumps and
     /// debugging.
     pub fn leaves(&self) -> impl Iterator<Item = (Block, bool)> + '_ {
-        let mut at = 0u64;
-        core::iter::from_fn(move || {
-            if at >= self.size {
-                return None;
-            }
-            let idx = self.store.lookup(at)?;
+        let mut stack: Vec<u32> = self.roots.iter().rev().copied().collect();
+        core::iter::from_fn(move || loop {
+            let idx = stack.pop()?;
             let n = self.store.node(idx);
-            let free = n.state == NodeState::Free;
-            let tag = if free { 0 } else { n.tag };
-            at = at.saturating_add(self.block_bytes(u32::from(n.order)));
-            Some((Block::new(n.offset, n.order, self.chunk_shift, tag), free))
+            match n.state {
+                NodeState::Split => {
+                    stack.push(n.aux + 1);
+                    stack.push(n.aux);
+                }
+                state => {
+                    let free = state == NodeState::Free;
+                    let tag = if free { 0 } else { n.aux as u16 };
+                    let mut block = Block::new(n.offset, n.order, self.chunk_shift, tag);
+                    block.node = idx;
+                    return Some((block, free));
+                }
+            }
         })
     }
 
     /// True when nothing is allocated and every root is whole again (all
     /// buddies merged back).
     pub fn is_pristine(&self) -> bool {
-        self.used == 0 && self.store.leaf_count() == self.roots().count()
+        self.used == 0 && self.store.leaf_count() == self.roots.len()
     }
 
     /// A snapshot of the accounting.
@@ -457,8 +500,14 @@ impl BuddyAllocator {
             largest_free: self.largest_free(),
             allocated_blocks: self.allocated_blocks,
             free_blocks,
-            roots: self.roots().count(),
+            roots: self.roots.len(),
         }
+    }
+
+    /// Nodes the allocator has storage for (in use or recycled): its
+    /// metadata is this many 32-byte nodes plus a fixed list-head table.
+    pub fn node_capacity(&self) -> usize {
+        self.store.node_capacity()
     }
 
     /// Bytes of a block of `order`.
@@ -482,7 +531,24 @@ impl BuddyAllocator {
         min_block_size: u64,
         flags: AllocFlags,
         range: Range<u64>,
-    ) -> Result<Vec<Block>, BuddyError> {
+    ) -> Result<BlockList, BuddyError> {
+        let mut out = BlockList::new();
+        self.alloc_into(size, min_block_size, flags, range, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`alloc`](Self::alloc), appending the blocks to `out` instead of
+    /// returning a new list (on error `out` is left as it was). Writing
+    /// straight into the caller's storage saves a copy on the hot path.
+    #[inline]
+    pub fn alloc_into(
+        &mut self,
+        size: u64,
+        min_block_size: u64,
+        flags: AllocFlags,
+        range: Range<u64>,
+        out: &mut BlockList,
+    ) -> Result<(), BuddyError> {
         if size == 0 {
             return Err(BuddyError::ZeroSize);
         }
@@ -514,12 +580,12 @@ impl BuddyAllocator {
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1).max(1);
         if flags.contains(AllocFlags::CONTIGUOUS) {
-            self.alloc_contiguous(need, min_order, &place, tag)
+            self.alloc_contiguous(need, min_order, &place, tag, out)
         } else {
             if !place.ranged && need > self.free_bytes() {
                 return Err(BuddyError::NoSpace { size: need });
             }
-            self.alloc_blocks(need, min_order, &place, tag)
+            self.alloc_blocks(need, min_order, &place, tag, out)
         }
     }
 
@@ -553,43 +619,50 @@ impl BuddyAllocator {
     }
 
     /// Non-contiguous allocation of `need` bytes: greedy, largest blocks
-    /// first, never below `min_order` (drm_buddy's loop).
+    /// first, never below `min_order` (drm_buddy's loop). Appends to `out`;
+    /// on failure everything taken is given back and `out` is restored.
+    #[inline]
     fn alloc_blocks(
         &mut self,
         need: u64,
         min_order: u32,
         place: &Placement,
-        tag: u32,
-    ) -> Result<Vec<Block>, BuddyError> {
+        tag: u16,
+        out: &mut BlockList,
+    ) -> Result<(), BuddyError> {
+        let base = out.len();
         let mut pages = need >> self.chunk_shift;
         let mut order = floor_log2(pages).min(u32::from(self.max_order));
-        let mut out = Vec::new();
         loop {
             order = order.min(floor_log2(pages));
             loop {
                 if let Some((idx, target)) = self.find(order, place) {
-                    out.push(self.take(idx, order, target, tag));
+                    let block = self.take(idx, order, target, tag);
+                    out.push(block);
                     break;
                 }
-                if order == min_order {
-                    self.rollback(&out);
-                    return Err(BuddyError::NoSpace { size: need });
-                }
-                order -= 1;
-                if !place.ranged {
-                    // Nothing of order ≥ the failed one is free anywhere:
-                    // jump straight to the largest order that is.
-                    let below = self.store.order_mask() & !bits_from(order + 1);
-                    if below == 0 || floor_log2(below) < min_order {
-                        self.rollback(&out);
-                        return Err(BuddyError::NoSpace { size: need });
+                let mut give_up = order == min_order;
+                if !give_up {
+                    order -= 1;
+                    if !place.ranged {
+                        // Nothing of order ≥ the failed one is free
+                        // anywhere: jump to the largest order that is.
+                        let below = self.store.order_mask() & !bits_from(order + 1);
+                        give_up = below == 0 || floor_log2(below) < min_order;
+                        if !give_up {
+                            order = order.min(floor_log2(below));
+                        }
                     }
-                    order = order.min(floor_log2(below));
+                }
+                if give_up {
+                    self.rollback(&out[base..]);
+                    out.truncate(base);
+                    return Err(BuddyError::NoSpace { size: need });
                 }
             }
             pages -= 1 << order;
             if pages == 0 {
-                return Ok(out);
+                return Ok(());
             }
         }
     }
@@ -597,19 +670,15 @@ impl BuddyAllocator {
     /// Frees blocks taken by a failed allocation.
     fn rollback(&mut self, blocks: &[Block]) {
         for block in blocks {
-            let idx = self
-                .store
-                .lookup(block.offset)
-                .expect("rolled-back block is a leaf");
-            self.release(idx);
+            self.release(block.node);
         }
     }
 
     /// Takes free leaf `idx` off its list and splits it down to the block
     /// of `order` at `target` (which it must contain, aligned), marking
     /// that block allocated with `tag`. The split-off halves become free.
-    #[inline]
-    pub(crate) fn take(&mut self, idx: u32, order: u32, target: u64, tag: u32) -> Block {
+    #[inline(always)]
+    pub(crate) fn take(&mut self, idx: u32, order: u32, target: u64, tag: u16) -> Block {
         self.store.unlink_free(idx);
         let mut cur = idx;
         let (mut offset, mut j) = {
@@ -619,57 +688,46 @@ impl BuddyAllocator {
         while j > order {
             j -= 1;
             let right = offset + self.block_bytes(j);
-            self.store.node_mut(cur).order = j as u8;
+            let c = self.store.split(cur, j as u8, offset, right);
             if target >= right {
-                // The left half stays free under the current node.
-                self.store.push_free(cur);
-                cur = self.store.create(right, j as u8);
+                self.store.push_free(c);
+                cur = c + 1;
                 offset = right;
             } else {
-                let r = self.store.create(right, j as u8);
-                self.store.push_free(r);
+                self.store.push_free(c + 1);
+                cur = c;
             }
         }
         let n = self.store.node_mut(cur);
         n.state = NodeState::Allocated;
-        n.tag = tag;
-        n.order = order as u8;
+        n.aux = u32::from(tag);
         self.used += self.block_bytes(order);
         self.allocated_blocks += 1;
-        Block::new(offset, order as u8, self.chunk_shift, tag)
+        Block {
+            offset,
+            tag,
+            node: cur,
+            order: order as u8,
+            chunk_shift: self.chunk_shift,
+        }
     }
 
     /// Frees allocated leaf `idx` and merges it with free buddies as far as
     /// they go.
-    #[inline]
+    #[inline(always)]
     fn release(&mut self, idx: u32) {
         let mut cur = idx;
-        let (mut offset, mut j) = {
-            let n = self.store.node(idx);
-            (n.offset, u32::from(n.order))
-        };
-        self.used -= self.block_bytes(j);
+        self.used -= self.block_bytes(u32::from(self.store.node(idx).order));
         self.allocated_blocks -= 1;
-        while j < u32::from(self.max_order) {
-            let buddy = offset ^ self.block_bytes(j);
-            let Some(b) = self.store.lookup(buddy) else {
-                break;
-            };
-            let bn = self.store.node(b);
-            if bn.state != NodeState::Free || u32::from(bn.order) != j {
+        loop {
+            let parent = self.store.node(cur).parent;
+            if parent == NIL || self.store.node(cur ^ 1).state != NodeState::Free {
                 break;
             }
-            self.store.unlink_free(b);
-            if buddy < offset {
-                self.store.destroy(cur);
-                cur = b;
-                offset = buddy;
-            } else {
-                self.store.destroy(b);
-            }
-            j += 1;
+            self.store.unlink_free(cur ^ 1);
+            self.store.merge(parent);
+            cur = parent;
         }
-        self.store.node_mut(cur).order = j as u8;
         self.store.push_free(cur);
     }
 
@@ -698,34 +756,80 @@ impl BuddyAllocator {
         }
     }
 
+    /// The leaf node containing byte `offset` (which must be inside the
+    /// space), found by walking down from its root.
+    pub(crate) fn leaf_at(&self, offset: u64) -> u32 {
+        let mut idx = *self
+            .roots
+            .iter()
+            .rev()
+            .find(|&&r| self.store.node(r).offset <= offset)
+            .expect("offset inside the space");
+        loop {
+            let n = self.store.node(idx);
+            if n.state != NodeState::Split {
+                return idx;
+            }
+            let right = n.offset + self.block_bytes(u32::from(n.order) - 1);
+            idx = if offset >= right { n.aux + 1 } else { n.aux };
+        }
+    }
+
+    /// The allocated leaf node that `block` names, or why there is none.
+    #[inline(always)]
+    fn resolve(&self, block: &Block) -> Result<u32, BuddyError> {
+        let matches = |n: &store::Node| {
+            n.offset == block.offset && n.order == block.order && n.state == NodeState::Allocated
+        };
+        // Fast path: the node hint.
+        if let Some(n) = self.store.get(block.node) {
+            if matches(n) && n.aux == u32::from(block.tag) {
+                return Ok(block.node);
+            }
+        }
+        self.check_shape(block)?;
+        let idx = self.leaf_at(block.offset);
+        let n = self.store.node(idx);
+        if !matches(n) {
+            return Err(BuddyError::NotAllocated {
+                offset: block.offset,
+            });
+        }
+        if n.aux != u32::from(block.tag) {
+            return Err(BuddyError::StaleTag {
+                offset: block.offset,
+            });
+        }
+        Ok(idx)
+    }
+
     /// Frees `blocks` (any blocks of live allocations, typically all the
     /// blocks of one) and merges buddies back. Every block is validated
     /// before anything is freed: on error nothing has changed.
     pub fn free(&mut self, blocks: &[Block]) -> Result<(), BuddyError> {
+        if let [block] = blocks {
+            if block.chunk_shift != self.chunk_shift {
+                return Err(BuddyError::Foreign {
+                    offset: block.offset,
+                });
+            }
+            let idx = self.resolve(block)?;
+            self.release(idx);
+            return Ok(());
+        }
         for block in blocks {
-            self.check_shape(block)?;
-            let Some(idx) = self.store.lookup(block.offset) else {
-                return Err(BuddyError::NotAllocated {
-                    offset: block.offset,
-                });
-            };
-            let n = self.store.node(idx);
-            if n.state != NodeState::Allocated || n.order != block.order {
-                return Err(BuddyError::NotAllocated {
+            if block.chunk_shift != self.chunk_shift {
+                return Err(BuddyError::Foreign {
                     offset: block.offset,
                 });
             }
-            if n.tag != block.tag {
-                return Err(BuddyError::StaleTag {
-                    offset: block.offset,
-                });
-            }
+            self.resolve(block)?;
         }
         // Allocated leaves never overlap, so only exact repeats can slip
         // through the checks above.
         check_no_repeats(blocks)?;
         for block in blocks {
-            let idx = self.store.lookup(block.offset).expect("validated leaf");
+            let idx = self.resolve(block).expect("validated block");
             self.release(idx);
         }
         Ok(())
@@ -755,42 +859,26 @@ impl BuddyAllocator {
         Ok(())
     }
 
-    /// The free leaf that contains all of `block`, or why there is none.
-    ///
-    /// Buddies always merge completely, so a block whose memory is all
-    /// free lies inside one free leaf; that leaf starts at the block's
-    /// offset aligned down to the leaf's size, and the first leaf found
-    /// probing sizes upwards is the one covering the block's offset.
+    /// The free leaf that contains all of `block` (of valid shape), or
+    /// `Busy`. Buddies always merge completely, so a block whose memory is
+    /// all free lies inside one free leaf: the leaf covering its offset.
     pub(crate) fn containing_free(&self, block: &Block) -> Result<u32, BuddyError> {
-        let busy = BuddyError::Busy {
-            offset: block.offset,
-        };
-        let mut last_probe = None;
-        for m in u32::from(block.order)..=u32::from(self.max_order) {
-            let start = block.offset & !(self.block_bytes(m) - 1);
-            if last_probe == Some(start) {
-                continue;
-            }
-            last_probe = Some(start);
-            let Some(idx) = self.store.lookup(start) else {
-                continue;
-            };
-            let n = self.store.node(idx);
-            let covers = n.order >= block.order
-                && start + (self.block_bytes(u32::from(n.order)) - 1) >= block.offset;
-            return if covers && n.state == NodeState::Free {
-                Ok(idx)
-            } else {
-                Err(busy)
-            };
+        let idx = self.leaf_at(block.offset);
+        let n = self.store.node(idx);
+        if n.state == NodeState::Free && n.order >= block.order {
+            Ok(idx)
+        } else {
+            Err(BuddyError::Busy {
+                offset: block.offset,
+            })
         }
-        Err(busy)
     }
 
-    /// Checks every internal invariant (O(number of leaves)): leaves tile
-    /// the space exactly, are aligned, no two free buddies are left
-    /// unmerged, the free lists and their masks match the leaves, and the
-    /// counters match. Meant for tests and for recovery.
+    /// Checks every internal invariant (O(number of nodes)): the tree
+    /// tiles the space exactly with aligned blocks and consistent links, no
+    /// two free buddies are left unmerged, the free lists and their masks
+    /// match the free leaves, and the counters match. Meant for tests and
+    /// for recovery.
     pub fn check(&self) -> Result<(), &'static str> {
         check::check(self)
     }

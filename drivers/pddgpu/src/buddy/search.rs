@@ -17,7 +17,7 @@ impl BuddyAllocator {
     ///   for top-down), the smallest fitting order first in each region.
     ///   Regions entirely inside the range take a list head in O(1); lists
     ///   in the (at most two) boundary regions are scanned.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn find(&self, order: u32, place: &Placement) -> Option<(u32, u64)> {
         let avail = self.store.order_mask() & bits_from(order);
         if avail == 0 {
@@ -26,12 +26,18 @@ impl BuddyAllocator {
         if place.ranged {
             return self.find_in_range(order, avail, place);
         }
-        if !place.topdown {
-            let j = avail.trailing_zeros();
-            let region = self.store.order_regions(j).trailing_zeros();
-            let idx = self.store.head(region, j);
-            return Some((idx, self.store.node(idx).offset));
+        if place.topdown {
+            return self.find_top(order, avail);
         }
+        let j = avail.trailing_zeros();
+        let region = self.store.order_regions(j).trailing_zeros();
+        let idx = self.store.head(region, j);
+        Some((idx, self.store.node(idx).offset))
+    }
+
+    /// [`find`](Self::find) over the whole space, top-down.
+    #[inline(never)]
+    fn find_top(&self, order: u32, avail: u64) -> Option<(u32, u64)> {
         let mut regions = 0u64;
         let mut orders = avail;
         while orders != 0 {
@@ -46,6 +52,7 @@ impl BuddyAllocator {
     }
 
     /// [`find`](Self::find) restricted to `place.start..place.end`.
+    #[inline(never)]
     fn find_in_range(&self, order: u32, avail: u64, place: &Placement) -> Option<(u32, u64)> {
         let (start, end) = (place.start, place.end);
         let want = self.block_bytes(order);

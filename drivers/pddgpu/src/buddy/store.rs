@@ -1,89 +1,79 @@
-//! Leaf storage of the buddy allocator.
+//! Node storage of the buddy allocator: the explicit buddy tree and the
+//! free lists.
 //!
-//! Only *leaf* blocks exist as records: the blocks that are currently free
-//! or allocated (a split block is implied by its children). Leaves partition
-//! the managed space, so their offsets are unique and an offset alone finds
-//! a leaf. Each leaf is a [`Node`] in a slab; a hash index maps offset →
-//! node; free leaves sit in doubly linked lists, one per (region, order),
-//! where a region is one of at most 64 equal slices of the address space.
-//! Two sets of bit masks say which lists are non-empty, so "smallest order
-//! ≥ k", "lowest / highest region with a block of order ≥ k" are a few bit
-//! operations. Memory is proportional to the number of leaves plus a fixed
+//! Like drm_buddy, the allocator keeps the tree of blocks that exist right
+//! now: roots, split blocks (inner nodes) and leaves (free or allocated).
+//! Children are created in pairs that share one 64-byte cache line, so a
+//! block's buddy is `index ^ 1` and needs no search; each node knows its
+//! parent. Free leaves sit in doubly linked lists, one per (region, order),
+//! where a region is one of at most 64 equal slices of the address space;
+//! bit masks say which lists are non-empty, so "smallest order ≥ k" and
+//! "lowest / highest region with a block of order ≥ k" are a few bit
+//! operations. Memory is proportional to the number of blocks plus a fixed
 //! table of at most 64 × 64 list heads — never to the size of the space.
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::hash::{BuildHasherDefault, Hasher};
-use hashbrown::HashMap;
 
-/// "No node" in links and list heads.
+/// "No node" in links, parents and list heads.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// Whether a leaf is free or handed out.
+/// What a node is right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum NodeState {
-    /// In a free list.
+    /// A free leaf, in a free list.
     Free,
-    /// Part of an allocation.
+    /// An allocated leaf; `aux` holds the allocation tag.
     Allocated,
+    /// Split into two children; `aux` holds the index of the left child.
+    Split,
+    /// Not part of the tree (a recycled pair, or the unused mate of a root).
+    Unused,
 }
 
-/// One leaf block.
+/// One block of the tree.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct Node {
     /// Byte offset of the block.
     pub offset: u64,
-    /// Previous node in its free list (free leaves only).
+    /// Parent node, [`NIL`] for roots.
+    pub parent: u32,
+    /// Allocated: the allocation tag. Split: index of the left child.
+    pub aux: u32,
+    /// Previous node in its free list (free leaves).
     pub prev: u32,
-    /// Next node in its free list, or next spare slot for recycled slots.
+    /// Next node in its free list (free leaves); next spare pair (spares).
     pub next: u32,
-    /// Allocation tag (allocated leaves only), checked on free.
-    pub tag: u32,
     /// Order of the block (size = chunk << order).
     pub order: u8,
-    /// Free or allocated.
+    /// What the node is.
     pub state: NodeState,
 }
 
-/// Hasher for block offsets: one folded 64×64→128-bit multiply, so both
-/// the low bits (bucket index) and the high bits (tag byte) depend on every
-/// bit of the offset, even though offsets are multiples of large powers of
-/// two.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct OffsetHasher(u64);
+const UNUSED: Node = Node {
+    offset: 0,
+    parent: NIL,
+    aux: 0,
+    prev: NIL,
+    next: NIL,
+    order: 0,
+    state: NodeState::Unused,
+};
 
-impl OffsetHasher {
-    #[inline]
-    fn mix(&mut self, x: u64) {
-        let p = u128::from(x ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = (p as u64) ^ ((p >> 64) as u64);
-    }
-}
+/// Two sibling nodes in one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Pair([Node; 2]);
 
-impl Hasher for OffsetHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.mix(u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, x: u64) {
-        self.mix(x);
-    }
-}
-
-/// The leaves of one buddy allocator and its free lists.
-pub(crate) struct LeafStore {
-    nodes: Vec<Node>,
-    /// Head of the chain of recycled slots (linked through `next`).
+/// The nodes of one buddy allocator and its free lists.
+pub(crate) struct NodeStore {
+    pairs: Vec<Pair>,
+    /// Head of the chain of recycled pairs (linked through `next`).
     spare: u32,
-    index: HashMap<u64, u32, BuildHasherDefault<OffsetHasher>>,
+    /// Leaves (free + allocated) in the tree.
+    leaves: usize,
     /// Free-list heads, `[region * orders + order]`.
     heads: Vec<u32>,
     /// Per region: orders whose list in that region is non-empty.
@@ -98,15 +88,15 @@ pub(crate) struct LeafStore {
     region_shift: u32,
 }
 
-impl LeafStore {
+impl NodeStore {
     /// An empty store for `orders` orders and `regions` regions of
     /// `1 << region_shift` bytes.
     pub fn new(orders: usize, regions: usize, region_shift: u32) -> Self {
         debug_assert!(orders <= 64 && regions <= 64);
-        LeafStore {
-            nodes: Vec::new(),
+        NodeStore {
+            pairs: Vec::new(),
             spare: NIL,
-            index: HashMap::default(),
+            leaves: 0,
             heads: vec![NIL; orders * regions],
             region_orders: vec![0; regions],
             order_regions: vec![0; orders],
@@ -117,27 +107,103 @@ impl LeafStore {
         }
     }
 
-    /// The node in slot `idx`.
+    /// The node `idx`.
     #[inline]
     pub fn node(&self, idx: u32) -> &Node {
-        &self.nodes[idx as usize]
+        &self.pairs[(idx >> 1) as usize].0[(idx & 1) as usize]
     }
 
-    /// The node in slot `idx`, mutably.
+    /// The node `idx`, mutably.
     #[inline]
     pub fn node_mut(&mut self, idx: u32) -> &mut Node {
-        &mut self.nodes[idx as usize]
+        &mut self.pairs[(idx >> 1) as usize].0[(idx & 1) as usize]
     }
 
-    /// The leaf starting at `offset`, if any.
+    /// The node `idx` if that index exists at all (for validating hints).
     #[inline]
-    pub fn lookup(&self, offset: u64) -> Option<u32> {
-        self.index.get(&offset).copied()
+    pub fn get(&self, idx: u32) -> Option<&Node> {
+        self.pairs
+            .get((idx >> 1) as usize)
+            .map(|pair| &pair.0[(idx & 1) as usize])
+    }
+
+    /// A fresh pair with both nodes unused; returns the left index.
+    #[inline(always)]
+    fn alloc_pair(&mut self) -> u32 {
+        if self.spare != NIL {
+            let left = self.spare;
+            self.spare = self.node(left).next;
+            left
+        } else {
+            let pair = u32::try_from(self.pairs.len())
+                .ok()
+                .filter(|&p| p < NIL >> 1)
+                .expect("more than 2^31 buddy nodes");
+            self.pairs.push(Pair([UNUSED; 2]));
+            pair << 1
+        }
+    }
+
+    /// Adds a root leaf (free, listed) of `order` at `offset`.
+    pub fn add_root(&mut self, offset: u64, order: u8) -> u32 {
+        let idx = self.alloc_pair();
+        *self.node_mut(idx) = Node {
+            offset,
+            order,
+            ..UNUSED
+        };
+        self.leaves += 1;
+        self.push_free(idx);
+        idx
+    }
+
+    /// Splits leaf `idx` (not listed) into two unlisted free children of
+    /// `order` at `left` and `right`; returns the left child's index.
+    #[inline(always)]
+    pub fn split(&mut self, idx: u32, order: u8, left: u64, right: u64) -> u32 {
+        let c = self.alloc_pair();
+        let child = |offset| Node {
+            offset,
+            parent: idx,
+            aux: 0,
+            prev: NIL,
+            next: NIL,
+            order,
+            state: NodeState::Free,
+        };
+        self.pairs[(c >> 1) as usize] = Pair([child(left), child(right)]);
+        let n = self.node_mut(idx);
+        n.state = NodeState::Split;
+        n.aux = c;
+        self.leaves += 1;
+        c
+    }
+
+    /// Drops the (unlisted, leaf) children of `parent`, which becomes a
+    /// leaf again (its state is left for the caller to set).
+    #[inline(always)]
+    pub fn merge(&mut self, parent: u32) {
+        let c = self.node(parent).aux;
+        let spare = self.spare;
+        self.pairs[(c >> 1) as usize] = Pair([
+            Node {
+                next: spare,
+                ..UNUSED
+            },
+            UNUSED,
+        ]);
+        self.spare = c;
+        self.leaves -= 1;
     }
 
     /// Number of leaves (free and allocated).
     pub fn leaf_count(&self) -> usize {
-        self.index.len()
+        self.leaves
+    }
+
+    /// Nodes with storage (in use or spare): the metadata footprint.
+    pub fn node_capacity(&self) -> usize {
+        self.pairs.len() * 2
     }
 
     /// Region of a byte offset.
@@ -182,55 +248,19 @@ impl LeafStore {
         self.heads[region as usize * self.orders + order as usize]
     }
 
-    /// Creates a free, unlisted leaf at `offset` and indexes it.
-    #[inline]
-    pub fn create(&mut self, offset: u64, order: u8) -> u32 {
-        let node = Node {
-            offset,
-            prev: NIL,
-            next: NIL,
-            tag: 0,
-            order,
-            state: NodeState::Free,
-        };
-        let idx = if self.spare != NIL {
-            let idx = self.spare;
-            self.spare = self.nodes[idx as usize].next;
-            self.nodes[idx as usize] = node;
-            idx
-        } else {
-            let idx = u32::try_from(self.nodes.len()).expect("more than 2^32 buddy leaves");
-            self.nodes.push(node);
-            idx
-        };
-        let old = self.index.insert(offset, idx);
-        debug_assert!(old.is_none(), "two leaves at one offset");
-        idx
-    }
-
-    /// Drops an unlisted leaf: unindexes it and recycles its slot.
-    #[inline]
-    pub fn destroy(&mut self, idx: u32) {
-        let offset = self.nodes[idx as usize].offset;
-        let removed = self.index.remove(&offset);
-        debug_assert_eq!(removed, Some(idx));
-        self.nodes[idx as usize].next = self.spare;
-        self.spare = idx;
-    }
-
     /// Marks leaf `idx` free and pushes it on the list of its region and
-    /// order (its `order` must already be set).
-    #[inline]
+    /// order.
+    #[inline(always)]
     pub fn push_free(&mut self, idx: u32) {
         let (offset, order) = {
-            let n = &self.nodes[idx as usize];
+            let n = self.node(idx);
             (n.offset, n.order as usize)
         };
         let region = self.region_of(offset) as usize;
         let slot = region * self.orders + order;
         let head = self.heads[slot];
         {
-            let n = &mut self.nodes[idx as usize];
+            let n = self.node_mut(idx);
             n.state = NodeState::Free;
             n.prev = NIL;
             n.next = head;
@@ -240,25 +270,25 @@ impl LeafStore {
             self.order_regions[order] |= 1 << region;
             self.order_mask |= 1 << order;
         } else {
-            self.nodes[head as usize].prev = idx;
+            self.node_mut(head).prev = idx;
         }
         self.heads[slot] = idx;
         self.free_count[order] += 1;
     }
 
     /// Takes free leaf `idx` off its free list (its state is left as is).
-    #[inline]
+    #[inline(always)]
     pub fn unlink_free(&mut self, idx: u32) {
         let (offset, order, prev, next) = {
-            let n = &self.nodes[idx as usize];
+            let n = self.node(idx);
             debug_assert_eq!(n.state, NodeState::Free);
             (n.offset, n.order as usize, n.prev, n.next)
         };
         if next != NIL {
-            self.nodes[next as usize].prev = prev;
+            self.node_mut(next).prev = prev;
         }
         if prev != NIL {
-            self.nodes[prev as usize].next = next;
+            self.node_mut(prev).next = next;
         } else {
             let region = self.region_of(offset) as usize;
             let slot = region * self.orders + order;

@@ -1,9 +1,7 @@
 //! [`VramAllocation`]: what a caller holds for an allocation of VRAM.
 
-use alloc::vec::Vec;
-
 use super::VramFlags;
-use crate::buddy::Block;
+use crate::buddy::{Block, BlockList};
 
 /// One VRAM allocation: the blocks backing it, in the order of the buffer's
 /// bytes, and what was asked for.
@@ -16,7 +14,7 @@ use crate::buddy::Block;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VramAllocation {
     manager_id: u64,
-    blocks: Vec<Block>,
+    blocks: BlockList,
     size: u64,
     allocated: u64,
     flags: VramFlags,
@@ -25,7 +23,7 @@ pub struct VramAllocation {
 impl VramAllocation {
     pub(super) fn new(
         manager_id: u64,
-        blocks: Vec<Block>,
+        blocks: BlockList,
         size: u64,
         allocated: u64,
         flags: VramFlags,

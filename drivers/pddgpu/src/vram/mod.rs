@@ -14,10 +14,9 @@ mod stats;
 pub use alloc_handle::{Segments, VramAllocation};
 pub use stats::VramStats;
 
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::buddy::{AllocFlags, Block, BuddyAllocator, BuddyError};
+use crate::buddy::{AllocFlags, Block, BlockList, BuddyAllocator, BuddyError};
 use crate::manager::{ManagerError, ManagerState, RetryCell, RetryPolicy, StateCell};
 
 bitflags::bitflags! {
@@ -263,7 +262,7 @@ impl VramManager {
         size: u64,
         min_block: u64,
         flags: AllocFlags,
-    ) -> Result<Vec<Block>, BuddyError> {
+    ) -> Result<BlockList, BuddyError> {
         let visible = self.config.visible_size;
         let total = self.config.size;
         if visible > 0 && visible < total {
