@@ -217,6 +217,9 @@ impl VramManager {
             return Err(ManagerError::InvalidArgument("no CPU-visible window"));
         }
         let mut buddy = self.buddy.lock();
+        // Again under the lock: an error marked (or a recovery started)
+        // since the first check must not let this allocation through.
+        self.state.ensure_ready()?;
         let result = if flags.contains(VramFlags::VISIBLE) {
             if flags.contains(VramFlags::TOPDOWN) {
                 buddy_flags |= AllocFlags::TOPDOWN;
@@ -295,6 +298,7 @@ impl VramManager {
             return Err(ManagerError::InvalidFree("allocation has no blocks"));
         }
         let mut buddy = self.buddy.lock();
+        self.state.ensure_ready()?;
         buddy
             .free(blocks)
             .map_err(|e| ManagerError::InvalidFree(e.reason()))?;
@@ -361,6 +365,9 @@ impl VramManager {
     /// Only from ERROR ([`ManagerError::WrongState`] otherwise). While it
     /// runs the manager is INITIALIZING; on failure it goes back to ERROR
     /// with [`ManagerError::RecoveryFailed`] and the old allocator is kept.
+    /// Every allocation this manager returned that the caller still holds
+    /// must be in `live` (the caller takes its snapshot after the error,
+    /// when no allocation can succeed any more).
     pub fn recover<'a>(
         &self,
         live: impl IntoIterator<Item = &'a VramAllocation>,
@@ -371,10 +378,14 @@ impl VramManager {
                 action: "recover",
                 state,
             })?;
+        // The lock is held from rebuild to swap: an allocation or free that
+        // passed its state check before the recovery started either
+        // completes before (and must then be in `live` if still held) or
+        // sees the new state and fails.
+        let mut guard = self.buddy.lock();
         match self.rebuild(live) {
             Ok((buddy, visible_used, allocations)) => {
                 let used = buddy.used();
-                let mut guard = self.buddy.lock();
                 *guard = buddy;
                 self.used.store(used, Ordering::Relaxed);
                 self.visible_used.store(visible_used, Ordering::Relaxed);
@@ -390,6 +401,7 @@ impl VramManager {
                 Ok(())
             }
             Err(e) => {
+                drop(guard);
                 let _ = self
                     .state
                     .transition(ManagerState::Initializing, ManagerState::Error);
