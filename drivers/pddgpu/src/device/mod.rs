@@ -8,12 +8,14 @@
 //! A second device model plugs in by implementing `DeviceModel` (in its own
 //! module next to this one) and being tried by [`probe`].
 
+pub mod bochs;
 mod memory;
 mod mmio;
 mod model;
 pub mod regs;
 pub mod sim;
 
+pub use bochs::BochsModel;
 pub use memory::{MemoryError, MemoryRegion};
 pub use mmio::{Mmio, MmioError, RegisterBlock, Width};
 pub use model::{probe, DeviceEvents, DeviceModel, PddgpuModel};
