@@ -43,9 +43,10 @@ use core::ops::Range;
 
 use store::{NodeState, NodeStore, NIL};
 
-/// The blocks of one allocation; up to three are stored inline (no heap
-/// allocation), which covers every power-of-two request and most others.
-pub type BlockList = smallvec::SmallVec<[Block; 3]>;
+/// The blocks of one allocation; up to two are stored inline (no heap
+/// allocation, 40 bytes in all), which covers every power-of-two request
+/// and many others.
+pub type BlockList = smallvec::SmallVec<[Block; 2]>;
 
 bitflags::bitflags! {
     /// How [`BuddyAllocator::alloc`] places an allocation.
