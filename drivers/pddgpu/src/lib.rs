@@ -21,4 +21,7 @@ pub mod buddy;
 pub mod device;
 pub mod manager;
 pub mod range;
+pub mod retry;
+pub mod stats;
+pub mod tunables;
 pub mod vram;
