@@ -232,9 +232,21 @@ mod tests {
     #[test]
     fn retry_cell_round_trips() {
         let cell = RetryCell::new(RetryPolicy::VRAM_DEFAULT);
-        assert_eq!(cell.get(), RetryPolicy { count: 3, delay_ms: 10 });
+        assert_eq!(
+            cell.get(),
+            RetryPolicy {
+                count: 3,
+                delay_ms: 10
+            }
+        );
         cell.set(RetryPolicy::GTT_DEFAULT);
-        assert_eq!(cell.get(), RetryPolicy { count: 3, delay_ms: 5 });
+        assert_eq!(
+            cell.get(),
+            RetryPolicy {
+                count: 3,
+                delay_ms: 5
+            }
+        );
         assert!(ManagerError::NoSpace {
             size: 1,
             retry: RetryPolicy::GTT_DEFAULT
