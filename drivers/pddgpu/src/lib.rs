@@ -19,6 +19,7 @@ extern crate alloc;
 
 pub mod buddy;
 pub mod device;
+pub mod gtt;
 pub mod manager;
 pub mod range;
 pub mod retry;

@@ -6,7 +6,7 @@
 //! - by **address** in one treap keyed by start whose nodes remember the
 //!   largest hole below them, so "the first hole at or after `a` that is at
 //!   least `n` bytes" is one `O(log n)` walk;
-//! - by **size** in segregated bins (8 bins per power of two, found with two
+//! - by **size** in segregated bins (32 bins per power of two, found with two
 //!   bitmap look-ups like TLSF) with a treap keyed by `(size, start)` in each
 //!   bin, so "the smallest hole of at least `n` bytes" is a bitmap step plus
 //!   a walk down one usually tiny tree, and stays `O(log n)` even when every
@@ -22,8 +22,11 @@ pub(super) const NIL: u32 = u32::MAX;
 /// Most holes (and nodes) the arenas can index; keeps tagged links unambiguous.
 pub(super) const MAX_INDEX: u32 = (1 << 31) - 2;
 
-/// Number of size bins: 8 per power of two up to 2^63, plus 8 exact small bins.
-const NBINS: usize = 512;
+/// log2 of the number of size bins per power of two.
+const SUB_BITS: usize = 5;
+/// Number of size bins: 32 per power of two up to 2^63, plus 32 exact small
+/// bins (1952 used).
+const NBINS: usize = 2048;
 const NWORDS: usize = NBINS / 64;
 
 /// Tree links of one hole in one tree.
@@ -43,8 +46,10 @@ impl Links {
     };
 }
 
-/// One free range `[start, end)`, or a recycled arena slot.
+/// One free range `[start, end)`, or a recycled arena slot. Exactly one
+/// cache line, so a tree step touches one line.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 pub(super) struct Hole {
     /// First free byte.
     pub start: u64,
@@ -58,7 +63,10 @@ pub(super) struct Hole {
     pub prio: u32,
     /// The size bin this hole is filed in, or `NIL` when not filed.
     pub bin: u32,
-    /// Largest hole size in this hole's address subtree.
+    /// Upper bound on the largest hole size in this hole's address subtree.
+    /// Raised eagerly when a hole grows or joins; left high when a hole
+    /// shrinks or leaves (saving an upward walk on every allocation), and
+    /// tightened by the searches that find it too high.
     pub max: u64,
     /// Links in the address tree.
     pub addr: Links,
@@ -77,12 +85,13 @@ impl Hole {
 /// The size bin of a hole or request of `size` bytes: monotone in `size`.
 #[inline]
 pub(super) fn bin_of(size: u64) -> usize {
-    if size < 8 {
+    const SUB: usize = 1 << SUB_BITS;
+    if size < SUB as u64 {
         size as usize
     } else {
         let e = 63 - size.leading_zeros() as usize;
-        let m = ((size >> (e - 3)) & 7) as usize;
-        (e - 2) * 8 + m
+        let m = ((size >> (e - SUB_BITS)) as usize) & (SUB - 1);
+        (e - SUB_BITS + 1) * SUB + m
     }
 }
 
@@ -131,7 +140,18 @@ impl HoleIndex {
     /// `prev`/`next` and files it in both indexes. The allocator caps live
     /// nodes below [`MAX_INDEX`], and holes never outnumber nodes by more
     /// than one, so the arena index always stays below [`MAX_INDEX`].
-    pub fn create(&mut self, start: u64, end: u64, prev: u32, next: u32) -> u32 {
+    ///
+    /// `after`, when given, is the hole just before the new one in address
+    /// order: the address tree is then entered from there instead of from
+    /// its root.
+    pub fn create(
+        &mut self,
+        start: u64,
+        end: u64,
+        prev: u32,
+        next: u32,
+        after: Option<u32>,
+    ) -> u32 {
         let prio = self.next_prio();
         let rec = Hole {
             start,
@@ -154,7 +174,10 @@ impl HoleIndex {
             self.holes.push(rec);
             i
         };
-        tree::insert::<ByAddr>(&mut self.holes, &mut self.addr_root, i);
+        match after {
+            Some(pred) => tree::insert_addr_after(&mut self.holes, &mut self.addr_root, pred, i),
+            None => tree::insert::<ByAddr>(&mut self.holes, &mut self.addr_root, i),
+        }
         self.file(i);
         self.count += 1;
         i
@@ -177,40 +200,16 @@ impl HoleIndex {
     /// between the same neighbours in address order (it only grows into or
     /// shrinks away from adjacent allocated space).
     pub fn resize(&mut self, i: u32, start: u64, end: u64) {
-        let h = &self.holes[i as usize];
-        let (old_bin, old_len) = (h.bin as usize, h.len());
+        let old_len = self.holes[i as usize].len();
         let new_len = end - start;
-        let new_bin = bin_of(new_len);
-        if new_bin == old_bin && self.keeps_size_order(i, start, new_len) {
-            // Same bin and same position among its neighbours: the size tree
-            // needs no restructuring.
-            let h = &mut self.holes[i as usize];
-            h.start = start;
-            h.end = end;
-        } else {
-            self.unfile(i);
-            let h = &mut self.holes[i as usize];
-            h.start = start;
-            h.end = end;
-            self.file(i);
+        self.unfile(i);
+        let h = &mut self.holes[i as usize];
+        h.start = start;
+        h.end = end;
+        self.file(i);
+        if new_len > old_len {
+            tree::raise_max_upwards(&mut self.holes, i, new_len);
         }
-        if new_len != old_len {
-            tree::fix_max_upwards(&mut self.holes, i);
-        }
-    }
-
-    /// Whether key `(len, start)` for hole `i` still sorts strictly between
-    /// its in-order neighbours in its size tree (then the tree needs no
-    /// restructuring when the hole changes to that key).
-    fn keeps_size_order(&self, i: u32, start: u64, len: u64) -> bool {
-        let h = &self.holes;
-        let key = (len, start);
-        let p = tree::prev::<BySize>(h, i);
-        if p != NIL && (h[p as usize].len(), h[p as usize].start) >= key {
-            return false;
-        }
-        let n = tree::next::<BySize>(h, i);
-        n == NIL || key < (h[n as usize].len(), h[n as usize].start)
     }
 
     fn file(&mut self, i: u32) {
@@ -328,27 +327,47 @@ impl HoleIndex {
 
     /// The first hole in address order starting at or above `addr` whose size
     /// is at least `min`.
-    pub fn first_sized_at_or_above(&self, addr: u64, min: u64) -> u32 {
+    pub fn first_sized_at_or_above(&mut self, addr: u64, min: u64) -> u32 {
         if tree::sub_max(&self.holes, self.addr_root) < min {
             return NIL;
         }
         let i = self.first_starting_at_or_above(addr);
-        tree::next_sized_from(&self.holes, i, min)
+        tree::next_sized_from(&mut self.holes, i, min)
     }
 
     /// The last hole in address order starting below `addr` whose size is at
     /// least `min`.
-    pub fn last_sized_below(&self, addr: u64, min: u64) -> u32 {
+    pub fn last_sized_below(&mut self, addr: u64, min: u64) -> u32 {
         if addr == 0 || tree::sub_max(&self.holes, self.addr_root) < min {
             return NIL;
         }
         let i = self.last_starting_at_or_below(addr - 1);
-        tree::prev_sized_from(&self.holes, i, min)
+        tree::prev_sized_from(&mut self.holes, i, min)
     }
 
-    /// The size of the largest hole (0 when there is none).
+    /// The holes in address-tree order (in-order walk), for checks.
+    pub fn in_address_order(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut i = tree::leftmost::<ByAddr>(&self.holes, self.addr_root);
+        core::iter::from_fn(move || {
+            if i == NIL {
+                return None;
+            }
+            let cur = i;
+            i = tree::next::<ByAddr>(&self.holes, i);
+            Some(cur)
+        })
+    }
+
+    /// The size of the largest hole (0 when there is none): the last hole
+    /// of the highest non-empty size bin.
     pub fn largest(&self) -> u64 {
-        tree::sub_max(&self.holes, self.addr_root)
+        if self.summary == 0 {
+            return 0;
+        }
+        let w = 63 - self.summary.leading_zeros() as usize;
+        let b = w * 64 + 63 - self.bitmap[w].leading_zeros() as usize;
+        let i = tree::rightmost::<BySize>(&self.holes, self.bins[b]);
+        self.holes[i as usize].len()
     }
 
     /// Checks the index's internal invariants (tree order, heap order,
@@ -386,8 +405,8 @@ impl HoleIndex {
                 m = m.max(ch.max);
                 stack.push(c);
             }
-            if m != h.max {
-                return Err("address tree subtree maximum stale");
+            if h.max < m {
+                return Err("address tree subtree bound below its largest hole");
             }
         }
         if seen != self.count {

@@ -43,6 +43,7 @@ mod tree;
 
 use alloc::vec::Vec;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use holes::{HoleIndex, MAX_INDEX, NIL};
 
@@ -61,15 +62,17 @@ pub enum InsertMode {
 
 /// An allocated range handed out by a [`RangeAllocator`].
 ///
-/// Besides its range, a node carries the allocator slot and generation that
-/// identify it, so that removing a node twice, or a node that this allocator
-/// never issued, is detected.
+/// Besides its range, a node carries the identity of the allocator that
+/// issued it and the slot and generation that identify it there, so that
+/// removing a node twice, or a node that this allocator never issued, is
+/// detected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RangeNode {
     start: u64,
     size: u64,
     slot: u32,
     gen: u32,
+    owner: u32,
 }
 
 impl RangeNode {
@@ -145,6 +148,9 @@ pub const DEFAULT_SEARCH_LIMIT: u32 = 32;
 /// Most live nodes one allocator can hold.
 const MAX_NODES: u32 = MAX_INDEX - 1;
 
+/// Source of allocator identities (0 is never issued).
+static NEXT_ALLOCATOR_ID: AtomicU32 = AtomicU32::new(1);
+
 /// Tag bit marking a list link as pointing at a hole (clear: a node).
 const HOLE: u32 = 1 << 31;
 
@@ -178,8 +184,13 @@ struct NodeRec {
 /// lock. All address space from `start` to `start + size` is managed as a
 /// doubly linked list of nodes and holes in address order, with the holes
 /// also indexed by size and by address.
+///
+/// Every allocator has an identity that its nodes carry. A clone keeps the
+/// identity (it is a snapshot of the same allocator), and so does a
+/// [`rebuild`](Self::rebuild).
 #[derive(Clone, Debug)]
 pub struct RangeAllocator {
+    id: u32,
     start: u64,
     end: u64,
     nodes: Vec<NodeRec>,
@@ -202,8 +213,9 @@ impl RangeAllocator {
             .checked_add(size)
             .ok_or(RangeError::InvalidArgument("allocator range overflows u64"))?;
         let mut holes = HoleIndex::new();
-        let h = holes.create(start, end, NIL, NIL);
+        let h = holes.create(start, end, NIL, NIL, None);
         Ok(RangeAllocator {
+            id: NEXT_ALLOCATOR_ID.fetch_add(1, Ordering::Relaxed),
             start,
             end,
             nodes: Vec::new(),
@@ -334,7 +346,8 @@ impl RangeAllocator {
             (false, false) => {
                 // At most one more hole than nodes ever exists, and node
                 // slots are capped below the hole arena's limit.
-                let h = self.holes.create(ns, ne, prev, next);
+                let after = self.hole_before(prev);
+                let h = self.holes.create(ns, ne, prev, next, after);
                 self.set_next(prev, hole_link(h));
                 self.set_prev(next, hole_link(h));
             }
@@ -352,9 +365,10 @@ impl RangeAllocator {
 
     /// Whether `node` is a live node of this allocator.
     pub fn is_live(&self, node: &RangeNode) -> bool {
-        self.nodes.get(node.slot as usize).is_some_and(|r| {
-            r.size != 0 && r.size == node.size && r.start == node.start && r.gen == node.gen
-        })
+        node.owner == self.id
+            && self.nodes.get(node.slot as usize).is_some_and(|r| {
+                r.size != 0 && r.size == node.size && r.start == node.start && r.gen == node.gen
+            })
     }
 
     /// Current accounting.
@@ -399,6 +413,7 @@ impl RangeAllocator {
     ) -> Result<RangeAllocator, RangeError> {
         let mut fresh = RangeAllocator::new(self.start, self.end - self.start)?;
         fresh.search_limit = self.search_limit;
+        fresh.id = self.id;
         let slot_limit = self.nodes.len();
         for node in live {
             fresh.restore(node, slot_limit)?;
@@ -470,6 +485,15 @@ impl RangeAllocator {
         if used != self.used || nodes != self.node_count || holes != self.holes.count {
             return Err("accounting differs from the records");
         }
+        // The address tree lists exactly the holes of the record list, in order.
+        let listed = self.holes().map(|r| r.start);
+        let indexed = self
+            .holes
+            .in_address_order()
+            .map(|i| self.holes.holes[i as usize].start);
+        if !listed.eq(indexed) {
+            return Err("address tree order differs from the record list");
+        }
         let mut free_slots = 0usize;
         let mut f = self.node_free;
         while f != NIL {
@@ -519,6 +543,21 @@ impl RangeAllocator {
             }
         }
         Err(RangeError::Busy { start, size })
+    }
+
+    /// The nearest hole at or before list link `link`, if one is within a
+    /// few records (a hint for entering the address tree near its place).
+    fn hole_before(&self, mut link: u32) -> Option<u32> {
+        for _ in 0..8 {
+            if link == NIL {
+                return None;
+            }
+            if is_hole(link) {
+                return Some(link & !HOLE);
+            }
+            link = self.nodes[link as usize].prev;
+        }
+        None
     }
 
     fn has_node_room(&self) -> bool {
@@ -594,7 +633,7 @@ impl RangeAllocator {
             (false, false) => {
                 self.holes.holes[h as usize].next = n;
                 self.holes.resize(h, hs, x);
-                let h2 = self.holes.create(ne, he, n, hnext);
+                let h2 = self.holes.create(ne, he, n, hnext, Some(h));
                 self.set_prev(hnext, hole_link(h2));
                 (hole_link(h), hole_link(h2))
             }
@@ -611,11 +650,17 @@ impl RangeAllocator {
             size,
             slot: n,
             gen: r.gen,
+            owner: self.id,
         }
     }
 
     /// Re-creates `node` with its own slot and generation (for [`Self::rebuild`]).
     fn restore(&mut self, node: &RangeNode, slot_limit: usize) -> Result<(), RangeError> {
+        if node.owner != self.id {
+            return Err(RangeError::InvalidNode(
+                "node was issued by another allocator",
+            ));
+        }
         if node.slot as usize >= slot_limit || node.slot >= MAX_NODES {
             return Err(RangeError::InvalidNode(
                 "node slot was never issued by this allocator",
@@ -692,6 +737,7 @@ impl Iterator for Records<'_> {
                 size: r.size,
                 slot: link,
                 gen: r.gen,
+                owner: self.alloc.id,
             }))
         }
     }

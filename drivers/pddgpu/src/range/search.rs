@@ -38,7 +38,13 @@ impl RangeAllocator {
     }
 
     /// Best: the smallest hole that fits (see the module docs for the bound).
-    pub(super) fn find_best(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
+    pub(super) fn find_best(
+        &mut self,
+        size: u64,
+        align: u64,
+        rs: u64,
+        re: u64,
+    ) -> Option<(u32, u64)> {
         let mut cur = self.holes.smallest_at_least(size);
         let mut misses = 0u32;
         while cur != NIL {
@@ -80,7 +86,13 @@ impl RangeAllocator {
     }
 
     /// Low: the lowest address that fits.
-    pub(super) fn find_low(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
+    pub(super) fn find_low(
+        &mut self,
+        size: u64,
+        align: u64,
+        rs: u64,
+        re: u64,
+    ) -> Option<(u32, u64)> {
         let sure = match size.checked_add(align - 1) {
             Some(s) if align > 1 => self.first_in_range(rs, re, s),
             _ => NIL,
@@ -95,7 +107,8 @@ impl RangeAllocator {
             if misses >= self.search_limit && sure != NIL {
                 break;
             }
-            cur = self.in_range_from(self.hole(cur).start + 1, re, size);
+            let from = self.hole(cur).start + 1;
+            cur = self.in_range_from(from, re, size);
         }
         if sure != NIL {
             return place(self.hole(sure), size, align, rs, re, false).map(|x| (sure, x));
@@ -104,7 +117,13 @@ impl RangeAllocator {
     }
 
     /// High: the highest address that fits.
-    pub(super) fn find_high(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
+    pub(super) fn find_high(
+        &mut self,
+        size: u64,
+        align: u64,
+        rs: u64,
+        re: u64,
+    ) -> Option<(u32, u64)> {
         let sure = match size.checked_add(align - 1) {
             Some(s) if align > 1 => self.last_in_range(rs, re, s),
             _ => NIL,
@@ -119,7 +138,8 @@ impl RangeAllocator {
             if misses >= self.search_limit && sure != NIL {
                 break;
             }
-            cur = self.in_range_below(self.hole(cur).start, rs, size);
+            let below = self.hole(cur).start;
+            cur = self.in_range_below(below, rs, size);
         }
         if sure != NIL {
             return place(self.hole(sure), size, align, rs, re, true).map(|x| (sure, x));
@@ -128,7 +148,7 @@ impl RangeAllocator {
     }
 
     /// The lowest hole overlapping `rs..re` with at least `min` bytes inside it.
-    fn first_in_range(&self, rs: u64, re: u64, min: u64) -> u32 {
+    fn first_in_range(&mut self, rs: u64, re: u64, min: u64) -> u32 {
         let p = self.holes.last_starting_at_or_below(rs);
         if p != NIL {
             let h = self.hole(p);
@@ -141,7 +161,7 @@ impl RangeAllocator {
 
     /// The first hole starting in `from..re` with at least `min` bytes
     /// before `re` (`from` must not be below the range start).
-    fn in_range_from(&self, from: u64, re: u64, min: u64) -> u32 {
+    fn in_range_from(&mut self, from: u64, re: u64, min: u64) -> u32 {
         let i = self.holes.first_sized_at_or_above(from, min);
         if i == NIL {
             return NIL;
@@ -159,7 +179,7 @@ impl RangeAllocator {
     }
 
     /// The highest hole overlapping `rs..re` with at least `min` bytes inside it.
-    fn last_in_range(&self, rs: u64, re: u64, min: u64) -> u32 {
+    fn last_in_range(&mut self, rs: u64, re: u64, min: u64) -> u32 {
         let mut below = re;
         let p = self.holes.last_starting_at_or_below(re - 1);
         if p != NIL {
@@ -177,7 +197,7 @@ impl RangeAllocator {
     /// The last hole starting below `below` that ends inside the range and
     /// has at least `min` bytes at or above `rs` (no hole starting below
     /// `below` may cross the range end).
-    fn in_range_below(&self, below: u64, rs: u64, min: u64) -> u32 {
+    fn in_range_below(&mut self, below: u64, rs: u64, min: u64) -> u32 {
         let i = self.holes.last_sized_below(below, min);
         if i == NIL {
             return NIL;

@@ -92,15 +92,12 @@ fn recompute_max(h: &mut [Hole], i: u32) -> u64 {
     m
 }
 
-/// Re-derives the subtree maxima from `i` up to the root after `i`'s size
-/// changed (or a child of `i` went away), stopping as soon as a maximum is
-/// unchanged because nothing above it can change then.
-pub(super) fn fix_max_upwards(h: &mut [Hole], mut i: u32) {
-    while i != NIL {
-        let old = h[i as usize].max;
-        if recompute_max(h, i) == old {
-            return;
-        }
+/// Raises the subtree bounds from `i` up to the root to at least `size`
+/// after hole `i` grew (or was linked in), stopping at the first ancestor
+/// whose bound is already that large.
+pub(super) fn raise_max_upwards(h: &mut [Hole], mut i: u32, size: u64) {
+    while i != NIL && h[i as usize].max < size {
+        h[i as usize].max = size;
         i = h[i as usize].addr.parent;
     }
 }
@@ -191,6 +188,40 @@ pub(super) fn insert<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     }
 }
 
+/// Inserts hole `i` into the address tree right after `pred`, which must be
+/// its in-order predecessor: the slot is found from `pred` (expected `O(1)`
+/// steps in a treap) instead of by a descent from the root, and subtree
+/// maxima are raised only as far up as they are smaller than the new hole.
+pub(super) fn insert_addr_after(h: &mut [Hole], root: &mut u32, pred: u32, i: u32) {
+    let r = h[pred as usize].addr.right;
+    let (p, as_left) = if r == NIL {
+        (pred, false)
+    } else {
+        (leftmost::<ByAddr>(h, r), true)
+    };
+    let size = h[i as usize].len();
+    h[i as usize].addr = Links {
+        left: NIL,
+        right: NIL,
+        parent: p,
+    };
+    h[i as usize].max = size;
+    if as_left {
+        h[p as usize].addr.left = i;
+    } else {
+        h[p as usize].addr.right = i;
+    }
+    raise_max_upwards(h, p, size);
+    let prio = h[i as usize].prio;
+    loop {
+        let p = h[i as usize].addr.parent;
+        if p == NIL || h[p as usize].prio >= prio {
+            break;
+        }
+        rotate_up::<ByAddr>(h, root, i);
+    }
+}
+
 /// Removes hole `i` from the tree at `root`.
 pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     loop {
@@ -213,9 +244,8 @@ pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     }
     replace_child::<K>(h, root, p, i, child);
     *K::links_mut(&mut h[i as usize]) = Links::EMPTY;
-    if K::AUGMENTED {
-        fix_max_upwards(h, p);
-    }
+    // Address-tree bounds above `p` may now be too high; that is allowed
+    // (see `Hole::max`) and repaired lazily by the searches.
 }
 
 /// The leftmost (smallest-key) hole of the subtree at `i`.
@@ -264,63 +294,120 @@ pub(super) fn next<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
     }
 }
 
-/// The in-order predecessor of `i` in its tree.
-pub(super) fn prev<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
-    let l = left::<K>(h, i);
-    if l != NIL {
-        return rightmost::<K>(h, l);
-    }
-    let mut x = i;
-    loop {
-        let p = parent::<K>(h, x);
-        if p == NIL || right::<K>(h, p) == x {
-            return p;
-        }
-        x = p;
-    }
+/// Tightens `i`'s bound to the largest of its own size and its children's
+/// bounds (used once a search has shown the subtree holds nothing of a
+/// given size, so the bound drops below that size).
+#[inline]
+fn tighten(h: &mut [Hole], i: u32) {
+    recompute_max(h, i);
 }
 
-/// The leftmost hole of the address subtree at `i` whose size is at least `min`.
-pub(super) fn leftmost_sized(h: &[Hole], mut i: u32, min: u64) -> u32 {
-    while i != NIL && h[i as usize].max >= min {
+/// Whether the address subtree at `i` may hold a hole of `min` bytes.
+#[inline]
+fn may_hold(h: &[Hole], i: u32, min: u64) -> bool {
+    i != NIL && h[i as usize].max >= min
+}
+
+/// The leftmost hole of the address subtree at `top` whose size is at least
+/// `min`, or `NIL`. Subtrees whose (possibly stale) bound promised such a
+/// hole but that turn out to hold none get their bounds tightened on the way
+/// back, so each stale bound costs one visit.
+pub(super) fn leftmost_sized(h: &mut [Hole], top: u32, min: u64) -> u32 {
+    if !may_hold(h, top, min) {
+        return NIL;
+    }
+    let mut i = top;
+    'descend: loop {
         let l = h[i as usize].addr.left;
-        if sub_max(h, l) >= min {
+        if may_hold(h, l, min) {
             i = l;
-        } else if h[i as usize].len() >= min {
+            continue;
+        }
+        if h[i as usize].len() >= min {
             return i;
-        } else {
-            i = h[i as usize].addr.right;
+        }
+        let r = h[i as usize].addr.right;
+        if may_hold(h, r, min) {
+            i = r;
+            continue;
+        }
+        // Nothing in `i`'s subtree: tighten and climb.
+        loop {
+            tighten(h, i);
+            if i == top {
+                return NIL;
+            }
+            let p = h[i as usize].addr.parent;
+            if h[p as usize].addr.left == i {
+                if h[p as usize].len() >= min {
+                    return p;
+                }
+                let r = h[p as usize].addr.right;
+                if may_hold(h, r, min) {
+                    i = r;
+                    continue 'descend;
+                }
+            }
+            i = p;
         }
     }
-    NIL
 }
 
-/// The rightmost hole of the address subtree at `i` whose size is at least `min`.
-pub(super) fn rightmost_sized(h: &[Hole], mut i: u32, min: u64) -> u32 {
-    while i != NIL && h[i as usize].max >= min {
+/// The rightmost hole of the address subtree at `top` whose size is at
+/// least `min` (the mirror of [`leftmost_sized`]).
+pub(super) fn rightmost_sized(h: &mut [Hole], top: u32, min: u64) -> u32 {
+    if !may_hold(h, top, min) {
+        return NIL;
+    }
+    let mut i = top;
+    'descend: loop {
         let r = h[i as usize].addr.right;
-        if sub_max(h, r) >= min {
+        if may_hold(h, r, min) {
             i = r;
-        } else if h[i as usize].len() >= min {
+            continue;
+        }
+        if h[i as usize].len() >= min {
             return i;
-        } else {
-            i = h[i as usize].addr.left;
+        }
+        let l = h[i as usize].addr.left;
+        if may_hold(h, l, min) {
+            i = l;
+            continue;
+        }
+        loop {
+            tighten(h, i);
+            if i == top {
+                return NIL;
+            }
+            let p = h[i as usize].addr.parent;
+            if h[p as usize].addr.right == i {
+                if h[p as usize].len() >= min {
+                    return p;
+                }
+                let l = h[p as usize].addr.left;
+                if may_hold(h, l, min) {
+                    i = l;
+                    continue 'descend;
+                }
+            }
+            i = p;
         }
     }
-    NIL
 }
 
 /// Starting at `i` (inclusive), the first hole in address order whose size
-/// is at least `min`: walks up through the ancestors, descending only into a
-/// right subtree that is known to hold a big enough hole. `O(depth)`.
-pub(super) fn next_sized_from(h: &[Hole], mut i: u32, min: u64) -> u32 {
+/// is at least `min`: walks up through the ancestors, searching only right
+/// subtrees whose bound allows a big enough hole. `O(depth)` plus one visit
+/// per stale bound.
+pub(super) fn next_sized_from(h: &mut [Hole], mut i: u32, min: u64) -> u32 {
     while i != NIL {
         if h[i as usize].len() >= min {
             return i;
         }
         let r = h[i as usize].addr.right;
-        if sub_max(h, r) >= min {
-            return leftmost_sized(h, r, min);
+        let found = leftmost_sized(h, r, min);
+        if found != NIL {
+            return found;
         }
         // Climb to the first ancestor of which we are in the left subtree.
         loop {
@@ -340,14 +427,15 @@ pub(super) fn next_sized_from(h: &[Hole], mut i: u32, min: u64) -> u32 {
 
 /// Starting at `i` (inclusive), the last hole in address order at or before
 /// `i` whose size is at least `min` (the mirror of [`next_sized_from`]).
-pub(super) fn prev_sized_from(h: &[Hole], mut i: u32, min: u64) -> u32 {
+pub(super) fn prev_sized_from(h: &mut [Hole], mut i: u32, min: u64) -> u32 {
     while i != NIL {
         if h[i as usize].len() >= min {
             return i;
         }
         let l = h[i as usize].addr.left;
-        if sub_max(h, l) >= min {
-            return rightmost_sized(h, l, min);
+        let found = rightmost_sized(h, l, min);
+        if found != NIL {
+            return found;
         }
         loop {
             let p = h[i as usize].addr.parent;

@@ -1,0 +1,409 @@
+//! The GTT manager: a [`RangeAllocator`] over the GTT aperture behind a
+//! lock, with the shared manager state machine, lock-free statistics, a
+//! retry policy for callers and recovery from the table of live nodes.
+//!
+//! Life cycle (shared with the VRAM manager, see [`crate::manager`]):
+//! `INITIALIZING → READY → SHUTDOWN`, `READY → ERROR` on a detected or
+//! injected fault, and `ERROR → READY` only through [`GttManager::recover`],
+//! which rebuilds the allocator from the nodes still in use so that nothing
+//! live is lost or handed out twice. Allocation, reservation and free are
+//! served only while READY; the state is re-checked under the allocator lock,
+//! so no operation can slip into an allocator that recovery is replacing.
+//!
+//! Statistics are published after every change into atomics guarded by a
+//! sequence counter, so [`GttManager::get_stats`] never takes the allocator
+//! lock and still returns a consistent snapshot.
+
+use core::ops::Range;
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+
+use crate::manager::{ManagerError, ManagerState, RetryCell, RetryPolicy, StateCell};
+use crate::range::{InsertMode, RangeAllocator, RangeError, RangeNode, RangeStats};
+
+/// GTT page size: the alignment used when a caller asks for alignment 0.
+pub const GTT_PAGE_SIZE: u64 = 4096;
+
+/// Configuration of a [`GttManager`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GttConfig {
+    /// First address of the aperture (usually 0).
+    pub start: u64,
+    /// Size of the aperture in bytes.
+    pub size: u64,
+    /// Retry policy handed to callers with [`ManagerError::NoSpace`]
+    /// (initial value; see [`GttManager::set_retry_policy`]).
+    pub retry: RetryPolicy,
+}
+
+impl GttConfig {
+    /// An aperture `start..start + size` with the default GTT retry policy
+    /// (3 tries, 5 ms apart).
+    pub const fn new(start: u64, size: u64) -> Self {
+        GttConfig {
+            start,
+            size,
+            retry: RetryPolicy::GTT_DEFAULT,
+        }
+    }
+}
+
+/// A snapshot of a [`GttManager`]'s usage and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GttStats {
+    /// Life-cycle state.
+    pub state: ManagerState,
+    /// READY with plausible counters.
+    pub is_healthy: bool,
+    /// Aperture size in bytes.
+    pub total_size: u64,
+    /// Bytes in live nodes.
+    pub used_size: u64,
+    /// Bytes free (`total_size - used_size`).
+    pub free_size: u64,
+    /// Number of holes (maximal free ranges).
+    pub hole_count: u64,
+    /// Largest hole: the largest allocation (alignment permitting) that is
+    /// sure to succeed.
+    pub largest_hole: u64,
+    /// Live nodes.
+    pub node_count: u64,
+    /// Retry policy in force.
+    pub retry: RetryPolicy,
+}
+
+impl GttStats {
+    /// External fragmentation in per mille: how much of the free space is
+    /// *not* in the largest hole (0 = one hole, or nothing free).
+    pub fn fragmentation_permille(&self) -> u64 {
+        if self.free_size == 0 {
+            return 0;
+        }
+        let outside = u128::from(self.free_size - self.largest_hole.min(self.free_size));
+        (outside * 1000 / u128::from(self.free_size)) as u64
+    }
+}
+
+/// Allocator counters published for lock-free readers: a sequence lock
+/// whose only writer is whoever holds the allocator lock.
+#[derive(Debug)]
+struct Published {
+    seq: AtomicU64,
+    used: AtomicU64,
+    holes: AtomicU64,
+    largest: AtomicU64,
+    nodes: AtomicU64,
+}
+
+impl Published {
+    fn new(s: &RangeStats) -> Self {
+        Published {
+            seq: AtomicU64::new(0),
+            used: AtomicU64::new(s.used),
+            holes: AtomicU64::new(s.hole_count),
+            largest: AtomicU64::new(s.largest_hole),
+            nodes: AtomicU64::new(s.node_count),
+        }
+    }
+
+    /// Publishes `s`; the caller holds the allocator lock (single writer).
+    fn store(&self, s: &RangeStats) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.used.store(s.used, Ordering::Relaxed);
+        self.holes.store(s.hole_count, Ordering::Relaxed);
+        self.largest.store(s.largest_hole, Ordering::Relaxed);
+        self.nodes.store(s.node_count, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// A consistent `(used, holes, largest, nodes)` snapshot, without a lock.
+    fn load(&self) -> (u64, u64, u64, u64) {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let v = (
+                self.used.load(Ordering::Relaxed),
+                self.holes.load(Ordering::Relaxed),
+                self.largest.load(Ordering::Relaxed),
+                self.nodes.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return v;
+            }
+        }
+    }
+}
+
+/// The GTT manager; `Sync`, to be shared by all threads of the driver.
+#[derive(Debug)]
+pub struct GttManager {
+    config: GttConfig,
+    state: StateCell,
+    retry: RetryCell,
+    alloc: spin::Mutex<RangeAllocator>,
+    published: Published,
+}
+
+impl GttManager {
+    /// Builds a manager over `config`'s aperture and makes it READY.
+    pub fn new(config: GttConfig) -> Result<Self, ManagerError> {
+        let manager = Self::create(config)?;
+        manager.start()?;
+        Ok(manager)
+    }
+
+    /// Builds a manager and leaves it INITIALIZING (the driver finishes
+    /// bringing the device up, then calls [`start`](Self::start)).
+    pub fn create(config: GttConfig) -> Result<Self, ManagerError> {
+        let alloc = RangeAllocator::new(config.start, config.size).map_err(|e| match e {
+            RangeError::InvalidArgument(why) => ManagerError::InvalidArgument(why),
+            _ => ManagerError::InvalidArgument("invalid GTT aperture"),
+        })?;
+        let published = Published::new(&alloc.stats());
+        Ok(GttManager {
+            config,
+            state: StateCell::new(ManagerState::Initializing),
+            retry: RetryCell::new(config.retry),
+            alloc: spin::Mutex::new(alloc),
+            published,
+        })
+    }
+
+    /// INITIALIZING → READY.
+    pub fn start(&self) -> Result<(), ManagerError> {
+        self.state
+            .transition(ManagerState::Initializing, ManagerState::Ready)
+            .map_err(|state| ManagerError::WrongState {
+                action: "start",
+                state,
+            })
+    }
+
+    /// The configuration (the retry policy in force is
+    /// [`retry_policy`](Self::retry_policy)).
+    pub fn config(&self) -> &GttConfig {
+        &self.config
+    }
+
+    /// The current state (lock-free).
+    pub fn state(&self) -> ManagerState {
+        self.state.get()
+    }
+
+    /// The retry policy handed out with [`ManagerError::NoSpace`].
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.get()
+    }
+
+    /// Changes the retry policy.
+    pub fn set_retry_policy(&self, policy: RetryPolicy) {
+        self.retry.set(policy);
+    }
+
+    /// READY with plausible counters (lock-free).
+    pub fn is_healthy(&self) -> bool {
+        self.state.get() == ManagerState::Ready && self.published.load().0 <= self.config.size
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two; 0 means
+    /// [`GTT_PAGE_SIZE`]) inside `range` (`None`: anywhere in the aperture),
+    /// placed per `mode`.
+    ///
+    /// Fails with [`ManagerError::NotReady`] unless READY,
+    /// [`ManagerError::InvalidArgument`] for impossible requests, and
+    /// [`ManagerError::NoSpace`] (carrying the retry policy) when no hole
+    /// can take it now. Never sleeps; holds the allocator lock only for the
+    /// allocator call.
+    pub fn alloc(
+        &self,
+        size: u64,
+        align: u64,
+        range: Option<Range<u64>>,
+        mode: InsertMode,
+    ) -> Result<RangeNode, ManagerError> {
+        self.state.ensure_ready()?;
+        let align = if align == 0 { GTT_PAGE_SIZE } else { align };
+        let range = range.unwrap_or(0..u64::MAX);
+        self.with_ready_allocator(|a| a.insert(size, align, range, mode))
+    }
+
+    /// Claims exactly `start..start + size` (firmware, scratch pages).
+    /// Fails with [`ManagerError::RangeBusy`] if any of it is in use.
+    pub fn reserve(&self, start: u64, size: u64) -> Result<RangeNode, ManagerError> {
+        self.state.ensure_ready()?;
+        self.with_ready_allocator(|a| a.reserve(start, size))
+    }
+
+    /// Frees a node of this manager. Fails with [`ManagerError::NotReady`]
+    /// unless READY (the caller then drops the node from its table;
+    /// recovery reclaims it) and with [`ManagerError::InvalidFree`] for a
+    /// double free, a stale copy or a node of another manager — without
+    /// changing anything.
+    pub fn free(&self, node: &RangeNode) -> Result<(), ManagerError> {
+        self.state.ensure_ready()?;
+        self.with_ready_allocator(|a| a.remove(*node))
+    }
+
+    /// Runs `op` on the allocator if the manager is READY *under the lock*,
+    /// publishes the new counters and maps the error.
+    fn with_ready_allocator<T>(
+        &self,
+        op: impl FnOnce(&mut RangeAllocator) -> Result<T, RangeError>,
+    ) -> Result<T, ManagerError> {
+        let mut a = self.alloc.lock();
+        self.state.ensure_ready()?;
+        let result = op(&mut a);
+        if result.is_ok() {
+            self.published.store(&a.stats());
+        }
+        drop(a);
+        result.map_err(|e| self.map_error(e))
+    }
+
+    fn map_error(&self, e: RangeError) -> ManagerError {
+        match e {
+            RangeError::NoSpace { size } => ManagerError::NoSpace {
+                size,
+                retry: self.retry.get(),
+            },
+            RangeError::InvalidArgument(why) => ManagerError::InvalidArgument(why),
+            RangeError::Busy { start, size } => ManagerError::RangeBusy { start, size },
+            RangeError::InvalidNode(why) => ManagerError::InvalidFree(why),
+        }
+    }
+
+    /// A snapshot of usage and state, without taking the allocator lock.
+    pub fn get_stats(&self) -> GttStats {
+        let (used, holes, largest, nodes) = self.published.load();
+        let state = self.state();
+        GttStats {
+            state,
+            is_healthy: state == ManagerState::Ready && used <= self.config.size,
+            total_size: self.config.size,
+            used_size: used,
+            free_size: self.config.size.saturating_sub(used),
+            hole_count: holes,
+            largest_hole: largest,
+            node_count: nodes,
+            retry: self.retry.get(),
+        }
+    }
+
+    /// The holes in address order (takes the allocator lock; for the
+    /// `gtt` status file and tests).
+    pub fn holes(&self) -> alloc::vec::Vec<Range<u64>> {
+        self.alloc.lock().holes().collect()
+    }
+
+    /// Verifies the allocator's internal invariants (`O(n)`, under the
+    /// lock). On failure the manager goes to ERROR, as for any detected
+    /// inconsistency, and the reason is returned.
+    pub fn audit(&self) -> Result<(), &'static str> {
+        let result = self.alloc.lock().check();
+        if result.is_err() {
+            self.mark_error();
+        }
+        result
+    }
+
+    /// Records a detected (or injected) inconsistency: READY or
+    /// INITIALIZING → ERROR. A shut-down manager stays shut down.
+    pub fn mark_error(&self) {
+        loop {
+            let state = self.state.get();
+            if matches!(state, ManagerState::Error | ManagerState::Shutdown) {
+                return;
+            }
+            if self.state.transition(state, ManagerState::Error).is_ok() {
+                log::warn!("gtt: manager marked as failed");
+                return;
+            }
+        }
+    }
+
+    /// Shuts the manager down for good (from any state).
+    pub fn shutdown(&self) {
+        self.state.set(ManagerState::Shutdown);
+    }
+
+    /// Recovers from ERROR: rebuilds the allocator from `live`, the nodes
+    /// still in use (normally from the driver's BO table), reserving exactly
+    /// their ranges under their own handles, so they stay valid and can be
+    /// freed later; verifies that they lie in the aperture, do not overlap,
+    /// are genuine handles of this manager, and that the rebuilt accounting
+    /// and invariants hold; then returns to READY. Space of nodes that are
+    /// not listed is reclaimed; listed space is never handed out twice.
+    ///
+    /// Only from ERROR ([`ManagerError::WrongState`] otherwise). While it
+    /// runs the manager is INITIALIZING; on failure it goes back to ERROR
+    /// with [`ManagerError::RecoveryFailed`] and keeps the old allocator.
+    pub fn recover<'a>(
+        &self,
+        live: impl IntoIterator<Item = &'a RangeNode>,
+    ) -> Result<(), ManagerError> {
+        self.state
+            .transition(ManagerState::Error, ManagerState::Initializing)
+            .map_err(|state| ManagerError::WrongState {
+                action: "recover",
+                state,
+            })?;
+        let mut guard = self.alloc.lock();
+        let mut expected_used = 0u64;
+        let mut expected_nodes = 0u64;
+        let rebuilt = guard
+            .rebuild(live.into_iter().inspect(|n| {
+                expected_used = expected_used.wrapping_add(n.size());
+                expected_nodes += 1;
+            }))
+            .map_err(|e| {
+                ManagerError::RecoveryFailed(match e {
+                    RangeError::Busy { .. } => "live nodes overlap",
+                    RangeError::InvalidNode(why) => why,
+                    RangeError::InvalidArgument(why) => why,
+                    RangeError::NoSpace { .. } => "cannot rebuild the allocator",
+                })
+            })
+            .and_then(|fresh| {
+                fresh.check().map_err(ManagerError::RecoveryFailed)?;
+                let s = fresh.stats();
+                if s.used != expected_used || s.node_count != expected_nodes {
+                    return Err(ManagerError::RecoveryFailed(
+                        "rebuilt accounting does not match the live nodes",
+                    ));
+                }
+                Ok(fresh)
+            });
+        match rebuilt {
+            Ok(fresh) => {
+                *guard = fresh;
+                let s = guard.stats();
+                self.published.store(&s);
+                drop(guard);
+                self.state
+                    .transition(ManagerState::Initializing, ManagerState::Ready)
+                    .map_err(|state| ManagerError::WrongState {
+                        action: "finish recovery",
+                        state,
+                    })?;
+                log::info!(
+                    "gtt: recovered with {} live nodes, {} bytes",
+                    s.node_count,
+                    s.used
+                );
+                Ok(())
+            }
+            Err(e) => {
+                drop(guard);
+                let _ = self
+                    .state
+                    .transition(ManagerState::Initializing, ManagerState::Error);
+                Err(e)
+            }
+        }
+    }
+}
