@@ -218,6 +218,7 @@ fn execute(cli: Cli) -> crate::Result<i32> {
                 flags,
                 align,
                 label,
+                attempt: 0,
             };
             alloc(&dev, &desc, count, hold, export)?
         }

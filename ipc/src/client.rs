@@ -106,10 +106,12 @@ impl Device {
             return Err(Error::Invalid("a BO needs a size greater than 0".into()));
         }
         crate::wire::check_label(&desc.label).map_err(Error::Invalid)?;
-        let path = desc.to_path();
+        let mut desc = desc.clone();
         let mut retry: Option<Retry> = None;
         let mut attempt = 0;
         loop {
+            desc.attempt = attempt;
+            let path = desc.to_path();
             match self.open_handle(&path, O_RDWR) {
                 Ok(handle) => return Bo::from_handle(self.clone(), handle, path),
                 Err(e) if e.errno() == Some(syscall::error::EAGAIN) => {
@@ -233,6 +235,8 @@ impl Device {
                     path: path.into(),
                     msg: "malformed directory entry".into(),
                 })?;
+                // Records are padded for alignment: the name ends at its NUL.
+                let name = name.split(|&b| b == 0).next().unwrap_or_default();
                 names.push(String::from_utf8_lossy(name).into_owned());
                 let next = header.next_opaque_id;
                 offset = next;

@@ -89,10 +89,37 @@ pub struct LeakReport {
     /// True when the audit found nothing wrong.
     pub clean: bool,
     /// Problems found with the allocators themselves (usage not matching
-    /// the live BOs).
+    /// the live BOs), one line each.
     pub problems: Vec<String>,
+    /// The allocator audits, one per domain.
+    pub audits: Vec<LeakAudit>,
     /// Suspect BOs.
     pub suspects: Vec<LeakSuspect>,
+    /// Live BOs seen by the check.
+    pub live_bos: u64,
+    /// Owners holding more than this many bytes are checked for old BOs.
+    pub threshold_bytes: u64,
+    /// BOs older than this (held by such owners) are suspects.
+    pub age_ms: u64,
+}
+
+/// One domain's allocator audit: does the allocator's usage equal what the
+/// live BOs hold?
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeakAudit {
+    /// `vram` or `gtt`.
+    pub domain: String,
+    /// `clean`, `mismatch`, `inconclusive` or `skipped`.
+    pub verdict: String,
+    /// Bytes the allocator counts as used.
+    pub allocator_used: u64,
+    /// Bytes the live BOs hold.
+    pub live_bytes: u64,
+    /// Bytes held back on purpose (retired bad VRAM).
+    pub reserved_bytes: u64,
+    /// Live BOs in the domain.
+    pub live_bos: u64,
 }
 
 /// One suspect BO of a [`LeakReport`].

@@ -144,7 +144,7 @@ impl BoFlags {
 }
 
 /// Longest BO label accepted.
-pub const MAX_LABEL_LEN: usize = 64;
+pub const MAX_LABEL_LEN: usize = 48;
 
 /// Parameters of a new BO; its path form is `bo/new?size=…&domain=…&…`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +160,9 @@ pub struct BoDesc {
     /// Free-form label shown in `leaks` and `clients`
     /// (`[A-Za-z0-9_.-]`, at most [`MAX_LABEL_LEN`] bytes).
     pub label: String,
+    /// 0 for a first attempt; n for the n-th retry after `EAGAIN` (counted
+    /// in the server's retry statistics).
+    pub attempt: u32,
 }
 
 impl BoDesc {
@@ -171,6 +174,7 @@ impl BoDesc {
             flags,
             align: 0,
             label: String::new(),
+            attempt: 0,
         }
     }
 
@@ -186,6 +190,9 @@ impl BoDesc {
         if !self.label.is_empty() {
             p += &format!("&label={}", self.label);
         }
+        if self.attempt != 0 {
+            p += &format!("&attempt={}", self.attempt);
+        }
         p
     }
 
@@ -197,6 +204,7 @@ impl BoDesc {
         let mut flags = None;
         let mut align = None;
         let mut label = None;
+        let mut attempt = None;
         for pair in query.split('&') {
             let (key, value) = pair
                 .split_once('=')
@@ -236,6 +244,14 @@ impl BoDesc {
                         return Err(dup());
                     }
                 }
+                "attempt" => {
+                    let v: u32 = value
+                        .parse()
+                        .map_err(|_| format!("attempt `{value}` is not a small number"))?;
+                    if attempt.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
                 other => return Err(format!("unknown query key `{other}`")),
             }
         }
@@ -249,6 +265,7 @@ impl BoDesc {
             flags: flags.unwrap_or_default(),
             align: align.unwrap_or(0),
             label: label.unwrap_or_default(),
+            attempt: attempt.unwrap_or(0),
         })
     }
 }
@@ -584,6 +601,7 @@ mod tests {
         );
         d.align = 65536;
         d.label = "tex_0.a-b".into();
+        d.attempt = 2;
         let path = d.to_path();
         let query = path.strip_prefix("bo/new?").unwrap();
         assert_eq!(BoDesc::parse_query(query).unwrap(), d);
@@ -607,6 +625,8 @@ mod tests {
             "size=4096&label=a%20b",
             "size=4096&label=a/b",
             "size=4096&bogus=1",
+            "size=4096&attempt=x",
+            "size=4096&attempt=1&attempt=2",
             "size",
             "domain=vram",
             "size=4096&&domain=vram",
