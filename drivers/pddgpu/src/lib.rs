@@ -17,9 +17,12 @@
 
 extern crate alloc;
 
+pub mod bo;
 pub mod buddy;
 pub mod device;
+pub mod driver;
 pub mod gtt;
+pub mod leak;
 pub mod manager;
 pub mod range;
 pub mod retry;

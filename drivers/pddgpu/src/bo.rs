@@ -1,0 +1,405 @@
+//! Buffer objects: their public description ([`BoId`], [`BoFlags`],
+//! [`BoCreate`], [`BoInfo`]), their placement in a domain ([`Placement`]),
+//! and the sharded table mapping ids to live BOs.
+//!
+//! Ids are handed out from a counter and never reused within a run, so a
+//! stale id can only fail, never name someone else's new BO. The low bit
+//! of an id is its domain (0 = VRAM, 1 = GTT), which lets the driver route
+//! an operation to the right domain before touching the table.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::device::Domain;
+use crate::leak::SlotId;
+use crate::range::RangeNode;
+use crate::vram::VramAllocation;
+
+/// Hasher for integer ids (BO ids, owner ids): a splitmix finaliser, so
+/// sequential ids spread over the whole table.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl core::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+/// A map keyed by integer ids.
+pub(crate) type IdMap<V> = HashMap<u64, V, core::hash::BuildHasherDefault<IdHasher>>;
+/// A set of integer ids.
+pub(crate) type IdSet = HashSet<u64, core::hash::BuildHasherDefault<IdHasher>>;
+
+/// A client of the driver (the scheme maps a connection or process to one).
+pub type OwnerId = u64;
+
+/// Longest BO label, in bytes.
+pub const LABEL_MAX: usize = 48;
+
+/// A buffer object's id; never reused within a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoId(pub u64);
+
+impl BoId {
+    /// The domain encoded in the id, or `None` for an id the driver could
+    /// not have issued (0).
+    pub fn domain(self) -> Option<Domain> {
+        match (self.0, self.0 & 1) {
+            (0, _) => None,
+            (_, 0) => Some(Domain::Vram),
+            _ => Some(Domain::Gtt),
+        }
+    }
+}
+
+impl fmt::Display for BoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+bitflags::bitflags! {
+    /// Placement and initialisation requests of [`BoCreate`].
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct BoFlags: u32 {
+        /// One physically contiguous run (VRAM; GTT ranges always are).
+        const CONTIGUOUS = 1 << 0;
+        /// CPU-visible: in VRAM, inside the visible window (GTT always is).
+        const VISIBLE = 1 << 1;
+        /// Prefer high addresses.
+        const TOPDOWN = 1 << 2;
+        /// Zero the contents before the BO is handed out (otherwise they
+        /// are unspecified).
+        const CLEARED = 1 << 3;
+    }
+}
+
+/// A request to create a BO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoCreate<'a> {
+    /// Size in bytes (> 0).
+    pub size: u64,
+    /// Where it lives.
+    pub domain: Domain,
+    /// Placement requests.
+    pub flags: BoFlags,
+    /// Alignment in bytes: 0 (default) or a power of two.
+    pub align: u64,
+    /// A label for reports (at most [`LABEL_MAX`] bytes).
+    pub label: &'a str,
+}
+
+/// A BO as described to one of its holders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoInfo {
+    /// Its id.
+    pub id: BoId,
+    /// Its domain.
+    pub domain: Domain,
+    /// Requested size.
+    pub size: u64,
+    /// Bytes reserved for it in the allocator.
+    pub allocated_size: u64,
+    /// Flags it was created with.
+    pub flags: BoFlags,
+    /// Its creator.
+    pub owner: OwnerId,
+    /// References: one per hold by an owner, plus one while exported.
+    pub refcount: u32,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Label.
+    pub label: String,
+    /// Whether it has been exported (and so can be imported with a token).
+    pub exported: bool,
+    /// Where its bytes are: `(offset in the BO, offset in the domain's
+    /// backing memory, length)`, in BO order, covering exactly `size`.
+    pub segments: Vec<(u64, u64, u64)>,
+}
+
+/// Where a BO's memory is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Blocks of VRAM.
+    Vram(VramAllocation),
+    /// A range of the GTT aperture.
+    Gtt(RangeNode),
+}
+
+impl Placement {
+    /// The domain.
+    pub fn domain(&self) -> Domain {
+        match self {
+            Placement::Vram(_) => Domain::Vram,
+            Placement::Gtt(_) => Domain::Gtt,
+        }
+    }
+
+    /// Bytes reserved in the allocator.
+    pub fn allocated_size(&self) -> u64 {
+        match self {
+            Placement::Vram(a) => a.allocated_size(),
+            Placement::Gtt(n) => n.size(),
+        }
+    }
+
+    /// Reserved ranges in allocator addresses.
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        match self {
+            Placement::Vram(a) => a.blocks().iter().map(|b| b.offset()..b.end()).collect(),
+            Placement::Gtt(n) => alloc::vec![n.range()],
+        }
+    }
+
+    /// Bytes of the placement inside `window` (allocator addresses).
+    pub fn bytes_within(&self, window: &Range<u64>) -> u64 {
+        self.ranges()
+            .iter()
+            .map(|r| {
+                r.end
+                    .min(window.end)
+                    .saturating_sub(r.start.max(window.start))
+            })
+            .sum()
+    }
+
+    /// Whether any reserved byte lies in `range`.
+    pub fn overlaps(&self, range: &Range<u64>) -> bool {
+        self.bytes_within(range) > 0
+    }
+
+    /// The BO's bytes as `(offset in BO, offset in backing, length)` for a
+    /// BO of `size` bytes; `gtt_base` is the GTT address of backing byte 0.
+    pub fn segments(&self, size: u64, gtt_base: u64) -> Vec<(u64, u64, u64)> {
+        match self {
+            Placement::Vram(a) => {
+                let mut at = 0;
+                a.segments()
+                    .map(|(off, len)| {
+                        let s = (at, off, len);
+                        at += len;
+                        s
+                    })
+                    .collect()
+            }
+            Placement::Gtt(n) => alloc::vec![(0, n.start() - gtt_base, size.min(n.size()))],
+        }
+    }
+}
+
+/// A live BO in the table.
+#[derive(Debug)]
+pub(crate) struct BoEntry {
+    pub placement: Placement,
+    pub size: u64,
+    pub flags: BoFlags,
+    pub creator: OwnerId,
+    pub created_ms: u64,
+    pub label: String,
+    /// References per holding owner.
+    pub holders: Vec<(OwnerId, u32)>,
+    /// Import token while exported.
+    pub token: Option<u64>,
+    /// The owner whose quota is charged (the creator while it holds it).
+    pub charged: Option<OwnerId>,
+    /// Bytes inside the CPU-visible window (for statistics).
+    pub visible_bytes: u64,
+    /// Its leak-tracker record.
+    pub slot: SlotId,
+}
+
+impl BoEntry {
+    /// References: holds plus the export pin.
+    pub fn refcount(&self) -> u32 {
+        self.holders
+            .iter()
+            .map(|h| h.1)
+            .fold(u32::from(self.token.is_some()), u32::saturating_add)
+    }
+
+    /// Whether `owner` holds a reference.
+    pub fn is_held_by(&self, owner: OwnerId) -> bool {
+        self.holders.iter().any(|h| h.0 == owner)
+    }
+
+    /// The owner shown as holding it: the creator while it holds it, else
+    /// the first other holder, else 0.
+    pub fn primary_holder(&self) -> OwnerId {
+        if self.is_held_by(self.creator) {
+            self.creator
+        } else {
+            self.holders.first().map_or(0, |h| h.0)
+        }
+    }
+
+    /// Adds one reference for `owner`.
+    pub fn hold(&mut self, owner: OwnerId) {
+        match self.holders.iter_mut().find(|h| h.0 == owner) {
+            Some(h) => h.1 = h.1.saturating_add(1),
+            None => self.holders.push((owner, 1)),
+        }
+    }
+
+    /// Drops `all` or one of `owner`'s references; true when `owner` holds
+    /// none any more.
+    pub fn release(&mut self, owner: OwnerId, all: bool) -> bool {
+        let Some(i) = self.holders.iter().position(|h| h.0 == owner) else {
+            return true;
+        };
+        if all || self.holders[i].1 <= 1 {
+            self.holders.swap_remove(i);
+            true
+        } else {
+            self.holders[i].1 -= 1;
+            false
+        }
+    }
+
+    /// The public description.
+    pub fn info(&self, id: BoId, gtt_base: u64) -> BoInfo {
+        BoInfo {
+            id,
+            domain: self.placement.domain(),
+            size: self.size,
+            allocated_size: self.placement.allocated_size(),
+            flags: self.flags,
+            owner: self.creator,
+            refcount: self.refcount(),
+            created_ms: self.created_ms,
+            label: self.label.clone(),
+            exported: self.token.is_some(),
+            segments: self.placement.segments(self.size, gtt_base),
+        }
+    }
+}
+
+/// One shard of the table.
+#[derive(Debug, Default)]
+pub(crate) struct Shard {
+    pub bos: IdMap<BoEntry>,
+    /// Leak-tracker slots of BOs freed from this shard, for reuse.
+    pub free_slots: Vec<SlotId>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PaddedShard(spin::Mutex<Shard>);
+
+const SHARDS: usize = 64;
+
+/// The BO table: id → entry, split into independently locked shards.
+#[derive(Debug)]
+pub(crate) struct BoTable {
+    shards: alloc::boxed::Box<[PaddedShard]>,
+    next: AtomicU64,
+}
+
+impl BoTable {
+    pub fn new() -> Self {
+        BoTable {
+            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh id in `domain`.
+    pub fn next_id(&self, domain: Domain) -> BoId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        BoId(n << 1 | domain.index() as u64)
+    }
+
+    /// The locked shard holding `id`.
+    pub fn shard(&self, id: BoId) -> spin::MutexGuard<'_, Shard> {
+        self.shards[((id.0 >> 1) as usize) % SHARDS].0.lock()
+    }
+
+    /// Index of the shard holding `id`.
+    pub fn shard_index(id: BoId) -> usize {
+        ((id.0 >> 1) as usize) % SHARDS
+    }
+
+    /// The locked shard number `i`.
+    pub fn shard_at(&self, i: usize) -> spin::MutexGuard<'_, Shard> {
+        self.shards[i].0.lock()
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        SHARDS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_domain_and_are_not_reused() {
+        let t = BoTable::new();
+        let a = t.next_id(Domain::Vram);
+        let b = t.next_id(Domain::Gtt);
+        let c = t.next_id(Domain::Vram);
+        assert_eq!(a.domain(), Some(Domain::Vram));
+        assert_eq!(b.domain(), Some(Domain::Gtt));
+        assert!(a != c && a.0 < b.0 && b.0 < c.0);
+        assert_eq!(BoId(0).domain(), None);
+    }
+
+    #[test]
+    fn references_count_holds_and_the_export_pin() {
+        let mut e = BoEntry {
+            placement: Placement::Gtt(
+                crate::range::RangeAllocator::new(0, 1 << 20)
+                    .unwrap()
+                    .insert(4096, 0, 0..1 << 20, crate::range::InsertMode::Best)
+                    .unwrap(),
+            ),
+            size: 4000,
+            flags: BoFlags::empty(),
+            creator: 1,
+            created_ms: 0,
+            label: String::new(),
+            holders: alloc::vec![(1, 1)],
+            token: None,
+            charged: Some(1),
+            visible_bytes: 0,
+            slot: crate::leak::LeakTracker::new()
+                .take_slot(&mut Vec::new())
+                .unwrap(),
+        };
+        e.hold(2);
+        e.hold(2);
+        e.token = Some(9);
+        assert_eq!(e.refcount(), 4);
+        assert!(!e.release(2, false));
+        assert!(e.release(1, false));
+        assert_eq!(e.primary_holder(), 2);
+        assert!(e.release(2, true));
+        assert_eq!(e.refcount(), 1);
+        assert_eq!(e.primary_holder(), 0);
+        let info = e.info(BoId(3), 0);
+        assert_eq!(info.segments, [(0, 0, 4000)]);
+        assert!(info.exported);
+        assert_eq!(e.placement.bytes_within(&(0..100)), 100);
+        assert!(!e.placement.overlaps(&(4096..8192)));
+    }
+}
