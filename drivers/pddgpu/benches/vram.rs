@@ -25,6 +25,11 @@
 //!   allocations of 4 KiB–256 KiB, then random free+alloc pairs at that
 //!   level; one block / split as above.
 //!
+//! Both sides run the same pre-generated steps through the same caller: a
+//! slot table as large as the peak live set (freed slots are reused), with
+//! no heap allocation per step in the harness (our block lists keep their
+//! capacity when a slot is emptied, as a driver reusing its table would).
+//!
 //! Extra knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<name>`,
 //! `VRAM_BENCH_SIDE=ours|peer` (profiling).
 
@@ -101,16 +106,17 @@ impl Rng {
     }
 }
 
-/// One step of a workload: allocate `pages`, or free live slot `slot`.
+/// One step of a workload: allocate `pages` into slot `slot`, or free the
+/// allocation in slot `slot`.
 #[derive(Clone, Copy)]
 enum Step {
-    Alloc { pages: u64 },
+    Alloc { pages: u64, slot: usize },
     Free { slot: usize },
 }
 
 /// A pre-generated, allocator-independent sequence of steps. Slots are
-/// numbered in allocation order; frees name slots that are live in the
-/// generator's own bookkeeping (of requested sizes).
+/// indices into the caller's table (reused once freed); frees name slots
+/// that are live in the generator's own bookkeeping (of requested sizes).
 struct Workload {
     name: &'static str,
     /// Ours serves requests with drm_buddy semantics (several blocks)
@@ -124,6 +130,28 @@ struct Workload {
     slots: usize,
 }
 
+/// Slot numbers handed out by a workload generator: freed slots are reused
+/// (last freed first), so the caller's table is as large as the peak live
+/// set, like a driver's BO table, and not one entry per allocation ever made.
+#[derive(Default)]
+struct SlotPool {
+    free: Vec<usize>,
+    count: usize,
+}
+
+impl SlotPool {
+    fn take(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.count += 1;
+            self.count - 1
+        })
+    }
+
+    fn give(&mut self, slot: usize) {
+        self.free.push(slot);
+    }
+}
+
 fn mix(name: &'static str, split: bool, seed: u64) -> Workload {
     let space_pages = (8u64 << 30) / PAGE;
     let max_pages = (64u64 << 20) / PAGE;
@@ -131,22 +159,23 @@ fn mix(name: &'static str, split: bool, seed: u64) -> Workload {
     let mut live: Vec<(usize, u64)> = Vec::new();
     let mut live_pages = 0u64;
     let mut timed = Vec::new();
-    let mut slots = 0;
+    let mut pool = SlotPool::default();
     let target = space_pages / 2;
     for _ in 0..400_000 {
         let alloc_percent = if live_pages < target { 60 } else { 40 };
         let alloc = live.is_empty() || rng.below(100) < alloc_percent;
         if alloc {
             let pages = rng.pages(max_pages);
-            timed.push(Step::Alloc { pages });
-            live.push((slots, pages));
+            let slot = pool.take();
+            timed.push(Step::Alloc { pages, slot });
+            live.push((slot, pages));
             live_pages += pages;
-            slots += 1;
         } else {
             let i = rng.below(live.len() as u64) as usize;
             let (slot, pages) = live.swap_remove(i);
             live_pages -= pages;
             timed.push(Step::Free { slot });
+            pool.give(slot);
         }
     }
     for (slot, _) in live {
@@ -158,7 +187,7 @@ fn mix(name: &'static str, split: bool, seed: u64) -> Workload {
         space_pages,
         warmup: Vec::new(),
         timed,
-        slots,
+        slots: pool.count,
     }
 }
 
@@ -168,23 +197,26 @@ fn steady(name: &'static str, split: bool, seed: u64) -> Workload {
     let mut rng = Rng(seed);
     let mut live: Vec<usize> = Vec::new();
     let mut warmup = Vec::new();
-    let mut slots = 0;
+    let mut pool = SlotPool::default();
     for _ in 0..100_000 {
+        let slot = pool.take();
         warmup.push(Step::Alloc {
             pages: rng.pages(max_pages),
+            slot,
         });
-        live.push(slots);
-        slots += 1;
+        live.push(slot);
     }
     let mut timed = Vec::new();
     for _ in 0..300_000 {
         let i = rng.below(live.len() as u64) as usize;
         timed.push(Step::Free { slot: live[i] });
+        pool.give(live[i]);
+        let slot = pool.take();
         timed.push(Step::Alloc {
             pages: rng.pages(max_pages),
+            slot,
         });
-        live[i] = slots;
-        slots += 1;
+        live[i] = slot;
     }
     Workload {
         name,
@@ -192,20 +224,26 @@ fn steady(name: &'static str, split: bool, seed: u64) -> Workload {
         space_pages,
         warmup,
         timed,
-        slots,
+        slots: pool.count,
     }
 }
 
-/// The operations a benchmarked allocator offers.
+/// The operations a benchmarked allocator offers. Both sides get the same
+/// caller: a table of slots (one per live allocation, reused after a free)
+/// that holds what the allocator hands back.
 trait Subject {
-    type Handle;
+    /// What the caller keeps in a slot (empty = no allocation).
+    type Slot: Default;
     fn new(space_pages: u64, split: bool) -> Self;
-    /// Allocates `pages` into `slot` (left `None` on failure).
-    fn alloc(&mut self, pages: u64, slot: &mut Option<Self::Handle>);
-    fn free(&mut self, handle: &Self::Handle);
-    /// Heap bytes held by a handle beyond its inline size (kept by the
+    /// Allocates `pages` into the empty `slot`; false (slot left empty) on
+    /// failure.
+    fn alloc(&mut self, pages: u64, slot: &mut Self::Slot) -> bool;
+    /// Frees the allocation in `slot`, if any, and empties it; false if it
+    /// was empty.
+    fn free(&mut self, slot: &mut Self::Slot) -> bool;
+    /// Heap bytes held by a slot beyond its inline size (kept by the
     /// caller, not the allocator).
-    fn handle_heap(handle: &Self::Handle) -> usize;
+    fn slot_heap(slot: &Self::Slot) -> usize;
     /// Bytes of the space reserved by live allocations.
     fn reserved(&self) -> u64;
 }
@@ -216,7 +254,9 @@ struct Ours {
 }
 
 impl Subject for Ours {
-    type Handle = BlockList;
+    /// The blocks; an emptied list keeps its capacity for the next
+    /// allocation in that slot.
+    type Slot = BlockList;
 
     fn new(space_pages: u64, split: bool) -> Self {
         Ours {
@@ -225,7 +265,8 @@ impl Subject for Ours {
         }
     }
 
-    fn alloc(&mut self, pages: u64, slot: &mut Option<BlockList>) {
+    #[inline]
+    fn alloc(&mut self, pages: u64, slot: &mut BlockList) -> bool {
         let size = pages * PAGE;
         let min_block = if self.split {
             PAGE
@@ -234,23 +275,24 @@ impl Subject for Ours {
         };
         // The fast path of the API: blocks are written straight into the
         // caller's storage.
-        let blocks = slot.insert(BlockList::new());
-        if self
-            .buddy
-            .alloc_into(size, min_block, AllocFlags::empty(), 0..0, blocks)
-            .is_err()
-        {
-            *slot = None;
+        self.buddy
+            .alloc_into(size, min_block, AllocFlags::empty(), 0..0, slot)
+            .is_ok()
+    }
+
+    #[inline]
+    fn free(&mut self, slot: &mut BlockList) -> bool {
+        if slot.is_empty() {
+            return false;
         }
+        self.buddy.free(slot).expect("free");
+        slot.clear();
+        true
     }
 
-    fn free(&mut self, handle: &BlockList) {
-        self.buddy.free(handle).expect("free");
-    }
-
-    fn handle_heap(handle: &BlockList) -> usize {
-        if handle.spilled() {
-            handle.capacity() * std::mem::size_of::<pddgpu::buddy::Block>()
+    fn slot_heap(slot: &BlockList) -> usize {
+        if slot.spilled() {
+            slot.capacity() * std::mem::size_of::<pddgpu::buddy::Block>()
         } else {
             0
         }
@@ -269,7 +311,8 @@ struct Peer {
 }
 
 impl Subject for Peer {
-    type Handle = (usize, usize);
+    /// (first frame, frame count).
+    type Slot = Option<(usize, usize)>;
 
     fn new(space_pages: u64, _split: bool) -> Self {
         let mut inner = FrameAllocator::<33>::new();
@@ -281,20 +324,27 @@ impl Subject for Peer {
         }
     }
 
-    fn alloc(&mut self, pages: u64, slot: &mut Option<(usize, usize)>) {
+    #[inline]
+    fn alloc(&mut self, pages: u64, slot: &mut Option<(usize, usize)>) -> bool {
         let count = pages as usize;
         *slot = self.inner.alloc(count).map(|frame| (frame, count));
         if slot.is_some() {
             self.reserved_frames += count.next_power_of_two();
         }
+        slot.is_some()
     }
 
-    fn free(&mut self, &(frame, count): &(usize, usize)) {
+    #[inline]
+    fn free(&mut self, slot: &mut Option<(usize, usize)>) -> bool {
+        let Some((frame, count)) = slot.take() else {
+            return false;
+        };
         self.inner.dealloc(frame, count);
         self.reserved_frames -= count.next_power_of_two();
+        true
     }
 
-    fn handle_heap(_: &(usize, usize)) -> usize {
+    fn slot_heap(_: &Option<(usize, usize)>) -> usize {
         0
     }
 
@@ -316,41 +366,35 @@ struct Outcome {
 }
 
 fn run<S: Subject>(w: &Workload) -> Outcome {
-    let mut slots: Vec<Option<S::Handle>> = Vec::with_capacity(w.slots);
-    slots.resize_with(w.slots, || None);
-    let mut next_slot = 0usize;
+    let mut slots: Vec<S::Slot> = Vec::with_capacity(w.slots);
+    slots.resize_with(w.slots, S::Slot::default);
     let mut failed = 0u64;
     let mut live = 0usize;
-    let mut handle_bytes = 0usize;
     let base = live_bytes();
     let mut subject = S::new(w.space_pages, w.split);
-    let mut step = |subject: &mut S, s: Step, live: &mut usize, handle_bytes: &mut usize| match s {
-        Step::Alloc { pages } => {
-            let slot = &mut slots[next_slot];
-            subject.alloc(pages, slot);
-            match slot {
-                Some(h) => {
-                    *handle_bytes += S::handle_heap(h);
-                    *live += 1;
+    let step =
+        |subject: &mut S, slots: &mut [S::Slot], s: Step, live: &mut usize, failed: &mut u64| {
+            match s {
+                Step::Alloc { pages, slot } => {
+                    if subject.alloc(pages, &mut slots[slot]) {
+                        *live += 1;
+                    } else {
+                        *failed += 1;
+                    }
                 }
-                None => failed += 1,
+                Step::Free { slot } => {
+                    if subject.free(&mut slots[slot]) {
+                        *live -= 1;
+                    }
+                }
             }
-            next_slot += 1;
-        }
-        Step::Free { slot } => {
-            if let Some(h) = &slots[slot] {
-                *handle_bytes -= S::handle_heap(h);
-                subject.free(h);
-                slots[slot] = None;
-                *live -= 1;
-            }
-        }
-    };
-    // (metadata per live allocation, handle heap per live allocation, live
-    // count, reserved bytes) at the sampling point.
-    let sample = |subject: &S, live: usize, handle_bytes: usize| {
+        };
+    // (metadata per live allocation, slot heap per live allocation, live
+    // count, reserved bytes) at the sampling point. Slot heap is counted
+    // over all slots (emptied ones keep their capacity).
+    let sample = |subject: &S, slots: &[S::Slot], live: usize| {
         let total = (live_bytes() - base) as f64;
-        let handles = handle_bytes as f64;
+        let handles = slots.iter().map(S::slot_heap).sum::<usize>() as f64;
         let live_f = live.max(1) as f64;
         (
             (total - handles) / live_f,
@@ -360,19 +404,44 @@ fn run<S: Subject>(w: &Workload) -> Outcome {
         )
     };
     for &s in &w.warmup {
-        step(&mut subject, s, &mut live, &mut handle_bytes);
+        step(&mut subject, &mut slots, s, &mut live, &mut failed);
     }
-    let mut sampled = sample(&subject, live, handle_bytes);
+    let mut sampled = sample(&subject, &slots, live);
+    let mut peak = live;
     let start = Instant::now();
-    for (i, &s) in w.timed.iter().enumerate() {
-        step(&mut subject, s, &mut live, &mut handle_bytes);
-        // Without a warm-up, sample at the peak of live allocations.
-        if w.warmup.is_empty() && i % 4096 == 0 && live > sampled.2 {
-            sampled = sample(&subject, live, handle_bytes);
+    if w.warmup.is_empty() {
+        // Without a warm-up, sample at the peak of live allocations: time
+        // the steps in chunks and sample between them, off the clock.
+        let mut time = Duration::ZERO;
+        for chunk in w.timed.chunks(4096) {
+            let t = Instant::now();
+            for &s in chunk {
+                step(&mut subject, &mut slots, s, &mut live, &mut failed);
+            }
+            time += t.elapsed();
+            if live > peak {
+                peak = live;
+                sampled = sample(&subject, &slots, live);
+            }
         }
+        return finish(w, time, failed, sampled, &subject);
+    }
+    for &s in &w.timed {
+        step(&mut subject, &mut slots, s, &mut live, &mut failed);
     }
     let time = start.elapsed();
-    black_box(&subject);
+    finish(w, time, failed, sampled, &subject)
+}
+
+/// Packs up one run's figures.
+fn finish<S: Subject>(
+    w: &Workload,
+    time: Duration,
+    failed: u64,
+    sampled: (f64, f64, usize, u64),
+    subject: &S,
+) -> Outcome {
+    black_box(subject);
     let allocs = w
         .timed
         .iter()
@@ -429,15 +498,13 @@ fn manager_mix(w: &Workload) -> (Duration, u64) {
     let manager = VramManager::new(VramConfig::new(w.space_pages * PAGE, 256 << 20)).expect("vram");
     let mut slots: Vec<Option<VramAllocation>> = Vec::with_capacity(w.slots);
     slots.resize_with(w.slots, || None);
-    let mut next_slot = 0;
     let mut allocs = 0u64;
     let start = Instant::now();
     for &s in &w.timed {
         match s {
-            Step::Alloc { pages } => {
+            Step::Alloc { pages, slot } => {
                 allocs += 1;
-                slots[next_slot] = manager.alloc(pages * PAGE, 0, VramFlags::empty()).ok();
-                next_slot += 1;
+                slots[slot] = manager.alloc(pages * PAGE, 0, VramFlags::empty()).ok();
             }
             Step::Free { slot } => {
                 if let Some(a) = slots[slot].take() {
@@ -482,9 +549,9 @@ fn main() {
             w.name,
             ours.meta_per_live,
             peer.meta_per_live,
-            std::mem::size_of::<BlockList>(),
+            std::mem::size_of::<<Ours as Subject>::Slot>(),
             ours.handle_per_live,
-            std::mem::size_of::<(usize, usize)>()
+            std::mem::size_of::<<Peer as Subject>::Slot>()
         );
         println!(
             "  {}: VRAM reserved for the same live set: ours {} MiB, peer {} MiB",
@@ -492,6 +559,9 @@ fn main() {
             ours.reserved >> 20,
             peer.reserved >> 20
         );
+    }
+    if only.is_some() {
+        return;
     }
     let (time, allocs) = manager_mix(&workloads[0]);
     println!(

@@ -280,3 +280,36 @@ fn rejected_frees_and_claims_change_nothing() {
     );
     assert!(a.is_pristine());
 }
+
+#[test]
+fn long_free_lists_are_validated_before_anything_is_freed() {
+    let mut a = BuddyAllocator::new(64 * MIB, K4).unwrap();
+    // 40 one-page allocations freed in one call: longer than the lists
+    // whose nodes are remembered on the stack and than the quadratic
+    // repeat check.
+    let mut blocks: Vec<Block> = (0..40)
+        .map(|_| a.alloc(K4, K4, NONE, 0..0).unwrap()[0])
+        .collect();
+    let before = a.stats();
+    for dup in [0usize, 17, 39] {
+        let mut with_repeat = blocks.clone();
+        with_repeat.push(blocks[dup]);
+        let err = a.free(&with_repeat).unwrap_err();
+        assert_eq!(
+            err,
+            BuddyError::Duplicate {
+                offset: blocks[dup].offset()
+            }
+        );
+        assert_eq!(a.stats(), before, "nothing freed on error");
+    }
+    // A stale block at the end of a long list: nothing freed either.
+    let stale = Block::new(blocks[5].offset(), 0, 12, blocks[5].tag().wrapping_add(1));
+    blocks.push(stale);
+    assert!(matches!(a.free(&blocks), Err(BuddyError::StaleTag { .. })));
+    assert_eq!(a.stats(), before);
+    blocks.pop();
+    a.free(&blocks).unwrap();
+    assert!(a.is_pristine());
+    a.check().unwrap();
+}

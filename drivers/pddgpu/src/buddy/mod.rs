@@ -633,6 +633,9 @@ impl BuddyAllocator {
     ) -> Result<(), BuddyError> {
         let base = out.len();
         let mut pages = need >> self.chunk_shift;
+        // The greedy loop takes one block per set bit unless it has to
+        // fall back to smaller blocks: grow the list once, not per block.
+        out.reserve(pages.count_ones() as usize);
         let mut order = floor_log2(pages).min(u32::from(self.max_order));
         loop {
             order = order.min(floor_log2(pages));
@@ -809,31 +812,42 @@ impl BuddyAllocator {
     /// before anything is freed: on error nothing has changed.
     pub fn free(&mut self, blocks: &[Block]) -> Result<(), BuddyError> {
         if let [block] = blocks {
-            if block.chunk_shift != self.chunk_shift {
-                return Err(BuddyError::Foreign {
-                    offset: block.offset,
-                });
-            }
-            let idx = self.resolve(block)?;
+            let idx = self.validate(block)?;
             self.release(idx);
             return Ok(());
         }
-        for block in blocks {
-            if block.chunk_shift != self.chunk_shift {
-                return Err(BuddyError::Foreign {
-                    offset: block.offset,
-                });
-            }
-            self.resolve(block)?;
+        // Resolve every block once, remembering its node (on the stack for
+        // typical lists), then release by node: no second lookup.
+        let mut inline = [NIL; FREE_INLINE];
+        let mut spilled = Vec::new();
+        let nodes: &mut [u32] = if blocks.len() <= FREE_INLINE {
+            &mut inline[..blocks.len()]
+        } else {
+            spilled.resize(blocks.len(), NIL);
+            &mut spilled
+        };
+        for (slot, block) in nodes.iter_mut().zip(blocks) {
+            *slot = self.validate(block)?;
         }
-        // Allocated leaves never overlap, so only exact repeats can slip
-        // through the checks above.
-        check_no_repeats(blocks)?;
-        for block in blocks {
-            let idx = self.resolve(block).expect("validated block");
+        // Allocated leaves never overlap, so a repeated block is a repeated
+        // node.
+        check_no_repeats(nodes, blocks)?;
+        for &idx in nodes.iter() {
             self.release(idx);
         }
         Ok(())
+    }
+
+    /// The allocated leaf node `block` names (checking the chunk size
+    /// first), or why it names none.
+    #[inline(always)]
+    fn validate(&self, block: &Block) -> Result<u32, BuddyError> {
+        if block.chunk_shift != self.chunk_shift {
+            return Err(BuddyError::Foreign {
+                offset: block.offset,
+            });
+        }
+        self.resolve(block)
     }
 
     /// Marks exactly `blocks` allocated (with their own tags), e.g. to
@@ -885,20 +899,30 @@ impl BuddyAllocator {
     }
 }
 
-/// Rejects a block list that names the same block twice.
-fn check_no_repeats(blocks: &[Block]) -> Result<(), BuddyError> {
-    if blocks.len() <= 16 {
-        for (i, a) in blocks.iter().enumerate() {
-            if blocks[i + 1..].iter().any(|b| b.offset == a.offset) {
-                return Err(BuddyError::Duplicate { offset: a.offset });
+/// Blocks per free whose nodes are remembered on the stack.
+const FREE_INLINE: usize = 32;
+
+/// Rejects a block list that names the same block twice: `nodes[i]` is the
+/// node of `blocks[i]`.
+fn check_no_repeats(nodes: &[u32], blocks: &[Block]) -> Result<(), BuddyError> {
+    if nodes.len() <= 16 {
+        for (i, &a) in nodes.iter().enumerate() {
+            if nodes[i + 1..].contains(&a) {
+                return Err(BuddyError::Duplicate {
+                    offset: blocks[i].offset,
+                });
             }
         }
         return Ok(());
     }
-    let mut offsets: Vec<u64> = blocks.iter().map(|b| b.offset).collect();
-    offsets.sort_unstable();
-    match offsets.windows(2).find(|w| w[0] == w[1]) {
-        Some(w) => Err(BuddyError::Duplicate { offset: w[0] }),
+    let mut sorted: Vec<(u32, u64)> = nodes
+        .iter()
+        .zip(blocks)
+        .map(|(&n, b)| (n, b.offset))
+        .collect();
+    sorted.sort_unstable();
+    match sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        Some(w) => Err(BuddyError::Duplicate { offset: w[0].1 }),
         None => Ok(()),
     }
 }
