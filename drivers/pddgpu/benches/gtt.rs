@@ -12,10 +12,16 @@
 //! the padded block). Every allocator sees the same random stream; each
 //! workload runs three times per allocator and the fastest run counts.
 //!
-//! Prints, per workload: `time gtt/<workload>/<allocator> <ns per op>`,
-//! `ratio gtt/<workload>/<peer> <peer time / our time>`, failed requests,
-//! and `frag gtt/<workload>/<allocator> <largest hole / free bytes>` from the
-//! layout each allocator is left with.
+//! Prints, per workload: `time gtt/<workload>/<allocator> <ns per op>` with
+//! the operation and failed-request counts, `ratio gtt/<workload>/<peer>
+//! <peer time / our time>` (time per operation, so that a peer that fails
+//! requests — and so runs more, cheaper, operations — is compared fairly;
+//! above 1 means we are faster), and `frag gtt/<workload>/<allocator>
+//! <largest hole / free bytes>` of the layout each allocator is left with
+//! (1 = all free space in one hole; for `offset-allocator` the padding of
+//! its padded blocks counts as used).
+//!
+//! Run with `cargo bench -p pddgpu --bench gtt`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

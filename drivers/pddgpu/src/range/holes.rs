@@ -3,9 +3,13 @@
 //!
 //! Holes live in an arena (`Vec<Hole>`, recycled through a free list) and are
 //! indexed twice:
-//! - by **address** in one treap keyed by start whose nodes remember the
-//!   largest hole below them, so "the first hole at or after `a` that is at
-//!   least `n` bytes" is one `O(log n)` walk;
+//! - by **address** in one treap keyed by start whose nodes carry an upper
+//!   bound on the largest hole below them, so "the first hole at or after
+//!   `a` that is at least `n` bytes" is one `O(log n)` walk. Bounds are
+//!   raised eagerly but lowered lazily (a shrinking or vanishing hole leaves
+//!   its ancestors' bounds high; a search that finds a bound too high
+//!   tightens it), which keeps the upward walk off the allocation path; each
+//!   stale bound costs a search one extra visit, once;
 //! - by **size** in segregated bins (32 bins per power of two, found with two
 //!   bitmap look-ups like TLSF) with a treap keyed by `(size, start)` in each
 //!   bin, so "the smallest hole of at least `n` bytes" is a bitmap step plus
@@ -24,8 +28,8 @@ pub(super) const MAX_INDEX: u32 = (1 << 31) - 2;
 
 /// log2 of the number of size bins per power of two.
 const SUB_BITS: usize = 5;
-/// Number of size bins: 32 per power of two up to 2^63, plus 32 exact small
-/// bins (1952 used).
+/// Number of size bins: 32 per power of two from 32 up to 2^64, plus 32
+/// exact small bins (1920 used).
 const NBINS: usize = 2048;
 const NWORDS: usize = NBINS / 64;
 

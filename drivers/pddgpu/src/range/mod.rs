@@ -13,9 +13,12 @@
 //!
 //! # How holes are found
 //! Every free range ("hole") is indexed by size (segregated bins with a treap
-//! per bin) and by address (a treap whose nodes know the largest hole below
-//! them). Without alignment trouble every search is `O(log n)` in the number
-//! of holes:
+//! per bin) and by address (a treap whose nodes bound the largest hole below
+//! them; see `holes.rs`). Nodes and holes also form one doubly linked list in
+//! address order, so a remove finds the holes to merge with in `O(1)`.
+//! Without alignment trouble every search is `O(log n)` expected in the
+//! number of holes (amortized for the address searches, whose subtree
+//! bounds are tightened lazily):
 //! - `Best`: the smallest hole of at least `size` bytes; its first aligned
 //!   address.
 //! - `Low` / `High`: the lowest / highest hole of at least `size` bytes
