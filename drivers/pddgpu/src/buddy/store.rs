@@ -77,13 +77,17 @@ pub(crate) struct NodeStore {
     /// Free-list heads, `[region * orders + order]`.
     heads: Vec<u32>,
     /// Per region: orders whose list in that region is non-empty.
-    region_orders: Vec<u64>,
+    /// Fixed tables of 64 entries (there are at most 64 regions and 64
+    /// orders), indexed with `& 63` so the hot paths need no bounds checks.
+    region_orders: [u64; 64],
     /// Per order: regions whose list of that order is non-empty.
-    order_regions: Vec<u64>,
+    order_regions: [u64; 64],
     /// Orders with at least one free block.
     order_mask: u64,
     /// Free blocks per order.
-    free_count: Vec<u64>,
+    free_count: [u64; 64],
+    /// Number of regions.
+    regions: usize,
     orders: usize,
     region_shift: u32,
 }
@@ -98,10 +102,11 @@ impl NodeStore {
             spare: NIL,
             leaves: 0,
             heads: vec![NIL; orders * regions],
-            region_orders: vec![0; regions],
-            order_regions: vec![0; orders],
+            region_orders: [0; 64],
+            order_regions: [0; 64],
             order_mask: 0,
-            free_count: vec![0; orders],
+            free_count: [0; 64],
+            regions,
             orders,
             region_shift,
         }
@@ -227,19 +232,19 @@ impl NodeStore {
     /// Regions with a free block of `order`.
     #[inline]
     pub fn order_regions(&self, order: u32) -> u64 {
-        self.order_regions[order as usize]
+        self.order_regions[order as usize & 63]
     }
 
     /// Orders with a free block starting in `region`.
     #[inline]
     pub fn region_orders(&self, region: u32) -> u64 {
-        self.region_orders[region as usize]
+        self.region_orders[region as usize & 63]
     }
 
     /// Number of free blocks of `order`.
     #[inline]
     pub fn free_count(&self, order: usize) -> u64 {
-        self.free_count[order]
+        self.free_count[order & 63]
     }
 
     /// First node of the free list (`region`, `order`), or [`NIL`].
@@ -256,7 +261,8 @@ impl NodeStore {
             let n = self.node(idx);
             (n.offset, n.order as usize)
         };
-        let region = self.region_of(offset) as usize;
+        let region = self.region_of(offset) as usize & 63;
+        let order = order & 63;
         let slot = region * self.orders + order;
         let head = self.heads[slot];
         {
@@ -282,7 +288,7 @@ impl NodeStore {
         let (offset, order, prev, next) = {
             let n = self.node(idx);
             debug_assert_eq!(n.state, NodeState::Free);
-            (n.offset, n.order as usize, n.prev, n.next)
+            (n.offset, n.order as usize & 63, n.prev, n.next)
         };
         if next != NIL {
             self.node_mut(next).prev = prev;
@@ -290,7 +296,7 @@ impl NodeStore {
         if prev != NIL {
             self.node_mut(prev).next = next;
         } else {
-            let region = self.region_of(offset) as usize;
+            let region = self.region_of(offset) as usize & 63;
             let slot = region * self.orders + order;
             self.heads[slot] = next;
             if next == NIL {
@@ -306,7 +312,7 @@ impl NodeStore {
 
     /// Number of regions.
     pub fn regions(&self) -> usize {
-        self.region_orders.len()
+        self.regions
     }
 
     /// Number of orders.
