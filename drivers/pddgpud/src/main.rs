@@ -1,6 +1,6 @@
-//! `pddgpud`: the PDDGPU driver server (work in progress; see the issues).
+//! `pddgpud`: the PDDGPU driver server. See the crate documentation of the
+//! `pddgpud` library for what it does.
 
 fn main() {
-    eprintln!("pddgpud: not yet wired");
-    std::process::exit(1);
+    std::process::exit(pddgpud::run(std::env::args_os()));
 }

@@ -9,23 +9,28 @@
 //! - it fills the caller's pid/uid/gid from `SO_PEERCRED`, never from the
 //!   client's word;
 //! - it tracks which handle ids each connection opened, rejects requests
-//!   naming any other id with `EBADF`, and closes (`on_close`) every handle a
-//!   connection still holds when the connection goes away — exactly what the
-//!   kernel does when a process exits or dies;
+//!   naming any other id with `EBADF`, and closes every handle a connection
+//!   still holds when the connection goes away — exactly what the kernel
+//!   does when a process exits or dies;
 //! - an `OpenResult::OtherScheme { fd }` (a file descriptor returned by the
 //!   scheme, e.g. the memory backing a BO) travels to the client with
 //!   `SCM_RIGHTS`.
 //!
-//! It is single-threaded and non-blocking: a slow or malicious client can
-//! never stall the others, and a malformed frame only costs its sender the
-//! connection.
+//! Each connection has its own thread with blocking reads and writes (the
+//! same system calls as a bare request/response exchange); the scheme sits
+//! behind one mutex, taken only while a request is dispatched. A slow or
+//! malicious client therefore blocks only its own thread, and a malformed
+//! frame only costs its sender the connection.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::io::{self, IoSlice, Read};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use redox_scheme::scheme::{SchemeState, SchemeSync};
@@ -37,7 +42,8 @@ use syscall::error::{Error, EBADF, EINVAL, EOPNOTSUPP};
 use syscall::schemev2::{Cqe, CqeOpcode, Opcode, Sqe, SqeFlags};
 
 use crate::frame::{
-    FrameError, RequestHeader, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
+    RequestHeader, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
+    RESPONSE_HEADER_LEN,
 };
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
@@ -72,7 +78,7 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            max_connections: 1024,
+            max_connections: 256,
             max_handles_per_connection: 1 << 16,
         }
     }
@@ -89,47 +95,60 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// One response waiting to be written.
-struct OutMsg {
-    bytes: Vec<u8>,
-    pos: usize,
-    fd: Option<OwnedFd>,
+/// The scheme and the redox-scheme dispatch state, behind one lock.
+struct Locked<S> {
+    scheme: S,
+    state: SchemeState,
 }
 
-/// One client connection.
-struct Conn {
-    stream: UnixStream,
-    cred: PeerCred,
-    /// Bytes received; `inbuf[..filled]` is valid.
-    inbuf: Vec<u8>,
-    filled: usize,
-    out: VecDeque<OutMsg>,
-    handles: HashSet<usize>,
-    /// Set after a fatal protocol error: flush what is queued, then drop.
-    closing: bool,
-}
-
-/// The host-transport server. Owns the listening socket and all client
-/// connections; the scheme is passed to [`HostServer::poll_once`] so the
-/// caller (the daemon) keeps it for ticks and shutdown.
-pub struct HostServer {
-    listener: UnixListener,
-    path: Option<PathBuf>,
-    conns: Vec<Conn>,
+/// What all connection threads share.
+struct Shared<S> {
+    locked: Mutex<Locked<S>>,
     root: Option<usize>,
     limits: ServerLimits,
-    scratch_stat: Box<Stat>,
+    served: AtomicU64,
+    conns: Mutex<Vec<ConnCtl>>,
+}
+
+/// The server's grip on one connection: a second handle on its socket (to
+/// end it at shutdown) and its thread.
+struct ConnCtl {
+    id: u64,
+    stream: UnixStream,
+    cred: PeerCred,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Per-connection state owned by its thread.
+struct ConnState {
+    cred: PeerCred,
+    handles: HashSet<usize>,
+}
+
+/// The host-transport server. Owns the listening socket, the scheme, and a
+/// thread per client connection.
+pub struct HostServer<S: HostScheme + Send + 'static> {
+    listener: UnixListener,
+    path: Option<PathBuf>,
+    shared: Arc<Shared<S>>,
+    next_conn: u64,
 }
 
 /// Initial size of a connection's receive buffer; grows up to one maximal
 /// frame.
 const INBUF_INITIAL: usize = 16 << 10;
 
-impl HostServer {
-    /// Binds a listening socket at `path`. A stale socket file left by a
-    /// dead server is replaced; a live server at that path is an error
-    /// (`AddrInUse`).
-    pub fn bind(path: &Path, limits: ServerLimits) -> io::Result<Self> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another connection's thread must not take the server
+    // down; the data behind the lock is still consistent between requests.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: HostScheme + Send + 'static> HostServer<S> {
+    /// Binds a listening socket at `path` and serves `scheme` on it. A
+    /// stale socket file left by a dead server is replaced; a live server
+    /// at that path is an error (`AddrInUse`).
+    pub fn bind(path: &Path, limits: ServerLimits, scheme: S) -> io::Result<Self> {
         if path.exists() {
             match UnixStream::connect(path) {
                 Ok(_) => {
@@ -147,156 +166,95 @@ impl HostServer {
             }
         }
         let listener = UnixListener::bind(path)?;
-        let mut server = Self::from_listener(listener, limits)?;
+        let mut server = Self::from_listener(listener, limits, scheme)?;
         server.path = Some(path.to_path_buf());
         Ok(server)
     }
 
-    /// Serves on an already bound listener (tests, socket activation).
-    pub fn from_listener(listener: UnixListener, limits: ServerLimits) -> io::Result<Self> {
+    /// Serves `scheme` on an already bound listener (tests, socket
+    /// activation).
+    pub fn from_listener(
+        listener: UnixListener,
+        limits: ServerLimits,
+        mut scheme: S,
+    ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
+        let root = scheme.scheme_root().ok();
         Ok(HostServer {
             listener,
             path: None,
-            conns: Vec::new(),
-            root: None,
-            limits,
-            scratch_stat: Box::default(),
+            shared: Arc::new(Shared {
+                locked: Mutex::new(Locked {
+                    scheme,
+                    state: SchemeState::new(),
+                }),
+                root,
+                limits,
+                served: AtomicU64::new(0),
+                conns: Mutex::new(Vec::new()),
+            }),
+            next_conn: 1,
         })
+    }
+
+    /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
+    pub fn with_scheme<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut lock(&self.shared.locked).scheme)
+    }
+
+    /// Requests served so far.
+    pub fn requests_served(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
     }
 
     /// Number of connected clients.
     pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// True while some response is still queued for a slow reader.
-    pub fn has_pending_output(&self) -> bool {
-        self.conns.iter().any(|c| !c.out.is_empty())
+        let mut conns = lock(&self.shared.conns);
+        reap(&mut conns);
+        conns.len()
     }
 
     /// Credentials of every connected client.
     pub fn peers(&self) -> Vec<PeerCred> {
-        self.conns.iter().map(|c| c.cred).collect()
+        let mut conns = lock(&self.shared.conns);
+        reap(&mut conns);
+        conns.iter().map(|c| c.cred).collect()
     }
 
-    /// Waits up to `timeout` (forever when `None`) for activity, then
-    /// accepts new clients and serves every complete request that arrived.
-    /// Returns the number of requests served. An interrupted wait (a
-    /// signal) returns `Ok(0)` so the caller can check its flags.
-    pub fn poll_once<S: HostScheme>(
-        &mut self,
-        scheme: &mut S,
-        state: &mut SchemeState,
-        timeout: Option<Duration>,
-    ) -> io::Result<usize> {
-        if self.root.is_none() {
-            self.root = scheme.scheme_root().ok();
-        }
-        let ready = match self.wait(timeout) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let (listener_ready, conn_ready) = ready;
-        let mut served = 0;
-        let mut dead = Vec::new();
-        for (index, flags) in conn_ready {
-            match self.service(index, flags, scheme, state) {
-                Ok(n) => served += n,
-                Err(reason) => {
-                    log::debug!(
-                        "client pid {} disconnected: {reason}",
-                        self.conns[index].cred.pid
-                    );
-                    dead.push(index);
-                }
-            }
-        }
-        // Remove back to front so indices stay valid.
-        dead.sort_unstable();
-        for index in dead.into_iter().rev() {
-            let conn = self.conns.swap_remove(index);
-            Self::release(conn, scheme);
-        }
-        if listener_ready {
-            self.accept_all();
-        }
-        Ok(served)
-    }
-
-    /// Disconnects every client, closing all their handles in the scheme
-    /// (used at shutdown, after the scheme stopped accepting work).
-    pub fn disconnect_all<S: HostScheme>(&mut self, scheme: &mut S) {
-        for conn in self.conns.drain(..) {
-            Self::release(conn, scheme);
-        }
-    }
-
-    fn release<S: HostScheme>(conn: Conn, scheme: &mut S) {
-        if conn.filled > 0 {
-            log::info!(
-                "client pid {} went away in the middle of a request ({} bytes unprocessed)",
-                conn.cred.pid,
-                conn.filled
-            );
-        }
-        let mut ids: Vec<usize> = conn.handles.into_iter().collect();
-        ids.sort_unstable();
-        scheme.on_disconnect(conn.cred.pid, &ids);
-    }
-
-    /// Polls the listener and all connections. Returns whether the listener
-    /// is readable and the ready connections with their events.
-    #[allow(clippy::type_complexity)]
-    fn wait(&self, timeout: Option<Duration>) -> io::Result<(bool, Vec<(usize, PollFlags)>)> {
-        let mut fds = Vec::with_capacity(self.conns.len() + 1);
-        fds.push(PollFd::new(&self.listener, PollFlags::IN));
-        for conn in &self.conns {
-            let mut events = PollFlags::empty();
-            if conn.out.is_empty() {
-                if !conn.closing {
-                    events |= PollFlags::IN;
-                }
-            } else {
-                events |= PollFlags::OUT;
-            }
-            fds.push(PollFd::new(&conn.stream, events));
-        }
+    /// Waits up to `timeout` (forever when `None`) for new clients and
+    /// starts a thread for each. An interrupted wait (a signal) returns
+    /// `Ok(())` so the caller can check its flags.
+    pub fn accept(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let ts = timeout.map(|d| Timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
             tv_nsec: d.subsec_nanos().into(),
         });
-        poll(&mut fds, ts.as_ref())?;
-        let listener_ready = !fds[0].revents().is_empty();
-        let ready = fds[1..]
-            .iter()
-            .enumerate()
-            .filter(|(_, fd)| !fd.revents().is_empty())
-            .map(|(i, fd)| (i, fd.revents()))
-            .collect();
-        Ok((listener_ready, ready))
-    }
-
-    fn accept_all(&mut self) {
+        let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => self.add_connection(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("accept failed: {e}");
-                    return;
+                    return Ok(());
                 }
             }
         }
     }
 
     fn add_connection(&mut self, stream: UnixStream) {
-        if self.conns.len() >= self.limits.max_connections {
+        let mut conns = lock(&self.shared.conns);
+        reap(&mut conns);
+        if conns.len() >= self.shared.limits.max_connections {
             log::warn!(
                 "refusing a client: {} connections already open",
-                self.conns.len()
+                conns.len()
             );
             return;
         }
@@ -311,65 +269,90 @@ impl HostServer {
                 return;
             }
         };
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("refusing a client: cannot make its socket non-blocking: {e}");
-            return;
+        let (ctl, stream) = match (stream.try_clone(), stream.set_nonblocking(false)) {
+            (Ok(ctl), Ok(())) => (ctl, stream),
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("refusing a client: {e}");
+                return;
+            }
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("pddgpu-client-{}", cred.pid))
+            .stack_size(256 << 10)
+            .spawn(move || serve_connection(shared, stream, cred));
+        match thread {
+            Ok(thread) => {
+                log::debug!("client connected: pid {} uid {}", cred.pid, cred.uid);
+                conns.push(ConnCtl {
+                    id,
+                    stream: ctl,
+                    cred,
+                    thread: Some(thread),
+                });
+            }
+            Err(e) => log::warn!("refusing a client: cannot start its thread: {e}"),
         }
-        log::debug!("client connected: pid {} uid {}", cred.pid, cred.uid);
-        self.conns.push(Conn {
-            stream,
-            cred,
-            inbuf: vec![0; INBUF_INITIAL],
-            filled: 0,
-            out: VecDeque::new(),
-            handles: HashSet::new(),
-            closing: false,
-        });
     }
 
-    /// Serves one ready connection. `Err` means drop it.
-    fn service<S: HostScheme>(
-        &mut self,
-        index: usize,
-        flags: PollFlags,
-        scheme: &mut S,
-        state: &mut SchemeState,
-    ) -> Result<usize, String> {
-        let root = self.root;
-        let limits = self.limits;
-        let stat = &mut *self.scratch_stat;
-        let conn = &mut self.conns[index];
-        if flags.contains(PollFlags::OUT) {
-            flush(conn)?;
-            if conn.closing && conn.out.is_empty() {
-                return Err("closed after a protocol error".into());
+    /// Stops serving: no new connections; every client's reading side is
+    /// shut, so each thread finishes the request it is on, sends its
+    /// answer, releases the client's handles and ends. Returns the scheme.
+    pub fn shutdown(self) -> S {
+        let shared = self.shared.clone();
+        // Dropping the server ends every connection and joins its thread,
+        // so `shared` is the last reference.
+        drop(self);
+        let shared = Arc::try_unwrap(shared)
+            .unwrap_or_else(|_| panic!("a connection thread outlived the server"));
+        shared
+            .locked
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .scheme
+    }
+}
+
+/// Forgets connections whose thread has ended.
+fn reap(conns: &mut Vec<ConnCtl>) {
+    conns.retain_mut(|c| {
+        let done = c.thread.as_ref().is_none_or(|t| t.is_finished());
+        if done {
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
             }
-            return Ok(0);
         }
-        if flags.intersects(PollFlags::ERR | PollFlags::NVAL) {
-            return Err("socket error".into());
+        !done
+    });
+}
+
+/// One connection's thread: read frames, dispatch each under the scheme
+/// lock, write the answer; on the end of the stream (or a fatal protocol
+/// error) release everything the client still holds.
+fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStream, cred: PeerCred) {
+    let mut conn = ConnState {
+        cred,
+        handles: HashSet::new(),
+    };
+    let mut inbuf = vec![0u8; INBUF_INITIAL];
+    let mut filled = 0usize;
+    let reason = 'serve: loop {
+        if filled == inbuf.len() {
+            let grown = (inbuf.len() * 2).min(REQUEST_HEADER_LEN + MAX_PAYLOAD);
+            inbuf.resize(grown, 0);
         }
-        if !flags.intersects(PollFlags::IN | PollFlags::HUP) {
-            return Ok(0);
-        }
-        // One read per readiness keeps latency low; level-triggered poll
-        // brings us back if more is pending.
-        if conn.filled == conn.inbuf.len() {
-            let grown = (conn.inbuf.len() * 2).min(REQUEST_HEADER_LEN + MAX_PAYLOAD);
-            conn.inbuf.resize(grown, 0);
-        }
-        let n = match conn.stream.read(&mut conn.inbuf[conn.filled..]) {
-            Ok(0) => return Err("end of stream".into()),
+        let n = match stream.read(&mut inbuf[filled..]) {
+            Ok(0) => break 'serve "end of stream".to_string(),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
-            Err(e) => return Err(format!("read error: {e}")),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break 'serve format!("read error: {e}"),
         };
-        conn.filled += n;
-        let mut served = 0;
+        filled += n;
         let mut consumed = 0;
-        while !conn.closing {
-            let avail = &conn.inbuf[consumed..conn.filled];
+        loop {
+            let avail = &inbuf[consumed..filled];
             if avail.len() < REQUEST_HEADER_LEN {
                 break;
             }
@@ -377,48 +360,74 @@ impl HostServer {
                 Ok(h) => h,
                 Err(e) => {
                     let tag = u32::from_le_bytes([avail[20], avail[21], avail[22], avail[23]]);
-                    log::warn!(
-                        "client pid {}: malformed frame ({e}); closing",
-                        conn.cred.pid
-                    );
-                    queue_error(conn, tag, e);
-                    conn.closing = true;
-                    break;
+                    log::warn!("client pid {}: malformed frame ({e}); closing", cred.pid);
+                    let _ = send_response(&stream, err_cqe(tag, e.errno()), &[], None);
+                    break 'serve "protocol error".to_string();
                 }
             };
             let total = REQUEST_HEADER_LEN + header.payload_len as usize;
             if avail.len() < total {
-                // Make room for the whole frame and wait for the rest.
-                if conn.inbuf.len() < total {
-                    conn.inbuf.resize(total.next_power_of_two().max(total), 0);
+                if inbuf.len() < total {
+                    inbuf.resize(total.next_power_of_two().max(total), 0);
                 }
                 break;
             }
-            let payload = conn.inbuf[consumed + REQUEST_HEADER_LEN..consumed + total].to_vec();
+            let payload = inbuf[consumed + REQUEST_HEADER_LEN..consumed + total].to_vec();
             consumed += total;
-            let (resp_cqe, out_payload, fd) =
-                dispatch(conn, root, limits, stat, &header, payload, scheme, state);
-            push_response(conn, resp_cqe, out_payload, fd);
-            served += 1;
-        }
-        if consumed > 0 {
-            conn.inbuf.copy_within(consumed..conn.filled, 0);
-            conn.filled -= consumed;
-            // Give back memory after a large frame.
-            if conn.filled == 0 && conn.inbuf.len() > 4 * INBUF_INITIAL {
-                conn.inbuf = vec![0; INBUF_INITIAL];
+            let (cqe, out, fd) = {
+                let mut guard = lock(&shared.locked);
+                let Locked { scheme, state } = &mut *guard;
+                dispatch(
+                    &mut conn,
+                    shared.root,
+                    shared.limits,
+                    &header,
+                    payload,
+                    scheme,
+                    state,
+                )
+            };
+            shared.served.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = send_response(&stream, cqe, &out, fd) {
+                break 'serve format!("write error: {e}");
             }
         }
-        flush(conn)?;
-        if conn.closing && conn.out.is_empty() {
-            return Err("closed after a protocol error".into());
+        if consumed > 0 {
+            inbuf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+            if filled == 0 && inbuf.len() > 4 * INBUF_INITIAL {
+                inbuf = vec![0u8; INBUF_INITIAL];
+            }
         }
-        Ok(served)
+    };
+    if filled > 0 && reason == "end of stream" {
+        log::info!(
+            "client pid {} went away in the middle of a request ({filled} bytes unprocessed)",
+            cred.pid
+        );
     }
+    log::debug!("client pid {} disconnected: {reason}", cred.pid);
+    let mut ids: Vec<usize> = conn.handles.into_iter().collect();
+    ids.sort_unstable();
+    lock(&shared.locked).scheme.on_disconnect(cred.pid, &ids);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Keep `stream` alive until here so the peer sees EOF only after the
+    // release.
+    drop(stream);
 }
 
-impl Drop for HostServer {
+impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
     fn drop(&mut self) {
+        let conns: Vec<ConnCtl> = std::mem::take(&mut *lock(&self.shared.conns));
+        for c in &conns {
+            let _ = c.stream.shutdown(std::net::Shutdown::Read);
+        }
+        for mut c in conns {
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
+            log::debug!("connection {} of pid {} closed", c.id, c.cred.pid);
+        }
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }
@@ -438,55 +447,54 @@ fn err_cqe(tag: u32, errno: i32) -> Cqe {
     }
 }
 
-fn queue_error(conn: &mut Conn, tag: u32, e: FrameError) {
-    push_response(conn, err_cqe(tag, e.errno()), Vec::new(), None);
-}
-
-fn push_response(conn: &mut Conn, cqe: Cqe, payload: Vec<u8>, fd: Option<OwnedFd>) {
+/// Writes one response (blocking), passing `fd` with its first byte.
+fn send_response(
+    stream: &UnixStream,
+    cqe: Cqe,
+    payload: &[u8],
+    fd: Option<OwnedFd>,
+) -> io::Result<()> {
     let header = ResponseHeader {
         flags: if fd.is_some() { RESPONSE_FLAG_FD } else { 0 },
         payload_len: payload.len() as u32,
         cqe,
-    };
-    let mut bytes = Vec::with_capacity(crate::frame::RESPONSE_HEADER_LEN + payload.len());
-    bytes.extend_from_slice(&header.encode());
-    bytes.extend_from_slice(&payload);
-    conn.out.push_back(OutMsg { bytes, pos: 0, fd });
-}
-
-/// Writes queued responses until done or the socket is full.
-fn flush(conn: &mut Conn) -> Result<(), String> {
-    while let Some(msg) = conn.out.front_mut() {
-        let iov = [IoSlice::new(&msg.bytes[msg.pos..])];
-        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
-        let sent = if let (0, Some(fd)) = (msg.pos, msg.fd.as_ref()) {
-            let fds = [fd.as_fd()];
+    }
+    .encode();
+    let total = RESPONSE_HEADER_LEN + payload.len();
+    let mut sent = 0usize;
+    let mut fd = fd;
+    while sent < total {
+        let iov_storage;
+        let iov: &[IoSlice<'_>] = if sent < RESPONSE_HEADER_LEN {
+            iov_storage = [IoSlice::new(&header[sent..]), IoSlice::new(payload)];
+            &iov_storage
+        } else {
+            iov_storage = [
+                IoSlice::new(&payload[sent - RESPONSE_HEADER_LEN..]),
+                IoSlice::new(&[]),
+            ];
+            &iov_storage[..1]
+        };
+        let flags = SendFlags::NOSIGNAL;
+        let result = if let Some(f) = fd.as_ref() {
+            let fds = [f.as_fd()];
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
             let mut control = SendAncillaryBuffer::new(&mut space);
             if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-                return Err("cannot build SCM_RIGHTS message".into());
+                return Err(io::Error::other("cannot build SCM_RIGHTS message"));
             }
-            rustix::net::sendmsg(&conn.stream, &iov, &mut control, flags)
+            rustix::net::sendmsg(stream, iov, &mut control, flags)
         } else {
-            rustix::net::sendmsg(
-                &conn.stream,
-                &iov,
-                &mut SendAncillaryBuffer::default(),
-                flags,
-            )
+            rustix::net::sendmsg(stream, iov, &mut SendAncillaryBuffer::default(), flags)
         };
-        match sent {
+        match result {
             Ok(n) => {
-                // The descriptor went out with the first byte; ours is closed.
-                msg.fd = None;
-                msg.pos += n;
-                if msg.pos == msg.bytes.len() {
-                    conn.out.pop_front();
-                }
+                // The descriptor went out with the first byte; ours closes.
+                fd = None;
+                sent += n;
             }
-            Err(rustix::io::Errno::AGAIN) => return Ok(()),
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(format!("write error: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -496,10 +504,9 @@ fn flush(conn: &mut Conn) -> Result<(), String> {
 /// runs it through the redox-scheme dispatch and collects the result.
 #[allow(clippy::too_many_arguments)]
 fn dispatch<S: SchemeSync>(
-    conn: &mut Conn,
+    conn: &mut ConnState,
     root: Option<usize>,
     limits: ServerLimits,
-    stat: &mut Stat,
     header: &RequestHeader,
     mut payload: Vec<u8>,
     scheme: &mut S,
@@ -556,6 +563,7 @@ fn dispatch<S: SchemeSync>(
         caller: u64::from(conn.cred.pid),
     };
     let mut out: Vec<u8> = Vec::new();
+    let mut stat = Stat::default();
     // What goes back as payload on success.
     enum Reply {
         None,
@@ -623,8 +631,7 @@ fn dispatch<S: SchemeSync>(
             if has_payload || out_len != 0 {
                 return fail(EINVAL);
             }
-            *stat = Stat::default();
-            sqe.args[1] = stat as *mut Stat as u64;
+            sqe.args[1] = &mut stat as *mut Stat as u64;
             sqe.args[2] = size_of::<Stat>() as u64;
             reply = Reply::Stat;
         }

@@ -1,0 +1,75 @@
+//! # pddgpud — the PDDGPU driver server
+//!
+//! Picks a device backend ([`backend`]), builds the driver core on it,
+//! wraps it in the `pddgpu:` scheme and serves that scheme to client
+//! processes: over a Unix socket on Linux and other hosts ([`serve`]), or
+//! through the kernel's scheme socket on Redox (module `redox`, added by
+//! the Redox port).
+//!
+//! Shutdown is clean: SIGTERM or SIGINT (or `shutdown` written to
+//! `pddgpu:control`) stops accepting work, closes every client's handles
+//! (freeing what they held), puts the device into SHUTDOWN and exits 0.
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod options;
+#[cfg(target_os = "redox")]
+pub mod redox;
+#[cfg(not(target_os = "redox"))]
+pub mod serve;
+
+use clap::Parser;
+
+pub use options::{BackendKind, Options};
+
+/// Runs the daemon with the given command line; returns the exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let opts = match Options::try_parse_from(args) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(&opts);
+    match run_with(&opts) {
+        Ok(()) => {
+            log::info!("pddgpud stopped cleanly");
+            0
+        }
+        Err(e) => {
+            log::error!("{e}");
+            1
+        }
+    }
+}
+
+fn init_logging(opts: &Options) {
+    let _ = env_logger::Builder::new()
+        .filter_level(opts.log_level)
+        .parse_default_env()
+        .format_timestamp_millis()
+        .try_init();
+}
+
+/// Opens the device and serves it until told to stop.
+pub fn run_with(opts: &Options) -> Result<(), String> {
+    let device = backend::open(opts)?;
+    log::info!("device: {}", device.description);
+    let scheme = device.into_scheme(opts);
+    #[cfg(not(target_os = "redox"))]
+    let scheme = serve::serve_host(opts, scheme)?;
+    #[cfg(target_os = "redox")]
+    let scheme = {
+        let mut scheme = scheme;
+        redox::serve(opts, &mut scheme)?;
+        scheme
+    };
+    let stats = scheme.driver().stats();
+    log::info!("final state: {stats:?}");
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! The host-transport serving loop: accept clients on a Unix socket (each
+//! gets a thread that runs its requests through the scheme), tick the leak
+//! monitor, and shut down cleanly on SIGTERM/SIGINT or a `shutdown`
+//! command.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pddgpu_ipc::host::{HostServer, ServerLimits};
+use pddgpu_scheme::PddgpuScheme;
+
+use crate::options::Options;
+
+/// Serves `scheme` on the host socket until told to stop; returns it, shut
+/// down, with every client's handles released.
+pub fn serve_host(opts: &Options, scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
+    let socket = opts.socket_path();
+    let mut server = HostServer::bind(&socket, ServerLimits::default(), scheme)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let tick = Duration::from_millis(opts.tick_ms.max(1));
+    let mut last_tick = Instant::now();
+    log::info!("serving pddgpu: on {}", socket.display());
+    while !stop.load(Ordering::Relaxed) && !server.with_scheme(|s| s.shutdown_requested()) {
+        let wait = tick.saturating_sub(last_tick.elapsed());
+        server
+            .accept(Some(wait))
+            .map_err(|e| format!("serving failed: {e}"))?;
+        if last_tick.elapsed() >= tick {
+            server.with_scheme(|s| s.tick());
+            last_tick = Instant::now();
+        }
+    }
+    // Drain: no new BOs from now on; every connection finishes the request
+    // it is on, then its client's handles are closed, which frees what it
+    // held; then the device goes to SHUTDOWN.
+    log::info!(
+        "shutting down: draining {} client connection(s)",
+        server.connection_count()
+    );
+    server.with_scheme(|s| s.stop_accepting());
+    let mut scheme = server.shutdown();
+    scheme.shutdown();
+    Ok(scheme)
+}

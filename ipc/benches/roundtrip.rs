@@ -1,0 +1,282 @@
+//! Round-trip cost of the host transport, measured in one run:
+//!
+//! - `raw_roundtrip`: a bare request/response (72-byte request, 32-byte
+//!   response: the sizes of our frame headers) between two threads over a
+//!   Unix stream socket, with blocking reads and writes — the floor any IPC
+//!   on this socket type pays;
+//! - `bo_alloc_free_ipc`: allocating and freeing a 4 KiB BO through the
+//!   `pddgpu:` scheme served by the real host server (two requests: open
+//!   `bo/new?…` and close);
+//! - `stats_read_ipc`: reading `stats` (open, read, close: three requests);
+//! - throughput of 8 client processes allocating and freeing concurrently.
+//!
+//! The ratio lines divide our cost by the raw cost of the same number of
+//! round trips: how much the server loop, the scheme and the driver add.
+//! Raw and ours are timed in alternating rounds and the median per-round
+//! ratio is printed, so a busy machine slows both alike. A `null_request`
+//! (fsync on an open handle: the transport and handle lookup only) shows
+//! the transport's own share.
+//!
+//! Run: `cargo bench -p pddgpu-ipc --bench roundtrip`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pddgpu_ipc::frame::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
+use pddgpu_ipc::host::{HostConnection, HostServer, ServerLimits, ROOT_FD};
+use syscall::flag::{O_RDONLY, O_RDWR};
+use syscall::schemev2::Opcode;
+
+const WORKER_ENV: &str = "PDDGPU_BENCH_WORKER";
+const ROUNDS: usize = 7;
+const ITERS: usize = 5_000;
+const PROCS: usize = 8;
+const PROC_PAIRS: usize = 5_000;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Mean ns per call of `f` over `ITERS` calls.
+fn time_ns(f: &mut dyn FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..ITERS {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / ITERS as f64
+}
+
+/// A bare request/response peer: an echo thread on a Unix stream socket
+/// pair, blocking reads and writes of our frame-header sizes.
+struct RawEcho {
+    client: UnixStream,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RawEcho {
+    fn start() -> RawEcho {
+        let (client, mut server) = UnixStream::pair().expect("socketpair");
+        let thread = thread::spawn(move || {
+            let mut req = [0u8; REQUEST_HEADER_LEN];
+            let resp = [0u8; RESPONSE_HEADER_LEN];
+            while server.read_exact(&mut req).is_ok() {
+                if server.write_all(&resp).is_err() {
+                    break;
+                }
+            }
+        });
+        RawEcho {
+            client,
+            thread: Some(thread),
+        }
+    }
+
+    fn roundtrip(&mut self) {
+        let req = [0u8; REQUEST_HEADER_LEN];
+        let mut resp = [0u8; RESPONSE_HEADER_LEN];
+        self.client.write_all(&req).unwrap();
+        self.client.read_exact(&mut resp).unwrap();
+    }
+}
+
+impl Drop for RawEcho {
+    fn drop(&mut self) {
+        let _ = self.client.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs the raw round trip and `ours` alternately for `ROUNDS` rounds (so
+/// both see the same machine load), returning the medians of raw ns, our
+/// ns, and of the per-round ratio `ours / (raw * requests)`.
+fn compare(raw: &mut RawEcho, requests: f64, ours: &mut dyn FnMut()) -> (f64, f64, f64) {
+    for _ in 0..ITERS / 10 {
+        raw.roundtrip();
+        ours();
+    }
+    let (mut r, mut o, mut q) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let raw_ns = time_ns(&mut || raw.roundtrip());
+        let our_ns = time_ns(ours);
+        r.push(raw_ns);
+        o.push(our_ns);
+        q.push(our_ns / (raw_ns * requests));
+    }
+    (median(r), median(o), median(q))
+}
+
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!("pddgpu-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("pddgpu.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, path) = (stop.clone(), socket.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = thread::spawn(move || {
+            let opts = pddgpud::Options::for_sim(256 << 20, 256 << 20);
+            let device = pddgpud::backend::open(&opts).expect("simulated device");
+            let scheme = device.into_scheme(&opts);
+            let mut server = HostServer::bind(&path, ServerLimits::default(), scheme).unwrap();
+            ready_tx.send(()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                server.accept(Some(Duration::from_millis(50))).unwrap();
+            }
+            let _scheme = server.shutdown();
+        });
+        ready_rx.recv().unwrap();
+        Server {
+            stop,
+            thread: Some(thread),
+            socket,
+            dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn open(c: &mut HostConnection, path: &str, flags: usize) -> u64 {
+    let r = c
+        .request(
+            Opcode::OpenAt,
+            [ROOT_FD, 0, 0, flags as u64, 0, 0],
+            path.as_bytes(),
+            0,
+        )
+        .unwrap();
+    r.result()
+        .unwrap_or_else(|e| panic!("open {path}: errno {e}")) as u64
+}
+
+fn close(c: &mut HostConnection, id: u64) {
+    let r = c
+        .request(Opcode::CloseMsg, [id, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap();
+    assert_eq!(r.result(), Ok(0));
+}
+
+fn alloc_free(c: &mut HostConnection) {
+    let id = open(c, "bo/new?size=4096&domain=vram", O_RDWR);
+    close(c, id);
+}
+
+fn stats_read(c: &mut HostConnection) {
+    let id = open(c, "stats", O_RDONLY);
+    let r = c
+        .request(Opcode::Read, [id, 0, 0, 0, 0, 0], &[], 8192)
+        .unwrap();
+    assert!(r.result().unwrap() > 0);
+    close(c, id);
+}
+
+fn worker(socket: &Path) {
+    let mut c = HostConnection::connect(socket).expect("worker connect");
+    println!("ready");
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).unwrap();
+    for _ in 0..PROC_PAIRS {
+        alloc_free(&mut c);
+    }
+    println!("done");
+}
+
+fn eight_processes(socket: &Path) -> (f64, f64) {
+    let exe = std::env::current_exe().unwrap();
+    let mut children: Vec<_> = (0..PROCS)
+        .map(|_| {
+            Command::new(&exe)
+                .env(WORKER_ENV, socket)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    let mut outs: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().unwrap()))
+        .collect();
+    for o in &mut outs {
+        let mut line = String::new();
+        o.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+    }
+    let t = Instant::now();
+    for c in &mut children {
+        writeln!(c.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    for o in &mut outs {
+        let mut line = String::new();
+        o.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let pairs = (PROCS * PROC_PAIRS) as f64;
+    (pairs / secs, secs)
+}
+
+fn main() {
+    if let Some(socket) = std::env::var_os(WORKER_ENV) {
+        worker(Path::new(&socket));
+        return;
+    }
+    let mut raw = RawEcho::start();
+    let server = Server::start();
+    let mut c = HostConnection::connect(&server.socket).unwrap();
+    // A request that does nothing but find its handle: the transport alone.
+    let stats = open(&mut c, "stats", O_RDONLY);
+    let (raw_null, null, null_ratio) = compare(&mut raw, 1.0, &mut || {
+        let r = c
+            .request(Opcode::Fsync, [stats, 0, 0, 0, 0, 0], &[], 0)
+            .unwrap();
+        assert_eq!(r.result(), Ok(0));
+    });
+    close(&mut c, stats);
+    let (raw_af, af, af_ratio) = compare(&mut raw, 2.0, &mut || alloc_free(&mut c));
+    let (raw_sr, sr, sr_ratio) = compare(&mut raw, 3.0, &mut || stats_read(&mut c));
+    drop(c);
+    drop(raw);
+    let (ops, secs) = eight_processes(&server.socket);
+    drop(server);
+
+    let raw_ns = median(vec![raw_null, raw_af, raw_sr]);
+    println!("{raw_ns:.0} ns raw_roundtrip");
+    println!("{af:.0} ns bo_alloc_free_ipc");
+    println!("ratio ipc/bo_alloc_free/raw_roundtrip {af_ratio:.3}");
+    println!("{sr:.0} ns stats_read_ipc");
+    println!("ratio ipc/stats_read/raw_roundtrip {sr_ratio:.3}");
+    println!("{null:.0} ns null_request_ipc");
+    println!("ratio ipc/null_request/raw_roundtrip {null_ratio:.3}");
+    println!(
+        "{ops:.0} bo_alloc_free/s with {PROCS} client processes ({} pairs in {secs:.3} s)",
+        PROCS * PROC_PAIRS
+    );
+}

@@ -1,0 +1,331 @@
+//! The generated files: small, line-oriented text (`key value`) for shell
+//! users, and JSON (the [`pddgpu_ipc::model`] types) for programs. Both are
+//! built from one snapshot of the driver, so they always agree.
+
+use std::fmt::Write;
+
+use pddgpu::driver::{AuditVerdict, Domain, Driver, LeakReport, SuspectReason};
+use pddgpu_ipc::model::{
+    BoTotals, ClientInfo, DeviceStats, LeakAudit, LeakReport as LeakModel, LeakSuspect, PoolStats,
+    Stats, JSON_ABI,
+};
+
+use crate::owners::Owners;
+use crate::path::FileKind;
+
+/// Renders a generated file.
+pub fn render(kind: FileKind, driver: &Driver, owners: &Owners) -> Vec<u8> {
+    let text = match kind {
+        FileKind::Stats => stats_text(&stats(driver)),
+        FileKind::StatsJson => json(&stats(driver)),
+        FileKind::Vram => vram_text(driver),
+        FileKind::Gtt => gtt_text(driver),
+        FileKind::Leaks => leaks_text(&leaks(&driver.last_leak_report(), owners)),
+        FileKind::LeaksJson => json(&leaks(&driver.last_leak_report(), owners)),
+        FileKind::Clients => clients_text(&clients(driver, owners)),
+        FileKind::ClientsJson => json(&clients(driver, owners)),
+        FileKind::Health => driver.health().to_string(),
+        FileKind::State => state_text(driver),
+    };
+    text.into_bytes()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    // Serialising plain structs of numbers and strings cannot fail.
+    let mut s = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+fn permille_to_pct(permille: u64) -> u64 {
+    (permille + 5) / 10
+}
+
+/// `stats.json` from the driver.
+pub fn stats(driver: &Driver) -> Stats {
+    let snap = driver.stats();
+    let v = driver.vram_stats();
+    let g = driver.gtt_stats();
+    let mut counters = std::collections::BTreeMap::new();
+    for (name, c) in [("vram", &snap.vram), ("gtt", &snap.gtt)] {
+        counters.insert(format!("{name}_allocs"), c.allocs);
+        counters.insert(format!("{name}_frees"), c.frees);
+        counters.insert(format!("{name}_failures"), c.failures);
+        counters.insert(format!("{name}_retries"), c.retries);
+        counters.insert(format!("{name}_allocated_bytes"), c.allocated_bytes);
+        counters.insert(
+            format!("{name}_peak_allocated_bytes"),
+            c.peak_allocated_bytes,
+        );
+        counters.insert(format!("{name}_peak_bo_count"), c.peak_bo_count);
+    }
+    counters.insert("updates".into(), snap.updates);
+    Stats {
+        abi: JSON_ABI,
+        device: DeviceStats {
+            name: driver.info().name.to_string(),
+            state: driver.device_state().name().to_string(),
+        },
+        vram: PoolStats {
+            state: v.state.name().to_string(),
+            healthy: v.is_healthy,
+            total: v.total_size,
+            used: v.used_size,
+            free: v.free_size,
+            largest_free: v.largest_free,
+            visible_total: v.visible_size,
+            visible_used: v.visible_used,
+            fragments: v.free_block_count,
+            fragmentation_pct: permille_to_pct(v.fragmentation_permille()),
+        },
+        gtt: PoolStats {
+            state: g.state.name().to_string(),
+            healthy: g.is_healthy,
+            total: g.total_size,
+            used: g.used_size,
+            free: g.free_size,
+            largest_free: g.largest_hole,
+            visible_total: 0,
+            visible_used: 0,
+            fragments: g.hole_count,
+            fragmentation_pct: permille_to_pct(g.fragmentation_permille()),
+        },
+        bos: BoTotals {
+            count: snap.vram.bo_count + snap.gtt.bo_count,
+            vram_bytes: snap.vram.requested_bytes,
+            gtt_bytes: snap.gtt.requested_bytes,
+        },
+        counters,
+    }
+}
+
+/// The `stats` text: `key value` per line.
+pub fn stats_text(s: &Stats) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "device_name {}", s.device.name);
+    let _ = writeln!(t, "device_state {}", s.device.state);
+    for (name, p) in [("vram", &s.vram), ("gtt", &s.gtt)] {
+        let _ = writeln!(t, "{name}_state {}", p.state);
+        let _ = writeln!(t, "{name}_healthy {}", u8::from(p.healthy));
+        let _ = writeln!(t, "{name}_total {}", p.total);
+        let _ = writeln!(t, "{name}_used {}", p.used);
+        let _ = writeln!(t, "{name}_free {}", p.free);
+        let _ = writeln!(t, "{name}_largest_free {}", p.largest_free);
+        if name == "vram" {
+            let _ = writeln!(t, "{name}_visible_total {}", p.visible_total);
+            let _ = writeln!(t, "{name}_visible_used {}", p.visible_used);
+        }
+        let _ = writeln!(t, "{name}_fragments {}", p.fragments);
+        let _ = writeln!(t, "{name}_fragmentation_pct {}", p.fragmentation_pct);
+    }
+    let _ = writeln!(t, "bo_count {}", s.bos.count);
+    let _ = writeln!(t, "bo_vram_bytes {}", s.bos.vram_bytes);
+    let _ = writeln!(t, "bo_gtt_bytes {}", s.bos.gtt_bytes);
+    for (k, v) in &s.counters {
+        let _ = writeln!(t, "{k} {v}");
+    }
+    t
+}
+
+fn vram_text(driver: &Driver) -> String {
+    let v = driver.vram_stats();
+    let mut t = String::new();
+    let _ = writeln!(t, "state {}", v.state.name());
+    let _ = writeln!(t, "healthy {}", u8::from(v.is_healthy));
+    let _ = writeln!(t, "total {}", v.total_size);
+    let _ = writeln!(t, "used {}", v.used_size);
+    let _ = writeln!(t, "free {}", v.free_size);
+    let _ = writeln!(t, "visible_size {}", v.visible_size);
+    let _ = writeln!(t, "visible_used {}", v.visible_used);
+    let _ = writeln!(t, "largest_free {}", v.largest_free);
+    let _ = writeln!(t, "min_block_size {}", v.min_block_size);
+    let _ = writeln!(t, "allocations {}", v.allocations);
+    let _ = writeln!(t, "blocks {}", v.block_count);
+    let _ = writeln!(t, "free_blocks {}", v.free_block_count);
+    let _ = writeln!(t, "fragmentation_permille {}", v.fragmentation_permille());
+    let _ = writeln!(t, "retry_count {}", v.retry.count);
+    let _ = writeln!(t, "retry_delay_ms {}", v.retry.delay_ms);
+    let (bad, retired) = driver.bad_vram();
+    let _ = writeln!(t, "bad_ranges {}", bad.len());
+    let _ = writeln!(t, "retired_bytes {retired}");
+    for (order, bytes) in v.free_per_order.iter().enumerate() {
+        if *bytes > 0 {
+            let block = v.min_block_size << order;
+            let _ = writeln!(t, "free_order_{order} {bytes} blocks_of {block}");
+        }
+    }
+    t
+}
+
+fn gtt_text(driver: &Driver) -> String {
+    let g = driver.gtt_stats();
+    let mut t = String::new();
+    let _ = writeln!(t, "state {}", g.state.name());
+    let _ = writeln!(t, "healthy {}", u8::from(g.is_healthy));
+    let _ = writeln!(t, "total {}", g.total_size);
+    let _ = writeln!(t, "used {}", g.used_size);
+    let _ = writeln!(t, "free {}", g.free_size);
+    let _ = writeln!(t, "holes {}", g.hole_count);
+    let _ = writeln!(t, "largest_hole {}", g.largest_hole);
+    let _ = writeln!(t, "nodes {}", g.node_count);
+    let _ = writeln!(t, "fragmentation_permille {}", g.fragmentation_permille());
+    let _ = writeln!(t, "retry_count {}", g.retry.count);
+    let _ = writeln!(t, "retry_delay_ms {}", g.retry.delay_ms);
+    t
+}
+
+fn state_text(driver: &Driver) -> String {
+    format!(
+        "device {}\nvram {}\ngtt {}\n",
+        driver.device_state().name(),
+        driver.vram_stats().state.name(),
+        driver.gtt_stats().state.name()
+    )
+}
+
+fn domain_name(d: Domain) -> String {
+    d.name().to_string()
+}
+
+/// `leaks.json` from a driver report; owners are resolved to pids.
+pub fn leaks(r: &LeakReport, owners: &Owners) -> LeakModel {
+    let audits: Vec<LeakAudit> = r
+        .audits
+        .iter()
+        .map(|a| LeakAudit {
+            domain: domain_name(a.domain),
+            verdict: a.verdict.name().to_string(),
+            allocator_used: a.allocator_used,
+            live_bytes: a.live_bytes,
+            reserved_bytes: a.reserved_bytes,
+            live_bos: a.live_bos,
+        })
+        .collect();
+    let problems = r
+        .audits
+        .iter()
+        .filter(|a| a.verdict != AuditVerdict::Clean)
+        .map(|a| {
+            format!(
+                "{} audit {}: allocator uses {} bytes, live BOs hold {} (+{} retired)",
+                a.domain.name(),
+                a.verdict.name(),
+                a.allocator_used,
+                a.live_bytes,
+                a.reserved_bytes
+            )
+        })
+        .collect();
+    let suspects = r
+        .suspects
+        .iter()
+        .map(|s| LeakSuspect {
+            id: s.id.0,
+            owner: s.owner,
+            pid: owners.pid(s.owner).map_or(0, |p| p as u64),
+            size: s.size,
+            domain: domain_name(s.domain),
+            age_ms: s.age_ms,
+            label: s.label.clone(),
+            reason: match s.reason {
+                SuspectReason::OldAndLarge { owner_bytes } => {
+                    format!("old-large: owner holds {owner_bytes} bytes")
+                }
+                SuspectReason::ExportedUnheld => {
+                    "exported-unheld: exported, nobody holds it".into()
+                }
+            },
+        })
+        .collect();
+    LeakModel {
+        abi: JSON_ABI,
+        checked_ms: r.checked_ms,
+        clean: r.is_clean(),
+        problems,
+        audits,
+        suspects,
+        live_bos: r.live_bos,
+        threshold_bytes: r.threshold_bytes,
+        age_ms: r.age_ms,
+    }
+}
+
+/// The `leaks` text.
+pub fn leaks_text(r: &LeakModel) -> String {
+    let mut t = String::new();
+    if r.checked_ms == 0 && r.audits.is_empty() {
+        t.push_str("no leak check has run yet (write leak-check to control)\n");
+        return t;
+    }
+    let _ = writeln!(t, "checked_ms {}", r.checked_ms);
+    let _ = writeln!(t, "result {}", if r.clean { "clean" } else { "problems" });
+    let _ = writeln!(t, "live_bos {}", r.live_bos);
+    let _ = writeln!(t, "threshold_bytes {}", r.threshold_bytes);
+    let _ = writeln!(t, "age_ms {}", r.age_ms);
+    for a in &r.audits {
+        let _ = writeln!(
+            t,
+            "audit {} {} allocator_used {} live_bytes {} reserved_bytes {} live_bos {}",
+            a.domain, a.verdict, a.allocator_used, a.live_bytes, a.reserved_bytes, a.live_bos
+        );
+    }
+    for s in &r.suspects {
+        let _ = writeln!(
+            t,
+            "suspect id {} owner {} pid {} size {} domain {} age_ms {} label {:?} reason {}",
+            s.id, s.owner, s.pid, s.size, s.domain, s.age_ms, s.label, s.reason
+        );
+    }
+    t
+}
+
+/// `clients.json`: every live owner (with handles) joined with the
+/// driver's usage.
+pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
+    let usage = driver.clients();
+    let mut out: Vec<ClientInfo> = owners
+        .list()
+        .into_iter()
+        .map(|(owner, pid)| {
+            let u = usage.iter().find(|u| u.owner == owner);
+            ClientInfo {
+                owner,
+                pid: pid as u64,
+                handles: owners.handles(owner) as u64,
+                bos: u.map_or(0, |u| u.bo_count),
+                vram_bytes: u.map_or(0, |u| u.vram_bytes),
+                gtt_bytes: u.map_or(0, |u| u.gtt_bytes),
+                quota: u.and_then(|u| u.quota).unwrap_or(0),
+            }
+        })
+        .collect();
+    // Usage of owners that have no handle any more (should not happen:
+    // their BOs are released when the last handle closes) is shown too.
+    for u in usage {
+        if !out.iter().any(|c| c.owner == u.owner) {
+            out.push(ClientInfo {
+                owner: u.owner,
+                pid: 0,
+                handles: 0,
+                bos: u.bo_count,
+                vram_bytes: u.vram_bytes,
+                gtt_bytes: u.gtt_bytes,
+                quota: u.quota.unwrap_or(0),
+            });
+        }
+    }
+    out
+}
+
+/// The `clients` text.
+pub fn clients_text(c: &[ClientInfo]) -> String {
+    let mut t = String::from("owner pid handles bos vram_bytes gtt_bytes quota\n");
+    for c in c {
+        let _ = writeln!(
+            t,
+            "{} {} {} {} {} {} {}",
+            c.owner, c.pid, c.handles, c.bos, c.vram_bytes, c.gtt_bytes, c.quota
+        );
+    }
+    t
+}

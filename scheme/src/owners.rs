@@ -1,0 +1,136 @@
+//! Clients as owners. Every process that opens anything on `pddgpu:` is an
+//! owner; its open handles keep it alive. When its last handle closes —
+//! because it closed them, or because it died and the kernel (or the host
+//! transport) closed them — the owner ends and the driver frees everything
+//! it still held, in one batch.
+//!
+//! Owner ids are never reused while the server runs, so a recycled pid can
+//! never inherit a dead process's BOs.
+
+use std::collections::HashMap;
+
+/// A client, as the driver core knows it.
+pub type OwnerId = u64;
+
+#[derive(Debug)]
+struct Entry {
+    pid: usize,
+    handles: usize,
+}
+
+/// The live owners and their handle counts.
+#[derive(Debug, Default)]
+pub struct Owners {
+    by_pid: HashMap<usize, OwnerId>,
+    entries: HashMap<OwnerId, Entry>,
+    next: OwnerId,
+}
+
+impl Owners {
+    /// An empty table; the first owner gets id 1.
+    pub fn new() -> Self {
+        Owners {
+            next: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The owner for `pid`, creating it if needed, without counting a
+    /// handle (used before we know whether an open will succeed).
+    pub fn owner_of(&mut self, pid: usize) -> OwnerId {
+        if let Some(&owner) = self.by_pid.get(&pid) {
+            return owner;
+        }
+        let owner = self.next;
+        self.next += 1;
+        self.by_pid.insert(pid, owner);
+        self.entries.insert(owner, Entry { pid, handles: 0 });
+        owner
+    }
+
+    /// Counts a new handle of `owner`.
+    pub fn add_handle(&mut self, owner: OwnerId) {
+        if let Some(e) = self.entries.get_mut(&owner) {
+            e.handles += 1;
+        }
+    }
+
+    /// Forgets an owner that got no handle after [`Owners::owner_of`]
+    /// (its open failed). Returns true when it was removed.
+    pub fn drop_if_idle(&mut self, owner: OwnerId) -> bool {
+        match self.entries.get(&owner) {
+            Some(e) if e.handles == 0 => {
+                let pid = e.pid;
+                self.entries.remove(&owner);
+                if self.by_pid.get(&pid) == Some(&owner) {
+                    self.by_pid.remove(&pid);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Uncounts a handle. Returns true when it was the owner's last: the
+    /// owner is gone and its resources must be released.
+    pub fn release_handle(&mut self, owner: OwnerId) -> bool {
+        let Some(e) = self.entries.get_mut(&owner) else {
+            return false;
+        };
+        e.handles = e.handles.saturating_sub(1);
+        if e.handles > 0 {
+            return false;
+        }
+        self.drop_if_idle(owner)
+    }
+
+    /// The pid of a live owner.
+    pub fn pid(&self, owner: OwnerId) -> Option<usize> {
+        self.entries.get(&owner).map(|e| e.pid)
+    }
+
+    /// Open handles of a live owner.
+    pub fn handles(&self, owner: OwnerId) -> usize {
+        self.entries.get(&owner).map_or(0, |e| e.handles)
+    }
+
+    /// All live owners with their pids, sorted by owner id.
+    pub fn list(&self) -> Vec<(OwnerId, usize)> {
+        let mut v: Vec<_> = self.entries.iter().map(|(o, e)| (*o, e.pid)).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_handle_ends_the_owner_and_ids_are_not_reused() {
+        let mut o = Owners::new();
+        let a = o.owner_of(100);
+        assert_eq!(o.owner_of(100), a);
+        o.add_handle(a);
+        o.add_handle(a);
+        assert!(!o.release_handle(a));
+        assert_eq!(o.handles(a), 1);
+        assert!(o.release_handle(a), "last handle ends the owner");
+        assert_eq!(o.pid(a), None);
+        let again = o.owner_of(100);
+        assert_ne!(again, a, "a recycled pid gets a new owner");
+        assert!(o.drop_if_idle(again));
+        assert!(!o.release_handle(again), "unknown owners are ignored");
+    }
+
+    #[test]
+    fn owners_are_listed_with_pids() {
+        let mut o = Owners::new();
+        let a = o.owner_of(7);
+        let b = o.owner_of(9);
+        o.add_handle(a);
+        o.add_handle(b);
+        assert_eq!(o.list(), vec![(a, 7), (b, 9)]);
+        assert!(!o.drop_if_idle(a), "an owner with handles stays");
+    }
+}
