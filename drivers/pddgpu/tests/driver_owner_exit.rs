@@ -63,8 +63,8 @@ fn owner_exit_frees_ten_thousand_bos_in_one_batch() {
     assert_eq!(summary.gtt_bytes_freed, gtt_bytes);
     assert_eq!(
         after.updates,
-        before.updates + 1,
-        "one batched statistics update"
+        before.updates + 2,
+        "one batched update per domain, not one per BO"
     );
     assert_eq!(after.vram.bo_count + after.gtt.bo_count, 3);
     assert_eq!(after.vram.frees + after.gtt.frees, 10_000);
