@@ -10,7 +10,8 @@
 //! 4 KiB to 2 MiB at 90 % fill (`offset-allocator` has no alignment, so it
 //! gets the padded size `size + align - 4 KiB` and the bench aligns inside
 //! the padded block). Every allocator sees the same random stream; each
-//! workload runs three times per allocator and the fastest run counts.
+//! workload runs five times per allocator, interleaved, and the fastest run
+//! counts.
 //!
 //! Prints, per workload: `time gtt/<workload>/<allocator> <ns per op>` with
 //! the operation and failed-request counts, `ratio gtt/<workload>/<peer>
@@ -32,12 +33,11 @@ const PAGE: u64 = 4096;
 const APERTURE: u64 = 16 << 30;
 const MAX_PAGES: u64 = 4096; // 16 MiB
 const CHURN_STEPS: usize = 200_000;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 /// The operations the workload needs from an allocator.
 trait Alloc {
     type Handle: Copy;
-    fn name(&self) -> &'static str;
     /// Allocates; returns the handle and the bytes it really consumes.
     fn alloc(&mut self, size: u64, align: u64) -> Option<(Self::Handle, u64, u64)>;
     fn free(&mut self, h: Self::Handle);
@@ -46,9 +46,6 @@ trait Alloc {
 struct Ours(RangeAllocator);
 impl Alloc for Ours {
     type Handle = RangeNode;
-    fn name(&self) -> &'static str {
-        "pddgpu"
-    }
     fn alloc(&mut self, size: u64, align: u64) -> Option<(RangeNode, u64, u64)> {
         let n = self
             .0
@@ -65,9 +62,6 @@ impl Alloc for Ours {
 struct RangeAlloc(range_alloc::RangeAllocator<u64>);
 impl Alloc for RangeAlloc {
     type Handle = (u64, u64);
-    fn name(&self) -> &'static str {
-        "range-alloc"
-    }
     fn alloc(&mut self, size: u64, align: u64) -> Option<((u64, u64), u64, u64)> {
         let r = self.0.allocate_range_aligned(size, align).ok()?;
         debug_assert_eq!(r.start % align, 0);
@@ -81,9 +75,6 @@ impl Alloc for RangeAlloc {
 struct OffsetAlloc(offset_allocator::Allocator);
 impl Alloc for OffsetAlloc {
     type Handle = offset_allocator::Allocation;
-    fn name(&self) -> &'static str {
-        "offset-allocator"
-    }
     fn alloc(&mut self, size: u64, align: u64) -> Option<(Self::Handle, u64, u64)> {
         // No alignment support: ask for the padded size, in pages.
         let pages = (size + align - PAGE) / PAGE;
@@ -200,18 +191,11 @@ fn run<A: Alloc>(a: &mut A, w: Workload) -> Outcome {
     }
 }
 
-fn best_of<A: Alloc>(make: impl Fn() -> A, w: Workload) -> (Outcome, &'static str) {
-    let mut best: Option<Outcome> = None;
-    let mut name = "";
-    for _ in 0..RUNS {
-        let mut a = make();
-        name = a.name();
-        let o = run(&mut a, w);
-        if best.as_ref().is_none_or(|b| o.time < b.time) {
-            best = Some(o);
-        }
+/// Keeps the fastest of several runs.
+fn keep_fastest(best: &mut Option<Outcome>, o: Outcome) {
+    if best.as_ref().is_none_or(|b| o.time < b.time) {
+        *best = Some(o);
     }
-    (best.expect("RUNS > 0"), name)
 }
 
 fn main() {
@@ -240,21 +224,31 @@ fn main() {
         },
     ];
     for w in workloads {
+        // Runs are interleaved (ours, range-alloc, offset-allocator, ours,
+        // ...) so that load from other processes hits all three alike.
+        let (mut ours, mut ra, mut oa) = (None, None, None);
+        for _ in 0..RUNS {
+            keep_fastest(
+                &mut ours,
+                run(&mut Ours(RangeAllocator::new(0, APERTURE).unwrap()), w),
+            );
+            keep_fastest(
+                &mut ra,
+                run(
+                    &mut RangeAlloc(range_alloc::RangeAllocator::new(0..APERTURE)),
+                    w,
+                ),
+            );
+            let mut off = OffsetAlloc(offset_allocator::Allocator::with_max_allocs(
+                (APERTURE / PAGE) as u32,
+                1 << 18,
+            ));
+            keep_fastest(&mut oa, run(&mut off, w));
+        }
         let results = [
-            best_of(|| Ours(RangeAllocator::new(0, APERTURE).unwrap()), w),
-            best_of(
-                || RangeAlloc(range_alloc::RangeAllocator::new(0..APERTURE)),
-                w,
-            ),
-            best_of(
-                || {
-                    OffsetAlloc(offset_allocator::Allocator::with_max_allocs(
-                        (APERTURE / PAGE) as u32,
-                        1 << 18,
-                    ))
-                },
-                w,
-            ),
+            (ours.expect("RUNS > 0"), "pddgpu"),
+            (ra.expect("RUNS > 0"), "range-alloc"),
+            (oa.expect("RUNS > 0"), "offset-allocator"),
         ];
         for (o, name) in &results {
             println!(

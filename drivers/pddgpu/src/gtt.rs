@@ -215,9 +215,11 @@ impl GttManager {
     /// placed per `mode`.
     ///
     /// Fails with [`ManagerError::NotReady`] unless READY,
-    /// [`ManagerError::InvalidArgument`] for impossible requests, and
+    /// [`ManagerError::InvalidArgument`] for malformed requests and for
+    /// requests that could not be placed even in an empty aperture (too
+    /// large for the range, no suitably aligned address in it), and
     /// [`ManagerError::NoSpace`] (carrying the retry policy) when no hole
-    /// can take it now. Never sleeps; holds the allocator lock only for the
+    /// can take it now but one could later. Never sleeps; holds the allocator lock only for the
     /// allocator call.
     pub fn alloc(
         &self,
@@ -229,6 +231,12 @@ impl GttManager {
         self.state.ensure_ready()?;
         let align = if align == 0 { GTT_PAGE_SIZE } else { align };
         let range = range.unwrap_or(0..u64::MAX);
+        if !self.could_ever_fit(size, align, &range) {
+            // Retrying cannot help: say so instead of handing out NoSpace.
+            return Err(ManagerError::InvalidArgument(
+                "request cannot fit in the aperture even when it is empty",
+            ));
+        }
         self.with_ready_allocator(|a| a.insert(size, align, range, mode))
     }
 
@@ -247,6 +255,25 @@ impl GttManager {
     pub fn free(&self, node: &RangeNode) -> Result<(), ManagerError> {
         self.state.ensure_ready()?;
         self.with_ready_allocator(|a| a.remove(*node))
+    }
+
+    /// Whether `size` bytes aligned to `align` fit in `range` clipped to the
+    /// aperture at all (in an empty aperture). Malformed arguments pass and
+    /// are reported by the allocator.
+    fn could_ever_fit(&self, size: u64, align: u64, range: &Range<u64>) -> bool {
+        if size == 0 || !align.is_power_of_two() || range.start > range.end {
+            return true;
+        }
+        let end = self.config.start.saturating_add(self.config.size);
+        let lo = range.start.max(self.config.start);
+        let hi = range.end.min(end);
+        match lo.checked_add(align - 1) {
+            Some(x) => {
+                let x = x & !(align - 1);
+                x < hi && hi - x >= size
+            }
+            None => false,
+        }
     }
 
     /// Runs `op` on the allocator if the manager is READY *under the lock*,

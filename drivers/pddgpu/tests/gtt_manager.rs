@@ -123,13 +123,16 @@ fn retry_policy_defaults_and_no_space() {
         }
     );
     assert_eq!(m.config().retry, RetryPolicy::GTT_DEFAULT);
+    let _held = m
+        .alloc(3 * GTT_PAGE_SIZE, 0, None, InsertMode::Low)
+        .unwrap();
     let err = m
-        .alloc(8 * GTT_PAGE_SIZE, 0, None, InsertMode::Best)
+        .alloc(2 * GTT_PAGE_SIZE, 0, None, InsertMode::Best)
         .unwrap_err();
     assert_eq!(
         err,
         ManagerError::NoSpace {
-            size: 8 * GTT_PAGE_SIZE,
+            size: 2 * GTT_PAGE_SIZE,
             retry: RetryPolicy::GTT_DEFAULT
         }
     );
@@ -141,12 +144,19 @@ fn retry_policy_defaults_and_no_space() {
     m.set_retry_policy(p);
     assert_eq!(m.get_stats().retry, p);
     assert_eq!(
-        m.alloc(8 * GTT_PAGE_SIZE, 0, None, InsertMode::Best),
+        m.alloc(2 * GTT_PAGE_SIZE, 0, None, InsertMode::Best),
         Err(ManagerError::NoSpace {
-            size: 8 * GTT_PAGE_SIZE,
+            size: 2 * GTT_PAGE_SIZE,
             retry: p
         })
     );
+    // A request that could not fit even in an empty aperture is not
+    // retryable.
+    let never = m
+        .alloc(8 * GTT_PAGE_SIZE, 0, None, InsertMode::Best)
+        .unwrap_err();
+    assert!(matches!(never, ManagerError::InvalidArgument(_)));
+    assert!(!never.is_retryable());
 }
 
 #[test]
@@ -159,6 +169,10 @@ fn bad_requests_are_rejected_without_change() {
         m.alloc(4096, 3, None, InsertMode::Best),
         #[allow(clippy::reversed_empty_ranges)]
         m.alloc(4096, 0, Some(8 * MIB..MIB), InsertMode::Low),
+        m.alloc(32 * MIB, 0, None, InsertMode::Best),
+        m.alloc(MIB, 0, Some(16 * MIB..64 * MIB), InsertMode::Best),
+        m.alloc(2 * MIB, 0, Some(MIB..3 * MIB - 1), InsertMode::Low),
+        m.alloc(4096, 32 * MIB, Some(MIB..16 * MIB), InsertMode::High),
         m.reserve(0, 0),
         m.reserve(16 * MIB, 4096),
         m.reserve(u64::MAX - 10, 4096),
