@@ -246,6 +246,8 @@ trait Subject {
     fn slot_heap(slot: &Self::Slot) -> usize;
     /// Bytes of the space reserved by live allocations.
     fn reserved(&self) -> u64;
+    /// Blocks held in a slot (0 when empty).
+    fn blocks(slot: &Self::Slot) -> usize;
 }
 
 struct Ours {
@@ -301,6 +303,10 @@ impl Subject for Ours {
     fn reserved(&self) -> u64 {
         self.buddy.used()
     }
+
+    fn blocks(slot: &BlockList) -> usize {
+        slot.len()
+    }
 }
 
 /// The peer: frames `base..2*base` (a power-of-two aligned start, so that
@@ -351,6 +357,10 @@ impl Subject for Peer {
     fn reserved(&self) -> u64 {
         self.reserved_frames as u64 * PAGE
     }
+
+    fn blocks(slot: &Option<(usize, usize)>) -> usize {
+        usize::from(slot.is_some())
+    }
 }
 
 struct Outcome {
@@ -363,6 +373,8 @@ struct Outcome {
     handle_per_live: f64,
     /// VRAM reserved by the live set where the metadata was sampled.
     reserved: u64,
+    /// Blocks per live allocation there.
+    blocks_per_live: f64,
 }
 
 fn run<S: Subject>(w: &Workload) -> Outcome {
@@ -390,17 +402,20 @@ fn run<S: Subject>(w: &Workload) -> Outcome {
             }
         };
     // (metadata per live allocation, slot heap per live allocation, live
-    // count, reserved bytes) at the sampling point. Slot heap is counted
+    // count, reserved bytes, blocks per live allocation) at the sampling
+    // point. Slot heap is counted
     // over all slots (emptied ones keep their capacity).
     let sample = |subject: &S, slots: &[S::Slot], live: usize| {
         let total = (live_bytes() - base) as f64;
         let handles = slots.iter().map(S::slot_heap).sum::<usize>() as f64;
         let live_f = live.max(1) as f64;
+        let blocks = slots.iter().map(S::blocks).sum::<usize>() as f64;
         (
             (total - handles) / live_f,
             handles / live_f,
             live,
             subject.reserved(),
+            blocks / live_f,
         )
     };
     for &s in &w.warmup {
@@ -438,7 +453,7 @@ fn finish<S: Subject>(
     w: &Workload,
     time: Duration,
     failed: u64,
-    sampled: (f64, f64, usize, u64),
+    sampled: (f64, f64, usize, u64, f64),
     subject: &S,
 ) -> Outcome {
     black_box(subject);
@@ -454,6 +469,7 @@ fn finish<S: Subject>(
         meta_per_live: sampled.0,
         handle_per_live: sampled.1,
         reserved: sampled.3,
+        blocks_per_live: sampled.4,
     }
 }
 
@@ -554,10 +570,12 @@ fn main() {
             std::mem::size_of::<<Peer as Subject>::Slot>()
         );
         println!(
-            "  {}: VRAM reserved for the same live set: ours {} MiB, peer {} MiB",
+            "  {}: VRAM reserved for the same live set: ours {} MiB, peer {} MiB; blocks per live allocation: ours {:.2}, peer {:.2}",
             w.name,
             ours.reserved >> 20,
-            peer.reserved >> 20
+            peer.reserved >> 20,
+            ours.blocks_per_live,
+            peer.blocks_per_live
         );
     }
     if only.is_some() {

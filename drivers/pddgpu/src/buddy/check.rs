@@ -90,7 +90,8 @@ pub(super) fn check(a: &BuddyAllocator) -> Result<(), &'static str> {
                 if store.region_of(n.offset) != region {
                     return Err("free list holds a node of another region");
                 }
-                if n.prev != prev {
+                // The head's back link is not maintained.
+                if prev != NIL && n.prev != prev {
                     return Err("broken free-list back link");
                 }
                 if a.leaf_at(n.offset) != idx {

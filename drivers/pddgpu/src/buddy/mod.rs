@@ -580,6 +580,23 @@ impl BuddyAllocator {
         let min_order = min_block.trailing_zeros() - u32::from(self.chunk_shift);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1).max(1);
+        // Fast path: one block of a power-of-two size anywhere, bottom-up
+        // (contiguous or not, it is the same block) with a large enough
+        // free block available: best fit is the head of the lowest region's
+        // list of the smallest order that has one.
+        if !place.ranged && !place.topdown && need & (need - 1) == 0 {
+            let order = need.trailing_zeros() - u32::from(self.chunk_shift);
+            let avail = self.store.order_mask() & bits_from(order);
+            if avail != 0 {
+                let j = avail.trailing_zeros();
+                let region = self.store.order_regions(j).trailing_zeros();
+                let idx = self.store.head(region, j);
+                let offset = self.store.node(idx).offset;
+                let block = self.take(idx, order, offset, tag);
+                out.push(block);
+                return Ok(());
+            }
+        }
         if flags.contains(AllocFlags::CONTIGUOUS) {
             self.alloc_contiguous(need, min_order, &place, tag, out)
         } else {
@@ -635,7 +652,9 @@ impl BuddyAllocator {
         let mut pages = need >> self.chunk_shift;
         // The greedy loop takes one block per set bit unless it has to
         // fall back to smaller blocks: grow the list once, not per block.
-        out.reserve(pages.count_ones() as usize);
+        if pages & (pages - 1) != 0 {
+            out.reserve(pages.count_ones() as usize);
+        }
         let mut order = floor_log2(pages).min(u32::from(self.max_order));
         loop {
             order = order.min(floor_log2(pages));
