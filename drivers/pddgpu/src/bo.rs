@@ -87,8 +87,10 @@ bitflags::bitflags! {
         const VISIBLE = 1 << 1;
         /// Prefer high addresses.
         const TOPDOWN = 1 << 2;
-        /// Zero the contents before the BO is handed out (otherwise they
-        /// are unspecified).
+        /// Zero the contents before the BO is handed out. Without it the
+        /// contents are unspecified and may still hold the data of a BO
+        /// freed earlier, possibly another client's: a front end serving
+        /// mutually distrusting clients should set it on every create.
         const CLEARED = 1 << 3;
     }
 }

@@ -30,6 +30,16 @@ fn req(size: u64, domain: Domain) -> BoCreate<'static> {
 }
 
 #[test]
+fn the_driver_is_shareable_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Driver>();
+    shareable::<pddgpu::device::Mmio>();
+    shareable::<MemoryRegion>();
+    let d = Driver::new(sim().resources(), 0).unwrap();
+    assert_eq!(d.try_stats(1), Some(d.stats()));
+}
+
+#[test]
 fn init_reads_sizes_from_registers_and_enables_the_device() {
     let dev = sim();
     assert!(!dev.is_enabled());

@@ -1001,6 +1001,12 @@ impl Driver {
         self.stats.snapshot()
     }
 
+    /// The seed's trylock path: a consistent snapshot, or `None` ("busy")
+    /// if `attempts` reads all overlapped an update. Never waits.
+    pub fn try_stats(&self, attempts: u32) -> Option<StatsSnapshot> {
+        self.stats.try_snapshot(attempts)
+    }
+
     /// The VRAM manager's statistics.
     pub fn vram_stats(&self) -> VramStats {
         self.sync_tunables();
