@@ -818,6 +818,12 @@ impl BuddyAllocator {
                 offset: block.offset,
             });
         }
+        if n.aux == u32::from(block.tag) | FREEING {
+            // Named earlier in the same free.
+            return Err(BuddyError::Duplicate {
+                offset: block.offset,
+            });
+        }
         if n.aux != u32::from(block.tag) {
             return Err(BuddyError::StaleTag {
                 offset: block.offset,
@@ -836,7 +842,9 @@ impl BuddyAllocator {
             return Ok(());
         }
         // Resolve every block once, remembering its node (on the stack for
-        // typical lists), then release by node: no second lookup.
+        // typical lists) and marking it as being freed, so that a block
+        // named twice is caught when it comes up again; then release by
+        // node, with no second lookup. On error the marks are undone.
         let mut inline = [NIL; FREE_INLINE];
         let mut spilled = Vec::new();
         let nodes: &mut [u32] = if blocks.len() <= FREE_INLINE {
@@ -845,12 +853,20 @@ impl BuddyAllocator {
             spilled.resize(blocks.len(), NIL);
             &mut spilled
         };
-        for (slot, block) in nodes.iter_mut().zip(blocks) {
-            *slot = self.validate(block)?;
+        for (i, block) in blocks.iter().enumerate() {
+            match self.validate(block) {
+                Ok(idx) => {
+                    self.store.node_mut(idx).aux |= FREEING;
+                    nodes[i] = idx;
+                }
+                Err(e) => {
+                    for &idx in &nodes[..i] {
+                        self.store.node_mut(idx).aux &= !FREEING;
+                    }
+                    return Err(e);
+                }
+            }
         }
-        // Allocated leaves never overlap, so a repeated block is a repeated
-        // node.
-        check_no_repeats(nodes, blocks)?;
         for &idx in nodes.iter() {
             self.release(idx);
         }
@@ -921,27 +937,7 @@ impl BuddyAllocator {
 /// Blocks per free whose nodes are remembered on the stack.
 const FREE_INLINE: usize = 32;
 
-/// Rejects a block list that names the same block twice: `nodes[i]` is the
-/// node of `blocks[i]`.
-fn check_no_repeats(nodes: &[u32], blocks: &[Block]) -> Result<(), BuddyError> {
-    if nodes.len() <= 16 {
-        for (i, &a) in nodes.iter().enumerate() {
-            if nodes[i + 1..].contains(&a) {
-                return Err(BuddyError::Duplicate {
-                    offset: blocks[i].offset,
-                });
-            }
-        }
-        return Ok(());
-    }
-    let mut sorted: Vec<(u32, u64)> = nodes
-        .iter()
-        .zip(blocks)
-        .map(|(&n, b)| (n, b.offset))
-        .collect();
-    sorted.sort_unstable();
-    match sorted.windows(2).find(|w| w[0].0 == w[1].0) {
-        Some(w) => Err(BuddyError::Duplicate { offset: w[0].1 }),
-        None => Ok(()),
-    }
-}
+/// Bit set in the tag field of an allocated node while a
+/// [`BuddyAllocator::free`] that names it is being validated (tags are
+/// 16-bit, so a marked field equals no tag).
+const FREEING: u32 = 1 << 31;
