@@ -13,7 +13,8 @@
 //! - [`init`] / [`scenario`]: the guest's `/init` and what it runs.
 //! - [`qemu`] / [`serial`]: booting, streaming the console, the verdict.
 //! - [`boot`]: the whole pipeline behind `pddgpu-image qemu`.
-//! - [`pci`]: sysfs PCI lookup for the guest test program.
+//! - [`pci`] / [`pattern`]: sysfs PCI lookup and BO test patterns for the
+//!   guest test program (`pddgpu-guest`).
 #![deny(missing_docs)]
 
 pub mod binaries;
@@ -23,6 +24,7 @@ pub mod init;
 pub mod initramfs;
 pub mod kernel;
 pub mod ldd;
+pub mod pattern;
 pub mod pci;
 pub mod qemu;
 pub mod scenario;

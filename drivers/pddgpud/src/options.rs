@@ -10,6 +10,9 @@ use pddgpu_ipc::size::parse_size;
 pub enum BackendKind {
     /// The simulated PDDGPU: registers in memory, VRAM and GTT in memfds.
     Sim,
+    /// A PCI GPU through Linux sysfs (`resource0` VRAM BAR, `resource2` MMIO).
+    #[cfg(target_os = "linux")]
+    LinuxPci,
 }
 
 /// `pddgpud` options.

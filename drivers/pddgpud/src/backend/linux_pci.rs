@@ -12,18 +12,33 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
+use pddgpu::device::bochs::{self, BochsModel};
+use pddgpu::device::{DeviceModel, DeviceResources, MemoryRegion, Mmio};
+use pddgpu::driver::Driver;
+use pddgpu_ipc::size::format_size;
+use pddgpu_scheme::{Backing, Region};
+
+use super::OpenedDevice;
+use crate::options::Options;
 
 /// Where Linux lists PCI functions.
 pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 /// The BAR that holds VRAM.
-pub const VRAM_BAR: u8 = 0;
+pub const VRAM_BAR: u8 = bochs::VRAM_BAR;
 /// The BAR that holds the MMIO registers.
-pub const MMIO_BAR: u8 = 2;
+pub const MMIO_BAR: u8 = bochs::MMIO_BAR;
+
+/// The PCI functions this backend drives: QEMU's `bochs-display`.
+pub const SUPPORTED: [PciId; 1] = [PciId {
+    vendor: bochs::PCI_VENDOR,
+    device: bochs::PCI_DEVICE,
+}];
 
 /// A PCI vendor/device id pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +210,10 @@ impl Bar {
         let len = usize::try_from(len).map_err(|_| LinuxPciError::Io {
             what: "mapping",
             path: path.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "BAR larger than the address space"),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "BAR larger than the address space",
+            ),
         })?;
         let map = MmapOptions::new()
             .len(len)
@@ -287,6 +305,106 @@ impl LinuxPciDevice {
     }
 }
 
+/// A duplicate of the BAR file descriptor (close-on-exec), for a client
+/// to map.
+fn dup(file: &File, path: &Path) -> Result<OwnedFd, String> {
+    file.try_clone()
+        .map(OwnedFd::from)
+        .map_err(|e| format!("duplicating the descriptor of {}: {e}", path.display()))
+}
+
+/// System memory for the GTT aperture: a memfd mapped shared, so clients
+/// can map GTT BOs from a duplicate of its descriptor. Never unmapped (the
+/// driver core uses it until the process ends).
+fn gtt_memory(len: u64) -> Result<(OwnedFd, *mut u8, usize), String> {
+    let fail = |what: &str, e: &dyn fmt::Display| format!("GTT memory: {what}: {e}");
+    let len_usize = usize::try_from(len).map_err(|_| format!("GTT size {len} too large"))?;
+    let fd = rustix::fs::memfd_create("pddgpu-gtt", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| fail("memfd_create", &e))?;
+    let file = File::from(fd);
+    file.set_len(len).map_err(|e| fail("ftruncate", &e))?;
+    let map = MmapOptions::new()
+        .len(len_usize)
+        .map_raw(&file)
+        .map_err(|e| fail("mmap", &e))?;
+    let ptr = map.as_mut_ptr();
+    std::mem::forget(map);
+    Ok((OwnedFd::from(file), ptr, len_usize))
+}
+
+/// Opens the PCI GPU the options name (`--pci-device`), or the first
+/// supported one under [`SYSFS_PCI_DEVICES`], and runs the driver core on
+/// it: registers through the MMIO BAR, VRAM = the VRAM BAR (size read from
+/// the device's registers), GTT = a memfd of `--gtt-size` bytes.
+pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
+    let device = match &opts.pci_device {
+        Some(dev) => LinuxPciDevice::open(dev, &SUPPORTED),
+        None => LinuxPciDevice::discover(Path::new(SYSFS_PCI_DEVICES), &SUPPORTED),
+    }
+    .map_err(|e| e.to_string())?;
+    let at = device.path().display().to_string();
+    let model = BochsModel::new(opts.gtt_size).map_err(|e| format!("{at}: {e}"))?;
+    // SAFETY: the MMIO BAR mapping is shared device memory that stays
+    // mapped for the life of the process (`device` is leaked below) and is
+    // accessed only through `Mmio`'s volatile accesses.
+    let mmio = unsafe { Mmio::new(device.mmio().as_mut_ptr(), device.mmio().len()) }
+        .map_err(|e| format!("{at}: MMIO BAR: {e}"))?;
+    let info = model
+        .probe(&mmio)
+        .map_err(|e| format!("no PDDGPU-compatible device: {at}: {e}"))?;
+    let bar_len = device.vram().len() as u64;
+    if info.vram_size > bar_len {
+        return Err(format!(
+            "{at}: registers report {} of VRAM but the VRAM BAR has only {}",
+            format_size(info.vram_size),
+            format_size(bar_len)
+        ));
+    }
+    // SAFETY: the first `vram_size` bytes of the VRAM BAR mapping (checked
+    // just above), mapped read-write for the life of the process (leaked
+    // below); the core touches it only with atomic copies, and clients
+    // write it concurrently through their own mappings of `resource0`.
+    let vram = unsafe { MemoryRegion::new(device.vram().as_mut_ptr(), info.vram_size as usize) }
+        .map_err(|e| format!("{at}: VRAM BAR: {e}"))?;
+    let (gtt_fd, gtt_ptr, gtt_len) = gtt_memory(info.gtt_size)?;
+    // SAFETY: a fresh shared mapping, never unmapped (see `gtt_memory`),
+    // accessed by the core only through `MemoryRegion`.
+    let gtt =
+        unsafe { MemoryRegion::new(gtt_ptr, gtt_len) }.map_err(|e| format!("GTT memory: {e}"))?;
+    let resources = DeviceResources {
+        mmio,
+        model: model.boxed(),
+        vram,
+        gtt,
+    };
+    let driver = Driver::new(resources, 0).map_err(|e| format!("driver on {at}: {e}"))?;
+    let description = format!(
+        "{} at {at} (PCI {}): {} VRAM in BAR{VRAM_BAR} (resource{VRAM_BAR}), registers in BAR{MMIO_BAR}, {} GTT in a memfd",
+        info.name,
+        device.id(),
+        format_size(info.vram_size),
+        format_size(info.gtt_size),
+    );
+    let backing = Backing {
+        vram: Region {
+            server_addr: Some(device.vram().as_mut_ptr() as usize),
+            fd: Some(dup(&device.vram().file, device.vram().path())?),
+        },
+        gtt: Region {
+            server_addr: Some(gtt_ptr as usize),
+            fd: Some(gtt_fd),
+        },
+    };
+    // The BAR mappings back `mmio` and `vram` until the process exits.
+    std::mem::forget(device);
+    Ok(OpenedDevice {
+        driver: Arc::new(driver),
+        backing,
+        faults: None,
+        description,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +446,10 @@ mod tests {
         };
         let err = find(&root, &[other]).unwrap_err().to_string();
         assert!(err.starts_with("no PDDGPU-compatible device"), "{err}");
-        assert!(err.contains("1af4:1050") && err.contains(root.to_str().unwrap()), "{err}");
+        assert!(
+            err.contains("1af4:1050") && err.contains(root.to_str().unwrap()),
+            "{err}"
+        );
         let err = LinuxPciDevice::open(&root.join("0000:00:01.0"), &[BOCHS])
             .unwrap_err()
             .to_string();
@@ -353,7 +474,11 @@ mod tests {
         let (v, id) = unsafe {
             (
                 gpu.vram().as_mut_ptr().add(100).read_volatile(),
-                gpu.mmio().as_mut_ptr().add(0x500).cast::<u16>().read_unaligned(),
+                gpu.mmio()
+                    .as_mut_ptr()
+                    .add(0x500)
+                    .cast::<u16>()
+                    .read_unaligned(),
             )
         };
         assert_eq!((v, id), (0xab, 0xb0c5));

@@ -3,7 +3,7 @@
 //! the backing memory clients map.
 //!
 //! - [`sim`]: the simulated PDDGPU, with VRAM and GTT in memfds (default).
-//! - `linux_pci` (Linux): a PCI GPU through its sysfs BAR files.
+//! - [`linux_pci`] (Linux): a PCI GPU through its sysfs BAR files.
 //! - Redox (`physmap` of the BARs handed over by pcid) lives with the Redox
 //!   port in `crate::redox`.
 //!
@@ -11,6 +11,8 @@
 //! Result<OpenedDevice, String>`, a variant of [`BackendKind`] and an arm in
 //! [`open`].
 
+#[cfg(target_os = "linux")]
+pub mod linux_pci;
 pub mod sim;
 
 use std::sync::Arc;
@@ -59,5 +61,7 @@ fn current_uid() -> Option<u32> {
 pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
     match opts.backend {
         BackendKind::Sim => sim::open(opts),
+        #[cfg(target_os = "linux")]
+        BackendKind::LinuxPci => linux_pci::open(opts),
     }
 }
