@@ -11,7 +11,9 @@
 //!   `closed`, wait for EOF on stdin.
 //! - `import <token> <byte>`: import, map, check every byte, print
 //!   `ok <size>`; then wait for EOF on stdin.
-//! - `open <path>`: open a scheme path read-write and print `ok` or
+//! - `open <path>`: open and read a scheme path; print `ok` or
+//!   `err <ERRNO>`.
+//! - `write <path> <value>`: write a scheme file; print `ok` or
 //!   `err <ERRNO>`.
 
 use std::io::{BufRead, Write};
@@ -157,6 +159,15 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             say("still ok");
             wait_line();
+        }
+        Some("write") => {
+            let path: String = arg(args, 1, "path")?;
+            let value: String = arg(args, 2, "value")?;
+            match dev.write_file(&path, value.as_bytes()) {
+                Ok(()) => say("ok"),
+                Err(Error::Scheme { errno, .. }) => say(&format!("err {}", errno_name(errno))),
+                Err(e) => return Err(e.to_string()),
+            }
         }
         Some("open") => {
             let path: String = arg(args, 1, "path")?;
