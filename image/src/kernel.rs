@@ -143,8 +143,23 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
     if vmlinuz.is_file() {
         return Ok(Kernel { package, vmlinuz });
     }
-    download(&package, &dir)?;
-    Ok(Kernel { package, vmlinuz })
+    match download(&package, &dir) {
+        Ok(()) => Ok(Kernel { package, vmlinuz }),
+        // Stale package lists name a version the mirror no longer has:
+        // refresh them once and try the package apt names then.
+        Err(first) if hosttools::is_root() => {
+            eprintln!("pddgpu-image: {first:#}; refreshing the package lists");
+            hosttools::apt_update()?;
+            let package = choose_package()?.context("no kernel package after apt-get update")?;
+            let dir = cache.join(&package);
+            let vmlinuz = dir.join("vmlinuz");
+            if !vmlinuz.is_file() {
+                download(&package, &dir)?;
+            }
+            Ok(Kernel { package, vmlinuz })
+        }
+        Err(e) => Err(e.context("try `sudo apt-get update` (or pass --kernel PATH)")),
+    }
 }
 
 /// Downloads and unpacks `package`, keeping only `boot/vmlinuz-*` as
