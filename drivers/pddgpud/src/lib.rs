@@ -13,7 +13,6 @@
 
 pub mod backend;
 pub mod options;
-#[cfg(target_os = "redox")]
 pub mod redox;
 #[cfg(not(target_os = "redox"))]
 pub mod serve;

@@ -99,7 +99,10 @@ impl HostConnection {
             },
         };
         self.send_all(&[&header.encode(), payload])?;
-        let reply = self.read_response()?;
+        // Only `dup` can pass a descriptor back; everything else is read
+        // with plain `recv` (cheaper than `recvmsg` with a control buffer;
+        // a descriptor sent anyway would be discarded by the kernel).
+        let reply = self.read_response_inner(matches!(opcode, Opcode::Dup))?;
         if reply.cqe.tag != tag {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -145,10 +148,14 @@ impl HostConnection {
 
     /// Reads one complete response frame (and any descriptor passed with it).
     pub fn read_response(&mut self) -> io::Result<Reply> {
+        self.read_response_inner(true)
+    }
+
+    fn read_response_inner(&mut self, want_fds: bool) -> io::Result<Reply> {
         let mut fds = Vec::new();
         let mut have = 0;
         while have < RESPONSE_HEADER_LEN {
-            let n = self.recv_into(have, &mut fds)?;
+            let n = self.recv_into(have, want_fds, &mut fds)?;
             have += n;
         }
         let header = ResponseHeader::decode(&self.rbuf[..have])
@@ -164,7 +171,7 @@ impl HostConnection {
             ));
         }
         while payload.len() < len {
-            let n = self.recv_into(0, &mut fds)?;
+            let n = self.recv_into(0, want_fds, &mut fds)?;
             let take = n.min(len - payload.len());
             payload.extend_from_slice(&self.rbuf[..take]);
         }
@@ -186,8 +193,29 @@ impl HostConnection {
         })
     }
 
-    /// One `recvmsg` into `rbuf[at..]`, collecting passed descriptors.
-    fn recv_into(&mut self, at: usize, fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    /// One `recvmsg` (or plain `recv`) into `rbuf[at..]`, collecting
+    /// passed descriptors when `want_fds`.
+    fn recv_into(
+        &mut self,
+        at: usize,
+        want_fds: bool,
+        fds: &mut Vec<OwnedFd>,
+    ) -> io::Result<usize> {
+        if !want_fds {
+            loop {
+                match rustix::net::recv(&self.stream, &mut self.rbuf[at..], RecvFlags::empty()) {
+                    Ok((0, _)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the pddgpu server closed the connection",
+                        ))
+                    }
+                    Ok((n, _)) => return Ok(n),
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         loop {
