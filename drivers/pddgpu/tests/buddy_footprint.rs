@@ -67,7 +67,7 @@ fn metadata_is_proportional_to_blocks_not_to_space() {
     let meta = heap() - start - handle_bytes;
     assert!(meta > 0);
     assert!(
-        meta / leaves < 128,
+        meta / leaves < 64,
         "{} B of metadata per leaf ({meta} B for {leaves} leaves)",
         meta / leaves
     );

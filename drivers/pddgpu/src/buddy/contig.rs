@@ -51,7 +51,7 @@ impl BuddyAllocator {
             j -= 1;
             let half = self.block_bytes(j);
             let right = offset + half;
-            let c = self.store.split(cur, j as u8, offset, right);
+            let c = self.store.split(cur, j as u8, offset);
             // A half given back is never merged: its buddy is (partly) kept.
             if !keep_high {
                 if remaining <= half {
@@ -82,9 +82,8 @@ impl BuddyAllocator {
     /// Marks leaf `idx` allocated with `tag` (no accounting; the caller
     /// does it) and returns its block.
     fn mark_allocated(&mut self, idx: u32, tag: u16) -> Block {
-        let n = self.store.node_mut(idx);
-        n.state = NodeState::Allocated;
-        n.aux = u32::from(tag);
+        self.store.set_allocated(idx, tag);
+        let n = self.store.node(idx);
         Block {
             offset: n.offset,
             tag,

@@ -23,9 +23,9 @@
 //! [`BuddyError`].
 //!
 //! Metadata is proportional to the number of blocks: the allocator keeps
-//! the tree of blocks that exist (32-byte nodes, siblings sharing a cache
-//! line), so a 256 GiB space with 4 KiB chunks starts as a handful of
-//! roots. Every operation is a few pointer steps per tree level, with no
+//! the tree of blocks that exist (16 bytes per node: siblings are stored
+//! as one 32-byte pair in one cache line), so a 256 GiB space with 4 KiB
+//! chunks starts as a handful of roots. Every operation is a few pointer steps per tree level, with no
 //! searching: a block handed out remembers its node, so a free validates
 //! it in O(1) (falling back to a walk down the tree for records that have
 //! no valid node hint, e.g. after [`BuddyAllocator::claim`]). Placement is
@@ -362,7 +362,12 @@ impl BuddyAllocator {
             .saturating_sub(6)
             .max(u32::from(chunk_shift));
         let regions = (((size - 1) >> region_shift) + 1) as usize;
-        let mut store = NodeStore::new(usize::from(max_order) + 1, regions, region_shift);
+        let mut store = NodeStore::new(
+            usize::from(max_order) + 1,
+            regions,
+            region_shift,
+            u32::from(chunk_shift),
+        );
         let mut roots = Vec::new();
         let mut offset = 0u64;
         let mut pages = size >> chunk_shift;
@@ -506,7 +511,7 @@ impl BuddyAllocator {
     }
 
     /// Nodes the allocator has storage for (in use or recycled): its
-    /// metadata is this many 32-byte nodes plus a fixed list-head table.
+    /// metadata is this many 16-byte nodes plus a fixed list-head table.
     pub fn node_capacity(&self) -> usize {
         self.store.node_capacity()
     }
@@ -711,7 +716,7 @@ impl BuddyAllocator {
         while j > order {
             j -= 1;
             let right = offset + self.block_bytes(j);
-            let c = self.store.split(cur, j as u8, offset, right);
+            let c = self.store.split(cur, j as u8, offset);
             if target >= right {
                 self.store.push_free(c);
                 cur = c + 1;
@@ -721,9 +726,7 @@ impl BuddyAllocator {
                 cur = c;
             }
         }
-        let n = self.store.node_mut(cur);
-        n.state = NodeState::Allocated;
-        n.aux = u32::from(tag);
+        self.store.set_allocated(cur, tag);
         self.used += self.block_bytes(order);
         self.allocated_blocks += 1;
         Block {
@@ -806,14 +809,14 @@ impl BuddyAllocator {
         };
         // Fast path: the node hint.
         if let Some(n) = self.store.get(block.node) {
-            if matches(n) && n.aux == u32::from(block.tag) {
+            if matches(&n) && n.aux == u32::from(block.tag) {
                 return Ok(block.node);
             }
         }
         self.check_shape(block)?;
         let idx = self.leaf_at(block.offset);
         let n = self.store.node(idx);
-        if !matches(n) {
+        if !matches(&n) {
             return Err(BuddyError::NotAllocated {
                 offset: block.offset,
             });
@@ -856,12 +859,12 @@ impl BuddyAllocator {
         for (i, block) in blocks.iter().enumerate() {
             match self.validate(block) {
                 Ok(idx) => {
-                    self.store.node_mut(idx).aux |= FREEING;
+                    *self.store.aux_mut(idx) |= FREEING;
                     nodes[i] = idx;
                 }
                 Err(e) => {
                     for &idx in &nodes[..i] {
-                        self.store.node_mut(idx).aux &= !FREEING;
+                        *self.store.aux_mut(idx) &= !FREEING;
                     }
                     return Err(e);
                 }

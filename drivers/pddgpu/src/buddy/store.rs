@@ -3,10 +3,11 @@
 //!
 //! Like drm_buddy, the allocator keeps the tree of blocks that exist right
 //! now: roots, split blocks (inner nodes) and leaves (free or allocated).
-//! Children are created in pairs that share one 64-byte cache line, so a
-//! block's buddy is `index ^ 1` and needs no search; each node knows its
-//! parent. Free leaves sit in doubly linked lists, one per (region, order),
-//! where a region is one of at most 64 equal slices of the address space;
+//! Children are created in pairs of 32 bytes (never split across cache
+//! lines), so a block's buddy is `index ^ 1` and needs no search; each
+//! pair knows its parent. Free leaves sit in doubly linked lists, one per
+//! (region, order), where a region is one of at most 64 equal slices of
+//! the address space;
 //! bit masks say which lists are non-empty, so "smallest order ≥ k" and
 //! "lowest / highest region with a block of order ≥ k" are a few bit
 //! operations. Memory is proportional to the number of blocks plus a fixed
@@ -32,18 +33,18 @@ pub(crate) enum NodeState {
     Unused,
 }
 
-/// One block of the tree.
+/// A copy of one node of the tree, as read from its [`Pair`].
 #[derive(Clone, Copy, Debug)]
-#[repr(C)]
 pub(crate) struct Node {
     /// Byte offset of the block.
     pub offset: u64,
     /// Parent node, [`NIL`] for roots.
     pub parent: u32,
     /// Allocated: the allocation tag. Split: index of the left child.
+    /// (Shares its storage with `prev`.)
     pub aux: u32,
     /// Previous node in its free list (free leaves other than the list
-    /// head; stale on the head).
+    /// head; stale on the head). (Shares its storage with `aux`.)
     pub prev: u32,
     /// Next node in its free list (free leaves); next spare pair (spares).
     pub next: u32,
@@ -53,20 +54,35 @@ pub(crate) struct Node {
     pub state: NodeState,
 }
 
-const UNUSED: Node = Node {
+/// Two sibling nodes in 32 bytes (two pairs per cache line, none split
+/// across lines). Siblings share their parent and order, and the right
+/// one's offset follows from the left one's; the free-list back link of a
+/// free leaf and the tag / child index of an allocated / split one never
+/// coexist, so they share a word.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Pair {
+    /// Offset of the left node.
+    offset: u64,
+    /// Parent of both nodes, [`NIL`] for a root (and its unused mate).
+    parent: u32,
+    /// Order of both nodes.
+    order: u8,
+    state: [NodeState; 2],
+    /// Per node: `aux` (allocated, split) or `prev` (free).
+    a: [u32; 2],
+    /// Per node: `next`.
+    next: [u32; 2],
+}
+
+const UNUSED_PAIR: Pair = Pair {
     offset: 0,
     parent: NIL,
-    aux: 0,
-    prev: NIL,
-    next: NIL,
     order: 0,
-    state: NodeState::Unused,
+    state: [NodeState::Unused; 2],
+    a: [NIL; 2],
+    next: [NIL; 2],
 };
-
-/// Two sibling nodes in one cache line.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Pair([Node; 2]);
 
 /// The nodes of one buddy allocator and its free lists.
 pub(crate) struct NodeStore {
@@ -91,12 +107,13 @@ pub(crate) struct NodeStore {
     regions: usize,
     orders: usize,
     region_shift: u32,
+    chunk_shift: u32,
 }
 
 impl NodeStore {
-    /// An empty store for `orders` orders and `regions` regions of
-    /// `1 << region_shift` bytes.
-    pub fn new(orders: usize, regions: usize, region_shift: u32) -> Self {
+    /// An empty store for `orders` orders, `regions` regions of
+    /// `1 << region_shift` bytes and chunks of `1 << chunk_shift` bytes.
+    pub fn new(orders: usize, regions: usize, region_shift: u32, chunk_shift: u32) -> Self {
         debug_assert!(orders <= 64 && regions <= 64);
         NodeStore {
             pairs: Vec::new(),
@@ -110,27 +127,80 @@ impl NodeStore {
             regions,
             orders,
             region_shift,
+            chunk_shift,
         }
     }
 
-    /// The node `idx`.
-    #[inline]
-    pub fn node(&self, idx: u32) -> &Node {
-        &self.pairs[(idx >> 1) as usize].0[(idx & 1) as usize]
+    /// The pair holding node `idx`.
+    #[inline(always)]
+    fn pair(&self, idx: u32) -> &Pair {
+        &self.pairs[(idx >> 1) as usize]
     }
 
-    /// The node `idx`, mutably.
-    #[inline]
-    pub fn node_mut(&mut self, idx: u32) -> &mut Node {
-        &mut self.pairs[(idx >> 1) as usize].0[(idx & 1) as usize]
+    /// The pair holding node `idx`, mutably.
+    #[inline(always)]
+    fn pair_mut(&mut self, idx: u32) -> &mut Pair {
+        &mut self.pairs[(idx >> 1) as usize]
+    }
+
+    /// A copy of node `idx` read from `pair`.
+    #[inline(always)]
+    fn view(&self, pair: &Pair, idx: u32) -> Node {
+        let side = (idx & 1) as usize;
+        let right = (side as u64) << ((u32::from(pair.order) + self.chunk_shift) & 63);
+        Node {
+            offset: pair.offset.wrapping_add(right),
+            parent: pair.parent,
+            aux: pair.a[side],
+            prev: pair.a[side],
+            next: pair.next[side],
+            order: pair.order,
+            state: pair.state[side],
+        }
+    }
+
+    /// The node `idx` (a copy).
+    #[inline(always)]
+    pub fn node(&self, idx: u32) -> Node {
+        self.view(self.pair(idx), idx)
     }
 
     /// The node `idx` if that index exists at all (for validating hints).
-    #[inline]
-    pub fn get(&self, idx: u32) -> Option<&Node> {
+    #[inline(always)]
+    pub fn get(&self, idx: u32) -> Option<Node> {
         self.pairs
             .get((idx >> 1) as usize)
-            .map(|pair| &pair.0[(idx & 1) as usize])
+            .map(|pair| self.view(pair, idx))
+    }
+
+    /// Marks leaf `idx` allocated with `tag`.
+    #[inline(always)]
+    pub fn set_allocated(&mut self, idx: u32, tag: u16) {
+        let side = (idx & 1) as usize;
+        let pair = self.pair_mut(idx);
+        pair.state[side] = NodeState::Allocated;
+        pair.a[side] = u32::from(tag);
+    }
+
+    /// The `aux` word (tag of an allocated node), mutably.
+    #[inline(always)]
+    pub fn aux_mut(&mut self, idx: u32) -> &mut u32 {
+        let side = (idx & 1) as usize;
+        &mut self.pair_mut(idx).a[side]
+    }
+
+    /// Sets the `next` link of node `idx`.
+    #[inline(always)]
+    fn set_next(&mut self, idx: u32, next: u32) {
+        let side = (idx & 1) as usize;
+        self.pair_mut(idx).next[side] = next;
+    }
+
+    /// Sets the `prev` link of node `idx`.
+    #[inline(always)]
+    fn set_prev(&mut self, idx: u32, prev: u32) {
+        let side = (idx & 1) as usize;
+        self.pair_mut(idx).a[side] = prev;
     }
 
     /// A fresh pair with both nodes unused; returns the left index.
@@ -138,14 +208,14 @@ impl NodeStore {
     fn alloc_pair(&mut self) -> u32 {
         if self.spare != NIL {
             let left = self.spare;
-            self.spare = self.node(left).next;
+            self.spare = self.pair(left).next[0];
             left
         } else {
             let pair = u32::try_from(self.pairs.len())
                 .ok()
                 .filter(|&p| p < NIL >> 1)
                 .expect("more than 2^31 buddy nodes");
-            self.pairs.push(Pair([UNUSED; 2]));
+            self.pairs.push(UNUSED_PAIR);
             pair << 1
         }
     }
@@ -153,10 +223,10 @@ impl NodeStore {
     /// Adds a root leaf (free, listed) of `order` at `offset`.
     pub fn add_root(&mut self, offset: u64, order: u8) -> u32 {
         let idx = self.alloc_pair();
-        *self.node_mut(idx) = Node {
+        *self.pair_mut(idx) = Pair {
             offset,
             order,
-            ..UNUSED
+            ..UNUSED_PAIR
         };
         self.leaves += 1;
         self.push_free(idx);
@@ -164,23 +234,23 @@ impl NodeStore {
     }
 
     /// Splits leaf `idx` (not listed) into two unlisted free children of
-    /// `order` at `left` and `right`; returns the left child's index.
+    /// `order` at `left` and `left + (chunk << order)`; returns the left
+    /// child's index.
     #[inline(always)]
-    pub fn split(&mut self, idx: u32, order: u8, left: u64, right: u64) -> u32 {
+    pub fn split(&mut self, idx: u32, order: u8, left: u64) -> u32 {
         let c = self.alloc_pair();
-        let child = |offset| Node {
-            offset,
+        *self.pair_mut(c) = Pair {
+            offset: left,
             parent: idx,
-            aux: 0,
-            prev: NIL,
-            next: NIL,
             order,
-            state: NodeState::Free,
+            state: [NodeState::Free; 2],
+            a: [NIL; 2],
+            next: [NIL; 2],
         };
-        self.pairs[(c >> 1) as usize] = Pair([child(left), child(right)]);
-        let n = self.node_mut(idx);
-        n.state = NodeState::Split;
-        n.aux = c;
+        let side = (idx & 1) as usize;
+        let p = self.pair_mut(idx);
+        p.state[side] = NodeState::Split;
+        p.a[side] = c;
         self.leaves += 1;
         c
     }
@@ -191,13 +261,10 @@ impl NodeStore {
     pub fn merge(&mut self, parent: u32) {
         let c = self.node(parent).aux;
         let spare = self.spare;
-        self.pairs[(c >> 1) as usize] = Pair([
-            Node {
-                next: spare,
-                ..UNUSED
-            },
-            UNUSED,
-        ]);
+        *self.pair_mut(c) = Pair {
+            next: [spare, NIL],
+            ..UNUSED_PAIR
+        };
         self.spare = c;
         self.leaves -= 1;
     }
@@ -258,26 +325,23 @@ impl NodeStore {
     /// order.
     #[inline(always)]
     pub fn push_free(&mut self, idx: u32) {
-        let (offset, order) = {
-            let n = self.node(idx);
-            (n.offset, n.order as usize)
-        };
-        let region = self.region_of(offset) as usize & 63;
-        let order = order & 63;
+        let n = self.node(idx);
+        let region = self.region_of(n.offset) as usize & 63;
+        let order = n.order as usize & 63;
         let slot = region * self.orders + order;
         let head = self.heads[slot];
         {
-            let n = self.node_mut(idx);
-            n.state = NodeState::Free;
-            n.prev = NIL;
-            n.next = head;
+            let side = (idx & 1) as usize;
+            let pair = self.pair_mut(idx);
+            pair.state[side] = NodeState::Free;
+            pair.next[side] = head;
         }
         if head == NIL {
             self.region_orders[region] |= 1 << order;
             self.order_regions[order] |= 1 << region;
             self.order_mask |= 1 << order;
         } else {
-            self.node_mut(head).prev = idx;
+            self.set_prev(head, idx);
         }
         self.heads[slot] = idx;
         self.free_count[order] += 1;
@@ -286,21 +350,19 @@ impl NodeStore {
     /// Takes free leaf `idx` off its free list (its state is left as is).
     ///
     /// The head of a list is recognised by the list head, not by its
-    /// `prev` link, which is left stale on the new head: taking the head
-    /// (the common case, as allocations take list heads) then touches no
-    /// other node, saving a cache miss on a cold neighbour.
+    /// `prev` link, which is left stale on the head: taking the head (the
+    /// common case, as allocations take list heads) then touches no other
+    /// node, saving a cache miss on a cold neighbour.
     #[inline(always)]
     pub fn unlink_free(&mut self, idx: u32) {
-        let (offset, order, prev, next) = {
-            let n = self.node(idx);
-            debug_assert_eq!(n.state, NodeState::Free);
-            (n.offset, n.order as usize & 63, n.prev, n.next)
-        };
-        let region = self.region_of(offset) as usize & 63;
+        let n = self.node(idx);
+        debug_assert_eq!(n.state, NodeState::Free);
+        let order = n.order as usize & 63;
+        let region = self.region_of(n.offset) as usize & 63;
         let slot = region * self.orders + order;
         if self.heads[slot] == idx {
-            self.heads[slot] = next;
-            if next == NIL {
+            self.heads[slot] = n.next;
+            if n.next == NIL {
                 self.region_orders[region] &= !(1 << order);
                 self.order_regions[order] &= !(1 << region);
                 if self.order_regions[order] == 0 {
@@ -308,9 +370,9 @@ impl NodeStore {
                 }
             }
         } else {
-            self.node_mut(prev).next = next;
-            if next != NIL {
-                self.node_mut(next).prev = prev;
+            self.set_next(n.prev, n.next);
+            if n.next != NIL {
+                self.set_prev(n.next, n.prev);
             }
         }
         self.free_count[order] -= 1;
