@@ -485,6 +485,89 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
+    /// Options for `--backend linux-pci --pci-device <dev>`.
+    fn options(dev: &Path, gtt_size: u64) -> Options {
+        let mut opts = Options::for_sim(1 << 20, gtt_size);
+        opts.backend = crate::options::BackendKind::LinuxPci;
+        opts.pci_device = Some(dev.to_path_buf());
+        opts
+    }
+
+    /// A fake bochs-display: `resource0` a sparse VRAM file of `bar_mib`,
+    /// `resource2` 4 KiB of registers with the DISPI id and `vram_mib`.
+    fn fake_bochs(tag: &str, bar_mib: u64, vram_mib: u16) -> (PathBuf, PathBuf) {
+        let root = fake_sysfs(tag);
+        let dev = root.join("0000:00:03.0");
+        File::create(dev.join("resource0"))
+            .unwrap()
+            .set_len(bar_mib << 20)
+            .unwrap();
+        let mut regs = vec![0u8; 4096];
+        regs[0x500..0x502].copy_from_slice(&0xb0c5u16.to_le_bytes());
+        regs[0x514..0x516].copy_from_slice(&(vram_mib * 16).to_le_bytes());
+        fs::write(dev.join("resource2"), &regs).unwrap();
+        (root, dev)
+    }
+
+    #[test]
+    fn open_runs_the_driver_with_bo_bytes_in_the_vram_bar_file() {
+        use pddgpu::driver::{BoCreate, BoFlags, Domain};
+        let (root, dev) = fake_bochs("open", 8, 8);
+        let opened = open(&options(&dev, 1 << 20)).unwrap();
+        assert!(
+            opened.description.contains("bochs-display"),
+            "{}",
+            opened.description
+        );
+        assert!(opened.description.contains("0000:00:03.0"));
+        assert!(opened.faults.is_none());
+        let driver = &opened.driver;
+        assert_eq!(driver.vram_stats().total_size, 8 << 20);
+        let req = BoCreate {
+            size: 3 * 4096 + 100,
+            domain: Domain::Vram,
+            flags: BoFlags::empty(),
+            align: 0,
+            label: "t",
+        };
+        let id = driver.bo_create(1, &req, 0).unwrap();
+        let data: Vec<u8> = (0..req.size).map(|i| (i * 7 + 3) as u8).collect();
+        assert_eq!(driver.bo_write(1, id, 0, &data).unwrap(), data.len());
+        // The bytes are in the VRAM BAR file, at the BO's segments.
+        let bar = fs::read(dev.join("resource0")).unwrap();
+        let info = driver.bo_info(1, id).unwrap();
+        for (bo_off, backing_off, len) in info.segments {
+            let (b, o, l) = (bo_off as usize, backing_off as usize, len as usize);
+            assert_eq!(&bar[o..o + l], &data[b..b + l]);
+        }
+        // The descriptor passed to clients is the same file.
+        let fd = opened.backing.vram.fd.as_ref().unwrap();
+        let dup_len = File::from(fd.try_clone().unwrap())
+            .metadata()
+            .unwrap()
+            .len();
+        assert_eq!(dup_len, 8 << 20);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_wrong_registers_and_a_short_bar() {
+        // Registers claim 16 MiB of VRAM, the BAR has 8.
+        let (root, dev) = fake_bochs("short", 8, 16);
+        let err = open(&options(&dev, 1 << 20)).err().unwrap();
+        assert!(err.contains("VRAM BAR has only"), "{err}");
+        // Not a DISPI device: the id register reads 0.
+        let mut regs = vec![0u8; 4096];
+        regs[0x514] = 1;
+        fs::write(dev.join("resource2"), &regs).unwrap();
+        let err = open(&options(&dev, 1 << 20)).err().unwrap();
+        assert!(err.starts_with("no PDDGPU-compatible device"), "{err}");
+        // A bad GTT size is refused before anything is mapped.
+        let err = open(&options(&dev, 1000)).err().unwrap();
+        assert!(err.contains("GTT"), "{err}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn empty_or_missing_bar_is_an_error() {
         let root = fake_sysfs("empty");
