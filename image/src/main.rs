@@ -5,6 +5,9 @@
 //! boots it under QEMU with a `bochs-display` GPU and exits non-zero unless
 //! the guest's scenario printed PASS. `boot-test` also checks that a guest
 //! without a GPU fails with a clear message.
+//!
+//! Exit status: 0 pass, 1 the guest failed (FAIL line, timeout, kernel
+//! panic, no result), 2 the image could not be built or booted.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,7 +52,8 @@ enum Command {
 enum AccelArg {
     /// Pure emulation (default; works without /dev/kvm).
     Tcg,
-    /// Hardware virtualization.
+    /// Hardware virtualization (needs a working /dev/kvm; under nested
+    /// virtualization the guest may hang until --timeout).
     Kvm,
 }
 
