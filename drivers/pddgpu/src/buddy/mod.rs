@@ -595,9 +595,10 @@ impl BuddyAllocator {
             if avail != 0 {
                 let j = avail.trailing_zeros();
                 let region = self.store.order_regions(j).trailing_zeros();
-                let idx = self.store.head(region, j);
-                let offset = self.store.node(idx).offset;
-                let block = self.take(idx, order, offset, tag);
+                let idx = self.store.pop_head(region, j);
+                let block = self.split_low(idx, order, tag);
+                self.used += need;
+                self.allocated_blocks += 1;
                 out.push(block);
                 return Ok(());
             }
@@ -607,6 +608,9 @@ impl BuddyAllocator {
         } else {
             if !place.ranged && need > self.free_bytes() {
                 return Err(BuddyError::NoSpace { size: need });
+            }
+            if !place.ranged && !place.topdown {
+                return self.alloc_blocks_low(need, min_order, tag, out);
             }
             self.alloc_blocks(need, min_order, &place, tag, out)
         }
@@ -692,6 +696,82 @@ impl BuddyAllocator {
             if pages == 0 {
                 return Ok(());
             }
+        }
+    }
+
+    /// [`alloc_blocks`](Self::alloc_blocks) over the whole space,
+    /// bottom-up: the same greedy loop and best fit (the head of the lowest
+    /// region's list of the smallest order that has a block), with the
+    /// accounting done once per allocation.
+    #[inline]
+    fn alloc_blocks_low(
+        &mut self,
+        need: u64,
+        min_order: u32,
+        tag: u16,
+        out: &mut BlockList,
+    ) -> Result<(), BuddyError> {
+        let base = out.len();
+        let mut pages = need >> self.chunk_shift;
+        if pages & (pages - 1) != 0 {
+            out.reserve(pages.count_ones() as usize);
+        }
+        let mut order = floor_log2(pages).min(u32::from(self.max_order));
+        loop {
+            order = order.min(floor_log2(pages));
+            let mask = self.store.order_mask();
+            let avail = mask & bits_from(order);
+            if avail == 0 {
+                // Nothing of order ≥ `order` is free anywhere: go on with
+                // the largest order that is, if it is allowed.
+                let below = mask & !bits_from(order);
+                if below == 0 || floor_log2(below) < min_order {
+                    let taken = need - (pages << self.chunk_shift);
+                    self.used += taken;
+                    self.allocated_blocks += (out.len() - base) as u64;
+                    self.rollback(&out[base..]);
+                    out.truncate(base);
+                    return Err(BuddyError::NoSpace { size: need });
+                }
+                order = floor_log2(below);
+                continue;
+            }
+            let j = avail.trailing_zeros();
+            let region = self.store.order_regions(j).trailing_zeros();
+            let idx = self.store.pop_head(region, j);
+            out.push(self.split_low(idx, order, tag));
+            pages -= 1 << order;
+            if pages == 0 {
+                self.used += need;
+                self.allocated_blocks += (out.len() - base) as u64;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Splits free, unlisted leaf `idx` down to its lowest block of
+    /// `order` and marks that block allocated with `tag`; the right halves
+    /// split off become free. No accounting: the caller does it.
+    #[inline(always)]
+    fn split_low(&mut self, idx: u32, order: u32, tag: u16) -> Block {
+        let mut cur = idx;
+        let (offset, mut j) = {
+            let n = self.store.node(idx);
+            (n.offset, u32::from(n.order))
+        };
+        while j > order {
+            j -= 1;
+            let c = self.store.split(cur, j as u8, offset);
+            self.store.push_free(c + 1);
+            cur = c;
+        }
+        self.store.set_allocated(cur, tag);
+        Block {
+            offset,
+            tag,
+            node: cur,
+            order: order as u8,
+            chunk_shift: self.chunk_shift,
         }
     }
 

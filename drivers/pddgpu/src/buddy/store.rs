@@ -347,6 +347,27 @@ impl NodeStore {
         self.free_count[order] += 1;
     }
 
+    /// Takes the head off the (non-empty) free list (`region`, `order`)
+    /// and returns it (its state is left as is).
+    #[inline(always)]
+    pub fn pop_head(&mut self, region: u32, order: u32) -> u32 {
+        let region = region as usize & 63;
+        let order = order as usize & 63;
+        let slot = region * self.orders + order;
+        let idx = self.heads[slot];
+        let next = self.pair(idx).next[(idx & 1) as usize];
+        self.heads[slot] = next;
+        if next == NIL {
+            self.region_orders[region] &= !(1 << order);
+            self.order_regions[order] &= !(1 << region);
+            if self.order_regions[order] == 0 {
+                self.order_mask &= !(1 << order);
+            }
+        }
+        self.free_count[order] -= 1;
+        idx
+    }
+
     /// Takes free leaf `idx` off its free list (its state is left as is).
     ///
     /// The head of a list is recognised by the list head, not by its
