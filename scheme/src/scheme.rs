@@ -85,6 +85,11 @@ pub struct PddgpuScheme {
     options: SchemeOptions,
     faults: Option<Box<dyn FaultInjector>>,
     shutdown_requested: bool,
+    /// The domain of the last create that failed for lack of space (read
+    /// by a transport that parks such requests).
+    no_space: Option<CoreDomain>,
+    /// Non-zero while a transport retries a parked create.
+    retry_attempt: u32,
 }
 
 /// Fault injection into the device behind the scheme (the simulator
@@ -114,6 +119,8 @@ impl PddgpuScheme {
             options,
             faults: None,
             shutdown_requested: false,
+            no_space: None,
+            retry_attempt: 0,
         }
     }
 
@@ -252,11 +259,14 @@ impl PddgpuScheme {
                     label: &desc.label,
                 };
                 let now = self.now_ms();
-                let created = if desc.attempt > 0 {
+                let created = if desc.attempt > 0 || self.retry_attempt > 0 {
                     self.driver.bo_create_retry(owner, &req, now)
                 } else {
                     self.driver.bo_create(owner, &req, now)
                 };
+                if let Err(DriverError::NoSpace { domain, .. }) = &created {
+                    self.no_space = Some(*domain);
+                }
                 let id = created.map_err(driver_refusal)?;
                 Kind::Bo {
                     id,
@@ -906,6 +916,31 @@ impl SchemeSync for PddgpuScheme {
 
 #[cfg(not(target_os = "redox"))]
 impl pddgpu_ipc::host::HostScheme for PddgpuScheme {
+    /// A create that found no space waits in its connection's thread and is
+    /// retried per the domain's tunables (`<domain>_retry_count`,
+    /// `<domain>_retry_delay_ms`), early when memory is freed.
+    fn park_policy(&mut self) -> Option<pddgpu_ipc::host::ParkPolicy> {
+        let domain = self.no_space.take()?;
+        let policy = self.driver.tunables().retry_policy(domain);
+        Some(pddgpu_ipc::host::ParkPolicy {
+            retries: policy.count,
+            delay: std::time::Duration::from_millis(policy.delay_ms.into()),
+        })
+    }
+
+    /// Frees so far, in both domains.
+    fn wake_epoch(&self) -> u64 {
+        let e = self.driver.free_epochs();
+        e.vram.wrapping_add(e.gtt)
+    }
+
+    fn set_retry_attempt(&mut self, attempt: u32) {
+        self.retry_attempt = attempt;
+        if attempt == 0 {
+            self.no_space = None;
+        }
+    }
+
     /// A client connection ended: its handles are gone. When that ends the
     /// owner, everything it held is freed in one `owner_exit` batch instead
     /// of BO by BO.

@@ -6,7 +6,7 @@ pub mod client;
 pub mod server;
 
 pub use client::{HostConnection, Reply};
-pub use server::{HostScheme, HostServer, PeerCred, ServerLimits, ROOT_FD};
+pub use server::{HostScheme, HostServer, ParkPolicy, PeerCred, ServerLimits, ROOT_FD};
 pub mod transport;
 
 pub use transport::HostTransport;

@@ -29,16 +29,16 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redox_scheme::scheme::{SchemeState, SchemeSync};
 use redox_scheme::{Request, RequestKind, Response};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use syscall::data::Stat;
-use syscall::error::{Error, EBADF, EINVAL, EOPNOTSUPP};
+use syscall::error::{Error, EAGAIN, EBADF, EINVAL, EOPNOTSUPP};
 use syscall::schemev2::{Cqe, CqeOpcode, Opcode, Sqe, SqeFlags};
 
 use crate::frame::{
@@ -64,6 +64,36 @@ pub trait HostScheme: SchemeSync {
             self.on_close(id);
         }
     }
+
+    /// Called right after an `openat` failed with `EAGAIN`: whether to park
+    /// it (this client waits; everyone else is served) and retry it up to
+    /// `retries` times, each after `delay` or as soon as
+    /// [`HostScheme::wake_epoch`] moves. `None` answers `EAGAIN` at once.
+    fn park_policy(&mut self) -> Option<ParkPolicy> {
+        None
+    }
+
+    /// A number that changes whenever a parked request may now succeed
+    /// (e.g. a count of frees).
+    fn wake_epoch(&self) -> u64 {
+        0
+    }
+
+    /// The next `openat` is retry number `attempt` (1-based) of a parked
+    /// request (0: an ordinary request), for the scheme's statistics.
+    fn set_retry_attempt(&mut self, attempt: u32) {
+        let _ = attempt;
+    }
+}
+
+/// How a request that failed with `EAGAIN` is retried (see
+/// [`HostScheme::park_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParkPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Longest wait before each retry.
+    pub delay: Duration,
 }
 
 /// Limits of a [`HostServer`].
@@ -108,6 +138,10 @@ struct Shared<S> {
     limits: ServerLimits,
     served: AtomicU64,
     conns: Mutex<Vec<ConnCtl>>,
+    /// Parked requests wait here: the last wake epoch seen, and whether
+    /// the server is stopping.
+    wake: Mutex<(u64, bool)>,
+    woken: Condvar,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -192,6 +226,8 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 limits,
                 served: AtomicU64::new(0),
                 conns: Mutex::new(Vec::new()),
+                wake: Mutex::new((0, false)),
+                woken: Condvar::new(),
             }),
             next_conn: 1,
         })
@@ -328,6 +364,96 @@ fn reap(conns: &mut Vec<ConnCtl>) {
     });
 }
 
+/// Runs one request; an `openat` that fails with `EAGAIN` is parked and
+/// retried as the scheme's [`HostScheme::park_policy`] says, blocking only
+/// this connection's thread.
+fn serve_request<S: HostScheme>(
+    shared: &Shared<S>,
+    conn: &mut ConnState,
+    header: &RequestHeader,
+    payload: Vec<u8>,
+) -> Dispatched {
+    let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
+    let kept = if parkable {
+        payload.clone()
+    } else {
+        Vec::new()
+    };
+    let run = |conn: &mut ConnState, payload: Vec<u8>, attempt: u32| {
+        let mut guard = lock(&shared.locked);
+        let Locked { scheme, state } = &mut *guard;
+        scheme.set_retry_attempt(attempt);
+        let done = dispatch(
+            conn,
+            shared.root,
+            shared.limits,
+            header,
+            payload,
+            scheme,
+            state,
+        );
+        let policy = if is_errno(&done.0, EAGAIN) {
+            scheme.park_policy()
+        } else {
+            None
+        };
+        scheme.set_retry_attempt(0);
+        let epoch = scheme.wake_epoch();
+        drop(guard);
+        shared.served.fetch_add(1, Ordering::Relaxed);
+        // Wake parked requests if this one freed something.
+        let mut wake = lock(&shared.wake);
+        if wake.0 != epoch {
+            wake.0 = epoch;
+            shared.woken.notify_all();
+        }
+        (done, policy, epoch)
+    };
+    let (mut done, policy, mut epoch) = run(conn, payload, 0);
+    let Some(policy) = policy.filter(|_| parkable) else {
+        return done;
+    };
+    for attempt in 1..=policy.retries {
+        let deadline = Instant::now() + policy.delay;
+        let mut wake = lock(&shared.wake);
+        while wake.0 == epoch && !wake.1 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            wake = shared
+                .woken
+                .wait_timeout(wake, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        if wake.1 {
+            return (
+                err_cqe(header.sqe.tag, syscall::error::ESHUTDOWN),
+                Vec::new(),
+                None,
+            );
+        }
+        drop(wake);
+        let (again, _, seen) = run(conn, kept.clone(), attempt);
+        done = again;
+        epoch = seen;
+        if !is_errno(&done.0, EAGAIN) {
+            return done;
+        }
+    }
+    // Out of retries: no space.
+    (
+        err_cqe(header.sqe.tag, syscall::error::ENOSPC),
+        Vec::new(),
+        None,
+    )
+}
+
+fn is_errno(cqe: &Cqe, errno: i32) -> bool {
+    Error::demux(cqe.result as usize).is_err_and(|e| e.errno == errno)
+}
+
 /// One connection's thread: read frames, dispatch each under the scheme
 /// lock, write the answer; on the end of the stream (or a fatal protocol
 /// error) release everything the client still holds.
@@ -374,20 +500,7 @@ fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStrea
             }
             let payload = inbuf[consumed + REQUEST_HEADER_LEN..consumed + total].to_vec();
             consumed += total;
-            let (cqe, out, fd) = {
-                let mut guard = lock(&shared.locked);
-                let Locked { scheme, state } = &mut *guard;
-                dispatch(
-                    &mut conn,
-                    shared.root,
-                    shared.limits,
-                    &header,
-                    payload,
-                    scheme,
-                    state,
-                )
-            };
-            shared.served.fetch_add(1, Ordering::Relaxed);
+            let (cqe, out, fd) = serve_request(&shared, &mut conn, &header, payload);
             if let Err(e) = send_response(&stream, cqe, &out, fd) {
                 break 'serve format!("write error: {e}");
             }
@@ -418,6 +531,10 @@ fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStrea
 
 impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
     fn drop(&mut self) {
+        // Parked requests give up (ESHUTDOWN) instead of waiting out their
+        // delays.
+        lock(&self.shared.wake).1 = true;
+        self.shared.woken.notify_all();
         let conns: Vec<ConnCtl> = std::mem::take(&mut *lock(&self.shared.conns));
         for c in &conns {
             let _ = c.stream.shutdown(std::net::Shutdown::Read);

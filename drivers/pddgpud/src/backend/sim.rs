@@ -1,18 +1,19 @@
-//! The simulated PDDGPU backend. Its VRAM and GTT live in two memfds that
-//! the daemon maps once and shares: the driver core copies through the
-//! mapping, and clients map BO segments from duplicates of the memfds (the
-//! host transport passes them with `SCM_RIGHTS`). Faults can be injected
-//! through `pddgpu:control` (`fault …`), which sets the simulated device's
-//! registers exactly as hardware would.
+//! The simulated PDDGPU backend. On Linux its VRAM and GTT live in two
+//! memfds that the daemon maps once and shares: the driver core copies
+//! through the mapping, and clients map BO segments from duplicates of the
+//! memfds (the host transport passes them with `SCM_RIGHTS`). On Redox the
+//! backing is page-aligned memory of the daemon, which the kernel shares
+//! into clients through `mmap_prep`. Faults can be injected through
+//! `pddgpu:control` (`fault …`), which sets the simulated device's registers
+//! exactly as hardware would.
 
+#[cfg(not(target_os = "redox"))]
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use pddgpu::device::{Domain, MemoryRegion, SimConfig, SimDevice};
+use pddgpu::device::{Domain, SimConfig, SimDevice};
 use pddgpu::driver::Driver;
 use pddgpu_scheme::{Backing, FaultInjector, Region};
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
-use rustix::mm::{mmap, MapFlags, ProtFlags};
 
 use super::OpenedDevice;
 use crate::options::Options;
@@ -20,14 +21,18 @@ use crate::options::Options;
 /// A memfd of `len` bytes mapped shared into this process. The mapping is
 /// never unmapped: the device's memory lives as long as the process (the
 /// driver core may hold references to it until the very end).
+#[cfg(not(target_os = "redox"))]
 struct SharedMemory {
     fd: OwnedFd,
     ptr: *mut u8,
     len: usize,
 }
 
+#[cfg(not(target_os = "redox"))]
 impl SharedMemory {
     fn create(name: &str, len: u64) -> Result<Self, String> {
+        use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+        use rustix::mm::{mmap, MapFlags, ProtFlags};
         let fail = |what: &str, e: rustix::io::Errno| format!("{name}: {what}: {e}");
         let len_usize =
             usize::try_from(len).map_err(|_| format!("{name}: size {len} too large"))?;
@@ -53,12 +58,13 @@ impl SharedMemory {
         })
     }
 
-    fn region(&self) -> Result<MemoryRegion, String> {
+    fn region(&self) -> Result<pddgpu::device::MemoryRegion, String> {
         // SAFETY: the mapping is never unmapped (see the type's docs), is
         // readable and writable, and the core accesses it only through
         // `MemoryRegion`'s atomic copies; clients write it concurrently
         // through their own mappings, which that contract allows.
-        unsafe { MemoryRegion::new(self.ptr, self.len) }.map_err(|e| format!("backing: {e}"))
+        unsafe { pddgpu::device::MemoryRegion::new(self.ptr, self.len) }
+            .map_err(|e| format!("backing: {e}"))
     }
 }
 
@@ -107,27 +113,13 @@ impl FaultInjector for SimFaults {
     }
 }
 
-/// Opens a simulated PDDGPU with the sizes from the options.
-pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
-    let config = SimConfig {
-        vram_size: opts.vram_size,
-        visible_size: opts.visible_size.unwrap_or(opts.vram_size),
-        gtt_size: opts.gtt_size,
-    };
-    config
-        .validate()
-        .map_err(|e| format!("simulated device: {e}"))?;
+/// The device on shared memfds, and their descriptors for clients.
+#[cfg(not(target_os = "redox"))]
+fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String> {
     let vram = SharedMemory::create("pddgpu-vram", config.vram_size)?;
     let gtt = SharedMemory::create("pddgpu-gtt", config.gtt_size)?;
     let device = SimDevice::with_backing(config, vram.region()?, gtt.region()?)
         .map_err(|e| format!("simulated device: {e}"))?;
-    let driver = Driver::new(device.resources(), 0).map_err(|e| format!("driver: {e}"))?;
-    let description = format!(
-        "simulated PDDGPU: {} VRAM ({} visible), {} GTT, backing in memfds",
-        pddgpu_ipc::size::format_size(config.vram_size),
-        pddgpu_ipc::size::format_size(config.visible_size),
-        pddgpu_ipc::size::format_size(config.gtt_size),
-    );
     let backing = Backing {
         vram: Region {
             server_addr: Some(vram.ptr as usize),
@@ -138,6 +130,48 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
             fd: Some(gtt.fd),
         },
     };
+    Ok((device, backing))
+}
+
+/// The device on its own page-aligned memory, mapped into clients by the
+/// kernel through `mmap_prep`.
+#[cfg(target_os = "redox")]
+fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String> {
+    let device = SimDevice::new(config).map_err(|e| format!("simulated device: {e}"))?;
+    let backing = Backing {
+        vram: Region {
+            server_addr: Some(device.vram().as_ptr() as usize),
+        },
+        gtt: Region {
+            server_addr: Some(device.gtt().as_ptr() as usize),
+        },
+    };
+    Ok((device, backing))
+}
+
+/// Opens a simulated PDDGPU with the sizes from the options.
+pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
+    let config = SimConfig {
+        vram_size: opts.vram_size,
+        visible_size: opts.visible_size.unwrap_or(opts.vram_size),
+        gtt_size: opts.gtt_size,
+    };
+    config
+        .validate()
+        .map_err(|e| format!("simulated device: {e}"))?;
+    let (device, backing) = device_and_backing(config)?;
+    let driver = Driver::new(device.resources(), 0).map_err(|e| format!("driver: {e}"))?;
+    let place = if cfg!(target_os = "redox") {
+        "daemon memory"
+    } else {
+        "memfds"
+    };
+    let description = format!(
+        "simulated PDDGPU: {} VRAM ({} visible), {} GTT, backing in {place}",
+        pddgpu_ipc::size::format_size(config.vram_size),
+        pddgpu_ipc::size::format_size(config.visible_size),
+        pddgpu_ipc::size::format_size(config.gtt_size),
+    );
     Ok(OpenedDevice {
         driver: Arc::new(driver),
         backing,
