@@ -825,11 +825,7 @@ impl BuddyAllocator {
         let mut cur = idx;
         self.used -= self.block_bytes(u32::from(self.store.node(idx).order));
         self.allocated_blocks -= 1;
-        loop {
-            let parent = self.store.node(cur).parent;
-            if parent == NIL || self.store.node(cur ^ 1).state != NodeState::Free {
-                break;
-            }
+        while let Some(parent) = self.store.mergeable_parent(cur) {
             self.store.unlink_free(cur ^ 1);
             self.store.merge(parent);
             cur = parent;
@@ -1018,7 +1014,7 @@ impl BuddyAllocator {
 }
 
 /// Blocks per free whose nodes are remembered on the stack.
-const FREE_INLINE: usize = 32;
+const FREE_INLINE: usize = 16;
 
 /// Bit set in the tag field of an allocated node while a
 /// [`BuddyAllocator::free`] that names it is being validated (tags are

@@ -203,6 +203,15 @@ impl NodeStore {
         self.pair_mut(idx).a[side] = prev;
     }
 
+    /// The parent of node `idx` if its buddy is a free leaf (so the two
+    /// can merge), else `None` (a root, or a buddy in use or split).
+    #[inline(always)]
+    pub fn mergeable_parent(&self, idx: u32) -> Option<u32> {
+        let pair = self.pair(idx);
+        let buddy_free = pair.state[((idx & 1) ^ 1) as usize] == NodeState::Free;
+        (pair.parent != NIL && buddy_free).then_some(pair.parent)
+    }
+
     /// A fresh pair with both nodes unused; returns the left index.
     #[inline(always)]
     fn alloc_pair(&mut self) -> u32 {
