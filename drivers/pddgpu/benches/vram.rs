@@ -30,8 +30,9 @@
 //! no heap allocation per step in the harness (our block lists keep their
 //! capacity when a slot is emptied, as a driver reusing its table would).
 //!
-//! Extra knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<name>`,
-//! `VRAM_BENCH_SIDE=ours|peer` (profiling).
+//! Extra knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<name>`
+//! (one workload, without the VramManager line), `VRAM_BENCH_SIDE=ours|peer`
+//! (profiling, e.g. under `valgrind --tool=callgrind`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
