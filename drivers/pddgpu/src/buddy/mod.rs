@@ -880,19 +880,28 @@ impl BuddyAllocator {
     /// The allocated leaf node that `block` names, or why there is none.
     #[inline(always)]
     fn resolve(&self, block: &Block) -> Result<u32, BuddyError> {
-        let matches = |n: &store::Node| {
-            n.offset == block.offset && n.order == block.order && n.state == NodeState::Allocated
-        };
         // Fast path: the node hint.
         if let Some(n) = self.store.get(block.node) {
-            if matches(&n) && n.aux == u32::from(block.tag) {
+            if n.offset == block.offset
+                && n.order == block.order
+                && n.state == NodeState::Allocated
+                && n.aux == u32::from(block.tag)
+            {
                 return Ok(block.node);
             }
         }
+        self.resolve_slow(block)
+    }
+
+    /// [`resolve`](Self::resolve) without a valid node hint: a walk down
+    /// the tree, and the reason when the block is not allocated.
+    #[cold]
+    #[inline(never)]
+    fn resolve_slow(&self, block: &Block) -> Result<u32, BuddyError> {
         self.check_shape(block)?;
         let idx = self.leaf_at(block.offset);
         let n = self.store.node(idx);
-        if !matches(&n) {
+        if n.offset != block.offset || n.order != block.order || n.state != NodeState::Allocated {
             return Err(BuddyError::NotAllocated {
                 offset: block.offset,
             });
@@ -914,12 +923,19 @@ impl BuddyAllocator {
     /// Frees `blocks` (any blocks of live allocations, typically all the
     /// blocks of one) and merges buddies back. Every block is validated
     /// before anything is freed: on error nothing has changed.
+    #[inline]
     pub fn free(&mut self, blocks: &[Block]) -> Result<(), BuddyError> {
         if let [block] = blocks {
             let idx = self.validate(block)?;
             self.release(idx);
             return Ok(());
         }
+        self.free_many(blocks)
+    }
+
+    /// [`free`](Self::free) of any number of blocks but one.
+    #[inline(never)]
+    fn free_many(&mut self, blocks: &[Block]) -> Result<(), BuddyError> {
         // Resolve every block once, remembering its node (on the stack for
         // typical lists) and marking it as being freed, so that a block
         // named twice is caught when it comes up again; then release by
