@@ -112,6 +112,40 @@ struct Workload {
     seed: u64,
 }
 
+/// The pre-generated random streams of one workload, shared by every
+/// allocator: the `i`-th allocation attempt of any allocator asks for
+/// `requests[i]`, the `j`-th free takes victim `victims[j]` (scaled to the
+/// live count by a multiply-shift). Nothing is drawn or allocated inside
+/// the timed loop except the pushes onto the pre-sized live list.
+struct Streams {
+    /// `(size, align)` of each allocation attempt, in order.
+    requests: Vec<(u64, u64)>,
+    /// Random 32-bit victim picks, in order.
+    victims: Vec<u32>,
+}
+
+impl Streams {
+    fn new(w: Workload) -> Self {
+        let mut rng = Rng(w.seed);
+        // Enough for the fill plus every churn step; the run wraps around if
+        // an allocator ever needs more.
+        let n = CHURN_STEPS + (APERTURE / PAGE / MAX_PAGES * 2) as usize + 16;
+        let requests = (0..n)
+            .map(|_| {
+                let size = (1 + rng.below(MAX_PAGES)) * PAGE;
+                let align = if w.mixed_align {
+                    PAGE << rng.below(10) // 4 KiB ..= 2 MiB
+                } else {
+                    PAGE
+                };
+                (size, align)
+            })
+            .collect();
+        let victims = (0..n).map(|_| rng.next() as u32).collect();
+        Streams { requests, victims }
+    }
+}
+
 struct Outcome {
     time: Duration,
     ops: u64,
@@ -120,22 +154,21 @@ struct Outcome {
     frag: f64,
 }
 
-fn run<A: Alloc>(a: &mut A, w: Workload) -> Outcome {
-    let mut rng = Rng(w.seed);
+fn run<A: Alloc>(a: &mut A, w: Workload, st: &Streams) -> Outcome {
     let target = APERTURE / 100 * w.fill_percent;
     // (handle, start, consumed bytes, requested bytes)
     let mut live: Vec<(A::Handle, u64, u64, u64)> = Vec::with_capacity(1 << 16);
     let mut used = 0u64;
     let mut ops = 0u64;
     let mut failures = 0u64;
+    let (mut ri, mut vi) = (0usize, 0usize);
     let t = Instant::now();
-    let alloc_one = |a: &mut A, rng: &mut Rng, live: &mut Vec<_>, used: &mut u64| {
-        let size = (1 + rng.below(MAX_PAGES)) * PAGE;
-        let align = if w.mixed_align {
-            PAGE << rng.below(10) // 4 KiB ..= 2 MiB
-        } else {
-            PAGE
-        };
+    let mut alloc_one = |a: &mut A, live: &mut Vec<_>, used: &mut u64| {
+        let (size, align) = st.requests[ri];
+        ri += 1;
+        if ri == st.requests.len() {
+            ri = 0;
+        }
         match a.alloc(size, align) {
             Some((h, start, consumed)) => {
                 *used += size;
@@ -148,7 +181,7 @@ fn run<A: Alloc>(a: &mut A, w: Workload) -> Outcome {
     // Fill up to the target (or the first failure).
     while used < target {
         ops += 1;
-        if !alloc_one(a, &mut rng, &mut live, &mut used) {
+        if !alloc_one(a, &mut live, &mut used) {
             failures += 1;
             break;
         }
@@ -158,13 +191,18 @@ fn run<A: Alloc>(a: &mut A, w: Workload) -> Outcome {
     for _ in 0..CHURN_STEPS {
         if used < target {
             ops += 1;
-            if alloc_one(a, &mut rng, &mut live, &mut used) {
+            if alloc_one(a, &mut live, &mut used) {
                 continue;
             }
             failures += 1;
         }
         if !live.is_empty() {
-            let i = rng.below(live.len() as u64) as usize;
+            let r = st.victims[vi];
+            vi += 1;
+            if vi == st.victims.len() {
+                vi = 0;
+            }
+            let i = ((u64::from(r) * live.len() as u64) >> 32) as usize;
             let (h, _, _, size) = live.swap_remove(i);
             used -= size;
             a.free(h);
@@ -198,10 +236,25 @@ fn keep_fastest(best: &mut Option<Outcome>, o: Outcome) {
     }
 }
 
+/// Reads a bench tunable from the environment (for profiling runs).
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
+    // `GTT_BENCH_ONLY=<substring>` runs only the matching allocators and
+    // `GTT_BENCH_RUNS=<n>` sets the runs per allocator (e.g. for callgrind);
+    // ratios are printed only when ours and the peer both ran.
+    let only = std::env::var("GTT_BENCH_ONLY").unwrap_or_default();
+    let runs = env_usize("GTT_BENCH_RUNS", RUNS).max(1);
     println!(
-        "gtt bench: aperture {} GiB, sizes 4 KiB..16 MiB uniform, {CHURN_STEPS} churn steps after the fill, best of {RUNS} runs",
-        APERTURE >> 30
+        "gtt bench: aperture {} GiB, sizes 4 KiB..16 MiB uniform, {CHURN_STEPS} churn steps after the fill, best of {runs} runs; \
+         pddgpu lines use InsertMode::Best over the whole range (the GTT manager's default mode), search limit {}",
+        APERTURE >> 30,
+        pddgpu::range::DEFAULT_SEARCH_LIMIT
     );
     let workloads = [
         Workload {
@@ -223,56 +276,60 @@ fn main() {
             seed: 0x5eed_a190,
         },
     ];
+    let names = ["pddgpu", "range-alloc", "offset-allocator"];
+    let enabled = |name: &str| only.is_empty() || name.contains(only.as_str());
     for w in workloads {
+        let st = Streams::new(w);
         // Runs are interleaved (ours, range-alloc, offset-allocator, ours,
         // ...) so that load from other processes hits all three alike.
-        let (mut ours, mut ra, mut oa) = (None, None, None);
-        for _ in 0..RUNS {
-            keep_fastest(
-                &mut ours,
-                run(&mut Ours(RangeAllocator::new(0, APERTURE).unwrap()), w),
-            );
-            keep_fastest(
-                &mut ra,
-                run(
-                    &mut RangeAlloc(range_alloc::RangeAllocator::new(0..APERTURE)),
-                    w,
-                ),
-            );
-            let mut off = OffsetAlloc(offset_allocator::Allocator::with_max_allocs(
-                (APERTURE / PAGE) as u32,
-                1 << 18,
-            ));
-            keep_fastest(&mut oa, run(&mut off, w));
+        let mut best: [Option<Outcome>; 3] = [None, None, None];
+        for _ in 0..runs {
+            if enabled(names[0]) {
+                let mut a = Ours(RangeAllocator::new(0, APERTURE).unwrap());
+                keep_fastest(&mut best[0], run(&mut a, w, &st));
+            }
+            if enabled(names[1]) {
+                let mut a = RangeAlloc(range_alloc::RangeAllocator::new(0..APERTURE));
+                keep_fastest(&mut best[1], run(&mut a, w, &st));
+            }
+            if enabled(names[2]) {
+                let mut a = OffsetAlloc(offset_allocator::Allocator::with_max_allocs(
+                    (APERTURE / PAGE) as u32,
+                    1 << 18,
+                ));
+                keep_fastest(&mut best[2], run(&mut a, w, &st));
+            }
         }
-        let results = [
-            (ours.expect("RUNS > 0"), "pddgpu"),
-            (ra.expect("RUNS > 0"), "range-alloc"),
-            (oa.expect("RUNS > 0"), "offset-allocator"),
-        ];
-        for (o, name) in &results {
-            println!(
-                "time gtt/{}/{} {:.1} ns/op ({} ops, {} failed requests, {:.1} ms)",
-                w.name,
-                name,
-                o.time.as_nanos() as f64 / o.ops as f64,
-                o.ops,
-                o.failures,
-                o.time.as_secs_f64() * 1e3
-            );
+        for (o, name) in best.iter().zip(names) {
+            if let Some(o) = o {
+                println!(
+                    "time gtt/{}/{} {:.1} ns/op ({} ops, {} failed requests, {:.1} ms)",
+                    w.name,
+                    name,
+                    o.time.as_nanos() as f64 / o.ops as f64,
+                    o.ops,
+                    o.failures,
+                    o.time.as_secs_f64() * 1e3
+                );
+            }
         }
-        let ours = &results[0].0;
         let per_op = |o: &Outcome| o.time.as_secs_f64() / o.ops as f64;
-        for (o, name) in &results[1..] {
-            println!(
-                "ratio gtt/{}/{} {:.2}",
-                w.name,
-                name,
-                per_op(o) / per_op(ours)
-            );
+        if let Some(ours) = &best[0] {
+            for (o, name) in best.iter().zip(names).skip(1) {
+                if let Some(o) = o {
+                    println!(
+                        "ratio gtt/{}/{} {:.2}",
+                        w.name,
+                        name,
+                        per_op(o) / per_op(ours)
+                    );
+                }
+            }
         }
-        for (o, name) in &results {
-            println!("frag gtt/{}/{} {:.3}", w.name, name, o.frag);
+        for (o, name) in best.iter().zip(names) {
+            if let Some(o) = o {
+                println!("frag gtt/{}/{} {:.3}", w.name, name, o.frag);
+            }
         }
     }
 }
