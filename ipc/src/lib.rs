@@ -20,6 +20,7 @@ mod error;
 pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
+pub mod idhash;
 pub mod model;
 #[cfg(target_os = "redox")]
 pub mod redox;

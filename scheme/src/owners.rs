@@ -7,7 +7,7 @@
 //! Owner ids are never reused while the server runs, so a recycled pid can
 //! never inherit a dead process's BOs.
 
-use std::collections::HashMap;
+use pddgpu_ipc::idhash::IdMap;
 
 /// A client, as the driver core knows it.
 pub type OwnerId = u64;
@@ -21,8 +21,8 @@ struct Entry {
 /// The live owners and their handle counts.
 #[derive(Debug, Default)]
 pub struct Owners {
-    by_pid: HashMap<usize, OwnerId>,
-    entries: HashMap<OwnerId, Entry>,
+    by_pid: IdMap<usize, OwnerId>,
+    entries: IdMap<OwnerId, Entry>,
     next: OwnerId,
 }
 

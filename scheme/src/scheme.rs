@@ -1,13 +1,14 @@
 //! [`PddgpuScheme`]: the `pddgpu:` namespace over the driver core, as a
 //! `redox_scheme::scheme::SchemeSync`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use pddgpu::driver::{
     BoCreate, BoFlags as CoreBoFlags, BoId, BoInfo, Domain as CoreDomain, Driver, DriverError,
 };
+use pddgpu_ipc::idhash::IdMap;
 use pddgpu_ipc::wire::{BoCall, BoFlags, BoInfoWire, Domain, ExportWire, SegmentWire, WIRE_ABI};
 use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{CallerCtx, OpenResult};
@@ -70,17 +71,22 @@ struct Handle {
 pub struct PddgpuScheme {
     driver: Arc<Driver>,
     start: Instant,
-    handles: HashMap<usize, Handle>,
+    handles: IdMap<usize, Handle>,
     next_id: usize,
     owners: Owners,
     /// Handles each owner has open on each BO; the owner's reference to the
     /// BO is dropped when its last handle on it closes.
-    holds: HashMap<(OwnerId, u64), usize>,
+    holds: IdMap<(OwnerId, u64), usize>,
+    /// Per owner, how many BOs it holds in the driver (distinct BOs in
+    /// `holds`, plus those whose handles died with their connection and
+    /// await `owner_exit`). An owner that ends holding none needs no
+    /// `owner_exit`.
+    held_bos: IdMap<OwnerId, usize>,
     /// Which owner exported each exported BO. An export stays valid while
     /// its exporter holds the BO; when the exporter lets go, the token is
     /// revoked (importers keep their references), so no BO outlives all its
     /// holders.
-    exports: HashMap<u64, OwnerId>,
+    exports: IdMap<u64, OwnerId>,
     backing: Backing,
     options: SchemeOptions,
     faults: Option<Box<dyn FaultInjector>>,
@@ -110,11 +116,12 @@ impl PddgpuScheme {
         PddgpuScheme {
             driver,
             start: Instant::now(),
-            handles: HashMap::new(),
+            handles: IdMap::default(),
             next_id: ROOT_ID + 1,
             owners: Owners::new(),
-            holds: HashMap::new(),
-            exports: HashMap::new(),
+            holds: IdMap::default(),
+            held_bos: IdMap::default(),
+            exports: IdMap::default(),
             backing,
             options,
             faults: None,
@@ -176,7 +183,11 @@ impl PddgpuScheme {
         self.next_id += 1;
         self.owners.add_handle(handle.owner);
         if let Kind::Bo { id: bo, .. } = handle.kind {
-            *self.holds.entry((handle.owner, bo.0)).or_default() += 1;
+            let n = self.holds.entry((handle.owner, bo.0)).or_default();
+            if *n == 0 {
+                *self.held_bos.entry(handle.owner).or_default() += 1;
+            }
+            *n += 1;
         }
         self.handles.insert(id, handle);
         id
@@ -326,13 +337,24 @@ impl PddgpuScheme {
                 }
             };
             if last {
-                self.revoke_export(handle.owner, bo);
-                if let Err(e) = self.driver.bo_unref(handle.owner, bo) {
-                    log::warn!("owner {}: unref of BO {}: {e:?}", handle.owner, bo.0);
-                }
+                self.unref(handle.owner, bo);
             }
         }
         Some(handle.owner)
+    }
+
+    /// Drops `owner`'s reference to `bo` (its last handle on it closed).
+    fn unref(&mut self, owner: OwnerId, bo: BoId) {
+        self.revoke_export(owner, bo);
+        if let Err(e) = self.driver.bo_unref(owner, bo) {
+            log::warn!("owner {owner}: unref of BO {}: {e:?}", bo.0);
+        }
+        if let Some(n) = self.held_bos.get_mut(&owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_bos.remove(&owner);
+            }
+        }
     }
 
     /// Revokes `owner`'s export of `bo`, if it made one.
@@ -346,6 +368,10 @@ impl PddgpuScheme {
     }
 
     fn end_owner(&mut self, owner: OwnerId) {
+        if self.held_bos.remove(&owner).unwrap_or(0) == 0 {
+            // It held no BO: nothing to release in the driver.
+            return;
+        }
         let exported: Vec<u64> = self
             .exports
             .iter()
@@ -967,10 +993,7 @@ impl pddgpu_ipc::host::HostScheme for PddgpuScheme {
         }
         for (owner, bo) in unrefs {
             if !ended.contains(&owner) {
-                self.revoke_export(owner, bo);
-                if let Err(e) = self.driver.bo_unref(owner, bo) {
-                    log::warn!("owner {owner}: unref of BO {}: {e:?}", bo.0);
-                }
+                self.unref(owner, bo);
             }
         }
         for owner in ended {

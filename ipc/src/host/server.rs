@@ -22,7 +22,6 @@
 //! malicious client therefore blocks only its own thread, and a malformed
 //! frame only costs its sender the connection.
 
-use std::collections::HashSet;
 use std::io::{self, IoSlice, Read};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -45,6 +44,7 @@ use crate::frame::{
     RequestHeader, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
     RESPONSE_HEADER_LEN,
 };
+use crate::idhash::IdSet;
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
 /// (what `/scheme/pddgpu` is on Redox). The server substitutes the id that
@@ -142,6 +142,8 @@ struct Shared<S> {
     /// the server is stopping.
     wake: Mutex<(u64, bool)>,
     woken: Condvar,
+    /// The last wake epoch published (checked without the lock).
+    epoch: AtomicU64,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -156,7 +158,7 @@ struct ConnCtl {
 /// Per-connection state owned by its thread.
 struct ConnState {
     cred: PeerCred,
-    handles: HashSet<usize>,
+    handles: IdSet<usize>,
 }
 
 /// The host-transport server. Owns the listening socket, the scheme, and a
@@ -167,6 +169,10 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
     shared: Arc<Shared<S>>,
     next_conn: u64,
 }
+
+/// Responses up to this size (no descriptor) are sent from one stack
+/// buffer.
+const SMALL_RESPONSE: usize = 1024;
 
 /// Initial size of a connection's receive buffer; grows up to one maximal
 /// frame.
@@ -228,6 +234,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 conns: Mutex::new(Vec::new()),
                 wake: Mutex::new((0, false)),
                 woken: Condvar::new(),
+                epoch: AtomicU64::new(0),
             }),
             next_conn: 1,
         })
@@ -371,15 +378,10 @@ fn serve_request<S: HostScheme>(
     shared: &Shared<S>,
     conn: &mut ConnState,
     header: &RequestHeader,
-    payload: Vec<u8>,
+    payload: &mut Vec<u8>,
 ) -> Dispatched {
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
-    let kept = if parkable {
-        payload.clone()
-    } else {
-        Vec::new()
-    };
-    let run = |conn: &mut ConnState, payload: Vec<u8>, attempt: u32| {
+    let run = |conn: &mut ConnState, payload: &mut Vec<u8>, attempt: u32| {
         let mut guard = lock(&shared.locked);
         let Locked { scheme, state } = &mut *guard;
         scheme.set_retry_attempt(attempt);
@@ -402,8 +404,8 @@ fn serve_request<S: HostScheme>(
         drop(guard);
         shared.served.fetch_add(1, Ordering::Relaxed);
         // Wake parked requests if this one freed something.
-        let mut wake = lock(&shared.wake);
-        if wake.0 != epoch {
+        if shared.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            let mut wake = lock(&shared.wake);
             wake.0 = epoch;
             shared.woken.notify_all();
         }
@@ -435,7 +437,7 @@ fn serve_request<S: HostScheme>(
             );
         }
         drop(wake);
-        let (again, _, seen) = run(conn, kept.clone(), attempt);
+        let (again, _, seen) = run(conn, payload, attempt);
         done = again;
         epoch = seen;
         if !is_errno(&done.0, EAGAIN) {
@@ -460,10 +462,11 @@ fn is_errno(cqe: &Cqe, errno: i32) -> bool {
 fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStream, cred: PeerCred) {
     let mut conn = ConnState {
         cred,
-        handles: HashSet::new(),
+        handles: IdSet::default(),
     };
     let mut inbuf = vec![0u8; INBUF_INITIAL];
     let mut filled = 0usize;
+    let mut payload = Vec::new();
     let reason = 'serve: loop {
         if filled == inbuf.len() {
             let grown = (inbuf.len() * 2).min(REQUEST_HEADER_LEN + MAX_PAYLOAD);
@@ -498,9 +501,14 @@ fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStrea
                 }
                 break;
             }
-            let payload = inbuf[consumed + REQUEST_HEADER_LEN..consumed + total].to_vec();
+            payload.clear();
+            payload.extend_from_slice(&inbuf[consumed + REQUEST_HEADER_LEN..consumed + total]);
             consumed += total;
-            let (cqe, out, fd) = serve_request(&shared, &mut conn, &header, payload);
+            let (cqe, out, fd) = serve_request(&shared, &mut conn, &header, &mut payload);
+            if payload.capacity() > 1 << 20 {
+                // Give back the memory of a large write.
+                payload = Vec::new();
+            }
             if let Err(e) = send_response(&stream, cqe, &out, fd) {
                 break 'serve format!("write error: {e}");
             }
@@ -578,6 +586,22 @@ fn send_response(
     }
     .encode();
     let total = RESPONSE_HEADER_LEN + payload.len();
+    // The common case — no descriptor, a small payload — goes out as one
+    // contiguous `send`.
+    if fd.is_none() && total <= SMALL_RESPONSE {
+        let mut buf = [0u8; SMALL_RESPONSE];
+        buf[..RESPONSE_HEADER_LEN].copy_from_slice(&header);
+        buf[RESPONSE_HEADER_LEN..total].copy_from_slice(payload);
+        let mut sent = 0;
+        while sent < total {
+            match rustix::net::send(stream, &buf[sent..total], SendFlags::NOSIGNAL) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(());
+    }
     let mut sent = 0usize;
     let mut fd = fd;
     while sent < total {
@@ -625,7 +649,7 @@ fn dispatch<S: SchemeSync>(
     root: Option<usize>,
     limits: ServerLimits,
     header: &RequestHeader,
-    mut payload: Vec<u8>,
+    payload: &mut Vec<u8>,
     scheme: &mut S,
     state: &mut SchemeState,
 ) -> Dispatched {
@@ -694,7 +718,7 @@ fn dispatch<S: SchemeSync>(
             if out_len != 0 {
                 return fail(EINVAL);
             }
-            if matches!(opcode, Opcode::OpenAt) && std::str::from_utf8(&payload).is_err() {
+            if matches!(opcode, Opcode::OpenAt) && std::str::from_utf8(payload).is_err() {
                 return fail(EINVAL);
             }
             if conn.handles.len() >= limits.max_handles_per_connection {
@@ -803,7 +827,7 @@ fn dispatch<S: SchemeSync>(
             out.truncate(n.min(out_len));
             out
         }
-        (Ok(_), Reply::Payload) => payload,
+        (Ok(_), Reply::Payload) => std::mem::take(payload),
         (Ok(_), Reply::Stat) => stat.to_vec(),
     };
     (cqe, payload_out, fd)
