@@ -1,0 +1,344 @@
+//! The scheme driven in-process through the real redox-scheme dispatch, the
+//! way the Redox kernel drives it: `Sqe`s with pointers into this process,
+//! callers identified by pid, `OnClose` messages. This covers what the host
+//! transport does not carry (`mmap_prep`/`munmap`, handles opened relative
+//! to a directory) and checks the namespace's file operations directly.
+
+use std::sync::Arc;
+
+use pddgpu::device::{SimConfig, SimDevice};
+use pddgpu::driver::Driver;
+use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire};
+use pddgpu_scheme::{Backing, PddgpuScheme, Region, SchemeOptions, ROOT_ID};
+use redox_scheme::scheme::{SchemeState, SchemeSync};
+use redox_scheme::{Request, RequestKind, Response};
+use syscall::data::Stat;
+use syscall::dirent::{DirentHeader, DirentIter};
+use syscall::error::{Error, EINVAL, ENOENT, EOPNOTSUPP, EPERM};
+use syscall::flag::{O_RDONLY, O_RDWR};
+use syscall::schemev2::{Cqe, Opcode, Sqe, SqeFlags};
+
+struct Harness {
+    scheme: PddgpuScheme,
+    state: SchemeState,
+    driver: Arc<Driver>,
+    vram_base: usize,
+}
+
+fn harness() -> Harness {
+    let device = SimDevice::new(SimConfig {
+        vram_size: 16 << 20,
+        visible_size: 16 << 20,
+        gtt_size: 16 << 20,
+    })
+    .unwrap();
+    let driver = Arc::new(Driver::new(device.resources(), 0).unwrap());
+    let vram_base = device.vram().as_ptr() as usize;
+    let backing = Backing {
+        vram: Region {
+            server_addr: Some(vram_base),
+            fd: None,
+        },
+        gtt: Region {
+            server_addr: Some(device.gtt().as_ptr() as usize),
+            fd: None,
+        },
+    };
+    let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions { admin_uid: None });
+    Harness {
+        scheme,
+        state: SchemeState::new(),
+        driver,
+        vram_base,
+    }
+}
+
+impl Harness {
+    /// Runs one request as process `pid` (uid 0) and returns its result.
+    fn run(&mut self, pid: u64, opcode: Opcode, args: [u64; 6]) -> Result<usize, i32> {
+        let mut args = args;
+        if !matches!(opcode, Opcode::Call) {
+            args[5] = 0; // uid 0, gid 0
+        }
+        let sqe = Sqe {
+            opcode: opcode as u8,
+            sqe_flags: SqeFlags::empty(),
+            _rsvd: 0,
+            tag: 7,
+            args,
+            caller: pid,
+        };
+        // SAFETY: `Request` is `#[repr(transparent)]` over `Sqe`; every
+        // pointer in `args` points at a live buffer of the caller of `run`
+        // with its exact length.
+        let req: Request = unsafe { std::mem::transmute::<Sqe, Request>(sqe) };
+        let resp: Response = match req.kind() {
+            RequestKind::Call(c) => c.handle_sync(&mut self.scheme, &mut self.state),
+            _ => panic!("not a call"),
+        };
+        // SAFETY: `Response` is `#[repr(transparent)]` over `Cqe`.
+        let cqe: Cqe = unsafe { std::mem::transmute::<Response, Cqe>(resp) };
+        Error::demux(cqe.result as usize).map_err(|e| e.errno)
+    }
+
+    fn open(&mut self, pid: u64, dir: usize, path: &str, flags: usize) -> Result<usize, i32> {
+        let args = [
+            dir as u64,
+            path.as_ptr() as u64,
+            path.len() as u64,
+            flags as u64,
+            0,
+            0,
+        ];
+        self.run(pid, Opcode::OpenAt, args)
+    }
+
+    fn read(&mut self, pid: u64, id: usize, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        let args = [
+            id as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            offset,
+            0,
+            0,
+        ];
+        self.run(pid, Opcode::Read, args)
+    }
+
+    fn write(&mut self, pid: u64, id: usize, offset: u64, buf: &[u8]) -> Result<usize, i32> {
+        let args = [
+            id as u64,
+            buf.as_ptr() as u64,
+            buf.len() as u64,
+            offset,
+            0,
+            0,
+        ];
+        self.run(pid, Opcode::Write, args)
+    }
+
+    fn call(
+        &mut self,
+        pid: u64,
+        id: usize,
+        payload: &mut [u8],
+        meta: [u64; 2],
+    ) -> Result<usize, i32> {
+        let args = [
+            id as u64,
+            payload.as_mut_ptr() as u64,
+            payload.len() as u64,
+            meta[0],
+            meta[1],
+            0,
+        ];
+        self.run(pid, Opcode::Call, args)
+    }
+
+    fn segments(&mut self, pid: u64, id: usize) -> Vec<SegmentWire> {
+        let mut info = [0u8; BoInfoWire::SIZE];
+        self.call(pid, id, &mut info, [BoCall::Info as u64, 0])
+            .unwrap();
+        let n = BoInfoWire::decode(&info).unwrap().segment_count as usize;
+        let mut buf = vec![0u8; n * SegmentWire::SIZE];
+        assert_eq!(
+            self.call(pid, id, &mut buf, [BoCall::Segments as u64, 0]),
+            Ok(n)
+        );
+        buf.chunks(SegmentWire::SIZE)
+            .map(|c| SegmentWire::decode(c).unwrap())
+            .collect()
+    }
+
+    fn mmap_prep(&mut self, pid: u64, id: usize, offset: u64, len: usize) -> Result<usize, i32> {
+        self.run(
+            pid,
+            Opcode::MmapPrep,
+            [id as u64, len as u64, 0, offset, 0, 0],
+        )
+    }
+
+    fn read_all(&mut self, pid: u64, id: usize, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = self.read(pid, id, out.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn dirents(&mut self, pid: u64, id: usize) -> Vec<String> {
+        let mut buf = vec![0u8; 4096];
+        let header = std::mem::size_of::<DirentHeader>() as u64;
+        let args = [
+            id as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            header,
+            0,
+            0,
+        ];
+        let n = self.run(pid, Opcode::Getdents, args).unwrap();
+        DirentIter::new(&buf[..n])
+            .map(|e| {
+                let (_, name) = e.unwrap();
+                let name = name.split(|&b| b == 0).next().unwrap();
+                String::from_utf8(name.to_vec()).unwrap()
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn mmap_prep_returns_the_segments_server_address() {
+    let mut h = harness();
+    // Fragment VRAM so a larger BO gets several segments: fill it with
+    // 1 MiB BOs, free every other one, then ask for 4 MiB.
+    let mut small = Vec::new();
+    for _ in 0..16 {
+        small.push(h.open(10, ROOT_ID, "bo/new?size=1M", O_RDWR).unwrap());
+    }
+    for (i, id) in small.iter().enumerate() {
+        if i % 2 == 0 {
+            h.scheme.on_close(*id);
+        }
+    }
+    let big = h
+        .open(10, ROOT_ID, "bo/new?size=4M&label=split", O_RDWR)
+        .unwrap();
+    let segs = h.segments(10, big);
+    assert!(segs.len() >= 2, "a split BO: {segs:?}");
+    let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    assert_eq!(h.write(10, big, 0, &data), Ok(data.len()));
+    for s in &segs {
+        let addr = h.mmap_prep(10, big, s.bo_offset, s.len as usize).unwrap();
+        assert_eq!(addr, h.vram_base + s.backing_offset as usize);
+        // SAFETY: `addr..addr + len` lies inside the simulated VRAM this
+        // test owns (checked against the base above); nothing writes it
+        // concurrently.
+        let mapped = unsafe { std::slice::from_raw_parts(addr as *const u8, s.len as usize) };
+        let start = s.bo_offset as usize;
+        assert_eq!(
+            mapped,
+            &data[start..start + s.len as usize],
+            "the BO's bytes"
+        );
+        // An offset inside the segment maps from there.
+        let inner = h.mmap_prep(10, big, s.bo_offset + 4096, 4096).unwrap();
+        assert_eq!(inner, addr + 4096);
+    }
+    // A range crossing two segments cannot be one kernel mapping.
+    let first = segs.iter().min_by_key(|s| s.bo_offset).unwrap();
+    assert_eq!(
+        h.mmap_prep(10, big, first.bo_offset, (first.len + 4096) as usize),
+        Err(EINVAL)
+    );
+    assert_eq!(
+        h.mmap_prep(10, big, 4 << 20, 4096),
+        Err(EINVAL),
+        "past the end"
+    );
+    assert_eq!(h.mmap_prep(10, big, u64::MAX - 10, 4096), Err(EINVAL));
+    assert_eq!(
+        h.run(10, Opcode::Munmap, [big as u64, 4096, 0, 0, 0, 0]),
+        Ok(0)
+    );
+    // Not a BO, and a BO of a process that is not the caller's handle.
+    let stats = h.open(10, ROOT_ID, "stats", O_RDONLY).unwrap();
+    assert_eq!(h.mmap_prep(10, stats, 0, 4096), Err(EOPNOTSUPP));
+    // dup("backing") has no descriptor to give here.
+    let dup = b"backing";
+    let args = [big as u64, dup.as_ptr() as u64, dup.len() as u64, 0, 0, 0];
+    assert_eq!(h.run(10, Opcode::Dup, args), Err(EOPNOTSUPP));
+}
+
+#[test]
+fn files_directories_and_handles() {
+    let mut h = harness();
+    let bo = h
+        .open(20, ROOT_ID, "bo/new?size=12K&domain=gtt", O_RDWR)
+        .unwrap();
+    // fstat and fpath of a BO.
+    let mut st = Stat::default();
+    let args = [
+        bo as u64,
+        &mut st as *mut Stat as u64,
+        std::mem::size_of::<Stat>() as u64,
+        0,
+        0,
+        0,
+    ];
+    h.run(20, Opcode::Fstat, args).unwrap();
+    assert_eq!(st.st_size, 12 << 10);
+    let mut info = [0u8; BoInfoWire::SIZE];
+    h.call(20, bo, &mut info, [BoCall::Info as u64, 0]).unwrap();
+    let id = BoInfoWire::decode(&info).unwrap().id;
+    assert_eq!(st.st_ino, id);
+    let mut path = [0u8; 64];
+    let n = h
+        .run(
+            20,
+            Opcode::Fpath,
+            [bo as u64, path.as_mut_ptr() as u64, 64, 0, 0, 0],
+        )
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&path[..n]).unwrap(),
+        format!("pddgpu:/bo/{id}")
+    );
+    assert_eq!(
+        h.run(20, Opcode::Fsize, [bo as u64, 0, 0, 0, 0, 0]),
+        Ok(12 << 10)
+    );
+
+    // Directories: the root, and handles opened relative to `config`.
+    let root = h.open(20, ROOT_ID, "", O_RDONLY).unwrap();
+    let names = h.dirents(20, root);
+    for want in [
+        "stats",
+        "stats.json",
+        "leaks",
+        "health",
+        "control",
+        "config",
+        "bo",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    let config = h.open(20, ROOT_ID, "config", O_RDONLY).unwrap();
+    let tunables = h.dirents(20, config);
+    assert!(tunables.iter().any(|n| n == "leak_monitor"), "{tunables:?}");
+    let monitor = h.open(20, config, "leak_monitor", O_RDONLY).unwrap();
+    assert_eq!(h.read_all(20, monitor, 64), b"on\n");
+    let bos = h.open(20, ROOT_ID, "bo", O_RDONLY).unwrap();
+    assert_eq!(h.dirents(20, bos), vec![id.to_string()]);
+    assert_eq!(h.dirents(21, bos).len(), 1, "the listing is the opener's");
+    let other = h.open(21, ROOT_ID, "bo", O_RDONLY).unwrap();
+    assert!(h.dirents(21, other).is_empty(), "another client holds none");
+
+    // Reading in small pieces gives one consistent snapshot.
+    let stats = h.open(20, ROOT_ID, "stats", O_RDONLY).unwrap();
+    let whole = h.read_all(20, stats, 1 << 16);
+    let pieces = h.read_all(20, stats, 7);
+    assert_eq!(whole, pieces);
+    assert!(String::from_utf8(whole).unwrap().contains("bo_count 1\n"));
+
+    // Another process: someone else's BO is EPERM, an unknown one ENOENT.
+    assert_eq!(h.open(21, ROOT_ID, &format!("bo/{id}"), O_RDWR), Err(EPERM));
+    assert_eq!(h.open(21, ROOT_ID, "bo/424242", O_RDWR), Err(ENOENT));
+    // A second handle of the same process on its BO: the BO survives the
+    // first close and goes with the last.
+    let again = h.open(20, ROOT_ID, &format!("bo/{id}"), O_RDWR).unwrap();
+    h.scheme.on_close(bo);
+    assert_eq!(h.driver.stats().gtt.bo_count, 1);
+    assert_eq!(h.write(20, again, 0, b"still here"), Ok(10));
+    h.scheme.on_close(again);
+    assert_eq!(h.driver.stats().gtt.bo_count, 0);
+    for id in [root, config, monitor, bos, other, stats] {
+        h.scheme.on_close(id);
+    }
+    assert_eq!(h.scheme.handle_count(), 0);
+}
