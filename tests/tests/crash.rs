@@ -19,6 +19,9 @@ fn a_killed_client_loses_its_bos_and_others_go_on() {
         .create_bo(1 << 20, Domain::Vram, BoFlags::empty())
         .unwrap();
     keep.map().unwrap().fill(0x77);
+    assert_eq!(keep.path().unwrap(), format!("pddgpu:/bo/{}", keep.id()));
+    assert_eq!(keep.stat_size().unwrap(), 1 << 20);
+    assert_eq!(dev.list_dir("bo").unwrap(), vec![keep.id().to_string()]);
 
     let mut victim = ClientProc::spawn(CLIENT, daemon.socket(), &["hold", "100", "65536"]);
     let line = victim.line();

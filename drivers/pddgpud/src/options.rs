@@ -13,6 +13,11 @@ pub enum BackendKind {
     /// A PCI GPU through Linux sysfs (`resource0` VRAM BAR, `resource2` MMIO).
     #[cfg(target_os = "linux")]
     LinuxPci,
+    /// The PCI function pcid-spawner hands over on Redox (channel in
+    /// `PCID_CLIENT_CHANNEL`; BAR0 VRAM and BAR2 registers mapped through
+    /// the memory scheme).
+    #[cfg(target_os = "redox")]
+    Pcid,
 }
 
 /// `pddgpud` options.
@@ -43,6 +48,9 @@ pub struct Options {
     /// $XDG_RUNTIME_DIR/pddgpu.sock or /run/pddgpu/pddgpu.sock.
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Permissions of the socket (octal); clients need write access.
+    #[arg(long, value_parser = parse_mode, default_value = "666")]
+    pub socket_mode: u32,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -53,6 +61,13 @@ pub struct Options {
     /// (default: the user running pddgpud).
     #[arg(long)]
     pub admin_uid: Option<u32>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal mode like 666 or 660"))
 }
 
 impl Options {
@@ -66,6 +81,7 @@ impl Options {
             gtt_size,
             pci_device: None,
             socket: None,
+            socket_mode: 0o666,
             log_level: log::LevelFilter::Warn,
             tick_ms: 100,
             admin_uid: None,

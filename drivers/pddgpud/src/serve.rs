@@ -18,6 +18,15 @@ pub fn serve_host(opts: &Options, scheme: PddgpuScheme) -> Result<PddgpuScheme, 
     let socket = opts.socket_path();
     let mut server = HostServer::bind(&socket, ServerLimits::default(), scheme)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    // Like a render node: any local user may connect; the scheme itself
+    // decides what each caller may do (control and config writes need the
+    // server's user or root; quotas bound allocations).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(opts.socket_mode);
+        std::fs::set_permissions(&socket, mode)
+            .map_err(|e| format!("cannot set the mode of {}: {e}", socket.display()))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
