@@ -7,8 +7,10 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use pddgpu::tunables::{Unit, SPECS};
-use pddgpu_ipc::{BoFlags, Domain};
-use pddgpu_tests::Daemon;
+use std::time::Duration;
+
+use pddgpu_ipc::{BoDesc, BoFlags, Domain};
+use pddgpu_tests::{wait_until, Daemon};
 use syscall::error::{EDQUOT, EINVAL, ENOSPC};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pddgpud-under-test");
@@ -149,6 +151,41 @@ fn tunables_take_effect() {
         .unwrap()
         .close()
         .unwrap();
+
+    // The leak monitor runs by itself at its interval: with both
+    // thresholds at 0 every held BO is a suspect, reported with its label
+    // and its owner's pid.
+    dev.set_config("leak_threshold_bytes", "0").unwrap();
+    dev.set_config("leak_age_ms", "0").unwrap();
+    dev.set_config("leak_check_interval_ms", "100").unwrap();
+    // (The core schedules the next periodic check when one runs, so run
+    // one now; every later one is the monitor's.)
+    let manual = dev.leak_check().unwrap().checked_ms;
+    let mut desc = BoDesc::new(64 << 10, Domain::Vram, BoFlags::empty());
+    desc.label = "watched".into();
+    let watched = dev.create(&desc).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || dev
+            .leaks()
+            .map(|r| r.checked_ms > manual && r.suspects.iter().any(|s| s.id == watched.id()))
+            .unwrap_or(false)),
+        "the periodic check never reported the BO: {:?}",
+        dev.leaks()
+    );
+    let report = dev.leaks().unwrap();
+    let s = report
+        .suspects
+        .iter()
+        .find(|s| s.id == watched.id())
+        .unwrap();
+    assert_eq!(s.label, "watched");
+    assert_eq!(s.pid, u64::from(std::process::id()));
+    assert_eq!(s.domain, "vram");
+    assert!(s.reason.starts_with("old-large"), "{}", s.reason);
+    let text = dev.read_text("leaks").unwrap();
+    assert!(text.contains("label \"watched\""), "{text}");
+    dev.set_config("leak_monitor", "off").unwrap();
+    watched.close().unwrap();
     drop(dev);
     assert_eq!(daemon.stop(), Some(0));
 }
