@@ -4,8 +4,9 @@
 //!
 //! - [`sim`]: the simulated PDDGPU, with VRAM and GTT in memfds (default).
 //! - [`linux_pci`] (Linux): a PCI GPU through its sysfs BAR files.
-//! - Redox (`physmap` of the BARs handed over by pcid) lives with the Redox
-//!   port in `crate::redox`.
+//! - `pcid` (Redox): the PCI function pcid-spawner hands over, its BARs
+//!   mapped through the memory scheme; lives with the Redox port in
+//!   `crate::redox::backend`.
 //!
 //! To add a backend: a module here with an `open(&Options) ->
 //! Result<OpenedDevice, String>`, a variant of [`BackendKind`] and an arm in
@@ -63,5 +64,7 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
         BackendKind::Sim => sim::open(opts),
         #[cfg(target_os = "linux")]
         BackendKind::LinuxPci => linux_pci::open(opts),
+        #[cfg(target_os = "redox")]
+        BackendKind::Pcid => crate::redox::backend::open(opts),
     }
 }
