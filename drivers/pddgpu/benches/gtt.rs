@@ -246,9 +246,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn main() {
     // `GTT_BENCH_ONLY=<substring>` runs only the matching allocators and
+    // `GTT_BENCH_WORKLOAD=<substring>` runs only the matching workloads and
     // `GTT_BENCH_RUNS=<n>` sets the runs per allocator (e.g. for callgrind);
     // ratios are printed only when ours and the peer both ran.
     let only = std::env::var("GTT_BENCH_ONLY").unwrap_or_default();
+    let only_workload = std::env::var("GTT_BENCH_WORKLOAD").unwrap_or_default();
     let runs = env_usize("GTT_BENCH_RUNS", RUNS).max(1);
     println!(
         "gtt bench: aperture {} GiB, sizes 4 KiB..16 MiB uniform, {CHURN_STEPS} churn steps after the fill, best of {runs} runs; \
@@ -279,6 +281,9 @@ fn main() {
     let names = ["pddgpu", "range-alloc", "offset-allocator"];
     let enabled = |name: &str| only.is_empty() || name.contains(only.as_str());
     for w in workloads {
+        if !w.name.contains(only_workload.as_str()) {
+            continue;
+        }
         let st = Streams::new(w);
         // Runs are interleaved (ours, range-alloc, offset-allocator, ours,
         // ...) so that load from other processes hits all three alike.

@@ -117,7 +117,10 @@ fn replace_child<K: TreeKind>(h: &mut [Hole], root: &mut u32, p: u32, old: u32, 
     }
 }
 
-/// Rotates `x` above its parent, keeping key order.
+/// Rotates `x` above its parent, keeping key order. In the address tree,
+/// `x` inherits `p`'s bound (its subtree is now exactly `p`'s old one, so
+/// that bound stays a valid upper bound) and only `p` is recomputed.
+#[inline]
 fn rotate_up<K: TreeKind>(h: &mut [Hole], root: &mut u32, x: u32) {
     let p = parent::<K>(h, x);
     let g = parent::<K>(h, p);
@@ -140,52 +143,86 @@ fn rotate_up<K: TreeKind>(h: &mut [Hole], root: &mut u32, x: u32) {
     K::links_mut(&mut h[x as usize]).parent = g;
     replace_child::<K>(h, root, g, p, x);
     if K::AUGMENTED {
+        h[x as usize].max = h[p as usize].max;
         recompute_max(h, p);
-        recompute_max(h, x);
     }
 }
 
-/// Inserts hole `i` (whose key fields are set) into the tree at `root`.
+/// Where a link is hung: as the left or right child of a hole, or as the
+/// root of the tree.
+#[derive(Clone, Copy)]
+enum Hook {
+    Left(u32),
+    Right(u32),
+    Root,
+}
+
+/// Hangs `child` (which may be `NIL`) at `hook`, setting its parent link.
+#[inline]
+fn hang<K: TreeKind>(h: &mut [Hole], root: &mut u32, hook: Hook, child: u32) {
+    let parent = match hook {
+        Hook::Left(p) => {
+            K::links_mut(&mut h[p as usize]).left = child;
+            p
+        }
+        Hook::Right(p) => {
+            K::links_mut(&mut h[p as usize]).right = child;
+            p
+        }
+        Hook::Root => {
+            *root = child;
+            NIL
+        }
+    };
+    if child != NIL {
+        K::links_mut(&mut h[child as usize]).parent = parent;
+    }
+}
+
+/// Inserts hole `i` (whose key fields and priority are set) into the tree
+/// at `root`, top-down: descend while the nodes passed outrank `i`, hang
+/// `i` there and split ("unzip") the subtree it displaces by `i`'s key into
+/// its two children. Same shape as leaf insertion plus rotations, fewer
+/// writes.
 pub(super) fn insert<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     let size = h[i as usize].len();
-    let mut p = NIL;
+    let prio = h[i as usize].prio;
+    let mut hook = Hook::Root;
     let mut cur = *root;
-    let mut go_left = false;
-    while cur != NIL {
+    while cur != NIL && h[cur as usize].prio >= prio {
         if K::AUGMENTED && h[cur as usize].max < size {
             h[cur as usize].max = size;
         }
-        p = cur;
-        go_left = K::less(&h[i as usize], &h[cur as usize]);
-        cur = if go_left {
-            left::<K>(h, cur)
+        if K::less(&h[i as usize], &h[cur as usize]) {
+            hook = Hook::Left(cur);
+            cur = left::<K>(h, cur);
         } else {
-            right::<K>(h, cur)
-        };
-    }
-    *K::links_mut(&mut h[i as usize]) = Links {
-        left: NIL,
-        right: NIL,
-        parent: p,
-    };
-    if K::AUGMENTED {
-        h[i as usize].max = size;
-    }
-    if p == NIL {
-        *root = i;
-    } else if go_left {
-        K::links_mut(&mut h[p as usize]).left = i;
-    } else {
-        K::links_mut(&mut h[p as usize]).right = i;
-    }
-    let prio = h[i as usize].prio;
-    loop {
-        let p = parent::<K>(h, i);
-        if p == NIL || h[p as usize].prio >= prio {
-            break;
+            hook = Hook::Right(cur);
+            cur = right::<K>(h, cur);
         }
-        rotate_up::<K>(h, root, i);
     }
+    if K::AUGMENTED {
+        // `i`'s subtree is the displaced one plus `i`.
+        h[i as usize].max = size.max(sub_max(h, cur));
+    }
+    hang::<K>(h, root, hook, i);
+    // Unzip `cur` into `i`'s left (keys below `i`) and right subtrees. The
+    // nodes moved keep their bounds: their subtrees only shrink.
+    let mut lhook = Hook::Left(i);
+    let mut rhook = Hook::Right(i);
+    while cur != NIL {
+        if K::less(&h[cur as usize], &h[i as usize]) {
+            hang::<K>(h, root, lhook, cur);
+            lhook = Hook::Right(cur);
+            cur = right::<K>(h, cur);
+        } else {
+            hang::<K>(h, root, rhook, cur);
+            rhook = Hook::Left(cur);
+            cur = left::<K>(h, cur);
+        }
+    }
+    hang::<K>(h, root, lhook, NIL);
+    hang::<K>(h, root, rhook, NIL);
 }
 
 /// Inserts hole `i` into the address tree right after `pred`, which must be
@@ -222,30 +259,44 @@ pub(super) fn insert_addr_after(h: &mut [Hole], root: &mut u32, pred: u32, i: u3
     }
 }
 
-/// Removes hole `i` from the tree at `root`.
+/// Removes hole `i` from the tree at `root`: its two subtrees are merged
+/// ("zipped") along the right spine of the left one and the left spine of
+/// the right one, by priority. In the address tree the zipped nodes, which
+/// gained subtrees, get their bounds recomputed bottom-up; bounds above
+/// `i` may now be too high, which is allowed (see `Hole::max`) and
+/// repaired lazily by the searches.
 pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
-    loop {
-        let (l, r) = (left::<K>(h, i), right::<K>(h, i));
-        if l == NIL || r == NIL {
-            break;
-        }
-        let up = if h[l as usize].prio > h[r as usize].prio {
-            l
-        } else {
-            r
-        };
-        rotate_up::<K>(h, root, up);
-    }
-    let (l, r) = (left::<K>(h, i), right::<K>(h, i));
-    let child = if l != NIL { l } else { r };
+    let (mut l, mut r) = (left::<K>(h, i), right::<K>(h, i));
     let p = parent::<K>(h, i);
-    if child != NIL {
-        K::links_mut(&mut h[child as usize]).parent = p;
+    let mut hook = if p == NIL {
+        Hook::Root
+    } else if left::<K>(h, p) == i {
+        Hook::Left(p)
+    } else {
+        Hook::Right(p)
+    };
+    let mut last = NIL;
+    while l != NIL && r != NIL {
+        if h[l as usize].prio >= h[r as usize].prio {
+            hang::<K>(h, root, hook, l);
+            hook = Hook::Right(l);
+            last = l;
+            l = right::<K>(h, l);
+        } else {
+            hang::<K>(h, root, hook, r);
+            hook = Hook::Left(r);
+            last = r;
+            r = left::<K>(h, r);
+        }
     }
-    replace_child::<K>(h, root, p, i, child);
+    hang::<K>(h, root, hook, if l != NIL { l } else { r });
     *K::links_mut(&mut h[i as usize]) = Links::EMPTY;
-    // Address-tree bounds above `p` may now be too high; that is allowed
-    // (see `Hole::max`) and repaired lazily by the searches.
+    if K::AUGMENTED && last != NIL {
+        while last != p {
+            recompute_max(h, last);
+            last = parent::<K>(h, last);
+        }
+    }
 }
 
 /// The leftmost (smallest-key) hole of the subtree at `i`.
