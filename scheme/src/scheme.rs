@@ -265,7 +265,10 @@ impl PddgpuScheme {
                 let req = BoCreate {
                     size: desc.size,
                     domain: core_domain(desc.domain),
-                    flags: core_flags(desc.flags),
+                    // Every BO handed to a client starts zeroed, whatever
+                    // flags it asked for: memory freed by one client must
+                    // never show up in another's BO.
+                    flags: core_flags(desc.flags) | CoreBoFlags::CLEARED,
                     align: desc.align,
                     label: &desc.label,
                 };

@@ -256,6 +256,23 @@ fn mmap_prep_returns_the_segments_server_address() {
 }
 
 #[test]
+fn a_new_bo_never_shows_a_previous_owners_bytes() {
+    let mut h = harness();
+    let first = h.open(10, ROOT_ID, "bo/new?size=1M", O_RDWR).unwrap();
+    let secret = vec![0xA5u8; 1 << 20];
+    assert_eq!(h.write(10, first, 0, &secret), Ok(secret.len()));
+    let placed = h.segments(10, first);
+    h.scheme.on_close(first);
+    // Another process gets the very same memory (no `cleared` flag asked
+    // for) and must read only zeros.
+    let second = h.open(11, ROOT_ID, "bo/new?size=1M", O_RDWR).unwrap();
+    assert_eq!(h.segments(11, second), placed, "the same memory reused");
+    let seen = h.read_all(11, second, 64 << 10);
+    assert_eq!(seen.len(), 1 << 20);
+    assert!(seen.iter().all(|&b| b == 0), "stale bytes leaked");
+}
+
+#[test]
 fn files_directories_and_handles() {
     let mut h = harness();
     let bo = h
