@@ -214,3 +214,57 @@ fn rebuild_validates_the_live_list() {
     assert_eq!(b.stats().hole_count, 1);
     assert_eq!(b.check(), Ok(()));
 }
+
+/// Best's answer by brute force over the hole list (exact, no search bound).
+fn brute_best(a: &RangeAllocator, size: u64, align: u64) -> Option<u64> {
+    a.holes()
+        .filter_map(|h| {
+            let x = h.start.div_ceil(align) * align;
+            (x + size <= h.end).then_some(((h.end - h.start, h.start), x))
+        })
+        .min()
+        .map(|(_, x)| x)
+}
+
+#[test]
+fn crowded_size_bin_grows_and_shrinks() {
+    // 40 holes of 100..=103 bytes (one size bin) in mixed size order:
+    // the bin passes from a short list to a tree and back while Best keeps
+    // choosing exactly the smallest fitting hole, lowest address first.
+    let mut a = RangeAllocator::new(0, 64 * PAGE).unwrap();
+    a.set_search_limit(u32::MAX);
+    let mut fillers = Vec::new();
+    let mut at = 0;
+    for k in 0..40u64 {
+        let hole = k * PAGE + 8 * (k % 5);
+        let len = 100 + (k * 7) % 4;
+        if hole > at {
+            fillers.push(a.reserve(at, hole - at).unwrap());
+        }
+        at = hole + len;
+    }
+    fillers.push(a.reserve(at, 64 * PAGE - at).unwrap());
+    assert_eq!(a.stats().hole_count, 40);
+    assert_eq!(a.check(), Ok(()));
+    // Take holes one by one (alternating alignments so that some smallest
+    // candidates do not fit), checking every answer and the invariants.
+    let mut taken = Vec::new();
+    for k in 0..40u64 {
+        let (size, align) = if k % 3 == 0 { (96, 16) } else { (90, 1) };
+        let want = brute_best(&a, size, align);
+        match a.insert(size, align, 0..u64::MAX, InsertMode::Best) {
+            Ok(n) => {
+                assert_eq!(Some(n.start()), want, "step {k}");
+                taken.push(n);
+            }
+            Err(e) => assert_eq!((want, e), (None, RangeError::NoSpace { size })),
+        }
+        assert_eq!(a.check(), Ok(()), "step {k}");
+    }
+    // Give them back (the bin refills, then empties as holes merge).
+    for n in taken.into_iter().chain(fillers) {
+        a.remove(n).unwrap();
+        assert_eq!(a.check(), Ok(()));
+    }
+    assert_eq!(a.stats().hole_count, 1);
+}

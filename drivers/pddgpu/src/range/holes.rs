@@ -11,10 +11,14 @@
 //!   tightens it), which keeps the upward walk off the allocation path; each
 //!   stale bound costs a search one extra visit, once;
 //! - by **size** in segregated bins (32 bins per power of two, found with two
-//!   bitmap look-ups like TLSF) with a treap keyed by `(size, start)` in each
-//!   bin, so "the smallest hole of at least `n` bytes" is a bitmap step plus
-//!   a walk down one usually tiny tree, and stays `O(log n)` even when every
-//!   hole falls into the same bin.
+//!   bitmap look-ups like TLSF). A bin holding at most [`LIST_MAX`] holes is
+//!   an unsorted doubly linked list (filing and unfiling are `O(1)`, a
+//!   search scans at most `LIST_MAX` entries); a bin that grows past that
+//!   becomes a treap keyed by `(size, start)` (and turns back into a list
+//!   once it shrinks below [`LIST_MIN`], so conversions are amortized
+//!   `O(1)`). So "the smallest hole of at least `n` bytes" is a bitmap step
+//!   plus a short scan or a walk down one tree, and stays `O(log n)` even
+//!   when every hole falls into the same bin.
 
 use alloc::vec::Vec;
 
@@ -32,6 +36,10 @@ const SUB_BITS: usize = 5;
 /// exact small bins (1920 used).
 const NBINS: usize = 2048;
 const NWORDS: usize = NBINS / 64;
+/// Most holes a bin keeps as a list; one more turns it into a treap.
+pub(super) const LIST_MAX: u32 = 8;
+/// A treap bin that shrinks below this many holes turns back into a list.
+pub(super) const LIST_MIN: u32 = 4;
 
 /// Tree links of one hole in one tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +82,8 @@ pub(super) struct Hole {
     pub max: u64,
     /// Links in the address tree.
     pub addr: Links,
-    /// Links in its size bin's tree.
+    /// Links in its size bin: tree links in a treap bin; in a list bin
+    /// `left` is the previous and `right` the next entry (`parent` unused).
     pub size: Links,
 }
 
@@ -99,6 +108,16 @@ pub(super) fn bin_of(size: u64) -> usize {
     }
 }
 
+/// The outcome of [`HoleIndex::scan_by_size`].
+pub(super) enum Scan {
+    /// The first accepted hole and the address chosen in it.
+    Found(u32, u64),
+    /// `limit` holes were rejected before any was accepted.
+    Limit,
+    /// No hole of the size was accepted (fewer than `limit` rejected).
+    Exhausted,
+}
+
 /// All holes, their arena and both indexes.
 #[derive(Clone, Debug)]
 pub(super) struct HoleIndex {
@@ -106,7 +125,12 @@ pub(super) struct HoleIndex {
     pub holes: Vec<Hole>,
     free: u32,
     addr_root: u32,
+    /// Per bin: the list head or the treap root.
     bins: [u32; NBINS],
+    /// Per bin: how many holes it holds.
+    bin_len: [u32; NBINS],
+    /// Bins in treap form (clear: list form).
+    treap: [u64; NWORDS],
     bitmap: [u64; NWORDS],
     summary: u64,
     /// Number of live holes.
@@ -122,6 +146,8 @@ impl HoleIndex {
             free: NIL,
             addr_root: NIL,
             bins: [NIL; NBINS],
+            bin_len: [0; NBINS],
+            treap: [0; NWORDS],
             bitmap: [0; NWORDS],
             summary: 0,
             count: 0,
@@ -216,23 +242,137 @@ impl HoleIndex {
         }
     }
 
+    #[inline]
+    fn is_treap(&self, b: usize) -> bool {
+        self.treap[b / 64] & (1 << (b % 64)) != 0
+    }
+
     fn file(&mut self, i: u32) {
         let b = bin_of(self.holes[i as usize].len());
         self.holes[i as usize].bin = b as u32;
-        tree::insert::<BySize>(&mut self.holes, &mut self.bins[b], i);
+        self.bin_len[b] += 1;
+        if self.is_treap(b) {
+            tree::insert::<BySize>(&mut self.holes, &mut self.bins[b], i);
+        } else if self.bin_len[b] > LIST_MAX {
+            self.list_push(b, i);
+            self.list_to_treap(b);
+        } else {
+            self.list_push(b, i);
+        }
         self.bitmap[b / 64] |= 1 << (b % 64);
         self.summary |= 1 << (b / 64);
     }
 
     fn unfile(&mut self, i: u32) {
         let b = self.holes[i as usize].bin as usize;
-        tree::remove::<BySize>(&mut self.holes, &mut self.bins[b], i);
+        self.bin_len[b] -= 1;
+        if self.is_treap(b) {
+            tree::remove::<BySize>(&mut self.holes, &mut self.bins[b], i);
+            if self.bin_len[b] < LIST_MIN {
+                self.treap_to_list(b);
+            }
+        } else {
+            self.list_unlink(b, i);
+        }
         self.holes[i as usize].bin = NIL;
         if self.bins[b] == NIL {
             self.bitmap[b / 64] &= !(1 << (b % 64));
             if self.bitmap[b / 64] == 0 {
                 self.summary &= !(1 << (b / 64));
             }
+        }
+    }
+
+    /// Puts hole `i` at the head of list bin `b`.
+    #[inline]
+    fn list_push(&mut self, b: usize, i: u32) {
+        let head = self.bins[b];
+        self.holes[i as usize].size = Links {
+            left: NIL,
+            right: head,
+            parent: NIL,
+        };
+        if head != NIL {
+            self.holes[head as usize].size.left = i;
+        }
+        self.bins[b] = i;
+    }
+
+    /// Takes hole `i` out of list bin `b`.
+    #[inline]
+    fn list_unlink(&mut self, b: usize, i: u32) {
+        let Links { left, right, .. } = self.holes[i as usize].size;
+        if left == NIL {
+            self.bins[b] = right;
+        } else {
+            self.holes[left as usize].size.right = right;
+        }
+        if right != NIL {
+            self.holes[right as usize].size.left = left;
+        }
+        self.holes[i as usize].size = Links::EMPTY;
+    }
+
+    /// Turns list bin `b` (at most `LIST_MAX + 1` entries) into a treap.
+    fn list_to_treap(&mut self, b: usize) {
+        let mut cur = self.bins[b];
+        self.bins[b] = NIL;
+        while cur != NIL {
+            let next = self.holes[cur as usize].size.right;
+            tree::insert::<BySize>(&mut self.holes, &mut self.bins[b], cur);
+            cur = next;
+        }
+        self.treap[b / 64] |= 1 << (b % 64);
+    }
+
+    /// Turns treap bin `b` (fewer than `LIST_MIN` entries) into a list.
+    fn treap_to_list(&mut self, b: usize) {
+        let mut taken = [NIL; LIST_MIN as usize];
+        let mut n = 0;
+        let mut cur = tree::leftmost::<BySize>(&self.holes, self.bins[b]);
+        while cur != NIL {
+            taken[n] = cur;
+            n += 1;
+            cur = tree::next::<BySize>(&self.holes, cur);
+        }
+        self.bins[b] = NIL;
+        self.treap[b / 64] &= !(1 << (b % 64));
+        for &i in taken[..n].iter().rev() {
+            self.list_push(b, i);
+        }
+    }
+
+    /// The `(size, start)` key of hole `i`.
+    #[inline]
+    fn key(&self, i: u32) -> (u64, u64) {
+        let h = &self.holes[i as usize];
+        (h.len(), h.start)
+    }
+
+    /// In list bin `b`, the entry with the smallest key among those of at
+    /// least `min` bytes.
+    fn list_first_sized(&self, b: usize, min: u64) -> u32 {
+        let mut best = NIL;
+        let mut best_key = (u64::MAX, u64::MAX);
+        let mut cur = self.bins[b];
+        while cur != NIL {
+            let k = self.key(cur);
+            if k.0 >= min && (best == NIL || k < best_key) {
+                best = cur;
+                best_key = k;
+            }
+            cur = self.holes[cur as usize].size.right;
+        }
+        best
+    }
+
+    /// The hole with the smallest key in non-empty bin `b`.
+    #[inline]
+    fn bin_first(&self, b: usize) -> u32 {
+        if self.is_treap(b) {
+            tree::leftmost::<BySize>(&self.holes, self.bins[b])
+        } else {
+            self.list_first_sized(b, 0)
         }
     }
 
@@ -262,39 +402,114 @@ impl HoleIndex {
     /// The smallest hole (by `(size, start)`) of at least `min` bytes.
     pub fn smallest_at_least(&self, min: u64) -> u32 {
         let b = bin_of(min);
-        if self.bitmap[b / 64] & (1 << (b % 64)) != 0 {
-            // Lower bound of (min, 0) in this bin's tree.
-            let mut cur = self.bins[b];
-            let mut best = NIL;
-            while cur != NIL {
-                let h = &self.holes[cur as usize];
-                if h.len() >= min {
-                    best = cur;
-                    cur = h.size.left;
-                } else {
-                    cur = h.size.right;
-                }
+        if self.bitmap[b / 64] & (1 << (b % 64)) != 0 && !self.is_treap(b) {
+            let best = self.list_first_sized(b, min);
+            if best != NIL {
+                return best;
             }
+        } else if self.bitmap[b / 64] & (1 << (b % 64)) != 0 {
+            let best = self.tree_lower_bound(b, min);
             if best != NIL {
                 return best;
             }
         }
         match self.bin_at_or_above(b + 1) {
-            Some(b) => tree::leftmost::<BySize>(&self.holes, self.bins[b]),
+            Some(b) => self.bin_first(b),
             None => NIL,
         }
     }
 
-    /// The hole after `i` in `(size, start)` order.
-    pub fn next_by_size(&self, i: u32) -> u32 {
-        let n = tree::next::<BySize>(&self.holes, i);
-        if n != NIL {
-            return n;
+    /// Walks the holes of at least `min` bytes in `(size, start)` order and
+    /// returns the first one that `fits` accepts (with the address it
+    /// chose), [`Scan::Limit`] once `limit` holes were rejected first, or
+    /// [`Scan::Exhausted`]. A list bin is judged in one pass: its first
+    /// accepted entry by key and the number of rejected entries before it.
+    pub fn scan_by_size(&self, min: u64, limit: u32, fits: impl Fn(&Hole) -> Option<u64>) -> Scan {
+        let mut misses = 0u32;
+        let b0 = bin_of(min);
+        let mut next = if self.bitmap[b0 / 64] & (1 << (b0 % 64)) != 0 {
+            Some(b0)
+        } else {
+            self.bin_at_or_above(b0 + 1)
+        };
+        while let Some(b) = next {
+            if self.is_treap(b) {
+                let mut cur = if b == b0 {
+                    self.tree_lower_bound(b, min)
+                } else {
+                    tree::leftmost::<BySize>(&self.holes, self.bins[b])
+                };
+                while cur != NIL {
+                    if let Some(x) = fits(&self.holes[cur as usize]) {
+                        return Scan::Found(cur, x);
+                    }
+                    misses += 1;
+                    if misses >= limit {
+                        return Scan::Limit;
+                    }
+                    cur = tree::next::<BySize>(&self.holes, cur);
+                }
+            } else {
+                // Rejected keys (at most LIST_MAX) and the best accepted one.
+                let mut rejected = [(0u64, 0u64); LIST_MAX as usize];
+                let mut n_rej = 0;
+                let mut best: Option<((u64, u64), u32, u64)> = None;
+                let mut cur = self.bins[b];
+                while cur != NIL {
+                    let h = &self.holes[cur as usize];
+                    let k = (h.len(), h.start);
+                    if k.0 >= min {
+                        match fits(h) {
+                            Some(x) => {
+                                if best.is_none_or(|(bk, _, _)| k < bk) {
+                                    best = Some((k, cur, x));
+                                }
+                            }
+                            None => {
+                                rejected[n_rej] = k;
+                                n_rej += 1;
+                            }
+                        }
+                    }
+                    cur = h.size.right;
+                }
+                let rejected = &rejected[..n_rej];
+                match best {
+                    Some((bk, i, x)) => {
+                        let before = rejected.iter().filter(|&&k| k < bk).count() as u32;
+                        return if misses.saturating_add(before) < limit {
+                            Scan::Found(i, x)
+                        } else {
+                            Scan::Limit
+                        };
+                    }
+                    None => {
+                        misses = misses.saturating_add(n_rej as u32);
+                        if misses >= limit {
+                            return Scan::Limit;
+                        }
+                    }
+                }
+            }
+            next = self.bin_at_or_above(b + 1);
         }
-        match self.bin_at_or_above(self.holes[i as usize].bin as usize + 1) {
-            Some(b) => tree::leftmost::<BySize>(&self.holes, self.bins[b]),
-            None => NIL,
+        Scan::Exhausted
+    }
+
+    /// In treap bin `b`, the first hole (by key) of at least `min` bytes.
+    fn tree_lower_bound(&self, b: usize, min: u64) -> u32 {
+        let mut cur = self.bins[b];
+        let mut best = NIL;
+        while cur != NIL {
+            let h = &self.holes[cur as usize];
+            if h.len() >= min {
+                best = cur;
+                cur = h.size.left;
+            } else {
+                cur = h.size.right;
+            }
         }
+        best
     }
 
     /// The last hole whose start is at or below `addr`.
@@ -370,8 +585,17 @@ impl HoleIndex {
         }
         let w = 63 - self.summary.leading_zeros() as usize;
         let b = w * 64 + 63 - self.bitmap[w].leading_zeros() as usize;
-        let i = tree::rightmost::<BySize>(&self.holes, self.bins[b]);
-        self.holes[i as usize].len()
+        if self.is_treap(b) {
+            let i = tree::rightmost::<BySize>(&self.holes, self.bins[b]);
+            return self.holes[i as usize].len();
+        }
+        let mut largest = 0;
+        let mut cur = self.bins[b];
+        while cur != NIL {
+            largest = largest.max(self.holes[cur as usize].len());
+            cur = self.holes[cur as usize].size.right;
+        }
+        largest
     }
 
     /// Checks the index's internal invariants (tree order, heap order,
@@ -427,7 +651,41 @@ impl HoleIndex {
                 return Err("bin summary out of date");
             }
             if root == NIL {
+                if self.bin_len[b] != 0 || self.is_treap(b) {
+                    return Err("empty bin has a count or is a treap");
+                }
                 continue;
+            }
+            let before = filed;
+            if !self.is_treap(b) {
+                // A list: links agree both ways, every entry is filed here.
+                if self.bin_len[b] > LIST_MAX {
+                    return Err("list bin longer than LIST_MAX");
+                }
+                let mut prev = NIL;
+                let mut cur = root;
+                while cur != NIL {
+                    filed += 1;
+                    if filed - before > LIST_MAX as usize {
+                        return Err("list bin longer than LIST_MAX");
+                    }
+                    let h = &self.holes[cur as usize];
+                    if h.bin as usize != b || bin_of(h.len()) != b {
+                        return Err("hole filed in the wrong size bin");
+                    }
+                    if h.size.left != prev || h.size.parent != NIL {
+                        return Err("size list links broken");
+                    }
+                    prev = cur;
+                    cur = h.size.right;
+                }
+                if (filed - before) as u32 != self.bin_len[b] {
+                    return Err("bin count differs from its entries");
+                }
+                continue;
+            }
+            if self.bin_len[b] < LIST_MIN {
+                return Err("treap bin shorter than LIST_MIN");
             }
             if self.holes[root as usize].size.parent != NIL {
                 return Err("size root has a parent");
@@ -455,6 +713,9 @@ impl HoleIndex {
                     }
                     stack.push(c);
                 }
+            }
+            if (filed - before) as u32 != self.bin_len[b] {
+                return Err("bin count differs from its entries");
             }
         }
         if filed != self.count {

@@ -4,7 +4,7 @@
 //! `rs..re` passed in is already clipped to the managed range and at least
 //! `size` long; `align` is a power of two.
 
-use super::holes::{Hole, NIL};
+use super::holes::{Hole, Scan, NIL};
 use super::RangeAllocator;
 
 /// The address at which `size` bytes aligned to `align` go into `h` clipped
@@ -45,20 +45,20 @@ impl RangeAllocator {
         rs: u64,
         re: u64,
     ) -> Option<(u32, u64)> {
-        let mut cur = self.holes.smallest_at_least(size);
-        let mut misses = 0u32;
-        while cur != NIL {
-            if let Some(x) = place(self.hole(cur), size, align, rs, re, false) {
-                return Some((cur, x));
-            }
-            misses += 1;
-            if misses >= self.search_limit {
-                break;
-            }
-            cur = self.holes.next_by_size(cur);
-        }
-        if cur == NIL {
+        // Usually the smallest candidate fits (always when the alignment
+        // divides every hole start).
+        let first = self.holes.smallest_at_least(size);
+        if first == NIL {
             return None;
+        }
+        if let Some(x) = place(self.hole(first), size, align, rs, re, false) {
+            return Some((first, x));
+        }
+        let fits = |h: &Hole| place(h, size, align, rs, re, false);
+        match self.holes.scan_by_size(size, self.search_limit, fits) {
+            Scan::Found(h, x) => return Some((h, x)),
+            Scan::Exhausted => return None,
+            Scan::Limit => {}
         }
         // Too many unsuitable candidates: take a hole that surely fits.
         if let Some(sure) = size.checked_add(align - 1) {
@@ -74,15 +74,12 @@ impl RangeAllocator {
                 }
             }
         }
-        // No hole can surely take it: look at every remaining candidate.
-        cur = self.holes.next_by_size(cur);
-        while cur != NIL {
-            if let Some(x) = place(self.hole(cur), size, align, rs, re, false) {
-                return Some((cur, x));
-            }
-            cur = self.holes.next_by_size(cur);
+        // No hole can surely take it: the first candidate that fits, however
+        // far down the order.
+        match self.holes.scan_by_size(size, u32::MAX, fits) {
+            Scan::Found(h, x) => Some((h, x)),
+            _ => None,
         }
-        None
     }
 
     /// Low: the lowest address that fits.
