@@ -82,6 +82,32 @@ impl StateCell {
             .map_err(ManagerState::from_u8)
     }
 
+    /// Records a detected (or injected) inconsistency: READY or
+    /// INITIALIZING → ERROR. A manager already in ERROR or shut down stays
+    /// as it is. Returns whether this call made the transition.
+    pub fn fail(&self) -> bool {
+        loop {
+            let state = self.get();
+            if matches!(state, ManagerState::Error | ManagerState::Shutdown) {
+                return false;
+            }
+            if self.transition(state, ManagerState::Error).is_ok() {
+                return true;
+            }
+        }
+    }
+
+    /// Starts a recovery: ERROR → INITIALIZING, so that nothing else is
+    /// served while the allocator is rebuilt. Fails with
+    /// [`ManagerError::WrongState`] from any other state.
+    pub fn begin_recovery(&self) -> Result<(), ManagerError> {
+        self.transition(ManagerState::Error, ManagerState::Initializing)
+            .map_err(|state| ManagerError::WrongState {
+                action: "recover",
+                state,
+            })
+    }
+
     /// Succeeds only when the manager is [`ManagerState::Ready`].
     pub fn ensure_ready(&self) -> Result<(), ManagerError> {
         match self.get() {
@@ -227,6 +253,25 @@ mod tests {
         assert!(cell.ensure_ready().is_ok());
         cell.set(ManagerState::Error);
         assert_eq!(cell.get(), ManagerState::Error);
+    }
+
+    #[test]
+    fn fail_and_recovery_transitions() {
+        let cell = StateCell::new(ManagerState::Ready);
+        assert_eq!(
+            cell.begin_recovery(),
+            Err(ManagerError::WrongState {
+                action: "recover",
+                state: ManagerState::Ready
+            })
+        );
+        assert!(cell.fail());
+        assert!(!cell.fail(), "already failed");
+        assert_eq!(cell.begin_recovery(), Ok(()));
+        assert_eq!(cell.get(), ManagerState::Initializing);
+        cell.set(ManagerState::Shutdown);
+        assert!(!cell.fail(), "a shut-down manager stays shut down");
+        assert_eq!(cell.get(), ManagerState::Shutdown);
     }
 
     #[test]

@@ -338,15 +338,8 @@ impl VramManager {
     /// Records a detected (or injected) inconsistency: READY or
     /// INITIALIZING → ERROR. A shut-down manager stays shut down.
     pub fn mark_error(&self) {
-        loop {
-            let state = self.state.get();
-            if matches!(state, ManagerState::Error | ManagerState::Shutdown) {
-                return;
-            }
-            if self.state.transition(state, ManagerState::Error).is_ok() {
-                log::warn!("vram: manager marked as failed");
-                return;
-            }
+        if self.state.fail() {
+            log::warn!("vram: manager marked as failed");
         }
     }
 
@@ -372,12 +365,7 @@ impl VramManager {
         &self,
         live: impl IntoIterator<Item = &'a VramAllocation>,
     ) -> Result<(), ManagerError> {
-        self.state
-            .transition(ManagerState::Error, ManagerState::Initializing)
-            .map_err(|state| ManagerError::WrongState {
-                action: "recover",
-                state,
-            })?;
+        self.state.begin_recovery()?;
         // The lock is held from rebuild to swap: an allocation or free that
         // passed its state check before the recovery started either
         // completes before (and must then be in `live` if still held) or
