@@ -10,7 +10,7 @@
 //!   its ancestors' bounds high; a search that finds a bound too high
 //!   tightens it), which keeps the upward walk off the allocation path; each
 //!   stale bound costs a search one extra visit, once;
-//! - by **size** in segregated bins (32 bins per power of two, found with two
+//! - by **size** in segregated bins (64 bins per power of two, found with two
 //!   bitmap look-ups like TLSF). A bin holding at most [`LIST_MAX`] holes is
 //!   an unsorted doubly linked list (filing and unfiling are `O(1)`, a
 //!   search scans at most `LIST_MAX` entries); a bin that grows past that
@@ -31,10 +31,10 @@ pub(super) const NIL: u32 = u32::MAX;
 pub(super) const MAX_INDEX: u32 = (1 << 31) - 2;
 
 /// log2 of the number of size bins per power of two.
-const SUB_BITS: usize = 5;
-/// Number of size bins: 32 per power of two from 32 up to 2^64, plus 32
-/// exact small bins (1920 used).
-const NBINS: usize = 2048;
+const SUB_BITS: usize = 6;
+/// Number of size bins: 64 per power of two from 64 up to 2^64, plus 64
+/// exact small bins (3776 used).
+const NBINS: usize = 4096;
 const NWORDS: usize = NBINS / 64;
 /// Most holes a bin keeps as a list; one more turns it into a treap.
 pub(super) const LIST_MAX: u32 = 8;

@@ -12,9 +12,9 @@
 //! rejected with an error instead of corrupting the state.
 //!
 //! # How holes are found
-//! Every free range ("hole") is indexed by size (segregated bins with a treap
-//! per bin) and by address (a treap whose nodes bound the largest hole below
-//! them; see `holes.rs`). Nodes and holes also form one doubly linked list in
+//! Every free range ("hole") is indexed by size (segregated bins, each a short
+//! list or a treap) and by address (a treap whose nodes bound the largest
+//! hole below them; see `holes.rs`). Nodes and holes also form one doubly linked list in
 //! address order, so a remove finds the holes to merge with in `O(1)`.
 //! Without alignment trouble every search is `O(log n)` expected in the
 //! number of holes (amortized for the address searches, whose subtree
@@ -406,9 +406,10 @@ impl RangeAllocator {
     /// Builds a fresh allocator over the same range holding exactly the
     /// `live` nodes, each keeping its identity (so the handles stay valid in
     /// the new allocator). Used to recover from a suspected inconsistency:
-    /// nothing is trusted from `self` except its range, search limit and the
+    /// nothing is trusted from `self` except its range, search limit, the
     /// number of slots it ever issued (handles with a larger slot cannot be
-    /// genuine). Fails if a node lies outside the range, overlaps another or
+    /// genuine) and the slots' generations (so that a handle removed before
+    /// the rebuild stays rejected after it, even once its slot is reused). Fails if a node lies outside the range, overlaps another or
     /// shares a handle slot with another.
     pub fn rebuild<'a>(
         &self,
@@ -418,6 +419,19 @@ impl RangeAllocator {
         fresh.search_limit = self.search_limit;
         fresh.id = self.id;
         let slot_limit = self.nodes.len();
+        // Every slot keeps its generation, so that a handle removed before
+        // the rebuild cannot come back to life when its slot is reused.
+        fresh.nodes = self
+            .nodes
+            .iter()
+            .map(|r| NodeRec {
+                start: 0,
+                size: 0,
+                prev: NIL,
+                next: NIL,
+                gen: r.gen,
+            })
+            .collect();
         for node in live {
             fresh.restore(node, slot_limit)?;
         }
