@@ -9,9 +9,11 @@
 //! 90 % fill; `mixed-align-90` asks for random power-of-two alignments from
 //! 4 KiB to 2 MiB at 90 % fill (`offset-allocator` has no alignment, so it
 //! gets the padded size `size + align - 4 KiB` and the bench aligns inside
-//! the padded block). Every allocator sees the same random stream; each
-//! workload runs five times per allocator, interleaved, and the fastest run
-//! counts.
+//! the padded block). Every allocator sees the same pre-generated request
+//! and victim streams (nothing is drawn or divided inside the timed loop);
+//! each workload runs five times per allocator, interleaved, and the fastest
+//! run counts. Our lines use `InsertMode::Best` over the whole aperture with
+//! the default search limit, as the GTT manager's default allocations do.
 //!
 //! Prints, per workload: `time gtt/<workload>/<allocator> <ns per op>` with
 //! the operation and failed-request counts, `ratio gtt/<workload>/<peer>
@@ -22,7 +24,11 @@
 //! (1 = all free space in one hole; for `offset-allocator` the padding of
 //! its padded blocks counts as used).
 //!
-//! Run with `cargo bench -p pddgpu --bench gtt`.
+//! Run with `cargo bench -p pddgpu --bench gtt`. For profiling,
+//! `GTT_BENCH_ONLY=<allocator substring>`, `GTT_BENCH_WORKLOAD=<workload
+//! substring>` and `GTT_BENCH_RUNS=<n>` narrow the run, e.g.
+//! `GTT_BENCH_ONLY=pddgpu GTT_BENCH_RUNS=1 valgrind --tool=callgrind <bench
+//! binary>` for reproducible instruction counts.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
