@@ -229,6 +229,7 @@ impl HoleIndex {
     /// Changes hole `i` to `[start, end)`. The new range must keep the hole
     /// between the same neighbours in address order (it only grows into or
     /// shrinks away from adjacent allocated space).
+    #[inline]
     pub fn resize(&mut self, i: u32, start: u64, end: u64) {
         let old_len = self.holes[i as usize].len();
         let new_len = end - start;
@@ -247,6 +248,7 @@ impl HoleIndex {
         self.treap[b / 64] & (1 << (b % 64)) != 0
     }
 
+    #[inline]
     fn file(&mut self, i: u32) {
         let b = bin_of(self.holes[i as usize].len());
         self.holes[i as usize].bin = b as u32;
@@ -263,6 +265,7 @@ impl HoleIndex {
         self.summary |= 1 << (b / 64);
     }
 
+    #[inline]
     fn unfile(&mut self, i: u32) {
         let b = self.holes[i as usize].bin as usize;
         self.bin_len[b] -= 1;
