@@ -19,6 +19,12 @@
 //! the transport's own share.
 //!
 //! Run: `cargo bench -p pddgpu-ipc --bench roundtrip`.
+//!
+//! Profiling: `PDDGPU_BENCH_PROFILE=<null|alloc_free|stats_read|raw>`
+//! with `PDDGPU_BENCH_ITERS=<n>` runs only that workload `n` times (no
+//! comparison, no figures), e.g. under
+//! `valgrind --tool=callgrind --toggle-collect='*profile_loop*'` to count
+//! the instructions of one request kind.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -238,9 +244,52 @@ fn eight_processes(socket: &Path) -> (f64, f64) {
     (pairs / secs, secs)
 }
 
+/// Runs `f` `iters` times (the loop profilers focus on).
+#[inline(never)]
+fn profile_loop(iters: usize, f: &mut dyn FnMut()) {
+    for _ in 0..iters {
+        f();
+    }
+}
+
+/// `PDDGPU_BENCH_PROFILE`: one workload only, for a profiler.
+fn profile(which: &str) {
+    let iters: usize = std::env::var("PDDGPU_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let mut raw = RawEcho::start();
+    let server = Server::start();
+    let mut c = HostConnection::connect(&server.socket).unwrap();
+    let stats = open(&mut c, "stats", O_RDONLY);
+    // Warm up every path once.
+    alloc_free(&mut c);
+    stats_read(&mut c);
+    raw.roundtrip();
+    match which {
+        "raw" => profile_loop(iters, &mut || raw.roundtrip()),
+        "null" => profile_loop(iters, &mut || {
+            let r = c
+                .request(Opcode::Fsync, [stats, 0, 0, 0, 0, 0], &[], 0)
+                .unwrap();
+            assert_eq!(r.result(), Ok(0));
+        }),
+        "alloc_free" => profile_loop(iters, &mut || alloc_free(&mut c)),
+        "stats_read" => profile_loop(iters, &mut || stats_read(&mut c)),
+        other => {
+            panic!("PDDGPU_BENCH_PROFILE={other}: expected raw, null, alloc_free or stats_read")
+        }
+    }
+    close(&mut c, stats);
+}
+
 fn main() {
     if let Some(socket) = std::env::var_os(WORKER_ENV) {
         worker(Path::new(&socket));
+        return;
+    }
+    if let Ok(which) = std::env::var("PDDGPU_BENCH_PROFILE") {
+        profile(&which);
         return;
     }
     let mut raw = RawEcho::start();

@@ -222,19 +222,24 @@ impl MemoryRegion {
         let start = self.check(offset, n)?;
         let word = usize::from_ne_bytes([byte; WORD]);
         let p = self.base.as_ptr();
-        let mut i = 0;
-        while i < n {
-            // SAFETY: inside the region, as in `copy_in`.
-            let addr = unsafe { p.add(start + i) };
-            if (addr as usize) % WORD == 0 && n - i >= WORD {
-                // SAFETY: aligned and inside the region, as in `copy_in`.
-                unsafe { AtomicUsize::from_ptr(addr.cast()) }.store(word, Ordering::Relaxed);
-                i += WORD;
-            } else {
-                // SAFETY: inside the region, as in `copy_in`.
-                unsafe { AtomicU8::from_ptr(addr) }.store(byte, Ordering::Relaxed);
-                i += 1;
-            }
+        // Bytes up to the first word boundary, whole words, then the rest:
+        // the word loop is branch-free (BOs are page-aligned, so zeroing
+        // one is that loop alone).
+        let head = p.wrapping_add(start).align_offset(WORD).min(n);
+        let words = (n - head) / WORD;
+        let tail = head + words * WORD;
+        for i in (0..head).chain(tail..n) {
+            // SAFETY: `start + i < start + n <= len` was checked, so the
+            // address is inside the region; byte atomics need no alignment.
+            unsafe { AtomicU8::from_ptr(p.add(start + i)) }.store(byte, Ordering::Relaxed);
+        }
+        // SAFETY: `start + head` is inside the region (or its end) and
+        // word-aligned by the choice of `head`.
+        let body = unsafe { p.add(start + head) }.cast::<usize>();
+        for w in 0..words {
+            // SAFETY: word `w` lies in `start + head .. start + tail`, inside
+            // the region, aligned; only atomic accesses touch it.
+            unsafe { AtomicUsize::from_ptr(body.add(w)) }.store(word, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -262,6 +267,27 @@ mod tests {
             }
             region.copy_out(off + 100, &mut edge).unwrap();
             assert_eq!(edge[0], 0xaa);
+        }
+    }
+
+    #[test]
+    fn fill_sets_exactly_its_range_at_any_alignment() {
+        let region = MemoryRegion::new_zeroed(96).unwrap();
+        for off in [0u64, 1, 3, 7, 8, 9, 15] {
+            for len in [0u64, 1, 5, 7, 8, 9, 16, 17, 40, 96 - off] {
+                region.fill(0, 96, 0x11).unwrap();
+                region.fill(off, len, 0xee).unwrap();
+                let mut all = [0u8; 96];
+                region.copy_out(0, &mut all).unwrap();
+                for (i, b) in all.iter().enumerate() {
+                    let inside = (off..off + len).contains(&(i as u64));
+                    assert_eq!(
+                        *b,
+                        if inside { 0xee } else { 0x11 },
+                        "off {off} len {len} byte {i}"
+                    );
+                }
+            }
         }
     }
 
