@@ -228,14 +228,16 @@ fn brute_best(a: &RangeAllocator, size: u64, align: u64) -> Option<u64> {
 
 #[test]
 fn crowded_size_bin_grows_and_shrinks() {
-    // 40 holes of 100..=103 bytes (one size bin) in mixed size order:
-    // the bin passes from a short list to a tree and back while Best keeps
-    // choosing exactly the smallest fitting hole, lowest address first.
-    let mut a = RangeAllocator::new(0, 64 * PAGE).unwrap();
+    // 200 holes of 100..=103 bytes (four size bins of 50, more than a bin
+    // keeps as a list) in mixed size order: the bins pass from short lists
+    // to trees and back while Best keeps choosing exactly the smallest
+    // fitting hole, lowest address first.
+    const HOLES: u64 = 200;
+    let mut a = RangeAllocator::new(0, (HOLES + 1) * PAGE).unwrap();
     a.set_search_limit(u32::MAX);
     let mut fillers = Vec::new();
     let mut at = 0;
-    for k in 0..40u64 {
+    for k in 0..HOLES {
         let hole = k * PAGE + 8 * (k % 5);
         let len = 100 + (k * 7) % 4;
         if hole > at {
@@ -243,14 +245,16 @@ fn crowded_size_bin_grows_and_shrinks() {
         }
         at = hole + len;
     }
-    fillers.push(a.reserve(at, 64 * PAGE - at).unwrap());
-    assert_eq!(a.stats().hole_count, 40);
+    fillers.push(a.reserve(at, (HOLES + 1) * PAGE - at).unwrap());
+    assert_eq!(a.stats().hole_count, HOLES);
     assert_eq!(a.check(), Ok(()));
-    // Take holes one by one (alternating alignments so that some smallest
-    // candidates do not fit), checking every answer and the invariants.
+    // Take holes one by one (sizes inside the crowded bins, alignments that
+    // some smallest candidates miss), checking every answer and the
+    // invariants;
+    // give some back on the way so the bins also refill.
     let mut taken = Vec::new();
-    for k in 0..40u64 {
-        let (size, align) = if k % 3 == 0 { (96, 16) } else { (90, 1) };
+    for k in 0..HOLES {
+        let (size, align) = [(100, 16), (101, 1), (96, 8), (102, 4)][k as usize % 4];
         let want = brute_best(&a, size, align);
         match a.insert(size, align, 0..u64::MAX, InsertMode::Best) {
             Ok(n) => {
@@ -259,9 +263,13 @@ fn crowded_size_bin_grows_and_shrinks() {
             }
             Err(e) => assert_eq!((want, e), (None, RangeError::NoSpace { size })),
         }
+        if k % 4 == 3 {
+            let n = taken.swap_remove((k as usize * 5) % taken.len());
+            a.remove(n).unwrap();
+        }
         assert_eq!(a.check(), Ok(()), "step {k}");
     }
-    // Give them back (the bin refills, then empties as holes merge).
+    // Give everything back (the bins refill, then empty as holes merge).
     for n in taken.into_iter().chain(fillers) {
         a.remove(n).unwrap();
         assert_eq!(a.check(), Ok(()));

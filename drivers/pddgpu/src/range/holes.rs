@@ -37,9 +37,9 @@ const SUB_BITS: usize = 6;
 const NBINS: usize = 4096;
 const NWORDS: usize = NBINS / 64;
 /// Most holes a bin keeps as a list; one more turns it into a treap.
-pub(super) const LIST_MAX: u32 = 8;
+pub(super) const LIST_MAX: u32 = 32;
 /// A treap bin that shrinks below this many holes turns back into a list.
-pub(super) const LIST_MIN: u32 = 4;
+pub(super) const LIST_MIN: u32 = 16;
 
 /// Tree links of one hole in one tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
