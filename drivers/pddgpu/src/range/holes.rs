@@ -20,6 +20,8 @@
 //!   plus a short scan or a walk down one tree, and stays `O(log n)` even
 //!   when every hole falls into the same bin.
 
+use alloc::boxed::Box;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use super::tree::{self, ByAddr, BySize};
@@ -108,6 +110,26 @@ pub(super) fn bin_of(size: u64) -> usize {
     }
 }
 
+/// One size bin.
+#[derive(Clone, Copy, Debug)]
+struct Bin {
+    /// The list head or the treap root (`NIL`: empty).
+    head: u32,
+    /// Number of holes filed here.
+    len: u32,
+}
+
+/// All bins empty, built directly on the heap.
+fn empty_bins() -> Box<[Bin; NBINS]> {
+    let empty = Bin { head: NIL, len: 0 };
+    match vec![empty; NBINS].into_boxed_slice().try_into() {
+        Ok(bins) => bins,
+        // The slice has exactly NBINS entries, so this arm never runs; it
+        // falls back to building the array in place rather than panicking.
+        Err(_) => Box::new([empty; NBINS]),
+    }
+}
+
 /// The outcome of [`HoleIndex::scan_by_size`].
 pub(super) enum Scan {
     /// The first accepted hole and the address chosen in it.
@@ -125,10 +147,9 @@ pub(super) struct HoleIndex {
     pub holes: Vec<Hole>,
     free: u32,
     addr_root: u32,
-    /// Per bin: the list head or the treap root.
-    bins: [u32; NBINS],
-    /// Per bin: how many holes it holds.
-    bin_len: [u32; NBINS],
+    /// Per bin (`NBINS` of them, on the heap to keep the allocator small
+    /// to move): the list head or treap root and the number of holes.
+    bins: Box<[Bin; NBINS]>,
     /// Bins in treap form (clear: list form).
     treap: [u64; NWORDS],
     bitmap: [u64; NWORDS],
@@ -145,8 +166,7 @@ impl HoleIndex {
             holes: Vec::new(),
             free: NIL,
             addr_root: NIL,
-            bins: [NIL; NBINS],
-            bin_len: [0; NBINS],
+            bins: empty_bins(),
             treap: [0; NWORDS],
             bitmap: [0; NWORDS],
             summary: 0,
@@ -252,10 +272,10 @@ impl HoleIndex {
     fn file(&mut self, i: u32) {
         let b = bin_of(self.holes[i as usize].len());
         self.holes[i as usize].bin = b as u32;
-        self.bin_len[b] += 1;
+        self.bins[b].len += 1;
         if self.is_treap(b) {
-            tree::insert::<BySize>(&mut self.holes, &mut self.bins[b], i);
-        } else if self.bin_len[b] > LIST_MAX {
+            tree::insert::<BySize>(&mut self.holes, &mut self.bins[b].head, i);
+        } else if self.bins[b].len > LIST_MAX {
             self.list_push(b, i);
             self.list_to_treap(b);
         } else {
@@ -268,17 +288,17 @@ impl HoleIndex {
     #[inline]
     fn unfile(&mut self, i: u32) {
         let b = self.holes[i as usize].bin as usize;
-        self.bin_len[b] -= 1;
+        self.bins[b].len -= 1;
         if self.is_treap(b) {
-            tree::remove::<BySize>(&mut self.holes, &mut self.bins[b], i);
-            if self.bin_len[b] < LIST_MIN {
+            tree::remove::<BySize>(&mut self.holes, &mut self.bins[b].head, i);
+            if self.bins[b].len < LIST_MIN {
                 self.treap_to_list(b);
             }
         } else {
             self.list_unlink(b, i);
         }
         self.holes[i as usize].bin = NIL;
-        if self.bins[b] == NIL {
+        if self.bins[b].head == NIL {
             self.bitmap[b / 64] &= !(1 << (b % 64));
             if self.bitmap[b / 64] == 0 {
                 self.summary &= !(1 << (b / 64));
@@ -289,7 +309,7 @@ impl HoleIndex {
     /// Puts hole `i` at the head of list bin `b`.
     #[inline]
     fn list_push(&mut self, b: usize, i: u32) {
-        let head = self.bins[b];
+        let head = self.bins[b].head;
         self.holes[i as usize].size = Links {
             left: NIL,
             right: head,
@@ -298,7 +318,7 @@ impl HoleIndex {
         if head != NIL {
             self.holes[head as usize].size.left = i;
         }
-        self.bins[b] = i;
+        self.bins[b].head = i;
     }
 
     /// Takes hole `i` out of list bin `b`.
@@ -306,7 +326,7 @@ impl HoleIndex {
     fn list_unlink(&mut self, b: usize, i: u32) {
         let Links { left, right, .. } = self.holes[i as usize].size;
         if left == NIL {
-            self.bins[b] = right;
+            self.bins[b].head = right;
         } else {
             self.holes[left as usize].size.right = right;
         }
@@ -318,11 +338,11 @@ impl HoleIndex {
 
     /// Turns list bin `b` (at most `LIST_MAX + 1` entries) into a treap.
     fn list_to_treap(&mut self, b: usize) {
-        let mut cur = self.bins[b];
-        self.bins[b] = NIL;
+        let mut cur = self.bins[b].head;
+        self.bins[b].head = NIL;
         while cur != NIL {
             let next = self.holes[cur as usize].size.right;
-            tree::insert::<BySize>(&mut self.holes, &mut self.bins[b], cur);
+            tree::insert::<BySize>(&mut self.holes, &mut self.bins[b].head, cur);
             cur = next;
         }
         self.treap[b / 64] |= 1 << (b % 64);
@@ -332,13 +352,13 @@ impl HoleIndex {
     fn treap_to_list(&mut self, b: usize) {
         let mut taken = [NIL; LIST_MIN as usize];
         let mut n = 0;
-        let mut cur = tree::leftmost::<BySize>(&self.holes, self.bins[b]);
+        let mut cur = tree::leftmost::<BySize>(&self.holes, self.bins[b].head);
         while cur != NIL {
             taken[n] = cur;
             n += 1;
             cur = tree::next::<BySize>(&self.holes, cur);
         }
-        self.bins[b] = NIL;
+        self.bins[b].head = NIL;
         self.treap[b / 64] &= !(1 << (b % 64));
         for &i in taken[..n].iter().rev() {
             self.list_push(b, i);
@@ -357,7 +377,7 @@ impl HoleIndex {
     fn list_first_sized(&self, b: usize, min: u64) -> u32 {
         let mut best = NIL;
         let mut best_key = (u64::MAX, u64::MAX);
-        let mut cur = self.bins[b];
+        let mut cur = self.bins[b].head;
         while cur != NIL {
             let k = self.key(cur);
             if k.0 >= min && (best == NIL || k < best_key) {
@@ -373,7 +393,7 @@ impl HoleIndex {
     #[inline]
     fn bin_first(&self, b: usize) -> u32 {
         if self.is_treap(b) {
-            tree::leftmost::<BySize>(&self.holes, self.bins[b])
+            tree::leftmost::<BySize>(&self.holes, self.bins[b].head)
         } else {
             self.list_first_sized(b, 0)
         }
@@ -440,7 +460,7 @@ impl HoleIndex {
                 let mut cur = if b == b0 {
                     self.tree_lower_bound(b, min)
                 } else {
-                    tree::leftmost::<BySize>(&self.holes, self.bins[b])
+                    tree::leftmost::<BySize>(&self.holes, self.bins[b].head)
                 };
                 while cur != NIL {
                     if let Some(x) = fits(&self.holes[cur as usize]) {
@@ -457,7 +477,7 @@ impl HoleIndex {
                 let mut rejected = [(0u64, 0u64); LIST_MAX as usize];
                 let mut n_rej = 0;
                 let mut best: Option<((u64, u64), u32, u64)> = None;
-                let mut cur = self.bins[b];
+                let mut cur = self.bins[b].head;
                 while cur != NIL {
                     let h = &self.holes[cur as usize];
                     let k = (h.len(), h.start);
@@ -501,7 +521,7 @@ impl HoleIndex {
 
     /// In treap bin `b`, the first hole (by key) of at least `min` bytes.
     fn tree_lower_bound(&self, b: usize, min: u64) -> u32 {
-        let mut cur = self.bins[b];
+        let mut cur = self.bins[b].head;
         let mut best = NIL;
         while cur != NIL {
             let h = &self.holes[cur as usize];
@@ -589,11 +609,11 @@ impl HoleIndex {
         let w = 63 - self.summary.leading_zeros() as usize;
         let b = w * 64 + 63 - self.bitmap[w].leading_zeros() as usize;
         if self.is_treap(b) {
-            let i = tree::rightmost::<BySize>(&self.holes, self.bins[b]);
+            let i = tree::rightmost::<BySize>(&self.holes, self.bins[b].head);
             return self.holes[i as usize].len();
         }
         let mut largest = 0;
-        let mut cur = self.bins[b];
+        let mut cur = self.bins[b].head;
         while cur != NIL {
             largest = largest.max(self.holes[cur as usize].len());
             cur = self.holes[cur as usize].size.right;
@@ -645,7 +665,7 @@ impl HoleIndex {
         }
         let mut filed = 0usize;
         for b in 0..NBINS {
-            let root = self.bins[b];
+            let root = self.bins[b].head;
             let marked = self.bitmap[b / 64] & (1 << (b % 64)) != 0;
             if marked != (root != NIL) {
                 return Err("bin bitmap out of date");
@@ -654,7 +674,7 @@ impl HoleIndex {
                 return Err("bin summary out of date");
             }
             if root == NIL {
-                if self.bin_len[b] != 0 || self.is_treap(b) {
+                if self.bins[b].len != 0 || self.is_treap(b) {
                     return Err("empty bin has a count or is a treap");
                 }
                 continue;
@@ -662,7 +682,7 @@ impl HoleIndex {
             let before = filed;
             if !self.is_treap(b) {
                 // A list: links agree both ways, every entry is filed here.
-                if self.bin_len[b] > LIST_MAX {
+                if self.bins[b].len > LIST_MAX {
                     return Err("list bin longer than LIST_MAX");
                 }
                 let mut prev = NIL;
@@ -682,12 +702,12 @@ impl HoleIndex {
                     prev = cur;
                     cur = h.size.right;
                 }
-                if (filed - before) as u32 != self.bin_len[b] {
+                if (filed - before) as u32 != self.bins[b].len {
                     return Err("bin count differs from its entries");
                 }
                 continue;
             }
-            if self.bin_len[b] < LIST_MIN {
+            if self.bins[b].len < LIST_MIN {
                 return Err("treap bin shorter than LIST_MIN");
             }
             if self.holes[root as usize].size.parent != NIL {
@@ -717,7 +737,7 @@ impl HoleIndex {
                     stack.push(c);
                 }
             }
-            if (filed - before) as u32 != self.bin_len[b] {
+            if (filed - before) as u32 != self.bins[b].len {
                 return Err("bin count differs from its entries");
             }
         }
