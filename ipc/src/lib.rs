@@ -1,5 +1,6 @@
 //! # pddgpu-ipc — wire protocol, transports and client library
 //!
+//! - [`ascii`]: cheap splitting of paths and query strings.
 //! - [`wire`]: the `#[repr(C)]` structs of the binary `call` interface, BO
 //!   creation parameters and their path form, share tokens.
 //! - [`model`]: the JSON documents (`stats.json`, `leaks.json`,
@@ -14,6 +15,7 @@
 //! - [`cli`]: the `pddgpu` command-line tool.
 #![deny(missing_docs)]
 
+pub mod ascii;
 pub mod cli;
 mod client;
 mod error;

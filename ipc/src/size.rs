@@ -4,19 +4,38 @@
 /// `G`, `T` (case-insensitive, optionally followed by `iB` or `B`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let digits_end = s
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(s.len());
     let (digits, suffix) = s.split_at(digits_end);
     if digits.is_empty() {
         return Err(format!("`{s}` is not a size (try 4096, 64K, 64M, 1G)"));
     }
     let value: u64 = digits.parse().map_err(|_| format!("`{s}` is too large"))?;
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("`{s}` has an unknown unit (use K, M, G or T)")),
+    // Case-insensitive without building a lowercase copy: the first letter
+    // picks the unit, the rest may only be `b` or `ib`.
+    let unknown = || Err(format!("`{s}` has an unknown unit (use K, M, G or T)"));
+    let shift = match suffix.as_bytes().first().map(u8::to_ascii_lowercase) {
+        None => 0,
+        Some(b'b') if suffix.len() == 1 => 0,
+        Some(unit @ (b'k' | b'm' | b'g' | b't')) => {
+            // An ASCII letter, so byte 1 starts the rest.
+            let rest = &suffix[1..];
+            if !(rest.is_empty()
+                || rest.eq_ignore_ascii_case("b")
+                || rest.eq_ignore_ascii_case("ib"))
+            {
+                return unknown();
+            }
+            match unit {
+                b'k' => 10,
+                b'm' => 20,
+                b'g' => 30,
+                _ => 40,
+            }
+        }
+        Some(_) => return unknown(),
     };
     value
         .checked_mul(1u64 << shift)
@@ -51,6 +70,9 @@ mod tests {
         assert_eq!(parse_size("16KiB"), Ok(16 << 10));
         assert_eq!(parse_size("2tb"), Ok(2 << 40));
         assert_eq!(parse_size(" 8 "), Ok(8));
+        assert_eq!(parse_size("8b"), Ok(8));
+        assert_eq!(parse_size("3KB"), Ok(3 << 10));
+        assert_eq!(parse_size("5mIb"), Ok(5 << 20));
     }
 
     #[test]
@@ -61,6 +83,11 @@ mod tests {
             "-1",
             "1.5G",
             "12Q",
+            "1bb",
+            "1kbb",
+            "1ib",
+            "1kx",
+            "1é",
             "0x10",
             "99999999999999999999",
             "17179869184G",

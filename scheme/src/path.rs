@@ -11,6 +11,7 @@
 //! | `bo/<id>` | reopen a BO this client already holds |
 //! | `bo/<id>?token=<hex>` | import a BO another client exported |
 
+use pddgpu_ipc::ascii;
 use pddgpu_ipc::wire::BoDesc;
 
 /// A read-only generated file.
@@ -142,23 +143,21 @@ pub fn parse(path: &str) -> Result<Node, PathError> {
             reason: format!("path longer than {MAX_PATH} bytes"),
         });
     }
-    let (name, query) = match path.split_once('?') {
+    let (name, query) = match ascii::split_once(path, b'?') {
         Some((n, q)) => (n, Some(q)),
         None => (path, None),
     };
     let name = name.trim_start_matches('/');
     let name = name.strip_suffix('/').unwrap_or(name);
-    if name
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-        && !name.is_empty()
+    // At most two components, none of them empty, `.` or `..`.
+    let (first, second) = match ascii::split_once(name, b'/') {
+        None => (name, None),
+        Some((first, second)) => (first, Some(second)),
+    };
+    let bad = |c: &str| c.is_empty() || c == "." || c == "..";
+    if !name.is_empty()
+        && (bad(first) || second.is_some_and(|s| bad(s) || s.as_bytes().contains(&b'/')))
     {
-        return Err(enoent(path));
-    }
-    let mut parts = name.split('/');
-    let first = parts.next().unwrap_or("");
-    let second = parts.next();
-    if parts.next().is_some() {
         return Err(enoent(path));
     }
     let no_query = |node: Node| match query {
@@ -264,6 +263,11 @@ mod tests {
             "./stats",
             "STATS",
             "config/a/b",
+            "bo//1",
+            "bo/.",
+            "../stats",
+            "stats//",
+            "bo/1/2/3",
         ] {
             assert_eq!(errno(p), ENOENT, "{p}");
         }
@@ -287,5 +291,7 @@ mod tests {
         }
         assert_eq!(errno(&"a".repeat(MAX_PATH + 1)), ENAMETOOLONG);
         assert!(parse("bo/new?size=4096").is_ok());
+        assert_eq!(parse("//stats/"), Ok(Node::File(FileKind::Stats)));
+        assert_eq!(parse("config/x/"), Ok(Node::Config("x".into())));
     }
 }

@@ -174,14 +174,16 @@ impl Placement {
 
     /// Bytes of the placement inside `window` (allocator addresses).
     pub fn bytes_within(&self, window: &Range<u64>) -> u64 {
-        self.ranges()
-            .iter()
-            .map(|r| {
-                r.end
-                    .min(window.end)
-                    .saturating_sub(r.start.max(window.start))
-            })
-            .sum()
+        let within =
+            |start: u64, end: u64| end.min(window.end).saturating_sub(start.max(window.start));
+        // Without collecting `ranges()`: this runs on every create.
+        match self {
+            Placement::Vram(a) => a.blocks().iter().map(|b| within(b.offset(), b.end())).sum(),
+            Placement::Gtt(n) => {
+                let r = n.range();
+                within(r.start, r.end)
+            }
+        }
     }
 
     /// Whether any reserved byte lies in `range`.
@@ -192,19 +194,29 @@ impl Placement {
     /// The BO's bytes as `(offset in BO, offset in backing, length)` for a
     /// BO of `size` bytes; `gtt_base` is the GTT address of backing byte 0.
     pub fn segments(&self, size: u64, gtt_base: u64) -> Vec<(u64, u64, u64)> {
-        match self {
-            Placement::Vram(a) => {
-                let mut at = 0;
-                a.segments()
-                    .map(|(off, len)| {
-                        let s = (at, off, len);
-                        at += len;
-                        s
-                    })
-                    .collect()
-            }
-            Placement::Gtt(n) => alloc::vec![(0, n.start() - gtt_base, size.min(n.size()))],
-        }
+        self.segments_iter(size, gtt_base).collect()
+    }
+
+    /// [`segments`](Self::segments) without collecting them (for the
+    /// per-request paths: clearing a new BO, reads and writes).
+    pub fn segments_iter(
+        &self,
+        size: u64,
+        gtt_base: u64,
+    ) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let (vram, gtt) = match self {
+            Placement::Vram(a) => (Some(a.segments()), None),
+            Placement::Gtt(n) => (None, Some((0, n.start() - gtt_base, size.min(n.size())))),
+        };
+        let mut at = 0;
+        vram.into_iter()
+            .flatten()
+            .map(move |(off, len)| {
+                let s = (at, off, len);
+                at += len;
+                s
+            })
+            .chain(gtt)
     }
 }
 

@@ -514,8 +514,7 @@ impl Driver {
         if req.flags.contains(BoFlags::CLEARED) {
             let region = self.backing(d);
             let cleared = placement
-                .segments(req.size, GTT_BASE)
-                .into_iter()
+                .segments_iter(req.size, GTT_BASE)
                 .try_for_each(|(_, at, len)| region.fill(at, len, 0));
             if let Err(e) = cleared {
                 self.release(placement);
@@ -870,7 +869,7 @@ impl Driver {
             }
             let end = total.min(done + IO_CHUNK);
             let (lo, hi) = (offset + done as u64, offset + end as u64);
-            for (bo_at, back_at, seg_len) in entry.placement.segments(entry.size, GTT_BASE) {
+            for (bo_at, back_at, seg_len) in entry.placement.segments_iter(entry.size, GTT_BASE) {
                 let s = lo.max(bo_at);
                 let e = hi.min(bo_at + seg_len);
                 if s >= e {
