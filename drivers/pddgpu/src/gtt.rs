@@ -341,15 +341,8 @@ impl GttManager {
     /// Records a detected (or injected) inconsistency: READY or
     /// INITIALIZING → ERROR. A shut-down manager stays shut down.
     pub fn mark_error(&self) {
-        loop {
-            let state = self.state.get();
-            if matches!(state, ManagerState::Error | ManagerState::Shutdown) {
-                return;
-            }
-            if self.state.transition(state, ManagerState::Error).is_ok() {
-                log::warn!("gtt: manager marked as failed");
-                return;
-            }
+        if self.state.fail() {
+            log::warn!("gtt: manager marked as failed");
         }
     }
 
@@ -373,12 +366,7 @@ impl GttManager {
         &self,
         live: impl IntoIterator<Item = &'a RangeNode>,
     ) -> Result<(), ManagerError> {
-        self.state
-            .transition(ManagerState::Error, ManagerState::Initializing)
-            .map_err(|state| ManagerError::WrongState {
-                action: "recover",
-                state,
-            })?;
+        self.state.begin_recovery()?;
         let mut guard = self.alloc.lock();
         let mut expected_used = 0u64;
         let mut expected_nodes = 0u64;
