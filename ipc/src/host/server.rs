@@ -403,8 +403,11 @@ fn serve_request<S: HostScheme>(
         let epoch = scheme.wake_epoch();
         drop(guard);
         shared.served.fetch_add(1, Ordering::Relaxed);
-        // Wake parked requests if this one freed something.
-        if shared.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+        // Wake parked requests if this one freed something (a plain load
+        // first: most requests free nothing).
+        if shared.epoch.load(Ordering::Acquire) != epoch
+            && shared.epoch.swap(epoch, Ordering::AcqRel) != epoch
+        {
             let mut wake = lock(&shared.wake);
             wake.0 = epoch;
             shared.woken.notify_all();
@@ -587,20 +590,15 @@ fn send_response(
     .encode();
     let total = RESPONSE_HEADER_LEN + payload.len();
     // The common case — no descriptor, a small payload — goes out as one
-    // contiguous `send`.
+    // contiguous `send` (a bare header straight from its array).
+    if fd.is_none() && payload.is_empty() {
+        return send_all(stream, &header);
+    }
     if fd.is_none() && total <= SMALL_RESPONSE {
         let mut buf = [0u8; SMALL_RESPONSE];
         buf[..RESPONSE_HEADER_LEN].copy_from_slice(&header);
         buf[RESPONSE_HEADER_LEN..total].copy_from_slice(payload);
-        let mut sent = 0;
-        while sent < total {
-            match rustix::net::send(stream, &buf[sent..total], SendFlags::NOSIGNAL) {
-                Ok(n) => sent += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        return Ok(());
+        return send_all(stream, &buf[..total]);
     }
     let mut sent = 0usize;
     let mut fd = fd;
@@ -634,6 +632,19 @@ fn send_response(
                 fd = None;
                 sent += n;
             }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends all of `bytes` with `send` calls.
+fn send_all(stream: &UnixStream, bytes: &[u8]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match rustix::net::send(stream, &bytes[sent..], SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
