@@ -556,7 +556,7 @@ impl Driver {
                     slot,
                 },
             );
-            let entry = owners.entry(owner).or_default();
+            let entry = owners.entry_or_new(owner);
             if reserved {
                 entry.uncharge(d, req.size);
             }
@@ -674,10 +674,8 @@ impl Driver {
                     if charged {
                         oe.uncharge(d, entry.size);
                     }
-                    if oe.is_empty() {
-                        owners.remove(&owner);
-                    }
                 }
+                owners.remove_if_empty(owner);
             }
             self.settle(&mut shard, id)
         };

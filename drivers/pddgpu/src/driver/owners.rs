@@ -38,9 +38,56 @@ impl OwnerEntry {
     }
 }
 
+/// One shard: its owners, plus the emptied set of the last owner removed,
+/// kept for the next new owner. A client that creates and frees one BO at a
+/// time ends and starts its entry on every pair; recycling the set saves an
+/// allocation, a rehash and a free each time. Derefs to the owner map.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerShard {
+    map: IdMap<OwnerEntry>,
+    spare: Option<IdSet>,
+}
+
+impl OwnerShard {
+    /// `owner`'s entry, created (with a recycled set if there is one) if
+    /// missing.
+    pub fn entry_or_new(&mut self, owner: OwnerId) -> &mut OwnerEntry {
+        let spare = &mut self.spare;
+        self.map.entry(owner).or_insert_with(|| OwnerEntry {
+            held: spare.take().unwrap_or_default(),
+            charged: [0, 0],
+        })
+    }
+
+    /// Removes `owner`'s entry if it is empty, keeping its set for reuse.
+    pub fn remove_if_empty(&mut self, owner: OwnerId) {
+        if self.map.get(&owner).is_some_and(OwnerEntry::is_empty) {
+            if let Some(e) = self.map.remove(&owner) {
+                // Only small sets are worth keeping.
+                if e.held.capacity() <= 16 {
+                    self.spare = Some(e.held);
+                }
+            }
+        }
+    }
+}
+
+impl core::ops::Deref for OwnerShard {
+    type Target = IdMap<OwnerEntry>;
+    fn deref(&self) -> &IdMap<OwnerEntry> {
+        &self.map
+    }
+}
+
+impl core::ops::DerefMut for OwnerShard {
+    fn deref_mut(&mut self) -> &mut IdMap<OwnerEntry> {
+        &mut self.map
+    }
+}
+
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct PaddedShard(spin::Mutex<IdMap<OwnerEntry>>);
+struct PaddedShard(spin::Mutex<OwnerShard>);
 
 const SHARDS: usize = 32;
 
@@ -58,7 +105,7 @@ impl Owners {
     }
 
     /// The locked shard of `owner`.
-    pub fn lock(&self, owner: OwnerId) -> spin::MutexGuard<'_, IdMap<OwnerEntry>> {
+    pub fn lock(&self, owner: OwnerId) -> spin::MutexGuard<'_, OwnerShard> {
         // Owners are often small consecutive numbers (pids, connection
         // ids); mix so neighbours land in different shards.
         let h = owner.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58;
@@ -77,5 +124,35 @@ impl Owners {
     /// Removes `owner` and returns what it held.
     pub fn take(&self, owner: OwnerId) -> Option<OwnerEntry> {
         self.lock(owner).remove(&owner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emptied_entries_go_and_their_set_is_reused() {
+        let mut shard = OwnerShard::default();
+        shard.entry_or_new(7).held.insert(1);
+        shard.remove_if_empty(7);
+        assert!(shard.contains_key(&7), "an owner holding a BO stays");
+        shard.get_mut(&7).unwrap().held.remove(&1);
+        shard.entry_or_new(7).charge(Domain::Vram, 10);
+        shard.remove_if_empty(7);
+        assert!(shard.contains_key(&7), "an owner with charged bytes stays");
+        shard.get_mut(&7).unwrap().uncharge(Domain::Vram, 10);
+        let cap = shard[&7].held.capacity();
+        assert!(cap > 0);
+        shard.remove_if_empty(7);
+        assert!(!shard.contains_key(&7), "an empty owner is removed");
+        let fresh = shard.entry_or_new(8);
+        assert!(fresh.is_empty(), "a recycled set starts empty");
+        assert_eq!(fresh.held.capacity(), cap, "the set was reused");
+        assert_eq!(
+            shard.entry_or_new(9).held.capacity(),
+            0,
+            "one spare only: the next owner starts with a fresh set"
+        );
     }
 }
