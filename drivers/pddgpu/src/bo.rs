@@ -14,6 +14,7 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::{HashMap, HashSet};
+use smallvec::SmallVec;
 
 use crate::device::Domain;
 use crate::leak::SlotId;
@@ -229,8 +230,9 @@ pub(crate) struct BoEntry {
     pub creator: OwnerId,
     pub created_ms: u64,
     pub label: String,
-    /// References per holding owner.
-    pub holders: Vec<(OwnerId, u32)>,
+    /// References per holding owner (the creator alone, most of the time:
+    /// kept inline, no allocation per BO).
+    pub holders: SmallVec<[(OwnerId, u32); 1]>,
     /// Import token while exported.
     pub token: Option<u64>,
     /// The owner whose quota is charged (the creator while it holds it).
@@ -392,7 +394,7 @@ mod tests {
             creator: 1,
             created_ms: 0,
             label: String::new(),
-            holders: alloc::vec![(1, 1)],
+            holders: smallvec::smallvec![(1, 1)],
             token: None,
             charged: Some(1),
             visible_bytes: 0,

@@ -50,7 +50,6 @@ pub use report::{ClientUsage, ExitSummary, Health};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -549,7 +548,7 @@ impl Driver {
                     creator: owner,
                     created_ms: now_ms,
                     label: req.label.to_string(),
-                    holders: vec![(owner, 1)],
+                    holders: smallvec::smallvec![(owner, 1)],
                     token: None,
                     charged: Some(owner),
                     visible_bytes: visible,
