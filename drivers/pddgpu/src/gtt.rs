@@ -176,12 +176,7 @@ impl GttManager {
 
     /// INITIALIZING → READY.
     pub fn start(&self) -> Result<(), ManagerError> {
-        self.state
-            .transition(ManagerState::Initializing, ManagerState::Ready)
-            .map_err(|state| ManagerError::WrongState {
-                action: "start",
-                state,
-            })
+        self.state.start()
     }
 
     /// The configuration (the retry policy in force is

@@ -97,6 +97,16 @@ impl StateCell {
         }
     }
 
+    /// Finishes bring-up: INITIALIZING → READY. Fails with
+    /// [`ManagerError::WrongState`] from any other state.
+    pub fn start(&self) -> Result<(), ManagerError> {
+        self.transition(ManagerState::Initializing, ManagerState::Ready)
+            .map_err(|state| ManagerError::WrongState {
+                action: "start",
+                state,
+            })
+    }
+
     /// Starts a recovery: ERROR → INITIALIZING, so that nothing else is
     /// served while the allocator is rebuilt. Fails with
     /// [`ManagerError::WrongState`] from any other state.
@@ -269,6 +279,15 @@ mod tests {
         assert!(!cell.fail(), "already failed");
         assert_eq!(cell.begin_recovery(), Ok(()));
         assert_eq!(cell.get(), ManagerState::Initializing);
+        assert_eq!(cell.start(), Ok(()));
+        assert_eq!(
+            cell.start(),
+            Err(ManagerError::WrongState {
+                action: "start",
+                state: ManagerState::Ready
+            })
+        );
+        cell.fail();
         cell.set(ManagerState::Shutdown);
         assert!(!cell.fail(), "a shut-down manager stays shut down");
         assert_eq!(cell.get(), ManagerState::Shutdown);

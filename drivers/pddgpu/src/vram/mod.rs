@@ -138,12 +138,7 @@ impl VramManager {
 
     /// INITIALIZING → READY.
     pub fn start(&self) -> Result<(), ManagerError> {
-        self.state
-            .transition(ManagerState::Initializing, ManagerState::Ready)
-            .map_err(|state| ManagerError::WrongState {
-                action: "start",
-                state,
-            })
+        self.state.start()
     }
 
     /// The configuration (with `size` rounded down to whole blocks; the
