@@ -28,6 +28,11 @@ pub const REQUEST_HEADER_LEN: usize = 72;
 /// Size of an encoded [`ResponseHeader`].
 pub const RESPONSE_HEADER_LEN: usize = 32;
 
+/// Tag of a response the server sends without being asked, right before it
+/// closes a connection it refuses (too many connections): its result is
+/// the errno. Clients never use this tag for a request.
+pub const REFUSAL_TAG: u32 = 0;
+
 /// Bit in [`ResponseHeader::flags`]: a file descriptor travels with this
 /// response as `SCM_RIGHTS` ancillary data.
 pub const RESPONSE_FLAG_FD: u16 = 1;

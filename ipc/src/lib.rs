@@ -12,6 +12,8 @@
 //! - `redox` (Redox only): the Redox transport, system calls on
 //!   `/scheme/pddgpu/…`.
 //! - [`Device`] / [`Bo`]: the client library.
+//! - [`logline`]: capped log lines about client input, written after the
+//!   scheme lock is released.
 //! - [`cli`]: the `pddgpu` command-line tool.
 #![deny(missing_docs)]
 
@@ -23,6 +25,7 @@ pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
 pub mod idhash;
+pub mod logline;
 pub mod model;
 #[cfg(target_os = "redox")]
 pub mod redox;

@@ -40,10 +40,18 @@ impl BoCall {
     }
 }
 
-/// The `dup` name that asks a BO handle for a file descriptor of its
-/// domain's backing memory (host transport: the client maps the BO's
-/// segments from it).
+/// The `dup` name that asks a BO handle for a file descriptor of the BO's
+/// own memory (host transport): byte 0 of the descriptor is byte 0 of the
+/// BO, it is exactly the BO's pages long, and it is read-only for a
+/// read-only handle. `EOPNOTSUPP` where the backend has no per-BO memory
+/// (the linux-pci VRAM BAR).
 pub const DUP_BACKING: &[u8] = b"backing";
+
+/// The `dup` name that asks a BO handle for a descriptor of its whole
+/// domain, where no per-BO descriptor exists (the linux-pci VRAM BAR):
+/// only for privileged callers (`EACCES` otherwise); the client maps the
+/// BO's segments from it.
+pub const DUP_DOMAIN_BACKING: &[u8] = b"domain-backing";
 
 /// Memory domain of a BO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,23 +1,87 @@
-//! Where BO contents live, as the scheme hands them to clients: a file
-//! descriptor to pass (host transport) and/or the server's own address of
-//! the mapping (Redox `mmap_prep`).
+//! Where BO contents live, and what a client may map of them.
+//!
+//! The driver core reads and writes each domain through one mapping in the
+//! server ([`Region::server_addr`]). What a client may map depends on the
+//! backend:
+//!
+//! | backend, domain | a client maps | through |
+//! |---|---|---|
+//! | host, simulated VRAM and GTT; host, linux-pci GTT | its own BO's pages, nothing else | a descriptor of that BO's own memory ([`ClientAccess::PerBo`]) |
+//! | host, linux-pci VRAM (the BAR) | privileged callers only: the whole BAR; others read and write through the server | a descriptor of the BAR ([`ClientAccess::WholeForAdmin`]) |
+//! | Redox | its own BO's pages | `mmap_prep`, which the scheme bounds to the BO |
+//!
+//! **Per-BO memory (host).** The first time a BO is mapped, it gets its own
+//! memfd: the BO's bytes are copied into it and it is mapped
+//! `MAP_FIXED | MAP_SHARED` over the BO's pages inside the server's
+//! mapping, so the core's view is unchanged and server and clients share
+//! the same pages from then on. The memfd is sealed against shrinking and
+//! growing (`ftruncate` by a client fails, so the server never touches a
+//! page that vanished: no `SIGBUS`), is mode 0600 (a client of another user
+//! cannot reopen it through `/proc` with more rights than it was given),
+//! and is handed out read-only to read-only handles. The domain's own
+//! pages under it are released (`FALLOC_FL_PUNCH_HOLE`). When the BO is
+//! freed and its pages are about to be reused — the next create that
+//! overlaps them, or the periodic sweep — the domain's (zeroed) pages are
+//! mapped back, and whoever still holds the old memfd keeps only that
+//! dead BO's bytes.
 
 #[cfg(not(target_os = "redox"))]
-use std::os::fd::{IntoRawFd, OwnedFd};
+pub use host::{BoMemoryError, ClientAccess};
 
-use pddgpu_ipc::wire::Domain;
+/// Page size of every mapping the scheme hands out.
+pub const PAGE: u64 = 4096;
+
+/// Most segments (mapped ranges) all per-BO memories may hold at once. Each
+/// is a separate mapping in the server, and the kernel bounds how many a
+/// process may have.
+pub const MAX_MAPPED_SEGMENTS: usize = 16 << 10;
 
 /// One domain's backing memory.
 #[derive(Debug, Default)]
 pub struct Region {
-    /// Address of the backing in the server's address space (Redox:
-    /// `mmap_prep` returns addresses inside it). `None` when clients must
-    /// not map through the kernel.
+    /// Address of the domain's memory in the server's address space (Redox:
+    /// `mmap_prep` returns addresses inside it; host: per-BO memories are
+    /// mapped over it). `None` when clients must not map through it.
     pub server_addr: Option<usize>,
-    /// A descriptor of the backing (memfd of the simulated device, or the
-    /// BAR resource file), duplicated for each client that maps a BO.
+    /// What clients may map of this domain (host transport).
     #[cfg(not(target_os = "redox"))]
-    pub fd: Option<OwnedFd>,
+    pub clients: ClientAccess,
+    #[cfg(not(target_os = "redox"))]
+    memories: host::BoMemories,
+}
+
+impl Region {
+    /// A region clients map through per-BO memories carved out of `memory`,
+    /// the descriptor behind the server's mapping at `server_addr` (`len`
+    /// bytes).
+    #[cfg(not(target_os = "redox"))]
+    pub fn per_bo(server_addr: usize, memory: std::os::fd::OwnedFd, len: usize) -> Self {
+        Region {
+            server_addr: Some(server_addr),
+            clients: ClientAccess::PerBo { memory, len },
+            memories: Default::default(),
+        }
+    }
+
+    /// A region only privileged callers map, through `whole` (a descriptor
+    /// of all of it); the server maps it at `server_addr`.
+    #[cfg(not(target_os = "redox"))]
+    pub fn whole_for_admin(server_addr: usize, whole: std::os::fd::OwnedFd) -> Self {
+        Region {
+            server_addr: Some(server_addr),
+            clients: ClientAccess::WholeForAdmin { fd: whole },
+            memories: Default::default(),
+        }
+    }
+
+    /// A region that clients map through `mmap_prep` at `server_addr`
+    /// (Redox; on the host, in-process tests of `mmap_prep`).
+    pub fn kernel_mapped(server_addr: usize) -> Self {
+        Region {
+            server_addr: Some(server_addr),
+            ..Default::default()
+        }
+    }
 }
 
 /// VRAM and GTT backing.
@@ -29,37 +93,508 @@ pub struct Backing {
     pub gtt: Region,
 }
 
+/// Which domain a [`Backing`] call is about.
+pub use pddgpu_ipc::wire::Domain;
+
 impl Backing {
-    fn region(&self, domain: Domain) -> &Region {
+    /// The region of `domain`.
+    pub fn region(&self, domain: Domain) -> &Region {
         match domain {
             Domain::Vram => &self.vram,
             Domain::Gtt => &self.gtt,
         }
     }
 
-    /// The server address of `domain`'s backing, if clients may map it.
+    #[cfg(not(target_os = "redox"))]
+    fn region_mut(&mut self, domain: Domain) -> &mut Region {
+        match domain {
+            Domain::Vram => &mut self.vram,
+            Domain::Gtt => &mut self.gtt,
+        }
+    }
+
+    /// The server address of `domain`'s memory, if clients may map it
+    /// through the kernel (Redox `mmap_prep`).
     pub fn server_addr(&self, domain: Domain) -> Option<usize> {
         self.region(domain).server_addr
     }
 
-    /// A fresh descriptor of `domain`'s backing whose ownership passes to
-    /// the caller (returned as `OpenResult::OtherScheme`).
-    pub fn dup_fd(&self, domain: Domain) -> Option<usize> {
+    /// The address range `mmap_prep` may return for a mapping of `len`
+    /// bytes at `offset` in a BO with `segments` (`(BO offset, backing
+    /// offset, length)`): only inside one segment, only inside the BO's own
+    /// pages. `None` when the request leaves them.
+    pub fn kernel_map_addr(
+        &self,
+        domain: Domain,
+        segments: &[(u64, u64, u64)],
+        offset: u64,
+        len: usize,
+    ) -> Option<usize> {
+        let base = self.server_addr(domain)?;
+        if offset % PAGE != 0 || len == 0 {
+            return None;
+        }
+        let end = offset.checked_add(len as u64)?;
+        // The kernel maps one contiguous range: it must lie in one
+        // segment, rounded up to whole pages (a BO owns the whole pages it
+        // occupies, and no other BO shares them).
+        let &(bo_offset, at, _) = segments.iter().find(|(bo_off, _, seg_len)| {
+            *bo_off <= offset && end <= bo_off + seg_len.next_multiple_of(PAGE)
+        })?;
+        base.checked_add(usize::try_from(at + (offset - bo_offset)).ok()?)
+    }
+
+    /// A descriptor of `bo`'s own memory for a client (host transport):
+    /// its byte 0 is the BO's byte 0 and it is exactly the BO's pages
+    /// long; read-only unless `writable`. Ownership of the descriptor passes
+    /// to the caller.
+    #[cfg(not(target_os = "redox"))]
+    pub fn bo_memory_fd(
+        &mut self,
+        domain: Domain,
+        bo: u64,
+        size: u64,
+        segments: &[(u64, u64, u64)],
+        writable: bool,
+    ) -> Result<std::os::fd::OwnedFd, BoMemoryError> {
+        let region = self.region_mut(domain);
+        let base = region.server_addr.ok_or(BoMemoryError::NotMappable)?;
+        let ClientAccess::PerBo { memory, len } = &region.clients else {
+            return Err(BoMemoryError::NotMappable);
+        };
+        region
+            .memories
+            .descriptor(base, memory, *len, bo, size, segments, writable)
+    }
+
+    /// A descriptor of all of `domain`'s memory, for privileged callers of
+    /// a backend that cannot give out per-BO memory (the linux-pci VRAM
+    /// BAR). Ownership passes to the caller.
+    #[cfg(not(target_os = "redox"))]
+    pub fn whole_domain_fd(&self, domain: Domain) -> Result<std::os::fd::OwnedFd, BoMemoryError> {
+        match &self.region(domain).clients {
+            ClientAccess::WholeForAdmin { fd } => {
+                rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| BoMemoryError::Os("dup", e))
+            }
+            _ => Err(BoMemoryError::NotMappable),
+        }
+    }
+
+    /// Whether any per-BO memory of `domain` exists (then creates must
+    /// [`reclaim`](Self::reclaim) the pages they get).
+    pub fn has_bo_memories(&self, domain: Domain) -> bool {
         #[cfg(not(target_os = "redox"))]
         {
-            let fd = self.region(domain).fd.as_ref()?;
-            match rustix::io::fcntl_dupfd_cloexec(fd, 0) {
-                Ok(dup) => Some(dup.into_raw_fd() as usize),
-                Err(e) => {
-                    log::warn!("cannot duplicate the {domain} backing descriptor: {e}");
-                    None
-                }
-            }
+            !self.region(domain).memories.is_empty()
         }
         #[cfg(target_os = "redox")]
         {
             let _ = domain;
-            None
+            false
         }
+    }
+
+    /// A BO was just created on `segments` of `domain`: any per-BO memory
+    /// still mapped over those pages belonged to a freed BO and gives them
+    /// back, so the new BO's bytes never reach an old descriptor. Must run
+    /// before the new BO is handed out.
+    pub fn reclaim(&mut self, domain: Domain, segments: &[(u64, u64, u64)]) {
+        #[cfg(not(target_os = "redox"))]
+        {
+            let region = self.region_mut(domain);
+            if let (Some(base), ClientAccess::PerBo { memory, .. }) =
+                (region.server_addr, &region.clients)
+            {
+                region.memories.reclaim_overlapping(base, memory, segments);
+            }
+        }
+        #[cfg(target_os = "redox")]
+        {
+            let _ = (domain, segments);
+        }
+    }
+
+    /// Gives back the pages of every per-BO memory whose BO `is_live` says
+    /// is gone.
+    pub fn sweep(&mut self, is_live: impl Fn(u64) -> bool) {
+        #[cfg(not(target_os = "redox"))]
+        for domain in [Domain::Vram, Domain::Gtt] {
+            let region = self.region_mut(domain);
+            if let (Some(base), ClientAccess::PerBo { memory, .. }) =
+                (region.server_addr, &region.clients)
+            {
+                region.memories.reclaim_dead(base, memory, &is_live);
+            }
+        }
+        #[cfg(target_os = "redox")]
+        let _ = is_live;
+    }
+
+    /// Per-BO memories currently mapped, both domains.
+    pub fn bo_memory_count(&self) -> usize {
+        #[cfg(not(target_os = "redox"))]
+        {
+            self.vram.memories.len() + self.gtt.memories.len()
+        }
+        #[cfg(target_os = "redox")]
+        {
+            0
+        }
+    }
+}
+
+#[cfg(not(target_os = "redox"))]
+mod host {
+    use std::collections::{BTreeMap, HashMap};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+    use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
+    use rustix::io::Errno;
+    use rustix::mm::{MapFlags, ProtFlags};
+
+    use super::{MAX_MAPPED_SEGMENTS, PAGE};
+
+    /// What clients may map of a domain on the host.
+    #[derive(Debug, Default)]
+    pub enum ClientAccess {
+        /// Nothing: reads and writes go through the server.
+        #[default]
+        None,
+        /// Each BO through its own memory (see the module docs). `memory`
+        /// is the descriptor behind the server's mapping of the domain,
+        /// `len` bytes long; its pages come back when a BO's memory goes.
+        PerBo {
+            /// The domain's memory (a memfd).
+            memory: OwnedFd,
+            /// Its length in bytes.
+            len: usize,
+        },
+        /// Only privileged callers, through a descriptor of the whole
+        /// domain (a BAR, for which no per-BO descriptor exists).
+        WholeForAdmin {
+            /// The descriptor.
+            fd: OwnedFd,
+        },
+    }
+
+    /// Why no descriptor could be handed out.
+    #[derive(Debug)]
+    pub enum BoMemoryError {
+        /// This domain cannot be mapped this way.
+        NotMappable,
+        /// The BO's layout is not made of whole pages inside the domain.
+        BadLayout,
+        /// Too many mapped segments in the server already.
+        TooManyMappings,
+        /// A system call failed.
+        Os(&'static str, Errno),
+    }
+
+    impl BoMemoryError {
+        /// The errno a client gets.
+        pub fn errno(&self) -> i32 {
+            match self {
+                BoMemoryError::NotMappable => syscall::error::EOPNOTSUPP,
+                BoMemoryError::BadLayout => syscall::error::EINVAL,
+                BoMemoryError::TooManyMappings => syscall::error::ENOMEM,
+                BoMemoryError::Os(_, e) => e.raw_os_error(),
+            }
+        }
+    }
+
+    impl std::fmt::Display for BoMemoryError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                BoMemoryError::NotMappable => write!(f, "clients cannot map this domain"),
+                BoMemoryError::BadLayout => write!(f, "the BO is not made of whole pages"),
+                BoMemoryError::TooManyMappings => write!(f, "too many mapped BOs"),
+                BoMemoryError::Os(what, e) => write!(f, "{what}: {e}"),
+            }
+        }
+    }
+
+    /// One BO's own memory, mapped over its pages in the server.
+    #[derive(Debug)]
+    struct BoMemory {
+        fd: OwnedFd,
+        /// `(offset in the domain, length)` of each mapped range, whole
+        /// pages.
+        ranges: Vec<(u64, u64)>,
+    }
+
+    /// The per-BO memories of one domain.
+    #[derive(Debug, Default)]
+    pub(super) struct BoMemories {
+        by_bo: HashMap<u64, BoMemory>,
+        /// Domain offset of each mapped range -> (its end, its BO).
+        by_offset: BTreeMap<u64, (u64, u64)>,
+        segments: usize,
+    }
+
+    impl BoMemories {
+        pub(super) fn is_empty(&self) -> bool {
+            self.by_bo.is_empty()
+        }
+
+        pub(super) fn len(&self) -> usize {
+            self.by_bo.len()
+        }
+
+        /// The descriptor of `bo`'s memory, created on first use.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn descriptor(
+            &mut self,
+            base: usize,
+            domain_memory: &OwnedFd,
+            domain_len: usize,
+            bo: u64,
+            size: u64,
+            segments: &[(u64, u64, u64)],
+            writable: bool,
+        ) -> Result<OwnedFd, BoMemoryError> {
+            if !self.by_bo.contains_key(&bo) {
+                let ranges = page_ranges(size, segments, domain_len)?;
+                if self.segments + ranges.len() > MAX_MAPPED_SEGMENTS {
+                    return Err(BoMemoryError::TooManyMappings);
+                }
+                // Pages of BOs freed since they were mapped: give them back
+                // first (their ranges may overlap this BO's).
+                self.reclaim_overlapping(base, domain_memory, segments);
+                let memory = carve(base, domain_memory, size, &ranges)?;
+                for &(at, len) in &memory.ranges {
+                    self.by_offset.insert(at, (at + len, bo));
+                }
+                self.segments += memory.ranges.len();
+                self.by_bo.insert(bo, memory);
+            }
+            let fd = &self.by_bo[&bo].fd;
+            if writable {
+                rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| BoMemoryError::Os("dup", e))
+            } else {
+                // A new open file description, read-only: `mmap` with
+                // `PROT_WRITE | MAP_SHARED` on it fails with EACCES.
+                let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                rustix::fs::open(
+                    path.as_str(),
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| BoMemoryError::Os("reopen read-only", e))
+            }
+        }
+
+        /// Gives back every BO memory mapped over any of `segments`.
+        pub(super) fn reclaim_overlapping(
+            &mut self,
+            base: usize,
+            domain_memory: &OwnedFd,
+            segments: &[(u64, u64, u64)],
+        ) {
+            if self.by_bo.is_empty() {
+                return;
+            }
+            let mut dead = Vec::new();
+            for &(_, at, len) in segments {
+                let end = at + len.next_multiple_of(PAGE);
+                // Ranges starting before `end` whose end lies after `at`.
+                for (_, &(r_end, bo)) in self.by_offset.range(..end).rev() {
+                    if r_end <= at {
+                        // Ranges do not overlap one another, so every range
+                        // further left ends even earlier.
+                        break;
+                    }
+                    dead.push(bo);
+                }
+            }
+            dead.sort_unstable();
+            dead.dedup();
+            for bo in dead {
+                self.give_back(base, domain_memory, bo);
+            }
+        }
+
+        /// Gives back every BO memory whose BO is gone.
+        pub(super) fn reclaim_dead(
+            &mut self,
+            base: usize,
+            domain_memory: &OwnedFd,
+            is_live: &dyn Fn(u64) -> bool,
+        ) {
+            let dead: Vec<u64> = self
+                .by_bo
+                .keys()
+                .copied()
+                .filter(|&bo| !is_live(bo))
+                .collect();
+            for bo in dead {
+                self.give_back(base, domain_memory, bo);
+            }
+        }
+
+        /// Maps the domain's own (zeroed) pages back over a BO memory and
+        /// forgets it.
+        fn give_back(&mut self, base: usize, domain_memory: &OwnedFd, bo: u64) {
+            let Some(memory) = self.by_bo.remove(&bo) else {
+                return;
+            };
+            let mut failed = Vec::new();
+            for &(at, len) in &memory.ranges {
+                self.by_offset.remove(&at);
+                // The domain's pages here were punched out when the BO got
+                // its memory: they read as zero. Mapping them back at the
+                // same offset lets the kernel merge the ranges again.
+                let punched = rustix::fs::fallocate(
+                    domain_memory,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    at,
+                    len,
+                );
+                if let Err(e) = punched {
+                    log::warn!("clearing {len} bytes at {at:#x} of a domain: {e}");
+                }
+                if let Err(e) = map_over(base, at, len, domain_memory, at) {
+                    // Only a kernel out of mapping slots refuses this (what
+                    // MAX_MAPPED_SEGMENTS guards against). The BO memory
+                    // then stays mapped here and tracked, and the next
+                    // reclaim or sweep tries again.
+                    log::error!("cannot give back {len} bytes at {at:#x}: {e}");
+                    failed.push((at, len));
+                }
+            }
+            self.segments -= memory.ranges.len();
+            if !failed.is_empty() {
+                for &(at, len) in &failed {
+                    self.by_offset.insert(at, (at + len, bo));
+                }
+                self.segments += failed.len();
+                self.by_bo.insert(
+                    bo,
+                    BoMemory {
+                        fd: memory.fd,
+                        ranges: failed,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The BO's segments as whole-page ranges of the domain: page-aligned
+    /// starts, lengths rounded up to whole pages, inside the domain,
+    /// covering the BO in order.
+    fn page_ranges(
+        size: u64,
+        segments: &[(u64, u64, u64)],
+        domain_len: usize,
+    ) -> Result<Vec<(u64, u64)>, BoMemoryError> {
+        let mut expect = 0u64;
+        let mut ranges = Vec::with_capacity(segments.len());
+        for &(bo_offset, at, len) in segments {
+            let pages = len.next_multiple_of(PAGE);
+            let fits = at
+                .checked_add(pages)
+                .is_some_and(|end| end <= domain_len as u64);
+            if bo_offset != expect || at % PAGE != 0 || len == 0 || !fits {
+                return Err(BoMemoryError::BadLayout);
+            }
+            if bo_offset + len < size && len % PAGE != 0 {
+                return Err(BoMemoryError::BadLayout);
+            }
+            ranges.push((at, pages));
+            expect = bo_offset + len;
+        }
+        if expect != size {
+            return Err(BoMemoryError::BadLayout);
+        }
+        Ok(ranges)
+    }
+
+    /// Creates a BO's memory: a sealed memfd holding the BO's current
+    /// bytes, mapped over `ranges` of the server's mapping at `base`.
+    fn carve(
+        base: usize,
+        domain_memory: &OwnedFd,
+        size: u64,
+        ranges: &[(u64, u64)],
+    ) -> Result<BoMemory, BoMemoryError> {
+        let os = |what| move |e| BoMemoryError::Os(what, e);
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        let fd =
+            rustix::fs::memfd_create("pddgpu-bo", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .map_err(os("memfd_create"))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).map_err(os("fchmod"))?;
+        rustix::fs::ftruncate(&fd, total).map_err(os("ftruncate"))?;
+        // The BO's bytes (not the rest of its last page: that stays zero in
+        // the new memory). Nothing else writes these pages meanwhile: the
+        // scheme is not serving another request, and no client maps them
+        // yet.
+        let mut bo_offset = 0u64;
+        for &(at, len) in ranges {
+            let n = len.min(size - bo_offset);
+            // SAFETY: `base + at .. + n` lies inside the server's mapping of
+            // the domain (checked by `page_ranges` against its length) and
+            // stays mapped for the whole process; it is only read here, by
+            // the kernel, while no one writes it (see above).
+            let bytes = unsafe {
+                std::slice::from_raw_parts((base + at as usize) as *const u8, n as usize)
+            };
+            let mut done = 0;
+            while done < bytes.len() {
+                done += rustix::io::pwrite(&fd, &bytes[done..], bo_offset + done as u64)
+                    .map_err(os("copying a BO into its memory"))?;
+            }
+            bo_offset += len;
+        }
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(os("sealing"))?;
+        let mut mapped: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        let mut fd_offset = 0u64;
+        for &(at, len) in ranges {
+            if let Err(e) = map_over(base, at, len, &fd, fd_offset) {
+                for &(at, len) in &mapped {
+                    let _ = map_over(base, at, len, domain_memory, at);
+                }
+                return Err(BoMemoryError::Os("mapping a BO's memory", e));
+            }
+            mapped.push((at, len));
+            fd_offset += len;
+        }
+        for &(at, len) in ranges {
+            // The domain's pages under the BO are not used any more.
+            let _ = rustix::fs::fallocate(
+                domain_memory,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                at,
+                len,
+            );
+        }
+        Ok(BoMemory {
+            fd,
+            ranges: ranges.to_vec(),
+        })
+    }
+
+    /// Maps `len` bytes of `fd` at `fd_offset` over the server's mapping at
+    /// `base + at`, replacing what was there.
+    fn map_over(base: usize, at: u64, len: u64, fd: &OwnedFd, fd_offset: u64) -> Result<(), Errno> {
+        let addr = (base + at as usize) as *mut core::ffi::c_void;
+        // SAFETY: `addr .. addr + len` lies inside the server's own mapping
+        // of the domain (the callers checked the range against the domain's
+        // length) and is page-aligned. `MAP_FIXED` swaps the pages under it
+        // atomically: the range stays mapped, readable and writable, so the
+        // driver core's pointers into it stay valid; only which memory
+        // object backs those pages changes, and the core reaches the bytes
+        // only through `MemoryRegion`'s atomic accesses, which tolerate
+        // that.
+        unsafe {
+            rustix::mm::mmap(
+                addr,
+                len as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd.as_fd(),
+                fd_offset,
+            )
+        }
+        .map(|_| ())
     }
 }

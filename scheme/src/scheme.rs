@@ -9,6 +9,7 @@ use pddgpu::driver::{
     BoCreate, BoFlags as CoreBoFlags, BoId, BoInfo, Domain as CoreDomain, Driver, DriverError,
 };
 use pddgpu_ipc::idhash::IdMap;
+use pddgpu_ipc::logline;
 use pddgpu_ipc::wire::{BoCall, BoFlags, BoInfoWire, Domain, ExportWire, SegmentWire, WIRE_ABI};
 use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{CallerCtx, OpenResult};
@@ -96,6 +97,8 @@ pub struct PddgpuScheme {
     no_space: Option<CoreDomain>,
     /// Non-zero while a transport retries a parked create.
     retry_attempt: u32,
+    /// Free epochs at the last sweep of BO memories.
+    swept_epoch: u64,
 }
 
 /// Fault injection into the device behind the scheme (the simulator
@@ -128,6 +131,7 @@ impl PddgpuScheme {
             shutdown_requested: false,
             no_space: None,
             retry_attempt: 0,
+            swept_epoch: 0,
         }
     }
 
@@ -150,6 +154,24 @@ impl PddgpuScheme {
     pub fn tick(&mut self) {
         let now = self.now_ms();
         self.driver.tick(now);
+        self.sweep_bo_memories();
+    }
+
+    /// Gives back the pages of mapped BOs freed since the last sweep (the
+    /// next create on them would, too; this bounds how long they stay).
+    fn sweep_bo_memories(&mut self) {
+        if self.backing.bo_memory_count() == 0 {
+            return;
+        }
+        let epochs = self.driver.free_epochs();
+        let epoch = epochs.vram.wrapping_add(epochs.gtt);
+        if epoch == self.swept_epoch {
+            return;
+        }
+        self.swept_epoch = epoch;
+        let live: std::collections::HashSet<u64> =
+            self.driver.bo_list().iter().map(|r| r.id.0).collect();
+        self.backing.sweep(|bo| live.contains(&bo));
     }
 
     /// True once a client wrote `shutdown` to `control`.
@@ -201,12 +223,15 @@ impl PddgpuScheme {
         self.handles.get_mut(&id).ok_or(err(EBADF))
     }
 
+    /// Logs a refused request: `what` and `reason` may quote client input,
+    /// so both are clipped, and the line is written after the scheme lock
+    /// is released (see [`pddgpu_ipc::logline`]).
     fn log_refusal(&self, ctx: &CallerCtx, what: &str, errno: i32, reason: &str) {
-        log::info!(
-            "pid {}: {what}: {} ({reason})",
-            ctx.pid,
-            pddgpu_ipc::wire::errno_name(errno)
-        );
+        let (pid, what, reason) = (ctx.pid, logline::clip(what), logline::clip(reason));
+        let errno = pddgpu_ipc::wire::errno_name(errno);
+        logline::defer(log::Level::Info, move || {
+            format!("pid {pid}: {what}: {errno} ({reason})")
+        });
     }
 
     fn open_node(
@@ -269,7 +294,9 @@ impl PddgpuScheme {
                     // flags it asked for: memory freed by one client must
                     // never show up in another's BO.
                     flags: core_flags(desc.flags) | CoreBoFlags::CLEARED,
-                    align: desc.align,
+                    // Every BO starts on a page of its own: no two BOs share a
+                    // page, since mapping is page-granular.
+                    align: desc.align.max(crate::backing::PAGE),
                     label: &desc.label,
                 };
                 let now = self.now_ms();
@@ -282,6 +309,13 @@ impl PddgpuScheme {
                     self.no_space = Some(*domain);
                 }
                 let id = created.map_err(driver_refusal)?;
+                if self.backing.has_bo_memories(desc.domain) {
+                    // Pages of a freed BO that a client had mapped: take
+                    // them back before anyone can write this BO.
+                    if let Ok(info) = self.driver.bo_info(owner, id) {
+                        self.backing.reclaim(desc.domain, &info.segments);
+                    }
+                }
                 Kind::Bo {
                     id,
                     size: desc.size,
@@ -458,7 +492,8 @@ impl PddgpuScheme {
                 }
             }
             _ => fail(format!(
-                "unknown command `{command}` (leak-check, recover vram|gtt|all, shutdown, fault …)"
+                "unknown command {} (leak-check, recover vram|gtt|all, shutdown, fault …)",
+                logline::excerpt(command)
             )),
         }
     }
@@ -543,7 +578,12 @@ impl SchemeSync for PddgpuScheme {
             }
         };
         let node = path::parse(path).inspect_err(|e| {
-            self.log_refusal(ctx, &format!("open {path:?}"), e.errno, &e.reason);
+            self.log_refusal(
+                ctx,
+                &format!("open {}", logline::excerpt(path)),
+                e.errno,
+                &e.reason,
+            );
         });
         let node = node.map_err(|e| err(e.errno))?;
         let owner = self.owners.owner_of(ctx.pid);
@@ -557,7 +597,12 @@ impl SchemeSync for PddgpuScheme {
             }
             Err((errno, reason)) => {
                 self.owners.drop_if_idle(owner);
-                self.log_refusal(ctx, &format!("open {path:?}"), errno, &reason);
+                self.log_refusal(
+                    ctx,
+                    &format!("open {}", logline::excerpt(path)),
+                    errno,
+                    &reason,
+                );
                 Err(err(errno))
             }
         }
@@ -651,7 +696,10 @@ impl SchemeSync for PddgpuScheme {
                 };
                 match self.driver.tunables().set(&name, text.trim()) {
                     Ok(_) => {
-                        log::info!("pid {}: config/{name} = {}", ctx.pid, text.trim());
+                        let (pid, value) = (ctx.pid, logline::excerpt(text.trim()));
+                        logline::defer(log::Level::Info, move || {
+                            format!("pid {pid}: config/{name} = {value}")
+                        });
                         Ok(buf.len())
                     }
                     Err(e) => {
@@ -876,16 +924,49 @@ impl SchemeSync for PddgpuScheme {
         }
     }
 
-    fn dup(&mut self, id: usize, buf: &[u8], _ctx: &CallerCtx) -> Result<OpenResult> {
+    fn dup(&mut self, id: usize, buf: &[u8], ctx: &CallerCtx) -> Result<OpenResult> {
         let h = self.handle(id)?;
         let Kind::Bo { domain, .. } = h.kind else {
             return Err(err(EOPNOTSUPP));
         };
-        if buf != pddgpu_ipc::wire::DUP_BACKING {
-            return Err(err(EINVAL));
+        #[cfg(not(target_os = "redox"))]
+        {
+            use std::os::fd::IntoRawFd;
+            let fd = if buf == pddgpu_ipc::wire::DUP_BACKING {
+                let writable = h.write;
+                let info = self.bo_info(h)?;
+                self.backing
+                    .bo_memory_fd(domain, info.id.0, info.size, &info.segments, writable)
+            } else if buf == pddgpu_ipc::wire::DUP_DOMAIN_BACKING {
+                if !self.privileged(ctx) {
+                    self.log_refusal(
+                        ctx,
+                        "map a whole domain",
+                        EACCES,
+                        "needs root or the server's user",
+                    );
+                    return Err(err(EACCES));
+                }
+                self.backing.whole_domain_fd(domain)
+            } else {
+                return Err(err(EINVAL));
+            };
+            match fd {
+                Ok(fd) => Ok(OpenResult::OtherScheme {
+                    fd: fd.into_raw_fd() as usize,
+                }),
+                Err(e) => {
+                    let errno = e.errno();
+                    self.log_refusal(ctx, "map a BO", errno, &e.to_string());
+                    Err(err(errno))
+                }
+            }
         }
-        let fd = self.backing.dup_fd(domain).ok_or(err(EOPNOTSUPP))?;
-        Ok(OpenResult::OtherScheme { fd })
+        #[cfg(target_os = "redox")]
+        {
+            let _ = (domain, buf, ctx);
+            Err(err(EOPNOTSUPP))
+        }
     }
 
     fn mmap_prep(
@@ -893,26 +974,25 @@ impl SchemeSync for PddgpuScheme {
         id: usize,
         offset: u64,
         size: usize,
-        _flags: MapFlags,
+        flags: MapFlags,
         _ctx: &CallerCtx,
     ) -> Result<usize> {
         let h = self.handle(id)?;
         let Kind::Bo { domain, .. } = h.kind else {
             return Err(err(EOPNOTSUPP));
         };
-        let base = self.backing.server_addr(domain).ok_or(err(EOPNOTSUPP))?;
+        // A read-only handle maps read-only.
+        if flags.contains(MapFlags::PROT_WRITE) && !h.write {
+            return Err(err(EACCES));
+        }
+        if self.backing.server_addr(domain).is_none() {
+            return Err(err(EOPNOTSUPP));
+        }
         let info = self.bo_info(h)?;
-        let end = offset.checked_add(size as u64).ok_or(err(EINVAL))?;
-        // The kernel maps one contiguous range: it must lie in one segment.
-        let seg = info
-            .segments
-            .iter()
-            .find(|(bo_off, _, len)| {
-                *bo_off <= offset && end <= bo_off + len.next_multiple_of(4096)
-            })
-            .ok_or(err(EINVAL))?;
-        let addr = base
-            .checked_add((seg.1 + (offset - seg.0)) as usize)
+        // Only the BO's own pages, inside one of its segments.
+        let addr = self
+            .backing
+            .kernel_map_addr(domain, &info.segments, offset, size)
             .ok_or(err(EINVAL))?;
         if let Kind::Bo { maps, .. } = &mut self.handle_mut(id)?.kind {
             *maps += 1;

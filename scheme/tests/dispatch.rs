@@ -14,8 +14,8 @@ use redox_scheme::scheme::{SchemeState, SchemeSync};
 use redox_scheme::{Request, RequestKind, Response};
 use syscall::data::Stat;
 use syscall::dirent::{DirentHeader, DirentIter};
-use syscall::error::{Error, EINVAL, ENOENT, EOPNOTSUPP, EPERM};
-use syscall::flag::{O_RDONLY, O_RDWR};
+use syscall::error::{Error, EACCES, EINVAL, ENOENT, EOPNOTSUPP, EPERM};
+use syscall::flag::{MapFlags, O_RDONLY, O_RDWR};
 use syscall::schemev2::{Cqe, Opcode, Sqe, SqeFlags};
 
 struct Harness {
@@ -35,14 +35,8 @@ fn harness() -> Harness {
     let driver = Arc::new(Driver::new(device.resources(), 0).unwrap());
     let vram_base = device.vram().as_ptr() as usize;
     let backing = Backing {
-        vram: Region {
-            server_addr: Some(vram_base),
-            fd: None,
-        },
-        gtt: Region {
-            server_addr: Some(device.gtt().as_ptr() as usize),
-            fd: None,
-        },
+        vram: Region::kernel_mapped(vram_base),
+        gtt: Region::kernel_mapped(device.gtt().as_ptr() as usize),
     };
     let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions { admin_uid: None });
     Harness {
@@ -151,10 +145,22 @@ impl Harness {
     }
 
     fn mmap_prep(&mut self, pid: u64, id: usize, offset: u64, len: usize) -> Result<usize, i32> {
+        let flags = (MapFlags::PROT_READ | MapFlags::PROT_WRITE | MapFlags::MAP_SHARED).bits();
+        self.mmap_prep_flags(pid, id, offset, len, flags)
+    }
+
+    fn mmap_prep_flags(
+        &mut self,
+        pid: u64,
+        id: usize,
+        offset: u64,
+        len: usize,
+        flags: usize,
+    ) -> Result<usize, i32> {
         self.run(
             pid,
             Opcode::MmapPrep,
-            [id as u64, len as u64, 0, offset, 0, 0],
+            [id as u64, len as u64, flags as u64, offset, 0, 0],
         )
     }
 
@@ -253,6 +259,40 @@ fn mmap_prep_returns_the_segments_server_address() {
     let dup = b"backing";
     let args = [big as u64, dup.as_ptr() as u64, dup.len() as u64, 0, 0, 0];
     assert_eq!(h.run(10, Opcode::Dup, args), Err(EOPNOTSUPP));
+}
+
+#[test]
+fn mmap_prep_maps_only_the_bos_own_pages_and_read_only_handles_read_only() {
+    let mut h = harness();
+    let before = h.open(10, ROOT_ID, "bo/new?size=4096", O_RDWR).unwrap();
+    let bo = h.open(10, ROOT_ID, "bo/new?size=100", O_RDWR).unwrap();
+    let after = h.open(10, ROOT_ID, "bo/new?size=4096", O_RDWR).unwrap();
+    let seg = h.segments(10, bo)[0];
+    // The whole (only) page of a 100-byte BO maps; the next page does not,
+    // nor does an unaligned offset.
+    let addr = h.mmap_prep(10, bo, 0, 4096).unwrap();
+    assert_eq!(addr, h.vram_base + seg.backing_offset as usize);
+    assert_eq!(h.mmap_prep(10, bo, 0, 8192), Err(EINVAL));
+    assert_eq!(h.mmap_prep(10, bo, 4096, 4096), Err(EINVAL));
+    assert_eq!(h.mmap_prep(10, bo, 100, 4096), Err(EINVAL));
+    assert_eq!(h.mmap_prep(10, bo, 0, 0), Err(EINVAL));
+    // A read-only handle on the same BO maps only without PROT_WRITE.
+    let id = h
+        .driver
+        .bo_list()
+        .iter()
+        .find(|r| r.size == 100)
+        .unwrap()
+        .id
+        .0;
+    let ro = h.open(10, ROOT_ID, &format!("bo/{id}"), O_RDONLY).unwrap();
+    let write = (MapFlags::PROT_READ | MapFlags::PROT_WRITE | MapFlags::MAP_SHARED).bits();
+    let read = (MapFlags::PROT_READ | MapFlags::MAP_SHARED).bits();
+    assert_eq!(h.mmap_prep_flags(10, ro, 0, 4096, write), Err(EACCES));
+    assert_eq!(h.mmap_prep_flags(10, ro, 0, 4096, read), Ok(addr));
+    for id in [ro, bo, before, after] {
+        h.scheme.on_close(id);
+    }
 }
 
 #[test]

@@ -61,6 +61,54 @@ pub struct Options {
     /// (default: the user running pddgpud).
     #[arg(long)]
     pub admin_uid: Option<u32>,
+    /// What clients may make the server spend (host transport).
+    #[command(flatten)]
+    pub limits: LimitOptions,
+}
+
+/// Per-user and time limits of the host transport (see the README's
+/// errors-and-permissions section for the errno of each).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitOptions {
+    /// Connections open at once, all users together (ENFILE beyond).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Connections one user may have open at once (EMFILE beyond).
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_uid: usize,
+    /// Handles one user may hold open over all its connections (EMFILE
+    /// beyond).
+    #[arg(long, default_value_t = 4096)]
+    pub max_handles_per_uid: usize,
+    /// A connection holding no handle is closed after this many quiet ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// A frame must keep arriving: ms without a byte before the
+    /// connection is dropped.
+    #[arg(long, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// ms a client may leave an answer unread before its connection is
+    /// closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+    /// At shutdown, ms connections get to finish their request before they
+    /// are cut off.
+    #[arg(long, default_value_t = 2_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitOptions {
+    fn default() -> Self {
+        LimitOptions {
+            max_connections: 1024,
+            max_connections_per_uid: 64,
+            max_handles_per_uid: 4096,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 10_000,
+            send_timeout_ms: 10_000,
+            shutdown_grace_ms: 2_000,
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -85,6 +133,7 @@ impl Options {
             log_level: log::LevelFilter::Warn,
             tick_ms: 100,
             admin_uid: None,
+            limits: LimitOptions::default(),
         }
     }
 

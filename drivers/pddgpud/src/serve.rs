@@ -12,11 +12,26 @@ use pddgpu_scheme::PddgpuScheme;
 
 use crate::options::Options;
 
+/// The transport limits the options ask for.
+pub fn server_limits(opts: &Options) -> ServerLimits {
+    let l = &opts.limits;
+    let ms = Duration::from_millis;
+    ServerLimits {
+        max_connections: l.max_connections,
+        max_connections_per_uid: l.max_connections_per_uid,
+        max_handles_per_uid: l.max_handles_per_uid,
+        idle_timeout: ms(l.idle_timeout_ms),
+        request_timeout: ms(l.request_timeout_ms),
+        send_timeout: ms(l.send_timeout_ms),
+        shutdown_grace: ms(l.shutdown_grace_ms),
+    }
+}
+
 /// Serves `scheme` on the host socket until told to stop; returns it, shut
 /// down, with every client's handles released.
 pub fn serve_host(opts: &Options, scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
     let socket = opts.socket_path();
-    let mut server = HostServer::bind(&socket, ServerLimits::default(), scheme)
+    let mut server = HostServer::bind(&socket, server_limits(opts), scheme)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     // Like a render node: any local user may connect; the scheme itself
     // decides what each caller may do (control and config writes need the

@@ -14,7 +14,7 @@ use rustix::net::{
 use syscall::schemev2::{Cqe, Opcode, Sqe, SqeFlags};
 
 use crate::frame::{
-    RequestHeader, ResponseHeader, MAX_PAYLOAD, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
+    RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
 };
 
 /// A decoded response.
@@ -89,7 +89,10 @@ impl HostConnection {
             ));
         }
         let tag = self.next_tag;
-        self.next_tag = self.next_tag.wrapping_add(1);
+        self.next_tag = match self.next_tag.wrapping_add(1) {
+            REFUSAL_TAG => REFUSAL_TAG + 1,
+            next => next,
+        };
         let header = RequestHeader {
             payload_len: payload.len() as u32,
             out_len: out_len as u32,
@@ -102,11 +105,19 @@ impl HostConnection {
                 caller: 0,
             },
         };
-        self.send_all(&[&header.encode(), payload])?;
+        if let Err(e) = self.send_all(&[&header.encode(), payload]) {
+            // A refused connection is closed right after its refusal
+            // frame, so sending may fail first: report the refusal.
+            return self.pending_refusal().ok_or(e);
+        }
         // Only `dup` can pass a descriptor back; everything else is read
         // with plain `recv` (cheaper than `recvmsg` with a control buffer;
         // a descriptor sent anyway would be discarded by the kernel).
         let reply = self.read_response_inner(matches!(opcode, Opcode::Dup))?;
+        if reply.cqe.tag == REFUSAL_TAG && reply.result().is_err() {
+            // The server refused this connection (its errno says why).
+            return Ok(reply);
+        }
         if reply.cqe.tag != tag {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -114,6 +125,15 @@ impl HostConnection {
             ));
         }
         Ok(reply)
+    }
+
+    /// A refusal frame the server left before closing the connection, if
+    /// one is waiting (read without blocking).
+    fn pending_refusal(&mut self) -> Option<Reply> {
+        self.stream.set_nonblocking(true).ok()?;
+        let reply = self.read_response_inner(false);
+        let _ = self.stream.set_nonblocking(false);
+        reply.ok().filter(|r| r.cqe.tag == REFUSAL_TAG)
     }
 
     /// Writes raw bytes to the server (tests of malformed input).

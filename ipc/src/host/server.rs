@@ -21,13 +21,28 @@
 //! behind one mutex, taken only while a request is dispatched. A slow or
 //! malicious client therefore blocks only its own thread, and a malformed
 //! frame only costs its sender the connection.
+//!
+//! What one client can make the server spend is bounded ([`ServerLimits`]):
+//! - connections: per user (`EMFILE` beyond, sent as a refusal frame with
+//!   tag [`REFUSAL_TAG`]) and in total (`ENFILE`);
+//! - handles: per user, over all of that user's connections (`EMFILE`);
+//! - time: a connection that holds no handle and sends nothing is closed
+//!   after the idle timeout; a frame must keep arriving (request timeout);
+//!   an answer the client does not read is abandoned after the send
+//!   timeout, which ends the connection;
+//! - memory: a connection's receive buffer grows only as bytes arrive (a
+//!   header announcing 16 MiB commits nothing), to at most one frame;
+//! - shutdown: [`HostServer::shutdown`] returns within the shutdown grace
+//!   plus the time to finish the requests in progress, whatever clients
+//!   do.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice, Read};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,11 +52,11 @@ use redox_scheme::{Request, RequestKind, Response};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use syscall::data::Stat;
-use syscall::error::{Error, EAGAIN, EBADF, EINVAL, EOPNOTSUPP};
+use syscall::error::{Error, EAGAIN, EBADF, EINVAL, EMFILE, ENFILE, EOPNOTSUPP};
 use syscall::schemev2::{Cqe, CqeOpcode, Opcode, Sqe, SqeFlags};
 
 use crate::frame::{
-    RequestHeader, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
+    RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
     RESPONSE_HEADER_LEN,
 };
 use crate::idhash::IdSet;
@@ -96,20 +111,42 @@ pub struct ParkPolicy {
     pub delay: Duration,
 }
 
-/// Limits of a [`HostServer`].
+/// Limits of a [`HostServer`]: what clients may make it spend.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
-    /// Connections beyond this are accepted and closed at once.
+    /// Connections open at once, all users together; beyond, a new
+    /// connection gets a refusal frame with `ENFILE` and is closed.
     pub max_connections: usize,
-    /// Handles one connection may hold open at a time (`EMFILE` beyond).
-    pub max_handles_per_connection: usize,
+    /// Connections one user (uid) may have open at once; beyond, a refusal
+    /// frame with `EMFILE`.
+    pub max_connections_per_uid: usize,
+    /// Handles one user may hold open at once over all of its connections
+    /// (`EMFILE` beyond).
+    pub max_handles_per_uid: usize,
+    /// A connection that holds no handle and sends nothing for this long
+    /// is closed (it loses nothing: it holds nothing).
+    pub idle_timeout: Duration,
+    /// A frame whose bytes stop arriving for this long costs its sender
+    /// the connection.
+    pub request_timeout: Duration,
+    /// An answer the client does not take within this long is abandoned
+    /// and the connection closed (its handles are released).
+    pub send_timeout: Duration,
+    /// At shutdown, how long connections may take to finish their current
+    /// request before their sockets are shut in both directions.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            max_connections: 256,
-            max_handles_per_connection: 1 << 16,
+            max_connections: 1024,
+            max_connections_per_uid: 64,
+            max_handles_per_uid: 4096,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 }
@@ -138,12 +175,23 @@ struct Shared<S> {
     limits: ServerLimits,
     served: AtomicU64,
     conns: Mutex<Vec<ConnCtl>>,
+    /// Connections and handles per user.
+    users: Mutex<HashMap<u32, Arc<UserUsage>>>,
     /// Parked requests wait here: the last wake epoch seen, and whether
     /// the server is stopping.
     wake: Mutex<(u64, bool)>,
     woken: Condvar,
     /// The last wake epoch published (checked without the lock).
     epoch: AtomicU64,
+}
+
+/// What one user holds at the moment. Handle counts change only under the
+/// scheme lock (so a check and its increment cannot interleave with
+/// another connection's); connection counts only under `Shared::users`.
+#[derive(Default)]
+struct UserUsage {
+    connections: AtomicUsize,
+    handles: AtomicUsize,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -159,6 +207,7 @@ struct ConnCtl {
 struct ConnState {
     cred: PeerCred,
     handles: IdSet<usize>,
+    user: Arc<UserUsage>,
 }
 
 /// The host-transport server. Owns the listening socket, the scheme, and a
@@ -174,8 +223,9 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
 /// buffer.
 const SMALL_RESPONSE: usize = 1024;
 
-/// Initial size of a connection's receive buffer; grows up to one maximal
-/// frame.
+/// Initial size of a connection's receive buffer. It doubles only when
+/// full, so it never holds more than twice the bytes received, and at most
+/// one maximal frame.
 const INBUF_INITIAL: usize = 16 << 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -232,6 +282,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 limits,
                 served: AtomicU64::new(0),
                 conns: Mutex::new(Vec::new()),
+                users: Mutex::new(HashMap::new()),
                 wake: Mutex::new((0, false)),
                 woken: Condvar::new(),
                 epoch: AtomicU64::new(0),
@@ -242,7 +293,9 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
 
     /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
     pub fn with_scheme<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
-        f(&mut lock(&self.shared.locked).scheme)
+        let result = f(&mut lock(&self.shared.locked).scheme);
+        crate::logline::flush();
+        result
     }
 
     /// Requests served so far.
@@ -292,15 +345,6 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
     }
 
     fn add_connection(&mut self, stream: UnixStream) {
-        let mut conns = lock(&self.shared.conns);
-        reap(&mut conns);
-        if conns.len() >= self.shared.limits.max_connections {
-            log::warn!(
-                "refusing a client: {} connections already open",
-                conns.len()
-            );
-            return;
-        }
         let cred = match rustix::net::sockopt::socket_peercred(&stream) {
             Ok(c) => PeerCred {
                 pid: c.pid.as_raw_nonzero().get() as u32,
@@ -312,20 +356,51 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 return;
             }
         };
-        let (ctl, stream) = match (stream.try_clone(), stream.set_nonblocking(false)) {
-            (Ok(ctl), Ok(())) => (ctl, stream),
-            (Err(e), _) | (_, Err(e)) => {
+        let mut conns = lock(&self.shared.conns);
+        reap(&mut conns);
+        if conns.len() >= self.shared.limits.max_connections {
+            log::warn!(
+                "refusing pid {} (uid {}): {} connections open, the limit",
+                cred.pid,
+                cred.uid,
+                conns.len()
+            );
+            refuse(stream, ENFILE);
+            return;
+        }
+        let Some(user) = self.shared.join_user(cred.uid) else {
+            log::warn!(
+                "refusing pid {} (uid {}): the user has {} connections open, the limit",
+                cred.pid,
+                cred.uid,
+                self.shared.limits.max_connections_per_uid
+            );
+            refuse(stream, EMFILE);
+            return;
+        };
+        let configured = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(self.shared.read_timeout())))
+            .and_then(|()| {
+                stream.set_write_timeout(Some(at_least_1ms(self.shared.limits.send_timeout)))
+            })
+            .and_then(|()| stream.try_clone());
+        let ctl = match configured {
+            Ok(ctl) => ctl,
+            Err(e) => {
                 log::warn!("refusing a client: {e}");
+                self.shared.leave_user(cred.uid, &user, 0);
                 return;
             }
         };
         let id = self.next_conn;
         self.next_conn += 1;
         let shared = self.shared.clone();
+        let thread_user = user.clone();
         let thread = std::thread::Builder::new()
             .name(format!("pddgpu-client-{}", cred.pid))
             .stack_size(256 << 10)
-            .spawn(move || serve_connection(shared, stream, cred));
+            .spawn(move || serve_connection(shared, stream, cred, thread_user));
         match thread {
             Ok(thread) => {
                 log::debug!("client connected: pid {} uid {}", cred.pid, cred.uid);
@@ -336,13 +411,19 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                     thread: Some(thread),
                 });
             }
-            Err(e) => log::warn!("refusing a client: cannot start its thread: {e}"),
+            Err(e) => {
+                log::warn!("refusing a client: cannot start its thread: {e}");
+                self.shared.leave_user(cred.uid, &user, 0);
+            }
         }
     }
 
     /// Stops serving: no new connections; every client's reading side is
     /// shut, so each thread finishes the request it is on, sends its
-    /// answer, releases the client's handles and ends. Returns the scheme.
+    /// answer, releases the client's handles and ends. A connection still
+    /// busy after the shutdown grace (e.g. a client that does not read its
+    /// answer) is shut in both directions, which ends its send at once.
+    /// Returns the scheme.
     pub fn shutdown(self) -> S {
         let shared = self.shared.clone();
         // Dropping the server ends every connection and joins its thread,
@@ -356,6 +437,67 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             .unwrap_or_else(|p| p.into_inner())
             .scheme
     }
+}
+
+impl<S> Shared<S> {
+    /// The receive timeout of every connection: its reads wake at least
+    /// this often to check the idle and request timeouts.
+    fn read_timeout(&self) -> Duration {
+        at_least_1ms(self.limits.idle_timeout.min(self.limits.request_timeout))
+    }
+
+    /// Counts a new connection of `uid`, unless the user is at its limit.
+    fn join_user(&self, uid: u32) -> Option<Arc<UserUsage>> {
+        let mut users = lock(&self.users);
+        let user = users.entry(uid).or_default();
+        if user.connections.load(Ordering::Relaxed) >= self.limits.max_connections_per_uid {
+            if user.connections.load(Ordering::Relaxed) == 0 {
+                users.remove(&uid);
+            }
+            return None;
+        }
+        user.connections.fetch_add(1, Ordering::Relaxed);
+        Some(user.clone())
+    }
+
+    /// Uncounts a connection of `uid` that held `handles` handles.
+    fn leave_user(&self, uid: u32, user: &Arc<UserUsage>, handles: usize) {
+        let mut users = lock(&self.users);
+        user.handles.fetch_sub(handles, Ordering::Relaxed);
+        if user.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+            users.remove(&uid);
+        }
+    }
+
+    /// Publishes a new wake epoch (the scheme freed something) and wakes
+    /// every parked request.
+    fn publish_epoch(&self, epoch: u64) {
+        // A plain load first: most requests free nothing.
+        if self.epoch.load(Ordering::Acquire) != epoch
+            && self.epoch.swap(epoch, Ordering::AcqRel) != epoch
+        {
+            let mut wake = lock(&self.wake);
+            wake.0 = epoch;
+            self.woken.notify_all();
+        }
+    }
+}
+
+fn at_least_1ms(d: Duration) -> Duration {
+    d.max(Duration::from_millis(1))
+}
+
+/// Tells a client why its connection is refused (a response with tag
+/// [`REFUSAL_TAG`] and `errno`), then closes it. Never blocks.
+fn refuse(stream: UnixStream, errno: i32) {
+    let _ = stream.set_nonblocking(true);
+    let header = ResponseHeader {
+        flags: 0,
+        payload_len: 0,
+        cqe: err_cqe(REFUSAL_TAG, errno),
+    }
+    .encode();
+    let _ = rustix::net::send(&stream, &header, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
 }
 
 /// Forgets connections whose thread has ended.
@@ -402,16 +544,10 @@ fn serve_request<S: HostScheme>(
         scheme.set_retry_attempt(0);
         let epoch = scheme.wake_epoch();
         drop(guard);
+        crate::logline::flush();
         shared.served.fetch_add(1, Ordering::Relaxed);
-        // Wake parked requests if this one freed something (a plain load
-        // first: most requests free nothing).
-        if shared.epoch.load(Ordering::Acquire) != epoch
-            && shared.epoch.swap(epoch, Ordering::AcqRel) != epoch
-        {
-            let mut wake = lock(&shared.wake);
-            wake.0 = epoch;
-            shared.woken.notify_all();
-        }
+        // Wake parked requests if this one freed something.
+        shared.publish_epoch(epoch);
         (done, policy, epoch)
     };
     let (mut done, policy, mut epoch) = run(conn, payload, 0);
@@ -460,27 +596,53 @@ fn is_errno(cqe: &Cqe, errno: i32) -> bool {
 }
 
 /// One connection's thread: read frames, dispatch each under the scheme
-/// lock, write the answer; on the end of the stream (or a fatal protocol
-/// error) release everything the client still holds.
-fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStream, cred: PeerCred) {
+/// lock, write the answer; on the end of the stream, a fatal protocol
+/// error or a timeout, release everything the client still holds.
+fn serve_connection<S: HostScheme>(
+    shared: Arc<Shared<S>>,
+    mut stream: UnixStream,
+    cred: PeerCred,
+    user: Arc<UserUsage>,
+) {
     let mut conn = ConnState {
         cred,
         handles: IdSet::default(),
+        user,
     };
+    let limits = shared.limits;
     let mut inbuf = vec![0u8; INBUF_INITIAL];
     let mut filled = 0usize;
     let mut payload = Vec::new();
+    let mut last_byte = Instant::now();
     let reason = 'serve: loop {
         if filled == inbuf.len() {
+            // Full: double, but never beyond one maximal frame. The buffer
+            // grows only as bytes arrive, whatever a header announced.
             let grown = (inbuf.len() * 2).min(REQUEST_HEADER_LEN + MAX_PAYLOAD);
             inbuf.resize(grown, 0);
         }
         let n = match stream.read(&mut inbuf[filled..]) {
-            Ok(0) => break 'serve "end of stream".to_string(),
+            Ok(0) => break 'serve "end of stream",
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break 'serve format!("read error: {e}"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let quiet = last_byte.elapsed();
+                if filled > 0 && quiet >= limits.request_timeout {
+                    break 'serve "request timed out";
+                }
+                if filled == 0 && conn.handles.is_empty() && quiet >= limits.idle_timeout {
+                    break 'serve "idle";
+                }
+                continue;
+            }
+            Err(_) => break 'serve "read error",
         };
+        last_byte = Instant::now();
         filled += n;
         let mut consumed = 0;
         loop {
@@ -494,14 +656,11 @@ fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStrea
                     let tag = u32::from_le_bytes([avail[20], avail[21], avail[22], avail[23]]);
                     log::warn!("client pid {}: malformed frame ({e}); closing", cred.pid);
                     let _ = send_response(&stream, err_cqe(tag, e.errno()), &[], None);
-                    break 'serve "protocol error".to_string();
+                    break 'serve "protocol error";
                 }
             };
             let total = REQUEST_HEADER_LEN + header.payload_len as usize;
             if avail.len() < total {
-                if inbuf.len() < total {
-                    inbuf.resize(total.next_power_of_two().max(total), 0);
-                }
                 break;
             }
             payload.clear();
@@ -512,8 +671,8 @@ fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStrea
                 // Give back the memory of a large write.
                 payload = Vec::new();
             }
-            if let Err(e) = send_response(&stream, cqe, &out, fd) {
-                break 'serve format!("write error: {e}");
+            if send_response(&stream, cqe, &out, fd).is_err() {
+                break 'serve "the answer could not be sent (timeout or closed)";
             }
         }
         if consumed > 0 {
@@ -530,10 +689,20 @@ fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStrea
             cred.pid
         );
     }
-    log::debug!("client pid {} disconnected: {reason}", cred.pid);
+    if reason != "end of stream" {
+        log::info!("client pid {} disconnected: {reason}", cred.pid);
+    }
     let mut ids: Vec<usize> = conn.handles.into_iter().collect();
     ids.sort_unstable();
-    lock(&shared.locked).scheme.on_disconnect(cred.pid, &ids);
+    let epoch = {
+        let mut guard = lock(&shared.locked);
+        guard.scheme.on_disconnect(cred.pid, &ids);
+        guard.scheme.wake_epoch()
+    };
+    crate::logline::flush();
+    // What the client held is free now: parked creates may succeed.
+    shared.publish_epoch(epoch);
+    shared.leave_user(cred.uid, &conn.user, ids.len());
     let _ = stream.shutdown(std::net::Shutdown::Both);
     // Keep `stream` alive until here so the peer sees EOF only after the
     // release.
@@ -549,6 +718,24 @@ impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
         let conns: Vec<ConnCtl> = std::mem::take(&mut *lock(&self.shared.conns));
         for c in &conns {
             let _ = c.stream.shutdown(std::net::Shutdown::Read);
+        }
+        // Let each connection finish the request it is on; one that is still
+        // busy after the grace (typically blocked sending to a client that
+        // does not read) has its socket shut both ways, which fails that
+        // send at once.
+        let deadline = Instant::now() + self.shared.limits.shutdown_grace;
+        for c in &conns {
+            while c.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if c.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+                log::warn!(
+                    "connection {} of pid {} still busy at shutdown; cutting it off",
+                    c.id,
+                    c.cred.pid
+                );
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
         }
         for mut c in conns {
             if let Some(t) = c.thread.take() {
@@ -574,7 +761,6 @@ fn err_cqe(tag: u32, errno: i32) -> Cqe {
         result: Error::mux(Err(Error::new(errno))) as u64,
     }
 }
-
 /// Writes one response (blocking), passing `fd` with its first byte.
 fn send_response(
     stream: &UnixStream,
@@ -690,6 +876,7 @@ fn dispatch<S: SchemeSync>(
         if !conn.handles.remove(&id) {
             return fail(EBADF);
         }
+        conn.user.handles.fetch_sub(1, Ordering::Relaxed);
         scheme.on_close(id);
         return (ok_cqe(tag, 0), Vec::new(), None);
     }
@@ -732,8 +919,8 @@ fn dispatch<S: SchemeSync>(
             if matches!(opcode, Opcode::OpenAt) && std::str::from_utf8(payload).is_err() {
                 return fail(EINVAL);
             }
-            if conn.handles.len() >= limits.max_handles_per_connection {
-                return fail(syscall::error::EMFILE);
+            if conn.user.handles.load(Ordering::Relaxed) >= limits.max_handles_per_uid {
+                return fail(EMFILE);
             }
             sqe.args[1] = payload.as_ptr() as u64;
             sqe.args[2] = payload.len() as u64;
@@ -830,7 +1017,9 @@ fn dispatch<S: SchemeSync>(
     } else if cqe.flags == CqeOpcode::RespondWithMultipleFds as u8 {
         return fail(EOPNOTSUPP);
     } else if let (Opcode::OpenAt | Opcode::Dup, Ok(id)) = (opcode, result) {
-        conn.handles.insert(id);
+        if conn.handles.insert(id) {
+            conn.user.handles.fetch_add(1, Ordering::Relaxed);
+        }
     }
     let payload_out = match (result, reply) {
         (Err(_), _) | (_, Reply::None) => Vec::new(),

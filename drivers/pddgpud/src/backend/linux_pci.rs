@@ -21,7 +21,7 @@ use pddgpu::device::bochs::{self, BochsModel};
 use pddgpu::device::{DeviceModel, DeviceResources, MemoryRegion, Mmio};
 use pddgpu::driver::Driver;
 use pddgpu_ipc::size::format_size;
-use pddgpu_scheme::{Backing, Region};
+use pddgpu_scheme::backing::{Backing, Region};
 
 use super::OpenedDevice;
 use crate::options::Options;
@@ -385,15 +385,16 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
         format_size(info.vram_size),
         format_size(info.gtt_size),
     );
+    // VRAM is the BAR: no descriptor can cover one BO of it, so only
+    // privileged callers map it (the whole BAR); everyone else reads and
+    // writes VRAM BOs through the server. GTT is system memory: each mapped
+    // BO gets its own memory.
     let backing = Backing {
-        vram: Region {
-            server_addr: Some(device.vram().as_mut_ptr() as usize),
-            fd: Some(dup(&device.vram().file, device.vram().path())?),
-        },
-        gtt: Region {
-            server_addr: Some(gtt_ptr as usize),
-            fd: Some(gtt_fd),
-        },
+        vram: Region::whole_for_admin(
+            device.vram().as_mut_ptr() as usize,
+            dup(&device.vram().file, device.vram().path())?,
+        ),
+        gtt: Region::per_bo(gtt_ptr as usize, gtt_fd, gtt_len),
     };
     // The BAR mappings back `mmio` and `vram` until the process exits.
     std::mem::forget(device);
@@ -536,17 +537,31 @@ mod tests {
         // The bytes are in the VRAM BAR file, at the BO's segments.
         let bar = fs::read(dev.join("resource0")).unwrap();
         let info = driver.bo_info(1, id).unwrap();
+        let info_segments = info.segments.clone();
         for (bo_off, backing_off, len) in info.segments {
             let (b, o, l) = (bo_off as usize, backing_off as usize, len as usize);
             assert_eq!(&bar[o..o + l], &data[b..b + l]);
         }
-        // The descriptor passed to clients is the same file.
-        let fd = opened.backing.vram.fd.as_ref().unwrap();
-        let dup_len = File::from(fd.try_clone().unwrap())
-            .metadata()
-            .unwrap()
-            .len();
+        // The descriptor passed to privileged clients is the same file;
+        // no per-BO descriptor exists for the BAR.
+        let fd = opened
+            .backing
+            .whole_domain_fd(pddgpu_scheme::backing::Domain::Vram)
+            .unwrap();
+        let dup_len = File::from(fd).metadata().unwrap().len();
         assert_eq!(dup_len, 8 << 20);
+        let mut backing = opened.backing;
+        let per_bo = backing.bo_memory_fd(
+            pddgpu_scheme::backing::Domain::Vram,
+            id.0,
+            req.size,
+            &info_segments,
+            true,
+        );
+        assert_eq!(
+            per_bo.err().map(|e| e.errno()),
+            Some(syscall::error::EOPNOTSUPP)
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -1,7 +1,8 @@
 //! The simulated PDDGPU backend. On Linux its VRAM and GTT live in two
-//! memfds that the daemon maps once and shares: the driver core copies
-//! through the mapping, and clients map BO segments from duplicates of the
-//! memfds (the host transport passes them with `SCM_RIGHTS`). On Redox the
+//! memfds that the daemon maps once: the driver core copies through the
+//! mapping, and a client maps a BO through a memfd of that BO's own pages,
+//! which the scheme's backing carves out of the domain's mapping (the host
+//! transport passes it with `SCM_RIGHTS`). On Redox the
 //! backing is page-aligned memory of the daemon, which the kernel shares
 //! into clients through `mmap_prep`. Faults can be injected through
 //! `pddgpu:control` (`fault …`), which sets the simulated device's registers
@@ -120,15 +121,12 @@ fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String>
     let gtt = SharedMemory::create("pddgpu-gtt", config.gtt_size)?;
     let device = SimDevice::with_backing(config, vram.region()?, gtt.region()?)
         .map_err(|e| format!("simulated device: {e}"))?;
+    // Each mapped BO gets its own memory carved out of these (see
+    // `pddgpu_scheme::backing`): a client never holds a descriptor of a
+    // whole domain.
     let backing = Backing {
-        vram: Region {
-            server_addr: Some(vram.ptr as usize),
-            fd: Some(vram.fd),
-        },
-        gtt: Region {
-            server_addr: Some(gtt.ptr as usize),
-            fd: Some(gtt.fd),
-        },
+        vram: Region::per_bo(vram.ptr as usize, vram.fd, vram.len),
+        gtt: Region::per_bo(gtt.ptr as usize, gtt.fd, gtt.len),
     };
     Ok((device, backing))
 }
@@ -139,12 +137,8 @@ fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String>
 fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String> {
     let device = SimDevice::new(config).map_err(|e| format!("simulated device: {e}"))?;
     let backing = Backing {
-        vram: Region {
-            server_addr: Some(device.vram().as_ptr() as usize),
-        },
-        gtt: Region {
-            server_addr: Some(device.gtt().as_ptr() as usize),
-        },
+        vram: Region::kernel_mapped(device.vram().as_ptr() as usize),
+        gtt: Region::kernel_mapped(device.gtt().as_ptr() as usize),
     };
     Ok((device, backing))
 }

@@ -1,0 +1,184 @@
+//! Log lines that carry client input.
+//!
+//! Two rules hold for every line built from what a client sent:
+//! - the client's text appears only as an [`excerpt`]: at most
+//!   [`EXCERPT_MAX`] bytes, escaped, with the full length noted, so a 16 MiB
+//!   path costs a line of about a hundred bytes;
+//! - the line is formatted and written only after the scheme lock is
+//!   released. While a request is dispatched, the scheme records the line
+//!   with [`defer`] (a closure over capped parts, kept in a small
+//!   per-thread queue); the transport calls [`flush`] once it has let go of
+//!   the lock. A stalled log pipe therefore delays only the connection
+//!   whose request produced the line, never everyone waiting for the lock.
+//!
+//! At most [`MAX_PENDING`] lines wait per thread between flushes; further
+//! ones are counted and reported as dropped by the next flush.
+
+use std::cell::RefCell;
+use std::fmt::Write;
+
+/// Longest excerpt of client text in a log line, in bytes (before
+/// escaping).
+pub const EXCERPT_MAX: usize = 96;
+
+/// Lines kept per thread between two [`flush`]es.
+pub const MAX_PENDING: usize = 16;
+
+type Line = Box<dyn FnOnce() -> String>;
+
+struct Pending {
+    lines: Vec<(log::Level, Line)>,
+    dropped: usize,
+}
+
+thread_local! {
+    static PENDING: RefCell<Pending> = const {
+        RefCell::new(Pending {
+            lines: Vec::new(),
+            dropped: 0,
+        })
+    };
+}
+
+/// An escaped copy of at most [`EXCERPT_MAX`] bytes of `text`, quoted;
+/// when cut, followed by the full length (`"abc"… (1048576 bytes)`).
+pub fn excerpt(text: &str) -> String {
+    quoted(text, text.len(), false)
+}
+
+/// `text` quoted and cut to [`EXCERPT_MAX`] bytes; the suffix names
+/// `total` bytes when `text` was cut here or `cut_before`.
+fn quoted(text: &str, total: usize, cut_before: bool) -> String {
+    let mut end = text.len().min(EXCERPT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 24);
+    out.push('"');
+    for c in text[..end].chars() {
+        // Control characters and quotes are escaped: a client cannot forge
+        // line breaks or fake fields in the log.
+        let _ = write!(out, "{}", c.escape_debug());
+    }
+    out.push('"');
+    if end < text.len() || cut_before {
+        let _ = write!(out, "… ({total} bytes)");
+    }
+    out
+}
+
+/// `text` (an error message or other line part that may quote client
+/// input) cut to at most twice [`EXCERPT_MAX`] bytes, with control
+/// characters escaped; when cut, followed by `… (N bytes)`.
+pub fn clip(text: &str) -> String {
+    let mut end = text.len().min(2 * EXCERPT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 24);
+    for c in text[..end].chars() {
+        if c.is_control() {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if end < text.len() {
+        let _ = write!(out, "… ({} bytes)", text.len());
+    }
+    out
+}
+
+/// [`excerpt`] of bytes that may not be UTF-8.
+pub fn excerpt_bytes(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(EXCERPT_MAX)];
+    quoted(
+        &String::from_utf8_lossy(cut),
+        bytes.len(),
+        cut.len() < bytes.len(),
+    )
+}
+
+/// Records a log line to be built by `line` and written at the next
+/// [`flush`] on this thread. `line` must capture only capped parts (see
+/// [`excerpt`]).
+pub fn defer(level: log::Level, line: impl FnOnce() -> String + 'static) {
+    if log::log_enabled!(level) {
+        push(level, Box::new(line));
+    }
+}
+
+fn push(level: log::Level, line: Line) {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.lines.len() < MAX_PENDING {
+            p.lines.push((level, line));
+        } else {
+            p.dropped += 1;
+        }
+    });
+}
+
+/// Builds and writes the lines deferred on this thread. Call it with no
+/// lock held.
+pub fn flush() {
+    let (lines, dropped) = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.lines.is_empty() && p.dropped == 0 {
+            return (Vec::new(), 0);
+        }
+        (std::mem::take(&mut p.lines), std::mem::take(&mut p.dropped))
+    });
+    for (level, line) in lines {
+        log::log!(level, "{}", line());
+    }
+    if dropped > 0 {
+        log::warn!("{dropped} more log lines about client requests dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_capped_escaped_and_say_the_length() {
+        let long = "a".repeat(1 << 20);
+        let e = excerpt(&long);
+        assert!(e.len() < EXCERPT_MAX + 32, "{} bytes", e.len());
+        assert!(e.ends_with("… (1048576 bytes)"), "{e}");
+        assert_eq!(excerpt("x\ny\"z"), "\"x\\ny\\\"z\"");
+        // A cut never splits a character.
+        let wide = "é".repeat(EXCERPT_MAX);
+        assert!(excerpt(&wide).starts_with("\"éé"));
+        let reason = clip(&format!("query item `{long}` is not key=value\nforged"));
+        assert!(reason.len() < 2 * EXCERPT_MAX + 32);
+        assert!(!reason.contains('\n'));
+        assert_eq!(clip("a\nb"), "a\\nb");
+        let bytes = excerpt_bytes(&[0xff; 4 * EXCERPT_MAX]);
+        assert!(
+            bytes.ends_with(&format!("({} bytes)", 4 * EXCERPT_MAX)),
+            "{bytes}"
+        );
+    }
+
+    #[test]
+    fn deferred_lines_are_bounded_per_thread() {
+        // (No logger is installed in unit tests, so `defer` itself would
+        // queue nothing: use the queue underneath it.)
+        for _ in 0..MAX_PENDING + 3 {
+            push(log::Level::Info, Box::new(String::new));
+        }
+        PENDING.with(|p| {
+            let p = p.borrow();
+            assert_eq!(p.lines.len(), MAX_PENDING);
+            assert_eq!(p.dropped, 3);
+        });
+        flush();
+        PENDING.with(|p| {
+            let p = p.borrow();
+            assert!(p.lines.is_empty());
+            assert_eq!(p.dropped, 0);
+        });
+    }
+}

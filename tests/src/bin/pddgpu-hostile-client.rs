@@ -1,0 +1,195 @@
+//! A client process for the hostile-client suite (`tests/hostile.rs`). The
+//! suite starts it as another user (`Command::uid`) or kills it with
+//! SIGKILL; it reports on stdout in one-line messages.
+//!
+//! Modes (the socket comes from `PDDGPU_SOCKET`):
+//! - `create <size> <vram|gtt>`: create a BO, print `ok <id>` or
+//!   `err <ERRNO>`, then wait for EOF on stdin.
+//! - `hold-mapped <count> <size> <vram|gtt>`: create `count` BOs, map each
+//!   and fill it, print `ready`, then sleep until killed.
+//! - `readonly-map`: create a BO, open a second, read-only handle on it,
+//!   ask that handle for its memory descriptor and try to map it writable,
+//!   and to reopen it writable through `/proc/self/fd`; print
+//!   `map-rw <ok|ERRNO> reopen-rw <ok|ERRNO>`.
+
+use std::io::{BufRead, Write};
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+
+use pddgpu_ipc::host::{HostConnection, ROOT_FD};
+use pddgpu_ipc::wire::{errno_name, BoCall, BoInfoWire, DUP_BACKING};
+use pddgpu_ipc::{BoFlags, Device, Domain, Error};
+use syscall::flag::{O_RDONLY, O_RDWR};
+use syscall::schemev2::Opcode;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn wait_eof() {
+    let mut line = String::new();
+    while std::io::stdin().lock().read_line(&mut line).unwrap_or(0) > 0 {
+        line.clear();
+    }
+}
+
+fn domain(s: Option<&String>) -> Result<Domain, String> {
+    match s.map(String::as_str) {
+        Some("vram") => Ok(Domain::Vram),
+        Some("gtt") => Ok(Domain::Gtt),
+        _ => Err("expected vram or gtt".into()),
+    }
+}
+
+fn number(s: Option<&String>, what: &str) -> Result<u64, String> {
+    s.and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad or missing {what}"))
+}
+
+fn errno_text(e: &Error) -> String {
+    e.errno()
+        .map_or_else(|| e.to_string(), |n| errno_name(n).into())
+}
+
+fn errno_of(e: rustix::io::Errno) -> String {
+    errno_name(e.raw_os_error()).to_string()
+}
+
+/// Creates a BO and tries to gain write access to it through a read-only
+/// handle.
+fn readonly_map() -> Result<String, String> {
+    let socket = pddgpu_ipc::default_socket_path();
+    let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+    let request = |c: &mut HostConnection, op, args, payload: &[u8]| {
+        c.request(op, args, payload, 0)
+            .map_err(|e| format!("{op:?}: {e}"))
+    };
+    let path = b"bo/new?size=4096&domain=gtt";
+    let rw = request(
+        &mut c,
+        Opcode::OpenAt,
+        [ROOT_FD, 0, 0, O_RDWR as u64, 0, 0],
+        path,
+    )?
+    .result()
+    .map_err(|e| format!("create: {}", errno_name(e)))? as u64;
+    let mut info = [0u8; BoInfoWire::SIZE];
+    let reply = request(
+        &mut c,
+        Opcode::Call,
+        [rw, 0, 0, BoCall::Info as u64, 0, 0],
+        &info,
+    )?;
+    info.copy_from_slice(&reply.payload);
+    let id = BoInfoWire::decode(&info).ok_or("bad info")?.id;
+    let path = format!("bo/{id}");
+    let ro = request(
+        &mut c,
+        Opcode::OpenAt,
+        [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
+        path.as_bytes(),
+    )?
+    .result()
+    .map_err(|e| format!("open read-only: {}", errno_name(e)))? as u64;
+    let reply = request(&mut c, Opcode::Dup, [ro, 0, 0, 0, 0, 0], DUP_BACKING)?;
+    if let Err(e) = reply.result() {
+        // No descriptor at all for a read-only handle is also safe.
+        return Ok(format!(
+            "map-rw {} reopen-rw {}",
+            errno_name(e),
+            errno_name(e)
+        ));
+    }
+    let fd: OwnedFd = reply.fd.ok_or("no descriptor passed")?;
+    // SAFETY: a fresh mapping chosen by the kernel, unmapped right away;
+    // nothing reads or writes through it.
+    let mapped = unsafe {
+        rustix::mm::mmap(
+            core::ptr::null_mut(),
+            4096,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            &fd,
+            0,
+        )
+    };
+    let map_rw = match mapped {
+        Ok(p) => {
+            // SAFETY: the mapping made just above.
+            let _ = unsafe { rustix::mm::munmap(p, 4096) };
+            "ok".to_string()
+        }
+        Err(e) => errno_of(e),
+    };
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let reopen_rw = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&proc_path)
+    {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e
+            .raw_os_error()
+            .map_or_else(|| e.to_string(), |n| errno_name(n).to_string()),
+    };
+    Ok(format!("map-rw {map_rw} reopen-rw {reopen_rw}"))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("create") => {
+            let size = number(args.get(1), "size")?;
+            let domain = domain(args.get(2))?;
+            let dev = Device::open().map_err(|e| e.to_string())?;
+            let bo = match dev.create_bo(size, domain, BoFlags::empty()) {
+                Ok(bo) => {
+                    say(&format!("ok {}", bo.id()));
+                    Some(bo)
+                }
+                Err(e) => {
+                    say(&format!("err {}", errno_text(&e)));
+                    None
+                }
+            };
+            wait_eof();
+            drop(bo);
+            Ok(())
+        }
+        Some("hold-mapped") => {
+            let count = number(args.get(1), "count")?;
+            let size = number(args.get(2), "size")?;
+            let domain = domain(args.get(3))?;
+            let dev = Device::open().map_err(|e| e.to_string())?;
+            let mut bos = Vec::new();
+            for i in 0..count {
+                let mut bo = dev
+                    .create_bo(size, domain, BoFlags::empty())
+                    .map_err(|e| e.to_string())?;
+                bo.map().map_err(|e| e.to_string())?.fill(i as u8 | 1);
+                bos.push(bo);
+            }
+            say("ready");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        Some("readonly-map") => {
+            say(&readonly_map()?);
+            Ok(())
+        }
+        _ => Err("usage: create SIZE DOMAIN | hold-mapped COUNT SIZE DOMAIN | readonly-map".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say(&format!("failed {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,767 @@
+//! The hostile-client suite: every attack runs against a real `pddgpud`
+//! process over the real host transport, and every test ends by checking
+//! that the server survived intact — still running, `health` is `ok`, a
+//! leak audit is clean and no memory is in use.
+//!
+//! Attacks that need a second user (lock-out, reopening a read-only
+//! descriptor) start the helper client as uid/gid 65534 when the suite runs
+//! as root (as CI does); otherwise they check what one user can observe.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD};
+use pddgpu_ipc::host::{HostConnection, ROOT_FD};
+use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
+use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
+use pddgpu_tests::{wait_until, ClientProc, Daemon};
+use rustix::mm::{MapFlags, ProtFlags};
+use syscall::error::{EBADF, EMFILE};
+use syscall::flag::{O_RDONLY, O_RDWR};
+use syscall::schemev2::{Opcode, Sqe, SqeFlags};
+
+/// The daemon under attack: this build's, or `PDDGPU_HOSTILE_DAEMON` (to
+/// run the suite against another build, e.g. installed release binaries).
+fn daemon_bin() -> String {
+    std::env::var("PDDGPU_HOSTILE_DAEMON")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pddgpud-under-test").to_string())
+}
+const HOSTILE: &str = env!("CARGO_BIN_EXE_pddgpu-hostile-client");
+const PAGE: usize = 4096;
+/// The user the second-user attacks run as (`nobody` on Debian).
+const OTHER_UID: u32 = 65534;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The result of one request, or `Err(-1)` when the connection failed.
+fn request(c: &mut HostConnection, op: Opcode, args: [u64; 6], payload: &[u8]) -> Result<u64, i32> {
+    match c.request(op, args, payload, 0) {
+        Ok(r) => r.result().map(|v| v as u64),
+        Err(_) => Err(-1),
+    }
+}
+
+fn open(c: &mut HostConnection, path: &str, flags: usize) -> Result<u64, i32> {
+    request(
+        c,
+        Opcode::OpenAt,
+        [ROOT_FD, 0, 0, flags as u64, 0, 0],
+        path.as_bytes(),
+    )
+}
+
+fn close(c: &mut HostConnection, handle: u64) -> Result<u64, i32> {
+    request(c, Opcode::CloseMsg, [handle, 0, 0, 0, 0, 0], &[])
+}
+
+fn bo_id(c: &mut HostConnection, handle: u64) -> u64 {
+    let info = [0u8; BoInfoWire::SIZE];
+    let r = c
+        .request(
+            Opcode::Call,
+            [handle, 0, 0, BoCall::Info as u64, 0, 0],
+            &info,
+            0,
+        )
+        .expect("info call");
+    r.result().expect("info");
+    BoInfoWire::decode(&r.payload).expect("info reply").id
+}
+
+/// The memory descriptor a BO handle hands out for mapping.
+fn memory_fd(c: &mut HostConnection, handle: u64) -> Result<OwnedFd, i32> {
+    let r = c
+        .request(Opcode::Dup, [handle, 0, 0, 0, 0, 0], DUP_BACKING, 0)
+        .map_err(|_| -1)?;
+    r.result()?;
+    r.fd.ok_or(-2)
+}
+
+fn fd_len(fd: &OwnedFd) -> usize {
+    rustix::fs::fstat(fd).expect("fstat").st_size as usize
+}
+
+/// Maps `len` bytes of `fd` read-only and returns a copy of them.
+fn read_mapped(fd: &OwnedFd, len: usize) -> Vec<u8> {
+    // SAFETY: a fresh private read-only mapping chosen by the kernel,
+    // copied out and unmapped before returning.
+    unsafe {
+        let p = rustix::mm::mmap(
+            core::ptr::null_mut(),
+            len,
+            ProtFlags::READ,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+        .expect("mmap the descriptor");
+        let copy = std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec();
+        rustix::mm::munmap(p, len).expect("munmap");
+        copy
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The checks every test ends with: the server survived the attack.
+fn assert_server_intact(daemon: &mut Daemon) {
+    assert!(daemon.is_running(), "pddgpud died: {}", daemon.log());
+    let dev = daemon.connect();
+    let settled = wait_until(Duration::from_secs(20), || {
+        let s = dev.stats().expect("stats");
+        s.vram.used == 0 && s.gtt.used == 0 && s.bos.count == 0
+    });
+    let stats = dev.stats().expect("stats");
+    assert!(
+        settled,
+        "memory still in use after every client left: vram {} gtt {} bos {}",
+        stats.vram.used, stats.gtt.used, stats.bos.count
+    );
+    assert_eq!(dev.health().expect("health").trim(), "ok");
+    let leaks = dev.leak_check().expect("leak-check");
+    assert!(leaks.clean, "leak audit not clean: {:?}", leaks.problems);
+    assert!(daemon.is_running(), "pddgpud died: {}", daemon.log());
+}
+
+fn spawn_helper(daemon: &Daemon, args: &[&str], uid: Option<u32>) -> Child {
+    let mut cmd = Command::new(HOSTILE);
+    cmd.args(args)
+        .env(pddgpu_ipc::SOCKET_ENV, daemon.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.spawn().expect("spawn the hostile client")
+}
+
+fn first_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("stdout");
+    let _ = std::io::BufReader::new(out).read_line(&mut line);
+    line.trim_end().to_string()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+// ---- mapping -----------------------------------------------------------
+
+/// A client's memory descriptor covers its own BO and nothing else: mapping
+/// all of it never shows another client's bytes.
+#[test]
+fn a_memory_descriptor_covers_only_the_clients_own_bo() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let victim = daemon.connect();
+    let secret = b"victim-secret-7f3a9c21-never-yours";
+    let mut held = Vec::new();
+    for domain in [Domain::Vram, Domain::Gtt] {
+        let bo = victim
+            .create_bo(64 << 10, domain, BoFlags::empty())
+            .expect("victim BO");
+        let mut data = Vec::new();
+        while data.len() < (64 << 10) {
+            data.extend_from_slice(secret);
+        }
+        data.truncate(64 << 10);
+        bo.write_at(0, &data).expect("victim writes");
+        held.push(bo);
+    }
+    let mut attacker = HostConnection::connect(daemon.socket()).unwrap();
+    for domain in ["vram", "gtt"] {
+        let h = open(
+            &mut attacker,
+            &format!("bo/new?size=4096&domain={domain}"),
+            O_RDWR,
+        )
+        .expect("attacker BO");
+        let fd = memory_fd(&mut attacker, h).expect("memory descriptor");
+        let len = fd_len(&fd);
+        assert_eq!(
+            len, PAGE,
+            "{domain}: the descriptor must cover exactly the attacker's one page"
+        );
+        let bytes = read_mapped(&fd, len);
+        assert!(
+            !contains(&bytes, secret),
+            "{domain}: the attacker read the victim's bytes"
+        );
+        // Nothing past the end can be mapped.
+        // SAFETY: a mapping attempt the kernel must refuse or that is
+        // unmapped at once; never dereferenced.
+        let beyond = unsafe {
+            rustix::mm::mmap(
+                core::ptr::null_mut(),
+                PAGE,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                &fd,
+                PAGE as u64,
+            )
+        };
+        if let Ok(p) = beyond {
+            // Mapping past EOF may succeed, but touching it would fault;
+            // what matters is that the file has no bytes there.
+            // SAFETY: the mapping made just above, never dereferenced.
+            unsafe { rustix::mm::munmap(p, PAGE).unwrap() };
+        }
+        close(&mut attacker, h).unwrap();
+    }
+    drop(held);
+    drop(victim);
+    drop(attacker);
+    assert_server_intact(&mut daemon);
+}
+
+/// A client that keeps its memory descriptor after freeing the BO never
+/// sees the bytes of the BO that reuses those pages.
+#[test]
+fn a_descriptor_kept_after_free_never_shows_a_later_bo() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut thief = HostConnection::connect(daemon.socket()).unwrap();
+    let victim = daemon.connect();
+    let secret = b"later-bo-secret-0c8e71";
+    for domain in ["vram", "gtt"] {
+        // Twice: once reclaimed by the overlapping create, once by the
+        // periodic sweep (the victim's BO lands elsewhere first).
+        for round in 0..2 {
+            let h = open(
+                &mut thief,
+                &format!("bo/new?size=65536&domain={domain}"),
+                O_RDWR,
+            )
+            .unwrap();
+            let fd = memory_fd(&mut thief, h).expect("memory descriptor");
+            close(&mut thief, h).unwrap();
+            if round == 1 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let d = if domain == "vram" {
+                Domain::Vram
+            } else {
+                Domain::Gtt
+            };
+            let bo = victim.create_bo(65536, d, BoFlags::empty()).unwrap();
+            let mut data = Vec::new();
+            while data.len() < 65536 {
+                data.extend_from_slice(secret);
+            }
+            data.truncate(65536);
+            bo.write_at(0, &data).unwrap();
+            let seen = read_mapped(&fd, 65536);
+            assert!(
+                !contains(&seen, secret),
+                "{domain}: a freed BO's descriptor showed the next BO's bytes"
+            );
+            // The victim's bytes are intact for the victim.
+            let mut back = vec![0u8; 65536];
+            bo.read_at(0, &mut back).unwrap();
+            assert_eq!(back, data);
+        }
+    }
+    drop(victim);
+    drop(thief);
+    assert_server_intact(&mut daemon);
+}
+
+/// Truncating, growing or punching holes into a memory descriptor cannot
+/// crash or corrupt the server.
+#[test]
+fn misusing_a_memory_descriptor_cannot_crash_the_server() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut attacker = HostConnection::connect(daemon.socket()).unwrap();
+    let mut fds = Vec::new();
+    for domain in ["vram", "gtt"] {
+        let h = open(
+            &mut attacker,
+            &format!("bo/new?size=65536&domain={domain}"),
+            O_RDWR,
+        )
+        .expect("attacker BO");
+        let fd = memory_fd(&mut attacker, h).expect("memory descriptor");
+        // Grow, punch, then shrink to nothing (and leave it so).
+        let _ = rustix::fs::ftruncate(&fd, 1 << 30);
+        let _ = rustix::fs::fallocate(
+            &fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            0,
+            4096,
+        );
+        let _ = rustix::fs::ftruncate(&fd, 0);
+        fds.push((h, fd));
+    }
+    // The server now zero-fills, writes and reads memory in both domains,
+    // including the attacker's own BOs.
+    let dev = daemon.connect();
+    for domain in [Domain::Vram, Domain::Gtt] {
+        for _ in 0..8 {
+            let bo = dev
+                .create_bo(1 << 20, domain, BoFlags::empty())
+                .expect("create after the attack");
+            bo.write_at(0, &[0x5A; 4096]).expect("write");
+            let mut back = [0u8; 4096];
+            bo.read_at(0, &mut back).expect("read");
+            assert_eq!(back, [0x5A; 4096]);
+        }
+    }
+    for (h, _) in &fds {
+        let mut buf = vec![0u8; 65536];
+        let r = attacker
+            .request(Opcode::Read, [*h, 0, 0, 0, 0, 0], &[], buf.len())
+            .expect("the server still answers the attacker");
+        assert_eq!(r.result(), Ok(65536));
+        buf.copy_from_slice(&r.payload);
+    }
+    drop(fds);
+    drop(attacker);
+    drop(dev);
+    assert_server_intact(&mut daemon);
+}
+
+/// A read-only handle never yields a writable mapping, and another user
+/// cannot reopen its descriptor for writing.
+#[test]
+fn read_only_handles_never_map_writable() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let uid = is_root().then_some(OTHER_UID);
+    let mut child = spawn_helper(&daemon, &["readonly-map"], uid);
+    let line = first_line(&mut child);
+    let _ = child.wait();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 4, "helper said {line:?}");
+    assert_eq!(words[0], "map-rw");
+    assert_ne!(words[1], "ok", "a read-only handle mapped writable");
+    if uid.is_some() {
+        assert_eq!(words[2], "reopen-rw");
+        assert_ne!(
+            words[3], "ok",
+            "another user reopened a read-only descriptor writable"
+        );
+    }
+    assert_server_intact(&mut daemon);
+}
+
+// ---- page granularity ----------------------------------------------------
+
+/// BOs never share a page, whatever size and alignment they ask for.
+#[test]
+fn bos_never_share_a_page() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let a = daemon.connect();
+    let b = daemon.connect();
+    for domain in [Domain::Gtt, Domain::Vram] {
+        let mut desc = BoDesc::new(100, domain, BoFlags::empty());
+        desc.align = 1;
+        let mut pages = Vec::new();
+        let mut bos = Vec::new();
+        for (i, dev) in [&a, &b, &a, &b].into_iter().enumerate() {
+            let bo = dev.create(&desc).expect("small BO");
+            let segs: Vec<SegmentWire> = bo.segments().expect("segments");
+            for s in &segs {
+                assert_eq!(
+                    s.backing_offset % PAGE as u64,
+                    0,
+                    "{domain}: BO {i} starts inside a page"
+                );
+                pages.push(s.backing_offset / PAGE as u64);
+            }
+            bos.push(bo);
+        }
+        let mut unique = pages.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            pages.len(),
+            "{domain}: BOs share pages {pages:?}"
+        );
+    }
+    drop((a, b));
+    assert_server_intact(&mut daemon);
+}
+
+/// Every byte a client can map in a new BO is zero, including the rest of
+/// its last page after the requested size.
+#[test]
+fn every_mappable_byte_of_a_new_bo_starts_zeroed() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let first = daemon.connect();
+    let second = daemon.connect();
+    for domain in [Domain::Gtt, Domain::Vram] {
+        for _ in 0..4 {
+            let mut bo = first
+                .create_bo(8 * PAGE as u64, domain, BoFlags::empty())
+                .unwrap();
+            bo.map().unwrap().fill(0xEE);
+            drop(bo);
+            let mut small = second.create_bo(100, domain, BoFlags::empty()).unwrap();
+            let map = small.map().unwrap();
+            assert_eq!(map.len(), 100);
+            // SAFETY: the transport maps whole pages (the BO's size rounded
+            // up to the page size), so the page behind the slice is mapped
+            // for as long as `small` keeps its mapping.
+            let page = unsafe { std::slice::from_raw_parts(map.as_ptr(), PAGE) };
+            assert!(
+                page.iter().all(|&b| b == 0),
+                "{domain}: stale bytes after the BO's end: first at {:?}",
+                page.iter().position(|&b| b != 0)
+            );
+        }
+    }
+    drop((first, second));
+    assert_server_intact(&mut daemon);
+}
+
+// ---- bounded resources -----------------------------------------------------
+
+/// A client that asks for a large answer and never reads it cannot stall
+/// shutdown.
+#[test]
+fn shutdown_finishes_while_a_client_never_reads_its_answer() {
+    let daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut stuck = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut stuck, "bo/new?size=16777216&domain=gtt", O_RDWR).expect("BO");
+    let header = RequestHeader {
+        payload_len: 0,
+        out_len: MAX_PAYLOAD as u32,
+        sqe: Sqe {
+            opcode: Opcode::Read as u8,
+            sqe_flags: SqeFlags::empty(),
+            _rsvd: 0,
+            tag: 99,
+            args: [h, 0, 0, 0, 0, 0],
+            caller: 0,
+        },
+    };
+    // Two large reads, never read back: the server blocks sending.
+    stuck.send_raw(&header.encode()).unwrap();
+    stuck.send_raw(&header.encode()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let code = daemon.stop();
+    assert_eq!(
+        code,
+        Some(0),
+        "pddgpud did not finish its shutdown while a client refused to read"
+    );
+    drop(stuck);
+}
+
+/// One user holding many connections does not lock another user out; the
+/// connections beyond its share are refused with `EMFILE`.
+#[test]
+fn one_user_cannot_lock_out_another() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..300 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        match open(&mut c, "stats", O_RDONLY) {
+            Ok(_) => held.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(EMFILE),
+        "a user's connections beyond its limit must be refused with EMFILE ({} accepted)",
+        held.len()
+    );
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["create", "4096", "gtt"], Some(OTHER_UID));
+        let line = first_line(&mut other);
+        drop(other.stdin.take());
+        let _ = other.wait();
+        assert!(
+            line.starts_with("ok "),
+            "another user was locked out: {line:?}"
+        );
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    drop(held);
+    assert_server_intact(&mut daemon);
+}
+
+/// Handles are limited per user, across all of its connections.
+#[test]
+fn handles_are_limited_per_user() {
+    // The default limit: 4096 handles per user.
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut a = HostConnection::connect(daemon.socket()).unwrap();
+    let mut b = HostConnection::connect(daemon.socket()).unwrap();
+    let mut opened = Vec::new();
+    for i in 0..4096 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        opened.push(open(c, "stats", O_RDONLY).expect("within the limit"));
+    }
+    assert_eq!(open(&mut a, "stats", O_RDONLY), Err(EMFILE));
+    assert_eq!(
+        open(&mut b, "bo/new?size=4096&domain=gtt", O_RDWR),
+        Err(EMFILE)
+    );
+    close(&mut a, opened[0]).unwrap();
+    let again = open(&mut b, "stats", O_RDONLY).expect("a closed handle frees a slot");
+    assert_eq!(open(&mut a, "stats", O_RDONLY), Err(EMFILE));
+    close(&mut b, again).unwrap();
+    drop((a, b));
+    assert_server_intact(&mut daemon);
+}
+
+/// A connection that holds nothing and says nothing is closed after the
+/// idle timeout; one that holds a handle stays; a frame left half-sent is
+/// dropped after the request timeout.
+#[test]
+fn idle_and_stalled_connections_are_closed() {
+    let mut daemon = Daemon::start(
+        &daemon_bin(),
+        &["--idle-timeout-ms", "300", "--request-timeout-ms", "300"],
+    );
+    let closed_by_server = |c: &HostConnection| {
+        let mut s = c.stream();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(0) | Err(_))
+    };
+    let library = daemon.connect();
+    library.health().unwrap();
+    let idle = HostConnection::connect(daemon.socket()).unwrap();
+    let mut holding = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut holding, "bo/new?size=4096&domain=gtt", O_RDWR).unwrap();
+    let mut stalled = HostConnection::connect(daemon.socket()).unwrap();
+    let header = RequestHeader {
+        payload_len: 64,
+        ..RequestHeader::default()
+    };
+    stalled.send_raw(&header.encode()[..40]).unwrap();
+    let start = Instant::now();
+    assert!(closed_by_server(&idle), "the idle connection stayed open");
+    assert!(closed_by_server(&stalled), "the stalled frame stayed open");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        bo_id(&mut holding, h) >> 62,
+        0,
+        "the holding connection still works"
+    );
+    close(&mut holding, h).unwrap();
+    drop(holding);
+    // The client library reconnects a connection closed while it held
+    // nothing.
+    assert_eq!(library.health().unwrap().trim(), "ok");
+    assert_server_intact(&mut daemon);
+}
+
+/// A header that announces a large payload commits no memory before the
+/// payload arrives.
+#[test]
+fn an_announced_payload_commits_nothing_up_front() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let pid = daemon.pid();
+    let before = rss_kib(pid);
+    let mut conns = Vec::new();
+    for tag in 0..8u32 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        let header = RequestHeader {
+            payload_len: MAX_PAYLOAD as u32,
+            out_len: 0,
+            sqe: Sqe {
+                opcode: Opcode::OpenAt as u8,
+                sqe_flags: SqeFlags::empty(),
+                _rsvd: 0,
+                tag,
+                args: [ROOT_FD, 0, 0, 0, 0, 0],
+                caller: 0,
+            },
+        };
+        c.send_raw(&header.encode()).unwrap();
+        c.send_raw(b"bo/").unwrap();
+        conns.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 16 << 10,
+        "8 announced 16 MiB payloads grew the server by {grown} KiB before any payload arrived"
+    );
+    drop(conns);
+    assert_server_intact(&mut daemon);
+}
+
+/// Log lines built from client input are capped.
+#[test]
+fn log_lines_from_client_input_are_capped() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let long = "x\n".repeat(1 << 19);
+    for path in [
+        long.clone(),
+        format!("bo/new?size=4096&domain=gtt&label={long}"),
+        format!("bo/new?size=4096&domain=gtt&{long}=1"),
+        format!("config/{long}"),
+        format!("bo/1?token={long}"),
+    ] {
+        let r = open(&mut c, &path, O_RDWR);
+        assert!(r.is_err() && r != Err(-1), "{r:?}");
+    }
+    drop(c);
+    assert_server_intact(&mut daemon);
+    let log = daemon.log();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest <= 1024, "a log line of {longest} bytes");
+}
+
+/// A create parked for lack of space wakes as soon as a killed client's BOs
+/// are freed, not when its retry delay runs out.
+#[test]
+fn a_parked_create_wakes_when_a_killed_clients_bos_are_freed() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let dev = daemon.connect();
+    dev.set_config("vram_retry_count", "1").unwrap();
+    dev.set_config("vram_retry_delay_ms", "60000").unwrap();
+    let hog = ClientProc::spawn(
+        HOSTILE,
+        daemon.socket(),
+        &["hold-mapped", "1", &(64u64 << 20).to_string(), "vram"],
+    );
+    let mut hog = hog;
+    assert_eq!(hog.line(), "ready");
+    let socket = daemon.socket().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        let dev = Device::connect(&socket).unwrap();
+        let bo = dev.create_bo(1 << 20, Domain::Vram, BoFlags::empty());
+        bo.map(|bo| bo.size())
+    });
+    // Let the create park, then kill the hog; no other request is sent
+    // meanwhile (a served request would wake the parked one anyway).
+    std::thread::sleep(Duration::from_millis(500));
+    hog.kill();
+    let woke = wait_until(Duration::from_secs(20), || waiter.is_finished());
+    assert!(woke, "the parked create slept through the free");
+    assert_eq!(waiter.join().unwrap().expect("create"), 1 << 20);
+    drop(dev);
+    assert_server_intact(&mut daemon);
+}
+
+// ---- malformed input -------------------------------------------------------
+
+/// Garbage frames, forged handles and bad query strings each get an errno
+/// (or cost the sender its connection) and change nothing.
+#[test]
+fn garbage_forged_handles_and_bad_queries_change_nothing() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut owner = HostConnection::connect(daemon.socket()).unwrap();
+    let victim_bo = open(&mut owner, "bo/new?size=4096&domain=vram", O_RDWR).unwrap();
+    owner
+        .request(Opcode::Write, [victim_bo, 0, 0, 0, 0, 0], b"mine", 0)
+        .unwrap();
+    // Forged handles: the owner's ids, unknown ids, the root id.
+    let mut thief = HostConnection::connect(daemon.socket()).unwrap();
+    for id in [victim_bo, victim_bo + 1, 0, 1, 2, u64::MAX - 1, u64::MAX] {
+        let r = thief
+            .request(Opcode::Read, [id, 0, 0, 0, 0, 0], &[], 16)
+            .unwrap();
+        assert_eq!(r.result(), Err(EBADF), "read of forged handle {id}");
+        assert_eq!(
+            request(&mut thief, Opcode::Dup, [id, 0, 0, 0, 0, 0], DUP_BACKING),
+            Err(EBADF)
+        );
+        assert_eq!(close(&mut thief, id), Err(EBADF));
+    }
+    // Bad query strings.
+    for q in [
+        "bo/new?size=0&domain=gtt",
+        "bo/new?size=-1&domain=gtt",
+        "bo/new?size=99999999999999999999&domain=gtt",
+        "bo/new?size=4096&domain=gtt&align=3",
+        "bo/new?size=4096&domain=gtt&align=0x",
+        "bo/new?size=4096&domain=nope",
+        "bo/new?size=4096&domain=gtt&flags=contiguous,bogus",
+        "bo/new?size=4096&domain=gtt&size=4096",
+        "bo/new?size=4096&domain=gtt&label=../../etc",
+        "bo/new?size=4096&domain=gtt&attempt=-1",
+        "bo/new?=&&&",
+        "bo/new?size=4096&domain=gtt\u{0}",
+        "bo/1?token=",
+        "bo/1?token=zz",
+        "bo/18446744073709551615?token=1",
+        "bo/new?size=4096&domain=gtt&unknown=1",
+    ] {
+        let r = open(&mut thief, q, O_RDWR);
+        assert!(r.is_err() && r != Err(-1), "{q:?} gave {r:?}");
+    }
+    // Garbage frames: each costs its sender the connection, nothing more.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..64 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        let len = 8 + (round * 37) % 300;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = c.send_raw(&junk);
+        let _ = c.stream().shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = c.stream().read_to_end(&mut rest);
+    }
+    // The owner's BO is intact.
+    let r = owner
+        .request(Opcode::Read, [victim_bo, 0, 0, 0, 0, 0], &[], 4)
+        .unwrap();
+    assert_eq!(r.payload, b"mine");
+    drop(owner);
+    drop(thief);
+    assert_server_intact(&mut daemon);
+}
+
+/// Many clients killed while holding mapped BOs leave nothing behind.
+#[test]
+fn many_killed_clients_leave_nothing_behind() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    for round in 0..3 {
+        let mut clients: Vec<ClientProc> = (0..12)
+            .map(|i| {
+                let domain = if (i + round) % 2 == 0 { "vram" } else { "gtt" };
+                ClientProc::spawn(
+                    HOSTILE,
+                    daemon.socket(),
+                    &["hold-mapped", "4", "65536", domain],
+                )
+            })
+            .collect();
+        for c in &mut clients {
+            assert_eq!(c.line(), "ready");
+        }
+        for c in clients {
+            c.kill();
+        }
+        let dev = daemon.connect();
+        assert!(wait_until(Duration::from_secs(20), || {
+            dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+        }));
+    }
+    assert_server_intact(&mut daemon);
+}
