@@ -1,13 +1,13 @@
-//! The human form of `stats.json` that `pddgpu stats` prints: one line for
-//! the device, one per memory manager, the live BOs, then the event counters
-//! as a small aligned table with one row per domain and a unit on every
-//! column. The machine format stays `stats.json`; this text is for people
+//! The human form of `stats.json` that `pddgpu stats` prints: the device,
+//! the memory managers as an aligned table (one row per domain), the live
+//! BOs, then the event counters as a small aligned table with one row per
+//! domain and a unit on every column. The machine format stays `stats.json`; this text is for people
 //! and may change.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::model::{PoolStats, Stats};
+use crate::model::Stats;
 use crate::size::format_size;
 
 /// Percent of `part` in `whole`, rounded down (0 when `whole` is 0).
@@ -75,28 +75,47 @@ fn key(domain: &str, column: &Column) -> String {
     format!("{domain}_{}", column.suffix)
 }
 
-fn pool_line(name: &str, p: &PoolStats) -> String {
-    let mut s = format!(
-        "{name:<8} {} {}, used {} of {} ({}%), free {}, largest free {}, fragmentation {}%",
-        p.state,
-        if p.healthy { "healthy" } else { "UNHEALTHY" },
-        format_size(p.used),
-        format_size(p.total),
-        pct(p.used, p.total),
-        format_size(p.free),
-        format_size(p.largest_free),
-        p.fragmentation_pct,
-    );
-    if p.visible_total > 0 {
-        let _ = write!(
-            s,
-            ", visible used {} of {}",
-            format_size(p.visible_used),
-            format_size(p.visible_total)
-        );
+/// The memory managers as an aligned table: one row per domain; sizes in
+/// binary units, shares in percent (`-` where a column does not apply).
+pub fn pools_table(s: &Stats) -> String {
+    let mut rows = vec![[
+        "memory",
+        "state",
+        "health",
+        "used",
+        "total",
+        "use",
+        "free",
+        "largest free",
+        "fragmentation",
+        "visible used",
+        "visible total",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (name, p) in [("vram", &s.vram), ("gtt", &s.gtt)] {
+        let visible = |v: u64| {
+            if p.visible_total > 0 {
+                format_size(v)
+            } else {
+                "-".to_string()
+            }
+        };
+        rows.push(vec![
+            name.to_string(),
+            p.state.clone(),
+            if p.healthy { "healthy" } else { "UNHEALTHY" }.to_string(),
+            format_size(p.used),
+            format_size(p.total),
+            format!("{}%", pct(p.used, p.total)),
+            format_size(p.free),
+            format_size(p.largest_free),
+            format!("{}%", p.fragmentation_pct),
+            visible(p.visible_used),
+            visible(p.visible_total),
+        ]);
     }
-    s.push('\n');
-    s
+    aligned(&rows)
 }
 
 /// Renders `rows` (the first one the heading) as right-aligned columns
@@ -128,22 +147,24 @@ fn aligned(rows: &[Vec<String>]) -> String {
     text
 }
 
-/// The event counters as an aligned table: one row per domain, one column
-/// per counter (with its unit), then any counter the table has no column
+/// The event counters as an aligned table: a heading, a line of units
+/// (`count` or `bytes`), one row per domain, then any counter the table has no column
 /// for, one per line, so nothing the server reports is hidden.
 pub fn counters_table(s: &Stats) -> String {
     if s.counters.is_empty() {
         return String::new();
     }
-    let mut rows = vec![std::iter::once("counters".to_string())
-        .chain(COLUMNS.iter().map(|c| {
-            if c.bytes {
-                format!("{} (bytes)", c.heading)
-            } else {
-                format!("{} (count)", c.heading)
-            }
-        }))
-        .collect::<Vec<_>>()];
+    let heading = std::iter::once("counters".to_string())
+        .chain(COLUMNS.iter().map(|c| c.heading.to_string()))
+        .collect();
+    let units = std::iter::once(String::new())
+        .chain(
+            COLUMNS
+                .iter()
+                .map(|c| if c.bytes { "bytes" } else { "count" }.to_string()),
+        )
+        .collect();
+    let mut rows: Vec<Vec<String>> = vec![heading, units];
     let mut shown = BTreeSet::new();
     for domain in DOMAINS {
         let mut row = vec![domain.to_string()];
@@ -175,12 +196,11 @@ pub fn counters_table(s: &Stats) -> String {
 
 /// The whole human form of `stats.json`.
 pub fn format_stats(s: &Stats) -> String {
-    let mut text = format!("device   {} ({})\n", s.device.name, s.device.state);
-    text += &pool_line("vram", &s.vram);
-    text += &pool_line("gtt", &s.gtt);
+    let mut text = format!("device  {} ({})\n\n", s.device.name, s.device.state);
+    text += &pools_table(s);
     let _ = writeln!(
         text,
-        "bos      {} live, vram {}, gtt {}",
+        "\nbos     {} live, vram {}, gtt {}",
         s.bos.count,
         format_size(s.bos.vram_bytes),
         format_size(s.bos.gtt_bytes)
@@ -230,36 +250,78 @@ mod tests {
     }
 
     #[test]
-    fn pools_are_one_line_each_with_units() {
-        let text = format_stats(&sample());
-        assert!(text.contains("used 64.0 MiB of 256.0 MiB (25%)"), "{text}");
-        assert!(text.contains("visible used 0 B of 64.0 MiB"), "{text}");
-        assert!(text.contains("\ngtt      "), "{text}");
+    fn pools_are_a_table_with_units() {
+        let text = pools_table(&sample());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("memory"), "{text}");
+        assert!(
+            lines[1].starts_with("vram")
+                && lines[1].contains("64.0 MiB  256.0 MiB  25%")
+                && lines[1].ends_with("0 B       64.0 MiB"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("gtt ") && lines[2].contains("UNHEALTHY"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("-              -"), "{text}");
+        assert!(format_stats(&sample()).starts_with("device  sim (ready)\n"));
     }
 
     #[test]
     fn counters_are_an_aligned_table_with_units() {
         let table = counters_table(&sample());
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].starts_with("counters"), "{table}");
-        assert!(lines[0].contains("allocs (count)"), "{table}");
-        assert!(lines[0].contains("peak allocated (bytes)"), "{table}");
-        let vram: Vec<&str> = lines[1].split("  ").filter(|c| !c.is_empty()).collect();
+        let cells = |line: &str| -> Vec<String> {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        };
         assert_eq!(
-            vram.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+            cells(lines[0]),
+            [
+                "counters",
+                "allocs",
+                "frees",
+                "failures",
+                "retries",
+                "allocated",
+                "peak allocated",
+                "peak BOs"
+            ],
+            "{table}"
+        );
+        assert_eq!(
+            cells(lines[1]),
+            ["count", "count", "count", "count", "bytes", "bytes", "count"],
+            "{table}"
+        );
+        assert_eq!(
+            cells(lines[2]),
             ["vram", "123456", "7", "0", "3", "64.0 MiB", "96.0 MiB", "12"],
             "{table}"
         );
-        assert!(lines[2].starts_with("gtt "), "{table}");
-        assert!(lines[2].contains("4.0 KiB"), "{table}");
-        // Right-aligned: every row of the table is as long as the heading.
-        assert_eq!(lines[1].len(), lines[0].len(), "{table}");
-        assert_eq!(lines[2].len(), lines[0].len(), "{table}");
+        assert_eq!(
+            cells(lines[3]),
+            ["gtt", "5", "5", "2", "1", "0 B", "4.0 KiB", "1"],
+            "{table}"
+        );
+        // Right-aligned: every row of the table is as wide as the heading,
+        // and each unit sits under the right end of its column.
+        for line in &lines[1..4] {
+            assert_eq!(line.len(), lines[0].len(), "{table}");
+        }
+        let end_of = |line: &str, cell: &str| line.find(cell).unwrap() + cell.len();
+        assert_eq!(end_of(lines[0], "allocs"), end_of(lines[1], "count"));
+        assert_eq!(end_of(lines[0], "peak BOs"), lines[1].len());
         assert!(table.contains("statistics updates (count): 99"), "{table}");
         assert!(table.contains("future_counter: 42"), "{table}");
         assert!(!table.contains("vram_allocs"), "{table}");
         // No 400-character counters line any more.
-        assert!(format_stats(&sample()).lines().all(|l| l.len() < 160));
+        assert!(format_stats(&sample()).lines().all(|l| l.len() < 130));
     }
 
     #[test]
@@ -267,7 +329,7 @@ mod tests {
         let mut s = sample();
         s.counters.remove("gtt_retries");
         let table = counters_table(&s);
-        assert!(table.lines().nth(2).unwrap().contains(" -"), "{table}");
+        assert!(table.lines().nth(3).unwrap().contains(" -"), "{table}");
         assert_eq!(counters_table(&Stats::default()), "");
     }
 }
