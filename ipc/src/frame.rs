@@ -141,6 +141,37 @@ impl RequestHeader {
     }
 }
 
+/// What the start of a server's receive buffer holds.
+#[derive(Clone, Copy, Debug)]
+pub enum Incoming {
+    /// Not a whole frame yet: more bytes must arrive (the header, once
+    /// complete, has been validated).
+    Incomplete,
+    /// A whole request: its header, and the frame's length (header plus
+    /// payload) at the start of the buffer.
+    Request {
+        /// The validated header.
+        header: RequestHeader,
+        /// Bytes the frame occupies.
+        len: usize,
+    },
+}
+
+/// Splits the first request frame off the bytes a server received: a
+/// malformed header is an error as soon as its 72 bytes are there, and a
+/// frame is complete when its announced payload has arrived too.
+pub fn split_request(buf: &[u8]) -> Result<Incoming, FrameError> {
+    if buf.len() < REQUEST_HEADER_LEN {
+        return Ok(Incoming::Incomplete);
+    }
+    let header = RequestHeader::decode(buf)?;
+    let len = REQUEST_HEADER_LEN + header.payload_len as usize;
+    if buf.len() < len {
+        return Ok(Incoming::Incomplete);
+    }
+    Ok(Incoming::Request { header, len })
+}
+
 /// A decoded response header: the `Cqe` plus the payload length.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResponseHeader {
@@ -310,6 +341,33 @@ mod tests {
             RequestHeader::decode(&b),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn split_request_waits_for_whole_frames_and_refuses_bad_headers() {
+        let h = sample_request();
+        let mut stream = h.encode().to_vec();
+        stream.extend_from_slice(b"hello");
+        stream.extend_from_slice(&h.encode()[..10]);
+        assert!(matches!(
+            split_request(&stream[..REQUEST_HEADER_LEN - 1]),
+            Ok(Incoming::Incomplete)
+        ));
+        assert!(matches!(
+            split_request(&stream[..REQUEST_HEADER_LEN + 4]),
+            Ok(Incoming::Incomplete)
+        ));
+        let Ok(Incoming::Request { header, len }) = split_request(&stream) else {
+            panic!("a whole frame");
+        };
+        assert_eq!((header.payload_len, len), (5, REQUEST_HEADER_LEN + 5));
+        assert!(matches!(
+            split_request(&stream[len..]),
+            Ok(Incoming::Incomplete)
+        ));
+        let mut bad = stream.clone();
+        bad[0] ^= 1;
+        assert!(matches!(split_request(&bad), Err(FrameError::BadMagic(_))));
     }
 
     #[test]

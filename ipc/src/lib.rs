@@ -14,7 +14,8 @@
 //! - [`Device`] / [`Bo`]: the client library.
 //! - [`logline`]: capped log lines about client input, written after the
 //!   scheme lock is released.
-//! - [`cli`]: the `pddgpu` command-line tool.
+//! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
+//!   form of `stats.json` it prints.
 #![deny(missing_docs)]
 
 pub mod ascii;
@@ -30,6 +31,7 @@ pub mod model;
 #[cfg(target_os = "redox")]
 pub mod redox;
 pub mod size;
+pub mod stats_table;
 pub mod transport;
 pub mod wire;
 

@@ -47,7 +47,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redox_scheme::scheme::{SchemeState, SchemeSync};
+use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{Request, RequestKind, Response};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -56,8 +56,8 @@ use syscall::error::{Error, EAGAIN, EBADF, EINVAL, EMFILE, ENFILE, EOPNOTSUPP};
 use syscall::schemev2::{Cqe, CqeOpcode, Opcode, Sqe, SqeFlags};
 
 use crate::frame::{
-    RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
-    RESPONSE_HEADER_LEN,
+    split_request, Incoming, RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG,
+    REQUEST_HEADER_LEN, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
 };
 use crate::idhash::IdSet;
 
@@ -162,10 +162,9 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// The scheme and the redox-scheme dispatch state, behind one lock.
+/// The scheme, behind one lock.
 struct Locked<S> {
     scheme: S,
-    state: SchemeState,
 }
 
 /// What all connection threads share.
@@ -274,10 +273,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             listener,
             path: None,
             shared: Arc::new(Shared {
-                locked: Mutex::new(Locked {
-                    scheme,
-                    state: SchemeState::new(),
-                }),
+                locked: Mutex::new(Locked { scheme }),
                 root,
                 limits,
                 served: AtomicU64::new(0),
@@ -525,17 +521,9 @@ fn serve_request<S: HostScheme>(
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
     let run = |conn: &mut ConnState, payload: &mut Vec<u8>, attempt: u32| {
         let mut guard = lock(&shared.locked);
-        let Locked { scheme, state } = &mut *guard;
+        let Locked { scheme } = &mut *guard;
         scheme.set_retry_attempt(attempt);
-        let done = dispatch(
-            conn,
-            shared.root,
-            shared.limits,
-            header,
-            payload,
-            scheme,
-            state,
-        );
+        let done = dispatch(conn, shared.root, shared.limits, header, payload, scheme);
         let policy = if is_errno(&done.0, EAGAIN) {
             scheme.park_policy()
         } else {
@@ -647,11 +635,9 @@ fn serve_connection<S: HostScheme>(
         let mut consumed = 0;
         loop {
             let avail = &inbuf[consumed..filled];
-            if avail.len() < REQUEST_HEADER_LEN {
-                break;
-            }
-            let header = match RequestHeader::decode(avail) {
-                Ok(h) => h,
+            let (header, total) = match split_request(avail) {
+                Ok(Incoming::Request { header, len }) => (header, len),
+                Ok(Incoming::Incomplete) => break,
                 Err(e) => {
                     let tag = u32::from_le_bytes([avail[20], avail[21], avail[22], avail[23]]);
                     log::warn!("client pid {}: malformed frame ({e}); closing", cred.pid);
@@ -659,10 +645,6 @@ fn serve_connection<S: HostScheme>(
                     break 'serve "protocol error";
                 }
             };
-            let total = REQUEST_HEADER_LEN + header.payload_len as usize;
-            if avail.len() < total {
-                break;
-            }
             payload.clear();
             payload.extend_from_slice(&inbuf[consumed + REQUEST_HEADER_LEN..consumed + total]);
             consumed += total;
@@ -848,7 +830,6 @@ fn dispatch<S: SchemeSync>(
     header: &RequestHeader,
     payload: &mut Vec<u8>,
     scheme: &mut S,
-    state: &mut SchemeState,
 ) -> Dispatched {
     let wire = header.sqe;
     let tag = wire.tag;
@@ -994,13 +975,13 @@ fn dispatch<S: SchemeSync>(
     }
 
     // SAFETY: `Request` is `#[repr(transparent)]` over `Sqe` (redox-scheme
-    // 0.12), so the value is a valid `Request`. Every pointer argument in
+    // 0.9), so the value is a valid `Request`. Every pointer argument in
     // `sqe` was set just above to a live buffer owned by this function
     // (`payload`, `out` or `stat`) with its exact length, the OpenAt path
     // was checked to be UTF-8, and all of them outlive the dispatch below.
     let request: Request = unsafe { std::mem::transmute::<Sqe, Request>(sqe) };
     let response: Response = match request.kind() {
-        RequestKind::Call(call) => call.handle_sync(scheme, state),
+        RequestKind::Call(call) => call.handle_sync(scheme),
         _ => return fail(EOPNOTSUPP),
     };
     // SAFETY: `Response` is `#[repr(transparent)]` over `Cqe`.
