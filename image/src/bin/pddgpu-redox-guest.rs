@@ -40,10 +40,12 @@ use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
 const MARKER: &str = "PDDGPU-REDOX:";
 /// Where pddgpud's scheme appears.
 const SCHEME: &str = "/scheme/pddgpu";
-/// How long `/scheme/pddgpu` may take to appear. pcid-spawner waits for
-/// pddgpud's readiness before init runs this program, so it is normally
-/// there at once.
-const DRIVER_WAIT: Duration = Duration::from_secs(10);
+/// How long `/scheme/pddgpu` may take to appear, and how often to look
+/// (each miss logs a line of the namespace manager). pcid-spawner waits
+/// for pddgpud's readiness before init runs this program, so it is
+/// normally there at once.
+const DRIVER_WAIT: Duration = Duration::from_secs(3);
+const DRIVER_POLL: Duration = Duration::from_millis(500);
 /// How long one CLI call may take.
 const CLI_LIMIT: Duration = Duration::from_secs(60);
 /// The user the non-root client runs as (any uid but 0).
@@ -114,9 +116,20 @@ fn format_segment(s: &SegmentWire) -> String {
     format!("{:#x}:{:#x}:{:#x}", s.bo_offset, s.backing_offset, s.len)
 }
 
-/// This program, to run again in another mode.
+/// This program, to run again in another mode: `current_exe` if it names
+/// an existing file, else the name it was started as, which `Command`
+/// looks up in `PATH` as init did. (In this image `/scheme/sys/exe` gives
+/// the process name, e.g. `[init]`, not a path.)
 fn this_program() -> Result<std::path::PathBuf> {
-    std::env::current_exe().context("finding this program (/scheme/sys/exe)")
+    if let Ok(exe) = std::env::current_exe() {
+        if exe.is_absolute() && exe.is_file() {
+            return Ok(exe);
+        }
+    }
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .context("no program name in the arguments")
 }
 
 /// The Redox [`VramProbe`]: runs the privileged `vram-check` process,
@@ -274,7 +287,7 @@ fn step_driver() -> Result<()> {
         if start.elapsed() >= DRIVER_WAIT {
             bail!("pddgpud not started (no {SCHEME})");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(DRIVER_POLL);
     }
     println!(
         "{SCHEME} is there ({} ms after the scenario started)",
@@ -346,7 +359,8 @@ fn step_clients() -> Result<()> {
         if hold {
             cmd.arg("--hold").stdout(Stdio::piped());
         }
-        Ok(cmd.spawn()?)
+        cmd.spawn()
+            .with_context(|| format!("starting client {index} ({})", exe.display()))
     })
 }
 
@@ -428,7 +442,7 @@ fn main() -> ExitCode {
 mod hw {
     use anyhow::Result;
 
-    /// A PCI function as `/scheme/pci` names it (`SSSS--BB--DD.F`), and the
+    /// A PCI function as `/scheme/pci` names it (`SS-BB--DD.F`), and the
     /// config-space address its `access` file takes.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct PciFunctionAddr {
@@ -439,23 +453,19 @@ mod hw {
     }
 
     impl PciFunctionAddr {
-        /// Parses a `/scheme/pci` entry name: pcid lists `{addr}` with `:`
-        /// replaced by `--` (`drivers/pcid/src/scheme.rs` of the snapshot).
+        /// Parses a `/scheme/pci` entry name: pcid lists pci_types'
+        /// `{segment:02x}-{bus:02x}:{device:02x}.{function}` with `:`
+        /// replaced by `--`, and parses it back the same way
+        /// (`drivers/pcid/src/scheme.rs` of the snapshot, `parse_pci_addr`).
         pub fn parse_entry(name: &str) -> Option<Self> {
-            let mut parts = name.split("--");
-            let segment = u16::from_str_radix(parts.next()?, 16).ok()?;
-            let bus = u8::from_str_radix(parts.next()?, 16).ok()?;
-            let (device, function) = parts.next()?.split_once('.')?;
-            if parts.next().is_some() {
-                return None;
-            }
-            let device = u8::from_str_radix(device, 16).ok().filter(|d| *d < 32)?;
-            let function = function.parse::<u8>().ok().filter(|f| *f < 8)?;
+            let (segment, rest) = name.split_once('-')?;
+            let (bus, rest) = rest.split_once("--")?;
+            let (device, function) = rest.split_once('.')?;
             Some(Self {
-                segment,
-                bus,
-                device,
-                function,
+                segment: u16::from_str_radix(segment, 16).ok()?,
+                bus: u8::from_str_radix(bus, 16).ok()?,
+                device: u8::from_str_radix(device, 16).ok().filter(|d| *d < 32)?,
+                function: function.parse::<u8>().ok().filter(|f| *f < 8)?,
             })
         }
 
@@ -724,7 +734,7 @@ mod tests {
 
     #[test]
     fn pci_entries_parse_as_pcid_names_them() {
-        let f = PciFunctionAddr::parse_entry("0000--00--02.0").unwrap();
+        let f = PciFunctionAddr::parse_entry("00-00--02.0").unwrap();
         assert_eq!(
             f,
             PciFunctionAddr {
@@ -735,14 +745,15 @@ mod tests {
             }
         );
         assert_eq!(f.to_string(), "0000:00:02.0");
-        let g = PciFunctionAddr::parse_entry("0001--0a--1f.7").unwrap();
+        let g = PciFunctionAddr::parse_entry("01-0a--1f.7").unwrap();
         assert_eq!((g.segment, g.bus, g.device, g.function), (1, 10, 31, 7));
         for bad in [
             "access",
-            "0000--00--20.0",
-            "0000--00--02.8",
-            "0000--00--02",
-            "0--0--0.0--1",
+            "00-00--20.0",
+            "00-00--02.8",
+            "00-00--02",
+            "00-00:02.0",
+            "0000--00--02.0",
         ] {
             assert_eq!(PciFunctionAddr::parse_entry(bad), None, "{bad}");
         }
