@@ -47,6 +47,59 @@ pub const LDD: Tool = Tool {
 /// Every tool `pddgpu-image qemu` needs.
 pub const ALL: [Tool; 5] = [QEMU, BUSYBOX, DPKG, APT_GET, LDD];
 
+/// Every tool the Redox image build and boot need besides rustup's
+/// toolchain: the bootloader's assembler, clang and lld for relibc,
+/// openlibm and the linker wrapper, binutils for linking the bootloader and
+/// bootstrap and stripping, make for relibc, tar and patch for the
+/// snapshot, QEMU to boot.
+pub const REDOX: [Tool; 12] = [
+    Tool {
+        command: "nasm",
+        package: "nasm",
+    },
+    Tool {
+        command: "clang",
+        package: "clang",
+    },
+    Tool {
+        command: "ld.lld",
+        package: "lld",
+    },
+    Tool {
+        command: "ld",
+        package: "binutils",
+    },
+    Tool {
+        command: "objcopy",
+        package: "binutils",
+    },
+    Tool {
+        command: "ar",
+        package: "binutils",
+    },
+    Tool {
+        command: "strip",
+        package: "binutils",
+    },
+    Tool {
+        command: "make",
+        package: "make",
+    },
+    Tool {
+        command: "patch",
+        package: "patch",
+    },
+    Tool {
+        command: "tar",
+        package: "tar",
+    },
+    Tool {
+        command: "cc",
+        package: "gcc",
+    },
+    QEMU,
+];
+
 /// Whether the tool may install missing packages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstallPolicy {
@@ -129,6 +182,7 @@ pub fn ensure(tools: &[Tool], policy: InstallPolicy) -> Result<()> {
         return Ok(());
     }
     let mut packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+    packages.sort_unstable();
     packages.dedup();
     let commands: Vec<&str> = missing.iter().map(|t| t.command).collect();
     if policy == InstallPolicy::Never || !is_root() || !is_debian() {

@@ -15,6 +15,9 @@
 //! - [`boot`]: the whole pipeline behind `pddgpu-image qemu`.
 //! - [`pci`] / [`pattern`]: sysfs PCI lookup and BO test patterns for the
 //!   guest test program (`pddgpu-guest`).
+//! - [`redox`]: the Redox image, built from the source snapshot in
+//!   `../shared/redox` and booted under QEMU (`redox-image`, `redox-boot`);
+//!   it shares [`qemu`], [`serial`] and [`hosttools`] with the Linux guest.
 #![deny(missing_docs)]
 
 pub mod binaries;
@@ -27,5 +30,6 @@ pub mod ldd;
 pub mod pattern;
 pub mod pci;
 pub mod qemu;
+pub mod redox;
 pub mod scenario;
 pub mod serial;

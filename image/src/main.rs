@@ -6,6 +6,10 @@
 //! the guest's scenario printed PASS. `boot-test` also checks that a guest
 //! without a GPU fails with a clear message.
 //!
+//! `redox-image` builds a Redox disk image from the source snapshot in
+//! `../shared/redox`; `redox-boot` builds it and boots it with the GPU (the
+//! scenario must pass) and without (pddgpud must not start).
+//!
 //! Exit status: 0 pass, 1 the guest failed (FAIL line, timeout, kernel
 //! panic, no result), 2 the image could not be built or booted.
 
@@ -17,6 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pddgpu_image::boot::{self, Options};
 use pddgpu_image::hosttools::InstallPolicy;
 use pddgpu_image::qemu::Accel;
+use pddgpu_image::redox::{self, boot::BootOptions, progress::Progress, BuildOptions};
 
 #[derive(Parser)]
 #[command(version, about = "Build and boot the pddgpu QEMU guest")]
@@ -46,6 +51,124 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Build the Redox image from the source snapshot and boot it twice:
+    /// with a bochs-display the guest scenario must print PDDGPU-REDOX: PASS;
+    /// without any display device pddgpud must not start. Exit 0 only when
+    /// both behave.
+    ///
+    /// Every step is cached under target/redox/ by a hash of its inputs
+    /// (stamps in target/redox/stamps, step logs in target/redox/logs);
+    /// serial logs go to target/redox/serial-gpu.log and serial-no-gpu.log.
+    RedoxBoot {
+        #[command(flatten)]
+        build: RedoxBuild,
+        #[command(flatten)]
+        boot: RedoxBoot,
+        /// Only the negative run: boot without a display device.
+        #[arg(long)]
+        no_gpu: bool,
+        /// Keep the disk image (target/redox/harddrive.img) and print the
+        /// QEMU command to boot it by hand; without it the image is removed
+        /// after the boots (the cached steps stay).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build the Redox disk image (target/redox/harddrive.img) without
+    /// booting it, and print the QEMU command that boots it.
+    RedoxImage {
+        #[command(flatten)]
+        build: RedoxBuild,
+        #[command(flatten)]
+        boot: RedoxBoot,
+    },
+}
+
+#[derive(Args)]
+struct RedoxBuild {
+    /// The Redox source snapshot (src/, patches/, locks/). Default:
+    /// $PDDGPU_REDOX_SNAPSHOT, else ../shared/redox beside the repository.
+    #[arg(long, value_name = "DIR")]
+    snapshot: Option<PathBuf>,
+    /// The tree copied verbatim into the initfs root (must hold
+    /// etc/init.rc). Default: $PDDGPU_REDOX_INITFS, else image/redox/initfs.
+    #[arg(long, value_name = "DIR")]
+    initfs: Option<PathBuf>,
+    /// Never install anything: missing apt packages or the pinned nightly
+    /// are reported with the command that installs them.
+    #[arg(long)]
+    no_install: bool,
+    /// Show the build commands' output (otherwise only in target/redox/logs).
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct RedoxBoot {
+    /// Seconds to wait for each boot's verdict before killing QEMU.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(256..=8192))]
+    memory_mib: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    cpus: u32,
+    /// VRAM of the bochs-display in MiB (4..=256, a power of two).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=256))]
+    vram_mib: u32,
+    /// CPU emulation.
+    #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
+    accel: AccelArg,
+    /// Do not print the guest console (lines prefixed `redox| `) as it arrives.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RedoxBuild {
+    fn options(&self) -> BuildOptions {
+        BuildOptions {
+            snapshot: self.snapshot.clone(),
+            initfs: self.initfs.clone(),
+            install: if self.no_install {
+                InstallPolicy::Never
+            } else {
+                InstallPolicy::WhenRoot
+            },
+            verbose: self.verbose,
+        }
+    }
+}
+
+impl RedoxBoot {
+    fn options(&self) -> Result<BootOptions, String> {
+        if !self.vram_mib.is_power_of_two() {
+            return Err(format!(
+                "--vram-mib {} is not a power of two",
+                self.vram_mib
+            ));
+        }
+        Ok(BootOptions {
+            timeout: Duration::from_secs(self.timeout),
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            vram_mib: self.vram_mib,
+            accel: self.accel.into(),
+            stream: !self.quiet,
+        })
+    }
+}
+
+impl From<AccelArg> for Accel {
+    fn from(a: AccelArg) -> Self {
+        match a {
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+        }
+    }
+}
+
+fn redox_progress_for(build: &RedoxBuild) -> Progress {
+    redox::progress(build.verbose)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,10 +221,7 @@ impl Common {
             vram_mib: self.vram_mib,
             memory_mib: self.memory_mib,
             cpus: self.cpus,
-            accel: match self.accel {
-                AccelArg::Tcg => Accel::Tcg,
-                AccelArg::Kvm => Accel::Kvm,
-            },
+            accel: self.accel.into(),
             install: if self.no_install {
                 InstallPolicy::Never
             } else {
@@ -134,6 +254,45 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("kernel {}", prepared.kernel.vmlinuz.display());
             println!("initrd {}", prepared.initrd.display());
             Ok(true)
+        }
+        Command::RedoxImage { build, boot } => {
+            let boot_opts = boot.options().map_err(anyhow::Error::msg)?;
+            let progress = redox_progress_for(&build);
+            let image = redox::build(&build.options(), &progress)?;
+            println!("redox-image: disk image {}", image.disk.display());
+            println!(
+                "redox-image: boot it with:\n{}",
+                redox::boot::command_line(&image.qemu, &image.disk, true, &boot_opts)
+            );
+            Ok(true)
+        }
+        Command::RedoxBoot {
+            build,
+            boot,
+            no_gpu,
+            keep,
+        } => {
+            let boot_opts = boot.options().map_err(anyhow::Error::msg)?;
+            let progress = redox_progress_for(&build);
+            let image = redox::build(&build.options(), &progress)?;
+            let report = redox::boot_runs(&image, &boot_opts, no_gpu, &progress);
+            if keep {
+                println!("redox-boot: disk image kept: {}", image.disk.display());
+                println!(
+                    "redox-boot: boot it with:\n{}",
+                    redox::boot::command_line(&image.qemu, &image.disk, !no_gpu, &boot_opts)
+                );
+            } else {
+                let _ = std::fs::remove_file(&image.disk);
+            }
+            let report = report?;
+            let ok = report.ok();
+            println!(
+                "redox-boot: {} [{}]",
+                if ok { "PASS" } else { "FAIL" },
+                redox::progress::seconds(progress.elapsed())
+            );
+            Ok(ok)
         }
     }
 }

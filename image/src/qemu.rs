@@ -1,9 +1,9 @@
-//! Booting the guest: the QEMU command line, and a run that streams the
-//! serial console, watches it for the guest's verdict and enforces a
-//! timeout.
+//! Booting a guest: the Linux guest's QEMU command line, and a run (for
+//! either guest) that streams the serial console, watches it for the
+//! guest's verdict and enforces a timeout.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::serial::{sanitize, Outcome, RunEnd, SerialWatch};
+use crate::serial::{sanitize, Markers, Outcome, RunEnd, SerialWatch, LINUX};
 
 /// The PCI identity of QEMU's `bochs-display` (and std VGA): vendor 0x1234.
 pub const BOCHS_VENDOR: u16 = 0x1234;
@@ -28,7 +28,8 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn name(self) -> &'static str {
+    /// QEMU's name for it (`-accel <name>`).
+    pub fn name(self) -> &'static str {
         match self {
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
@@ -145,27 +146,70 @@ fn pump<R: Read + Send + 'static>(
     })
 }
 
-/// How long to wait for QEMU to exit after the guest printed its verdict
-/// (the guest powers off right after).
+/// How long to wait for QEMU to exit after the Linux guest printed its
+/// verdict (the guest powers off right after).
 const POWER_OFF_GRACE: Duration = Duration::from_secs(15);
 
-/// Boots QEMU (`qemu` is the binary), calls `on_line` for every console
-/// line as it arrives, and returns when QEMU exits or `timeout` passes (then
-/// QEMU is killed).
+/// What the host does once the guest printed its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterVerdict {
+    /// Wait up to this long for the guest to power off (QEMU exits by
+    /// itself); a guest that does not is reported as a timeout.
+    AwaitPowerOff(Duration),
+    /// Keep reading the console this long (a late kernel panic still
+    /// counts), then stop QEMU: for a guest that cannot power off.
+    Stop(Duration),
+}
+
+/// One QEMU run: the program, its arguments and how to judge the console.
+#[derive(Clone, Debug)]
+pub struct Session<'a> {
+    /// The QEMU binary.
+    pub qemu: &'a Path,
+    /// Its arguments (without the program name).
+    pub args: Vec<String>,
+    /// What the guest prints.
+    pub markers: Markers,
+    /// Give up (and kill QEMU) after this long.
+    pub timeout: Duration,
+    /// What happens once the verdict is in.
+    pub after_verdict: AfterVerdict,
+}
+
+/// Boots the Linux guest: QEMU (`qemu` is the binary) with `config`, calls
+/// `on_line` for every console line as it arrives, and returns when QEMU
+/// exits or `timeout` passes (then QEMU is killed).
 pub fn run(
-    qemu: &std::path::Path,
+    qemu: &Path,
     config: &QemuConfig,
     timeout: Duration,
-    mut on_line: impl FnMut(&str),
+    on_line: impl FnMut(&str),
 ) -> Result<BootRun> {
+    run_session(
+        &Session {
+            qemu,
+            args: config.args(),
+            markers: LINUX,
+            timeout,
+            after_verdict: AfterVerdict::AwaitPowerOff(POWER_OFF_GRACE),
+        },
+        on_line,
+    )
+}
+
+/// Runs one QEMU session: streams its console (and QEMU's own messages,
+/// prefixed `qemu: `) to `on_line`, watches for the verdict, and ends as
+/// [`Session::after_verdict`] and [`Session::timeout`] say. QEMU's stdin is
+/// closed: nothing is typed into the guest.
+pub fn run_session(session: &Session<'_>, mut on_line: impl FnMut(&str)) -> Result<BootRun> {
     let start = Instant::now();
-    let mut child: Child = Command::new(qemu)
-        .args(config.args())
+    let mut child: Child = Command::new(session.qemu)
+        .args(&session.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}", qemu.display()))?;
+        .with_context(|| format!("starting {}", session.qemu.display()))?;
     let (tx, rx) = mpsc::channel();
     let out = pump(
         child.stdout.take().context("QEMU stdout")?,
@@ -174,22 +218,34 @@ pub fn run(
     );
     let err = pump(child.stderr.take().context("QEMU stderr")?, tx, Line::Qemu);
 
-    let mut watch = SerialWatch::new();
+    let mut watch = SerialWatch::with_markers(session.markers);
     let mut log = Vec::new();
-    let mut deadline = start + timeout;
-    let mut timed_out = false;
-    loop {
+    let mut deadline = start + session.timeout;
+    let mut stop_at: Option<Instant> = None;
+    let end = loop {
         let now = Instant::now();
-        if now >= deadline {
-            timed_out = true;
-            break;
+        if stop_at.is_some_and(|at| now >= at) {
+            break Some(RunEnd::StoppedAfterVerdict);
         }
-        match rx.recv_timeout(deadline - now) {
+        if now >= deadline {
+            break Some(RunEnd::TimedOut {
+                after: start.elapsed(),
+            });
+        }
+        let wake = stop_at.map_or(deadline, |at| at.min(deadline));
+        match rx.recv_timeout(wake - now) {
             Ok(Line::Serial(line)) => {
                 on_line(&line);
                 if watch.feed(&line).is_some() {
-                    // Decided: give the guest a bounded time to power off.
-                    deadline = deadline.min(Instant::now() + POWER_OFF_GRACE);
+                    let now = Instant::now();
+                    match session.after_verdict {
+                        AfterVerdict::AwaitPowerOff(grace) => {
+                            deadline = deadline.min(now + grace);
+                        }
+                        AfterVerdict::Stop(grace) => {
+                            stop_at.get_or_insert(now + grace);
+                        }
+                    }
                 }
                 log.push(line);
             }
@@ -198,24 +254,22 @@ pub fn run(
                 on_line(&line);
                 log.push(line);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                break;
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+        }
+    };
+    let end = match end {
+        Some(end) => {
+            // Our own child, killed by its handle.
+            let _ = child.kill();
+            let _ = child.wait();
+            end
+        }
+        None => {
+            let status = child.wait().context("waiting for QEMU")?;
+            RunEnd::Exited {
+                status: status.code(),
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let end = if timed_out {
-        // Our own child, killed by its handle.
-        let _ = child.kill();
-        let _ = child.wait();
-        RunEnd::TimedOut {
-            after: start.elapsed(),
-        }
-    } else {
-        let status = child.wait().context("waiting for QEMU")?;
-        RunEnd::Exited {
-            status: status.code(),
         }
     };
     let _ = out.join();
@@ -303,6 +357,36 @@ mod tests {
             other => panic!("expected timeout, got {other:?}"),
         }
         assert!(run.elapsed < Duration::from_secs(20));
+
+        // A guest that cannot power off: stopped by the host after its
+        // verdict, and a kernel panic inside the grace time still counts.
+        let session = |args: &[&str]| Session {
+            qemu: Path::new("/bin/sh"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            markers: crate::serial::REDOX,
+            timeout: Duration::from_secs(30),
+            after_verdict: AfterVerdict::Stop(Duration::from_millis(300)),
+        };
+        let stopped = run_session(
+            &session(&["-c", "echo 'PDDGPU-REDOX: PASS'; exec sleep 30"]),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(stopped.outcome, Outcome::Pass);
+        assert!(stopped.elapsed < Duration::from_secs(10));
+        let late_panic = run_session(
+            &session(&[
+                "-c",
+                "echo 'PDDGPU-REDOX: PASS'; sleep 0.1; echo 'KERNEL PANIC: x'; exec sleep 30",
+            ]),
+            |_| {},
+        )
+        .unwrap();
+        assert!(
+            matches!(late_panic.outcome, Outcome::Panic { .. }),
+            "{:?}",
+            late_panic.outcome
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

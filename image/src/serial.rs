@@ -1,15 +1,41 @@
-//! Reading the guest's serial console: the markers the guest's `/init`
+//! Reading a guest's serial console: the markers the guest's scenario
 //! prints, and the verdict they add up to.
 //!
 //! The guest prints one marker per scenario step and exactly one result
-//! line. The host never trusts the guest to power off cleanly: a kernel
-//! panic, a timeout or a guest that stops without a result line are all
-//! failures, reported with the last step the guest had started.
+//! line, all starting with its [`Markers::prefix`] (`PDDGPU-IMAGE:` for the
+//! Linux guest, `PDDGPU-REDOX:` for the Redox one). The host never trusts
+//! the guest to end cleanly: a kernel panic, a timeout or a guest that stops
+//! without a result line are all failures, reported with the last step the
+//! guest had started.
 
 use std::fmt;
 use std::time::Duration;
 
-/// Prefix of every line the guest's `/init` prints for the host.
+/// The marker prefix one kind of guest prints, and the lines its kernel
+/// prints when it panics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Markers {
+    /// Starts every marker line: `<prefix> STEP <name>`, `<prefix> PASS`,
+    /// `<prefix> FAIL <step>: <reason>`.
+    pub prefix: &'static str,
+    /// Text that only appears in the console when the guest kernel panics.
+    pub panics: &'static [&'static str],
+}
+
+/// The Linux guest (its `/init` script and `pddgpu-guest`).
+pub const LINUX: Markers = Markers {
+    prefix: MARKER,
+    panics: &[PANIC_MARKER],
+};
+
+/// The Redox guest (`pddgpu-redox-guest`). The Redox kernel's panic handler
+/// prints `KERNEL PANIC: <info>` (kernel `src/panic.rs`).
+pub const REDOX: Markers = Markers {
+    prefix: "PDDGPU-REDOX:",
+    panics: &["KERNEL PANIC:"],
+};
+
+/// Prefix of every line the Linux guest's `/init` prints for the host.
 pub const MARKER: &str = "PDDGPU-IMAGE:";
 /// Printed by the guest when a scenario step starts: `PDDGPU-IMAGE: STEP <name>`.
 pub const STEP_MARKER: &str = "PDDGPU-IMAGE: STEP ";
@@ -18,6 +44,7 @@ pub const PASS_MARKER: &str = "PDDGPU-IMAGE: PASS";
 /// Printed by the guest when a step failed: `PDDGPU-IMAGE: FAIL <step>: <reason>`.
 pub const FAIL_MARKER: &str = "PDDGPU-IMAGE: FAIL ";
 /// What the Linux kernel prints when it panics (also when `/init` dies).
+/// The Linux guest's [`Markers`] are [`LINUX`].
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 
 /// What the guest said about the scenario, as far as the serial log shows.
@@ -44,34 +71,52 @@ pub enum Verdict {
 /// The first decisive line wins: a FAIL after a PASS (or the other way
 /// round) cannot change the verdict, but a panic after a PASS does (the
 /// guest must also shut down cleanly).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SerialWatch {
+    markers: Markers,
     verdict: Option<Verdict>,
     last_step: Option<String>,
     steps: Vec<String>,
 }
 
+impl Default for SerialWatch {
+    fn default() -> Self {
+        Self::with_markers(LINUX)
+    }
+}
+
 impl SerialWatch {
-    /// A watch that has seen nothing yet.
+    /// A watch for the Linux guest that has seen nothing yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A watch for a guest that prints `markers`.
+    pub fn with_markers(markers: Markers) -> Self {
+        Self {
+            markers,
+            verdict: None,
+            last_step: None,
+            steps: Vec::new(),
+        }
     }
 
     /// Feeds one line (without its newline). Returns the verdict if this
     /// line decided it.
     pub fn feed(&mut self, line: &str) -> Option<&Verdict> {
-        if let Some(line) = line.find(PANIC_MARKER).map(|_| line.trim()) {
+        if self.markers.panics.iter().any(|p| line.contains(p)) {
             if !matches!(self.verdict, Some(Verdict::Panic { .. })) {
                 self.verdict = Some(Verdict::Panic {
-                    line: line.to_string(),
+                    line: line.trim().to_string(),
                 });
                 return self.verdict.as_ref();
             }
             return None;
         }
-        let at = line.find(MARKER)?;
-        let marker = line[at..].trim_end();
-        if let Some(step) = marker.strip_prefix(STEP_MARKER) {
+        let at = line.find(self.markers.prefix)?;
+        // What follows the prefix: `STEP <name>`, `PASS` or `FAIL <step>: <reason>`.
+        let marker = line[at + self.markers.prefix.len()..].trim();
+        if let Some(step) = marker.strip_prefix("STEP ") {
             let step = step.trim().to_string();
             self.steps.push(step.clone());
             self.last_step = Some(step);
@@ -80,7 +125,7 @@ impl SerialWatch {
         if self.verdict.is_some() {
             return None;
         }
-        if let Some(rest) = marker.strip_prefix(FAIL_MARKER) {
+        if let Some(rest) = marker.strip_prefix("FAIL ") {
             let (step, reason) = match rest.split_once(": ") {
                 Some((step, reason)) => (step.trim(), reason.trim()),
                 None => (rest.trim(), ""),
@@ -91,7 +136,7 @@ impl SerialWatch {
             });
             return self.verdict.as_ref();
         }
-        if marker == PASS_MARKER {
+        if marker == "PASS" {
             self.verdict = Some(Verdict::Pass);
             return self.verdict.as_ref();
         }
@@ -118,7 +163,9 @@ impl SerialWatch {
     pub fn outcome(&self, end: RunEnd) -> Outcome {
         let last_step = self.last_step.clone();
         match (&self.verdict, end) {
-            (Some(Verdict::Pass), RunEnd::Exited { .. }) => Outcome::Pass,
+            (Some(Verdict::Pass), RunEnd::Exited { .. } | RunEnd::StoppedAfterVerdict) => {
+                Outcome::Pass
+            }
             (Some(Verdict::Pass), RunEnd::TimedOut { after }) => Outcome::Timeout {
                 after,
                 last_step: Some("power off after PASS".to_string()),
@@ -133,6 +180,10 @@ impl SerialWatch {
             },
             (None, RunEnd::TimedOut { after }) => Outcome::Timeout { after, last_step },
             (None, RunEnd::Exited { status }) => Outcome::NoResult { status, last_step },
+            (None, RunEnd::StoppedAfterVerdict) => Outcome::NoResult {
+                status: None,
+                last_step,
+            },
         }
     }
 }
@@ -145,6 +196,9 @@ pub enum RunEnd {
         /// QEMU's exit code.
         status: Option<i32>,
     },
+    /// The host stopped QEMU once the verdict was in, for a guest that
+    /// cannot power the machine off itself (the Redox guest).
+    StoppedAfterVerdict,
     /// The host gave up waiting and killed QEMU.
     TimedOut {
         /// How long it waited.
@@ -346,6 +400,43 @@ mod tests {
             after: Duration::from_secs(5),
         });
         assert!(!o.is_pass());
+    }
+
+    #[test]
+    fn redox_markers_and_kernel_panic() {
+        let mut w = SerialWatch::with_markers(REDOX);
+        // A Linux marker means nothing to a Redox watch.
+        assert_eq!(w.feed("PDDGPU-IMAGE: PASS"), None);
+        w.feed("PDDGPU-REDOX: STEP ls /scheme/pddgpu");
+        w.feed("init: running /scheme/initfs/bin/pddgpu-redox-guest");
+        assert_eq!(
+            w.feed("PDDGPU-REDOX: FAIL driver: pddgpud not started (no /scheme/pddgpu)"),
+            Some(&Verdict::Fail {
+                step: "driver".into(),
+                reason: "pddgpud not started (no /scheme/pddgpu)".into()
+            })
+        );
+        assert_eq!(w.steps(), ["ls /scheme/pddgpu"]);
+
+        let mut w = SerialWatch::with_markers(REDOX);
+        w.feed("PDDGPU-REDOX: STEP clients");
+        w.feed("PDDGPU-REDOX: PASS");
+        assert_eq!(
+            w.outcome(RunEnd::StoppedAfterVerdict),
+            Outcome::Pass,
+            "a Redox guest that passed is stopped by the host"
+        );
+        w.feed("KERNEL PANIC: panicked at src/context/memory.rs:12:5: oops");
+        match w.outcome(RunEnd::StoppedAfterVerdict) {
+            Outcome::Panic { line, last_step } => {
+                assert!(line.starts_with("KERNEL PANIC: panicked"), "{line}");
+                assert_eq!(last_step.as_deref(), Some("clients"));
+            }
+            other => panic!("expected a panic outcome, got {other:?}"),
+        }
+        // The Linux panic text is not a Redox panic.
+        let mut w = SerialWatch::with_markers(REDOX);
+        assert_eq!(w.feed("Kernel panic - not syncing: x"), None);
     }
 
     #[test]

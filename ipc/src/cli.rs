@@ -8,8 +8,9 @@ use std::io::Write;
 
 use clap::{Parser, Subcommand};
 
-use crate::model::{LeakReport, PoolStats, Stats};
+use crate::model::LeakReport;
 use crate::size::{format_size, parse_size};
+pub use crate::stats_table::format_stats;
 use crate::wire::{BoDesc, BoFlags, Domain};
 use crate::{Device, Error};
 
@@ -339,55 +340,6 @@ fn alloc(dev: &Device, desc: &BoDesc, count: u32, hold: bool, export: bool) -> c
     Ok(())
 }
 
-fn pct(part: u64, whole: u64) -> u64 {
-    if whole == 0 {
-        0
-    } else {
-        (part as u128 * 100 / whole as u128) as u64
-    }
-}
-
-fn format_pool(name: &str, p: &PoolStats) -> String {
-    let mut s = format!(
-        "{name:<8} {} {}, used {} of {} ({}%), free {}, largest free {}, fragmentation {}%",
-        p.state,
-        if p.healthy { "healthy" } else { "UNHEALTHY" },
-        format_size(p.used),
-        format_size(p.total),
-        pct(p.used, p.total),
-        format_size(p.free),
-        format_size(p.largest_free),
-        p.fragmentation_pct,
-    );
-    if p.visible_total > 0 {
-        s += &format!(
-            ", visible used {} of {}",
-            format_size(p.visible_used),
-            format_size(p.visible_total)
-        );
-    }
-    s.push('\n');
-    s
-}
-
-/// Human form of `stats.json`.
-pub fn format_stats(s: &Stats) -> String {
-    let mut text = format!("device   {} ({})\n", s.device.name, s.device.state);
-    text += &format_pool("vram", &s.vram);
-    text += &format_pool("gtt", &s.gtt);
-    text += &format!(
-        "bos      {} live, vram {}, gtt {}\n",
-        s.bos.count,
-        format_size(s.bos.vram_bytes),
-        format_size(s.bos.gtt_bytes)
-    );
-    if !s.counters.is_empty() {
-        let list: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        text += &format!("counters {}\n", list.join(", "));
-    }
-    text
-}
-
 /// Human form of a leak report.
 pub fn format_leaks(r: &LeakReport) -> String {
     let mut text = format!(
@@ -435,23 +387,5 @@ mod tests {
             "stats",
         ]);
         assert_eq!(code, EXIT_UNREACHABLE);
-    }
-
-    #[test]
-    fn stats_format_is_readable() {
-        let mut s = Stats::default();
-        s.device.name = "sim".into();
-        s.device.state = "ready".into();
-        s.vram.state = "ready".into();
-        s.vram.healthy = true;
-        s.vram.total = 256 << 20;
-        s.vram.used = 64 << 20;
-        s.vram.visible_total = 64 << 20;
-        s.counters.insert("allocs".into(), 5);
-        let text = format_stats(&s);
-        assert!(text.contains("used 64.0 MiB of 256.0 MiB (25%)"), "{text}");
-        assert!(text.contains("visible used 0 B of 64.0 MiB"), "{text}");
-        assert!(text.contains("gtt      "), "{text}");
-        assert!(text.contains("allocs 5"), "{text}");
     }
 }

@@ -12,7 +12,8 @@
 //! - `redox` (Redox only): the Redox transport, system calls on
 //!   `/scheme/pddgpu/…`.
 //! - [`Device`] / [`Bo`]: the client library.
-//! - [`cli`]: the `pddgpu` command-line tool.
+//! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
+//!   form of `stats.json` it prints.
 #![deny(missing_docs)]
 
 pub mod ascii;
@@ -27,6 +28,7 @@ pub mod model;
 #[cfg(target_os = "redox")]
 pub mod redox;
 pub mod size;
+pub mod stats_table;
 pub mod transport;
 pub mod wire;
 

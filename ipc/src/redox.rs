@@ -2,16 +2,18 @@
 //! plain system calls on `/scheme/pddgpu/…` — no connection, no framing; a
 //! handle is a file descriptor and the kernel routes each call to pddgpud.
 //!
-//! - `open`/`close`/`fpath`/`fstat`/`getdents` and the binary `call` go
-//!   through libredox;
+//! - `open`/`close`/`fpath`/`fstat` and the binary `call` go through
+//!   libredox, `getdents` is its system call (libredox 0.1.12 has no
+//!   wrapper);
 //! - `read`/`write` at an offset are `pread`/`pwrite`;
 //! - mapping a BO is `mmap` of its descriptor, one `MAP_SHARED | MAP_FIXED`
 //!   mapping per segment at the segment's BO offset inside one reserved
 //!   range; the kernel asks pddgpud (`mmap_prep`) for the VRAM/GTT pages of
 //!   each segment and shares them into this process.
 //!
-//! Type-checked for `x86_64-unknown-redox` by `scripts/check-redox`; it
-//! cannot be linked or run here (no relibc, no Redox kernel).
+//! Built for `x86_64-unknown-redox` against the snapshot's relibc and run
+//! inside Redox by `pddgpu-image redox-boot` (the `pddgpu` CLI and the
+//! guest scenario program use it).
 
 use core::ptr::NonNull;
 
@@ -176,7 +178,25 @@ impl Transport for RedoxTransport {
     }
 
     fn getdents(&mut self, handle: usize, buf: &mut [u8], opaque_offset: u64) -> TResult<usize> {
-        libredox::call::getdents(handle, buf, opaque_offset).map_err(errno)
+        // libredox 0.1.12 has no getdents wrapper; this is the system call
+        // relibc's own `getdents` makes (header size, opaque start offset).
+        let header_size = core::mem::size_of::<syscall::dirent::DirentHeader>();
+        let opaque = usize::try_from(opaque_offset).map_err(|_| {
+            TransportError::Protocol(format!("offset {opaque_offset} out of range"))
+        })?;
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the
+        // duration of the call; the kernel writes at most that many.
+        unsafe {
+            syscall::syscall5(
+                syscall::SYS_GETDENTS,
+                handle,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                header_size,
+                opaque,
+            )
+        }
+        .map_err(|e| TransportError::Errno(e.errno))
     }
 
     fn map(

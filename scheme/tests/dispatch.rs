@@ -10,7 +10,7 @@ use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::Driver;
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire};
 use pddgpu_scheme::{Backing, PddgpuScheme, Region, SchemeOptions, ROOT_ID};
-use redox_scheme::scheme::{SchemeState, SchemeSync};
+use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{Request, RequestKind, Response};
 use syscall::data::Stat;
 use syscall::dirent::{DirentHeader, DirentIter};
@@ -20,7 +20,6 @@ use syscall::schemev2::{Cqe, Opcode, Sqe, SqeFlags};
 
 struct Harness {
     scheme: PddgpuScheme,
-    state: SchemeState,
     driver: Arc<Driver>,
     vram_base: usize,
 }
@@ -47,7 +46,6 @@ fn harness() -> Harness {
     let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions { admin_uid: None });
     Harness {
         scheme,
-        state: SchemeState::new(),
         driver,
         vram_base,
     }
@@ -73,7 +71,7 @@ impl Harness {
         // with its exact length.
         let req: Request = unsafe { std::mem::transmute::<Sqe, Request>(sqe) };
         let resp: Response = match req.kind() {
-            RequestKind::Call(c) => c.handle_sync(&mut self.scheme, &mut self.state),
+            RequestKind::Call(c) => c.handle_sync(&mut self.scheme),
             _ => panic!("not a call"),
         };
         // SAFETY: `Response` is `#[repr(transparent)]` over `Cqe`.

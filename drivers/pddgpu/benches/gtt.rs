@@ -1,19 +1,34 @@
-//! GTT range-allocator benchmark: our `RangeAllocator` against `range-alloc`
-//! (wgpu's range allocator) and `offset-allocator` on the same seeded
-//! workloads, in one run.
+//! GTT range-allocator benchmark: our `RangeAllocator` against Linux's
+//! drm_mm (compiled from the kernel source, see `cpeers/`), `range-alloc`
+//! (wgpu's range allocator) and `offset-allocator`, on the same
+//! pre-generated request streams, in one run.
 //!
 //! Workloads (aperture 16 GiB, sizes uniform in 4 KiB steps from 4 KiB to
 //! 16 MiB): fill to a target, then churn — free a random live allocation
 //! while at or above the target, allocate otherwise — for a fixed number of
-//! steps. `random-4k-50` / `random-4k-90` ask for 4 KiB alignment at 50 % /
-//! 90 % fill; `mixed-align-90` asks for random power-of-two alignments from
-//! 4 KiB to 2 MiB at 90 % fill (`offset-allocator` has no alignment, so it
-//! gets the padded size `size + align - 4 KiB` and the bench aligns inside
-//! the padded block). Every allocator sees the same pre-generated request
-//! and victim streams (nothing is drawn or divided inside the timed loop);
-//! each workload runs five times per allocator, interleaved, and the fastest
-//! run counts. Our lines use `InsertMode::Best` over the whole aperture with
-//! the default search limit, as the GTT manager's default allocations do.
+//! steps.
+//! - `random-4k-50` / `random-4k-90`: `Best`, 4 KiB alignment, 50 % / 90 %
+//!   fill;
+//! - `mixed-align-90`: `Best`, random power-of-two alignments from 4 KiB to
+//!   2 MiB, 90 % fill (`offset-allocator` has no alignment, so it gets the
+//!   padded size `size + align - 4 KiB` and the bench aligns inside the
+//!   padded block);
+//! - `low-4k-90` / `high-4k-90`: `Low` / `High`, 4 KiB alignment;
+//! - `low-mixed-90` / `high-mixed-90`: `Low` / `High`, mixed alignments;
+//! - `range-70`: `Best`, mixed alignments, each request restricted to a
+//!   pre-generated `start..end`: a quarter to the low 1 GiB (a mappable
+//!   window), a quarter to a random 2 GiB window, the rest unrestricted;
+//!   70 % fill;
+//! - `mixed-align-90-exact`: `mixed-align-90` with our search limit off
+//!   (`u32::MAX`), i.e. exactly drm_mm's choice rule.
+//!
+//! Our lines use the default search limit (see `RangeAllocator`) except in
+//! the `-exact` workload. `range-alloc` and `offset-allocator` run only
+//! the unrestricted `Best` workloads they can express.
+//!
+//! Every allocator sees the same pre-generated request and victim streams
+//! (nothing is drawn or divided inside the timed loop); each workload runs
+//! five times per allocator, interleaved, and the fastest run counts.
 //!
 //! Prints, per workload: `time gtt/<workload>/<allocator> <ns per op>` with
 //! the operation and failed-request counts, `ratio gtt/<workload>/<peer>
@@ -27,52 +42,92 @@
 //! Run with `cargo bench -p pddgpu --bench gtt`. For profiling,
 //! `GTT_BENCH_ONLY=<allocator substring>`, `GTT_BENCH_WORKLOAD=<workload
 //! substring>` and `GTT_BENCH_RUNS=<n>` narrow the run, e.g.
-//! `GTT_BENCH_ONLY=pddgpu GTT_BENCH_RUNS=1 valgrind --tool=callgrind <bench
-//! binary>` for reproducible instruction counts.
+//! `GTT_BENCH_ONLY=pddgpu GTT_BENCH_RUNS=1 perf record <bench binary>`.
+
+#![allow(unsafe_code)]
+
+#[path = "cpeers/mod.rs"]
+mod cpeers;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use cpeers::{DrmMm, MmMode, MmNode};
 use pddgpu::range::{InsertMode, RangeAllocator, RangeNode};
 
 const PAGE: u64 = 4096;
-const APERTURE: u64 = 16 << 30;
+const GIB: u64 = 1 << 30;
+const APERTURE: u64 = 16 * GIB;
 const MAX_PAGES: u64 = 4096; // 16 MiB
 const CHURN_STEPS: usize = 200_000;
 const RUNS: usize = 5;
 
+/// One allocation request of a stream.
+#[derive(Clone, Copy)]
+struct Request {
+    size: u64,
+    align: u64,
+    /// Allowed placement (`0..APERTURE` when unrestricted).
+    range: (u64, u64),
+}
+
 /// The operations the workload needs from an allocator.
 trait Alloc {
     type Handle: Copy;
-    /// Allocates; returns the handle and the bytes it really consumes.
-    fn alloc(&mut self, size: u64, align: u64) -> Option<(Self::Handle, u64, u64)>;
+    /// Allocates; returns the handle, the start and the bytes it really
+    /// consumes.
+    fn alloc(&mut self, r: &Request, mode: InsertMode) -> Option<(Self::Handle, u64, u64)>;
     fn free(&mut self, h: Self::Handle);
 }
 
 struct Ours(RangeAllocator);
 impl Alloc for Ours {
     type Handle = RangeNode;
-    fn alloc(&mut self, size: u64, align: u64) -> Option<(RangeNode, u64, u64)> {
+    #[inline]
+    fn alloc(&mut self, r: &Request, mode: InsertMode) -> Option<(RangeNode, u64, u64)> {
         let n = self
             .0
-            .insert(size, align, 0..u64::MAX, InsertMode::Best)
+            .insert(r.size, r.align, r.range.0..r.range.1, mode)
             .ok()?;
-        debug_assert_eq!(n.start() % align, 0);
+        debug_assert_eq!(n.start() % r.align, 0);
         Some((n, n.start(), n.size()))
     }
+    #[inline]
     fn free(&mut self, h: RangeNode) {
         self.0.remove(h).unwrap();
+    }
+}
+
+struct Drm(DrmMm);
+impl Alloc for Drm {
+    type Handle = MmNode;
+    #[inline]
+    fn alloc(&mut self, r: &Request, mode: InsertMode) -> Option<(MmNode, u64, u64)> {
+        let mode = match mode {
+            InsertMode::Best => MmMode::Best,
+            InsertMode::Low => MmMode::Low,
+            InsertMode::High => MmMode::High,
+        };
+        let (node, start) = self.0.insert(r.size, r.align, r.range, mode)?;
+        debug_assert_eq!(start % r.align, 0);
+        Some((node, start, r.size))
+    }
+    #[inline]
+    fn free(&mut self, h: MmNode) {
+        self.0.remove(h);
     }
 }
 
 struct RangeAlloc(range_alloc::RangeAllocator<u64>);
 impl Alloc for RangeAlloc {
     type Handle = (u64, u64);
-    fn alloc(&mut self, size: u64, align: u64) -> Option<((u64, u64), u64, u64)> {
-        let r = self.0.allocate_range_aligned(size, align).ok()?;
-        debug_assert_eq!(r.start % align, 0);
-        Some(((r.start, r.end), r.start, size))
+    #[inline]
+    fn alloc(&mut self, r: &Request, _: InsertMode) -> Option<((u64, u64), u64, u64)> {
+        let a = self.0.allocate_range_aligned(r.size, r.align).ok()?;
+        debug_assert_eq!(a.start % r.align, 0);
+        Some(((a.start, a.end), a.start, r.size))
     }
+    #[inline]
     fn free(&mut self, h: (u64, u64)) {
         self.0.free_range(h.0..h.1);
     }
@@ -81,15 +136,17 @@ impl Alloc for RangeAlloc {
 struct OffsetAlloc(offset_allocator::Allocator);
 impl Alloc for OffsetAlloc {
     type Handle = offset_allocator::Allocation;
-    fn alloc(&mut self, size: u64, align: u64) -> Option<(Self::Handle, u64, u64)> {
+    #[inline]
+    fn alloc(&mut self, r: &Request, _: InsertMode) -> Option<(Self::Handle, u64, u64)> {
         // No alignment support: ask for the padded size, in pages.
-        let pages = (size + align - PAGE) / PAGE;
+        let pages = (r.size + r.align - PAGE) / PAGE;
         let a = self.0.allocate(pages as u32)?;
         let start = a.offset as u64 * PAGE;
-        let aligned = start.div_ceil(align) * align;
-        debug_assert!(aligned + size <= start + pages * PAGE);
+        let aligned = start.div_ceil(r.align) * r.align;
+        debug_assert!(aligned + r.size <= start + pages * PAGE);
         Some((a, start, pages * PAGE))
     }
+    #[inline]
     fn free(&mut self, h: Self::Handle) {
         self.0.free(h);
     }
@@ -113,9 +170,22 @@ impl Rng {
 #[derive(Clone, Copy)]
 struct Workload {
     name: &'static str,
+    mode: InsertMode,
     fill_percent: u64,
     mixed_align: bool,
+    /// Requests carry pre-generated `start..end` restrictions.
+    ranges: bool,
+    /// Our search limit is `u32::MAX` (exact drm_mm choice rule).
+    exact: bool,
     seed: u64,
+}
+
+impl Workload {
+    /// Whether `range-alloc` and `offset-allocator` can run it
+    /// (unrestricted `Best` only).
+    fn simple(&self) -> bool {
+        self.mode == InsertMode::Best && !self.ranges && !self.exact
+    }
 }
 
 /// The pre-generated random streams of one workload, shared by every
@@ -124,8 +194,7 @@ struct Workload {
 /// live count by a multiply-shift). Nothing is drawn or allocated inside
 /// the timed loop except the pushes onto the pre-sized live list.
 struct Streams {
-    /// `(size, align)` of each allocation attempt, in order.
-    requests: Vec<(u64, u64)>,
+    requests: Vec<Request>,
     /// Random 32-bit victim picks, in order.
     victims: Vec<u32>,
 }
@@ -144,7 +213,19 @@ impl Streams {
                 } else {
                     PAGE
                 };
-                (size, align)
+                let range = if !w.ranges {
+                    (0, APERTURE)
+                } else {
+                    match rng.below(4) {
+                        0 => (0, GIB),
+                        1 => {
+                            let start = rng.below((APERTURE - 2 * GIB) / PAGE + 1) * PAGE;
+                            (start, start + 2 * GIB)
+                        }
+                        _ => (0, APERTURE),
+                    }
+                };
+                Request { size, align, range }
             })
             .collect();
         let victims = (0..n).map(|_| rng.next() as u32).collect();
@@ -168,17 +249,18 @@ fn run<A: Alloc>(a: &mut A, w: Workload, st: &Streams) -> Outcome {
     let mut ops = 0u64;
     let mut failures = 0u64;
     let (mut ri, mut vi) = (0usize, 0usize);
+    let mode = w.mode;
     let t = Instant::now();
     let mut alloc_one = |a: &mut A, live: &mut Vec<_>, used: &mut u64| {
-        let (size, align) = st.requests[ri];
+        let r = &st.requests[ri];
         ri += 1;
         if ri == st.requests.len() {
             ri = 0;
         }
-        match a.alloc(size, align) {
+        match a.alloc(r, mode) {
             Some((h, start, consumed)) => {
-                *used += size;
-                live.push((h, black_box(start), consumed, size));
+                *used += r.size;
+                live.push((h, black_box(start), consumed, r.size));
                 true
             }
             None => false,
@@ -227,6 +309,9 @@ fn run<A: Alloc>(a: &mut A, w: Workload, st: &Streams) -> Outcome {
     }
     largest = largest.max(APERTURE - at);
     free += APERTURE - at;
+    for (h, ..) in live {
+        a.free(h);
+    }
     Outcome {
         time,
         ops,
@@ -250,65 +335,98 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The workloads, in print order.
+fn workloads() -> Vec<Workload> {
+    let w = |name, mode, fill_percent, mixed_align, ranges, exact, seed| Workload {
+        name,
+        mode,
+        fill_percent,
+        mixed_align,
+        ranges,
+        exact,
+        seed,
+    };
+    use InsertMode::{Best, High, Low};
+    vec![
+        w("random-4k-50", Best, 50, false, false, false, 0x5eed_0050),
+        w("random-4k-90", Best, 90, false, false, false, 0x5eed_0090),
+        w("mixed-align-90", Best, 90, true, false, false, 0x5eed_a190),
+        w("low-4k-90", Low, 90, false, false, false, 0x5eed_1090),
+        w("high-4k-90", High, 90, false, false, false, 0x5eed_4090),
+        w("low-mixed-90", Low, 90, true, false, false, 0x5eed_10a9),
+        w("high-mixed-90", High, 90, true, false, false, 0x5eed_40a9),
+        w("range-70", Best, 70, true, true, false, 0x5eed_7070),
+        w(
+            "mixed-align-90-exact",
+            Best,
+            90,
+            true,
+            false,
+            true,
+            0x5eed_a190,
+        ),
+    ]
+}
+
 fn main() {
     // `GTT_BENCH_ONLY=<substring>` runs only the matching allocators and
     // `GTT_BENCH_WORKLOAD=<substring>` runs only the matching workloads and
-    // `GTT_BENCH_RUNS=<n>` sets the runs per allocator (e.g. for callgrind);
-    // ratios are printed only when ours and the peer both ran.
+    // `GTT_BENCH_RUNS=<n>` sets the runs per allocator (e.g. for a
+    // profiler); ratios are printed only when ours and the peer both ran.
     let only = std::env::var("GTT_BENCH_ONLY").unwrap_or_default();
     let only_workload = std::env::var("GTT_BENCH_WORKLOAD").unwrap_or_default();
     let runs = env_usize("GTT_BENCH_RUNS", RUNS).max(1);
     println!(
         "gtt bench: aperture {} GiB, sizes 4 KiB..16 MiB uniform, {CHURN_STEPS} churn steps after the fill, best of {runs} runs; \
-         pddgpu lines use InsertMode::Best over the whole range (the GTT manager's default mode), search limit {}",
+         pddgpu lines use the workload's mode with search limit {} (u32::MAX in -exact workloads)",
         APERTURE >> 30,
         pddgpu::range::DEFAULT_SEARCH_LIMIT
     );
-    let workloads = [
-        Workload {
-            name: "random-4k-50",
-            fill_percent: 50,
-            mixed_align: false,
-            seed: 0x5eed_0050,
-        },
-        Workload {
-            name: "random-4k-90",
-            fill_percent: 90,
-            mixed_align: false,
-            seed: 0x5eed_0090,
-        },
-        Workload {
-            name: "mixed-align-90",
-            fill_percent: 90,
-            mixed_align: true,
-            seed: 0x5eed_a190,
-        },
-    ];
-    let names = ["pddgpu", "range-alloc", "offset-allocator"];
+    let names = ["pddgpu", "drm_mm", "range-alloc", "offset-allocator"];
     let enabled = |name: &str| only.is_empty() || name.contains(only.as_str());
-    for w in workloads {
+    let peers = match cpeers::load() {
+        Ok(p) => {
+            println!(
+                "drm_mm: Linux drivers/gpu/drm/drm_mm.c from linux-source-6.12 ({} B per node, embedded in the caller's object)",
+                p.mm_node_size()
+            );
+            Some(p)
+        }
+        Err(why) => {
+            println!("gtt bench: peer drm_mm skipped: {why}");
+            None
+        }
+    };
+    for w in workloads() {
         if !w.name.contains(only_workload.as_str()) {
             continue;
         }
         let st = Streams::new(w);
-        // Runs are interleaved (ours, range-alloc, offset-allocator, ours,
-        // ...) so that load from other processes hits all three alike.
-        let mut best: [Option<Outcome>; 3] = [None, None, None];
+        // Runs are interleaved (ours, drm_mm, range-alloc, offset-allocator,
+        // ours, ...) so that load from other processes hits all alike.
+        let mut best: [Option<Outcome>; 4] = [None, None, None, None];
         for _ in 0..runs {
             if enabled(names[0]) {
-                let mut a = Ours(RangeAllocator::new(0, APERTURE).unwrap());
-                keep_fastest(&mut best[0], run(&mut a, w, &st));
+                let mut inner = RangeAllocator::new(0, APERTURE).unwrap();
+                if w.exact {
+                    inner.set_search_limit(u32::MAX);
+                }
+                keep_fastest(&mut best[0], run(&mut Ours(inner), w, &st));
             }
-            if enabled(names[1]) {
-                let mut a = RangeAlloc(range_alloc::RangeAllocator::new(0..APERTURE));
+            if let Some(peers) = peers.filter(|_| enabled(names[1])) {
+                let mut a = Drm(DrmMm::new(peers, 0, APERTURE));
                 keep_fastest(&mut best[1], run(&mut a, w, &st));
             }
-            if enabled(names[2]) {
+            if w.simple() && enabled(names[2]) {
+                let mut a = RangeAlloc(range_alloc::RangeAllocator::new(0..APERTURE));
+                keep_fastest(&mut best[2], run(&mut a, w, &st));
+            }
+            if w.simple() && enabled(names[3]) {
                 let mut a = OffsetAlloc(offset_allocator::Allocator::with_max_allocs(
                     (APERTURE / PAGE) as u32,
                     1 << 18,
                 ));
-                keep_fastest(&mut best[2], run(&mut a, w, &st));
+                keep_fastest(&mut best[3], run(&mut a, w, &st));
             }
         }
         for (o, name) in best.iter().zip(names) {

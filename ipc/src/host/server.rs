@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redox_scheme::scheme::{SchemeState, SchemeSync};
+use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{Request, RequestKind, Response};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -126,10 +126,9 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// The scheme and the redox-scheme dispatch state, behind one lock.
+/// The scheme, behind one lock.
 struct Locked<S> {
     scheme: S,
-    state: SchemeState,
 }
 
 /// What all connection threads share.
@@ -225,10 +224,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             listener,
             path: None,
             shared: Arc::new(Shared {
-                locked: Mutex::new(Locked {
-                    scheme,
-                    state: SchemeState::new(),
-                }),
+                locked: Mutex::new(Locked { scheme }),
                 root,
                 limits,
                 served: AtomicU64::new(0),
@@ -384,19 +380,11 @@ fn serve_request<S: HostScheme>(
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
     let run = |conn: &mut ConnState, payload: &mut Vec<u8>, retry: bool| {
         let mut guard = lock(&shared.locked);
-        let Locked { scheme, state } = &mut *guard;
+        let Locked { scheme } = &mut *guard;
         if retry {
             scheme.on_retry(payload);
         }
-        let done = dispatch(
-            conn,
-            shared.root,
-            shared.limits,
-            header,
-            payload,
-            scheme,
-            state,
-        );
+        let done = dispatch(conn, shared.root, shared.limits, header, payload, scheme);
         let policy = if parkable && is_errno(&done.0, EAGAIN) {
             scheme.park_policy(payload)
         } else {
@@ -664,7 +652,6 @@ fn dispatch<S: SchemeSync>(
     header: &RequestHeader,
     payload: &mut Vec<u8>,
     scheme: &mut S,
-    state: &mut SchemeState,
 ) -> Dispatched {
     let wire = header.sqe;
     let tag = wire.tag;
@@ -809,13 +796,13 @@ fn dispatch<S: SchemeSync>(
     }
 
     // SAFETY: `Request` is `#[repr(transparent)]` over `Sqe` (redox-scheme
-    // 0.12), so the value is a valid `Request`. Every pointer argument in
+    // 0.9), so the value is a valid `Request`. Every pointer argument in
     // `sqe` was set just above to a live buffer owned by this function
     // (`payload`, `out` or `stat`) with its exact length, the OpenAt path
     // was checked to be UTF-8, and all of them outlive the dispatch below.
     let request: Request = unsafe { std::mem::transmute::<Sqe, Request>(sqe) };
     let response: Response = match request.kind() {
-        RequestKind::Call(call) => call.handle_sync(scheme, state),
+        RequestKind::Call(call) => call.handle_sync(scheme),
         _ => return fail(EOPNOTSUPP),
     };
     // SAFETY: `Response` is `#[repr(transparent)]` over `Cqe`.

@@ -3,13 +3,11 @@
 //!
 //! Holes live in an arena (`Vec<Hole>`, recycled through a free list) and are
 //! indexed twice:
-//! - by **address** in one treap keyed by start whose nodes carry an upper
-//!   bound on the largest hole below them, so "the first hole at or after
-//!   `a` that is at least `n` bytes" is one `O(log n)` walk. Bounds are
-//!   raised eagerly but lowered lazily (a shrinking or vanishing hole leaves
-//!   its ancestors' bounds high; a search that finds a bound too high
-//!   tightens it), which keeps the upward walk off the allocation path; each
-//!   stale bound costs a search one extra visit, once;
+//! - by **address** in one treap keyed by start whose nodes carry the size
+//!   of the largest hole in their subtree (exact: every change to a hole
+//!   or to the tree's shape recomputes the bounds above it, stopping where
+//!   they no longer change), so "the first hole at or after `a` that is at
+//!   least `n` bytes" is one descent plus at most one more, `O(log n)`;
 //! - by **size** in segregated bins (64 bins per power of two, found with two
 //!   bitmap look-ups like TLSF). A bin holding at most [`LIST_MAX`] holes is
 //!   an unsorted doubly linked list (filing and unfiling are `O(1)`, a
@@ -77,10 +75,7 @@ pub(super) struct Hole {
     pub prio: u32,
     /// The size bin this hole is filed in, or `NIL` when not filed.
     pub bin: u32,
-    /// Upper bound on the largest hole size in this hole's address subtree.
-    /// Raised eagerly when a hole grows or joins; left high when a hole
-    /// shrinks or leaves (saving an upward walk on every allocation), and
-    /// tightened by the searches that find it too high.
+    /// Size of the largest hole in this hole's address subtree.
     pub max: u64,
     /// Links in the address tree.
     pub addr: Links,
@@ -260,6 +255,8 @@ impl HoleIndex {
         self.file(i);
         if new_len > old_len {
             tree::raise_max_upwards(&mut self.holes, i, new_len);
+        } else if new_len < old_len {
+            tree::lower_max_upwards(&mut self.holes, i);
         }
     }
 
@@ -551,40 +548,16 @@ impl HoleIndex {
         best
     }
 
-    /// The first hole whose start is at or above `addr`.
-    fn first_starting_at_or_above(&self, addr: u64) -> u32 {
-        let mut cur = self.addr_root;
-        let mut best = NIL;
-        while cur != NIL {
-            let h = &self.holes[cur as usize];
-            if h.start >= addr {
-                best = cur;
-                cur = h.addr.left;
-            } else {
-                cur = h.addr.right;
-            }
-        }
-        best
-    }
-
     /// The first hole in address order starting at or above `addr` whose size
     /// is at least `min`.
-    pub fn first_sized_at_or_above(&mut self, addr: u64, min: u64) -> u32 {
-        if tree::sub_max(&self.holes, self.addr_root) < min {
-            return NIL;
-        }
-        let i = self.first_starting_at_or_above(addr);
-        tree::next_sized_from(&mut self.holes, i, min)
+    pub fn first_sized_at_or_above(&self, addr: u64, min: u64) -> u32 {
+        tree::first_fit_at_or_above(&self.holes, self.addr_root, addr, min)
     }
 
     /// The last hole in address order starting below `addr` whose size is at
     /// least `min`.
-    pub fn last_sized_below(&mut self, addr: u64, min: u64) -> u32 {
-        if addr == 0 || tree::sub_max(&self.holes, self.addr_root) < min {
-            return NIL;
-        }
-        let i = self.last_starting_at_or_below(addr - 1);
-        tree::prev_sized_from(&mut self.holes, i, min)
+    pub fn last_sized_below(&self, addr: u64, min: u64) -> u32 {
+        tree::last_fit_below(&self.holes, self.addr_root, addr, min)
     }
 
     /// The holes in address-tree order (in-order walk), for checks.
@@ -656,8 +629,8 @@ impl HoleIndex {
                 m = m.max(ch.max);
                 stack.push(c);
             }
-            if h.max < m {
-                return Err("address tree subtree bound below its largest hole");
+            if h.max != m {
+                return Err("address tree subtree bound is not its largest hole");
             }
         }
         if seen != self.count {

@@ -17,8 +17,7 @@
 //! hole below them; see `holes.rs`). Nodes and holes also form one doubly linked list in
 //! address order, so a remove finds the holes to merge with in `O(1)`.
 //! Without alignment trouble every search is `O(log n)` expected in the
-//! number of holes (amortized for the address searches, whose subtree
-//! bounds are tightened lazily):
+//! number of holes:
 //! - `Best`: the smallest hole of at least `size` bytes; its first aligned
 //!   address.
 //! - `Low` / `High`: the lowest / highest hole of at least `size` bytes

@@ -38,13 +38,7 @@ impl RangeAllocator {
     }
 
     /// Best: the smallest hole that fits (see the module docs for the bound).
-    pub(super) fn find_best(
-        &mut self,
-        size: u64,
-        align: u64,
-        rs: u64,
-        re: u64,
-    ) -> Option<(u32, u64)> {
+    pub(super) fn find_best(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
         // Usually the smallest candidate fits (always when the alignment
         // divides every hole start).
         let first = self.holes.smallest_at_least(size);
@@ -83,18 +77,21 @@ impl RangeAllocator {
     }
 
     /// Low: the lowest address that fits.
-    pub(super) fn find_low(
-        &mut self,
-        size: u64,
-        align: u64,
-        rs: u64,
-        re: u64,
-    ) -> Option<(u32, u64)> {
+    pub(super) fn find_low(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
+        let mut cur = self.first_in_range(rs, re, size);
+        if cur == NIL {
+            return None;
+        }
+        // The lowest candidate usually fits; the guaranteed hole is looked
+        // up only when it does not. (It never lies below the first
+        // candidate, and when it is the first candidate that one fits.)
+        if let Some(x) = place(self.hole(cur), size, align, rs, re, false) {
+            return Some((cur, x));
+        }
         let sure = match size.checked_add(align - 1) {
             Some(s) if align > 1 => self.first_in_range(rs, re, s),
             _ => NIL,
         };
-        let mut cur = self.first_in_range(rs, re, size);
         let mut misses = 0u32;
         while cur != NIL && (sure == NIL || self.hole(cur).start < self.hole(sure).start) {
             if let Some(x) = place(self.hole(cur), size, align, rs, re, false) {
@@ -114,18 +111,19 @@ impl RangeAllocator {
     }
 
     /// High: the highest address that fits.
-    pub(super) fn find_high(
-        &mut self,
-        size: u64,
-        align: u64,
-        rs: u64,
-        re: u64,
-    ) -> Option<(u32, u64)> {
+    pub(super) fn find_high(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
+        let mut cur = self.last_in_range(rs, re, size);
+        if cur == NIL {
+            return None;
+        }
+        // As in `find_low`: the guaranteed hole only after a miss.
+        if let Some(x) = place(self.hole(cur), size, align, rs, re, true) {
+            return Some((cur, x));
+        }
         let sure = match size.checked_add(align - 1) {
             Some(s) if align > 1 => self.last_in_range(rs, re, s),
             _ => NIL,
         };
-        let mut cur = self.last_in_range(rs, re, size);
         let mut misses = 0u32;
         while cur != NIL && (sure == NIL || self.hole(cur).start > self.hole(sure).start) {
             if let Some(x) = place(self.hole(cur), size, align, rs, re, true) {
@@ -145,8 +143,13 @@ impl RangeAllocator {
     }
 
     /// The lowest hole overlapping `rs..re` with at least `min` bytes inside it.
-    fn first_in_range(&mut self, rs: u64, re: u64, min: u64) -> u32 {
-        let p = self.holes.last_starting_at_or_below(rs);
+    fn first_in_range(&self, rs: u64, re: u64, min: u64) -> u32 {
+        // Only a hole starting below `rs` can cross it.
+        let p = if rs > self.start {
+            self.holes.last_starting_at_or_below(rs)
+        } else {
+            NIL
+        };
         if p != NIL {
             let h = self.hole(p);
             if h.start < rs && h.end > rs && self.clipped_len(p, rs, re) >= min {
@@ -158,7 +161,7 @@ impl RangeAllocator {
 
     /// The first hole starting in `from..re` with at least `min` bytes
     /// before `re` (`from` must not be below the range start).
-    fn in_range_from(&mut self, from: u64, re: u64, min: u64) -> u32 {
+    fn in_range_from(&self, from: u64, re: u64, min: u64) -> u32 {
         let i = self.holes.first_sized_at_or_above(from, min);
         if i == NIL {
             return NIL;
@@ -176,9 +179,14 @@ impl RangeAllocator {
     }
 
     /// The highest hole overlapping `rs..re` with at least `min` bytes inside it.
-    fn last_in_range(&mut self, rs: u64, re: u64, min: u64) -> u32 {
+    fn last_in_range(&self, rs: u64, re: u64, min: u64) -> u32 {
         let mut below = re;
-        let p = self.holes.last_starting_at_or_below(re - 1);
+        // Only a hole ending above `re` can cross it.
+        let p = if re < self.end {
+            self.holes.last_starting_at_or_below(re - 1)
+        } else {
+            NIL
+        };
         if p != NIL {
             let h = self.hole(p);
             if h.end > re {
@@ -194,7 +202,7 @@ impl RangeAllocator {
     /// The last hole starting below `below` that ends inside the range and
     /// has at least `min` bytes at or above `rs` (no hole starting below
     /// `below` may cross the range end).
-    fn in_range_below(&mut self, below: u64, rs: u64, min: u64) -> u32 {
+    fn in_range_below(&self, below: u64, rs: u64, min: u64) -> u32 {
         let i = self.holes.last_sized_below(below, min);
         if i == NIL {
             return NIL;

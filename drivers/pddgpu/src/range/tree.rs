@@ -102,6 +102,19 @@ pub(super) fn raise_max_upwards(h: &mut [Hole], mut i: u32, size: u64) {
     }
 }
 
+/// Recomputes the bounds from `i` up to the root after a hole in `i`'s
+/// subtree shrank or left, stopping at the first node whose bound does not
+/// change (its ancestors' bounds then cannot change either).
+pub(super) fn lower_max_upwards(h: &mut [Hole], mut i: u32) {
+    while i != NIL {
+        let before = h[i as usize].max;
+        if recompute_max(h, i) == before {
+            return;
+        }
+        i = h[i as usize].addr.parent;
+    }
+}
+
 /// Replaces `old` by `new` as the child of `p` (or as the root).
 #[inline]
 fn replace_child<K: TreeKind>(h: &mut [Hole], root: &mut u32, p: u32, old: u32, new: u32) {
@@ -206,8 +219,7 @@ pub(super) fn insert<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
         h[i as usize].max = size.max(sub_max(h, cur));
     }
     hang::<K>(h, root, hook, i);
-    // Unzip `cur` into `i`'s left (keys below `i`) and right subtrees. The
-    // nodes moved keep their bounds: their subtrees only shrink.
+    // Unzip `cur` into `i`'s left (keys below `i`) and right subtrees.
     let mut lhook = Hook::Left(i);
     let mut rhook = Hook::Right(i);
     while cur != NIL {
@@ -223,6 +235,19 @@ pub(super) fn insert<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     }
     hang::<K>(h, root, lhook, NIL);
     hang::<K>(h, root, rhook, NIL);
+    if K::AUGMENTED {
+        // The unzipped nodes lost parts of their subtrees: recompute their
+        // bounds bottom-up along both seams, then `i`'s.
+        for hook in [lhook, rhook] {
+            if let Hook::Left(mut n) | Hook::Right(mut n) = hook {
+                while n != i {
+                    recompute_max(h, n);
+                    n = parent::<K>(h, n);
+                }
+            }
+        }
+        recompute_max(h, i);
+    }
 }
 
 /// Inserts hole `i` into the address tree right after `pred`, which must be
@@ -261,10 +286,8 @@ pub(super) fn insert_addr_after(h: &mut [Hole], root: &mut u32, pred: u32, i: u3
 
 /// Removes hole `i` from the tree at `root`: its two subtrees are merged
 /// ("zipped") along the right spine of the left one and the left spine of
-/// the right one, by priority. In the address tree the zipped nodes, which
-/// gained subtrees, get their bounds recomputed bottom-up; bounds above
-/// `i` may now be too high, which is allowed (see `Hole::max`) and
-/// repaired lazily by the searches.
+/// the right one, by priority. In the address tree the bounds of the
+/// zipped nodes and of `i`'s former ancestors are recomputed.
 pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     let (mut l, mut r) = (left::<K>(h, i), right::<K>(h, i));
     let p = parent::<K>(h, i);
@@ -291,11 +314,16 @@ pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     }
     hang::<K>(h, root, hook, if l != NIL { l } else { r });
     *K::links_mut(&mut h[i as usize]) = Links::EMPTY;
-    if K::AUGMENTED && last != NIL {
-        while last != p {
-            recompute_max(h, last);
-            last = parent::<K>(h, last);
+    if K::AUGMENTED {
+        // The zipped nodes gained subtrees: recompute them bottom-up, then
+        // `i`'s former ancestors for as long as their bound changes.
+        if last != NIL {
+            while last != p {
+                recompute_max(h, last);
+                last = parent::<K>(h, last);
+            }
         }
+        lower_max_upwards(h, p);
     }
 }
 
@@ -345,160 +373,100 @@ pub(super) fn next<K: TreeKind>(h: &[Hole], i: u32) -> u32 {
     }
 }
 
-/// Tightens `i`'s bound to the largest of its own size and its children's
-/// bounds (used once a search has shown the subtree holds nothing of a
-/// given size, so the bound drops below that size).
+/// Whether the address subtree at `i` holds a hole of at least `min` bytes
+/// (bounds are exact).
 #[inline]
-fn tighten(h: &mut [Hole], i: u32) {
-    recompute_max(h, i);
-}
-
-/// Whether the address subtree at `i` may hold a hole of `min` bytes.
-#[inline]
-fn may_hold(h: &[Hole], i: u32, min: u64) -> bool {
+fn holds(h: &[Hole], i: u32, min: u64) -> bool {
     i != NIL && h[i as usize].max >= min
 }
 
 /// The leftmost hole of the address subtree at `top` whose size is at least
-/// `min`, or `NIL`. Subtrees whose (possibly stale) bound promised such a
-/// hole but that turn out to hold none get their bounds tightened on the way
-/// back, so each stale bound costs one visit.
-pub(super) fn leftmost_sized(h: &mut [Hole], top: u32, min: u64) -> u32 {
-    if !may_hold(h, top, min) {
+/// `min`, or `NIL`: one descent, as bounds are exact.
+pub(super) fn leftmost_sized(h: &[Hole], top: u32, min: u64) -> u32 {
+    if !holds(h, top, min) {
         return NIL;
     }
     let mut i = top;
-    'descend: loop {
-        let l = h[i as usize].addr.left;
-        if may_hold(h, l, min) {
-            i = l;
-            continue;
-        }
-        if h[i as usize].len() >= min {
+    loop {
+        let n = &h[i as usize];
+        if holds(h, n.addr.left, min) {
+            i = n.addr.left;
+        } else if n.len() >= min {
             return i;
-        }
-        let r = h[i as usize].addr.right;
-        if may_hold(h, r, min) {
-            i = r;
-            continue;
-        }
-        // Nothing in `i`'s subtree: tighten and climb.
-        loop {
-            tighten(h, i);
-            if i == top {
-                return NIL;
-            }
-            let p = h[i as usize].addr.parent;
-            if h[p as usize].addr.left == i {
-                if h[p as usize].len() >= min {
-                    return p;
-                }
-                let r = h[p as usize].addr.right;
-                if may_hold(h, r, min) {
-                    i = r;
-                    continue 'descend;
-                }
-            }
-            i = p;
+        } else {
+            debug_assert!(holds(h, n.addr.right, min), "subtree bound is exact");
+            i = n.addr.right;
         }
     }
 }
 
 /// The rightmost hole of the address subtree at `top` whose size is at
 /// least `min` (the mirror of [`leftmost_sized`]).
-pub(super) fn rightmost_sized(h: &mut [Hole], top: u32, min: u64) -> u32 {
-    if !may_hold(h, top, min) {
+pub(super) fn rightmost_sized(h: &[Hole], top: u32, min: u64) -> u32 {
+    if !holds(h, top, min) {
         return NIL;
     }
     let mut i = top;
-    'descend: loop {
-        let r = h[i as usize].addr.right;
-        if may_hold(h, r, min) {
-            i = r;
-            continue;
-        }
-        if h[i as usize].len() >= min {
+    loop {
+        let n = &h[i as usize];
+        if holds(h, n.addr.right, min) {
+            i = n.addr.right;
+        } else if n.len() >= min {
             return i;
-        }
-        let l = h[i as usize].addr.left;
-        if may_hold(h, l, min) {
-            i = l;
-            continue;
-        }
-        loop {
-            tighten(h, i);
-            if i == top {
-                return NIL;
-            }
-            let p = h[i as usize].addr.parent;
-            if h[p as usize].addr.right == i {
-                if h[p as usize].len() >= min {
-                    return p;
-                }
-                let l = h[p as usize].addr.left;
-                if may_hold(h, l, min) {
-                    i = l;
-                    continue 'descend;
-                }
-            }
-            i = p;
+        } else {
+            debug_assert!(holds(h, n.addr.left, min), "subtree bound is exact");
+            i = n.addr.left;
         }
     }
 }
 
-/// Starting at `i` (inclusive), the first hole in address order whose size
-/// is at least `min`: walks up through the ancestors, searching only right
-/// subtrees whose bound allows a big enough hole. `O(depth)` plus one visit
-/// per stale bound.
-pub(super) fn next_sized_from(h: &mut [Hole], mut i: u32, min: u64) -> u32 {
-    while i != NIL {
-        if h[i as usize].len() >= min {
-            return i;
+/// The first hole in address order that starts at or above `addr` and has
+/// at least `min` bytes, or `NIL`.
+///
+/// One descent toward `addr` from `root`. Every node passed that starts at
+/// or above `addr` is a fallback: if the part of its left subtree at or
+/// above `addr` holds no answer, the answer is the node itself or the
+/// leftmost fitting hole of its right subtree. Bounds are exact, so the
+/// deepest fallback that can succeed is the only one needed (deeper means
+/// further left), and it is resolved with one more descent.
+pub(super) fn first_fit_at_or_above(h: &[Hole], root: u32, addr: u64, min: u64) -> u32 {
+    let mut fallback = NIL;
+    let mut i = root;
+    while holds(h, i, min) {
+        let n = &h[i as usize];
+        if n.start < addr {
+            i = n.addr.right;
+            continue;
         }
-        let r = h[i as usize].addr.right;
-        let found = leftmost_sized(h, r, min);
-        if found != NIL {
-            return found;
+        if n.len() >= min || holds(h, n.addr.right, min) {
+            fallback = i;
         }
-        // Climb to the first ancestor of which we are in the left subtree.
-        loop {
-            let p = h[i as usize].addr.parent;
-            if p == NIL {
-                return NIL;
-            }
-            let came_from_left = h[p as usize].addr.left == i;
-            i = p;
-            if came_from_left {
-                break;
-            }
-        }
+        i = n.addr.left;
     }
-    NIL
+    if fallback == NIL || h[fallback as usize].len() >= min {
+        return fallback;
+    }
+    leftmost_sized(h, h[fallback as usize].addr.right, min)
 }
 
-/// Starting at `i` (inclusive), the last hole in address order at or before
-/// `i` whose size is at least `min` (the mirror of [`next_sized_from`]).
-pub(super) fn prev_sized_from(h: &mut [Hole], mut i: u32, min: u64) -> u32 {
-    while i != NIL {
-        if h[i as usize].len() >= min {
-            return i;
+/// The last hole in address order that starts below `addr` and has at
+/// least `min` bytes, or `NIL` (the mirror of [`first_fit_at_or_above`]).
+pub(super) fn last_fit_below(h: &[Hole], root: u32, addr: u64, min: u64) -> u32 {
+    let mut fallback = NIL;
+    let mut i = root;
+    while holds(h, i, min) {
+        let n = &h[i as usize];
+        if n.start >= addr {
+            i = n.addr.left;
+            continue;
         }
-        let l = h[i as usize].addr.left;
-        let found = rightmost_sized(h, l, min);
-        if found != NIL {
-            return found;
+        if n.len() >= min || holds(h, n.addr.left, min) {
+            fallback = i;
         }
-        loop {
-            let p = h[i as usize].addr.parent;
-            if p == NIL {
-                return NIL;
-            }
-            let came_from_right = h[p as usize].addr.right == i;
-            i = p;
-            if came_from_right {
-                break;
-            }
-        }
+        i = n.addr.right;
     }
-    NIL
+    if fallback == NIL || h[fallback as usize].len() >= min {
+        return fallback;
+    }
+    rightmost_sized(h, h[fallback as usize].addr.left, min)
 }
