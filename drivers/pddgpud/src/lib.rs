@@ -57,17 +57,16 @@ fn init_logging(opts: &Options) {
 
 /// Opens the device and serves it until told to stop.
 pub fn run_with(opts: &Options) -> Result<(), String> {
-    let device = backend::open(opts)?;
-    log::info!("device: {}", device.description);
-    let scheme = device.into_scheme(opts);
     #[cfg(not(target_os = "redox"))]
-    let scheme = serve::serve_host(opts, scheme)?;
-    #[cfg(target_os = "redox")]
     let scheme = {
-        let mut scheme = scheme;
-        redox::serve(opts, &mut scheme)?;
-        scheme
+        let device = backend::open(opts)?;
+        log::info!("device: {}", device.description);
+        serve::serve_host(opts, device.into_scheme(opts))?
     };
+    // On Redox the device is opened between taking the readiness pipe and
+    // registering the scheme (see `redox::serve`).
+    #[cfg(target_os = "redox")]
+    let scheme = redox::serve(opts)?;
     let stats = scheme.driver().stats();
     log::info!("final state: {stats:?}");
     Ok(())

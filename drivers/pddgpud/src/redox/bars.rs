@@ -178,6 +178,7 @@ mod tests {
                 function: 0,
             },
             bars,
+            rom: None,
             legacy_interrupt_line: None,
             full_device_id: FullDeviceId {
                 vendor_id: 0x1234,

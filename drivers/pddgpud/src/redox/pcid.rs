@@ -8,10 +8,11 @@
 //!
 //! Upstream keeps this in the `pcid_interface` library, which is not on
 //! crates.io. This module re-declares the few types and messages pddgpud
-//! needs, following `pcid/src/driver_interface/mod.rs` (with `bar.rs` and
-//! `id.rs` next to it) of `redox-os/drivers` at commit `20ffe4d7`
-//! (2025-11-29; that repository has since moved into `redox-os/base`).
-//! The wire format is:
+//! needs, following `drivers/pcid/src/driver_interface/mod.rs` (with
+//! `bar.rs` and `id.rs` next to it) of `redox-os/base` as in the Redox
+//! snapshot this project boots (`../shared/redox`, `SOURCES.md`). That
+//! version's `PciFunction` carries the option ROM between the BARs and the
+//! interrupt line (older pcid had no `rom` field). The wire format is:
 //!
 //! - a **request** is one `write` of its bincode 1.x encoding (pcid's channel
 //!   treats each write as one message, so it must not be split);
@@ -126,6 +127,18 @@ pub struct FullDeviceId {
     pub revision: u8,
 }
 
+/// The function's expansion ROM BAR as pcid decoded it (upstream
+/// `PciRom`). pddgpud does not use it; it is part of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciRom {
+    /// Physical base address.
+    pub addr: u32,
+    /// Size in bytes.
+    pub size: u32,
+    /// Whether ROM decoding is enabled.
+    pub enabled: bool,
+}
+
 /// The PCI function handed to the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciFunction {
@@ -133,6 +146,8 @@ pub struct PciFunction {
     pub addr: PciAddress,
     /// Its six BARs.
     pub bars: [PciBar; 6],
+    /// Its option ROM, if it has one.
+    pub rom: Option<PciRom>,
     /// Its legacy interrupt line, if it has one.
     pub legacy_interrupt_line: Option<LegacyInterruptLine>,
     /// Its identity.
@@ -156,12 +171,13 @@ pub enum Request {
 }
 
 /// Responses from pcid (upstream `PcidClientResponse`, first variants only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// (Boxing does not change the bincode encoding.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// Answer to [`Request::EnableDevice`] (variant 0).
     EnabledDevice,
     /// Answer to [`Request::RequestConfig`] (variant 1).
-    Config(SubdriverArguments),
+    Config(Box<SubdriverArguments>),
 }
 
 /// Upstream's names of the response variants, by index, for error messages.
@@ -332,7 +348,7 @@ impl<C: Read + Write> PcidChannel<C> {
     /// Asks for the function's configuration.
     pub fn request_config(&mut self) -> Result<SubdriverArguments, PcidError> {
         match self.transact(Request::RequestConfig)? {
-            Response::Config(args) => Ok(args),
+            Response::Config(args) => Ok(*args),
             other => Err(unexpected("Config", &other)),
         }
     }
@@ -415,6 +431,11 @@ mod tests {
                         size: 0x4000_0000,
                     },
                 ],
+                rom: Some(PciRom {
+                    addr: 0xfeb0_0000,
+                    size: 0x1_0000,
+                    enabled: false,
+                }),
                 legacy_interrupt_line: Some(LegacyInterruptLine {
                     irq: 11,
                     phandled: None,
@@ -451,6 +472,10 @@ mod tests {
         b.extend(2u32.to_le_bytes()); // BAR5: Memory64
         b.extend(0x8_0000_0000u64.to_le_bytes());
         b.extend(0x4000_0000u64.to_le_bytes());
+        b.push(1); // rom: Some(PciRom)
+        b.extend(0xfeb0_0000u32.to_le_bytes());
+        b.extend(0x1_0000u32.to_le_bytes());
+        b.push(0); // enabled: false
         b.push(1); // Some(LegacyInterruptLine)
         b.push(11); // irq
         b.push(0); // phandled: None
@@ -526,11 +551,11 @@ mod tests {
         let payload = bochs_config_payload();
         assert_eq!(
             decode_response(&payload).unwrap(),
-            Response::Config(bochs())
+            Response::Config(Box::new(bochs()))
         );
         // And this module's encoding is the same bytes.
         assert_eq!(
-            bincode::serialize(&Response::Config(bochs())).unwrap(),
+            bincode::serialize(&Response::Config(Box::new(bochs()))).unwrap(),
             payload
         );
     }
