@@ -10,11 +10,11 @@ use pddgpu_ipc::model::{
     Stats, JSON_ABI,
 };
 
-use crate::owners::Owners;
+use crate::callers::Callers;
 use crate::path::FileKind;
 
 /// Renders a generated file.
-pub fn render(kind: FileKind, driver: &Driver, owners: &Owners) -> Vec<u8> {
+pub fn render(kind: FileKind, driver: &Driver, owners: &Callers) -> Vec<u8> {
     let text = match kind {
         FileKind::Stats => stats_text(&stats(driver)),
         FileKind::StatsJson => json(&stats(driver)),
@@ -188,7 +188,7 @@ fn domain_name(d: Domain) -> String {
 }
 
 /// `leaks.json` from a driver report; owners are resolved to pids.
-pub fn leaks(r: &LeakReport, owners: &Owners) -> LeakModel {
+pub fn leaks(r: &LeakReport, owners: &Callers) -> LeakModel {
     let audits: Vec<LeakAudit> = r
         .audits
         .iter()
@@ -231,9 +231,7 @@ pub fn leaks(r: &LeakReport, owners: &Owners) -> LeakModel {
                 SuspectReason::OldAndLarge { owner_bytes } => {
                     format!("old-large: owner holds {owner_bytes} bytes")
                 }
-                SuspectReason::ExportedUnheld => {
-                    "exported-unheld: exported, nobody holds it".into()
-                }
+                SuspectReason::Unheld => "unheld: no owner holds it (bookkeeping error)".into(),
             },
         })
         .collect();
@@ -281,7 +279,7 @@ pub fn leaks_text(r: &LeakModel) -> String {
 
 /// `clients.json`: every live owner (with handles) joined with the
 /// driver's usage.
-pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
+pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
     let usage = driver.clients();
     let mut out: Vec<ClientInfo> = owners
         .list()
