@@ -15,6 +15,8 @@
 //! - [`boot`]: the whole pipeline behind `pddgpu-image qemu`.
 //! - [`pci`] / [`pattern`]: sysfs PCI lookup and BO test patterns for the
 //!   guest test program (`pddgpu-guest`).
+//! - [`guest`]: the client side of the scenario, shared by the Linux guest
+//!   program and the Redox one (`pddgpu-redox-guest`).
 //! - [`redox`]: the Redox image, built from the source snapshot in
 //!   `../shared/redox` and booted under QEMU (`redox-image`, `redox-boot`);
 //!   it shares [`qemu`], [`serial`] and [`hosttools`] with the Linux guest.
@@ -22,6 +24,7 @@
 
 pub mod binaries;
 pub mod boot;
+pub mod guest;
 pub mod hosttools;
 pub mod init;
 pub mod initramfs;

@@ -61,9 +61,9 @@ enum Command {
     /// serial logs go to target/redox/serial-gpu.log and serial-no-gpu.log.
     RedoxBoot {
         #[command(flatten)]
-        build: RedoxBuild,
+        build: RedoxBuildArgs,
         #[command(flatten)]
-        boot: RedoxBoot,
+        boot: RedoxBootArgs,
         /// Only the negative run: boot without a display device.
         #[arg(long)]
         no_gpu: bool,
@@ -77,14 +77,14 @@ enum Command {
     /// booting it, and print the QEMU command that boots it.
     RedoxImage {
         #[command(flatten)]
-        build: RedoxBuild,
+        build: RedoxBuildArgs,
         #[command(flatten)]
-        boot: RedoxBoot,
+        boot: RedoxBootArgs,
     },
 }
 
 #[derive(Args)]
-struct RedoxBuild {
+struct RedoxBuildArgs {
     /// The Redox source snapshot (src/, patches/, locks/). Default:
     /// $PDDGPU_REDOX_SNAPSHOT, else ../shared/redox beside the repository.
     #[arg(long, value_name = "DIR")]
@@ -103,7 +103,7 @@ struct RedoxBuild {
 }
 
 #[derive(Args)]
-struct RedoxBoot {
+struct RedoxBootArgs {
     /// Seconds to wait for each boot's verdict before killing QEMU.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
@@ -124,7 +124,7 @@ struct RedoxBoot {
     quiet: bool,
 }
 
-impl RedoxBuild {
+impl RedoxBuildArgs {
     fn options(&self) -> BuildOptions {
         BuildOptions {
             snapshot: self.snapshot.clone(),
@@ -139,7 +139,7 @@ impl RedoxBuild {
     }
 }
 
-impl RedoxBoot {
+impl RedoxBootArgs {
     fn options(&self) -> Result<BootOptions, String> {
         if !self.vram_mib.is_power_of_two() {
             return Err(format!(
@@ -167,7 +167,7 @@ impl From<AccelArg> for Accel {
     }
 }
 
-fn redox_progress_for(build: &RedoxBuild) -> Progress {
+fn redox_progress_for(build: &RedoxBuildArgs) -> Progress {
     redox::progress(build.verbose)
 }
 
@@ -305,5 +305,57 @@ fn main() -> ExitCode {
             eprintln!("pddgpu-image: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn redox_boot_flags_reach_the_options() {
+        let cli = Cli::try_parse_from([
+            "pddgpu-image",
+            "redox-boot",
+            "--no-gpu",
+            "--keep",
+            "--timeout",
+            "90",
+            "--memory-mib",
+            "512",
+            "--snapshot",
+            "/s",
+            "--no-install",
+        ])
+        .unwrap();
+        let Command::RedoxBoot {
+            build,
+            boot,
+            no_gpu,
+            keep,
+        } = cli.command
+        else {
+            panic!("not redox-boot");
+        };
+        assert!(no_gpu && keep);
+        let opts = boot.options().unwrap();
+        assert_eq!(opts.timeout, Duration::from_secs(90));
+        assert_eq!(opts.memory_mib, 512);
+        assert_eq!(opts.cpus, 1);
+        let b = build.options();
+        assert_eq!(b.snapshot, Some(PathBuf::from("/s")));
+        assert_eq!(b.install, InstallPolicy::Never);
+
+        let cli = Cli::try_parse_from(["pddgpu-image", "redox-image", "--vram-mib", "48"]).unwrap();
+        let Command::RedoxImage { boot, .. } = cli.command else {
+            panic!("not redox-image");
+        };
+        assert!(boot.options().is_err(), "48 MiB is not a power of two");
     }
 }

@@ -14,6 +14,9 @@
 //! - [`Device`] / [`Bo`]: the client library.
 //! - [`logline`]: capped log lines about client input, written after the
 //!   scheme lock is released.
+//! - [`occupancy`]: reading occupancy maps for display (client colours,
+//!   the coarse map).
+//! - [`top`]: `pddgpu top`, the live terminal view.
 //! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
 //!   form of `stats.json` it prints.
 #![deny(missing_docs)]
@@ -28,10 +31,12 @@ pub mod host;
 pub mod idhash;
 pub mod logline;
 pub mod model;
+pub mod occupancy;
 #[cfg(target_os = "redox")]
 pub mod redox;
 pub mod size;
 pub mod stats_table;
+pub mod top;
 pub mod transport;
 pub mod wire;
 

@@ -47,40 +47,56 @@ fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_next_multiple_of(to)
 }
 
-/// Clients' view of `/scheme/pddgpu`.
-#[derive(Debug, Clone)]
+/// Clients' view of `/scheme/pddgpu`: a directory descriptor of the
+/// scheme's root, opened once, and every other path opened relative to it.
+///
+/// Opening relative to our own descriptor is what makes pddgpud see the
+/// client as the caller. An absolute `/scheme/pddgpu/…` path goes through
+/// the namespace manager (bootstrap's `initnsmgr` in the Redox snapshot),
+/// which opens the file itself with the client's uid and gid but its own
+/// pid, so every client would look like one process to pddgpud (which
+/// keys BO ownership by pid). `openat` on a descriptor of the pddgpu scheme
+/// goes from the kernel straight to pddgpud with the real caller.
 pub struct RedoxTransport {
-    root: String,
+    root_path: String,
+    root: libredox::Fd,
+}
+
+impl core::fmt::Debug for RedoxTransport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RedoxTransport")
+            .field("root_path", &self.root_path)
+            .field("root_fd", &self.root.raw())
+            .finish()
+    }
 }
 
 impl RedoxTransport {
-    /// The transport for the scheme at [`SCHEME_ROOT`].
-    pub fn new() -> Self {
-        Self::with_root(SCHEME_ROOT)
+    /// Opens the scheme at [`SCHEME_ROOT`].
+    pub fn connect() -> core::result::Result<Self, RedoxError> {
+        Self::connect_at(SCHEME_ROOT)
     }
 
-    /// The transport for a scheme mounted elsewhere (e.g. a second
-    /// instance registered under another name).
-    pub fn with_root(root: &str) -> Self {
-        RedoxTransport {
-            root: root.trim_end_matches('/').to_string(),
-        }
+    /// Opens the scheme mounted at `root` (e.g. a second instance
+    /// registered under another name).
+    pub fn connect_at(root: &str) -> core::result::Result<Self, RedoxError> {
+        let root_path = root.trim_end_matches('/').to_string();
+        let root = libredox::Fd::open(
+            &root_path,
+            libredox::flag::O_RDONLY | libredox::flag::O_DIRECTORY | O_CLOEXEC,
+            0,
+        )?;
+        Ok(RedoxTransport { root_path, root })
     }
 
     /// The absolute path of a scheme-relative `path` (`""` is the root).
     pub fn full_path(&self, path: &str) -> String {
         let path = path.trim_start_matches('/');
         if path.is_empty() {
-            self.root.clone()
+            self.root_path.clone()
         } else {
-            format!("{}/{path}", self.root)
+            format!("{}/{path}", self.root_path)
         }
-    }
-}
-
-impl Default for RedoxTransport {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -89,20 +105,10 @@ impl Device {
     /// [`Error::Connect`] when the scheme does not exist (pddgpud not
     /// running) or this process may not use it (see `/etc/login_schemes.toml`).
     pub fn open() -> Result<Device> {
-        let t = RedoxTransport::new();
-        // Probe the root once so "not running" is reported here, clearly,
-        // rather than by the first operation.
-        let root = t.full_path("");
-        let fd = libredox::call::open(
-            &root,
-            libredox::flag::O_RDONLY | libredox::flag::O_DIRECTORY | O_CLOEXEC,
-            0,
-        )
-        .map_err(|e| Error::Connect {
-            path: root.clone(),
+        let t = RedoxTransport::connect().map_err(|e| Error::Connect {
+            path: SCHEME_ROOT.to_string(),
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-        let _ = libredox::call::close(fd);
         Ok(Device::from_transport(Box::new(t)))
     }
 }
@@ -120,10 +126,11 @@ unsafe fn unmap_redox(ptr: *mut u8, len: usize) {
 
 impl Transport for RedoxTransport {
     fn open(&mut self, path: &str, flags: usize) -> TResult<usize> {
-        // Redox `O_*` flags are relibc's, which libredox takes as `i32`.
+        // The scheme's `O_*` flags, which libredox takes as `i32`.
         let flags = i32::try_from(flags)
             .map_err(|_| TransportError::Protocol(format!("open flags {flags:#x} out of range")))?;
-        libredox::call::open(self.full_path(path), flags | O_CLOEXEC, 0).map_err(errno)
+        let path = path.trim_start_matches('/');
+        libredox::call::openat(self.root.raw(), path, flags | O_CLOEXEC, 0).map_err(errno)
     }
 
     fn close(&mut self, handle: usize) -> TResult<()> {

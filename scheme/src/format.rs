@@ -10,11 +10,11 @@ use pddgpu_ipc::model::{
     Stats, JSON_ABI,
 };
 
-use crate::owners::Owners;
+use crate::callers::Callers;
 use crate::path::FileKind;
 
 /// Renders a generated file.
-pub fn render(kind: FileKind, driver: &Driver, owners: &Owners) -> Vec<u8> {
+pub fn render(kind: FileKind, driver: &Driver, owners: &Callers) -> Vec<u8> {
     let text = match kind {
         FileKind::Stats => stats_text(&stats(driver)),
         FileKind::StatsJson => json(&stats(driver)),
@@ -188,7 +188,7 @@ fn domain_name(d: Domain) -> String {
 }
 
 /// `leaks.json` from a driver report; owners are resolved to pids.
-pub fn leaks(r: &LeakReport, owners: &Owners) -> LeakModel {
+pub fn leaks(r: &LeakReport, owners: &Callers) -> LeakModel {
     let audits: Vec<LeakAudit> = r
         .audits
         .iter()
@@ -231,9 +231,7 @@ pub fn leaks(r: &LeakReport, owners: &Owners) -> LeakModel {
                 SuspectReason::OldAndLarge { owner_bytes } => {
                     format!("old-large: owner holds {owner_bytes} bytes")
                 }
-                SuspectReason::ExportedUnheld => {
-                    "exported-unheld: exported, nobody holds it".into()
-                }
+                SuspectReason::Unheld => "unheld: no owner holds it (bookkeeping error)".into(),
             },
         })
         .collect();
@@ -281,13 +279,23 @@ pub fn leaks_text(r: &LeakModel) -> String {
 
 /// `clients.json`: every live owner (with handles) joined with the
 /// driver's usage.
-pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
+pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
     let usage = driver.clients();
+    // The largest BO each owner is shown holding: (size, label).
+    let mut largest: std::collections::BTreeMap<u64, (u64, String)> = Default::default();
+    for r in driver.bo_list() {
+        let best = largest.entry(r.owner).or_default();
+        if r.size > best.0 {
+            *best = (r.size, r.label);
+        }
+    }
+    let largest_of = |owner: u64| largest.get(&owner).cloned().unwrap_or_default();
     let mut out: Vec<ClientInfo> = owners
         .list()
         .into_iter()
         .map(|(owner, pid)| {
             let u = usage.iter().find(|u| u.owner == owner);
+            let (largest_bo_bytes, largest_bo_label) = largest_of(owner);
             ClientInfo {
                 owner,
                 pid: pid as u64,
@@ -296,6 +304,8 @@ pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
                 vram_bytes: u.map_or(0, |u| u.vram_bytes),
                 gtt_bytes: u.map_or(0, |u| u.gtt_bytes),
                 quota: u.and_then(|u| u.quota).unwrap_or(0),
+                largest_bo_label,
+                largest_bo_bytes,
             }
         })
         .collect();
@@ -303,6 +313,7 @@ pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
     // their BOs are released when the last handle closes) is shown too.
     for u in usage {
         if !out.iter().any(|c| c.owner == u.owner) {
+            let (largest_bo_bytes, largest_bo_label) = largest_of(u.owner);
             out.push(ClientInfo {
                 owner: u.owner,
                 pid: 0,
@@ -311,6 +322,8 @@ pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
                 vram_bytes: u.vram_bytes,
                 gtt_bytes: u.gtt_bytes,
                 quota: u.quota.unwrap_or(0),
+                largest_bo_label,
+                largest_bo_bytes,
             });
         }
     }

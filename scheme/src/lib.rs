@@ -5,18 +5,27 @@
 //! the Redox kernel and over the host transport of `pddgpu-ipc`.
 //!
 //! - [`path`]: the namespace (which path names what).
-//! - [`owners`]: clients as owners, ended by their last handle.
+//! - [`callers`]: callers as core owners, ended by their last handle.
+//! - `handles`: what each handle names; opening and closing as core calls.
+//! - `control`: the administrator's `control` commands.
+//! - `convert`: wire types to core types and back.
 //! - [`format`]: the text and JSON files.
 //! - [`errno`]: driver errors as errnos.
 //! - [`backing`]: what clients map.
 #![deny(missing_docs)]
 
 pub mod backing;
+pub mod callers;
+mod control;
+mod convert;
 pub mod errno;
 pub mod format;
-pub mod owners;
+mod handles;
+#[cfg(not(target_os = "redox"))]
+mod host;
 pub mod path;
 mod scheme;
 
 pub use backing::{Backing, Region};
-pub use scheme::{FaultInjector, PddgpuScheme, SchemeOptions, ROOT_ID};
+pub use control::FaultInjector;
+pub use scheme::{PddgpuScheme, SchemeOptions, ROOT_ID};

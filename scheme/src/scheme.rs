@@ -1,32 +1,32 @@
 //! [`PddgpuScheme`]: the `pddgpu:` namespace over the driver core, as a
-//! `redox_scheme::scheme::SchemeSync`.
+//! `redox_scheme::scheme::SchemeSync`. It only translates: paths and
+//! handles become core calls (see [`crate::handles`]), core results become
+//! errnos, files and wire structs. Ownership, sharing and their rules are
+//! the core's.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pddgpu::driver::{
-    BoCreate, BoFlags as CoreBoFlags, BoId, BoInfo, Domain as CoreDomain, Driver, DriverError,
-};
-use pddgpu_ipc::idhash::IdMap;
+use pddgpu::driver::{BoInfo, Domain as CoreDomain, Driver};
 use pddgpu_ipc::logline;
-use pddgpu_ipc::wire::{BoCall, BoFlags, BoInfoWire, Domain, ExportWire, SegmentWire, WIRE_ABI};
+use pddgpu_ipc::wire::{BoCall, BoInfoWire, ExportWire, SegmentWire, WIRE_ABI};
 use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{CallerCtx, OpenResult};
 use syscall::data::Stat;
 use syscall::dirent::{DirEntry, DirentBuf, DirentKind};
-use syscall::error::{
-    Error, Result, EACCES, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, EOPNOTSUPP, EPERM, ESHUTDOWN,
-};
-use syscall::flag::{MapFlags, MunmapFlags, O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY};
+use syscall::error::{Error, Result, EACCES, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, EOPNOTSUPP};
+use syscall::flag::{MapFlags, MunmapFlags};
 use syscall::schemev2::NewFdFlags;
 use syscall::{EventFlags, MODE_DIR, MODE_FILE};
 
 use crate::backing::Backing;
+use crate::callers::{Callers, OwnerId};
+use crate::control::FaultInjector;
+use crate::convert::{copy_at, info_wire};
 use crate::errno::driver_errno;
 use crate::format;
-use crate::owners::{OwnerId, Owners};
-use crate::path::{self, DirKind, FileKind, Node};
+use crate::handles::{Handle, Handles, Kind};
+use crate::path::{self, DirKind, FileKind};
 
 /// The handle id of the scheme root (what `/scheme/pddgpu` opens to).
 pub const ROOT_ID: usize = 1;
@@ -39,77 +39,24 @@ pub struct SchemeOptions {
     pub admin_uid: Option<u32>,
 }
 
-#[derive(Debug)]
-enum Kind {
-    Dir(DirKind),
-    File {
-        kind: FileKind,
-        snapshot: Vec<u8>,
-    },
-    Control,
-    Config {
-        name: String,
-        snapshot: Vec<u8>,
-    },
-    Bo {
-        id: BoId,
-        size: u64,
-        domain: Domain,
-        maps: usize,
-    },
-}
-
-#[derive(Debug)]
-struct Handle {
-    owner: OwnerId,
-    read: bool,
-    write: bool,
-    kind: Kind,
-}
-
-/// The `pddgpu:` scheme. One instance serves every client; handles map to
-/// clients (owners) and their BOs. See the README for the namespace.
+/// The `pddgpu:` scheme. One instance serves every client; each caller is
+/// one core owner, each handle on a BO one core reference. See the README
+/// for the namespace.
 pub struct PddgpuScheme {
     driver: Arc<Driver>,
     start: Instant,
-    handles: IdMap<usize, Handle>,
-    next_id: usize,
-    owners: Owners,
-    /// Handles each owner has open on each BO; the owner's reference to the
-    /// BO is dropped when its last handle on it closes.
-    holds: IdMap<(OwnerId, u64), usize>,
-    /// Per owner, how many BOs it holds in the driver (distinct BOs in
-    /// `holds`, plus those whose handles died with their connection and
-    /// await `owner_exit`). An owner that ends holding none needs no
-    /// `owner_exit`.
-    held_bos: IdMap<OwnerId, usize>,
-    /// Which owner exported each exported BO. An export stays valid while
-    /// its exporter holds the BO; when the exporter lets go, the token is
-    /// revoked (importers keep their references), so no BO outlives all its
-    /// holders.
-    exports: IdMap<u64, OwnerId>,
+    handles: Handles,
+    pub(crate) callers: Callers,
     backing: Backing,
     options: SchemeOptions,
-    faults: Option<Box<dyn FaultInjector>>,
+    pub(crate) faults: Option<Box<dyn FaultInjector>>,
     shutdown_requested: bool,
-    /// The domain of the last create that failed for lack of space (read
-    /// by a transport that parks such requests).
-    no_space: Option<CoreDomain>,
-    /// Non-zero while a transport retries a parked create.
-    retry_attempt: u32,
     /// Free epochs at the last sweep of BO memories.
     swept_epoch: u64,
 }
 
-/// Fault injection into the device behind the scheme (the simulator
-/// supports it), reached through `control` (`fault …`).
-pub trait FaultInjector: Send {
-    /// Injects the fault named by the words after `fault`; returns what was
-    /// done, or a usage message.
-    fn inject(&self, args: &[&str]) -> std::result::Result<String, String>;
-}
-
-fn err(errno: i32) -> Error {
+/// A syscall error with `errno`.
+pub(crate) fn err(errno: i32) -> Error {
     Error::new(errno)
 }
 
@@ -119,18 +66,12 @@ impl PddgpuScheme {
         PddgpuScheme {
             driver,
             start: Instant::now(),
-            handles: IdMap::default(),
-            next_id: ROOT_ID + 1,
-            owners: Owners::new(),
-            holds: IdMap::default(),
-            held_bos: IdMap::default(),
-            exports: IdMap::default(),
+            handles: Handles::new(ROOT_ID + 1),
+            callers: Callers::new(),
             backing,
             options,
             faults: None,
             shutdown_requested: false,
-            no_space: None,
-            retry_attempt: 0,
             swept_epoch: 0,
         }
     }
@@ -150,7 +91,8 @@ impl PddgpuScheme {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Periodic work: the leak monitor.
+    /// Periodic work: the leak monitor, and giving back the pages of
+    /// mapped BOs that were freed.
     pub fn tick(&mut self) {
         let now = self.now_ms();
         self.driver.tick(now);
@@ -163,8 +105,10 @@ impl PddgpuScheme {
         if self.backing.bo_memory_count() == 0 {
             return;
         }
-        let epochs = self.driver.free_epochs();
-        let epoch = epochs.vram.wrapping_add(epochs.gtt);
+        let epoch = self
+            .driver
+            .free_epoch(CoreDomain::Vram)
+            .wrapping_add(self.driver.free_epoch(CoreDomain::Gtt));
         if epoch == self.swept_epoch {
             return;
         }
@@ -172,6 +116,11 @@ impl PddgpuScheme {
         let live: std::collections::HashSet<u64> =
             self.driver.bo_list().iter().map(|r| r.id.0).collect();
         self.backing.sweep(|bo| live.contains(&bo));
+    }
+
+    /// The backing memory clients map.
+    pub(crate) fn backing_mut(&mut self) -> &mut Backing {
+        &mut self.backing
     }
 
     /// True once a client wrote `shutdown` to `control`.
@@ -196,37 +145,22 @@ impl PddgpuScheme {
         self.handles.len()
     }
 
-    fn privileged(&self, ctx: &CallerCtx) -> bool {
+    pub(crate) fn privileged(&self, ctx: &CallerCtx) -> bool {
         ctx.uid == 0 || Some(ctx.uid) == self.options.admin_uid
     }
 
-    fn insert(&mut self, handle: Handle) -> usize {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.owners.add_handle(handle.owner);
-        if let Kind::Bo { id: bo, .. } = handle.kind {
-            let n = self.holds.entry((handle.owner, bo.0)).or_default();
-            if *n == 0 {
-                *self.held_bos.entry(handle.owner).or_default() += 1;
-            }
-            *n += 1;
-        }
-        self.handles.insert(id, handle);
-        id
-    }
-
     fn handle(&self, id: usize) -> Result<&Handle> {
-        self.handles.get(&id).ok_or(err(EBADF))
+        self.handles.get(id).ok_or(err(EBADF))
     }
 
     fn handle_mut(&mut self, id: usize) -> Result<&mut Handle> {
-        self.handles.get_mut(&id).ok_or(err(EBADF))
+        self.handles.get_mut(id).ok_or(err(EBADF))
     }
 
     /// Logs a refused request: `what` and `reason` may quote client input,
     /// so both are clipped, and the line is written after the scheme lock
     /// is released (see [`pddgpu_ipc::logline`]).
-    fn log_refusal(&self, ctx: &CallerCtx, what: &str, errno: i32, reason: &str) {
+    pub(crate) fn log_refusal(&self, ctx: &CallerCtx, what: &str, errno: i32, reason: &str) {
         let (pid, what, reason) = (ctx.pid, logline::clip(what), logline::clip(reason));
         let errno = pddgpu_ipc::wire::errno_name(errno);
         logline::defer(log::Level::Info, move || {
@@ -234,198 +168,33 @@ impl PddgpuScheme {
         });
     }
 
-    fn open_node(
-        &mut self,
-        node: Node,
-        flags: usize,
-        owner: OwnerId,
-        ctx: &CallerCtx,
-    ) -> std::result::Result<Handle, (i32, String)> {
-        let acc = flags & O_ACCMODE;
-        let read = acc == O_RDONLY || acc == O_RDWR || acc == 0;
-        let write = acc == O_WRONLY || acc == O_RDWR;
-        let refuse = |errno: i32, why: &str| Err((errno, why.to_string()));
-        let driver_refusal = |e: DriverError| (driver_errno(&e), e.to_string());
-        let kind = match node {
-            Node::Dir(dir) => {
-                if write {
-                    return refuse(EISDIR, "directories cannot be written");
-                }
-                Kind::Dir(dir)
-            }
-            Node::File(kind) => {
-                if write {
-                    return refuse(EACCES, "this file is read-only");
-                }
-                Kind::File {
-                    kind,
-                    snapshot: Vec::new(),
-                }
-            }
-            Node::Control => {
-                if read && !write {
-                    return refuse(EACCES, "control is write-only");
-                }
-                if !self.privileged(ctx) {
-                    return refuse(EACCES, "control needs root or the server's user");
-                }
-                Kind::Control
-            }
-            Node::Config(name) => {
-                if self.driver.tunables().get(&name).is_none() {
-                    return refuse(ENOENT, "no such tunable");
-                }
-                if write && !self.privileged(ctx) {
-                    return refuse(EACCES, "setting tunables needs root or the server's user");
-                }
-                Kind::Config {
-                    name,
-                    snapshot: Vec::new(),
-                }
-            }
-            Node::BoNew(desc) => {
-                if self.shutdown_requested {
-                    return refuse(ESHUTDOWN, "the server is shutting down");
-                }
-                let req = BoCreate {
-                    size: desc.size,
-                    domain: core_domain(desc.domain),
-                    // Every BO handed to a client starts zeroed, whatever
-                    // flags it asked for: memory freed by one client must
-                    // never show up in another's BO.
-                    flags: core_flags(desc.flags) | CoreBoFlags::CLEARED,
-                    // Every BO starts on a page of its own: no two BOs share a
-                    // page, since mapping is page-granular.
-                    align: desc.align.max(crate::backing::PAGE),
-                    label: &desc.label,
-                };
-                let now = self.now_ms();
-                let created = if desc.attempt > 0 || self.retry_attempt > 0 {
-                    self.driver.bo_create_retry(owner, &req, now)
-                } else {
-                    self.driver.bo_create(owner, &req, now)
-                };
-                if let Err(DriverError::NoSpace { domain, .. }) = &created {
-                    self.no_space = Some(*domain);
-                }
-                let id = created.map_err(driver_refusal)?;
-                if self.backing.has_bo_memories(desc.domain) {
-                    // Pages of a freed BO that a client had mapped: take
-                    // them back before anyone can write this BO.
-                    if let Ok(info) = self.driver.bo_info(owner, id) {
-                        self.backing.reclaim(desc.domain, &info.segments);
-                    }
-                }
-                Kind::Bo {
-                    id,
-                    size: desc.size,
-                    domain: desc.domain,
-                    maps: 0,
-                }
-            }
-            Node::Bo { id, token } => {
-                let bo = BoId(id);
-                let info = if self.holds.contains_key(&(owner, id)) {
-                    // Another handle on a BO this client already holds.
-                    self.driver.bo_info(owner, bo)
-                } else if let Some(token) = token {
-                    self.driver.bo_import(owner, bo, token)
-                } else {
-                    // Not ours and no token: someone else's BO (or none).
-                    return match self.driver.bo_info(owner, bo) {
-                        Err(DriverError::NoSuchBo) => refuse(ENOENT, "no such BO"),
-                        Err(DriverError::PermissionDenied) | Ok(_) => {
-                            refuse(EPERM, "another client's BO (import it with ?token=)")
-                        }
-                        Err(e) => Err(driver_refusal(e)),
-                    };
-                }
-                .map_err(driver_refusal)?;
-                Kind::Bo {
-                    id: bo,
-                    size: info.size,
-                    domain: wire_domain(info.domain),
-                    maps: 0,
-                }
-            }
-        };
-        Ok(Handle {
-            owner,
-            read,
-            write,
-            kind,
-        })
+    /// Removes handle `id` from the table without releasing anything.
+    pub(crate) fn take_handle(&mut self, id: usize) -> Option<Handle> {
+        self.handles.remove(id)
     }
 
-    /// Removes one handle; when it was the owner's last handle on a BO, the
-    /// owner's reference to that BO is dropped. Returns the handle's owner.
-    fn release(&mut self, id: usize) -> Option<OwnerId> {
-        let handle = self.handles.remove(&id)?;
-        if let Kind::Bo { id: bo, .. } = handle.kind {
-            let key = (handle.owner, bo.0);
-            let last = match self.holds.get_mut(&key) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => {
-                    self.holds.remove(&key);
-                    true
-                }
-            };
-            if last {
-                self.unref(handle.owner, bo);
-            }
-        }
-        Some(handle.owner)
-    }
-
-    /// Drops `owner`'s reference to `bo` (its last handle on it closed).
-    fn unref(&mut self, owner: OwnerId, bo: BoId) {
-        self.revoke_export(owner, bo);
-        if let Err(e) = self.driver.bo_unref(owner, bo) {
-            log::warn!("owner {owner}: unref of BO {}: {e:?}", bo.0);
-        }
-        if let Some(n) = self.held_bos.get_mut(&owner) {
-            *n -= 1;
-            if *n == 0 {
-                self.held_bos.remove(&owner);
-            }
-        }
-    }
-
-    /// Revokes `owner`'s export of `bo`, if it made one.
-    fn revoke_export(&mut self, owner: OwnerId, bo: BoId) {
-        if self.exports.get(&bo.0) == Some(&owner) {
-            self.exports.remove(&bo.0);
-            if let Err(e) = self.driver.bo_unexport(owner, bo) {
-                log::warn!("owner {owner}: unexport of BO {}: {e:?}", bo.0);
-            }
-        }
-    }
-
-    fn end_owner(&mut self, owner: OwnerId) {
-        if self.held_bos.remove(&owner).unwrap_or(0) == 0 {
-            // It held no BO: nothing to release in the driver.
+    /// Closes handle `id`: drops the core reference it stood for and, when
+    /// it was its owner's last handle, ends the owner.
+    fn close(&mut self, id: usize) {
+        let Some(handle) = self.handles.remove(id) else {
             return;
+        };
+        self.drop_reference(handle.owner, &handle.kind);
+        if self.callers.release_handle(handle.owner) {
+            self.end_owner(handle.owner);
         }
-        let exported: Vec<u64> = self
-            .exports
-            .iter()
-            .filter(|(_, o)| **o == owner)
-            .map(|(bo, _)| *bo)
-            .collect();
-        for bo in exported {
-            self.revoke_export(owner, BoId(bo));
-        }
-        self.holds.retain(|(o, _), _| *o != owner);
+    }
+
+    /// An owner's last handle closed: the core releases whatever it still
+    /// holds.
+    pub(crate) fn end_owner(&mut self, owner: OwnerId) {
         let summary = self.driver.owner_exit(owner);
         log::debug!("owner {owner} ended: {summary:?}");
     }
 
     /// Regenerates a generated file's content.
     fn render(&self, kind: FileKind) -> Vec<u8> {
-        format::render(kind, &self.driver, &self.owners)
+        format::render(kind, &self.driver, &self.callers)
     }
 
     fn bo_info(&self, h: &Handle) -> Result<BoInfo> {
@@ -437,117 +206,6 @@ impl PddgpuScheme {
             _ => Err(err(EBADF)),
         }
     }
-
-    fn control(&mut self, command: &str, ctx: &CallerCtx) -> Result<()> {
-        let words: Vec<&str> = command.split_whitespace().collect();
-        let fail = |reason: String| {
-            self.log_refusal(ctx, "write control", EINVAL, &reason);
-            Err(err(EINVAL))
-        };
-        match words.as_slice() {
-            ["leak-check"] => {
-                let now = self.now_ms();
-                let report = self.driver.leak_check(now);
-                log::info!("pid {}: leak check: {report:?}", ctx.pid);
-                Ok(())
-            }
-            ["recover", which] => {
-                let domains: &[CoreDomain] = match *which {
-                    "vram" => &[CoreDomain::Vram],
-                    "gtt" => &[CoreDomain::Gtt],
-                    "all" => &[CoreDomain::Vram, CoreDomain::Gtt],
-                    other => return fail(format!("recover what? `{other}` (vram, gtt, all)")),
-                };
-                for d in domains {
-                    self.driver.recover(*d).map_err(|e| {
-                        log::warn!("pid {}: recover {which}: {e:?}", ctx.pid);
-                        err(driver_errno(&e))
-                    })?;
-                }
-                log::info!("pid {}: recovered {which}", ctx.pid);
-                Ok(())
-            }
-            ["shutdown"] => {
-                // The serving loop sees the request, drains and shuts down.
-                log::info!("pid {}: shutdown requested", ctx.pid);
-                self.stop_accepting();
-                Ok(())
-            }
-            ["fault", args @ ..] => {
-                let Some(faults) = self.faults.as_ref() else {
-                    self.log_refusal(
-                        ctx,
-                        "write control",
-                        EOPNOTSUPP,
-                        "no fault injection on this device",
-                    );
-                    return Err(err(EOPNOTSUPP));
-                };
-                match faults.inject(args) {
-                    Ok(done) => {
-                        log::warn!("pid {}: fault injected: {done}", ctx.pid);
-                        Ok(())
-                    }
-                    Err(usage) => fail(format!("fault: {usage}")),
-                }
-            }
-            _ => fail(format!(
-                "unknown command {} (leak-check, recover vram|gtt|all, shutdown, fault …)",
-                logline::excerpt(command)
-            )),
-        }
-    }
-}
-
-fn core_domain(d: Domain) -> CoreDomain {
-    match d {
-        Domain::Vram => CoreDomain::Vram,
-        Domain::Gtt => CoreDomain::Gtt,
-    }
-}
-
-fn wire_domain(d: CoreDomain) -> Domain {
-    match d {
-        CoreDomain::Vram => Domain::Vram,
-        CoreDomain::Gtt => Domain::Gtt,
-    }
-}
-
-fn core_flags(f: BoFlags) -> CoreBoFlags {
-    let mut out = CoreBoFlags::empty();
-    for (w, c) in [
-        (BoFlags::CONTIGUOUS, CoreBoFlags::CONTIGUOUS),
-        (BoFlags::VISIBLE, CoreBoFlags::VISIBLE),
-        (BoFlags::TOPDOWN, CoreBoFlags::TOPDOWN),
-        (BoFlags::CLEARED, CoreBoFlags::CLEARED),
-    ] {
-        if f.contains(w) {
-            out |= c;
-        }
-    }
-    out
-}
-
-fn wire_flags(f: CoreBoFlags) -> BoFlags {
-    let mut out = BoFlags::empty();
-    for (w, c) in [
-        (BoFlags::CONTIGUOUS, CoreBoFlags::CONTIGUOUS),
-        (BoFlags::VISIBLE, CoreBoFlags::VISIBLE),
-        (BoFlags::TOPDOWN, CoreBoFlags::TOPDOWN),
-        (BoFlags::CLEARED, CoreBoFlags::CLEARED),
-    ] {
-        if f.contains(c) {
-            out |= w;
-        }
-    }
-    out
-}
-
-fn copy_at(src: &[u8], offset: u64, buf: &mut [u8]) -> usize {
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(src.len());
-    let n = buf.len().min(src.len() - start);
-    buf[..n].copy_from_slice(&src[start..start + n]);
-    n
 }
 
 impl SchemeSync for PddgpuScheme {
@@ -586,17 +244,18 @@ impl SchemeSync for PddgpuScheme {
             );
         });
         let node = node.map_err(|e| err(e.errno))?;
-        let owner = self.owners.owner_of(ctx.pid);
+        let owner = self.callers.owner_of(ctx.pid);
         match self.open_node(node, flags, owner, ctx) {
             Ok(handle) => {
-                let number = self.insert(handle);
+                self.callers.add_handle(handle.owner);
+                let number = self.handles.insert(handle);
                 Ok(OpenResult::ThisScheme {
                     number,
                     flags: NewFdFlags::POSITIONED,
                 })
             }
             Err((errno, reason)) => {
-                self.owners.drop_if_idle(owner);
+                self.callers.drop_if_idle(owner);
                 self.log_refusal(
                     ctx,
                     &format!("open {}", logline::excerpt(path)),
@@ -813,11 +472,8 @@ impl SchemeSync for PddgpuScheme {
                 .map(|n| (n.to_string(), DirentKind::Regular))
                 .collect(),
             DirKind::Bo => self
-                .holds
-                .keys()
-                .filter(|(o, _)| *o == h.owner)
-                .map(|(_, bo)| *bo)
-                .collect::<BTreeSet<u64>>()
+                .driver
+                .owner_bos(h.owner)
                 .into_iter()
                 .map(|bo| (bo.to_string(), DirentKind::Regular))
                 .collect(),
@@ -861,19 +517,7 @@ impl SchemeSync for PddgpuScheme {
                 if payload.len() != BoInfoWire::SIZE {
                     return Err(err(EINVAL));
                 }
-                let info = self.bo_info(h)?;
-                let wire = BoInfoWire {
-                    abi: WIRE_ABI,
-                    domain: wire_domain(info.domain).to_raw(),
-                    id: info.id.0,
-                    size: info.size,
-                    flags: wire_flags(info.flags).bits(),
-                    refcount: info.refcount,
-                    owner: info.owner,
-                    created_ms: info.created_ms,
-                    segment_count: u32::try_from(info.segments.len()).unwrap_or(u32::MAX),
-                    exported: info.exported as u32,
-                };
+                let wire = info_wire(&self.bo_info(h)?);
                 payload.copy_from_slice(&wire.encode());
                 Ok(BoInfoWire::SIZE)
             }
@@ -911,7 +555,6 @@ impl SchemeSync for PddgpuScheme {
                     .driver
                     .bo_export(owner, bo)
                     .map_err(|e| err(driver_errno(&e)))?;
-                self.exports.entry(bo.0).or_insert(owner);
                 let wire = ExportWire {
                     abi: WIRE_ABI,
                     reserved: 0,
@@ -990,14 +633,9 @@ impl SchemeSync for PddgpuScheme {
         }
         let info = self.bo_info(h)?;
         // Only the BO's own pages, inside one of its segments.
-        let addr = self
-            .backing
+        self.backing
             .kernel_map_addr(domain, &info.segments, offset, size)
-            .ok_or(err(EINVAL))?;
-        if let Kind::Bo { maps, .. } = &mut self.handle_mut(id)?.kind {
-            *maps += 1;
-        }
-        Ok(addr)
+            .ok_or(err(EINVAL))
     }
 
     fn munmap(
@@ -1008,80 +646,11 @@ impl SchemeSync for PddgpuScheme {
         _flags: MunmapFlags,
         _ctx: &CallerCtx,
     ) -> Result<()> {
-        if let Kind::Bo { maps, .. } = &mut self.handle_mut(id)?.kind {
-            *maps = maps.saturating_sub(1);
-        }
+        self.handle(id)?;
         Ok(())
     }
 
     fn on_close(&mut self, id: usize) {
-        if let Some(owner) = self.release(id) {
-            if self.owners.release_handle(owner) {
-                self.end_owner(owner);
-            }
-        }
-    }
-}
-
-#[cfg(not(target_os = "redox"))]
-impl pddgpu_ipc::host::HostScheme for PddgpuScheme {
-    /// A create that found no space waits in its connection's thread and is
-    /// retried per the domain's tunables (`<domain>_retry_count`,
-    /// `<domain>_retry_delay_ms`), early when memory is freed.
-    fn park_policy(&mut self) -> Option<pddgpu_ipc::host::ParkPolicy> {
-        let domain = self.no_space.take()?;
-        let policy = self.driver.tunables().retry_policy(domain);
-        Some(pddgpu_ipc::host::ParkPolicy {
-            retries: policy.count,
-            delay: std::time::Duration::from_millis(policy.delay_ms.into()),
-        })
-    }
-
-    /// Frees so far, in both domains.
-    fn wake_epoch(&self) -> u64 {
-        let e = self.driver.free_epochs();
-        e.vram.wrapping_add(e.gtt)
-    }
-
-    fn set_retry_attempt(&mut self, attempt: u32) {
-        self.retry_attempt = attempt;
-        if attempt == 0 {
-            self.no_space = None;
-        }
-    }
-
-    /// A client connection ended: its handles are gone. When that ends the
-    /// owner, everything it held is freed in one `owner_exit` batch instead
-    /// of BO by BO.
-    fn on_disconnect(&mut self, pid: u32, handles: &[usize]) {
-        let mut ended = Vec::new();
-        let mut unrefs = Vec::new();
-        for &id in handles {
-            let Some(h) = self.handles.remove(&id) else {
-                continue;
-            };
-            if let Kind::Bo { id: bo, .. } = h.kind {
-                let key = (h.owner, bo.0);
-                match self.holds.get_mut(&key) {
-                    Some(n) if *n > 1 => *n -= 1,
-                    _ => {
-                        self.holds.remove(&key);
-                        unrefs.push((h.owner, bo));
-                    }
-                }
-            }
-            if self.owners.release_handle(h.owner) {
-                ended.push(h.owner);
-            }
-        }
-        for (owner, bo) in unrefs {
-            if !ended.contains(&owner) {
-                self.unref(owner, bo);
-            }
-        }
-        for owner in ended {
-            log::info!("client pid {pid} (owner {owner}) gone; releasing what it held");
-            self.end_owner(owner);
-        }
+        self.close(id);
     }
 }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::Driver;
-use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire};
+use pddgpu_ipc::wire::{BoCall, BoInfoWire, ExportWire, SegmentWire};
 use pddgpu_scheme::{Backing, PddgpuScheme, Region, SchemeOptions, ROOT_ID};
 use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{Request, RequestKind, Response};
 use syscall::data::Stat;
 use syscall::dirent::{DirentHeader, DirentIter};
-use syscall::error::{Error, EACCES, EINVAL, ENOENT, EOPNOTSUPP, EPERM};
+use syscall::error::{Error, EACCES, EBADF, EINVAL, ENOENT, EOPNOTSUPP, EPERM};
 use syscall::flag::{MapFlags, O_RDONLY, O_RDWR};
 use syscall::schemev2::{Cqe, Opcode, Sqe, SqeFlags};
 
@@ -260,40 +260,6 @@ fn mmap_prep_returns_the_segments_server_address() {
 }
 
 #[test]
-fn mmap_prep_maps_only_the_bos_own_pages_and_read_only_handles_read_only() {
-    let mut h = harness();
-    let before = h.open(10, ROOT_ID, "bo/new?size=4096", O_RDWR).unwrap();
-    let bo = h.open(10, ROOT_ID, "bo/new?size=100", O_RDWR).unwrap();
-    let after = h.open(10, ROOT_ID, "bo/new?size=4096", O_RDWR).unwrap();
-    let seg = h.segments(10, bo)[0];
-    // The whole (only) page of a 100-byte BO maps; the next page does not,
-    // nor does an unaligned offset.
-    let addr = h.mmap_prep(10, bo, 0, 4096).unwrap();
-    assert_eq!(addr, h.vram_base + seg.backing_offset as usize);
-    assert_eq!(h.mmap_prep(10, bo, 0, 8192), Err(EINVAL));
-    assert_eq!(h.mmap_prep(10, bo, 4096, 4096), Err(EINVAL));
-    assert_eq!(h.mmap_prep(10, bo, 100, 4096), Err(EINVAL));
-    assert_eq!(h.mmap_prep(10, bo, 0, 0), Err(EINVAL));
-    // A read-only handle on the same BO maps only without PROT_WRITE.
-    let id = h
-        .driver
-        .bo_list()
-        .iter()
-        .find(|r| r.size == 100)
-        .unwrap()
-        .id
-        .0;
-    let ro = h.open(10, ROOT_ID, &format!("bo/{id}"), O_RDONLY).unwrap();
-    let write = (MapFlags::PROT_READ | MapFlags::PROT_WRITE | MapFlags::MAP_SHARED).bits();
-    let read = (MapFlags::PROT_READ | MapFlags::MAP_SHARED).bits();
-    assert_eq!(h.mmap_prep_flags(10, ro, 0, 4096, write), Err(EACCES));
-    assert_eq!(h.mmap_prep_flags(10, ro, 0, 4096, read), Ok(addr));
-    for id in [ro, bo, before, after] {
-        h.scheme.on_close(id);
-    }
-}
-
-#[test]
 fn a_new_bo_never_shows_a_previous_owners_bytes() {
     let mut h = harness();
     let first = h.open(10, ROOT_ID, "bo/new?size=1M", O_RDWR).unwrap();
@@ -396,4 +362,74 @@ fn files_directories_and_handles() {
         h.scheme.on_close(id);
     }
     assert_eq!(h.scheme.handle_count(), 0);
+}
+
+#[test]
+fn handles_are_references_and_exports_end_with_the_exporters_last_handle() {
+    let mut h = harness();
+    let first = h.open(30, ROOT_ID, "bo/new?size=64K", O_RDWR).unwrap();
+    let info = |h: &mut Harness, pid, handle| {
+        let mut buf = [0u8; BoInfoWire::SIZE];
+        h.call(pid, handle, &mut buf, [BoCall::Info as u64, 0])
+            .unwrap();
+        BoInfoWire::decode(&buf).unwrap()
+    };
+    let id = info(&mut h, 30, first).id;
+    let second = h.open(30, ROOT_ID, &format!("bo/{id}"), O_RDWR).unwrap();
+    assert_eq!(info(&mut h, 30, first).refcount, 2, "one per handle");
+    let mut buf = [0u8; ExportWire::SIZE];
+    h.call(30, first, &mut buf, [BoCall::Export as u64, 0])
+        .unwrap();
+    let token = ExportWire::decode(&buf).unwrap().token;
+    let import = format!("bo/{id}?token={token:x}");
+    let imported = h.open(31, ROOT_ID, &import, O_RDWR).unwrap();
+    assert_eq!(info(&mut h, 31, imported).refcount, 3);
+    // The exporter closes one of its two handles: it still holds the BO,
+    // so the export stands.
+    h.scheme.on_close(first);
+    let probe = h.open(32, ROOT_ID, &import, O_RDWR).unwrap();
+    h.scheme.on_close(probe);
+    // Its last handle goes: the token is revoked, the importer keeps it.
+    h.scheme.on_close(second);
+    assert_eq!(h.open(32, ROOT_ID, &import, O_RDWR), Err(EBADF));
+    let left = info(&mut h, 31, imported);
+    assert_eq!((left.refcount, left.exported), (1, 0));
+    h.scheme.on_close(imported);
+    assert_eq!(h.driver.stats().vram.bo_count, 0);
+    assert_eq!(h.scheme.handle_count(), 0);
+    assert!(h.driver.leak_check(1).is_clean());
+}
+
+#[test]
+fn mmap_prep_maps_only_the_bos_own_pages_and_read_only_handles_read_only() {
+    let mut h = harness();
+    let before = h.open(10, ROOT_ID, "bo/new?size=4096", O_RDWR).unwrap();
+    let bo = h.open(10, ROOT_ID, "bo/new?size=100", O_RDWR).unwrap();
+    let after = h.open(10, ROOT_ID, "bo/new?size=4096", O_RDWR).unwrap();
+    let seg = h.segments(10, bo)[0];
+    // The whole (only) page of a 100-byte BO maps; the next page does not,
+    // nor does an unaligned offset.
+    let addr = h.mmap_prep(10, bo, 0, 4096).unwrap();
+    assert_eq!(addr, h.vram_base + seg.backing_offset as usize);
+    assert_eq!(h.mmap_prep(10, bo, 0, 8192), Err(EINVAL));
+    assert_eq!(h.mmap_prep(10, bo, 4096, 4096), Err(EINVAL));
+    assert_eq!(h.mmap_prep(10, bo, 100, 4096), Err(EINVAL));
+    assert_eq!(h.mmap_prep(10, bo, 0, 0), Err(EINVAL));
+    // A read-only handle on the same BO maps only without PROT_WRITE.
+    let id = h
+        .driver
+        .bo_list()
+        .iter()
+        .find(|r| r.size == 100)
+        .unwrap()
+        .id
+        .0;
+    let ro = h.open(10, ROOT_ID, &format!("bo/{id}"), O_RDONLY).unwrap();
+    let write = (MapFlags::PROT_READ | MapFlags::PROT_WRITE | MapFlags::MAP_SHARED).bits();
+    let read = (MapFlags::PROT_READ | MapFlags::MAP_SHARED).bits();
+    assert_eq!(h.mmap_prep_flags(10, ro, 0, 4096, write), Err(EACCES));
+    assert_eq!(h.mmap_prep_flags(10, ro, 0, 4096, read), Ok(addr));
+    for id in [ro, bo, before, after] {
+        h.scheme.on_close(id);
+    }
 }

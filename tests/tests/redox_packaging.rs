@@ -8,9 +8,15 @@
 //!
 //! The field lists follow the Redox sources as of 2025-11 to 2026-08:
 //! `src/recipe.rs` of the build system (`redox-os/redox`), `src/config/*.rs`
-//! of `redox-os/installer`, and `pcid/src/driver_interface/config.rs` with
-//! `pcid-spawner/src/main.rs` of `redox-os/drivers`. They are parsed with the
+//! of `redox-os/installer`, and `drivers/pcid/src/driver_interface/config.rs`
+//! with `drivers/pcid-spawner/src/main.rs` of `redox-os/base` (as in the
+//! snapshot `pddgpu-image redox-boot` builds). They are parsed with the
 //! `toml` 0.8 series (TOML 1.0), as the cookbook and installer do.
+//!
+//! `image/redox/initfs/` is the initfs tree of the image `redox-boot` boots
+//! (copied verbatim into the initfs root): its `etc/init.rc` must start the
+//! daemons, pcid-spawner on our match entries and the scenario, and those
+//! entries must start the driver from the initfs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -575,6 +581,118 @@ fn check_fs_config(
 }
 
 // ---------------------------------------------------------------------------
+// The initfs tree (`image/redox/initfs/`)
+
+/// Where the initfs's match entries sit, relative to `image/redox`.
+const INITFS_PCID_DIR: &str = "initfs/etc/pcid.d";
+/// The initfs's programs, as init and pcid-spawner see them.
+const INITFS_BIN: &str = "/scheme/initfs/bin/";
+/// The base programs the image tool puts into the initfs's `/bin`.
+const BASE_PROGRAMS: [&str; 8] = [
+    "init",
+    "logd",
+    "ramfs",
+    "randd",
+    "zerod",
+    "nulld",
+    "pcid",
+    "pcid-spawner",
+];
+/// Ours, in the initfs's `/bin`.
+const OUR_PROGRAMS: [&str; 3] = ["pddgpud", "pddgpu", "pddgpu-redox-guest"];
+
+/// An initfs match entry must start one of our workspace binaries from the
+/// initfs (a bare name would resolve to /usr/lib/drivers, which the initfs
+/// image does not have).
+fn check_initfs_commands(path: &Path, cfg: &PcidConfig) -> Result<(), String> {
+    let ws = workspace_bins();
+    for d in &cfg.drivers {
+        let prog = &d.command[0];
+        let name = prog.strip_prefix(INITFS_BIN).ok_or_else(|| {
+            format!(
+                "{}: `{prog}` is not a program in {INITFS_BIN}",
+                path.display()
+            )
+        })?;
+        if !OUR_PROGRAMS.contains(&name) || !ws.values().any(|bins| bins.contains(name)) {
+            return Err(format!(
+                "{}: `{prog}` is not one of our workspace binaries",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The commands of an init.rc as base's init reads them: one per line,
+/// words split on single spaces, `#` lines and blank lines skipped.
+fn init_commands(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(' ').collect())
+        .collect()
+}
+
+/// What the scenario image's init.rc must do, in order; `Err` says what is
+/// wrong.
+fn check_init_rc(text: &str) -> Result<(), String> {
+    const BUILTINS: [&str; 10] = [
+        "cd", "echo", "export", "run", "run.d", "stdio", "unset", "nowait", "notify", "",
+    ];
+    let cmds = init_commands(text);
+    let pos = |pred: &dyn Fn(&[&str]) -> bool| cmds.iter().position(|c| pred(c));
+    if pos(&|c| c == ["export", "PATH", "/scheme/initfs/bin"]).is_none() {
+        return Err("PATH is not /scheme/initfs/bin".into());
+    }
+    let mut last = 0;
+    for daemon in ["nulld", "zerod", "randd", "logd", "ramfs", "pcid"] {
+        let at = pos(&|c| c.len() >= 2 && c[0] == "notify" && c[1] == daemon).ok_or(format!(
+            "`notify {daemon}` missing (started without waiting for it)"
+        ))?;
+        if at < last {
+            return Err(format!("`notify {daemon}` comes too early"));
+        }
+        last = at;
+    }
+    let spawner = pos(&|c| c[0] == "pcid-spawner")
+        .ok_or("pcid-spawner is not run (pddgpud would never start)")?;
+    if spawner < last {
+        return Err("pcid-spawner runs before pcid is ready".into());
+    }
+    let want = format!("/scheme/{INITFS_PCID_DIR}");
+    if cmds[spawner].get(1).copied() != Some(want.as_str()) {
+        return Err(format!(
+            "pcid-spawner is not given our match entries ({want}): {:?}",
+            cmds[spawner]
+        ));
+    }
+    let scenario = pos(&|c| c == ["pddgpu-redox-guest"])
+        .ok_or("the scenario (`pddgpu-redox-guest`, waited for) is not run")?;
+    if scenario < spawner {
+        return Err("the scenario runs before pcid-spawner has started pddgpud".into());
+    }
+    for c in &cmds {
+        let prog = c[0];
+        let known = BUILTINS.contains(&prog)
+            || BASE_PROGRAMS.contains(&prog)
+            || OUR_PROGRAMS.contains(&prog);
+        if !known {
+            return Err(format!(
+                "`{prog}` is neither an init builtin nor in the initfs"
+            ));
+        }
+        if prog == "notify" || prog == "nowait" {
+            match c.get(1) {
+                Some(p) if BASE_PROGRAMS.contains(p) || OUR_PROGRAMS.contains(p) => {}
+                other => return Err(format!("`{prog}` of {other:?}: not in the initfs")),
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // The tests
 
 /// Everything under image/redox, classified and checked.
@@ -582,6 +700,8 @@ struct Packaging {
     recipes: BTreeMap<String, RecipeFacts>,
     /// pcid.d files of the repository, by file name.
     pcid: BTreeMap<String, (String, PcidConfig)>,
+    /// pcid.d files of the initfs tree, by file name.
+    initfs_pcid: BTreeMap<String, PcidConfig>,
     configs: Vec<(PathBuf, FsConfig)>,
 }
 
@@ -590,6 +710,7 @@ fn load() -> Result<Packaging, String> {
     let files = toml_files(&dir);
     let mut recipes = BTreeMap::new();
     let mut pcid = BTreeMap::new();
+    let mut initfs_pcid = BTreeMap::new();
     let mut config_paths = Vec::new();
     for p in &files {
         let rel = p.strip_prefix(&dir).unwrap();
@@ -611,6 +732,12 @@ fn load() -> Result<Packaging, String> {
                 pcid.insert(name, (text, cfg));
             }
             "config" => config_paths.push(p.clone()),
+            "initfs" if rel.parent() == Some(Path::new(INITFS_PCID_DIR)) => {
+                let cfg = check_pcid_text(p, &text)?;
+                check_initfs_commands(p, &cfg)?;
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                initfs_pcid.insert(name, cfg);
+            }
             _ => {
                 return Err(format!(
                     "{}: a TOML file this test does not know; say what it is in redox_packaging.rs",
@@ -627,6 +754,7 @@ fn load() -> Result<Packaging, String> {
     Ok(Packaging {
         recipes,
         pcid,
+        initfs_pcid,
         configs,
     })
 }
@@ -828,4 +956,114 @@ fn matching_follows_pcid_spawner_rules() {
     );
     assert!(sub.matches(&BOCHS_DISPLAY) && !sub.matches(&STD_VGA));
     assert_eq!(program_path(&sub), "/bin/x");
+}
+
+#[test]
+fn initfs_init_rc_starts_the_daemons_pcid_spawner_and_the_scenario() {
+    let path = redox_dir().join("initfs/etc/init.rc");
+    check_init_rc(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+#[test]
+fn initfs_entries_start_pddgpud_on_the_devices_the_package_entries_name() {
+    let pk = load().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!pk.initfs_pcid.is_empty(), "no initfs match entries");
+    let drivers: Vec<&DriverEntry> = pk.initfs_pcid.values().flat_map(|c| &c.drivers).collect();
+    let who = |f: &Func| {
+        drivers
+            .iter()
+            .find(|d| d.matches(f))
+            .map(|d| d.command.clone())
+    };
+    let pddgpu = Func {
+        vendor: 0x1234,
+        device: 0x5044,
+        class: 3,
+        subclass: 0x80,
+        interface: 0,
+    };
+    for f in [BOCHS_DISPLAY, pddgpu] {
+        assert_eq!(
+            who(&f),
+            Some(vec![
+                format!("{INITFS_BIN}pddgpud"),
+                "--backend".to_string(),
+                "pcid".to_string()
+            ]),
+            "{f:?}"
+        );
+    }
+    assert_eq!(who(&STD_VGA), None);
+    assert_eq!(who(&E1000), None);
+    // The same devices as the package's entries: every repository entry has
+    // an initfs twin with the same match fields and arguments.
+    let key = |d: &DriverEntry| {
+        (
+            d.class,
+            d.subclass,
+            d.interface,
+            d.vendor,
+            d.device,
+            d.ids.clone(),
+            d.command[1..].to_vec(),
+        )
+    };
+    for (name, (_, cfg)) in &pk.pcid {
+        for d in &cfg.drivers {
+            assert!(
+                drivers.iter().any(|i| key(i) == key(d)),
+                "image/redox/pcid.d/{name}: {:?} has no twin in {INITFS_PCID_DIR}",
+                d.name
+            );
+        }
+    }
+}
+
+#[test]
+fn init_rc_checks_catch_a_broken_boot_order() {
+    let good = read(&redox_dir().join("initfs/etc/init.rc"));
+    assert!(check_init_rc(&good).is_ok());
+    for (from, to) in [
+        ("notify pcid\n", "pcid\n"), // not waited for
+        ("notify zerod\n", ""),
+        ("export PATH /scheme/initfs/bin", "export PATH /usr/bin"),
+        (
+            "pcid-spawner /scheme/initfs/etc/pcid.d",
+            "pcid-spawner /etc/pcid.d",
+        ),
+        ("pddgpu-redox-guest\n", "nowait pddgpu-redox-guest\n"),
+        ("notify logd\n", "notify logd\nnotify bgad\n"),
+    ] {
+        assert!(good.contains(from), "init.rc no longer contains {from:?}");
+        let bad = good.replacen(from, to, 1);
+        assert!(check_init_rc(&bad).is_err(), "accepted {to:?}");
+    }
+    // The scenario before the driver.
+    let lines: Vec<&str> = good.lines().collect();
+    let spawner = lines
+        .iter()
+        .position(|l| l.starts_with("pcid-spawner"))
+        .unwrap();
+    let mut moved: Vec<&str> = lines.clone();
+    let scenario = moved
+        .iter()
+        .position(|l| *l == "pddgpu-redox-guest")
+        .unwrap();
+    let s = moved.remove(scenario);
+    moved.insert(spawner, s);
+    assert!(check_init_rc(&moved.join("\n")).is_err());
+
+    let p = Path::new("initfs.toml");
+    let cfg = check_pcid_text(
+        p,
+        "[[drivers]]\nname = \"x\"\nvendor = 0x1234\ncommand = [\"pddgpud\"]\n",
+    )
+    .unwrap();
+    assert!(check_initfs_commands(p, &cfg).is_err(), "relative command");
+    let cfg = check_pcid_text(
+        p,
+        "[[drivers]]\nname = \"x\"\nvendor = 0x1234\ncommand = [\"/scheme/initfs/bin/bgad\"]\n",
+    )
+    .unwrap();
+    assert!(check_initfs_commands(p, &cfg).is_err(), "not ours");
 }

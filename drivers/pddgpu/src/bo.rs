@@ -14,9 +14,9 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::{HashMap, HashSet};
-use smallvec::SmallVec;
 
 use crate::device::Domain;
+use crate::driver::BoOwnership;
 use crate::leak::SlotId;
 use crate::range::RangeNode;
 use crate::vram::VramAllocation;
@@ -126,7 +126,7 @@ pub struct BoInfo {
     pub flags: BoFlags,
     /// Its creator.
     pub owner: OwnerId,
-    /// References: one per hold by an owner, plus one while exported.
+    /// References held by all its holders (one per hold).
     pub refcount: u32,
     /// Creation time.
     pub created_ms: u64,
@@ -227,16 +227,11 @@ pub(crate) struct BoEntry {
     pub placement: Placement,
     pub size: u64,
     pub flags: BoFlags,
-    pub creator: OwnerId,
     pub created_ms: u64,
     pub label: String,
-    /// References per holding owner (the creator alone, most of the time:
-    /// kept inline, no allocation per BO).
-    pub holders: SmallVec<[(OwnerId, u32); 1]>,
-    /// Import token while exported.
-    pub token: Option<u64>,
-    /// The owner whose quota is charged (the creator while it holds it).
-    pub charged: Option<OwnerId>,
+    /// Holders, export and charge (see [`crate::driver`]'s ownership
+    /// model).
+    pub own: BoOwnership,
     /// Bytes inside the CPU-visible window (for statistics).
     pub visible_bytes: u64,
     /// Its leak-tracker record.
@@ -244,52 +239,6 @@ pub(crate) struct BoEntry {
 }
 
 impl BoEntry {
-    /// References: holds plus the export pin.
-    pub fn refcount(&self) -> u32 {
-        self.holders
-            .iter()
-            .map(|h| h.1)
-            .fold(u32::from(self.token.is_some()), u32::saturating_add)
-    }
-
-    /// Whether `owner` holds a reference.
-    pub fn is_held_by(&self, owner: OwnerId) -> bool {
-        self.holders.iter().any(|h| h.0 == owner)
-    }
-
-    /// The owner shown as holding it: the creator while it holds it, else
-    /// the first other holder, else 0.
-    pub fn primary_holder(&self) -> OwnerId {
-        if self.is_held_by(self.creator) {
-            self.creator
-        } else {
-            self.holders.first().map_or(0, |h| h.0)
-        }
-    }
-
-    /// Adds one reference for `owner`.
-    pub fn hold(&mut self, owner: OwnerId) {
-        match self.holders.iter_mut().find(|h| h.0 == owner) {
-            Some(h) => h.1 = h.1.saturating_add(1),
-            None => self.holders.push((owner, 1)),
-        }
-    }
-
-    /// Drops `all` or one of `owner`'s references; true when `owner` holds
-    /// none any more.
-    pub fn release(&mut self, owner: OwnerId, all: bool) -> bool {
-        let Some(i) = self.holders.iter().position(|h| h.0 == owner) else {
-            return true;
-        };
-        if all || self.holders[i].1 <= 1 {
-            self.holders.swap_remove(i);
-            true
-        } else {
-            self.holders[i].1 -= 1;
-            false
-        }
-    }
-
     /// The public description.
     pub fn info(&self, id: BoId, gtt_base: u64) -> BoInfo {
         BoInfo {
@@ -298,11 +247,11 @@ impl BoEntry {
             size: self.size,
             allocated_size: self.placement.allocated_size(),
             flags: self.flags,
-            owner: self.creator,
-            refcount: self.refcount(),
+            owner: self.own.creator(),
+            refcount: self.own.refcount(),
             created_ms: self.created_ms,
             label: self.label.clone(),
-            exported: self.token.is_some(),
+            exported: self.own.token().is_some(),
             segments: self.placement.segments(self.size, gtt_base),
         }
     }
@@ -381,41 +330,15 @@ mod tests {
     }
 
     #[test]
-    fn references_count_holds_and_the_export_pin() {
-        let mut e = BoEntry {
-            placement: Placement::Gtt(
-                crate::range::RangeAllocator::new(0, 1 << 20)
-                    .unwrap()
-                    .insert(4096, 0, 0..1 << 20, crate::range::InsertMode::Best)
-                    .unwrap(),
-            ),
-            size: 4000,
-            flags: BoFlags::empty(),
-            creator: 1,
-            created_ms: 0,
-            label: String::new(),
-            holders: smallvec::smallvec![(1, 1)],
-            token: None,
-            charged: Some(1),
-            visible_bytes: 0,
-            slot: crate::leak::LeakTracker::new()
-                .take_slot(&mut Vec::new())
-                .unwrap(),
-        };
-        e.hold(2);
-        e.hold(2);
-        e.token = Some(9);
-        assert_eq!(e.refcount(), 4);
-        assert!(!e.release(2, false));
-        assert!(e.release(1, false));
-        assert_eq!(e.primary_holder(), 2);
-        assert!(e.release(2, true));
-        assert_eq!(e.refcount(), 1);
-        assert_eq!(e.primary_holder(), 0);
-        let info = e.info(BoId(3), 0);
-        assert_eq!(info.segments, [(0, 0, 4000)]);
-        assert!(info.exported);
-        assert_eq!(e.placement.bytes_within(&(0..100)), 100);
-        assert!(!e.placement.overlaps(&(4096..8192)));
+    fn placements_describe_their_bytes() {
+        let node = crate::range::RangeAllocator::new(0, 1 << 20)
+            .unwrap()
+            .insert(4096, 0, 0..1 << 20, crate::range::InsertMode::Best)
+            .unwrap();
+        let p = Placement::Gtt(node);
+        assert_eq!(p.segments(4000, 0), [(0, 0, 4000)]);
+        assert_eq!(p.allocated_size(), 4096);
+        assert_eq!(p.bytes_within(&(0..100)), 100);
+        assert!(!p.overlaps(&(4096..8192)));
     }
 }

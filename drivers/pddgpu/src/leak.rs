@@ -23,7 +23,9 @@
 //!    the live BOs (plus memory the driver deliberately holds back); any
 //!    difference is a real internal leak or corruption.
 //! 2. Old BOs held by owners above the size threshold.
-//! 3. Exported BOs that nobody holds (kept alive only by their export).
+//! 3. BOs that nobody holds. The ownership rules free a BO with its last
+//!    holder and never let an export keep one alive, so this report is a
+//!    consistency check: it is empty unless the bookkeeping is broken.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -45,7 +47,7 @@ pub struct Record {
     /// The BO.
     pub id: BoId,
     /// Its primary holder (the creator while it holds it, else another
-    /// holder; 0 when only its export keeps it alive).
+    /// holder; 0 for none).
     pub owner: OwnerId,
     /// Domain.
     pub domain: Domain,
@@ -351,16 +353,16 @@ pub enum SuspectReason {
         /// Bytes its owner holds in all.
         owner_bytes: u64,
     },
-    /// Exported, and no owner holds it (report 3).
-    ExportedUnheld,
+    /// No owner holds it (report 3; see the module docs).
+    Unheld,
 }
 
 impl SuspectReason {
-    /// Short name (`old-large`, `exported-unheld`).
+    /// Short name (`old-large`, `unheld`).
     pub fn name(&self) -> &'static str {
         match self {
             SuspectReason::OldAndLarge { .. } => "old-large",
-            SuspectReason::ExportedUnheld => "exported-unheld",
+            SuspectReason::Unheld => "unheld",
         }
     }
 }
@@ -441,8 +443,8 @@ pub fn find_suspects(
     let mut suspects = Vec::new();
     for r in records {
         let age = now_ms.saturating_sub(r.created_ms);
-        let reason = if r.holders == 0 && r.exported {
-            Some(SuspectReason::ExportedUnheld)
+        let reason = if r.holders == 0 {
+            Some(SuspectReason::Unheld)
         } else {
             let owner_bytes = per_owner.get(&r.owner).copied().unwrap_or(0);
             (r.holders > 0 && age >= age_ms && owner_bytes > threshold_bytes)
@@ -500,7 +502,7 @@ mod tests {
         let (s, live) = find_suspects(&t, 1000, 100 << 20, 0);
         assert_eq!(live, 1);
         assert_eq!(s.len(), 1);
-        assert_eq!(s[0].reason, SuspectReason::ExportedUnheld);
+        assert_eq!(s[0].reason, SuspectReason::Unheld);
         assert_eq!(s[0].age_ms, 990);
     }
 

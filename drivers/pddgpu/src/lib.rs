@@ -25,7 +25,6 @@ pub mod gtt;
 pub mod leak;
 pub mod manager;
 pub mod range;
-pub mod retry;
 pub mod stats;
 pub mod tunables;
 pub mod vram;

@@ -139,15 +139,19 @@ fn stats_snapshots_are_consistent_under_writers() {
     assert_eq!(s.updates, 120_000);
 }
 
-/// Sharing across threads: one thread exports, others import and drop;
-/// every BO is freed exactly once when its last holder goes.
+/// Sharing across threads: one thread exports and lets go once the BO is
+/// imported (an export lasts while its exporter holds the BO), others
+/// import and drop; every BO is freed exactly once when its last holder
+/// goes.
 #[test]
 fn concurrent_export_import_and_exit() {
     let d = driver();
     let (tx, rx) = std::sync::mpsc::channel::<(BoId, u64)>();
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<BoId>();
     let producer = {
         let d = d.clone();
         std::thread::spawn(move || {
+            let mut let_go = 0;
             for i in 0..2000u64 {
                 let domain = if i % 2 == 0 {
                     Domain::Vram
@@ -160,14 +164,22 @@ fn concurrent_export_import_and_exit() {
                 d.bo_write(1, id, 0, &i.to_le_bytes()).unwrap();
                 let token = d.bo_export(1, id).unwrap();
                 tx.send((id, token)).unwrap();
-                d.bo_unref(1, id).unwrap();
+                while let Ok(imported) = ack_rx.try_recv() {
+                    d.bo_unref(1, imported).unwrap();
+                    let_go += 1;
+                }
+            }
+            drop(tx);
+            while let_go < 2000 {
+                d.bo_unref(1, ack_rx.recv().unwrap()).unwrap();
+                let_go += 1;
             }
         })
     };
     let rx = Arc::new(std::sync::Mutex::new(rx));
     let consumers: Vec<_> = (2..6u64)
         .map(|owner| {
-            let (d, rx) = (d.clone(), rx.clone());
+            let (d, rx, ack) = (d.clone(), rx.clone(), ack_tx.clone());
             std::thread::spawn(move || {
                 let mut n = 0;
                 loop {
@@ -175,6 +187,7 @@ fn concurrent_export_import_and_exit() {
                     let Ok((id, token)) = msg else { break };
                     let info = d.bo_import(owner, id, token).unwrap();
                     assert!(info.exported);
+                    ack.send(id).unwrap();
                     let mut b = [0u8; 8];
                     d.bo_read(owner, id, 0, &mut b).unwrap();
                     d.bo_unexport(owner, id).unwrap();
@@ -187,6 +200,7 @@ fn concurrent_export_import_and_exit() {
             })
         })
         .collect();
+    drop(ack_tx);
     producer.join().unwrap();
     let summaries: Vec<ExitSummary> = consumers.into_iter().map(|c| c.join().unwrap()).collect();
     let freed_at_exit: u64 = summaries.iter().map(|s| s.freed).sum();

@@ -1,9 +1,11 @@
 //! Property test of the whole driver against a model: random interleavings
-//! of create, unref, export, import, unexport, write, owner exit, reclaim,
+//! of create, unref, export, import, unexport, write, owner exit,
 //! injected allocation failures, device errors and corruption with
 //! recovery. After every step the driver must agree with the model (ids,
 //! holders, references, tokens, errors), BOs keep their placement and
-//! contents, statistics match, and the audit is clean.
+//! contents, statistics match, and the audit is clean. The model's export
+//! rule: an export belongs to its exporter and is revoked when the exporter
+//! lets go of the BO; a BO lives exactly while someone holds it.
 
 use std::collections::BTreeMap;
 
@@ -49,7 +51,7 @@ enum Op {
     Exit {
         owner: u64,
     },
-    Reclaim,
+    NoneUnheld,
     FailNextAlloc,
     ErrorAndRecover,
     CorruptAndRecover {
@@ -70,7 +72,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (owner.clone(), any::<usize>(), any::<u8>())
             .prop_map(|(owner, pick, byte)| Op::Write { owner, pick, byte }),
         1 => owner.prop_map(|owner| Op::Exit { owner }),
-        1 => Just(Op::Reclaim),
+        1 => Just(Op::NoneUnheld),
         1 => Just(Op::FailNextAlloc),
         1 => Just(Op::ErrorAndRecover),
         1 => any::<bool>().prop_map(|gtt| Op::CorruptAndRecover { gtt }),
@@ -82,13 +84,23 @@ struct ModelBo {
     size: u64,
     holders: BTreeMap<u64, u32>,
     token: Option<u64>,
+    exporter: Option<u64>,
     fill: u8,
     segments: Vec<(u64, u64, u64)>,
 }
 
 impl ModelBo {
     fn refs(&self) -> u32 {
-        self.holders.values().sum::<u32>() + u32::from(self.token.is_some())
+        self.holders.values().sum::<u32>()
+    }
+
+    /// `owner` holds no reference any more: its export, if any, ends.
+    fn let_go(&mut self, owner: u64) {
+        self.holders.remove(&owner);
+        if self.exporter == Some(owner) {
+            self.token = None;
+            self.exporter = None;
+        }
     }
 }
 
@@ -194,6 +206,7 @@ impl World {
                                 size,
                                 holders,
                                 token: None,
+                                exporter: None,
                                 fill,
                                 segments,
                             },
@@ -212,7 +225,7 @@ impl World {
                     let n = b.holders.get_mut(&owner).unwrap();
                     *n -= 1;
                     if *n == 0 {
-                        b.holders.remove(&owner);
+                        b.let_go(owner);
                     }
                     self.drop_if_unreferenced(id);
                 }
@@ -224,6 +237,7 @@ impl World {
                         let b = self.bos.get_mut(&id).unwrap();
                         assert_ne!(token, 0);
                         assert_eq!(*b.token.get_or_insert(token), token);
+                        b.exporter.get_or_insert(owner);
                     }
                     (Err(e), got) => assert_eq!(got, Err(e)),
                     (Ok(()), Err(e)) => panic!("export: {e}"),
@@ -255,7 +269,9 @@ impl World {
                 let expect = self.access(owner, id);
                 assert_eq!(self.d.bo_unexport(owner, id), expect);
                 if expect.is_ok() {
-                    self.bos.get_mut(&id).unwrap().token = None;
+                    let b = self.bos.get_mut(&id).unwrap();
+                    b.token = None;
+                    b.exporter = None;
                 }
             }
             Op::Write { owner, pick, byte } => {
@@ -282,24 +298,19 @@ impl World {
                 assert_eq!(summary.released, held.len() as u64);
                 let mut freed = 0;
                 for id in held {
-                    self.bos.get_mut(&id).unwrap().holders.remove(&owner);
+                    self.bos.get_mut(&id).unwrap().let_go(owner);
                     freed += u64::from(self.drop_if_unreferenced(id));
                 }
                 assert_eq!(summary.freed, freed);
                 assert_eq!(summary.still_shared, summary.released - freed);
             }
-            Op::Reclaim => {
-                let orphans: Vec<BoId> = self
-                    .bos
-                    .iter()
-                    .filter(|(_, b)| b.holders.is_empty())
-                    .map(|(id, _)| *id)
-                    .collect();
-                assert_eq!(self.d.reclaim_unheld_exports().freed, orphans.len() as u64);
-                for id in orphans {
-                    self.bos.get_mut(&id).unwrap().token = None;
-                    self.drop_if_unreferenced(id);
-                }
+            Op::NoneUnheld => {
+                assert!(self.bos.values().all(|b| !b.holders.is_empty()));
+                let r = self.d.leak_check(self.now);
+                assert!(
+                    r.suspects.iter().all(|s| s.reason != SuspectReason::Unheld),
+                    "{r:?}"
+                );
             }
             Op::FailNextAlloc => {
                 if !self.pending_fail {
@@ -355,7 +366,7 @@ proptest! {
         for owner in 1..=OWNERS {
             w.apply(&Op::Exit { owner });
         }
-        w.apply(&Op::Reclaim);
+        w.apply(&Op::NoneUnheld);
         prop_assert!(w.bos.is_empty());
         prop_assert_eq!(w.d.vram_stats().used_size, 0);
         prop_assert_eq!(w.d.gtt_stats().used_size, 0);

@@ -1,37 +1,25 @@
-//! The retry helper driving real driver allocations: parked requests are
-//! retried when memory is freed or their delay passes, up to the count,
-//! while other requests go on.
+//! What the core offers a front end that retries: `NoSpace` carries the
+//! domain's retry policy (from the tunables), a free in a domain moves that
+//! domain's free epoch (and only that one), retries are counted, and a
+//! request that can never fit is not retryable.
 
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::*;
-use pddgpu::retry::{ParkError, RetryQueue};
 
 const MIB: u64 = 1 << 20;
 
-#[derive(Debug)]
-struct Request {
-    owner: OwnerId,
-    size: u64,
-    domain: Domain,
-}
-
-fn create(d: &Driver, r: &Request, retry: bool) -> Result<BoId, DriverError> {
-    let req = BoCreate {
-        size: r.size,
-        domain: r.domain,
+fn req(size: u64, domain: Domain) -> BoCreate<'static> {
+    BoCreate {
+        size,
+        domain,
         flags: BoFlags::empty(),
         align: 0,
         label: "parked",
-    };
-    if retry {
-        d.bo_create_retry(r.owner, &req, 0)
-    } else {
-        d.bo_create(r.owner, &req, 0)
     }
 }
 
 #[test]
-fn parked_requests_run_after_a_free_or_give_up_after_the_count() {
+fn no_space_carries_the_policy_and_frees_move_the_epoch() {
     let dev = SimDevice::new(SimConfig {
         vram_size: 4 * MIB,
         visible_size: MIB,
@@ -39,110 +27,46 @@ fn parked_requests_run_after_a_free_or_give_up_after_the_count() {
     })
     .unwrap();
     let d = Driver::new(dev.resources(), 0).unwrap();
-    let hog = create(
-        &d,
-        &Request {
-            owner: 1,
-            size: 4 * MIB,
-            domain: Domain::Vram,
-        },
-        false,
-    )
-    .unwrap();
-    let mut q: RetryQueue<Request> = RetryQueue::new(8);
+    let hog = d.bo_create(1, &req(4 * MIB, Domain::Vram), 0).unwrap();
 
-    // A VRAM request that cannot be served now is parked.
-    let waiting = Request {
-        owner: 2,
-        size: MIB,
-        domain: Domain::Vram,
-    };
-    let epochs = d.free_epochs();
-    let Err(e) = create(&d, &waiting, false) else {
-        panic!("VRAM is full")
-    };
+    let vram_epoch = d.free_epoch(Domain::Vram);
+    let e = d.bo_create(2, &req(MIB, Domain::Vram), 0).unwrap_err();
     let DriverError::NoSpace { retry, domain, .. } = e else {
         panic!("{e}")
     };
-    assert_eq!(retry.count, 3);
-    let ticket = q.park(waiting, domain, retry, epochs, 100).unwrap();
-    // A second one that will never fit.
-    let hopeless = Request {
-        owner: 3,
-        size: 4 * MIB,
-        domain: Domain::Vram,
-    };
-    let epochs = d.free_epochs();
-    let e = create(&d, &hopeless, false).unwrap_err();
-    let DriverError::NoSpace { retry, .. } = e else {
-        panic!("{e}")
-    };
-    let hopeless_ticket = q.park(hopeless, Domain::Vram, retry, epochs, 100).unwrap();
+    assert_eq!((retry.count, domain), (3, Domain::Vram));
+    assert!(e.is_retryable());
 
-    // Meanwhile other requests are served: GTT is free.
-    assert!(create(
-        &d,
-        &Request {
-            owner: 4,
-            size: MIB,
-            domain: Domain::Gtt
-        },
-        false
-    )
-    .is_ok());
-    assert!(!q.has_due(105, d.free_epochs()));
-    assert!(q
-        .poll(105, d.free_epochs(), |r, _| create(&d, r, true))
-        .is_empty());
+    // Other domains are served meanwhile, and a GTT free does not move the
+    // VRAM epoch.
+    let g = d.bo_create(4, &req(MIB, Domain::Gtt), 0).unwrap();
+    d.bo_unref(4, g).unwrap();
+    assert_eq!(d.free_epoch(Domain::Gtt), 1);
+    assert_eq!(d.free_epoch(Domain::Vram), vram_epoch);
 
-    // A GTT free does not wake VRAM requests; the delay does.
-    assert_eq!(q.next_due_ms(), Some(110));
-    let done = q.poll(110, d.free_epochs(), |r, _| create(&d, r, true));
-    assert!(done.is_empty(), "still full, retries left");
+    // A retry while still full fails again and is counted.
+    d.note_retry(Domain::Vram);
+    assert!(d.bo_create(2, &req(MIB, Domain::Vram), 0).is_err());
+    assert_eq!(d.stats().vram.retries, 1);
+
+    // A VRAM free moves the VRAM epoch; the retry then succeeds.
+    d.bo_unref(1, hog).unwrap();
+    assert_eq!(d.free_epoch(Domain::Vram), vram_epoch + 1);
+    d.note_retry(Domain::Vram);
+    let id = d.bo_create(2, &req(MIB, Domain::Vram), 0).unwrap();
+    assert_eq!(d.bo_info(2, id).unwrap().size, MIB);
     assert_eq!(d.stats().vram.retries, 2);
 
-    // A VRAM free wakes them at once (before their delay).
-    d.bo_unref(1, hog).unwrap();
-    // (The hopeless one is woken too, and fails again.)
-    let done = q.poll(111, d.free_epochs(), |r, _| create(&d, r, true));
-    assert_eq!(done.len(), 1);
-    assert_eq!(done[0].ticket, ticket);
-    assert_eq!(done[0].attempts, 2);
-    let id = done[0].result.clone().unwrap();
-    assert_eq!(d.bo_info(2, id).unwrap().size, MIB);
-
-    // The hopeless one ran out of its 3 retries.
-    let done = q.poll(200, d.free_epochs(), |r, _| create(&d, r, true));
-    assert_eq!(done.len(), 1);
-    assert_eq!(done[0].ticket, hopeless_ticket);
-    assert_eq!(done[0].attempts, 3);
-    assert!(matches!(done[0].result, Err(DriverError::NoSpace { .. })));
-    assert!(q.is_empty());
-    assert_eq!(d.stats().vram.retries, 5, "2 + 2 + 1 attempts");
-
-    // Retry count 0 means "do not park".
+    // The policy follows the tunables; larger than VRAM is not retryable.
     d.tunables().set("vram_retry_count", "0").unwrap();
-    let r = Request {
-        owner: 5,
-        size: 8 * MIB,
-        domain: Domain::Vram,
-    };
-    let e = create(&d, &r, false).unwrap_err();
+    let e = d.bo_create(5, &req(8 * MIB, Domain::Vram), 0).unwrap_err();
     assert!(
-        matches!(e, DriverError::InvalidArgument(_)),
+        matches!(e, DriverError::InvalidArgument(_)) && !e.is_retryable(),
         "larger than VRAM: not retryable"
     );
-    let r = Request {
-        owner: 5,
-        size: 4 * MIB,
-        domain: Domain::Vram,
-    };
-    let e = create(&d, &r, false).unwrap_err();
+    let e = d.bo_create(5, &req(4 * MIB, Domain::Vram), 0).unwrap_err();
     let DriverError::NoSpace { retry, .. } = e else {
         panic!("{e}")
     };
-    assert!(matches!(
-        q.park(r, Domain::Vram, retry, d.free_epochs(), 0),
-        Err(ParkError::NoRetries(_))
-    ));
+    assert_eq!(retry.count, 0, "count 0: the front end must not retry");
 }

@@ -127,7 +127,40 @@ pub fn shows_driver_start(line: &str) -> bool {
         || line.contains("serving /scheme/pddgpu")
 }
 
-/// Checks the negative run: the guest failed at [`NEGATIVE_STEP`] saying
+/// One PCI function pcid logged while enumerating the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciFunction {
+    /// `SEGM-BB:DD.F` as pcid prints it (`00-00:02.0`).
+    pub address: String,
+    /// `VVVV:DDDD` (`1234:1111`).
+    pub id: String,
+    /// `CL.SC.IN.RV`: class, subclass, interface, revision (`03.80.00.02`).
+    pub class: String,
+}
+
+/// The PCI functions in pcid's enumeration lines
+/// (`… [@pcid:366 INFO] PCI 00-00:02.0 1234:1111 03.80.00.02 3`), in order.
+pub fn pci_functions(log: &[String]) -> Vec<PciFunction> {
+    log.iter()
+        .filter(|l| l.contains("@pcid:"))
+        .filter_map(|l| {
+            let rest = &l[l.find("] PCI ")? + "] PCI ".len()..];
+            let mut words = rest.split_whitespace();
+            let (address, id, class) = (words.next()?, words.next()?, words.next()?);
+            let is_id = id.len() == 9
+                && id.as_bytes()[4] == b':'
+                && id.chars().filter(|c| c.is_ascii_hexdigit()).count() == 8;
+            (address.contains(':') && is_id).then(|| PciFunction {
+                address: address.to_string(),
+                id: id.to_string(),
+                class: class.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Checks the negative run: pcid enumerated the bus and found no
+/// 1234:1111 function, the guest failed at [`NEGATIVE_STEP`] saying
 /// [`NEGATIVE_REASON`], and nothing on the console shows pddgpud starting.
 pub fn check_negative(run: &BootRun) -> Result<()> {
     match &run.outcome {
@@ -141,8 +174,21 @@ pub fn check_negative(run: &BootRun) -> Result<()> {
     if let Some(line) = run.log.iter().find(|l| shows_driver_start(l)) {
         bail!("pddgpud was started although there is no PDDGPU-compatible device: {line}");
     }
+    let functions = pci_functions(&run.log);
+    if functions.is_empty() {
+        bail!("the console shows no PCI enumeration by pcid, so the run proves nothing");
+    }
+    if let Some(f) = functions.iter().find(|f| f.id == BOCHS_ID) {
+        bail!(
+            "the negative run has a {BOCHS_ID} function at {}: a display device was present",
+            f.address
+        );
+    }
     Ok(())
 }
+
+/// The PCI id of QEMU's bochs-display (and of its std VGA).
+pub const BOCHS_ID: &str = "1234:1111";
 
 #[cfg(test)]
 mod tests {
@@ -179,29 +225,69 @@ mod tests {
     }
 
     #[test]
+    fn pcid_enumeration_lines_are_parsed() {
+        let log: Vec<String> = [
+            "1970-01-01T00-00-00.826Z [@pcid:250 INFO] PCI SG-BS:DV.F VEND:DEVI CL.SC.IN.RV",
+            "1970-01-01T00-00-00.836Z [@pcid:366 INFO] PCI 00-00:00.0 8086:1237 06.00.00.02 6",
+            "1970-01-01T00-00-00.871Z [@pcid:366 INFO] PCI 00-00:02.0 1234:1111 03.80.00.02 3",
+            "[@pcid_spawner:84 INFO] pcid-spawner: spawn \"/scheme/initfs/bin/pddgpud\"",
+        ]
+        .map(String::from)
+        .to_vec();
+        let f = pci_functions(&log);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(
+            f[1],
+            PciFunction {
+                address: "00-00:02.0".into(),
+                id: "1234:1111".into(),
+                class: "03.80.00.02".into()
+            }
+        );
+        assert!(shows_driver_start(&log[3]));
+    }
+
+    #[test]
     fn negative_run_needs_the_fail_line_and_no_driver_start() {
         let fail = |step: &str, reason: &str| Outcome::Fail {
             step: step.into(),
             reason: reason.into(),
         };
+        let enumerated =
+            "1970-01-01T00-00-00.858Z [@pcid:366 INFO] PCI 00-00:01.0 8086:7000 06.01.00.00 6";
         let good = run_with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
-                "pcid: PCI 00:01.0 8086:7000 ISA bridge",
+                enumerated,
                 "PDDGPU-REDOX: FAIL driver: pddgpud not started (no /scheme/pddgpu)",
             ],
         );
         check_negative(&good).unwrap();
+        let silent = run_with(fail(NEGATIVE_STEP, NEGATIVE_REASON), &[]);
+        let err = check_negative(&silent).unwrap_err().to_string();
+        assert!(err.contains("no PCI enumeration"), "{err}");
+        let with_display = run_with(
+            fail(NEGATIVE_STEP, NEGATIVE_REASON),
+            &[
+                enumerated,
+                "1970-01-01T00-00-00.871Z [@pcid:366 INFO] PCI 00-00:02.0 1234:1111 03.00.00.02 3",
+            ],
+        );
+        let err = check_negative(&with_display).unwrap_err().to_string();
+        assert!(err.contains("00-00:02.0"), "{err}");
 
         let spawned = run_with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
-            &[r#"[INFO] pcid-spawner: spawn "/scheme/initfs/bin/pddgpud" "--backend" "pcid""#],
+            &[
+                enumerated,
+                r#"[@pcid_spawner:84 INFO] pcid-spawner: spawn "/scheme/initfs/bin/pddgpud" "--backend" "pcid""#,
+            ],
         );
         let err = check_negative(&spawned).unwrap_err().to_string();
         assert!(err.contains("was started"), "{err}");
         let serving = run_with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
-            &["pddgpud: serving /scheme/pddgpu"],
+            &[enumerated, "pddgpud: serving /scheme/pddgpu"],
         );
         assert!(check_negative(&serving).is_err());
 

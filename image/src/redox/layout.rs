@@ -192,7 +192,11 @@ pub fn build_root() -> PathBuf {
     binaries::target_dir().join("redox")
 }
 
+/// `path` made absolute, without `..` when it exists.
 fn absolute(path: &Path) -> PathBuf {
+    if let Ok(real) = path.canonicalize() {
+        return real;
+    }
     if path.is_absolute() {
         path.to_path_buf()
     } else {

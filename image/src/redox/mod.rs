@@ -190,6 +190,22 @@ pub fn boot_runs(
             progress::seconds(run.elapsed),
             log.display()
         ));
+        let display = boot::pci_functions(&run.log)
+            .into_iter()
+            .find(|f| f.id == boot::BOCHS_ID);
+        let spawned = run.log.iter().any(|l| boot::shows_driver_start(l));
+        progress.say(format!(
+            "positive run: pcid {}; pddgpud {}",
+            match display {
+                Some(f) => format!("enumerated {} at {} (class {})", f.id, f.address, f.class),
+                None => format!("did not list {}", boot::BOCHS_ID),
+            },
+            if spawned {
+                "was started by pcid-spawner"
+            } else {
+                "was not seen starting"
+            }
+        ));
         report.positive = Some(run.outcome);
     }
     let log = image.layout.serial_log(false);

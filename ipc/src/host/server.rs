@@ -80,24 +80,25 @@ pub trait HostScheme: SchemeSync {
         }
     }
 
-    /// Called right after an `openat` failed with `EAGAIN`: whether to park
-    /// it (this client waits; everyone else is served) and retry it up to
-    /// `retries` times, each after `delay` or as soon as
+    /// Called right after an `openat` of `path` failed with `EAGAIN`:
+    /// whether to park it (this client waits; everyone else is served) and
+    /// retry it up to `retries` times, each after `delay` or as soon as
     /// [`HostScheme::wake_epoch`] moves. `None` answers `EAGAIN` at once.
-    fn park_policy(&mut self) -> Option<ParkPolicy> {
+    fn park_policy(&self, path: &[u8]) -> Option<ParkPolicy> {
+        let _ = path;
         None
+    }
+
+    /// The parked `openat` of `path` is about to be retried (for the
+    /// scheme's statistics).
+    fn on_retry(&mut self, path: &[u8]) {
+        let _ = path;
     }
 
     /// A number that changes whenever a parked request may now succeed
     /// (e.g. a count of frees).
     fn wake_epoch(&self) -> u64 {
         0
-    }
-
-    /// The next `openat` is retry number `attempt` (1-based) of a parked
-    /// request (0: an ordinary request), for the scheme's statistics.
-    fn set_retry_attempt(&mut self, attempt: u32) {
-        let _ = attempt;
     }
 }
 
@@ -519,17 +520,18 @@ fn serve_request<S: HostScheme>(
     payload: &mut Vec<u8>,
 ) -> Dispatched {
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
-    let run = |conn: &mut ConnState, payload: &mut Vec<u8>, attempt: u32| {
+    let run = |conn: &mut ConnState, payload: &mut Vec<u8>, retry: bool| {
         let mut guard = lock(&shared.locked);
         let Locked { scheme } = &mut *guard;
-        scheme.set_retry_attempt(attempt);
+        if retry {
+            scheme.on_retry(payload);
+        }
         let done = dispatch(conn, shared.root, shared.limits, header, payload, scheme);
-        let policy = if is_errno(&done.0, EAGAIN) {
-            scheme.park_policy()
+        let policy = if parkable && is_errno(&done.0, EAGAIN) {
+            scheme.park_policy(payload)
         } else {
             None
         };
-        scheme.set_retry_attempt(0);
         let epoch = scheme.wake_epoch();
         drop(guard);
         crate::logline::flush();
@@ -538,11 +540,11 @@ fn serve_request<S: HostScheme>(
         shared.publish_epoch(epoch);
         (done, policy, epoch)
     };
-    let (mut done, policy, mut epoch) = run(conn, payload, 0);
-    let Some(policy) = policy.filter(|_| parkable) else {
+    let (mut done, policy, mut epoch) = run(conn, payload, false);
+    let Some(policy) = policy else {
         return done;
     };
-    for attempt in 1..=policy.retries {
+    for _ in 0..policy.retries {
         let deadline = Instant::now() + policy.delay;
         let mut wake = lock(&shared.wake);
         while wake.0 == epoch && !wake.1 {
@@ -564,7 +566,7 @@ fn serve_request<S: HostScheme>(
             );
         }
         drop(wake);
-        let (again, _, seen) = run(conn, payload, attempt);
+        let (again, _, seen) = run(conn, payload, true);
         done = again;
         epoch = seen;
         if !is_errno(&done.0, EAGAIN) {

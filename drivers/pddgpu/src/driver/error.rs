@@ -4,7 +4,6 @@
 use crate::bo::OwnerId;
 use crate::device::{DeviceError, Domain};
 use crate::manager::{ManagerError, RetryPolicy};
-use crate::retry::Retryable;
 
 /// Errors of [`Driver`](super::Driver) operations. A failed operation
 /// changes nothing.
@@ -94,14 +93,5 @@ impl DriverError {
             self,
             DriverError::NoSuchBo | DriverError::PermissionDenied | DriverError::BadToken
         )
-    }
-}
-
-impl Retryable for DriverError {
-    fn retry_policy(&self) -> Option<RetryPolicy> {
-        match self {
-            DriverError::NoSpace { retry, .. } => Some(*retry),
-            _ => None,
-        }
     }
 }

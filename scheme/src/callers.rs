@@ -1,16 +1,21 @@
-//! Clients as owners. Every process that opens anything on `pddgpu:` is an
+//! Callers as owners: the front end's half of the ownership model (the
+//! core's half, what an owner holds and may do, is
+//! `pddgpu::driver::ownership`).
+//!
+//! A caller is the identity the transport vouches for in
+//! `CallerCtx::pid`: on Redox the kernel's caller id, on the host transport
+//! what its server puts there. Each caller with open handles is one core
 //! owner; its open handles keep it alive. When its last handle closes —
 //! because it closed them, or because it died and the kernel (or the host
-//! transport) closed them — the owner ends and the driver frees everything
-//! it still held, in one batch.
+//! transport) closed them — the owner ends and the core frees everything it
+//! still held, in one batch.
 //!
-//! Owner ids are never reused while the server runs, so a recycled pid can
-//! never inherit a dead process's BOs.
+//! Owner ids are never reused while the server runs, so a caller id that
+//! comes back later (a recycled pid) never inherits a dead caller's BOs.
 
 use pddgpu_ipc::idhash::IdMap;
 
-/// A client, as the driver core knows it.
-pub type OwnerId = u64;
+pub use pddgpu::driver::OwnerId;
 
 #[derive(Debug)]
 struct Entry {
@@ -18,25 +23,25 @@ struct Entry {
     handles: usize,
 }
 
-/// The live owners and their handle counts.
+/// The live callers: their owners, pids and handle counts.
 #[derive(Debug, Default)]
-pub struct Owners {
+pub struct Callers {
     by_pid: IdMap<usize, OwnerId>,
     entries: IdMap<OwnerId, Entry>,
     next: OwnerId,
 }
 
-impl Owners {
+impl Callers {
     /// An empty table; the first owner gets id 1.
     pub fn new() -> Self {
-        Owners {
+        Callers {
             next: 1,
             ..Default::default()
         }
     }
 
-    /// The owner for `pid`, creating it if needed, without counting a
-    /// handle (used before we know whether an open will succeed).
+    /// The owner of caller `pid`, creating it if needed, without counting
+    /// a handle (used before we know whether an open will succeed).
     pub fn owner_of(&mut self, pid: usize) -> OwnerId {
         if let Some(&owner) = self.by_pid.get(&pid) {
             return owner;
@@ -55,7 +60,7 @@ impl Owners {
         }
     }
 
-    /// Forgets an owner that got no handle after [`Owners::owner_of`]
+    /// Forgets an owner that got no handle after [`Callers::owner_of`]
     /// (its open failed). Returns true when it was removed.
     pub fn drop_if_idle(&mut self, owner: OwnerId) -> bool {
         match self.entries.get(&owner) {
@@ -108,7 +113,7 @@ mod tests {
 
     #[test]
     fn last_handle_ends_the_owner_and_ids_are_not_reused() {
-        let mut o = Owners::new();
+        let mut o = Callers::new();
         let a = o.owner_of(100);
         assert_eq!(o.owner_of(100), a);
         o.add_handle(a);
@@ -125,7 +130,7 @@ mod tests {
 
     #[test]
     fn owners_are_listed_with_pids() {
-        let mut o = Owners::new();
+        let mut o = Callers::new();
         let a = o.owner_of(7);
         let b = o.owner_of(9);
         o.add_handle(a);

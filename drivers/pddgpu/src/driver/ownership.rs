@@ -1,0 +1,424 @@
+//! The ownership model: who holds which BO, who pays for it, and who may
+//! import it. This is the one place these rules live; front ends (the
+//! `pddgpu:` scheme, tests, other microkernel servers) only translate their
+//! clients and handles onto it.
+//!
+//! # Owners
+//! An owner ([`OwnerId`]) is an opaque caller identity chosen by the front
+//! end: a connection on the host transport, the kernel's caller identity on
+//! Redox. The core never interprets it (a pid, if the front end has one, is
+//! display metadata kept by the front end). An owner exists while it holds
+//! a reference or is charged bytes; [`Driver::owner_exit`] ends it.
+//!
+//! # References
+//! Every hold of a BO is one reference of one owner: creating a BO gives
+//! its creator one, [`Driver::bo_ref`] adds one for an owner that already
+//! holds it (a second handle), [`Driver::bo_import`] adds one for any owner
+//! that presents the export token, [`Driver::bo_unref`] drops one. A front
+//! end maps each open handle on a BO to exactly one reference. A BO lives
+//! while any owner holds a reference and is freed with the last one.
+//!
+//! # Exports
+//! [`Driver::bo_export`] gives a holder a token; anyone who presents it
+//! imports the BO. The export belongs to the owner that made it (exporting
+//! again, by anyone, returns the same token) and lasts while that owner
+//! holds the BO: when the exporter's last reference goes — it closed its
+//! handles, or it exited — the token is revoked. Importers keep their
+//! references. An export never keeps a BO alive, so no BO outlives all its
+//! holders and nothing is left that no one is accountable for. Any holder
+//! may withdraw the export early ([`Driver::bo_unexport`]).
+//!
+//! # Charging
+//! A BO's size is charged to its creator's quota while the creator holds
+//! it; when the creator lets go, nobody is charged for it any more.
+//!
+//! # Locking
+//! Owners are sharded by id, BOs by id (see [`crate::bo`]); an operation
+//! that changes both locks the owner's shard first, then the BO's shard.
+//! The invariant kept under those locks: owner `o` is among a BO's holders
+//! exactly when the BO's id is in `o`'s held set.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use smallvec::SmallVec;
+
+use crate::bo::{BoId, IdMap, IdSet, OwnerId};
+use crate::device::Domain;
+
+#[cfg(doc)]
+use super::Driver;
+
+/// A live export: its token and the owner whose holding keeps it valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Export {
+    pub token: u64,
+    pub exporter: OwnerId,
+}
+
+/// What happened when an owner's last reference to a BO went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LetGo {
+    /// The owner was charged for the BO; its charge must be dropped.
+    pub was_charged: bool,
+    /// The owner was the exporter; the export has been revoked.
+    pub revoked_export: bool,
+}
+
+/// The ownership state of one BO: holders with their reference counts, the
+/// export, and who is charged.
+#[derive(Debug)]
+pub(crate) struct BoOwnership {
+    /// The creator (shown as the owner in reports while it holds the BO).
+    creator: OwnerId,
+    /// References per holding owner; the creator alone most of the time,
+    /// kept inline so a BO costs no allocation for it.
+    holders: SmallVec<[(OwnerId, u32); 1]>,
+    export: Option<Export>,
+    charged: Option<OwnerId>,
+}
+
+impl BoOwnership {
+    /// A new BO: one reference of `creator`, charged to it, not exported.
+    pub fn new(creator: OwnerId) -> Self {
+        BoOwnership {
+            creator,
+            holders: smallvec::smallvec![(creator, 1)],
+            export: None,
+            charged: Some(creator),
+        }
+    }
+
+    /// The creator.
+    pub fn creator(&self) -> OwnerId {
+        self.creator
+    }
+
+    /// Total references (all holders).
+    pub fn refcount(&self) -> u32 {
+        self.holders.iter().fold(0u32, |n, h| n.saturating_add(h.1))
+    }
+
+    /// Number of distinct holders.
+    pub fn holder_count(&self) -> u32 {
+        self.holders.len() as u32
+    }
+
+    /// Whether no owner holds the BO (it must then be freed).
+    pub fn is_unheld(&self) -> bool {
+        self.holders.is_empty()
+    }
+
+    /// Whether `owner` holds a reference.
+    pub fn is_held_by(&self, owner: OwnerId) -> bool {
+        self.holders.iter().any(|h| h.0 == owner)
+    }
+
+    /// The owner shown as holding it: the creator while it holds it, else
+    /// the first other holder, else 0.
+    pub fn primary_holder(&self) -> OwnerId {
+        if self.is_held_by(self.creator) {
+            self.creator
+        } else {
+            self.holders.first().map_or(0, |h| h.0)
+        }
+    }
+
+    /// The export token, while exported.
+    pub fn token(&self) -> Option<u64> {
+        self.export.map(|e| e.token)
+    }
+
+    /// Whether `owner` is charged for the BO.
+    #[cfg(test)]
+    pub fn is_charged_to(&self, owner: OwnerId) -> bool {
+        self.charged == Some(owner)
+    }
+
+    /// Adds one reference for `owner`.
+    pub fn add_reference(&mut self, owner: OwnerId) {
+        match self.holders.iter_mut().find(|h| h.0 == owner) {
+            Some(h) => h.1 = h.1.saturating_add(1),
+            None => self.holders.push((owner, 1)),
+        }
+    }
+
+    /// Drops one (or, with `all`, every) reference of `owner`. `None` while
+    /// `owner` still holds some; otherwise what letting go entailed (see
+    /// the module docs: the exporter's export is revoked, the creator's
+    /// charge ends). An owner holding nothing lets go of nothing.
+    pub fn drop_reference(&mut self, owner: OwnerId, all: bool) -> Option<LetGo> {
+        let i = self.holders.iter().position(|h| h.0 == owner)?;
+        if !all && self.holders[i].1 > 1 {
+            self.holders[i].1 -= 1;
+            return None;
+        }
+        self.holders.swap_remove(i);
+        let revoked_export = self.export.is_some_and(|e| e.exporter == owner);
+        if revoked_export {
+            self.export = None;
+        }
+        let was_charged = self.charged == Some(owner);
+        if was_charged {
+            self.charged = None;
+        }
+        debug_assert!(!self.is_held_by(owner));
+        debug_assert!(self.export.is_none_or(|e| self.is_held_by(e.exporter)));
+        Some(LetGo {
+            was_charged,
+            revoked_export,
+        })
+    }
+
+    /// Exports on behalf of `owner` (a holder): the existing token, or a
+    /// new one from `make_token` recorded as `owner`'s export.
+    pub fn export(&mut self, owner: OwnerId, make_token: impl FnOnce() -> u64) -> u64 {
+        debug_assert!(self.is_held_by(owner));
+        if let Some(e) = self.export {
+            return e.token;
+        }
+        let token = make_token();
+        self.export = Some(Export {
+            token,
+            exporter: owner,
+        });
+        token
+    }
+
+    /// Withdraws the export, if any.
+    pub fn unexport(&mut self) {
+        self.export = None;
+    }
+
+    /// Whether `token` opens this BO: it is exported and the token matches
+    /// (0 never does).
+    pub fn accepts(&self, token: u64) -> bool {
+        token != 0 && self.export.is_some_and(|e| e.token == token)
+    }
+}
+
+/// What one owner holds.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerEntry {
+    /// Ids of the BOs it holds a reference to.
+    pub held: IdSet,
+    /// Bytes charged per domain (sizes of BOs it created and still holds,
+    /// plus quota reservations of creates in progress).
+    pub charged: [u64; 2],
+}
+
+impl OwnerEntry {
+    /// Bytes charged in both domains.
+    pub fn charged_total(&self) -> u64 {
+        self.charged[0].saturating_add(self.charged[1])
+    }
+
+    /// Charges `bytes` in `domain`.
+    pub fn charge(&mut self, domain: Domain, bytes: u64) {
+        let c = &mut self.charged[domain.index()];
+        *c = c.saturating_add(bytes);
+    }
+
+    /// Drops a charge of `bytes` in `domain`.
+    pub fn uncharge(&mut self, domain: Domain, bytes: u64) {
+        let c = &mut self.charged[domain.index()];
+        debug_assert!(*c >= bytes, "uncharging more than was charged");
+        *c = c.saturating_sub(bytes);
+    }
+
+    /// Whether the owner holds nothing and is charged nothing.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.charged == [0, 0]
+    }
+}
+
+/// One shard of owners, plus the emptied set of the last owner removed,
+/// kept for the next new owner (an owner that creates and frees one BO at
+/// a time starts and ends its entry on every pair). Derefs to the map.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerShard {
+    map: IdMap<OwnerEntry>,
+    spare: Option<IdSet>,
+}
+
+impl OwnerShard {
+    /// `owner`'s entry, created (with a recycled set if there is one) if
+    /// missing.
+    pub fn entry_or_new(&mut self, owner: OwnerId) -> &mut OwnerEntry {
+        let spare = &mut self.spare;
+        self.map.entry(owner).or_insert_with(|| OwnerEntry {
+            held: spare.take().unwrap_or_default(),
+            charged: [0, 0],
+        })
+    }
+
+    /// Removes `owner`'s entry if it is empty, keeping its set for reuse.
+    pub fn remove_if_empty(&mut self, owner: OwnerId) {
+        if self.map.get(&owner).is_some_and(OwnerEntry::is_empty) {
+            if let Some(e) = self.map.remove(&owner) {
+                // Only small sets are worth keeping.
+                if e.held.capacity() <= 16 {
+                    self.spare = Some(e.held);
+                }
+            }
+        }
+    }
+
+    /// Records that `owner` let go of BO `id` (`charged` bytes of `domain`
+    /// charged to it, or 0), and drops the owner if nothing is left.
+    pub fn let_go(&mut self, owner: OwnerId, id: BoId, domain: Domain, charged: u64) {
+        if let Some(e) = self.map.get_mut(&owner) {
+            e.held.remove(&id.0);
+            if charged > 0 {
+                e.uncharge(domain, charged);
+            }
+        }
+        self.remove_if_empty(owner);
+    }
+}
+
+impl core::ops::Deref for OwnerShard {
+    type Target = IdMap<OwnerEntry>;
+    fn deref(&self) -> &IdMap<OwnerEntry> {
+        &self.map
+    }
+}
+
+impl core::ops::DerefMut for OwnerShard {
+    fn deref_mut(&mut self) -> &mut IdMap<OwnerEntry> {
+        &mut self.map
+    }
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PaddedShard(spin::Mutex<OwnerShard>);
+
+const SHARDS: usize = 32;
+
+/// All owners.
+#[derive(Debug)]
+pub(crate) struct Owners {
+    shards: Box<[PaddedShard]>,
+}
+
+impl Owners {
+    pub fn new() -> Self {
+        Owners {
+            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+        }
+    }
+
+    /// The locked shard of `owner`.
+    pub fn lock(&self, owner: OwnerId) -> spin::MutexGuard<'_, OwnerShard> {
+        // Owners are often small consecutive numbers; mix so neighbours
+        // land in different shards.
+        let h = owner.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58;
+        self.shards[h as usize % SHARDS].0.lock()
+    }
+
+    /// Calls `f` for every owner (one shard locked at a time).
+    pub fn for_each(&self, mut f: impl FnMut(OwnerId, &OwnerEntry)) {
+        for shard in self.shards.iter() {
+            for (owner, entry) in shard.0.lock().iter() {
+                f(*owner, entry);
+            }
+        }
+    }
+
+    /// Removes `owner` and returns what it held.
+    pub fn take(&self, owner: OwnerId) -> Option<OwnerEntry> {
+        self.lock(owner).remove(&owner)
+    }
+
+    /// The BOs `owner` holds, in id order.
+    pub fn held(&self, owner: OwnerId) -> Vec<BoId> {
+        let mut v: Vec<BoId> = self
+            .lock(owner)
+            .get(&owner)
+            .map(|e| e.held.iter().map(|&id| BoId(id)).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_count_holds_only() {
+        let mut o = BoOwnership::new(1);
+        o.add_reference(2);
+        o.add_reference(2);
+        assert_eq!(o.export(2, || 9), 9);
+        assert_eq!(
+            o.export(1, || 10),
+            9,
+            "exporting again gives the same token"
+        );
+        assert_eq!(o.refcount(), 3, "an export is not a reference");
+        assert_eq!(o.drop_reference(2, false), None, "2 still holds one");
+        let gone = o.drop_reference(1, false).unwrap();
+        assert_eq!(
+            gone,
+            LetGo {
+                was_charged: true,
+                revoked_export: false
+            },
+            "the creator let go: its charge ends, 2's export stays"
+        );
+        assert_eq!(o.primary_holder(), 2);
+        assert!(o.accepts(9) && !o.accepts(8) && !o.accepts(0));
+        let gone = o.drop_reference(2, true).unwrap();
+        assert!(gone.revoked_export && !gone.was_charged);
+        assert!(o.is_unheld());
+        assert_eq!(o.primary_holder(), 0);
+        assert_eq!(o.token(), None);
+        assert!(!o.accepts(9));
+        assert_eq!(o.drop_reference(2, false), None, "2 holds nothing");
+    }
+
+    #[test]
+    fn the_exporter_letting_go_revokes_the_export_only() {
+        let mut o = BoOwnership::new(1);
+        let t = o.export(1, || 77);
+        o.add_reference(3);
+        assert!(o.accepts(t));
+        let gone = o.drop_reference(1, false).unwrap();
+        assert!(gone.revoked_export);
+        assert!(!o.accepts(t), "the token dies with the exporter's hold");
+        assert!(o.is_held_by(3), "the importer keeps its reference");
+        assert!(!o.is_charged_to(1) && !o.is_charged_to(3));
+    }
+
+    #[test]
+    fn emptied_entries_go_and_their_set_is_reused() {
+        let mut shard = OwnerShard::default();
+        shard.entry_or_new(7).held.insert(1);
+        shard.remove_if_empty(7);
+        assert!(shard.contains_key(&7), "an owner holding a BO stays");
+        shard.get_mut(&7).unwrap().held.remove(&1);
+        shard.entry_or_new(7).charge(Domain::Vram, 10);
+        shard.remove_if_empty(7);
+        assert!(shard.contains_key(&7), "an owner with charged bytes stays");
+        shard.get_mut(&7).unwrap().uncharge(Domain::Vram, 10);
+        let cap = shard[&7].held.capacity();
+        assert!(cap > 0);
+        shard.remove_if_empty(7);
+        assert!(!shard.contains_key(&7), "an empty owner is removed");
+        let fresh = shard.entry_or_new(8);
+        assert!(fresh.is_empty(), "a recycled set starts empty");
+        assert_eq!(fresh.held.capacity(), cap, "the set was reused");
+        assert_eq!(
+            shard.entry_or_new(9).held.capacity(),
+            0,
+            "one spare only: the next owner starts with a fresh set"
+        );
+        shard.entry_or_new(9).held.insert(5);
+        shard.entry_or_new(9).charge(Domain::Gtt, 4);
+        shard.let_go(9, BoId(5), Domain::Gtt, 4);
+        assert!(!shard.contains_key(&9), "letting go of its last BO ends it");
+    }
+}

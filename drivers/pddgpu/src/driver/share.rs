@@ -1,0 +1,83 @@
+//! Sharing: more references for a holder, exports and imports. The rules
+//! are those of [`super::ownership`].
+
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use super::gate::{Lane, Mode};
+use super::{Driver, DriverError, GTT_BASE};
+use crate::bo::{BoId, BoInfo, OwnerId};
+
+impl Driver {
+    /// Adds a reference for `owner`, which must already hold the BO (a
+    /// front end opening a second handle on it). Returns its description.
+    pub fn bo_ref(&self, owner: OwnerId, id: BoId) -> Result<BoInfo, DriverError> {
+        let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        let mut shard = self.table.shard(id);
+        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
+        if !entry.own.is_held_by(owner) {
+            return Err(DriverError::PermissionDenied);
+        }
+        entry.own.add_reference(owner);
+        Ok(entry.info(id, GTT_BASE))
+    }
+
+    /// The BOs `owner` holds, in id order.
+    pub fn owner_bos(&self, owner: OwnerId) -> Vec<BoId> {
+        self.owners.held(owner)
+    }
+
+    fn make_token(&self, id: BoId) -> u64 {
+        #[allow(deprecated)]
+        let mut h = core::hash::SipHasher::new_with_keys(self.token_key[0], self.token_key[1]);
+        let n = self.token_counter.fetch_add(1, Ordering::Relaxed);
+        core::hash::Hasher::write_u64(&mut h, id.0);
+        core::hash::Hasher::write_u64(&mut h, n);
+        core::hash::Hasher::finish(&h).max(1)
+    }
+
+    /// Exports a BO held by `owner`: returns the token with which others
+    /// import it. Exporting again (by any holder) returns the same token.
+    /// The export lasts while its exporter holds the BO (see
+    /// [`super::ownership`]).
+    pub fn bo_export(&self, owner: OwnerId, id: BoId) -> Result<u64, DriverError> {
+        let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        let mut shard = self.table.shard(id);
+        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
+        if !entry.own.is_held_by(owner) {
+            return Err(DriverError::PermissionDenied);
+        }
+        let token = entry.own.export(owner, || self.make_token(id));
+        self.publish_holders(entry);
+        Ok(token)
+    }
+
+    /// Withdraws a BO's export (its token stops working). Any holder may;
+    /// the BO itself stays.
+    pub fn bo_unexport(&self, owner: OwnerId, id: BoId) -> Result<(), DriverError> {
+        let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        let mut shard = self.table.shard(id);
+        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
+        if !entry.own.is_held_by(owner) {
+            return Err(DriverError::PermissionDenied);
+        }
+        entry.own.unexport();
+        self.publish_holders(entry);
+        Ok(())
+    }
+
+    /// Imports an exported BO: `owner` gets a reference to it.
+    pub fn bo_import(&self, owner: OwnerId, id: BoId, token: u64) -> Result<BoInfo, DriverError> {
+        let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        let mut owners = self.owners.lock(owner);
+        let mut shard = self.table.shard(id);
+        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
+        if !entry.own.accepts(token) {
+            return Err(DriverError::BadToken);
+        }
+        entry.own.add_reference(owner);
+        owners.entry_or_new(owner).held.insert(id.0);
+        self.publish_holders(entry);
+        Ok(entry.info(id, GTT_BASE))
+    }
+}

@@ -1,0 +1,220 @@
+//! Handles: what each open handle names, and the translation of opening
+//! and closing one into core calls. Every handle on a BO is exactly one
+//! core reference of the handle's owner (see
+//! `pddgpu::driver::ownership`): opening takes one (create, a second
+//! handle, or an import), closing drops it.
+
+use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError};
+use pddgpu_ipc::idhash::IdMap;
+use pddgpu_ipc::wire::Domain;
+use redox_scheme::CallerCtx;
+use syscall::error::{EACCES, EISDIR, ENOENT, EPERM, ESHUTDOWN};
+use syscall::flag::{O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY};
+
+use crate::callers::OwnerId;
+use crate::convert::{core_domain, core_flags, wire_domain};
+use crate::errno::driver_errno;
+use crate::path::{DirKind, FileKind, Node};
+use crate::scheme::PddgpuScheme;
+
+/// What a handle names.
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// A directory.
+    Dir(DirKind),
+    /// A generated file, with the snapshot being read.
+    File { kind: FileKind, snapshot: Vec<u8> },
+    /// The `control` file.
+    Control,
+    /// A tunable, with the snapshot being read.
+    Config { name: String, snapshot: Vec<u8> },
+    /// A BO (one core reference of the handle's owner).
+    Bo { id: BoId, size: u64, domain: Domain },
+}
+
+/// One open handle.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub owner: OwnerId,
+    pub read: bool,
+    pub write: bool,
+    pub kind: Kind,
+}
+
+/// The open handles of all callers, by handle id (ids are never reused).
+#[derive(Debug)]
+pub(crate) struct Handles {
+    map: IdMap<usize, Handle>,
+    next: usize,
+}
+
+impl Handles {
+    /// An empty table whose first id is `first`.
+    pub fn new(first: usize) -> Self {
+        Handles {
+            map: IdMap::default(),
+            next: first,
+        }
+    }
+
+    /// Stores `handle` under a fresh id.
+    pub fn insert(&mut self, handle: Handle) -> usize {
+        let id = self.next;
+        self.next += 1;
+        self.map.insert(id, handle);
+        id
+    }
+
+    pub fn get(&self, id: usize) -> Option<&Handle> {
+        self.map.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: usize) -> Option<&mut Handle> {
+        self.map.get_mut(&id)
+    }
+
+    pub fn remove(&mut self, id: usize) -> Option<Handle> {
+        self.map.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// A refused open: the errno and the reason for the log.
+pub(crate) type Refusal = (i32, String);
+
+fn refuse<T>(errno: i32, why: &str) -> Result<T, Refusal> {
+    Err((errno, why.to_string()))
+}
+
+fn driver_refusal(e: DriverError) -> Refusal {
+    (driver_errno(&e), e.to_string())
+}
+
+impl PddgpuScheme {
+    /// Opens `node` for `owner` with the access mode in `flags`.
+    pub(crate) fn open_node(
+        &mut self,
+        node: Node,
+        flags: usize,
+        owner: OwnerId,
+        ctx: &CallerCtx,
+    ) -> Result<Handle, Refusal> {
+        let acc = flags & O_ACCMODE;
+        let read = acc == O_RDONLY || acc == O_RDWR || acc == 0;
+        let write = acc == O_WRONLY || acc == O_RDWR;
+        let kind = match node {
+            Node::Dir(dir) => {
+                if write {
+                    return refuse(EISDIR, "directories cannot be written");
+                }
+                Kind::Dir(dir)
+            }
+            Node::File(kind) => {
+                if write {
+                    return refuse(EACCES, "this file is read-only");
+                }
+                Kind::File {
+                    kind,
+                    snapshot: Vec::new(),
+                }
+            }
+            Node::Control => {
+                if read && !write {
+                    return refuse(EACCES, "control is write-only");
+                }
+                if !self.privileged(ctx) {
+                    return refuse(EACCES, "control needs root or the server's user");
+                }
+                Kind::Control
+            }
+            Node::Config(name) => {
+                if self.driver().tunables().get(&name).is_none() {
+                    return refuse(ENOENT, "no such tunable");
+                }
+                if write && !self.privileged(ctx) {
+                    return refuse(EACCES, "setting tunables needs root or the server's user");
+                }
+                Kind::Config {
+                    name,
+                    snapshot: Vec::new(),
+                }
+            }
+            Node::BoNew(desc) => {
+                if self.shutdown_requested() {
+                    return refuse(ESHUTDOWN, "the server is shutting down");
+                }
+                let req = BoCreate {
+                    size: desc.size,
+                    domain: core_domain(desc.domain),
+                    // Every BO handed to a client starts zeroed, whatever
+                    // flags it asked for: memory freed by one client must
+                    // never show up in another's BO.
+                    flags: core_flags(desc.flags) | CoreBoFlags::CLEARED,
+                    // Every BO starts on a page of its own: no two BOs share a
+                    // page, since mapping is page-granular.
+                    align: desc.align.max(crate::backing::PAGE),
+                    label: &desc.label,
+                };
+                if desc.attempt > 0 {
+                    self.driver().note_retry(req.domain);
+                }
+                let now = self.now_ms();
+                let id = self
+                    .driver()
+                    .bo_create(owner, &req, now)
+                    .map_err(driver_refusal)?;
+                if self.backing_mut().has_bo_memories(desc.domain) {
+                    // Pages of a freed BO that a client had mapped: take
+                    // them back before anyone can write this BO.
+                    if let Ok(info) = self.driver().bo_info(owner, id) {
+                        self.backing_mut().reclaim(desc.domain, &info.segments);
+                    }
+                }
+                Kind::Bo {
+                    id,
+                    size: desc.size,
+                    domain: desc.domain,
+                }
+            }
+            Node::Bo { id, token } => {
+                let bo = BoId(id);
+                // A holder opens another handle; anyone else needs the
+                // export token.
+                let info = match (self.driver().bo_ref(owner, bo), token) {
+                    (Err(DriverError::PermissionDenied), Some(token)) => {
+                        self.driver().bo_import(owner, bo, token)
+                    }
+                    (Err(DriverError::PermissionDenied), None) => {
+                        return refuse(EPERM, "another client's BO (import it with ?token=)")
+                    }
+                    (Err(DriverError::NoSuchBo), None) => return refuse(ENOENT, "no such BO"),
+                    (result, _) => result,
+                }
+                .map_err(driver_refusal)?;
+                Kind::Bo {
+                    id: bo,
+                    size: info.size,
+                    domain: wire_domain(info.domain),
+                }
+            }
+        };
+        Ok(Handle {
+            owner,
+            read,
+            write,
+            kind,
+        })
+    }
+
+    /// Drops the core reference a closed BO handle stood for.
+    pub(crate) fn drop_reference(&self, owner: OwnerId, kind: &Kind) {
+        if let Kind::Bo { id, .. } = kind {
+            if let Err(e) = self.driver().bo_unref(owner, *id) {
+                log::warn!("owner {owner}: unref of BO {id}: {e}");
+            }
+        }
+    }
+}
