@@ -14,7 +14,7 @@
 //! round trips: how much the server loop, the scheme and the driver add.
 //! Raw and ours are timed in alternating short rounds and the best round of
 //! each is kept, so neighbours on a busy machine do not decide the result
-//! (see `compare`); the latency comparisons run with client and server
+//! (see `compare`; the median of per-round ratios is printed too); the latency comparisons run with client and server
 //! pinned to one CPU (see `pin_to_current_cpu`). A `null_request`
 //! (fsync on an open handle: the transport and handle lookup only) shows
 //! the transport's own share.
@@ -43,7 +43,7 @@ use syscall::flag::{O_RDONLY, O_RDWR};
 use syscall::schemev2::Opcode;
 
 const WORKER_ENV: &str = "PDDGPU_BENCH_WORKER";
-const ROUNDS: usize = 41;
+const ROUNDS: usize = 61;
 const ITERS: usize = 1_000;
 const PROCS: usize = 8;
 const PROC_PAIRS: usize = 5_000;
@@ -121,18 +121,44 @@ fn pin_to_current_cpu() -> CpuSet {
 /// see the same machine load) and keeps each one's best round: on a shared
 /// machine the scheduler sometimes slows a whole round tenfold, and the
 /// best round is the cost of the code rather than of the neighbours.
-/// Returns raw ns, our ns, and `ours / (raw * requests)`.
-fn compare(raw: &mut RawEcho, requests: f64, ours: &mut dyn FnMut()) -> (f64, f64, f64) {
+/// Returns raw ns, our ns, `ours / (raw * requests)` from the best rounds,
+/// and the median over rounds of that ratio taken within each round (which
+/// keeps the load a round saw, for comparison).
+fn compare(raw: &mut RawEcho, requests: f64, ours: &mut dyn FnMut()) -> Comparison {
     for _ in 0..ITERS {
         raw.roundtrip();
         ours();
     }
     let (mut r, mut o) = (f64::MAX, f64::MAX);
-    for _ in 0..ROUNDS {
-        r = r.min(time_ns(&mut || raw.roundtrip()));
-        o = o.min(time_ns(ours));
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        // Alternate which side goes first.
+        let (rr, oo) = if round % 2 == 0 {
+            let rr = time_ns(&mut || raw.roundtrip());
+            (rr, time_ns(ours))
+        } else {
+            let oo = time_ns(ours);
+            (time_ns(&mut || raw.roundtrip()), oo)
+        };
+        r = r.min(rr);
+        o = o.min(oo);
+        ratios.push(oo / (rr * requests));
     }
-    (r, o, o / (r * requests))
+    ratios.sort_by(f64::total_cmp);
+    Comparison {
+        raw: r,
+        ours: o,
+        ratio: o / (r * requests),
+        median: ratios[ratios.len() / 2],
+    }
+}
+
+/// The figures of one [`compare`].
+struct Comparison {
+    raw: f64,
+    ours: f64,
+    ratio: f64,
+    median: f64,
 }
 
 struct Server {
@@ -318,15 +344,15 @@ fn main() {
     let mut c = HostConnection::connect(&server.socket).unwrap();
     // A request that does nothing but find its handle: the transport alone.
     let stats = open(&mut c, "stats", O_RDONLY);
-    let (raw_null, null, null_ratio) = compare(&mut raw, 1.0, &mut || {
+    let null = compare(&mut raw, 1.0, &mut || {
         let r = c
             .request(Opcode::Fsync, [stats, 0, 0, 0, 0, 0], &[], 0)
             .unwrap();
         assert_eq!(r.result(), Ok(0));
     });
     close(&mut c, stats);
-    let (raw_af, af, af_ratio) = compare(&mut raw, 2.0, &mut || alloc_free(&mut c));
-    let (raw_sr, sr, sr_ratio) = compare(&mut raw, 3.0, &mut || stats_read(&mut c));
+    let af = compare(&mut raw, 2.0, &mut || alloc_free(&mut c));
+    let sr = compare(&mut raw, 3.0, &mut || stats_read(&mut c));
     drop(c);
     drop(raw);
     drop(server);
@@ -337,14 +363,20 @@ fn main() {
     let (ops, secs) = eight_processes(&server.socket);
     drop(server);
 
-    let raw_ns = raw_null.min(raw_af).min(raw_sr);
+    let raw_ns = null.raw.min(af.raw).min(sr.raw);
     println!("{raw_ns:.0} ns raw_roundtrip");
-    println!("{af:.0} ns bo_alloc_free_ipc");
-    println!("ratio ipc/bo_alloc_free/raw_roundtrip {af_ratio:.3}");
-    println!("{sr:.0} ns stats_read_ipc");
-    println!("ratio ipc/stats_read/raw_roundtrip {sr_ratio:.3}");
-    println!("{null:.0} ns null_request_ipc");
-    println!("ratio ipc/null_request/raw_roundtrip {null_ratio:.3}");
+    for (name, c) in [
+        ("bo_alloc_free", &af),
+        ("stats_read", &sr),
+        ("null_request", &null),
+    ] {
+        println!("{:.0} ns {name}_ipc", c.ours);
+        println!("ratio ipc/{name}/raw_roundtrip {:.3}", c.ratio);
+        println!(
+            "  ({name}: median of per-round ratios {:.3}, raw round trip {:.0} ns in its best round)",
+            c.median, c.raw
+        );
+    }
     println!(
         "{ops:.0} bo_alloc_free/s with {PROCS} client processes ({} pairs in {secs:.3} s)",
         PROCS * PROC_PAIRS

@@ -5,17 +5,21 @@
 //!   `bo_create` of 4 KiB plus its `bo_unref`, single thread, with 1000
 //!   other BOs live, as thread CPU time (robust on a shared machine; the
 //!   wall-clock figure follows on the next line);
-//! - `ratio driver/stats_readers <r>`: the writer's time per create+free
-//!   without readers divided by its time while 2 threads call
-//!   `Driver::stats()` in a loop (≥ 0.9: readers do not slow writers).
-//!   Measured as the writer thread's CPU time, so that it shows
-//!   interference (cache traffic, retries), not the scheduler sharing too
-//!   few cores among three busy threads; the wall-clock ratio is printed
-//!   too, with the number of cores.
+//! - `ratio driver/stats_readers <r>`: what statistics readers cost a
+//!   writer. The writer thread (pinned to one CPU) creates and frees BOs
+//!   while 2 helper threads (pinned to another CPU) either spin on private
+//!   data (the control: the same CPU competition, no shared data) or call
+//!   `Driver::stats()` in a loop; `r` = the writer's time per pair beside
+//!   the spinners / beside the readers (1 = readers cost the writer
+//!   nothing beyond any busy neighbour). Times are the writer thread's CPU
+//!   time; the three settings (helpers idle, spinning, reading) alternate
+//!   in short rounds and each keeps its best round, so load from other
+//!   processes hits all three alike. `ratio driver/stats_readers_vs_idle`
+//!   compares with idle helpers instead.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use pddgpu::device::{SimConfig, SimDevice};
@@ -100,64 +104,171 @@ fn main() {
     }
 
     let mixed = [Domain::Vram, Domain::Gtt];
-    let (alone_wall, alone_cpu) = best(5, || pairs(&d, &mixed, n));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(AtomicU64::new(0));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (d, stop, reads) = (d.clone(), stop.clone(), reads.clone());
-            std::thread::spawn(move || {
-                let mut k = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    black_box(d.stats());
-                    k += 1;
-                }
-                reads.fetch_add(k, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let (busy_wall, busy_cpu) = best(5, || pairs(&d, &mixed, n));
-    let reads_busy = reads.load(Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        r.join().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (writer_cpu, helper_cpu) = (0, if cpus > 1 { 1 } else { 0 });
+    pin_to(writer_cpu);
+    let helpers = Helpers::start(d.clone(), helper_cpu);
+    // Readers against the control, in short alternating segments (the
+    // helpers switch between spinning and reading at once); the ratio is
+    // taken within each round and the median over rounds is reported, so
+    // load from other processes, which changes between rounds, cancels out.
+    let rounds = 101;
+    let segment = 2_000;
+    helpers.set(MODE_SPIN);
+    pairs(&d, &mixed, segment);
+    let mut ratios = Vec::with_capacity(rounds);
+    let (mut spin_best, mut read_best) = (f64::MAX, f64::MAX);
+    let mut read_time = 0.0;
+    let reads_before = helpers.reads();
+    for r in 0..rounds {
+        let mut cpu = [0.0; 2];
+        for k in 0..2 {
+            let reading = (r + k) % 2 == 1;
+            helpers.switch(if reading { MODE_READ } else { MODE_SPIN });
+            let t = Instant::now();
+            cpu[usize::from(reading)] = pairs(&d, &mixed, segment).1;
+            if reading {
+                read_time += t.elapsed().as_secs_f64();
+            }
+        }
+        spin_best = spin_best.min(cpu[0]);
+        read_best = read_best.min(cpu[1]);
+        ratios.push(cpu[0] / cpu[1]);
     }
-    let reads_done = reads.load(Ordering::Relaxed);
-    let _ = reads_busy;
-    // Control: two threads spinning on private data (no shared cache
-    // lines): what CPU contention alone costs the writer on this machine.
-    let stop = Arc::new(AtomicBool::new(false));
-    let spinners: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
-    let (ctl_wall, ctl_cpu) = best(5, || pairs(&d, &mixed, n));
-    stop.store(true, Ordering::Relaxed);
-    for s in spinners {
-        s.join().unwrap();
+    let read_rate = (helpers.reads() - reads_before) as f64 / read_time;
+    // Against idle helpers (blocked): fewer, longer rounds, as switching
+    // to and from blocking takes a while.
+    let mut idle_ratios = Vec::new();
+    let mut idle_best = f64::MAX;
+    for r in 0..11 {
+        let mut cpu = [0.0; 2];
+        for k in 0..2 {
+            let reading = (r + k) % 2 == 1;
+            helpers.set(if reading { MODE_READ } else { MODE_IDLE });
+            cpu[usize::from(reading)] = pairs(&d, &mixed, 10 * segment).1;
+        }
+        idle_best = idle_best.min(cpu[0]);
+        idle_ratios.push(cpu[0] / cpu[1]);
     }
-    println!("ratio driver/stats_readers {:.3}", alone_cpu / busy_cpu);
+    helpers.stop();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("ratio driver/stats_readers {:.3}", median(&mut ratios));
     println!(
-        "ratio driver/spinning_threads {:.3} (control: 2 threads sharing nothing; wall {:.3})",
-        alone_cpu / ctl_cpu,
-        alone_wall / ctl_wall
+        "ratio driver/stats_readers_vs_idle {:.3}",
+        median(&mut idle_ratios)
     );
     println!(
-        "ratio driver/stats_readers wall {:.3} (2 readers + 1 writer on {} cores)",
-        alone_wall / busy_wall,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "ns bo_create+free mixed (writer CPU time, best segment): helpers idle {idle_best:.0}, spinning {spin_best:.0}, reading stats {read_best:.0}; stats reads/s while reading {read_rate:.0}; writer on CPU {writer_cpu}, helpers on CPU {helper_cpu} of {cpus}"
     );
-    println!(
-        "ns bo_create+free mixed: alone {alone_cpu:.0} cpu / {alone_wall:.0} wall, with readers {busy_cpu:.0} cpu / {busy_wall:.0} wall; stats reads/s {:.0}",
-        reads_done as f64 / elapsed
-    );
+}
+
+const MODE_IDLE: u8 = 0;
+const MODE_SPIN: u8 = 1;
+const MODE_READ: u8 = 2;
+const MODE_EXIT: u8 = 3;
+
+/// Pins the calling thread to `cpu` (best effort: not where affinity is
+/// unavailable).
+fn pin_to(cpu: usize) {
+    // SAFETY: `set` is a plain bit set on the stack, passed by pointer with
+    // its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Two helper threads on one CPU: idle (blocked), spinning on private
+/// data, or reading the statistics in a loop.
+struct Helpers {
+    mode: Arc<(Mutex<u8>, Condvar)>,
+    fast: Arc<AtomicU8>,
+    reads: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Helpers {
+    fn start(d: Arc<Driver>, cpu: usize) -> Helpers {
+        let mode = Arc::new((Mutex::new(MODE_IDLE), Condvar::new()));
+        let fast = Arc::new(AtomicU8::new(MODE_IDLE));
+        let reads = Arc::new(AtomicU64::new(0));
+        let threads = (0..2)
+            .map(|_| {
+                let (d, mode, fast, reads) = (d.clone(), mode.clone(), fast.clone(), reads.clone());
+                std::thread::spawn(move || {
+                    pin_to(cpu);
+                    loop {
+                        {
+                            let (lock, cv) = &*mode;
+                            let mut m = lock.lock().unwrap();
+                            while *m == MODE_IDLE {
+                                m = cv.wait(m).unwrap();
+                            }
+                            if *m == MODE_EXIT {
+                                return;
+                            }
+                        }
+                        // Spin or read, as `fast` says, until told to stop.
+                        let mut x = 0u64;
+                        loop {
+                            match fast.load(Ordering::Relaxed) {
+                                MODE_SPIN => {
+                                    for _ in 0..64 {
+                                        x = black_box(
+                                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                                        );
+                                    }
+                                }
+                                MODE_READ => {
+                                    for _ in 0..64 {
+                                        black_box(d.stats());
+                                    }
+                                    reads.fetch_add(64, Ordering::Relaxed);
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Helpers {
+            mode,
+            fast,
+            reads,
+            threads,
+        }
+    }
+
+    /// Switches the helpers to `m`, waiting until they have left a blocked
+    /// state or reached one.
+    fn set(&self, m: u8) {
+        let (lock, cv) = &*self.mode;
+        *lock.lock().unwrap() = m;
+        self.fast.store(m, Ordering::Relaxed);
+        cv.notify_all();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+
+    /// Switches running helpers between spinning and reading, at once.
+    fn switch(&self, m: u8) {
+        *self.mode.0.lock().unwrap() = m;
+        self.fast.store(m, Ordering::Relaxed);
+    }
+
+    /// Stats reads done so far.
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) {
+        self.set(MODE_EXIT);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
 }

@@ -1,0 +1,447 @@
+//! Scale: the stress shape of the design notes — 100 client threads, each
+//! creating and freeing a 4 KiB VRAM BO 1000 times — run
+//!
+//! - in process: 100 threads on one `Driver` (the core, no transport);
+//! - over the host transport: a real host server in this process and the
+//!   100 client threads spread over 1, 2 and 4 client processes (each
+//!   thread with its own connection, as each would be its own client);
+//!
+//! each on 1 CPU and on 2 CPUs (the whole process tree is confined with
+//! `sched_setaffinity` before anything starts; children inherit it).
+//!
+//! Prints `throughput scale/<setup>/<n>cpu <pairs per second>` (best of
+//! `SCALE_BENCH_ROUNDS`, default 3) and `scaling scale/<setup> <2-CPU
+//! throughput / 1-CPU throughput>`, and writes `target/scale.svg`: the
+//! throughput against the number of client processes, one line per CPU
+//! count, with the in-process figures as reference lines.
+//!
+//! Run: `cargo bench -p pddgpu-ipc --bench scale`.
+
+#![allow(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pddgpu::device::{SimConfig, SimDevice};
+use pddgpu::driver::{BoCreate, BoFlags, Domain, Driver};
+use pddgpu_ipc::host::{HostConnection, HostServer, ServerLimits, ROOT_FD};
+use rustix::thread::{sched_setaffinity, CpuSet};
+use syscall::flag::O_RDWR;
+use syscall::schemev2::Opcode;
+
+const WORKER_ENV: &str = "PDDGPU_SCALE_WORKER";
+const THREADS_ENV: &str = "PDDGPU_SCALE_THREADS";
+const THREADS: usize = 100;
+const PAIRS: usize = 1000;
+const MIB: u64 = 1 << 20;
+const PROCESS_COUNTS: [usize; 3] = [1, 2, 4];
+
+/// Confines this thread (and every thread and process it starts from now
+/// on) to the first `cpus` CPUs.
+fn confine(cpus: usize) {
+    let mut set = CpuSet::new();
+    for cpu in 0..cpus {
+        set.set(cpu);
+    }
+    sched_setaffinity(None, &set).expect("sched_setaffinity");
+}
+
+/// 100 threads × 1000 create+free pairs on one in-process driver; seconds.
+fn in_process() -> f64 {
+    let dev = SimDevice::new(SimConfig {
+        vram_size: 256 * MIB,
+        visible_size: 64 * MIB,
+        gtt_size: 256 * MIB,
+    })
+    .expect("simulated device");
+    let d = Arc::new(Driver::new(dev.resources(), 0).expect("driver"));
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (d, barrier) = (d.clone(), barrier.clone());
+            thread::spawn(move || {
+                let req = BoCreate {
+                    size: 4096,
+                    domain: Domain::Vram,
+                    flags: BoFlags::empty(),
+                    align: 0,
+                    label: "scale",
+                };
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..PAIRS {
+                    let id = d.bo_create(t as u64 + 1, &req, 0).expect("bo_create");
+                    d.bo_unref(t as u64 + 1, id).expect("bo_unref");
+                }
+                (start, Instant::now())
+            })
+        })
+        .collect();
+    // From the first thread's start to the last one's end (the main thread
+    // may be scheduled late, so it does not hold the clock).
+    let spans: Vec<(Instant, Instant)> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let first = spans.iter().map(|s| s.0).min().expect("threads");
+    let last = spans.iter().map(|s| s.1).max().expect("threads");
+    (last - first).as_secs_f64()
+}
+
+/// A host server on a simulated device, in a thread of this process.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!("pddgpu-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("socket directory");
+        let socket = dir.join("pddgpu.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, path) = (stop.clone(), socket.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = thread::spawn(move || {
+            let opts = pddgpud::Options::for_sim(256 * MIB, 256 * MIB);
+            let device = pddgpud::backend::open(&opts).expect("simulated device");
+            let scheme = device.into_scheme(&opts);
+            let mut server =
+                HostServer::bind(&path, ServerLimits::default(), scheme).expect("bind");
+            ready_tx.send(()).expect("ready");
+            while !s.load(Ordering::Relaxed) {
+                server
+                    .accept(Some(Duration::from_millis(20)))
+                    .expect("accept");
+            }
+            let _scheme = server.shutdown();
+        });
+        ready_rx.recv().expect("server ready");
+        Server {
+            stop,
+            thread: Some(thread),
+            socket,
+            dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One 4 KiB VRAM BO created (open `bo/new`) and freed (close).
+fn alloc_free(c: &mut HostConnection) {
+    let path = b"bo/new?size=4096&domain=vram";
+    let r = c
+        .request(
+            Opcode::OpenAt,
+            [ROOT_FD, 0, 0, O_RDWR as u64, 0, 0],
+            path,
+            0,
+        )
+        .expect("open request");
+    let id = r.result().expect("open bo/new") as u64;
+    let r = c
+        .request(Opcode::CloseMsg, [id, 0, 0, 0, 0, 0], &[], 0)
+        .expect("close request");
+    assert_eq!(r.result(), Ok(0));
+}
+
+/// Worker process: `threads` connections, each in its own thread; runs
+/// when told `go` on stdin, says `done` when all have finished.
+fn worker(socket: &Path, threads: usize) {
+    let conns: Vec<HostConnection> = (0..threads)
+        .map(|_| HostConnection::connect(socket).expect("worker connect"))
+        .collect();
+    println!("ready");
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).expect("go");
+    let handles: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                for _ in 0..PAIRS {
+                    alloc_free(&mut c);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    println!("done");
+}
+
+/// 100 client threads over `procs` processes against `socket`; seconds
+/// from `go` to the last `done`.
+fn over_transport(socket: &Path, procs: usize) -> f64 {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut children: Vec<_> = (0..procs)
+        .map(|p| {
+            // Spread the threads as evenly as they go.
+            let threads = THREADS / procs + usize::from(p < THREADS % procs);
+            Command::new(&exe)
+                .env(WORKER_ENV, socket)
+                .env(THREADS_ENV, threads.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    let mut outs: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("worker stdout")))
+        .collect();
+    let expect = |o: &mut BufReader<_>, what: &str| {
+        let mut line = String::new();
+        o.read_line(&mut line).expect("worker line");
+        assert_eq!(line.trim(), what);
+    };
+    for o in &mut outs {
+        expect(o, "ready");
+    }
+    let start = Instant::now();
+    for c in &mut children {
+        writeln!(c.stdin.as_mut().expect("worker stdin"), "go").expect("go");
+    }
+    for o in &mut outs {
+        expect(o, "done");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for mut c in children {
+        assert!(c.wait().expect("worker exit").success());
+    }
+    secs
+}
+
+/// `target/` of this build: the bench executable is `target/<profile>/deps/<name>`.
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// `v` with an SI suffix (`20k`, `1M`).
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{}k", v / 1e3)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The plot: throughput (pairs/s) against client processes, one line per
+/// CPU count, the in-process throughput of each CPU count as a dashed line.
+fn svg(cpu_counts: &[usize], transport: &[Vec<f64>], in_proc: &[f64]) -> String {
+    let (w, h, left, right, top, bottom) = (640.0, 400.0, 80.0, 150.0, 40.0, 50.0);
+    // Logarithmic throughput axis: in-process figures are two orders of
+    // magnitude above the transport's.
+    let values = || transport.iter().flatten().chain(in_proc).copied();
+    let lo = 10f64.powf(values().fold(f64::MAX, f64::min).max(1.0).log10().floor());
+    let hi = 10f64.powf(values().fold(1.0, f64::max).log10().ceil());
+    let x_of = |i: usize| left + (w - left - right) * i as f64 / (PROCESS_COUNTS.len() - 1) as f64;
+    let y_of =
+        |v: f64| top + (h - top - bottom) * (1.0 - (v.max(lo) / lo).log10() / (hi / lo).log10());
+    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{THREADS} client threads x {PAIRS} BO create+free: throughput</text>"#,
+        w / 2.0
+    );
+    // Axes, grid and labels.
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/><line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        h - bottom,
+        h - bottom,
+        w - right,
+        h - bottom
+    );
+    let mut decade = lo;
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v > hi {
+                break;
+            }
+            let y = y_of(v);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+                w - right,
+                left - 6.0,
+                y + 4.0,
+                si(v)
+            );
+        }
+        decade *= 10.0;
+    }
+    for (i, p) in PROCESS_COUNTS.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{p}</text>"#,
+            x_of(i),
+            h - bottom + 18.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">client processes (host transport)</text>"#,
+        (left + w - right) / 2.0,
+        h - 8.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">create+free pairs per second (log)</text>"#,
+        h / 2.0,
+        h / 2.0
+    );
+    for (c, &cpus) in cpu_counts.iter().enumerate() {
+        let colour = colours[c % colours.len()];
+        let points: Vec<String> = transport[c]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| format!("{:.1},{:.1}", x_of(i), y_of(v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            points.join(" ")
+        );
+        for (i, &v) in transport[c].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{colour}"/>"#,
+                x_of(i),
+                y_of(v)
+            );
+        }
+        let y = y_of(in_proc[c]);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="{colour}" stroke-dasharray="6 4"/>"#,
+            w - right
+        );
+        let ly = top + 20.0 + 36.0 * c as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{ly:.1}" x2="{}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{:.1}">{cpus} CPU, transport</text>"#,
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 34.0,
+            ly + 4.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="{colour}" stroke-dasharray="6 4"/><text x="{}" y="{:.1}">{cpus} CPU, in process</text>"#,
+            w - right + 10.0,
+            ly + 16.0,
+            w - right + 30.0,
+            ly + 16.0,
+            w - right + 34.0,
+            ly + 20.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() {
+    if let Some(socket) = std::env::var_os(WORKER_ENV) {
+        let threads = std::env::var(THREADS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(THREADS);
+        worker(Path::new(&socket), threads);
+        return;
+    }
+    // `SCALE_BENCH_CPUS=<n>` runs only that CPU count and
+    // `SCALE_BENCH_IN_PROCESS_ONLY=1` only the in-process setup (profiling).
+    let only_cpus: Option<usize> = std::env::var("SCALE_BENCH_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let in_process_only = std::env::var_os("SCALE_BENCH_IN_PROCESS_ONLY").is_some();
+    let rounds: usize = std::env::var("SCALE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let available = thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_counts: Vec<usize> = [1, 2]
+        .into_iter()
+        .filter(|&c| c <= available && only_cpus.is_none_or(|o| o == c))
+        .collect();
+    let pairs = (THREADS * PAIRS) as f64;
+    let mut in_proc = Vec::new();
+    let mut transport = Vec::new();
+    for &cpus in &cpu_counts {
+        confine(cpus);
+        let best = (0..rounds).map(|_| in_process()).fold(f64::MAX, f64::min);
+        in_proc.push(pairs / best);
+        println!("throughput scale/in_process/{cpus}cpu {:.0}", pairs / best);
+        if in_process_only {
+            continue;
+        }
+        let server = Server::start();
+        let mut row = Vec::new();
+        for procs in PROCESS_COUNTS {
+            let best = (0..rounds)
+                .map(|_| over_transport(&server.socket, procs))
+                .fold(f64::MAX, f64::min);
+            row.push(pairs / best);
+            println!(
+                "throughput scale/transport_{procs}proc/{cpus}cpu {:.0}",
+                pairs / best
+            );
+        }
+        drop(server);
+        transport.push(row);
+    }
+    if in_process_only {
+        return;
+    }
+    if cpu_counts.len() == 2 {
+        println!("scaling scale/in_process {:.2}", in_proc[1] / in_proc[0]);
+        for (i, procs) in PROCESS_COUNTS.iter().enumerate() {
+            println!(
+                "scaling scale/transport_{procs}proc {:.2}",
+                transport[1][i] / transport[0][i]
+            );
+        }
+    } else {
+        println!("scaling: skipped (only {available} CPU available)");
+    }
+    let path = target_dir().join("scale.svg");
+    match std::fs::write(&path, svg(&cpu_counts, &transport, &in_proc)) {
+        Ok(()) => println!("plot {}", path.display()),
+        Err(e) => println!("plot not written ({}): {e}", path.display()),
+    }
+}
