@@ -16,7 +16,7 @@ use std::time::Duration;
 use syscall::flag::{O_DIRECTORY, O_RDONLY, O_RDWR, O_WRONLY};
 
 use crate::error::{Error, Result};
-use crate::model::{ClientInfo, LeakReport, Stats};
+use crate::model::{ClientInfo, LeakReport, OccupancyMap, Stats};
 use crate::transport::{Mapping, Transport};
 use crate::wire::{
     BoCall, BoDesc, BoFlags, BoInfoWire, Domain, ExportWire, SegmentWire, ShareToken,
@@ -278,6 +278,12 @@ impl Device {
     /// Per-client usage (`clients.json`).
     pub fn clients(&self) -> Result<Vec<ClientInfo>> {
         self.read_json("clients.json")
+    }
+
+    /// The occupancy map of `domain` (`vram` or `gtt`): every BO extent
+    /// and free hole in address order (`<domain>.map.json`).
+    pub fn occupancy_map(&self, domain: &str) -> Result<OccupancyMap> {
+        self.read_json(&format!("{domain}.map.json"))
     }
 
     /// `ok`, or one line per problem (`health`).

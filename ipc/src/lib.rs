@@ -12,6 +12,9 @@
 //! - `redox` (Redox only): the Redox transport, system calls on
 //!   `/scheme/pddgpu/…`.
 //! - [`Device`] / [`Bo`]: the client library.
+//! - [`occupancy`]: reading occupancy maps for display (client colours,
+//!   the coarse map).
+//! - [`top`]: `pddgpu top`, the live terminal view.
 //! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
 //!   form of `stats.json` it prints.
 #![deny(missing_docs)]
@@ -25,10 +28,12 @@ pub mod frame;
 pub mod host;
 pub mod idhash;
 pub mod model;
+pub mod occupancy;
 #[cfg(target_os = "redox")]
 pub mod redox;
 pub mod size;
 pub mod stats_table;
+pub mod top;
 pub mod transport;
 pub mod wire;
 
