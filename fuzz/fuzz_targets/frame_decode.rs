@@ -7,8 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pddgpu_ipc::frame::{
-    split_request, Incoming, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN,
-    RESPONSE_HEADER_LEN,
+    split_request, Incoming, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -88,7 +88,9 @@ impl Input<'_> {
     }
 
     fn bytes(&mut self, max: usize) -> &[u8] {
-        let n = (self.byte().unwrap_or(0) as usize).min(max).min(self.0.len());
+        let n = (self.byte().unwrap_or(0) as usize)
+            .min(max)
+            .min(self.0.len());
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         head
@@ -193,7 +195,14 @@ impl Server {
     }
 
     fn open(&mut self, client: usize, dir: usize, path: &str, flags: usize) {
-        let args = [dir as u64, path.as_ptr() as u64, path.len() as u64, flags as u64, 0, 0];
+        let args = [
+            dir as u64,
+            path.as_ptr() as u64,
+            path.len() as u64,
+            flags as u64,
+            0,
+            0,
+        ];
         if let Ok(id) = self.run(client, Opcode::OpenAt, args) {
             self.handles[client].push(id);
         }
@@ -229,7 +238,14 @@ impl Server {
                 let id = self.pick(client, which)?;
                 let offset = input.u64()?;
                 let mut buf = vec![0u8; (input.byte()? as usize) * 64];
-                let args = [id as u64, buf.as_mut_ptr() as u64, buf.len() as u64, offset, 0, 0];
+                let args = [
+                    id as u64,
+                    buf.as_mut_ptr() as u64,
+                    buf.len() as u64,
+                    offset,
+                    0,
+                    0,
+                ];
                 let _ = self.run(client, Opcode::Read, args);
             }
             5 => {
@@ -239,7 +255,14 @@ impl Server {
                     0 => WRITES[which as usize % WRITES.len()].to_vec(),
                     _ => input.bytes(255).to_vec(),
                 };
-                let args = [id as u64, data.as_ptr() as u64, data.len() as u64, offset, 0, 0];
+                let args = [
+                    id as u64,
+                    data.as_ptr() as u64,
+                    data.len() as u64,
+                    offset,
+                    0,
+                    0,
+                ];
                 let _ = self.run(client, Opcode::Write, args);
             }
             6 => {
@@ -317,7 +340,14 @@ impl Server {
                 let _ = self.run(client, Opcode::Fstat, args);
                 let _ = self.run(client, Opcode::Fsize, [id as u64, 0, 0, 0, 0, 0]);
                 let mut buf = [0u8; 64];
-                let args = [id as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0];
+                let args = [
+                    id as u64,
+                    buf.as_mut_ptr() as u64,
+                    buf.len() as u64,
+                    0,
+                    0,
+                    0,
+                ];
                 let _ = self.run(client, Opcode::Fpath, args);
             }
             11 => {
@@ -387,7 +417,11 @@ fn run(device: &Device, data: &[u8]) {
         let handles = std::mem::take(&mut server.handles[client]);
         server.scheme.on_disconnect(100 + client as u32, &handles);
     }
-    assert_eq!(server.scheme.handle_count(), 0, "handles outlived their clients");
+    assert_eq!(
+        server.scheme.handle_count(),
+        0,
+        "handles outlived their clients"
+    );
     let stats = server.driver.stats();
     let listed = server.driver.bo_list();
     assert!(listed.is_empty(), "BOs outlived every client: {listed:?}");
@@ -400,5 +434,9 @@ fn run(device: &Device, data: &[u8]) {
     assert_eq!(server.driver.gtt_stats().used_size, 0);
     let report = server.driver.leak_check(1);
     assert!(report.is_clean(), "leak audit: {report:?}");
-    assert!(server.driver.health().is_ok(), "health: {:?}", server.driver.health());
+    assert!(
+        server.driver.health().is_ok(),
+        "health: {:?}",
+        server.driver.health()
+    );
 }
