@@ -36,7 +36,7 @@
 //!   plus the time to finish the requests in progress, whatever clients
 //!   do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, Read};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -59,7 +59,6 @@ use crate::frame::{
     split_request, Incoming, RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG,
     REQUEST_HEADER_LEN, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
 };
-use crate::idhash::IdSet;
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
 /// (what `/scheme/pddgpu` is on Redox). The server substitutes the id that
@@ -206,7 +205,7 @@ struct ConnCtl {
 /// Per-connection state owned by its thread.
 struct ConnState {
     cred: PeerCred,
-    handles: IdSet<usize>,
+    handles: HashSet<usize>,
     user: Arc<UserUsage>,
 }
 
@@ -596,7 +595,7 @@ fn serve_connection<S: HostScheme>(
 ) {
     let mut conn = ConnState {
         cred,
-        handles: IdSet::default(),
+        handles: HashSet::default(),
         user,
     };
     let limits = shared.limits;
