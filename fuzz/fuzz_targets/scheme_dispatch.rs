@@ -387,7 +387,7 @@ impl Server {
             13 => {
                 // The client dies: its handles close in one batch.
                 let handles = std::mem::take(&mut self.handles[client]);
-                self.scheme.on_disconnect(100 + client as u32, &handles);
+                self.scheme.on_disconnect(100 + client, &handles);
             }
             14 => {
                 // Open relative to one of the client's handles.
@@ -415,7 +415,7 @@ fn run(device: &Device, data: &[u8]) {
     }
     for client in 0..CLIENTS {
         let handles = std::mem::take(&mut server.handles[client]);
-        server.scheme.on_disconnect(100 + client as u32, &handles);
+        server.scheme.on_disconnect(100 + client, &handles);
     }
     assert_eq!(
         server.scheme.handle_count(),

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN};
-use pddgpu_ipc::host::{HostConnection, HostScheme, HostServer, ServerLimits, ROOT_FD};
+use pddgpu_ipc::host::{caller_pid, HostConnection, HostScheme, HostServer, ServerLimits, ROOT_FD};
 use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{CallerCtx, OpenResult};
 use syscall::data::Stat;
@@ -23,7 +23,7 @@ use syscall::schemev2::{NewFdFlags, Opcode, Sqe, SqeFlags};
 #[derive(Default)]
 struct FileScheme {
     next: usize,
-    open: HashMap<usize, (String, u32)>,
+    open: HashMap<usize, (String, usize)>,
     files: HashMap<String, Vec<u8>>,
     closed: Arc<Mutex<Vec<usize>>>,
 }
@@ -50,8 +50,7 @@ impl SchemeSync for FileScheme {
         }
         self.next += 1;
         self.files.entry(path.to_string()).or_default();
-        self.open
-            .insert(self.next, (path.to_string(), ctx.pid as u32));
+        self.open.insert(self.next, (path.to_string(), ctx.pid));
         Ok(OpenResult::ThisScheme {
             number: self.next,
             flags: NewFdFlags::POSITIONED,
@@ -67,6 +66,8 @@ impl SchemeSync for FileScheme {
     ) -> Result<usize> {
         let (name, pid) = self.open.get(&id).ok_or(Error::new(EBADF))?;
         let content = if name == "whoami" {
+            caller_pid(*pid).to_string().into_bytes()
+        } else if name == "caller" {
             pid.to_string().into_bytes()
         } else {
             self.files[name].clone()
@@ -289,6 +290,21 @@ fn handles_belong_to_their_connection() {
         .unwrap();
     assert_eq!(r.result(), Err(EBADF));
     assert!(!h.closed.lock().unwrap().contains(&id));
+    // Each connection is a caller of its own, though both carry this
+    // process's pid.
+    let read = |c: &mut HostConnection, name: &str| {
+        let id = open(c, name).unwrap();
+        let r = c
+            .request(Opcode::Read, [id as u64, 0, 0, 0, 0, 0], &[], 32)
+            .unwrap();
+        String::from_utf8(r.payload).unwrap()
+    };
+    let pid = std::process::id().to_string();
+    assert_eq!(
+        (read(&mut a, "whoami"), read(&mut b, "whoami")),
+        (pid.clone(), pid)
+    );
+    assert_ne!(read(&mut a, "caller"), read(&mut b, "caller"));
     // Operations the host transport does not carry.
     let r = b
         .request(Opcode::MmapPrep, [ROOT_FD, 0, 0, 0, 0, 0], &[], 0)

@@ -3,9 +3,16 @@
 //! `pddgpu::driver::ownership`).
 //!
 //! A caller is the identity the transport vouches for in
-//! `CallerCtx::pid`: on Redox the kernel's caller id, on the host transport
-//! what its server puts there. Each caller with open handles is one core
-//! owner; its open handles keep it alive. When its last handle closes —
+//! `CallerCtx::pid`: on the host transport one connection (its server never
+//! gives two connections the same caller id, see
+//! `pddgpu_ipc::host::caller_id`); on Redox the kernel's caller id. Each
+//! caller with open handles is one core owner; its open handles keep it
+//! alive. An open made relative to a directory handle belongs to that
+//! handle's owner, whoever sends it: on Redox a client opens the scheme
+//! root once and everything else relative to that descriptor, so the
+//! descriptor — not the pid — is what ties its opens together (a process
+//! that gets a dead one's pid has its own descriptor, and a child that
+//! inherits the descriptor acts for the same owner). When its last handle closes —
 //! because it closed them, or because it died and the kernel (or the host
 //! transport) closed them — the owner ends and the core frees everything it
 //! still held, in one batch.
@@ -24,6 +31,20 @@
 use std::collections::HashMap;
 
 pub use pddgpu::driver::OwnerId;
+
+/// The pid behind caller id `caller`, for logs and `clients`: on the host
+/// transport a caller id is a connection that also carries its process's
+/// pid (`pddgpu_ipc::host::caller_id`); on Redox it is the pid.
+pub fn display_pid(caller: usize) -> usize {
+    #[cfg(not(target_os = "redox"))]
+    {
+        pddgpu_ipc::host::caller_pid(caller) as usize
+    }
+    #[cfg(target_os = "redox")]
+    {
+        caller
+    }
+}
 
 /// The caller id of an open that names no process (see the module docs).
 pub const ANONYMOUS_CALLER: usize = 0;
@@ -105,9 +126,9 @@ impl Callers {
         self.drop_if_idle(owner)
     }
 
-    /// The pid of a live owner.
+    /// The pid of a live owner (for display, see [`display_pid`]).
     pub fn pid(&self, owner: OwnerId) -> Option<usize> {
-        self.entries.get(&owner).map(|e| e.pid)
+        self.entries.get(&owner).map(|e| display_pid(e.pid))
     }
 
     /// Open handles of a live owner.
@@ -115,9 +136,13 @@ impl Callers {
         self.entries.get(&owner).map_or(0, |e| e.handles)
     }
 
-    /// All live owners with their pids, sorted by owner id.
+    /// All live owners with their pids (for display), sorted by owner id.
     pub fn list(&self) -> Vec<(OwnerId, usize)> {
-        let mut v: Vec<_> = self.entries.iter().map(|(o, e)| (*o, e.pid)).collect();
+        let mut v: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(o, e)| (*o, display_pid(e.pid)))
+            .collect();
         v.sort_unstable();
         v
     }

@@ -5,6 +5,7 @@ use pddgpu::driver::Domain as CoreDomain;
 use redox_scheme::CallerCtx;
 use syscall::error::{Result, EINVAL, EOPNOTSUPP};
 
+use crate::callers::display_pid;
 use crate::errno::driver_errno;
 use crate::scheme::{err, PddgpuScheme};
 
@@ -28,7 +29,7 @@ impl PddgpuScheme {
             ["leak-check"] => {
                 let now = self.now_ms();
                 let report = self.driver().leak_check(now);
-                log::info!("pid {}: leak check: {report:?}", ctx.pid);
+                log::info!("pid {}: leak check: {report:?}", display_pid(ctx.pid));
                 Ok(())
             }
             ["recover", which] => {
@@ -40,16 +41,16 @@ impl PddgpuScheme {
                 };
                 for d in domains {
                     self.driver().recover(*d).map_err(|e| {
-                        log::warn!("pid {}: recover {which}: {e:?}", ctx.pid);
+                        log::warn!("pid {}: recover {which}: {e:?}", display_pid(ctx.pid));
                         err(driver_errno(&e))
                     })?;
                 }
-                log::info!("pid {}: recovered {which}", ctx.pid);
+                log::info!("pid {}: recovered {which}", display_pid(ctx.pid));
                 Ok(())
             }
             ["shutdown"] => {
                 // The serving loop sees the request, drains and shuts down.
-                log::info!("pid {}: shutdown requested", ctx.pid);
+                log::info!("pid {}: shutdown requested", display_pid(ctx.pid));
                 self.stop_accepting();
                 Ok(())
             }
@@ -65,7 +66,7 @@ impl PddgpuScheme {
                 };
                 match faults.inject(args) {
                     Ok(done) => {
-                        log::warn!("pid {}: fault injected: {done}", ctx.pid);
+                        log::warn!("pid {}: fault injected: {done}", display_pid(ctx.pid));
                         Ok(())
                     }
                     Err(usage) => fail(format!("fault: {usage}")),

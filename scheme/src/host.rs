@@ -51,7 +51,8 @@ impl HostScheme for PddgpuScheme {
     /// A client connection ended: its handles are gone. An owner that
     /// ends with them is released in one `owner_exit` batch instead of BO
     /// by BO.
-    fn on_disconnect(&mut self, pid: u32, handles: &[usize]) {
+    fn on_disconnect(&mut self, caller: usize, handles: &[usize]) {
+        let pid = crate::callers::display_pid(caller);
         let mut ended = Vec::new();
         let mut others = Vec::new();
         for &id in handles {

@@ -20,7 +20,7 @@ use syscall::schemev2::NewFdFlags;
 use syscall::{EventFlags, MODE_DIR, MODE_FILE};
 
 use crate::backing::Backing;
-use crate::callers::{Callers, OwnerId};
+use crate::callers::{display_pid, Callers, OwnerId};
 use crate::control::FaultInjector;
 use crate::convert::{copy_at, info_wire};
 use crate::errno::driver_errno;
@@ -161,7 +161,8 @@ impl PddgpuScheme {
     /// so both are clipped, and the line is written after the scheme lock
     /// is released (see [`pddgpu_ipc::logline`]).
     pub(crate) fn log_refusal(&self, ctx: &CallerCtx, what: &str, errno: i32, reason: &str) {
-        let (pid, what, reason) = (ctx.pid, logline::clip(what), logline::clip(reason));
+        let pid = display_pid(ctx.pid);
+        let (what, reason) = (logline::clip(what), logline::clip(reason));
         let errno = pddgpu_ipc::wire::errno_name(errno);
         logline::defer(log::Level::Info, move || {
             format!("pid {pid}: {what}: {errno} ({reason})")
@@ -247,7 +248,13 @@ impl SchemeSync for PddgpuScheme {
             );
         });
         let node = node.map_err(|e| err(e.errno))?;
-        let owner = self.callers.owner_of(ctx.pid);
+        // An open relative to a handle acts for that handle's owner (see
+        // `crate::callers`); one relative to the root, for the caller.
+        let owner = if dir == ROOT_ID {
+            self.callers.owner_of(ctx.pid)
+        } else {
+            self.handle(dir)?.owner
+        };
         match self.open_node(node, flags, owner, ctx) {
             Ok(handle) => {
                 self.callers.add_handle(handle.owner);
@@ -358,7 +365,7 @@ impl SchemeSync for PddgpuScheme {
                 };
                 match self.driver.tunables().set(&name, text.trim()) {
                     Ok(_) => {
-                        let (pid, value) = (ctx.pid, logline::excerpt(text.trim()));
+                        let (pid, value) = (display_pid(ctx.pid), logline::excerpt(text.trim()));
                         logline::defer(log::Level::Info, move || {
                             format!("pid {pid}: config/{name} = {value}")
                         });

@@ -468,3 +468,31 @@ fn anonymous_callers_never_share_an_owner() {
     assert_eq!(&back, b"secret");
     assert_eq!(h.driver.stats().gtt.bo_count, 1);
 }
+
+/// Attack: on Redox a client opens the scheme root once and everything else
+/// relative to that descriptor. Ownership follows the descriptor, not the
+/// pid: a process that gets the same pid later, with its own root, reaches
+/// nothing; a child that inherited the descriptor acts for the same owner.
+#[test]
+fn opens_relative_to_a_handle_belong_to_its_owner_not_to_a_pid() {
+    let mut h = harness();
+    let anonymous = 0;
+    let root_a = h.open(anonymous, ROOT_ID, "", O_RDONLY).unwrap();
+    let bo = h
+        .open(55, root_a, "bo/new?size=4K&domain=gtt", O_RDWR)
+        .unwrap();
+    let mut info = [0u8; BoInfoWire::SIZE];
+    h.call(55, bo, &mut info, [BoCall::Info as u64, 0]).unwrap();
+    let id = BoInfoWire::decode(&info).unwrap().id;
+    // Pid 55 again, through its own root or straight at the scheme root:
+    // someone else.
+    let root_b = h.open(anonymous, ROOT_ID, "", O_RDONLY).unwrap();
+    assert_eq!(h.open(55, root_b, &format!("bo/{id}"), O_RDWR), Err(EPERM));
+    assert_eq!(h.open(55, ROOT_ID, &format!("bo/{id}"), O_RDWR), Err(EPERM));
+    // Whoever holds root_a acts for its owner.
+    let child = h.open(56, root_a, &format!("bo/{id}"), O_RDWR).unwrap();
+    for handle in [child, bo, root_a, root_b] {
+        h.scheme.on_close(handle);
+    }
+    assert_eq!(h.driver.stats().gtt.bo_count, 0);
+}

@@ -9,7 +9,7 @@ use pddgpu_ipc::wire::{BoCall, BoInfoWire, ExportWire, SegmentWire};
 use pddgpu_ipc::{BoFlags, Device, Domain};
 use pddgpu_tests::{memory_state, wait_until, Daemon};
 use syscall::error::{
-    EACCES, EBADF, EFBIG, EINVAL, EISDIR, EMSGSIZE, ENOENT, ENOSYS, ENOTDIR, EOPNOTSUPP,
+    EACCES, EBADF, EFBIG, EINVAL, EISDIR, EMSGSIZE, ENOENT, ENOSYS, ENOTDIR, EOPNOTSUPP, EPERM,
 };
 use syscall::flag::{O_RDONLY, O_RDWR, O_WRONLY};
 use syscall::schemev2::Opcode;
@@ -270,8 +270,8 @@ fn every_bad_request_gets_its_errno_and_changes_nothing() {
     // Someone else's BO.
     let mine = dev.create_bo(4096, Domain::Vram, BoFlags::empty()).unwrap();
     let other = Device::connect(daemon.socket()).unwrap();
-    // Same process = same owner: it may reopen its own BO ...
-    assert!(other.read_file(&format!("bo/{}", mine.id())).is_ok());
+    // Another connection is another owner, even from the same process.
+    assert_eq!(errno_of(&other, &format!("bo/{}", mine.id())), Some(EPERM));
     mine.close().unwrap();
 
     // Everything refused or released: the memory state is unchanged once

@@ -357,6 +357,72 @@ fn read_only_handles_never_map_writable() {
     assert_server_intact(&mut daemon);
 }
 
+// ---- owners ----------------------------------------------------------------
+
+/// Two connections of one process are two owners: neither reaches, lists
+/// nor frees the other's BOs (an owner is a connection, never a pid, so a
+/// process that gets a dead client's pid gets nothing of it either).
+#[test]
+fn two_connections_of_one_process_are_separate_owners() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let first = daemon.connect();
+    let bo = first
+        .create_bo(4096, Domain::Gtt, BoFlags::empty())
+        .unwrap();
+    bo.write_at(0, b"first's").unwrap();
+    let mut second = HostConnection::connect(daemon.socket()).unwrap();
+    assert_eq!(
+        open(&mut second, &format!("bo/{}", bo.id()), O_RDWR),
+        Err(syscall::error::EPERM),
+        "another connection of the same process opened the BO"
+    );
+    let dir = open(&mut second, "bo", O_RDONLY).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let r = second
+        .request(
+            Opcode::Getdents,
+            [
+                dir,
+                0,
+                0,
+                std::mem::size_of::<syscall::dirent::DirentHeader>() as u64,
+                0,
+                0,
+            ],
+            &[],
+            buf.len(),
+        )
+        .unwrap();
+    let n = r.result().unwrap() as usize;
+    buf[..n].copy_from_slice(&r.payload[..n]);
+    let listed: Vec<String> = syscall::dirent::DirentIter::new(&buf[..n])
+        .map(|e| {
+            let (_, name) = e.unwrap();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        })
+        .collect();
+    assert!(
+        !listed.contains(&bo.id().to_string()),
+        "the other connection lists the BO: {listed:?}"
+    );
+    // Both show up as clients with this process's pid.
+    let clients = first.clients().unwrap();
+    let mine = clients
+        .iter()
+        .filter(|c| c.pid == u64::from(std::process::id()))
+        .count();
+    assert!(mine >= 2, "expected two owners with our pid: {clients:?}");
+    close(&mut second, dir).unwrap();
+    drop(second);
+    let mut back = [0u8; 7];
+    bo.read_at(0, &mut back).unwrap();
+    assert_eq!(&back, b"first's");
+    drop(bo);
+    drop(first);
+    assert_server_intact(&mut daemon);
+}
+
 // ---- page granularity ----------------------------------------------------
 
 /// BOs never share a page, whatever size and alignment they ask for.

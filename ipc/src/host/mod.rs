@@ -6,7 +6,9 @@ pub mod client;
 pub mod server;
 
 pub use client::{HostConnection, Reply};
-pub use server::{HostScheme, HostServer, ParkPolicy, PeerCred, ServerLimits, ROOT_FD};
+pub use server::{
+    caller_id, caller_pid, HostScheme, HostServer, ParkPolicy, PeerCred, ServerLimits, ROOT_FD,
+};
 pub mod transport;
 
 pub use transport::HostTransport;

@@ -6,8 +6,9 @@
 //! - it turns each frame into an `Sqe` whose pointer arguments point at
 //!   buffers the server owns, converts it to a `redox_scheme::Request`, and
 //!   calls `CallRequest::handle_sync`;
-//! - it fills the caller's pid/uid/gid from `SO_PEERCRED`, never from the
-//!   client's word;
+//! - it fills the caller's uid/gid from `SO_PEERCRED`, never from the
+//!   client's word, and the caller id from the connection ([`caller_id`]:
+//!   every connection is a caller of its own, its pid kept for display);
 //! - it tracks which handle ids each connection opened, rejects requests
 //!   naming any other id with `EBADF`, and closes every handle a connection
 //!   still holds when the connection goes away — exactly what the kernel
@@ -70,10 +71,11 @@ pub const ROOT_FD: u64 = u64::MAX;
 /// still held. The default closes them one by one, as a kernel would; a
 /// scheme can instead release a dead client's resources in one batch.
 pub trait HostScheme: SchemeSync {
-    /// The connection of process `pid` ended; `handles` are the handles it
-    /// still held (each must be treated as closed).
-    fn on_disconnect(&mut self, pid: u32, handles: &[usize]) {
-        let _ = pid;
+    /// The connection whose requests carried caller id `caller` (see
+    /// [`caller_id`]) ended; `handles` are the handles it still held (each
+    /// must be treated as closed).
+    fn on_disconnect(&mut self, caller: usize, handles: &[usize]) {
+        let _ = caller;
         for &id in handles {
             self.on_close(id);
         }
@@ -109,6 +111,24 @@ pub struct ParkPolicy {
     pub retries: u32,
     /// Longest wait before each retry.
     pub delay: Duration,
+}
+
+/// The caller id (`Sqe::caller`, `CallerCtx::pid` in the scheme) of every
+/// request on connection number `serial` of process `pid`: the connection
+/// serial in the high 32 bits, the pid in the low 32. Serials are never
+/// reused while the server runs, so each connection is a caller of its own
+/// — two connections of one process, or a process that got a dead one's
+/// pid, never share one — while the pid stays readable for logs and
+/// `clients` ([`caller_pid`]). A process that forks keeps sharing the
+/// connection (and so the caller) with its child: it is one socket.
+pub fn caller_id(serial: u64, pid: u32) -> u64 {
+    (serial << 32) | u64::from(pid)
+}
+
+/// The pid of the process that opened the connection behind caller id
+/// `caller` (see [`caller_id`]).
+pub fn caller_pid(caller: usize) -> u32 {
+    caller as u64 as u32
 }
 
 /// Limits of a [`HostServer`]: what clients may make it spend.
@@ -205,6 +225,8 @@ struct ConnCtl {
 /// Per-connection state owned by its thread.
 struct ConnState {
     cred: PeerCred,
+    /// The caller id requests carry (see [`caller_id`]).
+    caller: u64,
     handles: HashSet<usize>,
     user: Arc<UserUsage>,
 }
@@ -396,7 +418,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         let thread = std::thread::Builder::new()
             .name(format!("pddgpu-client-{}", cred.pid))
             .stack_size(256 << 10)
-            .spawn(move || serve_connection(shared, stream, cred, thread_user));
+            .spawn(move || serve_connection(shared, stream, cred, id, thread_user));
         match thread {
             Ok(thread) => {
                 log::debug!("client connected: pid {} uid {}", cred.pid, cred.uid);
@@ -591,10 +613,12 @@ fn serve_connection<S: HostScheme>(
     shared: Arc<Shared<S>>,
     mut stream: UnixStream,
     cred: PeerCred,
+    serial: u64,
     user: Arc<UserUsage>,
 ) {
     let mut conn = ConnState {
         cred,
+        caller: caller_id(serial, cred.pid),
         handles: HashSet::default(),
         user,
     };
@@ -679,7 +703,7 @@ fn serve_connection<S: HostScheme>(
     ids.sort_unstable();
     let epoch = {
         let mut guard = lock(&shared.locked);
-        guard.scheme.on_disconnect(cred.pid, &ids);
+        guard.scheme.on_disconnect(conn.caller as usize, &ids);
         guard.scheme.wake_epoch()
     };
     crate::logline::flush();
@@ -881,7 +905,7 @@ fn dispatch<S: SchemeSync>(
         _rsvd: 0,
         tag,
         args: [target, 0, 0, 0, 0, creds],
-        caller: u64::from(conn.cred.pid),
+        caller: conn.caller,
     };
     let mut out: Vec<u8> = Vec::new();
     let mut stat = Stat::default();
