@@ -480,13 +480,18 @@ fn every_mappable_byte_of_a_new_bo_starts_zeroed() {
             let map = small.map().unwrap();
             assert_eq!(map.len(), 100);
             // SAFETY: the transport maps whole pages (the BO's size rounded
-            // up to the page size), so the page behind the slice is mapped
-            // for as long as `small` keeps its mapping.
-            let page = unsafe { std::slice::from_raw_parts(map.as_ptr(), PAGE) };
+            // up to the page size), so the whole page behind the BO's bytes
+            // is mapped for as long as `small` keeps its mapping; it is read
+            // through atomics, like the BO's own bytes.
+            let page = unsafe { std::slice::from_raw_parts(map.as_atomic().as_ptr(), PAGE) };
+            let bytes: Vec<u8> = page
+                .iter()
+                .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+                .collect();
             assert!(
-                page.iter().all(|&b| b == 0),
+                bytes.iter().all(|&b| b == 0),
                 "{domain}: stale bytes after the BO's end: first at {:?}",
-                page.iter().position(|&b| b != 0)
+                bytes.iter().position(|&b| b != 0)
             );
         }
     }
