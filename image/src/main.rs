@@ -259,7 +259,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let boot_opts = boot.options().map_err(anyhow::Error::msg)?;
             let progress = redox_progress_for(&build);
             let image = redox::build(&build.options(), &progress)?;
-            println!("redox-image: disk image {}", image.disk.display());
+            println!(
+                "redox-image: disk image {} [{}]",
+                image.disk.display(),
+                redox::progress::seconds(progress.elapsed())
+            );
             println!(
                 "redox-image: boot it with:\n{}",
                 redox::boot::command_line(&image.qemu, &image.disk, true, &boot_opts)

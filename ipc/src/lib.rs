@@ -1,6 +1,5 @@
 //! # pddgpu-ipc — wire protocol, transports and client library
 //!
-//! - [`ascii`]: cheap splitting of paths and query strings.
 //! - [`wire`]: the `#[repr(C)]` structs of the binary `call` interface, BO
 //!   creation parameters and their path form, share tokens.
 //! - [`model`]: the JSON documents (`stats.json`, `leaks.json`,
@@ -20,14 +19,12 @@
 //!   form of `stats.json` it prints.
 #![deny(missing_docs)]
 
-pub mod ascii;
 pub mod cli;
 mod client;
 mod error;
 pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
-pub mod idhash;
 pub mod map_svg;
 pub mod model;
 pub mod occupancy;

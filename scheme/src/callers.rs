@@ -13,7 +13,7 @@
 //! Owner ids are never reused while the server runs, so a caller id that
 //! comes back later (a recycled pid) never inherits a dead caller's BOs.
 
-use pddgpu_ipc::idhash::IdMap;
+use std::collections::HashMap;
 
 pub use pddgpu::driver::OwnerId;
 
@@ -26,8 +26,8 @@ struct Entry {
 /// The live callers: their owners, pids and handle counts.
 #[derive(Debug, Default)]
 pub struct Callers {
-    by_pid: IdMap<usize, OwnerId>,
-    entries: IdMap<OwnerId, Entry>,
+    by_pid: HashMap<usize, OwnerId>,
+    entries: HashMap<OwnerId, Entry>,
     next: OwnerId,
 }
 
