@@ -404,13 +404,13 @@ fn alloc(dev: &Device, desc: &BoDesc, count: u32, hold: bool, export: bool) -> c
         let segments = bo.segments()?.len();
         let pattern = (id as u8) ^ 0x5a;
         let map = bo.map()?;
-        for (i, b) in map.iter_mut().enumerate() {
-            *b = pattern.wrapping_add(i as u8);
+        for i in 0..map.len() {
+            map.store(i, pattern.wrapping_add(i as u8));
         }
         let mapped_ok = map
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == pattern.wrapping_add(i as u8));
+            .all(|(i, b)| b == pattern.wrapping_add(i as u8));
         // Read the tail back through the server too: the same memory.
         let mut tail = [0u8; 64];
         let at = desc.size.saturating_sub(tail.len() as u64);

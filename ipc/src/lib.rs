@@ -38,6 +38,7 @@ pub mod wire;
 
 pub use client::{Bo, Device};
 pub use error::{Error, Result};
+pub use transport::SharedBytes;
 pub use wire::{BoDesc, BoFlags, Domain, ShareToken};
 
 /// Environment variable naming the host-transport socket.
