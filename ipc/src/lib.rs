@@ -15,6 +15,7 @@
 //!   scheme lock is released.
 //! - [`occupancy`]: reading occupancy maps for display (client colours,
 //!   the coarse map).
+//! - [`map_svg`]: an occupancy map drawn as SVG (`pddgpu map --svg`).
 //! - [`top`]: `pddgpu top`, the live terminal view.
 //! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
 //!   form of `stats.json` it prints.
@@ -27,6 +28,7 @@ pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
 pub mod logline;
+pub mod map_svg;
 pub mod model;
 pub mod occupancy;
 #[cfg(target_os = "redox")]
