@@ -185,6 +185,54 @@ pub fn coarse(map: &OccupancyMap, cells: usize) -> Vec<Cell> {
     out
 }
 
+/// The map as a text picture: `rows` lines of `columns` cells, each line
+/// led by its first address and a `v` while inside the CPU-visible window,
+/// then one legend line per client.
+pub fn picture(map: &OccupancyMap, columns: usize, rows: usize) -> String {
+    use std::fmt::Write;
+    let palette = Palette::of([map]);
+    let cells = coarse(map, columns.max(1) * rows.max(1));
+    let per_cell = if cells.is_empty() {
+        0
+    } else {
+        map.size.div_ceil(cells.len() as u64)
+    };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{} occupancy, {} bytes per cell ({}), '.' free, ',' mostly free, 'x' retired, '!' unowned",
+        map.domain,
+        per_cell,
+        crate::size::format_size(per_cell)
+    );
+    for (row, chunk) in cells.chunks(columns.max(1)).enumerate() {
+        let start = row as u64 * columns.max(1) as u64 * per_cell;
+        let line: String = chunk.iter().map(|c| c.symbol(&palette)).collect();
+        let mark = if start < map.visible_size { 'v' } else { ' ' };
+        let _ = writeln!(text, "{start:#012x} {mark} {line}");
+    }
+    if map.visible_size > 0 {
+        let _ = writeln!(
+            text,
+            "v: rows in the CPU-visible window (first {})",
+            crate::size::format_size(map.visible_size)
+        );
+    }
+    for e in palette.entries() {
+        let _ = writeln!(
+            text,
+            "{}: pid {} (owner {}), {} BO{}, {}",
+            e.letter,
+            e.pid,
+            e.owner,
+            e.bos,
+            if e.bos == 1 { "" } else { "s" },
+            crate::size::format_size(e.bytes)
+        );
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

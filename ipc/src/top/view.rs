@@ -454,6 +454,7 @@ mod tests {
             domain: domain.into(),
             size: 64 << 20,
             visible_size: visible,
+            settled: true,
             extents: vec![
                 MapExtent {
                     start: 0,
