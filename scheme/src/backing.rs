@@ -243,7 +243,10 @@ impl Backing {
     }
 }
 
+// The mapping edge: per-BO memories are mapped over the server's own
+// mapping of a domain.
 #[cfg(not(target_os = "redox"))]
+#[allow(unsafe_code)]
 mod host {
     use std::collections::{BTreeMap, HashMap};
     use std::os::fd::{AsFd, AsRawFd, OwnedFd};

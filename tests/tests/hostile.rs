@@ -7,6 +7,10 @@
 //! descriptor) start the helper client as uid/gid 65534 when the suite runs
 //! as root (as CI does); otherwise they check what one user can observe.
 
+// The attacks map the descriptors the server hands out, as a hostile
+// client would (the mapping edge).
+#![allow(unsafe_code)]
+
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};

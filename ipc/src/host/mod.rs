@@ -9,6 +9,8 @@ pub use client::{HostConnection, Reply};
 pub use server::{
     caller_id, caller_pid, HostScheme, HostServer, ParkPolicy, PeerCred, ServerLimits, ROOT_FD,
 };
+// Mapping a BO from the descriptor the server passed.
+#[allow(unsafe_code)]
 pub mod transport;
 
 pub use transport::HostTransport;

@@ -12,6 +12,10 @@
 //!   and to reopen it writable through `/proc/self/fd`; print
 //!   `map-rw <ok|ERRNO> reopen-rw <ok|ERRNO>`.
 
+// Tries to map a descriptor writable, as a hostile client would (the
+// mapping edge).
+#![allow(unsafe_code)]
+
 use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
