@@ -28,11 +28,15 @@ pub mod host;
 pub mod map_svg;
 pub mod model;
 pub mod occupancy;
+// The Redox transport: system calls on descriptors, and mapping BOs.
 #[cfg(target_os = "redox")]
+#[allow(unsafe_code)]
 pub mod redox;
 pub mod size;
 pub mod stats_table;
 pub mod top;
+// Mapping a BO into the client: raw shared memory, viewed as atomics.
+#[allow(unsafe_code)]
 pub mod transport;
 pub mod wire;
 

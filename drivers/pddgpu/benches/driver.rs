@@ -17,6 +17,10 @@
 //!   processes hits all three alike. `ratio driver/stats_readers_vs_idle`
 //!   compares with idle helpers instead.
 
+// Benchmark harness: thread CPU time comes from libc through FFI, which
+// needs `unsafe`.
+#![allow(unsafe_code)]
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
