@@ -2,8 +2,8 @@
 //! addresses run left to right in rows, top to bottom; every BO extent is a
 //! rectangle in its client's colour (with a tooltip naming the BO, its
 //! label, client and addresses), holes stay blank, retired and unowned
-//! memory are marked, the CPU-visible window is underlined, and a legend
-//! lists the clients.
+//! memory are marked (dark grey, red stripes), the CPU-visible window is
+//! underlined, and a legend lists the clients.
 //!
 //! Each BO extent is drawn at least one pixel wide so that even a 4 KiB BO
 //! in gigabytes of VRAM can be seen (and hovered); the drawing is otherwise
@@ -112,6 +112,11 @@ pub fn render(map: &OccupancyMap) -> String {
         bo_ids.len(),
         clients
     );
+    // Memory no BO holds is striped red, so it cannot pass for a client.
+    let _ = writeln!(
+        s,
+        r##"<defs><pattern id="unowned" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="white"/><rect width="3" height="6" fill="#e00000"/></pattern></defs>"##
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         s,
@@ -179,7 +184,7 @@ pub fn render(map: &OccupancyMap) -> String {
                 "retired",
             ),
             ExtentKind::Unowned => (
-                "#ff0000".to_string(),
+                "url(#unowned)".to_string(),
                 format!(
                     "allocated but held by no BO: {} at {:#x}..{:#x}",
                     format_size(e.size),
@@ -282,7 +287,7 @@ pub fn render(map: &OccupancyMap) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<g transform="translate(0 {y:.1})"><rect x="10" y="0" width="14" height="14" fill="white" stroke="#bbb"/><text x="30" y="11">free (blank)</text><rect x="150" y="0" width="14" height="14" fill="#444444"/><text x="170" y="11">retired bad VRAM</text><rect x="330" y="0" width="14" height="14" fill="#ff0000"/><text x="350" y="11">allocated, held by no BO</text></g>"##
+        r##"<g transform="translate(0 {y:.1})"><rect x="10" y="0" width="14" height="14" fill="white" stroke="#bbb"/><text x="30" y="11">free (blank)</text><rect x="150" y="0" width="14" height="14" fill="#444444"/><text x="170" y="11">retired bad VRAM</text><rect x="330" y="0" width="14" height="14" fill="url(#unowned)" stroke="#e00000"/><text x="350" y="11">allocated, held by no BO</text></g>"##
     );
     y += 20.0;
     if map.visible_size > 0 {
