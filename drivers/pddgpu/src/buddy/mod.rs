@@ -293,14 +293,8 @@ pub(crate) struct Placement {
 /// A drm_buddy-class buddy allocator; see the [module docs](self).
 ///
 /// Single-threaded (`&mut self`): the VRAM manager wraps it in a lock.
-// `repr(C)` keeps `used` and `allocated_blocks` apart: when adjacent, the
-// compiler fuses their updates into one 16-byte access, which stalls on
-// store forwarding after the separate 8-byte updates of the other path.
-#[repr(C)]
 pub struct BuddyAllocator {
-    used: u64,
     size: u64,
-    allocated_blocks: u64,
     store: NodeStore,
     /// Root nodes in address order.
     roots: Vec<u32>,
@@ -314,7 +308,7 @@ impl core::fmt::Debug for BuddyAllocator {
         f.debug_struct("BuddyAllocator")
             .field("size", &self.size)
             .field("chunk_size", &self.chunk_size())
-            .field("used", &self.used)
+            .field("used", &self.used())
             .field("leaves", &self.store.leaf_count())
             .finish()
     }
@@ -386,8 +380,6 @@ impl BuddyAllocator {
             size,
             chunk_shift,
             max_order,
-            used: 0,
-            allocated_blocks: 0,
             next_tag: 1,
         })
     }
@@ -413,19 +405,20 @@ impl BuddyAllocator {
         self.max_order
     }
 
-    /// Bytes in allocated blocks.
+    /// Bytes in allocated blocks: the space minus the free blocks (the
+    /// free lists count their bytes, so no allocation path keeps a tally).
     pub fn used(&self) -> u64 {
-        self.used
+        self.size - self.store.free_bytes()
     }
 
     /// Bytes in free blocks.
     pub fn free_bytes(&self) -> u64 {
-        self.size - self.used
+        self.store.free_bytes()
     }
 
-    /// Number of allocated blocks.
+    /// Number of allocated blocks: the leaves that are not free.
     pub fn allocated_blocks(&self) -> u64 {
-        self.allocated_blocks
+        self.store.leaf_count() as u64 - self.store.free_blocks()
     }
 
     /// Number of leaf blocks (free + allocated); the tree holds about twice
@@ -489,7 +482,7 @@ impl BuddyAllocator {
     /// True when nothing is allocated and every root is whole again (all
     /// buddies merged back).
     pub fn is_pristine(&self) -> bool {
-        self.used == 0 && self.store.leaf_count() == self.roots.len()
+        self.used() == 0 && self.store.leaf_count() == self.roots.len()
     }
 
     /// A snapshot of the accounting.
@@ -497,18 +490,15 @@ impl BuddyAllocator {
         let free_per_order = (0..self.store.orders())
             .map(|order| self.store.free_count(order) * self.block_bytes(order as u32))
             .collect::<Vec<_>>();
-        let free_blocks = (0..self.store.orders())
-            .map(|order| self.store.free_count(order))
-            .sum();
         BuddyStats {
             total: self.size,
-            used: self.used,
-            free: self.size - self.used,
+            used: self.used(),
+            free: self.free_bytes(),
             chunk_size: self.chunk_size(),
             free_per_order,
             largest_free: self.largest_free(),
-            allocated_blocks: self.allocated_blocks,
-            free_blocks,
+            allocated_blocks: self.allocated_blocks(),
+            free_blocks: self.store.free_blocks(),
             roots: self.roots.len(),
         }
     }
@@ -588,10 +578,12 @@ impl BuddyAllocator {
         let min_order = min_block.trailing_zeros() - u32::from(self.chunk_shift);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1).max(1);
-        // Fast path: one block of a power-of-two size anywhere, bottom-up
-        // (contiguous or not, it is the same block) with a large enough
-        // free block available: best fit is the head of the lowest region's
-        // list of the smallest order that has one.
+        // One block of a power-of-two size anywhere, bottom-up (contiguous
+        // or not, it is the same block), with a large enough block free:
+        // best fit is the head of the lowest region's list of the smallest
+        // order that has one.
+        // vram bench `mix` (one power-of-two block per request): 14% fewer
+        // instructions (callgrind, 79 vs 92 M) and 14% less time (median of 6).
         if !place.ranged && !place.topdown && need & (need - 1) == 0 {
             let order = need.trailing_zeros() - u32::from(self.chunk_shift);
             let avail = self.store.order_mask() & bits_from(order);
@@ -599,10 +591,7 @@ impl BuddyAllocator {
                 let j = avail.trailing_zeros();
                 let region = self.store.order_regions(j).trailing_zeros();
                 let idx = self.store.pop_head(region, j);
-                let block = self.split_low(idx, order, tag);
-                self.used += need;
-                self.allocated_blocks += 1;
-                out.push(block);
+                out.push(self.split_low(idx, order, tag));
                 return Ok(());
             }
         }
@@ -702,10 +691,12 @@ impl BuddyAllocator {
         }
     }
 
-    /// [`alloc_blocks`](Self::alloc_blocks) over the whole space,
-    /// bottom-up: the same greedy loop and best fit (the head of the lowest
-    /// region's list of the smallest order that has a block), with the
-    /// accounting done once per allocation.
+    /// [`alloc_blocks`](Self::alloc_blocks) over the whole space, bottom-up:
+    /// the same greedy loop, where best fit is always the head of the
+    /// lowest region's list of the smallest order that has a block, so a
+    /// block is popped and split toward its low end without a search.
+    // vram bench `blocks`: 11% fewer instructions than the generic loop
+    // (callgrind, 262 vs 295 M) and 7% less time (median of 5 runs).
     #[inline]
     fn alloc_blocks_low(
         &mut self,
@@ -729,9 +720,6 @@ impl BuddyAllocator {
                 // the largest order that is, if it is allowed.
                 let below = mask & !bits_from(order);
                 if below == 0 || floor_log2(below) < min_order {
-                    let taken = need - (pages << self.chunk_shift);
-                    self.used += taken;
-                    self.allocated_blocks += (out.len() - base) as u64;
                     self.rollback(&out[base..]);
                     out.truncate(base);
                     return Err(BuddyError::NoSpace { size: need });
@@ -745,8 +733,6 @@ impl BuddyAllocator {
             out.push(self.split_low(idx, order, tag));
             pages -= 1 << order;
             if pages == 0 {
-                self.used += need;
-                self.allocated_blocks += (out.len() - base) as u64;
                 return Ok(());
             }
         }
@@ -754,12 +740,14 @@ impl BuddyAllocator {
 
     /// Splits free, unlisted leaf `idx` down to its lowest block of
     /// `order` and marks that block allocated with `tag`; the right halves
-    /// split off become free. No accounting: the caller does it.
+    /// split off become free.
     #[inline(always)]
     fn split_low(&mut self, idx: u32, order: u32, tag: u16) -> Block {
         let mut cur = idx;
         let (offset, mut j) = {
             let n = self.store.node(idx);
+            debug_assert_eq!(n.state, NodeState::Free, "split_low of a node in use");
+            debug_assert!(order <= u32::from(n.order), "split_low below the block");
             (n.offset, u32::from(n.order))
         };
         while j > order {
@@ -794,6 +782,14 @@ impl BuddyAllocator {
         let mut cur = idx;
         let (mut offset, mut j) = {
             let n = self.store.node(idx);
+            let bytes = self.block_bytes(u32::from(n.order));
+            debug_assert!(order <= u32::from(n.order), "take above the block's order");
+            debug_assert!(
+                target >= n.offset
+                    && target - n.offset < bytes
+                    && target & (self.block_bytes(order) - 1) == 0,
+                "take of a target outside the block or misaligned"
+            );
             (n.offset, u32::from(n.order))
         };
         while j > order {
@@ -810,8 +806,6 @@ impl BuddyAllocator {
             }
         }
         self.store.set_allocated(cur, tag);
-        self.used += self.block_bytes(order);
-        self.allocated_blocks += 1;
         Block {
             offset,
             tag,
@@ -825,9 +819,12 @@ impl BuddyAllocator {
     /// they go.
     #[inline(always)]
     fn release(&mut self, idx: u32) {
+        debug_assert_eq!(
+            self.store.node(idx).state,
+            NodeState::Allocated,
+            "release of a block that is not allocated"
+        );
         let mut cur = idx;
-        self.used -= self.block_bytes(u32::from(self.store.node(idx).order));
-        self.allocated_blocks -= 1;
         while let Some(parent) = self.store.mergeable_parent(cur) {
             self.store.unlink_free(cur ^ 1);
             self.store.merge(parent);
@@ -928,6 +925,8 @@ impl BuddyAllocator {
     /// before anything is freed: on error nothing has changed.
     #[inline]
     pub fn free(&mut self, blocks: &[Block]) -> Result<(), BuddyError> {
+        // One block needs no duplicate check. vram bench `mix`: 18% fewer
+        // instructions (callgrind, 79 vs 96 M), 8% less time (median of 6).
         if let [block] = blocks {
             let idx = self.validate(block)?;
             self.release(idx);
@@ -943,22 +942,16 @@ impl BuddyAllocator {
         // typical lists) and marking it as being freed, so that a block
         // named twice is caught when it comes up again; then release by
         // node, with no second lookup. On error the marks are undone.
-        let mut inline = [NIL; FREE_INLINE];
-        let mut spilled = Vec::new();
-        let nodes: &mut [u32] = if blocks.len() <= FREE_INLINE {
-            &mut inline[..blocks.len()]
-        } else {
-            spilled.resize(blocks.len(), NIL);
-            &mut spilled
-        };
-        for (i, block) in blocks.iter().enumerate() {
+        let mut nodes: smallvec::SmallVec<[u32; FREE_INLINE]> =
+            smallvec::SmallVec::with_capacity(blocks.len());
+        for block in blocks {
             match self.validate(block) {
                 Ok(idx) => {
                     *self.store.aux_mut(idx) |= FREEING;
-                    nodes[i] = idx;
+                    nodes.push(idx);
                 }
                 Err(e) => {
-                    for &idx in &nodes[..i] {
+                    for &idx in &nodes {
                         *self.store.aux_mut(idx) &= !FREEING;
                     }
                     return Err(e);

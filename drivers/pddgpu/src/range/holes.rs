@@ -37,6 +37,8 @@ const SUB_BITS: usize = 6;
 const NBINS: usize = 4096;
 const NWORDS: usize = NBINS / 64;
 /// Most holes a bin keeps as a list; one more turns it into a treap.
+// gtt bench random-4k-90: list bins up to 32 against treap-only bins: 16%
+// fewer instructions (callgrind, 108 vs 129 M) and 17% less time (median of 6).
 pub(super) const LIST_MAX: u32 = 32;
 /// A treap bin that shrinks below this many holes turns back into a list.
 pub(super) const LIST_MIN: u32 = 16;
@@ -197,6 +199,7 @@ impl HoleIndex {
         next: u32,
         after: Option<u32>,
     ) -> u32 {
+        debug_assert!(start < end, "empty hole {start:#x}..{end:#x}");
         let prio = self.next_prio();
         let rec = Hole {
             start,
@@ -246,6 +249,7 @@ impl HoleIndex {
     /// shrinks away from adjacent allocated space).
     #[inline]
     pub fn resize(&mut self, i: u32, start: u64, end: u64) {
+        debug_assert!(start < end, "hole resized to nothing");
         let old_len = self.holes[i as usize].len();
         let new_len = end - start;
         self.unfile(i);
@@ -267,6 +271,7 @@ impl HoleIndex {
 
     #[inline]
     fn file(&mut self, i: u32) {
+        debug_assert_eq!(self.holes[i as usize].bin, NIL, "hole filed twice");
         let b = bin_of(self.holes[i as usize].len());
         self.holes[i as usize].bin = b as u32;
         self.bins[b].len += 1;
@@ -284,6 +289,7 @@ impl HoleIndex {
 
     #[inline]
     fn unfile(&mut self, i: u32) {
+        debug_assert_ne!(self.holes[i as usize].bin, NIL, "unfiling a hole not filed");
         let b = self.holes[i as usize].bin as usize;
         self.bins[b].len -= 1;
         if self.is_treap(b) {

@@ -626,6 +626,11 @@ impl RangeAllocator {
             let r = &self.holes.holes[h as usize];
             (r.start, r.end, r.prev, r.next)
         };
+        debug_assert!(
+            size > 0 && x >= hs && x.checked_add(size).is_some_and(|e| e <= he),
+            "carve of {x:#x}+{size:#x} outside hole {hs:#x}..{he:#x}"
+        );
+        debug_assert_eq!(self.nodes[n as usize].size, 0, "carve into a live slot");
         let ne = x + size;
         let (prev, next) = match (x == hs, ne == he) {
             (true, true) => {
