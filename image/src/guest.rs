@@ -82,7 +82,11 @@ pub fn exercise(bo: &mut Bo, index: u32, vram: &mut dyn VramProbe) -> Result<usi
     let id = bo.id();
     let size = bo.size();
     let s = seed(index, id);
-    pattern::fill(s, 0, bo.map().with_context(|| format!("mapping BO {id}"))?);
+    let mut bytes = vec![0u8; size as usize];
+    pattern::fill(s, 0, &mut bytes);
+    bo.map()
+        .with_context(|| format!("mapping BO {id}"))?
+        .write(0, &bytes);
     let mut buf = vec![0u8; 64 << 10];
     let mut at = 0u64;
     while at < size {

@@ -59,6 +59,13 @@ enum Command {
     /// Every step is cached under target/redox/ by a hash of its inputs
     /// (stamps in target/redox/stamps, step logs in target/redox/logs);
     /// serial logs go to target/redox/serial-gpu.log and serial-no-gpu.log.
+    /// Everything Rust is built with the nightly pinned in
+    /// image/src/redox/toolchain.txt (installed with rustup when missing).
+    /// The bootloader carries one patch of ours
+    /// (image/src/redox/patches/bootloader-default-mode.patch): it boots with
+    /// the video mode Enter would pick instead of waiting in its menu, so
+    /// nothing is typed into the guest. Redox cannot power off here: QEMU is
+    /// stopped 3 s after the verdict line.
     RedoxBoot {
         #[command(flatten)]
         build: RedoxBuildArgs,
@@ -259,7 +266,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let boot_opts = boot.options().map_err(anyhow::Error::msg)?;
             let progress = redox_progress_for(&build);
             let image = redox::build(&build.options(), &progress)?;
-            println!("redox-image: disk image {}", image.disk.display());
+            println!(
+                "redox-image: disk image {} [{}]",
+                image.disk.display(),
+                redox::progress::seconds(progress.elapsed())
+            );
             println!(
                 "redox-image: boot it with:\n{}",
                 redox::boot::command_line(&image.qemu, &image.disk, true, &boot_opts)

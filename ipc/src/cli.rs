@@ -5,6 +5,7 @@
 //! 5 permission denied; 6 the audit or health check found problems.
 
 use std::io::Write;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -120,6 +121,47 @@ enum Command {
     },
     /// `ok`, or the problems found (exit 6 if not ok).
     Health,
+    /// Live view: usage, rates and history per domain, the occupancy map,
+    /// clients, health (keys: q quits, s sorts, p pauses).
+    Top {
+        /// Time between refreshes: seconds (`1`, `0.5`) or with a unit
+        /// (`500ms`, `2s`).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Stop after this many frames.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        frames: Option<u64>,
+        /// Print frames as plain text instead of driving the terminal.
+        #[arg(long)]
+        plain: bool,
+        /// Width of plain frames in columns.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(60..=1000))]
+        width: u16,
+    },
+}
+
+/// Parses a refresh interval: seconds (`1`, `0.5`) or `<n>ms` / `<n>s`;
+/// between 50 ms and one hour.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(secs) = s.strip_suffix('s') {
+        (secs, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an interval (try 1, 0.5, 500ms, 2s)"))?;
+    let secs = value * scale;
+    if !(0.05..=3600.0).contains(&secs) {
+        return Err(format!(
+            "`{s}`: the interval must be between 50ms and 3600s"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Runs the CLI with the process arguments; returns the exit code.
@@ -189,6 +231,30 @@ fn out(text: &str) {
 }
 
 fn execute(cli: Cli) -> crate::Result<i32> {
+    if let Command::Top {
+        interval,
+        frames,
+        plain,
+        width,
+    } = cli.command
+    {
+        // `top` connects (and reconnects) by itself: a server that is not
+        // there yet, or goes away, is shown, not fatal.
+        let socket = cli.socket;
+        let options = crate::top::TopOptions {
+            interval,
+            frames,
+            plain,
+            width,
+        };
+        return crate::top::run(Box::new(move || connect(socket.clone())), &options).map_err(
+            |source| Error::Io {
+                op: "top",
+                path: "terminal".into(),
+                source,
+            },
+        );
+    }
     let dev = connect(cli.socket)?;
     match cli.command {
         Command::Stats { json: true } => out(&dev.read_text("stats.json")?),
@@ -260,6 +326,7 @@ fn execute(cli: Cli) -> crate::Result<i32> {
         }
         Command::Clients { json: true } => out(&dev.read_text("clients.json")?),
         Command::Clients { json: false } => out(&dev.read_text("clients")?),
+        Command::Top { .. } => unreachable!("handled before connecting"),
         Command::Health => {
             let health = dev.health()?;
             out(&health);
@@ -285,13 +352,13 @@ fn alloc(dev: &Device, desc: &BoDesc, count: u32, hold: bool, export: bool) -> c
         let segments = bo.segments()?.len();
         let pattern = (id as u8) ^ 0x5a;
         let map = bo.map()?;
-        for (i, b) in map.iter_mut().enumerate() {
-            *b = pattern.wrapping_add(i as u8);
+        for i in 0..map.len() {
+            map.store(i, pattern.wrapping_add(i as u8));
         }
         let mapped_ok = map
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == pattern.wrapping_add(i as u8));
+            .all(|(i, b)| b == pattern.wrapping_add(i as u8));
         // Read the tail back through the server too: the same memory.
         let mut tail = [0u8; 64];
         let at = desc.size.saturating_sub(tail.len() as u64);
@@ -376,6 +443,35 @@ mod tests {
         assert_eq!(run(["pddgpu", "recover", "disk"]), EXIT_USAGE);
         assert_eq!(run(["pddgpu", "frobnicate"]), EXIT_USAGE);
         assert_eq!(run(["pddgpu", "--help"]), 0);
+    }
+
+    #[test]
+    fn intervals_parse_with_units_and_bounds() {
+        assert_eq!(parse_interval("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "fast", "10ms", "0", "-1", "2h", "4000"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+        assert_eq!(run(["pddgpu", "top", "--interval", "1ms"]), EXIT_USAGE);
+        assert_eq!(run(["pddgpu", "top", "--frames", "0"]), EXIT_USAGE);
+    }
+
+    #[test]
+    fn top_without_a_server_says_so_and_exits_3() {
+        let code = run([
+            "pddgpu",
+            "--socket",
+            "/nonexistent/pddgpu-test.sock",
+            "top",
+            "--plain",
+            "--frames",
+            "2",
+            "--interval",
+            "50ms",
+        ]);
+        assert_eq!(code, EXIT_UNREACHABLE);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::time::Duration;
 use syscall::flag::{O_DIRECTORY, O_RDONLY, O_RDWR, O_WRONLY};
 
 use crate::error::{Error, Result};
-use crate::model::{ClientInfo, LeakReport, Stats};
-use crate::transport::{Mapping, Transport};
+use crate::model::{ClientInfo, LeakReport, OccupancyMap, Stats};
+use crate::transport::{Mapping, SharedBytes, Transport};
 use crate::wire::{
     BoCall, BoDesc, BoFlags, BoInfoWire, Domain, ExportWire, SegmentWire, ShareToken,
 };
@@ -280,6 +280,12 @@ impl Device {
         self.read_json("clients.json")
     }
 
+    /// The occupancy map of `domain` (`vram` or `gtt`): every BO extent
+    /// and free hole in address order (`<domain>.map.json`).
+    pub fn occupancy_map(&self, domain: &str) -> Result<OccupancyMap> {
+        self.read_json(&format!("{domain}.map.json"))
+    }
+
     /// `ok`, or one line per problem (`health`).
     pub fn health(&self) -> Result<String> {
         self.read_text("health")
@@ -406,24 +412,22 @@ impl Bo {
         Ok(segs)
     }
 
-    /// Maps the BO into this process and returns its bytes. The memory is
-    /// shared with the device and with every other client holding the BO.
-    /// Mapping again returns the existing mapping.
-    pub fn map(&mut self) -> Result<&mut [u8]> {
-        if self.mapping.is_none() {
-            let segs = self.segments()?;
-            let m = self
-                .dev
-                .t()
-                .map(self.handle, self.domain(), self.info.size, &segs)
-                .map_err(|e| Error::from_transport("map", &self.path, e))?;
-            self.mapping = Some(m);
-        }
-        Ok(self
-            .mapping
-            .as_mut()
-            .map(|m| m.as_mut_slice())
-            .unwrap_or_default())
+    /// Maps the BO into this process and returns its memory. The memory is
+    /// shared with the device and with every other client holding the BO,
+    /// so it is accessed through [`SharedBytes`]' atomic loads and stores,
+    /// never as a plain slice. Mapping again returns the existing mapping.
+    pub fn map(&mut self) -> Result<SharedBytes<'_>> {
+        let mapping = match self.mapping.take() {
+            Some(m) => m,
+            None => {
+                let segs = self.segments()?;
+                self.dev
+                    .t()
+                    .map(self.handle, self.domain(), self.info.size, &segs)
+                    .map_err(|e| Error::from_transport("map", &self.path, e))?
+            }
+        };
+        Ok(self.mapping.insert(mapping).bytes())
     }
 
     /// Removes the mapping (also done on drop).

@@ -1,6 +1,5 @@
 //! # pddgpu-ipc — wire protocol, transports and client library
 //!
-//! - [`ascii`]: cheap splitting of paths and query strings.
 //! - [`wire`]: the `#[repr(C)]` structs of the binary `call` interface, BO
 //!   creation parameters and their path form, share tokens.
 //! - [`model`]: the JSON documents (`stats.json`, `leaks.json`,
@@ -12,28 +11,32 @@
 //! - `redox` (Redox only): the Redox transport, system calls on
 //!   `/scheme/pddgpu/…`.
 //! - [`Device`] / [`Bo`]: the client library.
+//! - [`occupancy`]: reading occupancy maps for display (client colours,
+//!   the coarse map).
+//! - [`top`]: `pddgpu top`, the live terminal view.
 //! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
 //!   form of `stats.json` it prints.
 #![deny(missing_docs)]
 
-pub mod ascii;
 pub mod cli;
 mod client;
 mod error;
 pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
-pub mod idhash;
 pub mod model;
+pub mod occupancy;
 #[cfg(target_os = "redox")]
 pub mod redox;
 pub mod size;
 pub mod stats_table;
+pub mod top;
 pub mod transport;
 pub mod wire;
 
 pub use client::{Bo, Device};
 pub use error::{Error, Result};
+pub use transport::SharedBytes;
 pub use wire::{BoDesc, BoFlags, Domain, ShareToken};
 
 /// Environment variable naming the host-transport socket.

@@ -3,6 +3,7 @@
 //! and, on Redox, by plain system calls on `/scheme/pddgpu/…`.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, Ordering};
 use std::io;
 
 use syscall::data::Stat;
@@ -101,18 +102,86 @@ impl Mapping {
         self.len == 0
     }
 
-    /// The BO's bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `from_raw`'s contract: `len` readable bytes at `ptr`, alive
-        // as long as `self`.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// The BO's memory (see [`SharedBytes`]).
+    pub fn bytes(&self) -> SharedBytes<'_> {
+        // SAFETY: `from_raw`'s contract: `len` readable and writable bytes at
+        // `ptr`, alive as long as `self`. `AtomicU8` has the size and
+        // alignment of `u8`, and every access through the slice is atomic,
+        // so writes by other processes to the same memory are no data race.
+        let atomics =
+            unsafe { core::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU8>(), self.len) };
+        SharedBytes(atomics)
+    }
+}
+
+/// The memory of a mapped BO. The server and every other holder of the BO
+/// may write it at any time, so it is never handed out as `&[u8]` or
+/// `&mut [u8]` (which would promise that nobody else writes it): every
+/// access is an atomic load or store with relaxed ordering, which is sound
+/// whatever others do and compiles to plain loads and stores. Accesses of
+/// different processes are not ordered with each other; a request to the
+/// server (a read, a write, a call) orders what came before it.
+///
+/// Offsets out of range panic, as slice indexing does.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedBytes<'a>(&'a [AtomicU8]);
+
+impl<'a> SharedBytes<'a> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
-    /// The BO's bytes, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique
-        // within this process.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// Whether it is empty (never, for a BO).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The byte at `index`.
+    pub fn load(&self, index: usize) -> u8 {
+        self.0[index].load(Ordering::Relaxed)
+    }
+
+    /// Sets the byte at `index`.
+    pub fn store(&self, index: usize, byte: u8) {
+        self.0[index].store(byte, Ordering::Relaxed);
+    }
+
+    /// Copies `buf.len()` bytes from `offset` into `buf`.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        let src = &self.0[offset..offset + buf.len()];
+        for (b, a) in buf.iter_mut().zip(src) {
+            *b = a.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Copies `data` to `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        for (a, &b) in self.0[offset..offset + data.len()].iter().zip(data) {
+            a.store(b, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets every byte to `byte`.
+    pub fn fill(&self, byte: u8) {
+        for a in self.0 {
+            a.store(byte, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of all the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.iter().collect()
+    }
+
+    /// The bytes in order, each loaded when the iterator reaches it.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + 'a {
+        self.0.iter().map(|a| a.load(Ordering::Relaxed))
+    }
+
+    /// The memory as atomics, for other access patterns.
+    pub fn as_atomic(&self) -> &'a [AtomicU8] {
+        self.0
     }
 }
 
@@ -188,5 +257,38 @@ mod tests {
             assert!(validate_segments(8192, 4096, &bad).is_err(), "{bad:?}");
         }
         assert!(validate_segments(u64::MAX, 4096, &[seg(4096, 0, u64::MAX)]).is_err());
+    }
+
+    /// Frees a boxed slice leaked by the test below.
+    unsafe fn free_boxed(ptr: *mut u8, len: usize) {
+        // SAFETY: `ptr..ptr + len` is the boxed slice the test leaked, freed
+        // once, by the mapping's drop.
+        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) });
+    }
+
+    #[test]
+    fn shared_bytes_load_store_and_copy() {
+        let memory: Box<[u8]> = vec![7u8; 64].into_boxed_slice();
+        let ptr = NonNull::new(Box::into_raw(memory).cast::<u8>()).unwrap();
+        // SAFETY: a live, readable and writable allocation of 64 bytes that
+        // only this mapping frees.
+        let mapping = unsafe { Mapping::from_raw(ptr, 60, 64, free_boxed) };
+        let m = mapping.bytes();
+        assert_eq!(m.len(), 60, "only the BO's length is visible");
+        assert!(m.iter().all(|b| b == 7));
+        m.fill(1);
+        m.store(3, 9);
+        m.write(10, b"abc");
+        assert_eq!(m.load(3), 9);
+        let mut buf = [0u8; 4];
+        m.read(9, &mut buf);
+        assert_eq!(&buf, b"\x01abc");
+        let all = m.to_vec();
+        assert_eq!(all.len(), 60);
+        assert_eq!(all.iter().filter(|&&b| b == 1).count(), 56);
+        assert!(
+            std::panic::catch_unwind(|| m.load(60)).is_err(),
+            "past the end"
+        );
     }
 }

@@ -205,8 +205,9 @@ impl BoDesc {
         let mut align = None;
         let mut label = None;
         let mut attempt = None;
-        for pair in crate::ascii::split(query, b'&') {
-            let (key, value) = crate::ascii::split_once(pair, b'=')
+        for pair in query.split('&') {
+            let (key, value) = pair
+                .split_once('=')
                 .ok_or_else(|| format!("query item `{pair}` is not key=value"))?;
             let dup = || format!("query key `{key}` given twice");
             match key {

@@ -12,10 +12,21 @@
 //!
 //! Owner ids are never reused while the server runs, so a caller id that
 //! comes back later (a recycled pid) never inherits a dead caller's BOs.
+//!
+//! Caller id 0 is anonymous: on Redox an open by absolute path is made by
+//! the namespace manager on the client's behalf and reaches us with the
+//! client's uid but pid 0, so any number of unrelated processes share it.
+//! Each open by an anonymous caller is therefore an owner of its own: what it
+//! creates is reachable through that handle alone, never by another
+//! anonymous opener. (Our client library opens relative to a descriptor of
+//! the scheme root, which carries the real pid.)
 
-use pddgpu_ipc::idhash::IdMap;
+use std::collections::HashMap;
 
 pub use pddgpu::driver::OwnerId;
+
+/// The caller id of an open that names no process (see the module docs).
+pub const ANONYMOUS_CALLER: usize = 0;
 
 #[derive(Debug)]
 struct Entry {
@@ -26,8 +37,8 @@ struct Entry {
 /// The live callers: their owners, pids and handle counts.
 #[derive(Debug, Default)]
 pub struct Callers {
-    by_pid: IdMap<usize, OwnerId>,
-    entries: IdMap<OwnerId, Entry>,
+    by_pid: HashMap<usize, OwnerId>,
+    entries: HashMap<OwnerId, Entry>,
     next: OwnerId,
 }
 
@@ -41,14 +52,19 @@ impl Callers {
     }
 
     /// The owner of caller `pid`, creating it if needed, without counting
-    /// a handle (used before we know whether an open will succeed).
+    /// a handle (used before we know whether an open will succeed). An
+    /// anonymous caller gets a new owner on every call.
     pub fn owner_of(&mut self, pid: usize) -> OwnerId {
-        if let Some(&owner) = self.by_pid.get(&pid) {
-            return owner;
+        if pid != ANONYMOUS_CALLER {
+            if let Some(&owner) = self.by_pid.get(&pid) {
+                return owner;
+            }
         }
         let owner = self.next;
         self.next += 1;
-        self.by_pid.insert(pid, owner);
+        if pid != ANONYMOUS_CALLER {
+            self.by_pid.insert(pid, owner);
+        }
         self.entries.insert(owner, Entry { pid, handles: 0 });
         owner
     }
@@ -126,6 +142,22 @@ mod tests {
         assert_ne!(again, a, "a recycled pid gets a new owner");
         assert!(o.drop_if_idle(again));
         assert!(!o.release_handle(again), "unknown owners are ignored");
+    }
+
+    #[test]
+    fn every_anonymous_open_is_an_owner_of_its_own() {
+        let mut o = Callers::new();
+        let a = o.owner_of(ANONYMOUS_CALLER);
+        let b = o.owner_of(ANONYMOUS_CALLER);
+        assert_ne!(a, b, "two anonymous opens never share an owner");
+        o.add_handle(a);
+        o.add_handle(b);
+        assert!(
+            o.release_handle(a),
+            "the anonymous owner ends with its handle"
+        );
+        assert_eq!(o.handles(b), 1, "the other anonymous owner is untouched");
+        assert_ne!(o.owner_of(7), b);
     }
 
     #[test]

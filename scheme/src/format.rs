@@ -281,11 +281,21 @@ pub fn leaks_text(r: &LeakModel) -> String {
 /// driver's usage.
 pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
     let usage = driver.clients();
+    // The largest BO each owner is shown holding: (size, label).
+    let mut largest: std::collections::BTreeMap<u64, (u64, String)> = Default::default();
+    for r in driver.bo_list() {
+        let best = largest.entry(r.owner).or_default();
+        if r.size > best.0 {
+            *best = (r.size, r.label);
+        }
+    }
+    let largest_of = |owner: u64| largest.get(&owner).cloned().unwrap_or_default();
     let mut out: Vec<ClientInfo> = owners
         .list()
         .into_iter()
         .map(|(owner, pid)| {
             let u = usage.iter().find(|u| u.owner == owner);
+            let (largest_bo_bytes, largest_bo_label) = largest_of(owner);
             ClientInfo {
                 owner,
                 pid: pid as u64,
@@ -294,6 +304,8 @@ pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
                 vram_bytes: u.map_or(0, |u| u.vram_bytes),
                 gtt_bytes: u.map_or(0, |u| u.gtt_bytes),
                 quota: u.and_then(|u| u.quota).unwrap_or(0),
+                largest_bo_label,
+                largest_bo_bytes,
             }
         })
         .collect();
@@ -301,6 +313,7 @@ pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
     // their BOs are released when the last handle closes) is shown too.
     for u in usage {
         if !out.iter().any(|c| c.owner == u.owner) {
+            let (largest_bo_bytes, largest_bo_label) = largest_of(u.owner);
             out.push(ClientInfo {
                 owner: u.owner,
                 pid: 0,
@@ -309,6 +322,8 @@ pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
                 vram_bytes: u.vram_bytes,
                 gtt_bytes: u.gtt_bytes,
                 quota: u.quota.unwrap_or(0),
+                largest_bo_label,
+                largest_bo_bytes,
             });
         }
     }

@@ -5,9 +5,9 @@
 //! handle, or an import), closing drops it.
 
 use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError};
-use pddgpu_ipc::idhash::IdMap;
 use pddgpu_ipc::wire::Domain;
 use redox_scheme::CallerCtx;
+use std::collections::HashMap;
 use syscall::error::{EACCES, EISDIR, ENOENT, EPERM, ESHUTDOWN};
 use syscall::flag::{O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY};
 
@@ -44,7 +44,7 @@ pub(crate) struct Handle {
 /// The open handles of all callers, by handle id (ids are never reused).
 #[derive(Debug)]
 pub(crate) struct Handles {
-    map: IdMap<usize, Handle>,
+    map: HashMap<usize, Handle>,
     next: usize,
 }
 
@@ -52,7 +52,7 @@ impl Handles {
     /// An empty table whose first id is `first`.
     pub fn new(first: usize) -> Self {
         Handles {
-            map: IdMap::default(),
+            map: HashMap::default(),
             next: first,
         }
     }

@@ -11,7 +11,6 @@
 //! | `bo/<id>` | reopen a BO this client already holds |
 //! | `bo/<id>?token=<hex>` | import a BO another client exported |
 
-use pddgpu_ipc::ascii;
 use pddgpu_ipc::wire::BoDesc;
 
 /// A read-only generated file.
@@ -143,14 +142,14 @@ pub fn parse(path: &str) -> Result<Node, PathError> {
             reason: format!("path longer than {MAX_PATH} bytes"),
         });
     }
-    let (name, query) = match ascii::split_once(path, b'?') {
+    let (name, query) = match path.split_once('?') {
         Some((n, q)) => (n, Some(q)),
         None => (path, None),
     };
     let name = name.trim_start_matches('/');
     let name = name.strip_suffix('/').unwrap_or(name);
     // At most two components, none of them empty, `.` or `..`.
-    let (first, second) = match ascii::split_once(name, b'/') {
+    let (first, second) = match name.split_once('/') {
         None => (name, None),
         Some((first, second)) => (first, Some(second)),
     };

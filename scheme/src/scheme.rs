@@ -135,7 +135,10 @@ impl PddgpuScheme {
         );
     }
 
-    /// Removes handle `id` from the table without releasing anything.
+    /// Removes handle `id` from the table without releasing anything (the
+    /// host transport's batch release; on Redox the kernel closes handles
+    /// one by one).
+    #[cfg(not(target_os = "redox"))]
     pub(crate) fn take_handle(&mut self, id: usize) -> Option<Handle> {
         self.handles.remove(id)
     }

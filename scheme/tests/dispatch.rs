@@ -393,3 +393,38 @@ fn handles_are_references_and_exports_end_with_the_exporters_last_handle() {
     assert_eq!(h.scheme.handle_count(), 0);
     assert!(h.driver.leak_check(1).is_clean());
 }
+
+/// Attack: on Redox, opens by absolute path come through the namespace
+/// manager and carry pid 0 for every process. Two such callers must not
+/// share an owner: neither reaches, lists or frees the other's BO.
+#[test]
+fn anonymous_callers_never_share_an_owner() {
+    let mut h = harness();
+    let anonymous = 0;
+    let a = h
+        .open(anonymous, ROOT_ID, "bo/new?size=4K&domain=gtt", O_RDWR)
+        .unwrap();
+    let mut info = [0u8; BoInfoWire::SIZE];
+    h.call(anonymous, a, &mut info, [BoCall::Info as u64, 0])
+        .unwrap();
+    let id = BoInfoWire::decode(&info).unwrap().id;
+    assert_eq!(h.write(anonymous, a, 0, b"secret"), Ok(6));
+
+    // A second anonymous open is somebody else.
+    assert_eq!(
+        h.open(anonymous, ROOT_ID, &format!("bo/{id}"), O_RDWR),
+        Err(EPERM)
+    );
+    let dir = h.open(anonymous, ROOT_ID, "bo", O_RDONLY).unwrap();
+    let listed = h.dirents(anonymous, dir);
+    assert!(
+        !listed.iter().any(|n| *n == id.to_string()),
+        "another anonymous caller lists {id}: {listed:?}"
+    );
+
+    // The BO is still whole through its own handle.
+    let mut back = [0u8; 6];
+    assert_eq!(h.read(anonymous, a, 0, &mut back), Ok(6));
+    assert_eq!(&back, b"secret");
+    assert_eq!(h.driver.stats().gtt.bo_count, 1);
+}

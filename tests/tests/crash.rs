@@ -66,7 +66,7 @@ fn a_killed_client_loses_its_bos_and_others_go_on() {
         Some(syscall::error::ENOENT)
     );
     // Everyone else is still served, and the bystander's BO is intact.
-    assert!(keep.map().unwrap().iter().all(|&b| b == 0x77));
+    assert!(keep.map().unwrap().iter().all(|b| b == 0x77));
     let other = dev
         .create_bo(32 << 20, Domain::Gtt, BoFlags::empty())
         .unwrap();

@@ -89,10 +89,7 @@ fn corrupted_vram_manager_is_detected_and_recovered() {
     // Live BOs kept their bytes, and new BOs land elsewhere.
     for (i, bo) in survivors.iter_mut().enumerate() {
         let want = 0xA0 + (i as u8) * 2;
-        assert!(
-            bo.map().unwrap().iter().all(|&b| b == want),
-            "BO {i} intact"
-        );
+        assert!(bo.map().unwrap().iter().all(|b| b == want), "BO {i} intact");
     }
     let mut fresh = Vec::new();
     for _ in 0..4 {
@@ -111,7 +108,7 @@ fn corrupted_vram_manager_is_detected_and_recovered() {
     for (i, bo) in survivors.iter_mut().enumerate() {
         let want = 0xA0 + (i as u8) * 2;
         assert!(
-            bo.map().unwrap().iter().all(|&b| b == want),
+            bo.map().unwrap().iter().all(|b| b == want),
             "BO {i} untouched"
         );
     }
@@ -145,7 +142,7 @@ fn device_error_is_recovered_with_recover_all() {
     let (code, text) = cli(&daemon, &["recover", "all"]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(dev.health().unwrap(), "ok\n");
-    assert!(keep.map().unwrap().iter().all(|&b| b == 0x3C));
+    assert!(keep.map().unwrap().iter().all(|b| b == 0x3C));
     let (code, text) = cli(&daemon, &["recover", "vram"]);
     assert_eq!(code, 1, "recovering a READY manager is refused: {text}");
     assert!(text.contains("EBUSY"), "{text}");

@@ -21,34 +21,10 @@ use crate::leak::SlotId;
 use crate::range::RangeNode;
 use crate::vram::VramAllocation;
 
-/// Hasher for integer ids (BO ids, owner ids): a splitmix finaliser, so
-/// sequential ids spread over the whole table.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct IdHasher(u64);
-
-impl core::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        let mut x = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-}
-
-/// A map keyed by integer ids.
-pub(crate) type IdMap<V> = HashMap<u64, V, core::hash::BuildHasherDefault<IdHasher>>;
+/// A map keyed by integer ids (hashbrown's default hasher).
+pub(crate) type IdMap<V> = HashMap<u64, V>;
 /// A set of integer ids.
-pub(crate) type IdSet = HashSet<u64, core::hash::BuildHasherDefault<IdHasher>>;
+pub(crate) type IdSet = HashSet<u64>;
 
 /// A client of the driver (the scheme maps a connection or process to one).
 pub type OwnerId = u64;

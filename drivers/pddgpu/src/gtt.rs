@@ -1,23 +1,17 @@
-//! The GTT manager: a [`RangeAllocator`] over the GTT aperture behind a
-//! lock, with the shared manager state machine, lock-free statistics, a
-//! retry policy for callers and recovery from the table of live nodes.
-//!
-//! Life cycle (shared with the VRAM manager, see [`crate::manager`]):
-//! `INITIALIZING → READY → SHUTDOWN`, `READY → ERROR` on a detected or
-//! injected fault, and `ERROR → READY` only through [`GttManager::recover`],
-//! which rebuilds the allocator from the nodes still in use so that nothing
-//! live is lost or handed out twice. Allocation, reservation and free are
-//! served only while READY; the state is re-checked under the allocator lock,
-//! so no operation can slip into an allocator that recovery is replacing.
+//! The GTT manager: a [`Manager`] over a [`RangeAllocator`] of the GTT
+//! aperture (state machine, retry policy, recovery procedure; see
+//! [`crate::manager`]), plus lock-free statistics and the rebuild of the
+//! allocator from the nodes still in use, so that nothing live is lost or
+//! handed out twice.
 //!
 //! Statistics are published after every change into atomics guarded by a
 //! sequence counter, so [`GttManager::get_stats`] never takes the allocator
 //! lock and still returns a consistent snapshot.
 
-use core::ops::Range;
+use core::ops::{Deref, Range};
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
-use crate::manager::{ManagerError, ManagerState, RetryCell, RetryPolicy, StateCell};
+use crate::manager::{Manager, ManagerError, ManagerState, RetryPolicy};
 use crate::range::{InsertMode, RangeAllocator, RangeError, RangeNode, RangeStats};
 
 /// GTT page size: the alignment used when a caller asks for alignment 0.
@@ -140,25 +134,32 @@ impl Published {
 }
 
 /// The GTT manager; `Sync`, to be shared by all threads of the driver.
+/// Derefs to its [`Manager`] (state, retry policy, `mark_error`,
+/// `shutdown`).
 #[derive(Debug)]
 pub struct GttManager {
     config: GttConfig,
-    state: StateCell,
-    retry: RetryCell,
-    alloc: spin::Mutex<RangeAllocator>,
+    manager: Manager<RangeAllocator>,
     published: Published,
 }
 
+impl Deref for GttManager {
+    type Target = Manager<RangeAllocator>;
+    fn deref(&self) -> &Manager<RangeAllocator> {
+        &self.manager
+    }
+}
+
 impl GttManager {
-    /// Builds a manager over `config`'s aperture and makes it READY.
+    /// Builds a READY manager.
     pub fn new(config: GttConfig) -> Result<Self, ManagerError> {
         let manager = Self::create(config)?;
         manager.start()?;
         Ok(manager)
     }
 
-    /// Builds a manager and leaves it INITIALIZING (the driver finishes
-    /// bringing the device up, then calls [`start`](Self::start)).
+    /// Builds a manager and leaves it INITIALIZING (serving nothing) until
+    /// [`Manager::start`]: for bringing a device up in steps.
     pub fn create(config: GttConfig) -> Result<Self, ManagerError> {
         let alloc = RangeAllocator::new(config.start, config.size).map_err(|e| match e {
             RangeError::InvalidArgument(why) => ManagerError::InvalidArgument(why),
@@ -167,42 +168,20 @@ impl GttManager {
         let published = Published::new(&alloc.stats());
         Ok(GttManager {
             config,
-            state: StateCell::new(ManagerState::Initializing),
-            retry: RetryCell::new(config.retry),
-            alloc: spin::Mutex::new(alloc),
+            manager: Manager::new("gtt", alloc, config.retry),
             published,
         })
     }
 
-    /// INITIALIZING → READY.
-    pub fn start(&self) -> Result<(), ManagerError> {
-        self.state.start()
-    }
-
     /// The configuration (the retry policy in force is
-    /// [`retry_policy`](Self::retry_policy)).
+    /// [`Manager::retry_policy`]).
     pub fn config(&self) -> &GttConfig {
         &self.config
     }
 
-    /// The current state (lock-free).
-    pub fn state(&self) -> ManagerState {
-        self.state.get()
-    }
-
-    /// The retry policy handed out with [`ManagerError::NoSpace`].
-    pub fn retry_policy(&self) -> RetryPolicy {
-        self.retry.get()
-    }
-
-    /// Changes the retry policy.
-    pub fn set_retry_policy(&self, policy: RetryPolicy) {
-        self.retry.set(policy);
-    }
-
     /// READY with plausible counters (lock-free).
     pub fn is_healthy(&self) -> bool {
-        self.state.get() == ManagerState::Ready && self.published.load().0 <= self.config.size
+        self.state() == ManagerState::Ready && self.published.load().0 <= self.config.size
     }
 
     /// Allocates `size` bytes aligned to `align` (a power of two; 0 means
@@ -223,7 +202,7 @@ impl GttManager {
         range: Option<Range<u64>>,
         mode: InsertMode,
     ) -> Result<RangeNode, ManagerError> {
-        self.state.ensure_ready()?;
+        self.ensure_ready()?;
         let align = if align == 0 { GTT_PAGE_SIZE } else { align };
         let range = range.unwrap_or(0..u64::MAX);
         if !self.could_ever_fit(size, align, &range) {
@@ -238,7 +217,6 @@ impl GttManager {
     /// Claims exactly `start..start + size` (firmware, scratch pages).
     /// Fails with [`ManagerError::RangeBusy`] if any of it is in use.
     pub fn reserve(&self, start: u64, size: u64) -> Result<RangeNode, ManagerError> {
-        self.state.ensure_ready()?;
         self.with_ready_allocator(|a| a.reserve(start, size))
     }
 
@@ -248,7 +226,6 @@ impl GttManager {
     /// double free, a stale copy or a node of another manager — without
     /// changing anything.
     pub fn free(&self, node: &RangeNode) -> Result<(), ManagerError> {
-        self.state.ensure_ready()?;
         self.with_ready_allocator(|a| a.remove(*node))
     }
 
@@ -271,32 +248,18 @@ impl GttManager {
         }
     }
 
-    /// Runs `op` on the allocator if the manager is READY *under the lock*,
-    /// publishes the new counters and maps the error.
+    /// Runs `op` on the allocator if the manager is READY (see
+    /// [`Manager::with_ready`]), publishes the new counters and maps the
+    /// error.
     fn with_ready_allocator<T>(
         &self,
         op: impl FnOnce(&mut RangeAllocator) -> Result<T, RangeError>,
     ) -> Result<T, ManagerError> {
-        let mut a = self.alloc.lock();
-        self.state.ensure_ready()?;
-        let result = op(&mut a);
-        if result.is_ok() {
+        self.manager.with_ready(|a| {
+            let result = op(a).map_err(map_error)?;
             self.published.store(&a.stats());
-        }
-        drop(a);
-        result.map_err(|e| self.map_error(e))
-    }
-
-    fn map_error(&self, e: RangeError) -> ManagerError {
-        match e {
-            RangeError::NoSpace { size } => ManagerError::NoSpace {
-                size,
-                retry: self.retry.get(),
-            },
-            RangeError::InvalidArgument(why) => ManagerError::InvalidArgument(why),
-            RangeError::Busy { start, size } => ManagerError::RangeBusy { start, size },
-            RangeError::InvalidNode(why) => ManagerError::InvalidFree(why),
-        }
+            Ok(result)
+        })
     }
 
     /// A snapshot of usage and state, without taking the allocator lock.
@@ -312,108 +275,80 @@ impl GttManager {
             hole_count: holes,
             largest_hole: largest,
             node_count: nodes,
-            retry: self.retry.get(),
+            retry: self.retry_policy(),
         }
     }
 
     /// The holes in address order (takes the allocator lock; for the
     /// `gtt` status file and tests).
     pub fn holes(&self) -> alloc::vec::Vec<Range<u64>> {
-        self.alloc.lock().holes().collect()
+        self.manager.inspect(|a| a.holes().collect())
     }
 
     /// Verifies the allocator's internal invariants (`O(n)`, under the
     /// lock). On failure the manager goes to ERROR, as for any detected
     /// inconsistency, and the reason is returned.
     pub fn audit(&self) -> Result<(), &'static str> {
-        let result = self.alloc.lock().check();
+        let result = self.manager.inspect(RangeAllocator::check);
         if result.is_err() {
             self.mark_error();
         }
         result
     }
 
-    /// Records a detected (or injected) inconsistency: READY or
-    /// INITIALIZING → ERROR. A shut-down manager stays shut down.
-    pub fn mark_error(&self) {
-        if self.state.fail() {
-            log::warn!("gtt: manager marked as failed");
-        }
-    }
-
-    /// Shuts the manager down for good (from any state).
-    pub fn shutdown(&self) {
-        self.state.set(ManagerState::Shutdown);
-    }
-
-    /// Recovers from ERROR: rebuilds the allocator from `live`, the nodes
-    /// still in use (normally from the driver's BO table), reserving exactly
-    /// their ranges under their own handles, so they stay valid and can be
-    /// freed later; verifies that they lie in the aperture, do not overlap,
-    /// are genuine handles of this manager, and that the rebuilt accounting
-    /// and invariants hold; then returns to READY. Space of nodes that are
-    /// not listed is reclaimed; listed space is never handed out twice.
-    ///
-    /// Only from ERROR ([`ManagerError::WrongState`] otherwise). While it
-    /// runs the manager is INITIALIZING; on failure it goes back to ERROR
-    /// with [`ManagerError::RecoveryFailed`] and keeps the old allocator.
+    /// Recovers from ERROR (see [`Manager::recover`]): rebuilds the
+    /// allocator from `live`, the nodes still in use (normally from the
+    /// driver's BO table), reserving exactly their ranges under their own
+    /// handles, so they stay valid and can be freed later; verifies that
+    /// they lie in the aperture, do not overlap, are genuine handles of
+    /// this manager, and that the rebuilt accounting and invariants hold.
+    /// Space of nodes that are not listed is reclaimed; listed space is
+    /// never handed out twice.
     pub fn recover<'a>(
         &self,
         live: impl IntoIterator<Item = &'a RangeNode>,
     ) -> Result<(), ManagerError> {
-        self.state.begin_recovery()?;
-        let mut guard = self.alloc.lock();
-        let mut expected_used = 0u64;
-        let mut expected_nodes = 0u64;
-        let rebuilt = guard
-            .rebuild(live.into_iter().inspect(|n| {
-                expected_used = expected_used.wrapping_add(n.size());
-                expected_nodes += 1;
-            }))
-            .map_err(|e| {
-                ManagerError::RecoveryFailed(match e {
-                    RangeError::Busy { .. } => "live nodes overlap",
-                    RangeError::InvalidNode(why) => why,
-                    RangeError::InvalidArgument(why) => why,
-                    RangeError::NoSpace { .. } => "cannot rebuild the allocator",
-                })
-            })
-            .and_then(|fresh| {
-                fresh.check().map_err(ManagerError::RecoveryFailed)?;
-                let s = fresh.stats();
-                if s.used != expected_used || s.node_count != expected_nodes {
-                    return Err(ManagerError::RecoveryFailed(
-                        "rebuilt accounting does not match the live nodes",
-                    ));
-                }
-                Ok(fresh)
-            });
-        match rebuilt {
-            Ok(fresh) => {
-                *guard = fresh;
-                let s = guard.stats();
-                self.published.store(&s);
-                drop(guard);
-                self.state
-                    .transition(ManagerState::Initializing, ManagerState::Ready)
-                    .map_err(|state| ManagerError::WrongState {
-                        action: "finish recovery",
-                        state,
-                    })?;
-                log::info!(
-                    "gtt: recovered with {} live nodes, {} bytes",
-                    s.node_count,
-                    s.used
-                );
-                Ok(())
+        self.manager.recover(|current| {
+            let mut expected_used = 0u64;
+            let mut expected_nodes = 0u64;
+            let fresh = current
+                .rebuild(live.into_iter().inspect(|n| {
+                    expected_used = expected_used.wrapping_add(n.size());
+                    expected_nodes += 1;
+                }))
+                .map_err(|e| {
+                    ManagerError::RecoveryFailed(match e {
+                        RangeError::Busy { .. } => "live nodes overlap",
+                        RangeError::InvalidNode(why) => why,
+                        RangeError::InvalidArgument(why) => why,
+                        RangeError::NoSpace { .. } => "cannot rebuild the allocator",
+                    })
+                })?;
+            fresh.check().map_err(ManagerError::RecoveryFailed)?;
+            let s = fresh.stats();
+            if s.used != expected_used || s.node_count != expected_nodes {
+                return Err(ManagerError::RecoveryFailed(
+                    "rebuilt accounting does not match the live nodes",
+                ));
             }
-            Err(e) => {
-                drop(guard);
-                let _ = self
-                    .state
-                    .transition(ManagerState::Initializing, ManagerState::Error);
-                Err(e)
-            }
-        }
+            *current = fresh;
+            self.published.store(&s);
+            log::info!(
+                "gtt: rebuilt with {} live nodes, {} bytes",
+                s.node_count,
+                s.used
+            );
+            Ok(())
+        })
+    }
+}
+
+/// A range allocator error as a manager error.
+fn map_error(e: RangeError) -> ManagerError {
+    match e {
+        RangeError::NoSpace { size } => ManagerError::no_space(size),
+        RangeError::InvalidArgument(why) => ManagerError::InvalidArgument(why),
+        RangeError::Busy { start, size } => ManagerError::RangeBusy { start, size },
+        RangeError::InvalidNode(why) => ManagerError::InvalidFree(why),
     }
 }

@@ -1,14 +1,17 @@
-//! What the VRAM and GTT managers share: their state machine, their error
-//! type and their retry policy.
+//! What the VRAM and GTT managers share, written once: [`Manager`], an
+//! allocator behind a lock with the life-cycle state machine, the retry
+//! policy handed to callers, and the recovery procedure; plus the error
+//! type and [`RetryPolicy`].
 //!
-//! Both managers follow the seed's life cycle, `INITIALIZING → READY →
-//! SHUTDOWN`, with `ERROR` reachable from `READY` (a detected inconsistency
-//! or an injected fault) and left only through recovery. Every operation
-//! checks the state first and fails with [`ManagerError::NotReady`] when the
-//! manager cannot serve it.
+//! Life cycle: `INITIALIZING → READY → SHUTDOWN`, with `ERROR` reachable
+//! from `READY` (a detected inconsistency or an injected fault) and left
+//! only through recovery (`ERROR → INITIALIZING → READY`). Every operation
+//! checks the state first and again under the allocator lock, and fails
+//! with [`ManagerError::NotReady`] when the manager cannot serve it; so no
+//! operation slips into an allocator that a recovery is replacing.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// Life-cycle state of a memory manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,7 +100,7 @@ impl StateCell {
         }
     }
 
-    /// Finishes bring-up: INITIALIZING → READY. Fails with
+    /// Finishes bring-up or a recovery: INITIALIZING → READY. Fails with
     /// [`ManagerError::WrongState`] from any other state.
     pub fn start(&self) -> Result<(), ManagerError> {
         self.transition(ManagerState::Initializing, ManagerState::Ready)
@@ -133,7 +136,7 @@ impl StateCell {
 /// this policy, and the caller (a front end serving many clients) decides how
 /// to wait — typically by parking the request until memory is freed or the
 /// delay has passed — without stalling anyone else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RetryPolicy {
     /// How many more attempts a caller may make after the first failure.
     pub count: u32,
@@ -142,12 +145,12 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The seed's VRAM policy: 3 tries, 10 ms apart.
+    /// The default VRAM policy: 3 retries, 10 ms apart.
     pub const VRAM_DEFAULT: RetryPolicy = RetryPolicy {
         count: 3,
         delay_ms: 10,
     };
-    /// The seed's GTT policy: 3 tries, 5 ms apart.
+    /// The default GTT policy: 3 retries, 5 ms apart.
     pub const GTT_DEFAULT: RetryPolicy = RetryPolicy {
         count: 3,
         delay_ms: 5,
@@ -157,16 +160,16 @@ impl RetryPolicy {
 /// A [`RetryPolicy`] that can be read and changed at run time without a lock.
 #[derive(Debug)]
 pub struct RetryCell {
-    count: core::sync::atomic::AtomicU32,
-    delay_ms: core::sync::atomic::AtomicU32,
+    count: AtomicU32,
+    delay_ms: AtomicU32,
 }
 
 impl RetryCell {
     /// A cell holding `policy`.
     pub const fn new(policy: RetryPolicy) -> Self {
         RetryCell {
-            count: core::sync::atomic::AtomicU32::new(policy.count),
-            delay_ms: core::sync::atomic::AtomicU32::new(policy.delay_ms),
+            count: AtomicU32::new(policy.count),
+            delay_ms: AtomicU32::new(policy.delay_ms),
         }
     }
 
@@ -237,6 +240,152 @@ impl ManagerError {
     /// True when retrying later may succeed (only [`ManagerError::NoSpace`]).
     pub fn is_retryable(&self) -> bool {
         matches!(self, ManagerError::NoSpace { .. })
+    }
+}
+
+impl ManagerError {
+    /// "No space for `size` bytes"; [`Manager::with_ready`] fills in the
+    /// retry policy.
+    pub const fn no_space(size: u64) -> Self {
+        ManagerError::NoSpace {
+            size,
+            retry: RetryPolicy {
+                count: 0,
+                delay_ms: 0,
+            },
+        }
+    }
+}
+
+/// An allocator behind a lock, with the life cycle, retry policy and
+/// recovery procedure every memory manager shares (see the module docs).
+/// The VRAM and GTT managers are each one of these over their allocator,
+/// plus their own lock-free counters (they deref to it).
+#[derive(Debug)]
+pub struct Manager<A> {
+    name: &'static str,
+    state: StateCell,
+    retry: RetryCell,
+    allocator: spin::Mutex<A>,
+}
+
+impl<A> Manager<A> {
+    /// A manager named `name` (in logs) over `allocator`, INITIALIZING
+    /// until [`start`](Self::start).
+    pub fn new(name: &'static str, allocator: A, retry: RetryPolicy) -> Self {
+        Manager {
+            name,
+            state: StateCell::new(ManagerState::Initializing),
+            retry: RetryCell::new(retry),
+            allocator: spin::Mutex::new(allocator),
+        }
+    }
+
+    /// Finishes bring-up: INITIALIZING → READY.
+    pub fn start(&self) -> Result<(), ManagerError> {
+        self.state.start()
+    }
+
+    /// The current state (lock-free).
+    pub fn state(&self) -> ManagerState {
+        self.state.get()
+    }
+
+    /// The retry policy handed out with [`ManagerError::NoSpace`].
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.get()
+    }
+
+    /// Changes the retry policy.
+    pub fn set_retry_policy(&self, policy: RetryPolicy) {
+        self.retry.set(policy);
+    }
+
+    /// Records a detected (or injected) inconsistency: READY or
+    /// INITIALIZING → ERROR. A shut-down manager stays shut down.
+    pub fn mark_error(&self) {
+        if self.state.fail() {
+            log::warn!("{}: manager marked as failed", self.name);
+        }
+    }
+
+    /// Shuts the manager down for good (from any state).
+    pub fn shutdown(&self) {
+        self.state.set(ManagerState::Shutdown);
+    }
+
+    /// Fails with [`ManagerError::NotReady`] unless READY (lock-free; for
+    /// cheap checks before the real work).
+    pub fn ensure_ready(&self) -> Result<(), ManagerError> {
+        self.state.ensure_ready()
+    }
+
+    /// Runs `op` on the allocator, under its lock, if the manager is READY
+    /// — checked again under the lock, so that an error marked or a
+    /// recovery started meanwhile stops it. A [`ManagerError::NoSpace`]
+    /// from `op` leaves with the retry policy in force.
+    pub fn with_ready<T>(
+        &self,
+        op: impl FnOnce(&mut A) -> Result<T, ManagerError>,
+    ) -> Result<T, ManagerError> {
+        self.state.ensure_ready()?;
+        let mut allocator = self.allocator.lock();
+        self.state.ensure_ready()?;
+        let result = op(&mut allocator);
+        drop(allocator);
+        result.map_err(|mut e| {
+            if let ManagerError::NoSpace { retry, .. } = &mut e {
+                *retry = self.retry.get();
+            }
+            e
+        })
+    }
+
+    /// Runs `f` on the allocator under its lock, whatever the state.
+    pub fn inspect<T>(&self, f: impl FnOnce(&A) -> T) -> T {
+        f(&self.allocator.lock())
+    }
+
+    /// Recovers from ERROR. The manager is INITIALIZING (serving nothing)
+    /// while `rebuild` runs with the allocator locked; `rebuild` builds a
+    /// fresh allocator holding exactly the live allocations, verifies it,
+    /// and installs it (with the manager's counters) — or fails and leaves
+    /// the old one. Then the manager is READY again, or back in ERROR with
+    /// `rebuild`'s error.
+    ///
+    /// The lock is held from rebuild to swap: an operation that passed its
+    /// state check before the recovery started either completed before
+    /// (and its allocation must then be among the live ones if still held)
+    /// or sees the new state under the lock and fails.
+    ///
+    /// Only from ERROR ([`ManagerError::WrongState`] otherwise).
+    pub fn recover(
+        &self,
+        rebuild: impl FnOnce(&mut A) -> Result<(), ManagerError>,
+    ) -> Result<(), ManagerError> {
+        self.state.begin_recovery()?;
+        let mut allocator = self.allocator.lock();
+        let rebuilt = rebuild(&mut allocator);
+        drop(allocator);
+        match rebuilt {
+            Ok(()) => {
+                self.state.start().map_err(|e| match e {
+                    ManagerError::WrongState { state, .. } => ManagerError::WrongState {
+                        action: "finish recovery",
+                        state,
+                    },
+                    e => e,
+                })?;
+                log::info!("{}: recovered", self.name);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self
+                    .state
+                    .transition(ManagerState::Initializing, ManagerState::Error);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -317,5 +466,59 @@ mod tests {
         }
         .is_retryable());
         assert!(!ManagerError::InvalidArgument("x").is_retryable());
+    }
+
+    #[test]
+    fn the_manager_serves_only_when_ready_and_recovers_only_from_error() {
+        let m = Manager::new("test", 10u64, RetryPolicy::GTT_DEFAULT);
+        assert_eq!(
+            m.with_ready(|a| Ok(*a)),
+            Err(ManagerError::NotReady {
+                state: ManagerState::Initializing
+            })
+        );
+        m.start().unwrap();
+        assert_eq!(m.with_ready(|a| Ok(*a + 1)), Ok(11));
+        assert_eq!(
+            m.with_ready(|_| Err::<(), _>(ManagerError::no_space(8))),
+            Err(ManagerError::NoSpace {
+                size: 8,
+                retry: RetryPolicy::GTT_DEFAULT
+            }),
+            "no space leaves with the policy in force"
+        );
+        assert!(matches!(
+            m.recover(|_| Ok(())),
+            Err(ManagerError::WrongState { .. })
+        ));
+        m.mark_error();
+        assert_eq!(
+            m.with_ready(|a| Ok(*a)),
+            Err(ManagerError::NotReady {
+                state: ManagerState::Error
+            })
+        );
+        // A failed rebuild keeps the old allocator and the ERROR state.
+        assert_eq!(
+            m.recover(|a| {
+                assert_eq!(m.state(), ManagerState::Initializing);
+                assert_eq!(*a, 10);
+                Err(ManagerError::RecoveryFailed("no"))
+            }),
+            Err(ManagerError::RecoveryFailed("no"))
+        );
+        assert_eq!(m.state(), ManagerState::Error);
+        assert_eq!(m.inspect(|a| *a), 10);
+        assert_eq!(
+            m.recover(|a| {
+                *a = 20;
+                Ok(())
+            }),
+            Ok(())
+        );
+        assert_eq!(m.with_ready(|a| Ok(*a)), Ok(20));
+        m.shutdown();
+        m.mark_error();
+        assert_eq!(m.state(), ManagerState::Shutdown);
     }
 }

@@ -148,8 +148,11 @@ fn concurrent_export_import_and_exit() {
     let d = driver();
     let (tx, rx) = std::sync::mpsc::channel::<(BoId, u64)>();
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<BoId>();
+    // The consumers exit only once the producer has let go of everything,
+    // so what they still hold is freed by their exits.
+    let let_go_all = Arc::new(std::sync::Barrier::new(5));
     let producer = {
-        let d = d.clone();
+        let (d, let_go_all) = (d.clone(), let_go_all.clone());
         std::thread::spawn(move || {
             let mut let_go = 0;
             for i in 0..2000u64 {
@@ -174,12 +177,14 @@ fn concurrent_export_import_and_exit() {
                 d.bo_unref(1, ack_rx.recv().unwrap()).unwrap();
                 let_go += 1;
             }
+            let_go_all.wait();
         })
     };
     let rx = Arc::new(std::sync::Mutex::new(rx));
     let consumers: Vec<_> = (2..6u64)
         .map(|owner| {
             let (d, rx, ack) = (d.clone(), rx.clone(), ack_tx.clone());
+            let let_go_all = let_go_all.clone();
             std::thread::spawn(move || {
                 let mut n = 0;
                 loop {
@@ -196,6 +201,8 @@ fn concurrent_export_import_and_exit() {
                     }
                     n += 1;
                 }
+                drop(ack);
+                let_go_all.wait();
                 d.owner_exit(owner)
             })
         })

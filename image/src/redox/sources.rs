@@ -385,6 +385,78 @@ mod tests {
         assert!(!BOOTLOADER_PATCH.lines().skip(2).any(|l| l.starts_with('-')));
     }
 
+    /// A snapshot of empty stand-in files, every one of them distinct.
+    fn fake_snapshot(dir: &Path) -> Layout {
+        for sub in ["src", "patches", "locks"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let layout = Layout::new(Some(dir.to_path_buf()), None);
+        for t in super::super::layout::TARBALLS {
+            fs::write(layout.tarball(t), t).unwrap();
+        }
+        for p in [
+            "kernel.patch",
+            "relibc.patch",
+            "bootloader.patch",
+            "base.patch",
+        ]
+        .into_iter()
+        .chain(STAND_INS.iter().map(|s| s.patch))
+        {
+            fs::write(layout.patch(p), p).unwrap();
+        }
+        for (l, _) in LOCKS {
+            fs::write(layout.lock(l), l).unwrap();
+        }
+        layout
+    }
+
+    #[test]
+    fn a_component_key_moves_only_with_its_own_inputs() {
+        let dir = std::env::temp_dir().join(format!("pddgpu-inputs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let layout = fake_snapshot(&dir);
+        layout.check_snapshot().unwrap();
+        let key = |inputs: SnapshotInputs| {
+            let mut k = Key::new("c");
+            inputs.feed(&layout, &mut k).unwrap();
+            k.finish()
+        };
+        let keys = || {
+            [
+                key(KERNEL_INPUTS),
+                key(BOOTLOADER_INPUTS),
+                key(RELIBC_INPUTS),
+                key(BASE_INPUTS),
+                key(BOOTSTRAP_INPUTS),
+            ]
+        };
+        let before = keys();
+        fs::write(layout.patch("base.patch"), "changed").unwrap();
+        let after = keys();
+        assert_eq!(
+            before[..3],
+            after[..3],
+            "kernel, bootloader, relibc keep their keys"
+        );
+        assert_ne!(before[3], after[3], "base is rebuilt");
+        assert_ne!(before[4], after[4], "bootstrap (in base) is rebuilt");
+
+        let before = after;
+        fs::write(layout.tarball("relibc"), "changed").unwrap();
+        let after = keys();
+        assert_eq!(before[..2], after[..2]);
+        assert_ne!(before[2], after[2]);
+        assert_ne!(before[3], after[3], "base uses relibc's redox-rt by path");
+
+        let before = after;
+        fs::write(layout.lock("kernel"), "changed").unwrap();
+        let after = keys();
+        assert_ne!(before[0], after[0]);
+        assert_eq!(before[1..], after[1..]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn fetch_manifest_pins_the_stand_ins_in_its_own_workspace() {
         let text = fetch_manifest();

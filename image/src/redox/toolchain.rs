@@ -281,6 +281,17 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_toolchain_is_reported_not_guessed() {
+        let Some(rustup) = find_rustup() else {
+            return;
+        };
+        let err = probe(&rustup, "nightly-1999-01-01")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nightly-1999-01-01"), "{err}");
+    }
+
+    #[test]
     fn commands_run_the_pinned_toolchain() {
         let tc = Toolchain {
             name: "nightly-2026-05-24".into(),

@@ -22,6 +22,7 @@
 //! malicious client therefore blocks only its own thread, and a malformed
 //! frame only costs its sender the connection.
 
+use std::collections::HashSet;
 use std::io::{self, IoSlice, Read};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -44,7 +45,6 @@ use crate::frame::{
     RequestHeader, ResponseHeader, MAX_PAYLOAD, REQUEST_HEADER_LEN, RESPONSE_FLAG_FD,
     RESPONSE_HEADER_LEN,
 };
-use crate::idhash::IdSet;
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
 /// (what `/scheme/pddgpu` is on Redox). The server substitutes the id that
@@ -164,7 +164,7 @@ struct ConnCtl {
 /// Per-connection state owned by its thread.
 struct ConnState {
     cred: PeerCred,
-    handles: IdSet<usize>,
+    handles: HashSet<usize>,
 }
 
 /// The host-transport server. Owns the listening socket, the scheme, and a
@@ -465,7 +465,7 @@ fn is_errno(cqe: &Cqe, errno: i32) -> bool {
 fn serve_connection<S: HostScheme>(shared: Arc<Shared<S>>, mut stream: UnixStream, cred: PeerCred) {
     let mut conn = ConnState {
         cred,
-        handles: IdSet::default(),
+        handles: HashSet::default(),
     };
     let mut inbuf = vec![0u8; INBUF_INITIAL];
     let mut filled = 0usize;

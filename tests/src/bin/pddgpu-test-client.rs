@@ -67,13 +67,13 @@ fn churn(dev: &Device, iters: u64, seed: u64) -> Result<(), String> {
         let tag = (rng.next() & 0xff) as u8;
         {
             let map = bo.map().map_err(|e| format!("iteration {i}: {e}"))?;
-            for (j, b) in map.iter_mut().enumerate() {
-                *b = tag ^ (j as u8);
+            for j in 0..map.len() {
+                map.store(j, tag ^ (j as u8));
             }
             if let Some(j) = map
                 .iter()
                 .enumerate()
-                .position(|(j, b)| *b != tag ^ (j as u8))
+                .position(|(j, b)| b != tag ^ (j as u8))
             {
                 return Err(format!("iteration {i}: mapped byte {j} did not read back"));
             }
@@ -147,14 +147,17 @@ fn run(args: &[String]) -> Result<(), String> {
             let mut bo = dev.import(token).map_err(|e| e.to_string())?;
             let size = bo.size();
             let map = bo.map().map_err(|e| e.to_string())?;
-            if let Some(i) = map.iter().position(|b| *b != byte) {
-                return Err(format!("imported byte {i} is {:#x}, not {byte:#x}", map[i]));
+            if let Some(i) = map.iter().position(|b| b != byte) {
+                return Err(format!(
+                    "imported byte {i} is {:#x}, not {byte:#x}",
+                    map.load(i)
+                ));
             }
             say(&format!("ok {size}"));
             wait_line();
             // Still readable after the exporter closed its handle.
             let map = bo.map().map_err(|e| e.to_string())?;
-            if map.iter().any(|b| *b != byte) {
+            if map.iter().any(|b| b != byte) {
                 return Err("imported bytes changed".into());
             }
             say("still ok");

@@ -257,6 +257,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn events_round_trip_through_registers() {
         let dev = SimDevice::new(SimConfig::default()).unwrap();
         let mmio = dev.mmio();

@@ -3,7 +3,8 @@
 //! VRAM and GTT and fault injection. It is the device everywhere a real one
 //! is absent (tests, benchmarks, the daemon's default).
 //!
-//! Fault injection is done by the harness through [`SimDevice`]'s methods,
+//! Fault injection (with the `fault-injection` feature) is done by the
+//! harness through [`SimDevice`]'s methods,
 //! which set the device's registers exactly as hardware would; the driver
 //! notices through its normal register reads:
 //! - [`SimDevice::inject_error`]: `STATUS.ERROR` — the device failed.
@@ -24,7 +25,9 @@ use super::memory::MemoryRegion;
 use super::mmio::{Mmio, RegisterBlock, Width};
 use super::model::PddgpuModel;
 use super::regs::pddgpu::{self as regs, Control, Status};
-use super::{DeviceError, DeviceResources, Domain};
+#[cfg(feature = "fault-injection")]
+use super::Domain;
+use super::{DeviceError, DeviceResources};
 
 /// Sizes of a simulated PDDGPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,7 +302,10 @@ impl SimDevice {
     pub fn pending_alloc_failures(&self) -> u32 {
         self.regs.pending_faults.load(Ordering::Acquire)
     }
+}
 
+#[cfg(feature = "fault-injection")]
+impl SimDevice {
     /// Fault injection: the device reports an internal error.
     pub fn inject_error(&self) {
         self.raise(Status::ERROR);
@@ -390,6 +396,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn status_is_write_one_to_clear_and_faults_are_consumed_by_reads() {
         let dev = SimDevice::new(small()).unwrap();
         let mmio = dev.mmio();
@@ -418,6 +425,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn bad_ranges_and_backings_are_validated() {
         let dev = SimDevice::new(small()).unwrap();
         assert!(dev.report_bad_vram_range(0, 0).is_err());

@@ -7,6 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+#[cfg(feature = "fault-injection")]
 use crate::range::RangeNode;
 use crate::vram::VramAllocation;
 
@@ -19,8 +20,10 @@ pub(crate) struct Faults {
     pub retired: Vec<VramAllocation>,
     /// VRAM allocations leaked by fault injection (not in the BO table;
     /// the audit must find them, recovery reclaims them).
+    #[cfg(feature = "fault-injection")]
     pub phantoms_vram: Vec<VramAllocation>,
     /// GTT nodes leaked by fault injection.
+    #[cfg(feature = "fault-injection")]
     pub phantoms_gtt: Vec<RangeNode>,
     /// Why each domain was put into ERROR (cleared by recovery).
     pub causes: [Option<String>; 2],

@@ -40,6 +40,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::hash::BuildHasher;
 
 use smallvec::SmallVec;
 
@@ -300,20 +301,22 @@ const SHARDS: usize = 32;
 #[derive(Debug)]
 pub(crate) struct Owners {
     shards: Box<[PaddedShard]>,
+    /// Picks an owner's shard: owners are often small consecutive numbers,
+    /// which a hash spreads over the shards.
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Owners {
     pub fn new() -> Self {
         Owners {
             shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
 
     /// The locked shard of `owner`.
     pub fn lock(&self, owner: OwnerId) -> spin::MutexGuard<'_, OwnerShard> {
-        // Owners are often small consecutive numbers; mix so neighbours
-        // land in different shards.
-        let h = owner.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58;
+        let h = self.hasher.hash_one(owner);
         self.shards[h as usize % SHARDS].0.lock()
     }
 

@@ -11,11 +11,25 @@ use crate::bo::Placement;
 use crate::device::{DeviceEvents, DeviceState, Domain};
 use crate::leak::AuditVerdict;
 use crate::manager::{ManagerError, ManagerState};
-use crate::range::InsertMode;
-use crate::vram::{VramAllocation, VramFlags};
+use crate::vram::VramAllocation;
+#[cfg(feature = "fault-injection")]
+use {super::faults::Faults, crate::range::InsertMode, crate::vram::VramFlags};
 
 /// Size of an allocation leaked by corruption injection.
+#[cfg(feature = "fault-injection")]
 const PHANTOM_SIZE: u64 = 4096;
+
+/// The device events this build acts on: injected faults only with the
+/// `fault-injection` feature.
+fn handled_events() -> DeviceEvents {
+    let injected =
+        DeviceEvents::ALLOC_FAULT | DeviceEvents::CORRUPT_VRAM | DeviceEvents::CORRUPT_GTT;
+    if cfg!(feature = "fault-injection") {
+        DeviceEvents::all()
+    } else {
+        DeviceEvents::all() - injected
+    }
+}
 
 impl Driver {
     /// Puts `domain`'s manager into ERROR, remembering why.
@@ -35,7 +49,7 @@ impl Driver {
     /// consumes an injected allocation failure: true means the current
     /// allocation must fail.
     pub(super) fn poll_device(&self, allocating: bool) -> Result<bool, DriverError> {
-        let mut events = self.model.events(&self.mmio)?;
+        let mut events = self.model.events(&self.mmio)? & handled_events();
         if !allocating {
             events.remove(DeviceEvents::ALLOC_FAULT);
         }
@@ -47,11 +61,14 @@ impl Driver {
 
     fn handle_events(&self, allocating: bool) -> Result<bool, DriverError> {
         let mut faults = self.faults.lock();
-        let events = self.model.events(&self.mmio)?;
-        let mut fail = false;
-        if allocating && events.contains(DeviceEvents::ALLOC_FAULT) {
-            fail = self.model.take_alloc_fault(&self.mmio)?;
-        }
+        let events = self.model.events(&self.mmio)? & handled_events();
+        #[cfg(feature = "fault-injection")]
+        let fail = self.handle_injected(events, allocating, &mut faults)?;
+        #[cfg(not(feature = "fault-injection"))]
+        let fail = {
+            let _ = allocating;
+            false
+        };
         if events.contains(DeviceEvents::ERROR) {
             self.model.acknowledge(&self.mmio, DeviceEvents::ERROR)?;
             faults.device_errors += 1;
@@ -60,6 +77,38 @@ impl Driver {
                 self.fail_domain(d, "the device reported an internal error".to_string());
             }
             faults = self.faults.lock();
+        }
+        if events.contains(DeviceEvents::BAD_RANGE) {
+            let range = self.model.bad_range(&self.mmio)?;
+            self.model
+                .acknowledge(&self.mmio, DeviceEvents::BAD_RANGE)?;
+            if let Some(r) = range {
+                let r = r.start.min(self.info.vram_size)..r.end.min(self.info.vram_size);
+                if !r.is_empty() && !faults.bad_ranges.contains(&r) {
+                    log::warn!("pddgpu: bad VRAM range {:#x}..{:#x}", r.start, r.end);
+                    faults.bad_ranges.push(r);
+                    self.bad_range_count
+                        .store(faults.bad_ranges.len(), Ordering::Release);
+                }
+            }
+        }
+        Ok(fail)
+    }
+
+    /// Injected faults: consumes an allocation failure (when `allocating`;
+    /// true means the current allocation must fail), and corrupts a
+    /// manager's bookkeeping on request by leaking an allocation inside it,
+    /// behind the BO table's back, for the audit to find.
+    #[cfg(feature = "fault-injection")]
+    fn handle_injected(
+        &self,
+        events: DeviceEvents,
+        allocating: bool,
+        faults: &mut Faults,
+    ) -> Result<bool, DriverError> {
+        let mut fail = false;
+        if allocating && events.contains(DeviceEvents::ALLOC_FAULT) {
+            fail = self.model.take_alloc_fault(&self.mmio)?;
         }
         if events.contains(DeviceEvents::CORRUPT_VRAM) {
             self.model
@@ -75,20 +124,6 @@ impl Driver {
             match self.gtt.alloc(PHANTOM_SIZE, 0, None, InsertMode::Best) {
                 Ok(n) => faults.phantoms_gtt.push(n),
                 Err(e) => log::warn!("pddgpu: cannot inject GTT corruption: {e}"),
-            }
-        }
-        if events.contains(DeviceEvents::BAD_RANGE) {
-            let range = self.model.bad_range(&self.mmio)?;
-            self.model
-                .acknowledge(&self.mmio, DeviceEvents::BAD_RANGE)?;
-            if let Some(r) = range {
-                let r = r.start.min(self.info.vram_size)..r.end.min(self.info.vram_size);
-                if !r.is_empty() && !faults.bad_ranges.contains(&r) {
-                    log::warn!("pddgpu: bad VRAM range {:#x}..{:#x}", r.start, r.end);
-                    faults.bad_ranges.push(r);
-                    self.bad_range_count
-                        .store(faults.bad_ranges.len(), Ordering::Release);
-                }
             }
         }
         Ok(fail)
@@ -142,6 +177,7 @@ impl Driver {
         if result.is_ok() {
             let mut f = self.faults.lock();
             f.causes[domain.index()] = None;
+            #[cfg(feature = "fault-injection")]
             match domain {
                 Domain::Vram => f.phantoms_vram.clear(),
                 Domain::Gtt => f.phantoms_gtt.clear(),

@@ -1,7 +1,7 @@
-//! The VRAM manager: a [`BuddyAllocator`] behind a lock, with the shared
-//! manager state machine, CPU-visible window accounting, statistics, a
-//! retry policy for callers, and recovery from the table of live
-//! allocations.
+//! The VRAM manager: a [`Manager`] over a [`BuddyAllocator`] (state
+//! machine, retry policy, recovery procedure), plus CPU-visible window
+//! placement and accounting, lock-free usage counters, and the rebuild of
+//! the allocator from the table of live allocations.
 //!
 //! Placement: allocations flagged [`VramFlags::VISIBLE`] are placed inside
 //! the CPU-visible window `0..visible_size`; all others go top-down and
@@ -14,10 +14,11 @@ mod stats;
 pub use alloc_handle::{Segments, VramAllocation};
 pub use stats::VramStats;
 
+use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buddy::{AllocFlags, Block, BlockList, BuddyAllocator, BuddyError};
-use crate::manager::{ManagerError, ManagerState, RetryCell, RetryPolicy, StateCell};
+use crate::manager::{Manager, ManagerError, ManagerState, RetryPolicy};
 
 bitflags::bitflags! {
     /// Placement requests for [`VramManager::alloc`].
@@ -69,19 +70,27 @@ static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The VRAM manager; `Sync`, to be shared by all threads of the driver.
 ///
-/// The allocator sits behind a spin lock held only for the allocator call
-/// itself; the state, retry policy and usage counters are atomics and are
-/// read without the lock.
+/// The allocator sits behind the [`Manager`]'s lock, held only for the
+/// allocator call itself; the state, retry policy and usage counters are
+/// atomics read without the lock. Derefs to its [`Manager`] (state, retry
+/// policy, `mark_error`, `shutdown`).
 #[derive(Debug)]
 pub struct VramManager {
     id: u64,
     config: VramConfig,
-    state: StateCell,
-    retry: RetryCell,
-    buddy: spin::Mutex<BuddyAllocator>,
+    manager: Manager<BuddyAllocator>,
+    /// Usage counters; changed only under the allocator lock, so they
+    /// always match the allocator, and read without it.
     used: AtomicU64,
     visible_used: AtomicU64,
     allocations: AtomicU64,
+}
+
+impl Deref for VramManager {
+    type Target = Manager<BuddyAllocator>;
+    fn deref(&self) -> &Manager<BuddyAllocator> {
+        &self.manager
+    }
 }
 
 /// Bytes of `blocks` inside `0..visible`.
@@ -94,16 +103,15 @@ fn visible_bytes(blocks: &[Block], visible: u64) -> u64 {
 }
 
 impl VramManager {
-    /// Builds a manager and makes it READY.
+    /// Builds a READY manager.
     pub fn new(config: VramConfig) -> Result<Self, ManagerError> {
         let manager = Self::create(config)?;
         manager.start()?;
         Ok(manager)
     }
 
-    /// Builds a manager and leaves it INITIALIZING, so that the driver can
-    /// finish bringing the device up before memory is handed out; call
-    /// [`start`](Self::start) to make it READY.
+    /// Builds a manager and leaves it INITIALIZING (serving nothing) until
+    /// [`Manager::start`]: for bringing a device up in steps.
     pub fn create(config: VramConfig) -> Result<Self, ManagerError> {
         let buddy =
             BuddyAllocator::new(config.size, config.min_block_size).map_err(|e| match e {
@@ -127,39 +135,17 @@ impl VramManager {
         Ok(VramManager {
             id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
             config,
-            state: StateCell::new(ManagerState::Initializing),
-            retry: RetryCell::new(config.retry),
-            buddy: spin::Mutex::new(buddy),
+            manager: Manager::new("vram", buddy, config.retry),
             used: AtomicU64::new(0),
             visible_used: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
         })
     }
 
-    /// INITIALIZING → READY.
-    pub fn start(&self) -> Result<(), ManagerError> {
-        self.state.start()
-    }
-
     /// The configuration (with `size` rounded down to whole blocks; the
-    /// retry policy in force is [`retry_policy`](Self::retry_policy)).
+    /// retry policy in force is [`Manager::retry_policy`]).
     pub fn config(&self) -> &VramConfig {
         &self.config
-    }
-
-    /// The current state (lock-free).
-    pub fn state(&self) -> ManagerState {
-        self.state.get()
-    }
-
-    /// The retry policy handed out with [`ManagerError::NoSpace`].
-    pub fn retry_policy(&self) -> RetryPolicy {
-        self.retry.get()
-    }
-
-    /// Changes the retry policy.
-    pub fn set_retry_policy(&self, policy: RetryPolicy) {
-        self.retry.set(policy);
     }
 
     /// Bytes allocated (lock-free).
@@ -174,7 +160,7 @@ impl VramManager {
 
     /// READY with plausible counters (lock-free).
     pub fn is_healthy(&self) -> bool {
-        self.state.get() == ManagerState::Ready
+        self.state() == ManagerState::Ready
             && self.used_size() <= self.config.size
             && self.visible_used() <= self.config.visible_size
     }
@@ -193,7 +179,7 @@ impl VramManager {
         align: u64,
         flags: VramFlags,
     ) -> Result<VramAllocation, ManagerError> {
-        self.state.ensure_ready()?;
+        self.ensure_ready()?;
         if size == 0 {
             return Err(ManagerError::InvalidArgument("zero size"));
         }
@@ -211,44 +197,27 @@ impl VramManager {
         if flags.contains(VramFlags::VISIBLE) && visible == 0 {
             return Err(ManagerError::InvalidArgument("no CPU-visible window"));
         }
-        let mut buddy = self.buddy.lock();
-        // Again under the lock: an error marked (or a recovery started)
-        // since the first check must not let this allocation through.
-        self.state.ensure_ready()?;
-        let result = if flags.contains(VramFlags::VISIBLE) {
-            if flags.contains(VramFlags::TOPDOWN) {
-                buddy_flags |= AllocFlags::TOPDOWN;
-            }
-            buddy
-                .alloc(size, min_block, buddy_flags | AllocFlags::RANGE, 0..visible)
-                .map_err(|e| map_alloc_error(e, "size exceeds the CPU-visible window"))
-        } else {
-            self.alloc_outside_window(
-                &mut buddy,
-                size,
-                min_block,
-                buddy_flags | AllocFlags::TOPDOWN,
-            )
-            .map_err(|e| map_alloc_error(e, "size exceeds VRAM"))
-        };
-        let blocks = match result {
-            Ok(blocks) => blocks,
-            Err(None) => {
-                return Err(ManagerError::NoSpace {
-                    size,
-                    retry: self.retry.get(),
-                })
-            }
-            Err(Some(e)) => return Err(e),
-        };
-        // Counters change under the lock so that they always match the
-        // allocator; readers load them without it.
-        let allocated: u64 = blocks.iter().map(Block::size).sum();
-        self.used.fetch_add(allocated, Ordering::Relaxed);
-        self.visible_used
-            .fetch_add(visible_bytes(&blocks, visible), Ordering::Relaxed);
-        self.allocations.fetch_add(1, Ordering::Relaxed);
-        drop(buddy);
+        let (blocks, allocated) = self.manager.with_ready(|buddy| {
+            let blocks = if flags.contains(VramFlags::VISIBLE) {
+                if flags.contains(VramFlags::TOPDOWN) {
+                    buddy_flags |= AllocFlags::TOPDOWN;
+                }
+                buddy
+                    .alloc(size, min_block, buddy_flags | AllocFlags::RANGE, 0..visible)
+                    .map_err(|e| map_alloc_error(e, size, "size exceeds the CPU-visible window"))?
+            } else {
+                self.alloc_outside_window(buddy, size, min_block, buddy_flags | AllocFlags::TOPDOWN)
+                    .map_err(|e| map_alloc_error(e, size, "size exceeds VRAM"))?
+            };
+            let allocated: u64 = blocks.iter().map(Block::size).sum();
+            self.used.fetch_add(allocated, Ordering::Relaxed);
+            self.visible_used
+                .fetch_add(visible_bytes(&blocks, visible), Ordering::Relaxed);
+            self.allocations.fetch_add(1, Ordering::Relaxed);
+            debug_assert_eq!(self.used.load(Ordering::Relaxed), buddy.used());
+            Ok((blocks, allocated))
+        })?;
+        debug_assert!(allocated >= size);
         Ok(VramAllocation::new(self.id, blocks, size, allocated, flags))
     }
 
@@ -282,7 +251,7 @@ impl VramManager {
     /// [`ManagerError::InvalidFree`] for double frees, stale copies or
     /// allocations of another manager — without changing anything.
     pub fn free(&self, allocation: &VramAllocation) -> Result<(), ManagerError> {
-        self.state.ensure_ready()?;
+        self.ensure_ready()?;
         if allocation.manager_id() != self.id {
             return Err(ManagerError::InvalidFree(
                 "allocation belongs to another manager",
@@ -292,26 +261,26 @@ impl VramManager {
         if blocks.is_empty() {
             return Err(ManagerError::InvalidFree("allocation has no blocks"));
         }
-        let mut buddy = self.buddy.lock();
-        self.state.ensure_ready()?;
-        buddy
-            .free(blocks)
-            .map_err(|e| ManagerError::InvalidFree(e.reason()))?;
-        let bytes: u64 = blocks.iter().map(Block::size).sum();
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
-        self.visible_used.fetch_sub(
-            visible_bytes(blocks, self.config.visible_size),
-            Ordering::Relaxed,
-        );
-        self.allocations.fetch_sub(1, Ordering::Relaxed);
-        drop(buddy);
-        Ok(())
+        self.manager.with_ready(|buddy| {
+            buddy
+                .free(blocks)
+                .map_err(|e| ManagerError::InvalidFree(e.reason()))?;
+            let bytes: u64 = blocks.iter().map(Block::size).sum();
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            self.visible_used.fetch_sub(
+                visible_bytes(blocks, self.config.visible_size),
+                Ordering::Relaxed,
+            );
+            self.allocations.fetch_sub(1, Ordering::Relaxed);
+            debug_assert_eq!(self.used.load(Ordering::Relaxed), buddy.used());
+            Ok(())
+        })
     }
 
     /// A snapshot of usage and state. Counters are read lock-free; the
     /// per-order figures take the allocator lock briefly.
     pub fn get_stats(&self) -> VramStats {
-        let buddy = self.buddy.lock().stats();
+        let buddy = self.manager.inspect(BuddyAllocator::stats);
         VramStats {
             state: self.state(),
             is_healthy: self.is_healthy(),
@@ -326,33 +295,16 @@ impl VramManager {
             block_count: buddy.allocated_blocks,
             free_block_count: buddy.free_blocks,
             free_per_order: buddy.free_per_order,
-            retry: self.retry.get(),
+            retry: self.retry_policy(),
         }
     }
 
-    /// Records a detected (or injected) inconsistency: READY or
-    /// INITIALIZING → ERROR. A shut-down manager stays shut down.
-    pub fn mark_error(&self) {
-        if self.state.fail() {
-            log::warn!("vram: manager marked as failed");
-        }
-    }
-
-    /// Shuts the manager down for good (from any state).
-    pub fn shutdown(&self) {
-        self.state.set(ManagerState::Shutdown);
-    }
-
-    /// Recovers from ERROR: rebuilds the allocator from `live`, the
-    /// allocations still in use (normally the driver's BO table), claiming
-    /// exactly their blocks; checks that they belong to this manager, do
-    /// not overlap, and that the rebuilt accounting matches; then returns to
-    /// READY. Memory of allocations that are not listed is reclaimed;
-    /// memory that is listed can never be handed out again.
-    ///
-    /// Only from ERROR ([`ManagerError::WrongState`] otherwise). While it
-    /// runs the manager is INITIALIZING; on failure it goes back to ERROR
-    /// with [`ManagerError::RecoveryFailed`] and the old allocator is kept.
+    /// Recovers from ERROR (see [`Manager::recover`]): rebuilds the
+    /// allocator from `live`, the allocations still in use (normally the
+    /// driver's BO table), claiming exactly their blocks; checks that they
+    /// belong to this manager, do not overlap, and that the rebuilt
+    /// accounting matches. Memory of allocations that are not listed is
+    /// reclaimed; memory that is listed can never be handed out again.
     /// Every allocation this manager returned that the caller still holds
     /// must be in `live` (the caller takes its snapshot after the error,
     /// when no allocation can succeed any more).
@@ -360,37 +312,16 @@ impl VramManager {
         &self,
         live: impl IntoIterator<Item = &'a VramAllocation>,
     ) -> Result<(), ManagerError> {
-        self.state.begin_recovery()?;
-        // The lock is held from rebuild to swap: an allocation or free that
-        // passed its state check before the recovery started either
-        // completes before (and must then be in `live` if still held) or
-        // sees the new state and fails.
-        let mut guard = self.buddy.lock();
-        match self.rebuild(live) {
-            Ok((buddy, visible_used, allocations)) => {
-                let used = buddy.used();
-                *guard = buddy;
-                self.used.store(used, Ordering::Relaxed);
-                self.visible_used.store(visible_used, Ordering::Relaxed);
-                self.allocations.store(allocations, Ordering::Relaxed);
-                drop(guard);
-                self.state
-                    .transition(ManagerState::Initializing, ManagerState::Ready)
-                    .map_err(|state| ManagerError::WrongState {
-                        action: "finish recovery",
-                        state,
-                    })?;
-                log::info!("vram: recovered with {allocations} live allocations, {used} bytes");
-                Ok(())
-            }
-            Err(e) => {
-                drop(guard);
-                let _ = self
-                    .state
-                    .transition(ManagerState::Initializing, ManagerState::Error);
-                Err(e)
-            }
-        }
+        self.manager.recover(|current| {
+            let (buddy, visible_used, allocations) = self.rebuild(live)?;
+            let used = buddy.used();
+            *current = buddy;
+            self.used.store(used, Ordering::Relaxed);
+            self.visible_used.store(visible_used, Ordering::Relaxed);
+            self.allocations.store(allocations, Ordering::Relaxed);
+            log::info!("vram: rebuilt with {allocations} live allocations, {used} bytes");
+            Ok(())
+        })
     }
 
     /// A fresh allocator holding exactly the blocks of `live`, verified.
@@ -441,12 +372,12 @@ impl VramManager {
     }
 }
 
-/// Maps an allocator error of `alloc`: `None` for "no space right now",
-/// else the manager error for an impossible request.
-fn map_alloc_error(e: BuddyError, too_large: &'static str) -> Option<ManagerError> {
+/// Maps an allocator error of `alloc` of `size` bytes: no space right now,
+/// or an impossible request (`too_large` says why for an oversize one).
+fn map_alloc_error(e: BuddyError, size: u64, too_large: &'static str) -> ManagerError {
     match e {
-        BuddyError::NoSpace { .. } => None,
-        BuddyError::TooLarge { .. } => Some(ManagerError::InvalidArgument(too_large)),
-        other => Some(ManagerError::InvalidArgument(other.reason())),
+        BuddyError::NoSpace { .. } => ManagerError::no_space(size),
+        BuddyError::TooLarge { .. } => ManagerError::InvalidArgument(too_large),
+        other => ManagerError::InvalidArgument(other.reason()),
     }
 }

@@ -3,17 +3,17 @@
 //! through the mapping, and clients map BO segments from duplicates of the
 //! memfds (the host transport passes them with `SCM_RIGHTS`). On Redox the
 //! backing is page-aligned memory of the daemon, which the kernel shares
-//! into clients through `mmap_prep`. Faults can be injected through
-//! `pddgpu:control` (`fault …`), which sets the simulated device's registers
-//! exactly as hardware would.
+//! into clients through `mmap_prep`. With the `fault-injection` feature,
+//! faults can be injected through `pddgpu:control` (`fault …`), which sets
+//! the simulated device's registers exactly as hardware would.
 
 #[cfg(not(target_os = "redox"))]
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use pddgpu::device::{Domain, SimConfig, SimDevice};
+use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::Driver;
-use pddgpu_scheme::{Backing, FaultInjector, Region};
+use pddgpu_scheme::{Backing, Region};
 
 use super::OpenedDevice;
 use crate::options::Options;
@@ -69,10 +69,13 @@ impl SharedMemory {
 }
 
 /// Fault injection into the simulated device.
+#[cfg(feature = "fault-injection")]
 struct SimFaults(SimDevice);
 
-impl FaultInjector for SimFaults {
+#[cfg(feature = "fault-injection")]
+impl pddgpu_scheme::FaultInjector for SimFaults {
     fn inject(&self, args: &[&str]) -> Result<String, String> {
+        use pddgpu::device::Domain;
         let domain = |w: Option<&&str>| match w.copied() {
             Some("vram") => Ok(Domain::Vram),
             Some("gtt") => Ok(Domain::Gtt),
@@ -175,7 +178,13 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
     Ok(OpenedDevice {
         driver: Arc::new(driver),
         backing,
+        #[cfg(feature = "fault-injection")]
         faults: Some(Box::new(SimFaults(device))),
+        #[cfg(not(feature = "fault-injection"))]
+        faults: {
+            drop(device);
+            None
+        },
         description,
     })
 }
