@@ -121,6 +121,19 @@ enum Command {
     },
     /// `ok`, or the problems found (exit 6 if not ok).
     Health,
+    /// The occupancy map of a domain: every BO extent and free hole in
+    /// address order, as a text picture, as JSON, or drawn as SVG.
+    Map {
+        /// vram or gtt.
+        #[arg(long, default_value = "vram", value_parser = ["vram", "gtt"])]
+        domain: String,
+        /// Draw the map as SVG into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
+        /// Print `<domain>.map.json`.
+        #[arg(long, conflicts_with = "svg")]
+        json: bool,
+    },
     /// Live view: usage, rates and history per domain, the occupancy map,
     /// clients, health (keys: q quits, s sorts, p pauses).
     Top {
@@ -327,6 +340,45 @@ fn execute(cli: Cli) -> crate::Result<i32> {
         Command::Clients { json: true } => out(&dev.read_text("clients.json")?),
         Command::Clients { json: false } => out(&dev.read_text("clients")?),
         Command::Top { .. } => unreachable!("handled before connecting"),
+        Command::Map {
+            domain,
+            svg: None,
+            json: true,
+        } => out(&dev.read_text(&format!("{domain}.map.json"))?),
+        Command::Map {
+            domain,
+            svg: None,
+            json: false,
+        } => out(&crate::occupancy::picture(
+            &dev.occupancy_map(&domain)?,
+            64,
+            32,
+        )),
+        Command::Map {
+            domain,
+            svg: Some(file),
+            ..
+        } => {
+            let map = dev.occupancy_map(&domain)?;
+            let svg = crate::map_svg::render(&map);
+            std::fs::write(&file, svg).map_err(|source| Error::Io {
+                op: "write",
+                path: file.display().to_string(),
+                source,
+            })?;
+            let bos: std::collections::BTreeSet<u64> = map
+                .extents
+                .iter()
+                .filter(|e| e.kind == crate::model::ExtentKind::Bo)
+                .map(|e| e.bo)
+                .collect();
+            out(&format!(
+                "wrote {}: {domain} map, {} extents, {} BOs\n",
+                file.display(),
+                map.extents.len(),
+                bos.len()
+            ));
+        }
         Command::Health => {
             let health = dev.health()?;
             out(&health);

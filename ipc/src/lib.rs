@@ -13,6 +13,7 @@
 //! - [`Device`] / [`Bo`]: the client library.
 //! - [`occupancy`]: reading occupancy maps for display (client colours,
 //!   the coarse map).
+//! - [`map_svg`]: an occupancy map drawn as SVG (`pddgpu map --svg`).
 //! - [`top`]: `pddgpu top`, the live terminal view.
 //! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
 //!   form of `stats.json` it prints.
@@ -24,13 +25,18 @@ mod error;
 pub mod frame;
 #[cfg(not(target_os = "redox"))]
 pub mod host;
+pub mod map_svg;
 pub mod model;
 pub mod occupancy;
+// The Redox transport: system calls on descriptors, and mapping BOs.
 #[cfg(target_os = "redox")]
+#[allow(unsafe_code)]
 pub mod redox;
 pub mod size;
 pub mod stats_table;
 pub mod top;
+// Mapping a BO into the client: raw shared memory, viewed as atomics.
+#[allow(unsafe_code)]
 pub mod transport;
 pub mod wire;
 

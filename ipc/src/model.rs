@@ -186,6 +186,10 @@ pub struct OccupancyMap {
     pub size: u64,
     /// The CPU-visible window `0..visible_size` (VRAM; 0 for GTT).
     pub visible_size: u64,
+    /// True when no allocation or free was in flight while the map was
+    /// taken (then every allocated run is named correctly; otherwise an
+    /// allocation in flight may show as `unowned` for this one reading).
+    pub settled: bool,
     /// The extents, in address order.
     pub extents: Vec<MapExtent>,
 }

@@ -9,20 +9,21 @@ use std::collections::BTreeMap;
 use crate::model::{ExtentKind, OccupancyMap};
 
 /// Fill colours of clients, in the order they are handed out: distinct
-/// hues, readable on white and on a dark terminal.
+/// hues, readable on white and on a dark terminal. No red and no dark grey:
+/// those mark memory no BO holds and retired memory.
 pub const COLOURS: [(u8, u8, u8); 12] = [
     (0x1f, 0x77, 0xb4),
     (0xff, 0x7f, 0x0e),
     (0x2c, 0xa0, 0x2c),
-    (0xd6, 0x27, 0x28),
     (0x94, 0x67, 0xbd),
-    (0x8c, 0x56, 0x4b),
-    (0xe3, 0x77, 0xc2),
-    (0x7f, 0x7f, 0x7f),
-    (0xbc, 0xbd, 0x22),
     (0x17, 0xbe, 0xcf),
+    (0xe3, 0x77, 0xc2),
+    (0xbc, 0xbd, 0x22),
+    (0x8c, 0x56, 0x4b),
     (0x39, 0x3b, 0x79),
-    (0xad, 0x49, 0x4a),
+    (0x00, 0x80, 0x80),
+    (0xff, 0xbb, 0x78),
+    (0x98, 0xdf, 0x8a),
 ];
 
 /// Letters of clients in text views (`A`…`Z`, `a`…`z`, then `#`).
@@ -183,6 +184,54 @@ pub fn coarse(map: &OccupancyMap, cells: usize) -> Vec<Cell> {
         });
     }
     out
+}
+
+/// The map as a text picture: `rows` lines of `columns` cells, each line
+/// led by its first address and a `v` while inside the CPU-visible window,
+/// then one legend line per client.
+pub fn picture(map: &OccupancyMap, columns: usize, rows: usize) -> String {
+    use std::fmt::Write;
+    let palette = Palette::of([map]);
+    let cells = coarse(map, columns.max(1) * rows.max(1));
+    let per_cell = if cells.is_empty() {
+        0
+    } else {
+        map.size.div_ceil(cells.len() as u64)
+    };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{} occupancy, {} bytes per cell ({}), '.' free, ',' mostly free, 'x' retired, '!' unowned",
+        map.domain,
+        per_cell,
+        crate::size::format_size(per_cell)
+    );
+    for (row, chunk) in cells.chunks(columns.max(1)).enumerate() {
+        let start = row as u64 * columns.max(1) as u64 * per_cell;
+        let line: String = chunk.iter().map(|c| c.symbol(&palette)).collect();
+        let mark = if start < map.visible_size { 'v' } else { ' ' };
+        let _ = writeln!(text, "{start:#012x} {mark} {line}");
+    }
+    if map.visible_size > 0 {
+        let _ = writeln!(
+            text,
+            "v: rows in the CPU-visible window (first {})",
+            crate::size::format_size(map.visible_size)
+        );
+    }
+    for e in palette.entries() {
+        let _ = writeln!(
+            text,
+            "{}: pid {} (owner {}), {} BO{}, {}",
+            e.letter,
+            e.pid,
+            e.owner,
+            e.bos,
+            if e.bos == 1 { "" } else { "s" },
+            crate::size::format_size(e.bytes)
+        );
+    }
+    text
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 
 use std::fmt::Write;
 
-use pddgpu::driver::{AuditVerdict, Domain, Driver, LeakReport, SuspectReason};
+use pddgpu::driver::{AuditVerdict, Domain, Driver, LeakReport, Occupant, SuspectReason};
 use pddgpu_ipc::model::{
-    BoTotals, ClientInfo, DeviceStats, LeakAudit, LeakReport as LeakModel, LeakSuspect, PoolStats,
-    Stats, JSON_ABI,
+    BoTotals, ClientInfo, DeviceStats, ExtentKind, LeakAudit, LeakReport as LeakModel, LeakSuspect,
+    MapExtent, OccupancyMap, PoolStats, Stats, JSON_ABI,
 };
 
 use crate::callers::Callers;
@@ -20,6 +20,10 @@ pub fn render(kind: FileKind, driver: &Driver, owners: &Callers) -> Vec<u8> {
         FileKind::StatsJson => json(&stats(driver)),
         FileKind::Vram => vram_text(driver),
         FileKind::Gtt => gtt_text(driver),
+        FileKind::VramMap => map_text(&occupancy(driver, owners, Domain::Vram)),
+        FileKind::VramMapJson => json(&occupancy(driver, owners, Domain::Vram)),
+        FileKind::GttMap => map_text(&occupancy(driver, owners, Domain::Gtt)),
+        FileKind::GttMapJson => json(&occupancy(driver, owners, Domain::Gtt)),
         FileKind::Leaks => leaks_text(&leaks(&driver.last_leak_report(), owners)),
         FileKind::LeaksJson => json(&leaks(&driver.last_leak_report(), owners)),
         FileKind::Clients => clients_text(&clients(driver, owners)),
@@ -171,6 +175,75 @@ fn gtt_text(driver: &Driver) -> String {
     let _ = writeln!(t, "fragmentation_permille {}", g.fragmentation_permille());
     let _ = writeln!(t, "retry_count {}", g.retry.count);
     let _ = writeln!(t, "retry_delay_ms {}", g.retry.delay_ms);
+    t
+}
+
+/// `<domain>.map.json`: the driver's occupancy map with owners resolved to
+/// pids.
+pub fn occupancy(driver: &Driver, owners: &Callers, domain: Domain) -> OccupancyMap {
+    let m = driver.occupancy(domain);
+    let extents = m
+        .extents
+        .into_iter()
+        .map(|e| {
+            let (kind, bo, owner, label) = match e.occupant {
+                Occupant::Free => (ExtentKind::Free, 0, 0, String::new()),
+                Occupant::Bo { id, owner, label } => (ExtentKind::Bo, id.0, owner, label),
+                Occupant::Retired => (ExtentKind::Retired, 0, 0, String::new()),
+                Occupant::Unowned => (ExtentKind::Unowned, 0, 0, String::new()),
+            };
+            MapExtent {
+                start: e.range.start,
+                size: e.range.end - e.range.start,
+                kind,
+                bo,
+                owner,
+                pid: if owner == 0 {
+                    0
+                } else {
+                    owners.pid(owner).map_or(0, |p| p as u64)
+                },
+                label,
+            }
+        })
+        .collect();
+    OccupancyMap {
+        abi: JSON_ABI,
+        domain: domain_name(domain),
+        size: m.size,
+        visible_size: m.visible_size,
+        settled: m.settled,
+        extents,
+    }
+}
+
+/// The `<domain>.map` text: `key value` lines, then one `extent` line per
+/// extent in address order: `extent <start> <end> <kind>`, for BOs followed
+/// by `id <bo id> owner <owner> pid <pid> label "<label>"`.
+pub fn map_text(m: &OccupancyMap) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "domain {}", m.domain);
+    let _ = writeln!(t, "size {}", m.size);
+    let _ = writeln!(t, "visible_size {}", m.visible_size);
+    let _ = writeln!(t, "settled {}", u8::from(m.settled));
+    let _ = writeln!(t, "extents {}", m.extents.len());
+    for e in &m.extents {
+        let _ = write!(
+            t,
+            "extent {:#012x} {:#012x} {}",
+            e.start,
+            e.end(),
+            e.kind.name()
+        );
+        if e.kind == ExtentKind::Bo {
+            let _ = write!(
+                t,
+                " id {} owner {} pid {} label {:?}",
+                e.bo, e.owner, e.pid, e.label
+            );
+        }
+        t.push('\n');
+    }
     t
 }
 

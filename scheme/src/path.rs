@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `` or `/` | the root directory |
 //! | `config`, `bo` | directories |
-//! | `stats`, `stats.json`, `vram`, `gtt`, `leaks`, `leaks.json`, `clients`, `clients.json`, `health`, `state` | read-only text files |
+//! | `stats`, `stats.json`, `vram`, `gtt`, `vram.map`, `vram.map.json`, `gtt.map`, `gtt.map.json`, `leaks`, `leaks.json`, `clients`, `clients.json`, `health`, `state` | read-only text files |
 //! | `control` | write-only command file |
 //! | `config/<name>` | one tunable |
 //! | `bo/new?size=…&domain=…&align=…&flags=…&label=…` | allocate a BO |
@@ -24,6 +24,14 @@ pub enum FileKind {
     Vram,
     /// `gtt`: the GTT manager in detail.
     Gtt,
+    /// `vram.map`: the occupancy map of VRAM, one line per extent.
+    VramMap,
+    /// `vram.map.json`: the same, as JSON.
+    VramMapJson,
+    /// `gtt.map`: the occupancy map of the GTT aperture.
+    GttMap,
+    /// `gtt.map.json`: the same, as JSON.
+    GttMapJson,
     /// `leaks`: the last leak audit, one line per suspect.
     Leaks,
     /// `leaks.json`: the same, as JSON.
@@ -40,11 +48,15 @@ pub enum FileKind {
 
 impl FileKind {
     /// Every file, in listing order, with its name.
-    pub const ALL: [(&'static str, FileKind); 10] = [
+    pub const ALL: [(&'static str, FileKind); 14] = [
         ("stats", FileKind::Stats),
         ("stats.json", FileKind::StatsJson),
         ("vram", FileKind::Vram),
         ("gtt", FileKind::Gtt),
+        ("vram.map", FileKind::VramMap),
+        ("vram.map.json", FileKind::VramMapJson),
+        ("gtt.map", FileKind::GttMap),
+        ("gtt.map.json", FileKind::GttMapJson),
         ("leaks", FileKind::Leaks),
         ("leaks.json", FileKind::LeaksJson),
         ("clients", FileKind::Clients),

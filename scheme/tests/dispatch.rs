@@ -4,6 +4,10 @@
 //! transport does not carry (`mmap_prep`/`munmap`, handles opened relative
 //! to a directory) and checks the namespace's file operations directly.
 
+// The harness plays the kernel: it builds requests over its own buffers
+// and reads the memory `mmap_prep` points at, which takes `unsafe`.
+#![allow(unsafe_code)]
+
 use std::sync::Arc;
 
 use pddgpu::device::{SimConfig, SimDevice};

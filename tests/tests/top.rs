@@ -288,6 +288,15 @@ fn top_in_a_real_terminal_follows_the_server() {
             && client_row(s_, t).is_some()
             && client_row(s_, s).is_some()
     });
+    // The coarse occupancy map names both clients in its legend.
+    let legend = screen
+        .lines()
+        .find(|l| l.contains("│clients "))
+        .unwrap_or_else(|| panic!("no occupancy map:\n{screen}"));
+    assert!(
+        legend.contains(&format!(" pid {t} ")) && legend.contains(&format!(" pid {s} ")),
+        "{legend}"
+    );
     let row_t = client_row(&screen, t).unwrap();
     let row_s = client_row(&screen, s).unwrap();
     assert!(row_t.contains("textures (8.0 MiB)"), "{row_t}");

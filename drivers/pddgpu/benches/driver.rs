@@ -18,6 +18,10 @@
 //!   between rounds cancels out. `ratio driver/stats_readers_vs_idle`
 //!   compares with blocked helpers instead (11 longer rounds).
 
+// Benchmark harness: thread CPU time comes from libc through FFI, which
+// needs `unsafe`.
+#![allow(unsafe_code)]
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

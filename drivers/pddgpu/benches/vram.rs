@@ -44,6 +44,8 @@
 //! Knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<workload>`,
 //! `VRAM_BENCH_SIDE=ours|peer` (profiling: one side only, no ratios).
 
+// Benchmark harness: thread CPU time from libc and the C peers loaded
+// with dlopen (FFI) need `unsafe`.
 #![allow(unsafe_code)]
 
 #[path = "cpeers/mod.rs"]

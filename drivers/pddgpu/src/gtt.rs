@@ -285,6 +285,29 @@ impl GttManager {
         self.manager.inspect(|a| a.holes().collect())
     }
 
+    /// The aperture in address order as runs of `(range, allocated)`: the
+    /// live nodes and the holes between them, which tile it exactly. Takes
+    /// the allocator lock for one walk (for the occupancy map).
+    pub fn layout(&self) -> alloc::vec::Vec<(Range<u64>, bool)> {
+        self.manager.inspect(|alloc| {
+            let mut holes = alloc.holes().peekable();
+            let mut nodes = alloc.nodes().map(|n| n.range()).peekable();
+            let mut out = alloc::vec::Vec::new();
+            loop {
+                let next = match (holes.peek(), nodes.peek()) {
+                    (Some(h), Some(n)) if h.start < n.start => holes.next().map(|h| (h, false)),
+                    (_, Some(_)) => nodes.next().map(|n| (n, true)),
+                    (Some(_), None) => holes.next().map(|h| (h, false)),
+                    (None, None) => None,
+                };
+                match next {
+                    Some(run) => out.push(run),
+                    None => return out,
+                }
+            }
+        })
+    }
+
     /// Verifies the allocator's internal invariants (`O(n)`, under the
     /// lock). On failure the manager goes to ERROR, as for any detected
     /// inconsistency, and the reason is returned.

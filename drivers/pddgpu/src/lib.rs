@@ -19,6 +19,9 @@ extern crate alloc;
 
 pub mod bo;
 pub mod buddy;
+// The device module touches registers and backing memory through raw
+// pointers; the rest of the core is safe code.
+#[allow(unsafe_code)]
 pub mod device;
 pub mod driver;
 pub mod gtt;

@@ -2,6 +2,10 @@
 //! size of the space. Measured with a counting global allocator (this test
 //! binary holds one test so nothing else allocates meanwhile).
 
+// The counting allocator is test instrumentation: a `GlobalAlloc` impl is
+// `unsafe` by definition.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 

@@ -2,7 +2,8 @@
 //! contents, ownership, sharing, quotas, tunables, leak reports, shutdown.
 
 use pddgpu::device::{
-    DeviceError, DeviceResources, MemoryRegion, Mmio, PddgpuModel, SimConfig, SimDevice,
+    DeviceError, DeviceResources, MemoryRegion, Mmio, PddgpuModel, RegisterBlock, SimConfig,
+    SimDevice, Width,
 };
 use pddgpu::driver::*;
 use pddgpu::manager::{ManagerState, RetryPolicy};
@@ -60,9 +61,19 @@ fn init_reads_sizes_from_registers_and_enables_the_device() {
 
 #[test]
 fn init_refuses_foreign_devices_and_short_backing() {
-    let mut words = vec![0u64; 512];
-    // SAFETY: `words` outlives the driver attempt and is only used by it.
-    let mmio = unsafe { Mmio::new(words.as_mut_ptr().cast(), 4096) }.unwrap();
+    /// 4 KiB of registers that read as zero: not a PDDGPU.
+    #[derive(Debug)]
+    struct Blank;
+    impl RegisterBlock for Blank {
+        fn len(&self) -> usize {
+            4096
+        }
+        fn read(&self, _offset: usize, _width: Width) -> u64 {
+            0
+        }
+        fn write(&self, _offset: usize, _width: Width, _value: u64) {}
+    }
+    let mmio = Mmio::emulated(std::sync::Arc::new(Blank));
     let res = DeviceResources {
         mmio,
         model: PddgpuModel::boxed(),

@@ -3,16 +3,20 @@
 //! Picks a device backend ([`backend`]), builds the driver core on it,
 //! wraps it in the `pddgpu:` scheme and serves that scheme to client
 //! processes: over a Unix socket on Linux and other hosts ([`serve`]), or
-//! through the kernel's scheme socket on Redox (module `redox`, added by
-//! the Redox port).
+//! through the kernel's scheme socket on Redox (module `redox`).
 //!
 //! Shutdown is clean: SIGTERM or SIGINT (or `shutdown` written to
 //! `pddgpu:control`) stops accepting work, closes every client's handles
 //! (freeing what they held), puts the device into SHUTDOWN and exits 0.
 #![deny(missing_docs)]
 
+// Device backends: register windows and backing memory mapped from the
+// device or a memfd, the only unsafe code of the daemon besides Redox's.
+#[allow(unsafe_code)]
 pub mod backend;
 pub mod options;
+// Redox device access: physical memory, BARs and the pcid channel.
+#[allow(unsafe_code)]
 pub mod redox;
 #[cfg(not(target_os = "redox"))]
 pub mod serve;

@@ -7,6 +7,8 @@ pub mod server;
 
 pub use client::{HostConnection, Reply};
 pub use server::{HostScheme, HostServer, ParkPolicy, PeerCred, ServerLimits, ROOT_FD};
+// Mapping a BO from the descriptor the server passed.
+#[allow(unsafe_code)]
 pub mod transport;
 
 pub use transport::HostTransport;

@@ -654,7 +654,12 @@ fn send_all(stream: &UnixStream, bytes: &[u8]) -> io::Result<()> {
 
 /// Validates one request, rebuilds its `Sqe` over server-owned buffers,
 /// runs it through the redox-scheme dispatch and collects the result.
-#[allow(clippy::too_many_arguments)]
+///
+/// Here the server plays the kernel's part in the request ABI: it lends
+/// the scheme its own buffers as the kernel maps the caller's, and adopts
+/// the descriptor a scheme passes back for mapping. That takes `unsafe`
+/// (the ABI types have no safe constructors), as in the mapping modules.
+#[allow(clippy::too_many_arguments, unsafe_code)]
 fn dispatch<S: SchemeSync>(
     conn: &mut ConnState,
     root: Option<usize>,

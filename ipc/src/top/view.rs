@@ -30,24 +30,29 @@ fn colour((r, g, b): (u8, u8, u8)) -> Color {
     Color::Rgb(r, g, b)
 }
 
-fn map_height(screen: &Screen) -> u16 {
+/// Most lines the map's client legend takes.
+const MAX_LEGEND_LINES: usize = 4;
+/// Width of the row names of the map (`vram`, `gtt`, `clients`).
+const MAP_HEAD: usize = 8;
+
+fn map_height(screen: &Screen, width: u16) -> u16 {
     let rows = [screen.vram_map.is_some(), screen.gtt_map.is_some()];
     match rows {
         [false, false] => 0,
-        // vram row, visible-window marker, gtt row, legend, borders.
-        [v, g] => 2 + u16::from(v) * 2 + u16::from(g) + 1,
+        // Borders, vram row and its visible-window marker, gtt row, legend.
+        [v, g] => 2 + u16::from(v) * 2 + u16::from(g) + legend_lines(screen, width).len() as u16,
     }
 }
 
-/// Lines a frame needs to show everything (all clients, up to
-/// [`MAX_PLAIN_CLIENTS`]).
-pub fn height_needed(screen: &Screen) -> u16 {
+/// Lines a frame `width` columns wide needs to show everything (all
+/// clients, up to [`MAX_PLAIN_CLIENTS`]).
+pub fn height_needed(screen: &Screen, width: u16) -> u16 {
     let link = u16::from(matches!(screen.link, Link::Lost { .. }));
     if !screen.has_data {
         return 1 + link.max(1);
     }
     let clients = screen.clients.len().clamp(1, MAX_PLAIN_CLIENTS) as u16;
-    1 + link + 3 * VIEW_HEIGHT + map_height(screen) + (clients + 3) + 2
+    1 + link + 3 * VIEW_HEIGHT + map_height(screen, width) + (clients + 3) + 2
 }
 
 /// Draws `screen` into `area` of `buf`.
@@ -58,7 +63,7 @@ pub fn render(screen: &Screen, area: Rect, buf: &mut Buffer) {
         Constraint::Length(link_height),
         Constraint::Length(if screen.has_data { 3 * VIEW_HEIGHT } else { 0 }),
         Constraint::Length(if screen.has_data {
-            map_height(screen)
+            map_height(screen, area.width)
         } else {
             0
         }),
@@ -251,13 +256,65 @@ fn map_row(map: &OccupancyMap, width: usize, palette: &Palette) -> Line<'static>
     Line::from(spans)
 }
 
+/// The map's legend for a frame `width` columns wide: a letter and pid per
+/// client, packed into lines after the `clients` heading, then what the
+/// other symbols mean; at most [`MAX_LEGEND_LINES`] lines.
+fn legend_lines(screen: &Screen, width: u16) -> Vec<Line<'static>> {
+    let palette = Palette::of(screen.vram_map.iter().chain(screen.gtt_map.iter()));
+    // Inside the borders, after the heading.
+    let room = (width as usize).saturating_sub(2 + MAP_HEAD).max(20);
+    let mut entries: Vec<Vec<Span<'static>>> = palette
+        .entries()
+        .iter()
+        .map(|e| {
+            vec![
+                Span::styled(
+                    e.letter.to_string(),
+                    Style::default()
+                        .fg(colour(e.colour))
+                        .add_modifier(Modifier::BOLD),
+                ),
+                Span::raw(format!(" pid {} ({})  ", e.pid, format_size(e.bytes))),
+            ]
+        })
+        .collect();
+    entries.push(vec![Span::raw(", mostly free  x retired  ! unowned")]);
+    let width_of = |spans: &[Span]| {
+        spans
+            .iter()
+            .map(|s| s.content.chars().count())
+            .sum::<usize>()
+    };
+    let mut lines: Vec<Vec<Span<'static>>> = vec![Vec::new()];
+    for entry in entries {
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() && width_of(last) + width_of(&entry) > room {
+            lines.push(Vec::new());
+        }
+        lines.last_mut().expect("one line at least").extend(entry);
+    }
+    if lines.len() > MAX_LEGEND_LINES {
+        let more = lines.len() - MAX_LEGEND_LINES + 1;
+        lines.truncate(MAX_LEGEND_LINES - 1);
+        lines.push(vec![Span::raw(format!("... {more} more lines of clients"))]);
+    }
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut spans)| {
+            let head = if i == 0 { "clients" } else { "" };
+            spans.insert(0, Span::raw(format!("{head:<MAP_HEAD$}")));
+            Line::from(spans)
+        })
+        .collect()
+}
+
 fn render_map(screen: &Screen, area: Rect, buf: &mut Buffer) {
     let block = Block::bordered().title(" Occupancy (one letter per client, . free) ");
     let inner = block.inner(area);
     block.render(area, buf);
     let palette = Palette::of(screen.vram_map.iter().chain(screen.gtt_map.iter()));
-    let head = 8u16;
-    let width = inner.width.saturating_sub(head) as usize;
+    let width = (inner.width as usize).saturating_sub(MAP_HEAD);
     let mut lines: Vec<Line<'static>> = Vec::new();
     if let Some(m) = &screen.vram_map {
         let mut row = map_row(m, width, &palette);
@@ -284,22 +341,7 @@ fn render_map(screen: &Screen, area: Rect, buf: &mut Buffer) {
         row.spans.insert(0, Span::raw(format!("{:<8}", "gtt")));
         lines.push(row);
     }
-    let mut legend: Vec<Span<'static>> = vec![Span::raw(format!("{:<8}", "clients"))];
-    for e in palette.entries() {
-        legend.push(Span::styled(
-            format!("{}", e.letter),
-            Style::default()
-                .fg(colour(e.colour))
-                .add_modifier(Modifier::BOLD),
-        ));
-        legend.push(Span::raw(format!(
-            " pid {} ({})  ",
-            e.pid,
-            format_size(e.bytes)
-        )));
-    }
-    legend.push(Span::raw(", mostly free  x retired  ! unowned"));
-    lines.push(Line::from(legend));
+    lines.extend(legend_lines(screen, area.width));
     Paragraph::new(lines).render(inner, buf);
 }
 
@@ -422,7 +464,7 @@ pub fn buffer_text(buf: &Buffer) -> String {
 
 /// Renders `screen` as plain text `width` columns wide, as tall as it needs.
 pub fn plain(screen: &Screen, width: u16) -> String {
-    let area = Rect::new(0, 0, width, height_needed(screen));
+    let area = Rect::new(0, 0, width, height_needed(screen, width));
     let mut buf = Buffer::empty(area);
     render(screen, area, &mut buf);
     buffer_text(&buf)
@@ -454,6 +496,7 @@ mod tests {
             domain: domain.into(),
             size: 64 << 20,
             visible_size: visible,
+            settled: true,
             extents: vec![
                 MapExtent {
                     start: 0,
@@ -556,7 +599,49 @@ mod tests {
         let a = cells.matches('A').count();
         assert!((a * 4).abs_diff(cells.chars().count()) <= 4, "{row}");
         assert!(cells.starts_with('A') && cells.ends_with('.'), "{row}");
-        assert_eq!(text.lines().count() as u16, height_needed(&screen()));
+        assert_eq!(text.lines().count() as u16, height_needed(&screen(), 100));
+    }
+
+    #[test]
+    fn a_long_client_legend_wraps_within_the_frame() {
+        let mut s = screen();
+        let map = s.vram_map.as_mut().unwrap();
+        map.extents = (0..40u64)
+            .map(|i| MapExtent {
+                start: i << 20,
+                size: 1 << 20,
+                kind: ExtentKind::Bo,
+                bo: i + 1,
+                owner: i + 1,
+                pid: 100_000 + i,
+                label: "x".into(),
+            })
+            .chain(std::iter::once(MapExtent {
+                start: 40 << 20,
+                size: 24 << 20,
+                kind: ExtentKind::Free,
+                ..MapExtent::default()
+            }))
+            .collect();
+        let text = plain(&s, 100);
+        assert_eq!(text.lines().count() as u16, height_needed(&s, 100));
+        for line in text.lines() {
+            assert!(line.chars().count() <= 100, "{line}");
+        }
+        // Clients up to the last legend line, which says how much is left.
+        let legend: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("│clients "))
+            .take_while(|l| !l.starts_with('└'))
+            .collect();
+        assert_eq!(legend.len(), MAX_LEGEND_LINES, "{text}");
+        assert!(legend[0].contains("A pid 100000 (1.0 MiB)"), "{text}");
+        assert!(legend[1].starts_with("│        "), "{text}");
+        assert!(legend[3].contains("more lines of clients"), "{text}");
+        // With few clients, one line says it all.
+        let text = plain(&screen(), 100);
+        let legend = text.lines().filter(|l| l.contains("mostly free")).count();
+        assert_eq!(legend, 1, "{text}");
     }
 
     #[test]

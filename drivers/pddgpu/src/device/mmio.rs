@@ -337,9 +337,7 @@ mod tests {
         let mut words = [0u64; 2];
         let odd = words.as_mut_ptr().cast::<u8>().wrapping_add(1);
         // SAFETY: refused before any access.
-        assert!(matches!(
-            unsafe { Mmio::new(odd, 8) },
-            Err(MmioError::BadBase { .. })
-        ));
+        let odd = unsafe { Mmio::new(odd, 8) };
+        assert!(matches!(odd, Err(MmioError::BadBase { .. })));
     }
 }

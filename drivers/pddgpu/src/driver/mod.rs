@@ -15,6 +15,7 @@
 //! - `share`: extra references, export and import;
 //! - `io`: reading and writing BO contents;
 //! - `audit`: statistics, the leak check, health, client usage;
+//! - `occupancy`: the occupancy map (what lies where in a domain);
 //! - `recovery`: device events, fault handling, recovery and shutdown.
 //!
 //! # Device faults
@@ -46,6 +47,7 @@ mod faults;
 mod gate;
 mod io;
 mod lifecycle;
+mod occupancy;
 pub mod ownership;
 mod recovery;
 mod report;
@@ -57,6 +59,7 @@ pub use crate::leak::{Audit, AuditVerdict, LeakReport, Record, Suspect, SuspectR
 pub use crate::stats::{DomainCounters, StatsSnapshot};
 pub use crate::tunables::{Tunable, TunableError, Tunables};
 pub use error::DriverError;
+pub use occupancy::{Extent, OccupancyMap, Occupant};
 pub(crate) use ownership::BoOwnership;
 pub use report::{ClientUsage, ExitSummary, Health};
 

@@ -277,6 +277,18 @@ impl VramManager {
         })
     }
 
+    /// The allocator's leaf blocks in address order, each as its byte range
+    /// and whether it is allocated. They tile `0..size` exactly. Takes the
+    /// allocator lock for one walk over the blocks (for the occupancy map).
+    pub fn layout(&self) -> alloc::vec::Vec<(core::ops::Range<u64>, bool)> {
+        self.manager.inspect(|buddy| {
+            buddy
+                .leaves()
+                .map(|(block, free)| (block.offset()..block.end(), !free))
+                .collect()
+        })
+    }
+
     /// A snapshot of usage and state. Counters are read lock-free; the
     /// per-order figures take the allocator lock briefly.
     pub fn get_stats(&self) -> VramStats {
