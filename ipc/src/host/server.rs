@@ -28,7 +28,7 @@ use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -144,6 +144,12 @@ struct Shared<S> {
     woken: Condvar,
     /// The last wake epoch published (checked without the lock).
     epoch: AtomicU64,
+    /// Requests parked on `woken` right now: a free wakes (a futex call)
+    /// only when one is. A parking request counts itself before it checks
+    /// `epoch`, and a freeing one moves `epoch` before it reads this count
+    /// (both sequentially consistent), so one of the two always sees the
+    /// other and no wake-up is lost.
+    parked: AtomicUsize,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -232,6 +238,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 wake: Mutex::new((0, false)),
                 woken: Condvar::new(),
                 epoch: AtomicU64::new(0),
+                parked: AtomicUsize::new(0),
             }),
             next_conn: 1,
         })
@@ -396,7 +403,8 @@ fn serve_request<S: HostScheme>(
         // Wake parked requests if this one freed something (a plain load
         // first: most requests free nothing).
         if shared.epoch.load(Ordering::Acquire) != epoch
-            && shared.epoch.swap(epoch, Ordering::AcqRel) != epoch
+            && shared.epoch.swap(epoch, Ordering::SeqCst) != epoch
+            && shared.parked.load(Ordering::SeqCst) != 0
         {
             let mut wake = lock(&shared.wake);
             wake.0 = epoch;
@@ -411,7 +419,8 @@ fn serve_request<S: HostScheme>(
     for _ in 0..policy.retries {
         let deadline = Instant::now() + policy.delay;
         let mut wake = lock(&shared.wake);
-        while wake.0 == epoch && !wake.1 {
+        shared.parked.fetch_add(1, Ordering::SeqCst);
+        while wake.0 == epoch && shared.epoch.load(Ordering::SeqCst) == epoch && !wake.1 {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -422,6 +431,7 @@ fn serve_request<S: HostScheme>(
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+        shared.parked.fetch_sub(1, Ordering::SeqCst);
         if wake.1 {
             return (
                 err_cqe(header.sqe.tag, syscall::error::ESHUTDOWN),
