@@ -97,10 +97,16 @@ impl Device {
         self.create(&BoDesc::new(size, domain, flags))
     }
 
-    /// Allocates a BO as described. When the server answers `EAGAIN` (no
-    /// space right now), waits and retries as the server's
-    /// `<domain>_retry_count` / `<domain>_retry_delay_ms` tunables say, then
-    /// fails with `ENOSPC`; the server itself never sleeps.
+    /// Allocates a BO as described.
+    ///
+    /// No space right now is retried in one layer: the server's transport
+    /// parks the create and retries it as the `<domain>_retry_count` /
+    /// `<domain>_retry_delay_ms` tunables say (early when memory is freed),
+    /// answering `ENOSPC` when the retries run out. Where the transport
+    /// cannot park (the Redox kernel answers `EAGAIN` straight back), this
+    /// is the retry layer instead: it waits the same delays and opens again
+    /// with `attempt=<n>` in the path, which the server counts in its retry
+    /// statistics, and fails with `ENOSPC` after the same count.
     pub fn create(&self, desc: &BoDesc) -> Result<Bo> {
         if desc.size == 0 {
             return Err(Error::Invalid("a BO needs a size greater than 0".into()));

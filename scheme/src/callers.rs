@@ -92,7 +92,9 @@ impl Callers {
 
     /// Counts a new handle of `owner`.
     pub fn add_handle(&mut self, owner: OwnerId) {
-        if let Some(e) = self.entries.get_mut(&owner) {
+        let e = self.entries.get_mut(&owner);
+        debug_assert!(e.is_some(), "a handle for an unknown owner {owner}");
+        if let Some(e) = e {
             e.handles += 1;
         }
     }
@@ -119,6 +121,10 @@ impl Callers {
         let Some(e) = self.entries.get_mut(&owner) else {
             return false;
         };
+        debug_assert!(
+            e.handles > 0,
+            "owner {owner} released more handles than it had"
+        );
         e.handles = e.handles.saturating_sub(1);
         if e.handles > 0 {
             return false;

@@ -32,6 +32,16 @@ pub(crate) enum Kind {
     Bo { id: BoId, size: u64, domain: Domain },
 }
 
+impl Kind {
+    /// The text a file or tunable handle is being read from.
+    pub fn snapshot_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            Kind::File { snapshot, .. } | Kind::Config { snapshot, .. } => Some(snapshot),
+            _ => None,
+        }
+    }
+}
+
 /// One open handle.
 #[derive(Debug)]
 pub(crate) struct Handle {

@@ -293,33 +293,24 @@ impl SchemeSync for PddgpuScheme {
         match &h.kind {
             Kind::Dir(_) => Err(err(EISDIR)),
             Kind::Control => Err(err(EBADF)),
-            Kind::File { kind, .. } => {
-                let kind = *kind;
+            Kind::File { .. } | Kind::Config { .. } => {
                 // A read from the start takes a fresh snapshot; later reads
                 // continue the same one, so a reader sees consistent text.
                 if offset == 0 {
-                    let fresh = self.render(kind);
-                    if let Kind::File { snapshot, .. } = &mut self.handle_mut(id)?.kind {
+                    let fresh = match &h.kind {
+                        Kind::File { kind, .. } => self.render(*kind),
+                        Kind::Config { name, .. } => {
+                            let value = self.driver.tunables().show(name).ok_or(err(ENOENT))?;
+                            format!("{value}\n").into_bytes()
+                        }
+                        _ => return Err(err(EBADF)),
+                    };
+                    if let Some(snapshot) = self.handle_mut(id)?.kind.snapshot_mut() {
                         *snapshot = fresh;
                     }
                 }
-                match &self.handle(id)?.kind {
-                    Kind::File { snapshot, .. } => Ok(copy_at(snapshot, offset, buf)),
-                    _ => Err(err(EBADF)),
-                }
-            }
-            Kind::Config { name, .. } => {
-                if offset == 0 {
-                    let value = self.driver.tunables().show(name).ok_or(err(ENOENT))?;
-                    let fresh = format!("{value}\n").into_bytes();
-                    if let Kind::Config { snapshot, .. } = &mut self.handle_mut(id)?.kind {
-                        *snapshot = fresh;
-                    }
-                }
-                match &self.handle(id)?.kind {
-                    Kind::Config { snapshot, .. } => Ok(copy_at(snapshot, offset, buf)),
-                    _ => Err(err(EBADF)),
-                }
+                let snapshot = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
+                Ok(copy_at(snapshot, offset, buf))
             }
             Kind::Bo { id: bo, size, .. } => {
                 if offset >= *size {

@@ -12,10 +12,11 @@
 //!   `Driver::stats()` in a loop; `r` = the writer's time per pair beside
 //!   the spinners / beside the readers (1 = readers cost the writer
 //!   nothing beyond any busy neighbour). Times are the writer thread's CPU
-//!   time; the three settings (helpers idle, spinning, reading) alternate
-//!   in short rounds and each keeps its best round, so load from other
-//!   processes hits all three alike. `ratio driver/stats_readers_vs_idle`
-//!   compares with idle helpers instead.
+//!   time over 101 rounds of two short segments (spinning, reading; the
+//!   helpers switch at once, the order alternates); the ratio is the median
+//!   of the per-round ratios, so load from other processes that changes
+//!   between rounds cancels out. `ratio driver/stats_readers_vs_idle`
+//!   compares with blocked helpers instead (11 longer rounds).
 
 // Benchmark harness: thread CPU time comes from libc through FFI, which
 // needs `unsafe`.

@@ -265,7 +265,9 @@ impl BoTable {
     /// A fresh id in `domain`.
     pub fn next_id(&self, domain: Domain) -> BoId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        BoId(n << 1 | domain.index() as u64)
+        let id = BoId(n << 1 | domain.index() as u64);
+        debug_assert_eq!(id.domain(), Some(domain), "ids never wrap");
+        id
     }
 
     /// The locked shard holding `id`.

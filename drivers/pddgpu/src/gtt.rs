@@ -102,6 +102,7 @@ impl Published {
     /// Publishes `s`; the caller holds the allocator lock (single writer).
     fn store(&self, s: &RangeStats) {
         let seq = self.seq.load(Ordering::Relaxed);
+        debug_assert_eq!(seq & 1, 0, "one writer at a time (the lock holder)");
         self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         self.used.store(s.used, Ordering::Relaxed);

@@ -262,10 +262,9 @@ impl MemoryStats {
     fn begin(&self, domain: Domain) {
         self.locks[domain.index()].lock();
         let seq = &self.lines[domain.index()].seq;
-        seq.store(
-            seq.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
+        let even = seq.load(Ordering::Relaxed);
+        debug_assert_eq!(even & 1, 0, "an update began inside another");
+        seq.store(even.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
     }
 

@@ -1,5 +1,5 @@
-//! Runtime tunables: the seed's knobs as validated settings, readable and
-//! settable by name at run time (the scheme exposes them as
+//! Runtime tunables: the driver's knobs as validated settings, readable
+//! and settable by name at run time (the scheme exposes them as
 //! `config/<name>`).
 //!
 //! | name | unit | allowed | default |
@@ -424,7 +424,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn all_seed_knobs_exist_with_defaults() {
+    fn all_knobs_exist_with_defaults() {
         let t = Tunables::new();
         let names: alloc::vec::Vec<_> = t.names().collect();
         for n in [

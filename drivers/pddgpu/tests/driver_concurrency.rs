@@ -1,5 +1,5 @@
-//! The seed's concurrency test in-process, and consistency of statistics
-//! read while many threads allocate.
+//! 100 threads × 1000 create/unref pairs in-process, and the consistency
+//! of statistics read while many threads allocate.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

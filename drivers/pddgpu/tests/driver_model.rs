@@ -121,7 +121,7 @@ impl World {
         }
         match self.bos.keys().nth(pick % self.bos.len().max(1)) {
             Some(id) => *id,
-            None => BoId(pick as u64 * 2 + 2),
+            None => BoId((pick as u64).wrapping_mul(2).wrapping_add(2)),
         }
     }
 

@@ -1,4 +1,4 @@
-//! The seed's stress test: 100 threads × 1000 alloc/free pairs on one
+//! Stress: 100 threads × 1000 alloc/free pairs on one
 //! shared VRAM manager, then exact accounting (nothing used, every root
 //! whole again).
 

@@ -202,6 +202,12 @@ struct Shared<S> {
     woken: Condvar,
     /// The last wake epoch published (checked without the lock).
     epoch: AtomicU64,
+    /// Requests parked on `woken` right now: a free wakes (a futex call)
+    /// only when one is. A parking request counts itself before it checks
+    /// `epoch`, and a freeing one moves `epoch` before it reads this count
+    /// (both sequentially consistent), so one of the two always sees the
+    /// other and no wake-up is lost.
+    parked: AtomicUsize,
 }
 
 /// What one user holds at the moment. Handle counts change only under the
@@ -304,6 +310,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 wake: Mutex::new((0, false)),
                 woken: Condvar::new(),
                 epoch: AtomicU64::new(0),
+                parked: AtomicUsize::new(0),
             }),
             next_conn: 1,
         })
@@ -490,9 +497,11 @@ impl<S> Shared<S> {
     /// Publishes a new wake epoch (the scheme freed something) and wakes
     /// every parked request.
     fn publish_epoch(&self, epoch: u64) {
-        // A plain load first: most requests free nothing.
+        // A plain load first: most requests free nothing; and no wake-up
+        // (a futex call) unless a request is parked (see `parked`).
         if self.epoch.load(Ordering::Acquire) != epoch
-            && self.epoch.swap(epoch, Ordering::AcqRel) != epoch
+            && self.epoch.swap(epoch, Ordering::SeqCst) != epoch
+            && self.parked.load(Ordering::SeqCst) != 0
         {
             let mut wake = lock(&self.wake);
             wake.0 = epoch;
@@ -568,7 +577,8 @@ fn serve_request<S: HostScheme>(
     for _ in 0..policy.retries {
         let deadline = Instant::now() + policy.delay;
         let mut wake = lock(&shared.wake);
-        while wake.0 == epoch && !wake.1 {
+        shared.parked.fetch_add(1, Ordering::SeqCst);
+        while wake.0 == epoch && shared.epoch.load(Ordering::SeqCst) == epoch && !wake.1 {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -579,6 +589,7 @@ fn serve_request<S: HostScheme>(
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+        shared.parked.fetch_sub(1, Ordering::SeqCst);
         if wake.1 {
             return (
                 err_cqe(header.sqe.tag, syscall::error::ESHUTDOWN),

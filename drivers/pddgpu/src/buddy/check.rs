@@ -70,8 +70,8 @@ pub(super) fn check(a: &BuddyAllocator) -> Result<(), &'static str> {
     if leaves != store.leaf_count() {
         return Err("leaf counter out of date");
     }
-    if used != a.used || allocated != a.allocated_blocks {
-        return Err("used/allocated counters do not match the leaves");
+    if used != a.used() || allocated != a.allocated_blocks() {
+        return Err("free-byte or block counters do not match the leaves");
     }
     // Free lists hold exactly the free leaves, with matching masks.
     let mut order_mask = 0u64;
@@ -90,8 +90,7 @@ pub(super) fn check(a: &BuddyAllocator) -> Result<(), &'static str> {
                 if store.region_of(n.offset) != region {
                     return Err("free list holds a node of another region");
                 }
-                // The head's back link is not maintained.
-                if prev != NIL && n.prev != prev {
+                if n.prev != prev {
                     return Err("broken free-list back link");
                 }
                 if a.leaf_at(n.offset) != idx {

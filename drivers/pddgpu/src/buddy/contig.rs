@@ -42,7 +42,6 @@ impl BuddyAllocator {
         let mut j = u32::from(block.order);
         let mut remaining = need;
         let base = out.len();
-        self.used -= self.block_bytes(j) - need;
         loop {
             if remaining == self.block_bytes(j) {
                 out.push(self.mark_allocated(cur, tag));
@@ -73,14 +72,12 @@ impl BuddyAllocator {
                 remaining -= half;
             }
         }
-        self.allocated_blocks += (out.len() - base) as u64 - 1;
         if keep_high {
             out[base..].reverse();
         }
     }
 
-    /// Marks leaf `idx` allocated with `tag` (no accounting; the caller
-    /// does it) and returns its block.
+    /// Marks leaf `idx` allocated with `tag` and returns its block.
     fn mark_allocated(&mut self, idx: u32, tag: u16) -> Block {
         self.store.set_allocated(idx, tag);
         let n = self.store.node(idx);

@@ -43,8 +43,8 @@ pub(crate) struct Node {
     /// Allocated: the allocation tag. Split: index of the left child.
     /// (Shares its storage with `prev`.)
     pub aux: u32,
-    /// Previous node in its free list (free leaves other than the list
-    /// head; stale on the head). (Shares its storage with `aux`.)
+    /// Previous node in its free list, [`NIL`] for the list head (free
+    /// leaves). (Shares its storage with `aux`.)
     pub prev: u32,
     /// Next node in its free list (free leaves); next spare pair (spares).
     pub next: u32,
@@ -103,6 +103,8 @@ pub(crate) struct NodeStore {
     order_mask: u64,
     /// Free blocks per order.
     free_count: [u64; 64],
+    /// Bytes in free blocks (the allocator's used bytes are the rest).
+    free_bytes: u64,
     /// Number of regions.
     regions: usize,
     orders: usize,
@@ -124,6 +126,7 @@ impl NodeStore {
             order_regions: [0; 64],
             order_mask: 0,
             free_count: [0; 64],
+            free_bytes: 0,
             regions,
             orders,
             region_shift,
@@ -242,11 +245,20 @@ impl NodeStore {
         idx
     }
 
-    /// Splits leaf `idx` (not listed) into two unlisted free children of
+    /// Splits leaf `idx` (free and unlisted, or allocated) into two unlisted free children of
     /// `order` at `left` and `left + (chunk << order)`; returns the left
     /// child's index.
     #[inline(always)]
     pub fn split(&mut self, idx: u32, order: u8, left: u64) -> u32 {
+        debug_assert!(
+            {
+                let n = self.node(idx);
+                matches!(n.state, NodeState::Free | NodeState::Allocated)
+                    && n.order == order + 1
+                    && n.offset == left
+            },
+            "split of a node that is not a leaf one order up at `left`"
+        );
         let c = self.alloc_pair();
         *self.pair_mut(c) = Pair {
             offset: left,
@@ -269,6 +281,7 @@ impl NodeStore {
     #[inline(always)]
     pub fn merge(&mut self, parent: u32) {
         let c = self.node(parent).aux;
+        debug_assert_eq!(self.node(parent).state, NodeState::Split, "merge of a leaf");
         let spare = self.spare;
         *self.pair_mut(c) = Pair {
             next: [spare, NIL],
@@ -324,6 +337,17 @@ impl NodeStore {
         self.free_count[order & 63]
     }
 
+    /// Number of free blocks.
+    pub fn free_blocks(&self) -> u64 {
+        self.free_count[..self.orders].iter().sum()
+    }
+
+    /// Bytes in free blocks.
+    #[inline]
+    pub fn free_bytes(&self) -> u64 {
+        self.free_bytes
+    }
+
     /// First node of the free list (`region`, `order`), or [`NIL`].
     #[inline]
     pub fn head(&self, region: u32, order: u32) -> u32 {
@@ -343,6 +367,7 @@ impl NodeStore {
             let side = (idx & 1) as usize;
             let pair = self.pair_mut(idx);
             pair.state[side] = NodeState::Free;
+            pair.a[side] = NIL;
             pair.next[side] = head;
         }
         if head == NIL {
@@ -354,6 +379,7 @@ impl NodeStore {
         }
         self.heads[slot] = idx;
         self.free_count[order] += 1;
+        self.free_bytes += 1 << (order as u32 + self.chunk_shift);
     }
 
     /// Takes the head off the (non-empty) free list (`region`, `order`)
@@ -364,9 +390,43 @@ impl NodeStore {
         let order = order as usize & 63;
         let slot = region * self.orders + order;
         let idx = self.heads[slot];
+        debug_assert!(idx != NIL, "pop from an empty free list");
         let next = self.pair(idx).next[(idx & 1) as usize];
         self.heads[slot] = next;
-        if next == NIL {
+        self.unlisted(region, order, next);
+        idx
+    }
+
+    /// Takes free leaf `idx` off its free list (its state is left as is).
+    #[inline(always)]
+    pub fn unlink_free(&mut self, idx: u32) {
+        let n = self.node(idx);
+        debug_assert_eq!(n.state, NodeState::Free);
+        let order = n.order as usize & 63;
+        let region = self.region_of(n.offset) as usize & 63;
+        if n.prev == NIL {
+            let slot = region * self.orders + order;
+            debug_assert_eq!(self.heads[slot], idx, "a node without prev heads its list");
+            self.heads[slot] = n.next;
+            self.unlisted(region, order, n.next);
+        } else {
+            self.set_next(n.prev, n.next);
+            if n.next != NIL {
+                self.set_prev(n.next, n.prev);
+            }
+            self.free_count[order] -= 1;
+            self.free_bytes -= 1 << (order as u32 + self.chunk_shift);
+        }
+    }
+
+    /// Bookkeeping after the head of list (`region`, `order`) was taken
+    /// off and `next` became the head: its back link, the masks when the
+    /// list is now empty, the counts.
+    #[inline(always)]
+    fn unlisted(&mut self, region: usize, order: usize, next: u32) {
+        if next != NIL {
+            self.set_prev(next, NIL);
+        } else {
             self.region_orders[region] &= !(1 << order);
             self.order_regions[order] &= !(1 << region);
             if self.order_regions[order] == 0 {
@@ -374,38 +434,7 @@ impl NodeStore {
             }
         }
         self.free_count[order] -= 1;
-        idx
-    }
-
-    /// Takes free leaf `idx` off its free list (its state is left as is).
-    ///
-    /// The head of a list is recognised by the list head, not by its
-    /// `prev` link, which is left stale on the head: taking the head (the
-    /// common case, as allocations take list heads) then touches no other
-    /// node, saving a cache miss on a cold neighbour.
-    #[inline(always)]
-    pub fn unlink_free(&mut self, idx: u32) {
-        let n = self.node(idx);
-        debug_assert_eq!(n.state, NodeState::Free);
-        let order = n.order as usize & 63;
-        let region = self.region_of(n.offset) as usize & 63;
-        let slot = region * self.orders + order;
-        if self.heads[slot] == idx {
-            self.heads[slot] = n.next;
-            if n.next == NIL {
-                self.region_orders[region] &= !(1 << order);
-                self.order_regions[order] &= !(1 << region);
-                if self.order_regions[order] == 0 {
-                    self.order_mask &= !(1 << order);
-                }
-            }
-        } else {
-            self.set_next(n.prev, n.next);
-            if n.next != NIL {
-                self.set_prev(n.next, n.prev);
-            }
-        }
-        self.free_count[order] -= 1;
+        self.free_bytes -= 1 << (order as u32 + self.chunk_shift);
     }
 
     /// Number of regions.

@@ -20,7 +20,7 @@
 use alloc::boxed::Box;
 
 use super::mmio::Mmio;
-use super::model::DeviceModel;
+use super::model::{identify, DeviceModel};
 use super::{DeviceError, DeviceInfo};
 
 /// PCI vendor id of QEMU's emulated display devices.
@@ -123,19 +123,9 @@ impl DeviceModel for BochsModel {
     }
 
     fn probe(&self, mmio: &Mmio) -> Result<DeviceInfo, DeviceError> {
-        if mmio.len() < regs::REGION_SIZE {
-            return Err(DeviceError::NotThisDevice {
-                model: self.name(),
-                found: mmio.len() as u64,
-            });
-        }
-        let id = mmio.get(regs::ID)?;
-        if id & 0xfff0 != regs::ID0 {
-            return Err(DeviceError::NotThisDevice {
-                model: self.name(),
-                found: id.into(),
-            });
-        }
+        let id = identify(mmio, self.name(), regs::REGION_SIZE, regs::ID, |id| {
+            id & 0xfff0 == regs::ID0
+        })?;
         if id < regs::ID5 {
             // Older interfaces have no VIDEO_MEMORY_64K register.
             return Err(DeviceError::UnsupportedVersion {

@@ -63,8 +63,7 @@ impl fmt::Display for Domain {
 }
 
 bitflags::bitflags! {
-    /// Life-cycle state of the device (the seed's INITIALIZING → READY →
-    /// SHUTDOWN). `READY | SHUTDOWN` means shutting down: new operations
+    /// Life-cycle state of the device (INITIALIZING → READY → SHUTDOWN). `READY | SHUTDOWN` means shutting down: new operations
     /// are refused while those in flight finish.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct DeviceState: u32 {

@@ -10,6 +10,7 @@ use core::ops::Range;
 
 use super::mmio::Mmio;
 use super::regs::pddgpu::{self as regs, Control, Status};
+use super::regs::{RegValue, Register};
 use super::{DeviceError, DeviceInfo};
 
 bitflags::bitflags! {
@@ -107,25 +108,42 @@ impl PddgpuModel {
 
 const PAGE: u64 = 4096;
 
+/// The first step of every probe: the register window holds at least
+/// `region` bytes and the identity register `id` passes `is_ours`. Returns
+/// the identity; anything else is [`DeviceError::NotThisDevice`] for
+/// `model`.
+pub(super) fn identify<T: RegValue + Into<u64>>(
+    mmio: &Mmio,
+    model: &'static str,
+    region: usize,
+    id: Register<T>,
+    is_ours: impl FnOnce(T) -> bool,
+) -> Result<T, DeviceError> {
+    if mmio.len() < region {
+        return Err(DeviceError::NotThisDevice {
+            model,
+            found: mmio.len() as u64,
+        });
+    }
+    let value = mmio.get(id)?;
+    if !is_ours(value) {
+        return Err(DeviceError::NotThisDevice {
+            model,
+            found: value.into(),
+        });
+    }
+    Ok(value)
+}
+
 impl DeviceModel for PddgpuModel {
     fn name(&self) -> &'static str {
         "pddgpu"
     }
 
     fn probe(&self, mmio: &Mmio) -> Result<DeviceInfo, DeviceError> {
-        if mmio.len() < regs::REGION_SIZE {
-            return Err(DeviceError::NotThisDevice {
-                model: self.name(),
-                found: mmio.len() as u64,
-            });
-        }
-        let id = mmio.get(regs::ID)?;
-        if id != regs::ID_VALUE {
-            return Err(DeviceError::NotThisDevice {
-                model: self.name(),
-                found: id.into(),
-            });
-        }
+        identify(mmio, self.name(), regs::REGION_SIZE, regs::ID, |id| {
+            id == regs::ID_VALUE
+        })?;
         let version = mmio.get(regs::VERSION)?;
         if (version >> 16) as u16 != regs::VERSION_MAJOR {
             return Err(DeviceError::UnsupportedVersion {

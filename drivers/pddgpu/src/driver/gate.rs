@@ -64,7 +64,11 @@ pub(crate) struct Pass<'a> {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        self.counters.finished.fetch_add(1, Ordering::SeqCst);
+        let finished = self.counters.finished.fetch_add(1, Ordering::SeqCst);
+        debug_assert!(
+            finished < self.counters.started.load(Ordering::SeqCst),
+            "a lane finished more operations than it started"
+        );
     }
 }
 

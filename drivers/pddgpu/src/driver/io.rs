@@ -80,6 +80,7 @@ impl Driver {
                 }
                 let buf_start = (s - offset) as usize;
                 let buf_end = (e - offset) as usize;
+                debug_assert!(buf_start < buf_end && buf_end <= end);
                 op(region, back_at + (s - bo_at), buf_start..buf_end)
                     .map_err(|e| DriverError::Device(e.into()))?;
             }

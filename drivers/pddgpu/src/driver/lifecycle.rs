@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::gate::{Lane, Mode};
-use super::ownership::BoOwnership;
+use super::ownership::{held_entry, BoOwnership};
 use super::{Driver, DriverError, ExitSummary, GTT_BASE};
 use crate::bo::{
     BoCreate, BoEntry, BoFlags, BoId, BoInfo, BoTable, OwnerId, Placement, Shard, LABEL_MAX,
@@ -160,7 +160,8 @@ impl Driver {
             if !reserved {
                 entry.charge(d, req.size);
             }
-            entry.held.insert(id.0);
+            let fresh = entry.held.insert(id.0);
+            debug_assert!(fresh, "BO ids are never reused");
         }
         self.stats
             .apply(d, &Delta::alloc(allocated, req.size, visible));
@@ -266,10 +267,7 @@ impl Driver {
         let removed = {
             let mut owners = self.owners.lock(owner);
             let mut shard = self.table.shard(id);
-            let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
-            if !entry.own.is_held_by(owner) {
-                return Err(DriverError::PermissionDenied);
-            }
+            let entry = held_entry(&mut shard, owner, id)?;
             if let Some(gone) = entry.own.drop_reference(owner, false) {
                 let charged = if gone.was_charged { entry.size } else { 0 };
                 owners.let_go(owner, id, d, charged);
@@ -323,12 +321,8 @@ impl Driver {
     /// Describes a BO to one of its holders.
     pub fn bo_info(&self, owner: OwnerId, id: BoId) -> Result<BoInfo, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
-        let shard = self.table.shard(id);
-        let entry = shard.bos.get(&id.0).ok_or(DriverError::NoSuchBo)?;
-        if !entry.own.is_held_by(owner) {
-            return Err(DriverError::PermissionDenied);
-        }
-        Ok(entry.info(id, GTT_BASE))
+        let mut shard = self.table.shard(id);
+        Ok(held_entry(&mut shard, owner, id)?.info(id, GTT_BASE))
     }
 
     /// Ends `owner`: drops every reference it holds in one batch (revoking

@@ -44,11 +44,27 @@ use core::hash::BuildHasher;
 
 use smallvec::SmallVec;
 
-use crate::bo::{BoId, IdMap, IdSet, OwnerId};
+use super::DriverError;
+use crate::bo::{BoEntry, BoId, IdMap, IdSet, OwnerId, Shard};
 use crate::device::Domain;
 
 #[cfg(doc)]
 use super::Driver;
+
+/// The entry of BO `id` for acting on it as `owner`: only a holder may
+/// (`NoSuchBo` if there is no such BO, `PermissionDenied` if `owner` does
+/// not hold it).
+pub(crate) fn held_entry(
+    shard: &mut Shard,
+    owner: OwnerId,
+    id: BoId,
+) -> Result<&mut BoEntry, DriverError> {
+    let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
+    if !entry.own.is_held_by(owner) {
+        return Err(DriverError::PermissionDenied);
+    }
+    Ok(entry)
+}
 
 /// A live export: its token and the owner whose holding keeps it valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +158,7 @@ impl BoOwnership {
             Some(h) => h.1 = h.1.saturating_add(1),
             None => self.holders.push((owner, 1)),
         }
+        debug_assert!(self.holders.iter().all(|h| h.1 > 0));
     }
 
     /// Drops one (or, with `all`, every) reference of `owner`. `None` while

@@ -5,6 +5,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::gate::{Lane, Mode};
+use super::ownership::held_entry;
 use super::{Driver, DriverError, GTT_BASE};
 use crate::bo::{BoId, BoInfo, OwnerId};
 
@@ -14,10 +15,7 @@ impl Driver {
     pub fn bo_ref(&self, owner: OwnerId, id: BoId) -> Result<BoInfo, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
         let mut shard = self.table.shard(id);
-        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
-        if !entry.own.is_held_by(owner) {
-            return Err(DriverError::PermissionDenied);
-        }
+        let entry = held_entry(&mut shard, owner, id)?;
         entry.own.add_reference(owner);
         Ok(entry.info(id, GTT_BASE))
     }
@@ -43,10 +41,7 @@ impl Driver {
     pub fn bo_export(&self, owner: OwnerId, id: BoId) -> Result<u64, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
         let mut shard = self.table.shard(id);
-        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
-        if !entry.own.is_held_by(owner) {
-            return Err(DriverError::PermissionDenied);
-        }
+        let entry = held_entry(&mut shard, owner, id)?;
         let token = entry.own.export(owner, || self.make_token(id));
         self.publish_holders(entry);
         Ok(token)
@@ -57,10 +52,7 @@ impl Driver {
     pub fn bo_unexport(&self, owner: OwnerId, id: BoId) -> Result<(), DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
         let mut shard = self.table.shard(id);
-        let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
-        if !entry.own.is_held_by(owner) {
-            return Err(DriverError::PermissionDenied);
-        }
+        let entry = held_entry(&mut shard, owner, id)?;
         entry.own.unexport();
         self.publish_holders(entry);
         Ok(())

@@ -39,7 +39,9 @@
 //! fails while a fitting hole exists. A limit of `u32::MAX` gives exact
 //! drm_mm behaviour everywhere.
 
+mod check;
 mod holes;
+mod rebuild;
 mod search;
 mod tree;
 
@@ -402,136 +404,6 @@ impl RangeAllocator {
         })
     }
 
-    /// Builds a fresh allocator over the same range holding exactly the
-    /// `live` nodes, each keeping its identity (so the handles stay valid in
-    /// the new allocator). Used to recover from a suspected inconsistency:
-    /// nothing is trusted from `self` except its range, search limit, the
-    /// number of slots it ever issued (handles with a larger slot cannot be
-    /// genuine) and the slots' generations (so that a handle removed before
-    /// the rebuild stays rejected after it, even once its slot is reused). Fails if a node lies outside the range, overlaps another or
-    /// shares a handle slot with another.
-    pub fn rebuild<'a>(
-        &self,
-        live: impl IntoIterator<Item = &'a RangeNode>,
-    ) -> Result<RangeAllocator, RangeError> {
-        let mut fresh = RangeAllocator::new(self.start, self.end - self.start)?;
-        fresh.search_limit = self.search_limit;
-        fresh.id = self.id;
-        let slot_limit = self.nodes.len();
-        // Every slot keeps its generation, so that a handle removed before
-        // the rebuild cannot come back to life when its slot is reused.
-        fresh.nodes = self
-            .nodes
-            .iter()
-            .map(|r| NodeRec {
-                start: 0,
-                size: 0,
-                prev: NIL,
-                next: NIL,
-                gen: r.gen,
-            })
-            .collect();
-        for node in live {
-            fresh.restore(node, slot_limit)?;
-        }
-        fresh.relink_free_slots();
-        Ok(fresh)
-    }
-
-    /// Verifies every internal invariant: the records tile the range in
-    /// address order with no two holes adjacent, links agree both ways,
-    /// accounting matches, both hole indexes are well formed and complete,
-    /// and the free slot list is sound. `O(n)`; for tests and recovery.
-    pub fn check(&self) -> Result<(), &'static str> {
-        let mut expect_start = self.start;
-        let mut prev = NIL;
-        let mut used = 0u64;
-        let mut nodes = 0u32;
-        let mut holes = 0usize;
-        let mut last_was_hole = false;
-        let mut link = self.head;
-        let mut steps = 0usize;
-        let limit = self.nodes.len() + self.holes.holes.len() + 1;
-        while link != NIL {
-            steps += 1;
-            if steps > limit {
-                return Err("record list has a cycle");
-            }
-            let (start, end, p, next) = if is_hole(link) {
-                let h = self
-                    .holes
-                    .holes
-                    .get((link & !HOLE) as usize)
-                    .ok_or("hole link out of bounds")?;
-                if last_was_hole {
-                    return Err("two adjacent holes");
-                }
-                if h.bin == NIL {
-                    return Err("listed hole is not filed by size");
-                }
-                last_was_hole = true;
-                holes += 1;
-                (h.start, h.end, h.prev, h.next)
-            } else {
-                let r = self
-                    .nodes
-                    .get(link as usize)
-                    .ok_or("node link out of bounds")?;
-                if r.size == 0 {
-                    return Err("free slot in the record list");
-                }
-                last_was_hole = false;
-                nodes += 1;
-                used += r.size;
-                (r.start, r.start + r.size, r.prev, r.next)
-            };
-            if p != prev {
-                return Err("prev link disagrees with list order");
-            }
-            if start != expect_start || end <= start {
-                return Err("records do not tile the range");
-            }
-            expect_start = end;
-            prev = link;
-            link = next;
-        }
-        if expect_start != self.end {
-            return Err("records do not reach the end of the range");
-        }
-        if used != self.used || nodes != self.node_count || holes != self.holes.count {
-            return Err("accounting differs from the records");
-        }
-        // The address tree lists exactly the holes of the record list, in order.
-        let listed = self.holes().map(|r| r.start);
-        let indexed = self
-            .holes
-            .in_address_order()
-            .map(|i| self.holes.holes[i as usize].start);
-        if !listed.eq(indexed) {
-            return Err("address tree order differs from the record list");
-        }
-        let mut free_slots = 0usize;
-        let mut f = self.node_free;
-        while f != NIL {
-            free_slots += 1;
-            if free_slots > self.nodes.len() {
-                return Err("free slot list has a cycle");
-            }
-            let r = self
-                .nodes
-                .get(f as usize)
-                .ok_or("free slot out of bounds")?;
-            if r.size != 0 {
-                return Err("live node on the free slot list");
-            }
-            f = r.next;
-        }
-        if free_slots + nodes as usize != self.nodes.len() {
-            return Err("node slots leaked");
-        }
-        self.holes.check()
-    }
-
     // ---- internals -------------------------------------------------------
 
     fn check_span(&self, start: u64, size: u64) -> Result<(), RangeError> {
@@ -626,6 +498,11 @@ impl RangeAllocator {
             let r = &self.holes.holes[h as usize];
             (r.start, r.end, r.prev, r.next)
         };
+        debug_assert!(
+            size > 0 && x >= hs && x.checked_add(size).is_some_and(|e| e <= he),
+            "carve of {x:#x}+{size:#x} outside hole {hs:#x}..{he:#x}"
+        );
+        debug_assert_eq!(self.nodes[n as usize].size, 0, "carve into a live slot");
         let ne = x + size;
         let (prev, next) = match (x == hs, ne == he) {
             (true, true) => {
@@ -667,49 +544,6 @@ impl RangeAllocator {
             slot: n,
             gen: r.gen,
             owner: self.id,
-        }
-    }
-
-    /// Re-creates `node` with its own slot and generation (for [`Self::rebuild`]).
-    fn restore(&mut self, node: &RangeNode, slot_limit: usize) -> Result<(), RangeError> {
-        if node.owner != self.id {
-            return Err(RangeError::InvalidNode(
-                "node was issued by another allocator",
-            ));
-        }
-        if node.slot as usize >= slot_limit || node.slot >= MAX_NODES {
-            return Err(RangeError::InvalidNode(
-                "node slot was never issued by this allocator",
-            ));
-        }
-        self.check_span(node.start, node.size)
-            .map_err(|_| RangeError::InvalidNode("node lies outside the allocator"))?;
-        while self.nodes.len() <= node.slot as usize {
-            self.nodes.push(NodeRec {
-                start: 0,
-                size: 0,
-                prev: NIL,
-                next: NIL,
-                gen: 0,
-            });
-        }
-        if self.nodes[node.slot as usize].size != 0 {
-            return Err(RangeError::InvalidNode("two live nodes share one handle"));
-        }
-        let h = self.hole_containing(node.start, node.size)?;
-        self.nodes[node.slot as usize].gen = node.gen;
-        self.carve(h, node.start, node.size, node.slot);
-        Ok(())
-    }
-
-    /// Rebuilds the free slot list from all slots not holding a live node.
-    fn relink_free_slots(&mut self) {
-        self.node_free = NIL;
-        for i in (0..self.nodes.len()).rev() {
-            if self.nodes[i].size == 0 {
-                self.nodes[i].next = self.node_free;
-                self.node_free = i as u32;
-            }
         }
     }
 

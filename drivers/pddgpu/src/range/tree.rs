@@ -254,7 +254,20 @@ pub(super) fn insert<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
 /// its in-order predecessor: the slot is found from `pred` (expected `O(1)`
 /// steps in a treap) instead of by a descent from the root, and subtree
 /// maxima are raised only as far up as they are smaller than the new hole.
+// gtt bench mixed-align-90 / random-4k-90 against a descent from the root:
+// 8% / 3% fewer instructions (callgrind), 4% / 16% less time (median of 6).
 pub(super) fn insert_addr_after(h: &mut [Hole], root: &mut u32, pred: u32, i: u32) {
+    debug_assert!(
+        h[pred as usize].end <= h[i as usize].start,
+        "predecessor hint after the new hole"
+    );
+    debug_assert!(
+        {
+            let after = next::<ByAddr>(h, pred);
+            after == NIL || h[after as usize].start > h[i as usize].start
+        },
+        "predecessor hint is not the new hole's predecessor"
+    );
     let r = h[pred as usize].addr.right;
     let (p, as_left) = if r == NIL {
         (pred, false)

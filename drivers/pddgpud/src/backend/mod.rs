@@ -5,8 +5,7 @@
 //! - [`sim`]: the simulated PDDGPU, with VRAM and GTT in memfds (default).
 //! - [`linux_pci`] (Linux): a PCI GPU through its sysfs BAR files.
 //! - `pcid` (Redox): the PCI function pcid-spawner hands over, its BARs
-//!   mapped through the memory scheme; lives with the Redox port in
-//!   `crate::redox::backend`.
+//!   mapped through the memory scheme: `crate::redox::backend`.
 //!
 //! To add a backend: a module here with an `open(&Options) ->
 //! Result<OpenedDevice, String>`, a variant of [`BackendKind`] and an arm in
