@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::{BoCreate, BoFlags, Domain, Driver};
+use pddgpu::driver::{BoCreate, Domain, Driver};
 
 const MIB: u64 = 1 << 20;
 
@@ -44,13 +44,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 fn req(domain: Domain) -> BoCreate<'static> {
-    BoCreate {
-        size: 4096,
-        domain,
-        flags: BoFlags::empty(),
-        align: 0,
-        label: "bench",
-    }
+    BoCreate::new(4096, domain, "bench")
 }
 
 /// `n` create+free pairs; returns (wall ns, writer-thread CPU ns) per pair.
@@ -75,12 +69,7 @@ fn best(rounds: u32, mut f: impl FnMut() -> (f64, f64)) -> (f64, f64) {
 }
 
 fn main() {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: 256 * MIB,
-        visible_size: 64 * MIB,
-        gtt_size: 256 * MIB,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(256 * MIB, 256 * MIB)).unwrap();
     let d = Arc::new(Driver::new(dev.resources(), 0).unwrap());
     // Background population so the allocators are not trivially empty.
     for i in 0..1000u64 {

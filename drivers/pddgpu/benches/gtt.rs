@@ -50,6 +50,9 @@
 
 #[path = "cpeers/mod.rs"]
 mod cpeers;
+mod support;
+
+use support::Rng;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -151,21 +154,6 @@ impl Alloc for OffsetAlloc {
     #[inline]
     fn free(&mut self, h: Self::Handle) {
         self.0.free(h);
-    }
-}
-
-/// splitmix64: a small seeded generator, identical for every allocator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

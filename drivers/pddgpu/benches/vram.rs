@@ -50,6 +50,9 @@
 
 #[path = "cpeers/mod.rs"]
 mod cpeers;
+mod support;
+
+use support::Rng;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -105,22 +108,7 @@ const PAGE: u64 = 4096;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-/// splitmix64: small, seeded, good enough for workloads.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     /// Log-uniform page count in `1..=max_pages`, at page granularity.
     fn pages(&mut self, max_pages: u64) -> u64 {
         let max_exp = 63 - max_pages.leading_zeros() as u64;

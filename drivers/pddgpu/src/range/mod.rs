@@ -182,6 +182,17 @@ struct NodeRec {
     gen: u32,
 }
 
+impl NodeRec {
+    /// A slot never used: no node, unlinked, generation 0.
+    const UNUSED: NodeRec = NodeRec {
+        start: 0,
+        size: 0,
+        prev: NIL,
+        next: NIL,
+        gen: 0,
+    };
+}
+
 /// A drm_mm-class range allocator; see the [module docs](self).
 ///
 /// Single-threaded (`&mut self`); [`crate::gtt::GttManager`] puts it behind a
@@ -459,13 +470,7 @@ impl RangeAllocator {
             self.node_free = self.nodes[n as usize].next;
             n
         } else {
-            self.nodes.push(NodeRec {
-                start: 0,
-                size: 0,
-                prev: NIL,
-                next: NIL,
-                gen: 0,
-            });
+            self.nodes.push(NodeRec::UNUSED);
             (self.nodes.len() - 1) as u32
         }
     }
