@@ -263,15 +263,6 @@ mod tests {
     use super::*;
     use crate::initramfs::Node;
 
-    fn run_with(outcome: Outcome, log: &[&str]) -> BootRun {
-        BootRun {
-            outcome,
-            log: log.iter().map(|s| s.to_string()).collect(),
-            elapsed: Duration::from_secs(1),
-            steps: Vec::new(),
-        }
-    }
-
     #[test]
     fn negative_check_needs_the_step_and_the_message() {
         let fail = |step: &str| Outcome::Fail {
@@ -282,15 +273,19 @@ mod tests {
             "pddgpud: error: {}: none found",
             scenario::NO_DEVICE_MESSAGE
         );
-        assert!(check_negative(&run_with(fail(scenario::DEVICE_STEP), &[&msg])).is_ok());
-        assert!(check_negative(&run_with(fail(scenario::DEVICE_STEP), &["other error"])).is_err());
-        assert!(check_negative(&run_with(fail("later step"), &[&msg])).is_err());
-        assert!(check_negative(&run_with(Outcome::Pass, &[&msg])).is_err());
+        assert!(check_negative(&BootRun::with(fail(scenario::DEVICE_STEP), &[&msg])).is_ok());
+        assert!(check_negative(&BootRun::with(
+            fail(scenario::DEVICE_STEP),
+            &["other error"]
+        ))
+        .is_err());
+        assert!(check_negative(&BootRun::with(fail("later step"), &[&msg])).is_err());
+        assert!(check_negative(&BootRun::with(Outcome::Pass, &[&msg])).is_err());
         let timeout = Outcome::Timeout {
             after: Duration::from_secs(9),
             last_step: None,
         };
-        assert!(check_negative(&run_with(timeout, &[&msg])).is_err());
+        assert!(check_negative(&BootRun::with(timeout, &[&msg])).is_err());
     }
 
     #[test]

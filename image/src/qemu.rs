@@ -119,6 +119,19 @@ pub struct BootRun {
     pub steps: Vec<String>,
 }
 
+#[cfg(test)]
+impl BootRun {
+    /// A one-second run that ended in `outcome` with `log` on the console.
+    pub(crate) fn with(outcome: Outcome, log: &[&str]) -> Self {
+        BootRun {
+            outcome,
+            log: log.iter().map(|s| s.to_string()).collect(),
+            elapsed: Duration::from_secs(1),
+            steps: Vec::new(),
+        }
+    }
+}
+
 enum Line {
     Serial(String),
     Qemu(String),

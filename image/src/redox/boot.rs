@@ -194,15 +194,6 @@ pub const BOCHS_ID: &str = "1234:1111";
 mod tests {
     use super::*;
 
-    fn run_with(outcome: Outcome, log: &[&str]) -> BootRun {
-        BootRun {
-            outcome,
-            log: log.iter().map(|s| s.to_string()).collect(),
-            elapsed: Duration::from_secs(1),
-            steps: Vec::new(),
-        }
-    }
-
     #[test]
     fn gpu_and_negative_runs_differ_only_by_the_display() {
         let opts = BootOptions::default();
@@ -255,7 +246,7 @@ mod tests {
         };
         let enumerated =
             "1970-01-01T00-00-00.858Z [@pcid:366 INFO] PCI 00-00:01.0 8086:7000 06.01.00.00 6";
-        let good = run_with(
+        let good = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
                 enumerated,
@@ -263,10 +254,10 @@ mod tests {
             ],
         );
         check_negative(&good).unwrap();
-        let silent = run_with(fail(NEGATIVE_STEP, NEGATIVE_REASON), &[]);
+        let silent = BootRun::with(fail(NEGATIVE_STEP, NEGATIVE_REASON), &[]);
         let err = check_negative(&silent).unwrap_err().to_string();
         assert!(err.contains("no PCI enumeration"), "{err}");
-        let with_display = run_with(
+        let with_display = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
                 enumerated,
@@ -276,7 +267,7 @@ mod tests {
         let err = check_negative(&with_display).unwrap_err().to_string();
         assert!(err.contains("00-00:02.0"), "{err}");
 
-        let spawned = run_with(
+        let spawned = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
                 enumerated,
@@ -285,19 +276,19 @@ mod tests {
         );
         let err = check_negative(&spawned).unwrap_err().to_string();
         assert!(err.contains("was started"), "{err}");
-        let serving = run_with(
+        let serving = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[enumerated, "pddgpud: serving /scheme/pddgpu"],
         );
         assert!(check_negative(&serving).is_err());
 
-        assert!(check_negative(&run_with(Outcome::Pass, &[])).is_err());
-        assert!(check_negative(&run_with(fail("clients", NEGATIVE_REASON), &[])).is_err());
-        assert!(check_negative(&run_with(fail(NEGATIVE_STEP, "other"), &[])).is_err());
+        assert!(check_negative(&BootRun::with(Outcome::Pass, &[])).is_err());
+        assert!(check_negative(&BootRun::with(fail("clients", NEGATIVE_REASON), &[])).is_err());
+        assert!(check_negative(&BootRun::with(fail(NEGATIVE_STEP, "other"), &[])).is_err());
         let timeout = Outcome::Timeout {
             after: Duration::from_secs(300),
             last_step: None,
         };
-        assert!(check_negative(&run_with(timeout, &[])).is_err());
+        assert!(check_negative(&BootRun::with(timeout, &[])).is_err());
     }
 }
