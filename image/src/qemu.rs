@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pddgpu_ipc::progress::Step;
 
 use crate::serial::{sanitize, Markers, Outcome, RunEnd, SerialWatch, LINUX};
 
@@ -187,6 +188,18 @@ pub struct Session<'a> {
     pub timeout: Duration,
     /// What happens once the verdict is in.
     pub after_verdict: AfterVerdict,
+}
+
+/// The console callback of a boot that `step` reports: each line is
+/// printed (on stdout, as `<tag>| <line>`) when `stream`, without tearing
+/// a live indicator, and becomes the step's latest news.
+pub fn console<'a>(step: &'a Step<'_>, tag: &'a str, stream: bool) -> impl FnMut(&str) + 'a {
+    move |line| {
+        if stream {
+            step.suspend(|| println!("{tag}| {line}"));
+        }
+        step.message(line);
+    }
 }
 
 /// Boots the Linux guest: QEMU (`qemu` is the binary) with `config`, calls

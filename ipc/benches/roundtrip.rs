@@ -39,6 +39,7 @@ use std::time::Instant;
 
 use pddgpu_ipc::frame::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
 use pddgpu_ipc::host::HostConnection;
+use pddgpu_ipc::progress::{seconds, Reporter};
 use support::{alloc_free, close, open, Server};
 use syscall::flag::O_RDONLY;
 use syscall::schemev2::Opcode;
@@ -268,6 +269,13 @@ fn main() {
         profile(&which);
         return;
     }
+    let progress = Reporter::stderr("roundtrip");
+    let step = progress.begin_counted(
+        "measure",
+        "measuring null_request, bo_alloc_free and stats_read against raw, then throughput",
+        4,
+    );
+    step.message("null_request");
     let unpinned = pin_to_current_cpu();
     let mut raw = RawEcho::start();
     let server = Server::start("bench");
@@ -281,8 +289,14 @@ fn main() {
         assert_eq!(r.result(), Ok(0));
     });
     close(&mut c, stats);
+    step.advance(1);
+    step.message("bo_alloc_free");
     let af = compare(&mut raw, 2.0, &mut || alloc_free(&mut c));
+    step.advance(1);
+    step.message("stats_read");
     let sr = compare(&mut raw, 3.0, &mut || stats_read(&mut c));
+    step.advance(1);
+    step.message(format!("throughput of {PROCS} client processes"));
     drop(c);
     drop(raw);
     drop(server);
@@ -292,6 +306,7 @@ fn main() {
     let server = Server::start("bench");
     let (ops, secs) = eight_processes(&server.socket);
     drop(server);
+    step.finish(format!("measured in {}", seconds(step.elapsed())));
 
     let raw_ns = null.raw.min(af.raw).min(sr.raw);
     println!("{raw_ns:.0} ns raw_roundtrip");

@@ -30,6 +30,7 @@ use std::time::Instant;
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, Domain, Driver};
 use pddgpu_ipc::host::HostConnection;
+use pddgpu_ipc::progress::{seconds, Reporter};
 use rustix::thread::{sched_setaffinity, CpuSet};
 use support::{alloc_free, Server};
 
@@ -319,31 +320,62 @@ fn main() {
         .filter(|&c| c <= available && only_cpus.is_none_or(|o| o == c))
         .collect();
     let pairs = (THREADS * PAIRS) as f64;
+    let setups = if in_process_only {
+        1
+    } else {
+        1 + PROCESS_COUNTS.len()
+    };
+    let progress = Reporter::stderr("scale");
+    let step = progress.begin_counted(
+        "measure",
+        format!(
+            "{} setups x {} CPU counts x {rounds} rounds of {THREADS} threads x {PAIRS} pairs",
+            setups,
+            cpu_counts.len()
+        ),
+        (setups * cpu_counts.len() * rounds) as u64,
+    );
     let mut in_proc = Vec::new();
     let mut transport = Vec::new();
     for &cpus in &cpu_counts {
         confine(cpus);
-        let best = (0..rounds).map(|_| in_process()).fold(f64::MAX, f64::min);
+        step.message(format!("in_process/{cpus}cpu"));
+        let best = (0..rounds)
+            .map(|_| {
+                let secs = in_process();
+                step.advance(1);
+                secs
+            })
+            .fold(f64::MAX, f64::min);
         in_proc.push(pairs / best);
-        println!("throughput scale/in_process/{cpus}cpu {:.0}", pairs / best);
+        step.print_result(format!(
+            "throughput scale/in_process/{cpus}cpu {:.0}",
+            pairs / best
+        ));
         if in_process_only {
             continue;
         }
         let server = Server::start("scale");
         let mut row = Vec::new();
         for procs in PROCESS_COUNTS {
+            step.message(format!("transport_{procs}proc/{cpus}cpu"));
             let best = (0..rounds)
-                .map(|_| over_transport(&server.socket, procs))
+                .map(|_| {
+                    let secs = over_transport(&server.socket, procs);
+                    step.advance(1);
+                    secs
+                })
                 .fold(f64::MAX, f64::min);
             row.push(pairs / best);
-            println!(
+            step.print_result(format!(
                 "throughput scale/transport_{procs}proc/{cpus}cpu {:.0}",
                 pairs / best
-            );
+            ));
         }
         drop(server);
         transport.push(row);
     }
+    step.finish(format!("measured in {}", seconds(step.elapsed())));
     if in_process_only {
         return;
     }

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, Domain, Driver};
+use pddgpu_ipc::progress::{seconds, Reporter};
 
 const MIB: u64 = 1 << 20;
 
@@ -89,14 +90,28 @@ fn main() {
         )
         .unwrap();
     }
+    let progress = Reporter::stderr("driver bench");
     let n = 200_000;
-    pairs(&d, &[Domain::Vram, Domain::Gtt], n / 4);
-    for (name, domain) in [("vram", Domain::Vram), ("gtt", Domain::Gtt)] {
-        let (wall, cpu) = best(3, || pairs(&d, &[domain], n));
+    let single = progress.run("bo_create+free", "bo_create+free per domain", |step| {
+        pairs(&d, &[Domain::Vram, Domain::Gtt], n / 4);
+        [("vram", Domain::Vram), ("gtt", Domain::Gtt)].map(|(name, domain)| {
+            step.message(name);
+            (name, best(3, || pairs(&d, &[domain], n)))
+        })
+    });
+    for (name, (wall, cpu)) in single {
         println!("ns bo_create+free {name} {cpu:.0}");
         println!("  ({name}: thread CPU time per pair; wall clock {wall:.0})");
     }
 
+    let rounds = 101;
+    let idle_rounds = 11;
+    // Begun before pinning, so its ticker is not on the writer's CPU.
+    let step = progress.begin_counted(
+        "stats readers",
+        "stats readers vs spinning and idle helpers",
+        (rounds + idle_rounds) as u64,
+    );
     let mixed = [Domain::Vram, Domain::Gtt];
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (writer_cpu, helper_cpu) = (0, if cpus > 1 { 1 } else { 0 });
@@ -106,7 +121,6 @@ fn main() {
     // helpers switch between spinning and reading at once); the ratio is
     // taken within each round and the median over rounds is reported, so
     // load from other processes, which changes between rounds, cancels out.
-    let rounds = 101;
     let segment = 2_000;
     helpers.set(MODE_SPIN);
     pairs(&d, &mixed, segment);
@@ -128,13 +142,14 @@ fn main() {
         spin_best = spin_best.min(cpu[0]);
         read_best = read_best.min(cpu[1]);
         ratios.push(cpu[0] / cpu[1]);
+        step.advance(1);
     }
     let read_rate = (helpers.reads() - reads_before) as f64 / read_time;
     // Against idle helpers (blocked): fewer, longer rounds, as switching
     // to and from blocking takes a while.
     let mut idle_ratios = Vec::new();
     let mut idle_best = f64::MAX;
-    for r in 0..11 {
+    for r in 0..idle_rounds {
         let mut cpu = [0.0; 2];
         for k in 0..2 {
             let reading = (r + k) % 2 == 1;
@@ -143,8 +158,13 @@ fn main() {
         }
         idle_best = idle_best.min(cpu[0]);
         idle_ratios.push(cpu[0] / cpu[1]);
+        step.advance(1);
     }
     helpers.stop();
+    step.finish(format!(
+        "stats readers: done in {}",
+        seconds(step.elapsed())
+    ));
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

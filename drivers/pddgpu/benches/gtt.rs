@@ -52,6 +52,8 @@
 mod cpeers;
 mod support;
 
+use pddgpu_ipc::progress::{seconds, Reporter};
+
 use support::Rng;
 
 use std::hint::black_box;
@@ -387,10 +389,12 @@ fn main() {
             None
         }
     };
+    let progress = Reporter::stderr("gtt bench");
     for w in workloads() {
         if !w.name.contains(only_workload.as_str()) {
             continue;
         }
+        let step = progress.begin_counted(w.name, format!("{}: {runs} runs", w.name), runs as u64);
         let st = Streams::new(w);
         // Runs are interleaved (ours, drm_mm, range-alloc, offset-allocator,
         // ours, ...) so that load from other processes hits all alike.
@@ -418,7 +422,9 @@ fn main() {
                 ));
                 keep_fastest(&mut best[3], run(&mut a, w, &st));
             }
+            step.advance(1);
         }
+        step.finish(format!("{}: done in {}", w.name, seconds(step.elapsed())));
         for (o, name) in best.iter().zip(names) {
             if let Some(o) = o {
                 println!(

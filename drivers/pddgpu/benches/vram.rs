@@ -52,6 +52,8 @@
 mod cpeers;
 mod support;
 
+use pddgpu_ipc::progress::Reporter;
+
 use support::Rng;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -819,6 +821,7 @@ fn main() {
         .unwrap_or(5);
     let only = std::env::var("VRAM_BENCH_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let progress = Reporter::stderr("vram bench");
 
     let drm = [
         mix(
@@ -862,11 +865,14 @@ fn main() {
                 peers.buddy_block_size()
             );
             for w in drm.iter().filter(|w| wanted(w.name)) {
-                let (o, p) = best_pair::<Drm>(w, rounds);
+                let text = format!("{} vs drm_buddy, {rounds} rounds", w.name);
+                let (o, p) = progress.run(w.name, text, |_| best_pair::<Drm>(w, rounds));
                 report::<Drm>(w, "drm_buddy", o, p);
             }
             if wanted("threads") {
-                threads_workload(peers, rounds);
+                progress.run("threads", "threads vs drm_buddy", |_| {
+                    threads_workload(peers, rounds)
+                });
             }
         }
         Err(why) => println!("vram bench: peer drm_buddy skipped: {why}"),
@@ -894,13 +900,14 @@ fn main() {
     ];
     println!("vram bench vs buddy_system_allocator::FrameAllocator, best of {rounds} rounds");
     for w in bsa.iter().filter(|w| wanted(w.name)) {
-        let (o, p) = best_pair::<Bsa>(w, rounds);
+        let text = format!("{} vs buddy_system_allocator, {rounds} rounds", w.name);
+        let (o, p) = progress.run(w.name, text, |_| best_pair::<Bsa>(w, rounds));
         report::<Bsa>(w, "buddy_system_allocator", o, p);
     }
     if only.is_some() {
         return;
     }
-    let (time, allocs) = manager_mix(&bsa[0]);
+    let (time, allocs) = progress.run("manager", "mix via VramManager", |_| manager_mix(&bsa[0]));
     println!(
         "  mix via VramManager (lock, window, counters): {:.1} ns per alloc+free",
         time.as_nanos() as f64 / allocs as f64

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pddgpu_ipc::progress::Step;
 
 use crate::qemu::{self, Accel, AfterVerdict, BootRun, Session};
 use crate::serial::{Outcome, REDOX};
@@ -92,14 +93,15 @@ pub fn command_line(qemu: &Path, disk: &Path, gpu: bool, opts: &BootOptions) -> 
         .join(" ")
 }
 
-/// Boots `disk` once and saves the console (without escape sequences) to
-/// `log`.
+/// Boots `disk` once, as `step` (whose news is the latest console line),
+/// and saves the console (without escape sequences) to `log`.
 pub fn boot(
     qemu: &Path,
     disk: &Path,
     gpu: bool,
     opts: &BootOptions,
     log: &Path,
+    step: &Step<'_>,
 ) -> Result<BootRun> {
     let session = Session {
         qemu,
@@ -108,12 +110,7 @@ pub fn boot(
         timeout: opts.timeout,
         after_verdict: AfterVerdict::Stop(AFTER_VERDICT),
     };
-    let stream = opts.stream;
-    let run = qemu::run_session(&session, |line| {
-        if stream {
-            println!("redox| {line}");
-        }
-    })?;
+    let run = qemu::run_session(&session, qemu::console(step, "redox", opts.stream))?;
     std::fs::write(log, run.log.join("\n") + "\n")
         .with_context(|| format!("writing {}", log.display()))?;
     Ok(run)
