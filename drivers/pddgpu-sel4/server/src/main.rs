@@ -1,0 +1,37 @@
+//! # pddgpu-sel4 — the pddgpu core as a seL4 root task
+//!
+//! The seL4 kernel starts this program as its root task with every
+//! capability of the machine. It brings up the PDDGPU driver core
+//! (`drivers/pddgpu`, unchanged: VRAM buddy manager, GTT range manager, BO
+//! table, statistics, leak audit, recovery) on the simulated PDDGPU and runs
+//! the scenario, printing one `PDDGPU-SEL4: STEP <name>` line per step on
+//! the kernel's debug console (the serial port) and exactly one verdict:
+//! `PDDGPU-SEL4: PASS` or `PDDGPU-SEL4: FAIL <step>: <reason>`. The host
+//! side (`pddgpu-image sel4-boot`) reads those lines.
+//!
+//! - [`verdict`]: the marker lines and the failure type every step returns.
+//! - [`clock`]: the time the core is given.
+//! - [`scenario`]: the steps.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod clock;
+mod scenario;
+mod verdict;
+
+use sel4_root_task::{root_task, Never};
+
+/// Heap of the root task: the simulated device's backing memory, the
+/// core's tables and the scenario's buffers.
+const HEAP_SIZE: usize = 40 << 20;
+
+#[root_task(heap_size = HEAP_SIZE)]
+fn main(bootinfo: &sel4::BootInfoPtr) -> sel4::Result<Never> {
+    match scenario::run(bootinfo) {
+        Ok(()) => verdict::pass(),
+        Err(failure) => verdict::fail(&failure),
+    }
+    sel4::init_thread::suspend_self()
+}

@@ -1,0 +1,88 @@
+//! Our root task (`drivers/pddgpu-sel4`), built for `x86_64-sel4` with the
+//! toolchain rust-sel4 3.0.0 pins and `-Zbuild-std`, against the installed
+//! libsel4 (`SEL4_PREFIX`).
+//!
+//! Our workspace names rust-sel4 by its GitHub URL and commit, like every
+//! rust-sel4 user. Cargo fetches git dependencies with the git CLI here
+//! (`CARGO_NET_GIT_FETCH_WITH_CLI`), and git rewrites that URL to the bare
+//! clone of the bundle (`url.<dir>.insteadOf`, passed as `GIT_CONFIG_*`
+//! variables), so nothing but crates.io is reached over the network.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::layout::{Layout, RUST_SEL4_URL, TARGET};
+use crate::redox::cache::Key;
+use crate::redox::command::StepLog;
+use crate::redox::toolchain::Toolchain;
+
+/// The toolchain rust-sel4 3.0.0 is built with (its `rust-toolchain.toml`).
+pub const TOOLCHAIN: &str = "nightly-2025-10-20";
+/// Why exactly that one (for the message when it cannot be installed).
+pub const TOOLCHAIN_WHY: &str = "rust-sel4 3.0.0 and its x86_64-sel4 target JSON are written \
+     for it (newer nightlies changed the target-spec format)";
+
+/// The package and binary of the root task.
+pub const PACKAGE: &str = "pddgpu-sel4";
+
+/// The key of the root task: the kernel (libsel4 and its configuration),
+/// the toolchain, our seL4 workspace and the core it compiles.
+pub fn key(layout: &Layout, kernel: &str, toolchain: &Toolchain) -> Result<Key> {
+    let core = layout.workspace.join("drivers/pddgpu");
+    let mut key = Key::new("sel4-root-task");
+    key.text("kernel", kernel)
+        .text("rustc", &toolchain.version)
+        .tree("pddgpu-sel4", &layout.our_workspace(), &["target"])?
+        .tree("pddgpu core", &core.join("src"), &[])?
+        .file("pddgpu core manifest", &core.join("Cargo.toml"))?
+        // The core inherits its dependencies' versions from the workspace.
+        .file("workspace manifest", &layout.workspace.join("Cargo.toml"))?;
+    Ok(key)
+}
+
+/// What the step leaves behind.
+pub fn outputs(layout: &Layout) -> Vec<PathBuf> {
+    vec![layout.root_task()]
+}
+
+/// `cargo` of `toolchain` (under `nice`: the machine is shared), set up to
+/// build our seL4 workspace with rust-sel4 fetched from the bundle.
+pub fn cargo(layout: &Layout, toolchain: &Toolchain) -> Command {
+    let mut cmd = toolchain.command("nice");
+    cmd.args(["-n", "10"])
+        .arg(toolchain.bin.join("cargo"))
+        .current_dir(layout.our_workspace())
+        .env("CARGO_NET_GIT_FETCH_WITH_CLI", "true")
+        .env("GIT_CONFIG_COUNT", "1")
+        .env(
+            "GIT_CONFIG_KEY_0",
+            format!("url.{}.insteadOf", layout.rust_sel4_git().display()),
+        )
+        .env("GIT_CONFIG_VALUE_0", RUST_SEL4_URL)
+        .env("RUST_TARGET_PATH", layout.target_specs())
+        .env("SEL4_PREFIX", layout.kernel_prefix());
+    cmd
+}
+
+/// Builds the root task and copies it to [`Layout::root_task`].
+pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
+    let mut cmd = cargo(layout, toolchain);
+    cmd.args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
+        .args([
+            "-Zbuild-std=core,alloc,compiler_builtins",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .arg("--target-dir")
+        .arg(layout.cargo_target());
+    log.run(&mut cmd)?;
+    let built = layout
+        .cargo_target()
+        .join(TARGET)
+        .join("release")
+        .join(format!("{PACKAGE}.elf"));
+    std::fs::copy(&built, layout.root_task())
+        .with_context(|| format!("copying {}", built.display()))?;
+    Ok(())
+}
