@@ -1,6 +1,8 @@
 //! Our root task (`drivers/pddgpu-sel4`), built for `x86_64-sel4` with the
 //! toolchain rust-sel4 3.0.0 pins and `-Zbuild-std`, against the installed
-//! libsel4 (`SEL4_PREFIX`).
+//! libsel4 (`SEL4_PREFIX`). The client program is built first: the root
+//! task embeds its ELF (`PDDGPU_SEL4_CLIENT_ELF`) and loads it into each
+//! client's address space.
 //!
 //! Our workspace names rust-sel4 by its GitHub URL and commit, like every
 //! rust-sel4 user. Cargo fetches git dependencies with the git CLI here
@@ -26,6 +28,10 @@ pub const TOOLCHAIN_WHY: &str = "rust-sel4 3.0.0 and its x86_64-sel4 target JSON
 
 /// The package and binary of the root task.
 pub const PACKAGE: &str = "pddgpu-sel4";
+/// The package and binary of the client.
+pub const CLIENT_PACKAGE: &str = "pddgpu-sel4-client";
+/// The variable naming the client ELF for the root task's build.
+pub const CLIENT_ELF_ENV: &str = "PDDGPU_SEL4_CLIENT_ELF";
 
 /// The key of the root task: the kernel (libsel4 and its configuration),
 /// the toolchain, our seL4 workspace and the core it compiles.
@@ -37,6 +43,11 @@ pub fn key(layout: &Layout, kernel: &str, toolchain: &Toolchain) -> Result<Key> 
         .tree("pddgpu-sel4", &layout.our_workspace(), &["target"])?
         .tree("pddgpu core", &core.join("src"), &[])?
         .file("pddgpu core manifest", &core.join("Cargo.toml"))?
+        // The server compiles the scheme's errno mapping.
+        .file(
+            "scheme errno",
+            &layout.workspace.join("scheme/src/errno.rs"),
+        )?
         // The core inherits its dependencies' versions from the workspace.
         .file("workspace manifest", &layout.workspace.join("Cargo.toml"))?;
     Ok(key)
@@ -66,23 +77,29 @@ pub fn cargo(layout: &Layout, toolchain: &Toolchain) -> Command {
     cmd
 }
 
-/// Builds the root task and copies it to [`Layout::root_task`].
+/// Builds the client, then the root task that embeds it, and copies the
+/// root task to [`Layout::root_task`].
 pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
-    let mut cmd = cargo(layout, toolchain);
-    cmd.args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
-        .args([
-            "-Zbuild-std=core,alloc,compiler_builtins",
-            "-Zbuild-std-features=compiler-builtins-mem",
-        ])
-        .arg("--target-dir")
-        .arg(layout.cargo_target());
-    log.run(&mut cmd)?;
-    let built = layout
-        .cargo_target()
-        .join(TARGET)
-        .join("release")
-        .join(format!("{PACKAGE}.elf"));
-    std::fs::copy(&built, layout.root_task())
-        .with_context(|| format!("copying {}", built.display()))?;
+    let built = |package: &str| {
+        layout
+            .cargo_target()
+            .join(TARGET)
+            .join("release")
+            .join(format!("{package}.elf"))
+    };
+    for package in [CLIENT_PACKAGE, PACKAGE] {
+        let mut cmd = cargo(layout, toolchain);
+        cmd.args(["build", "--release", "-p", package, "--target", TARGET])
+            .args([
+                "-Zbuild-std=core,alloc,compiler_builtins",
+                "-Zbuild-std-features=compiler-builtins-mem",
+            ])
+            .arg("--target-dir")
+            .arg(layout.cargo_target())
+            .env(CLIENT_ELF_ENV, built(CLIENT_PACKAGE));
+        log.run(&mut cmd)?;
+    }
+    std::fs::copy(built(PACKAGE), layout.root_task())
+        .with_context(|| format!("copying {}", built(PACKAGE).display()))?;
     Ok(())
 }

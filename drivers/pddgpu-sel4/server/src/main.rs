@@ -18,14 +18,19 @@
 extern crate alloc;
 
 mod clock;
+mod frames;
+mod objects;
+mod paging;
 mod scenario;
+mod server;
+mod spawn;
 mod verdict;
 
 use sel4_root_task::{root_task, Never};
 
-/// Heap of the root task: the simulated device's backing memory, the
-/// core's tables and the scenario's buffers.
-const HEAP_SIZE: usize = 40 << 20;
+/// Heap of the root task: the core's tables, the server's bookkeeping and
+/// the scenario's buffers. Device memory is frames, not heap.
+const HEAP_SIZE: usize = 4 << 20;
 
 #[root_task(heap_size = HEAP_SIZE)]
 fn main(bootinfo: &sel4::BootInfoPtr) -> sel4::Result<Never> {

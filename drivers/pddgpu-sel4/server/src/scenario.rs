@@ -1,27 +1,45 @@
-//! The scenario the root task runs: the driver core on the simulated
-//! PDDGPU, exercised through the same calls every front end makes.
+//! The scenario the root task runs: the driver core brought up on the
+//! simulated PDDGPU whose memory is frames the server owns, a few checks
+//! in the root task itself, then two clients in their own address spaces
+//! served over IPC, the destruction of a client that still holds BOs, and
+//! the final audit.
 
 use alloc::format;
-use alloc::vec;
+use alloc::vec::Vec;
 
 use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::{BoCreate, BoFlags, Domain, Driver, DriverOptions};
+use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverOptions};
 
 use crate::clock::now_ms;
+use crate::frames::{Frames, FRAME};
+use crate::objects::Objects;
+use crate::paging::Tables;
+use crate::server::{self, Backing, Client};
+use crate::spawn;
 use crate::verdict::{note, step, StepResult};
 use crate::{bail, ensure};
 
-/// Sizes of the simulated PDDGPU (its backing memory lives on the heap).
+/// The client program, built before the root task (the image tool sets
+/// `PDDGPU_SEL4_CLIENT_ELF`).
+const CLIENT_ELF: &[u8] = include_bytes!(env!("PDDGPU_SEL4_CLIENT_ELF"));
+
+/// Sizes of the simulated PDDGPU.
 const SIM: SimConfig = SimConfig {
     vram_size: 16 << 20,
     visible_size: 8 << 20,
     gtt_size: 8 << 20,
 };
 
-/// The owner the root task acts as in the in-process steps.
+/// Where the server maps the device's VRAM and GTT frames.
+const VRAM_VADDR: usize = 0x10_0000_0000;
+const GTT_VADDR: usize = 0x11_0000_0000;
+
+/// The owner the root task acts as in its own checks.
 const ROOT_OWNER: u64 = 1;
-/// An owner that exits while holding BOs.
+/// An owner that exits while holding BOs, in the root task's own checks.
 const EXITING_OWNER: u64 = 7;
+/// The clients' badges (their owner ids), in start order.
+const CLIENT_BADGES: [u64; 2] = [0x101, 0x102];
 
 /// Runs every step; the first failure ends the scenario.
 pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
@@ -35,9 +53,27 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
         ));
         Ok(())
     })?;
+    let mut objects = Objects::new(bootinfo);
+    let mut tables = Tables::new(sel4::init_thread::slot::VSPACE.cap());
+
+    let backing = step("memory", || {
+        let mut frames = |vaddr, bytes: u64| {
+            Frames::from_ram(&mut objects, &mut tables, vaddr, bytes as usize / FRAME)
+                .map_err(|e| format!("{} frames at {vaddr:#x}: {e:?}", bytes as usize / FRAME))
+        };
+        let vram = frames(VRAM_VADDR, SIM.vram_size)?;
+        let gtt = frames(GTT_VADDR, SIM.gtt_size)?;
+        note(format_args!(
+            "device memory: {} VRAM and {} GTT frames, mapped only in the server",
+            vram.pages(),
+            gtt.pages()
+        ));
+        Ok(Backing { vram, gtt })
+    })?;
 
     let sim = step("sim-device", || {
-        SimDevice::new(SIM).map_err(|e| format!("simulated PDDGPU: {e}"))
+        SimDevice::with_backing(SIM, backing.vram.region(), backing.gtt.region())
+            .map_err(|e| format!("simulated PDDGPU: {e}"))
     })?;
     let driver = step("driver", || {
         let driver =
@@ -59,124 +95,19 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
         Ok(driver)
     })?;
 
-    let (vram_bo, gtt_bo) = step("create", || {
-        let vram = create(
-            &driver,
-            ROOT_OWNER,
-            1 << 20,
-            Domain::Vram,
-            BoFlags::CONTIGUOUS,
-            64 << 10,
-        )?;
-        let gtt = create(
-            &driver,
-            ROOT_OWNER,
-            256 << 10,
-            Domain::Gtt,
-            BoFlags::empty(),
-            0,
-        )?;
-        let info = driver
-            .bo_info(ROOT_OWNER, vram)
-            .map_err(|e| format!("info: {e}"))?;
-        ensure!(
-            info.domain == Domain::Vram && info.size == 1 << 20 && info.segments.len() == 1,
-            "VRAM BO info {info:?}"
-        );
-        ensure!(
-            info.segments[0].1 % (64 << 10) == 0,
-            "alignment not kept: {:?}",
-            info.segments
-        );
-        ensure!(
-            driver.bo_info(EXITING_OWNER, vram).is_err(),
-            "another owner could read the BO's info"
-        );
-        Ok((vram, gtt))
-    })?;
-
-    step("io", || {
-        for id in [vram_bo, gtt_bo] {
-            let size = driver
-                .bo_info(ROOT_OWNER, id)
-                .map_err(|e| format!("{e}"))?
-                .size;
-            let pattern: alloc::vec::Vec<u8> = (0..size).map(|i| (i * 7 + id.0) as u8).collect();
-            let n = driver
-                .bo_write(ROOT_OWNER, id, 0, &pattern)
-                .map_err(|e| format!("write BO {id}: {e}"))?;
-            ensure!(n as u64 == size, "short write {n} of {size}");
-            let mut back = vec![0u8; pattern.len()];
-            driver
-                .bo_read(ROOT_OWNER, id, 0, &mut back)
-                .map_err(|e| format!("read BO {id}: {e}"))?;
-            ensure!(
-                back == pattern,
-                "BO {id} read back other bytes than written"
-            );
-        }
-        Ok(())
-    })?;
-
-    step("stats", || {
-        let stats = driver.stats();
-        ensure!(
-            stats.vram.bo_count == 1 && stats.gtt.bo_count == 1,
-            "BO counts {} VRAM, {} GTT (expected 1 and 1)",
-            stats.vram.bo_count,
-            stats.gtt.bo_count
-        );
-        ensure!(
-            stats.vram.requested_bytes == 1 << 20,
-            "VRAM requested {}",
-            stats.vram.requested_bytes
-        );
-        note(format_args!(
-            "VRAM {} B in {} BO, GTT {} B in {} BO",
-            stats.vram.allocated_bytes,
-            stats.vram.bo_count,
-            stats.gtt.allocated_bytes,
-            stats.gtt.bo_count
-        ));
-        Ok(())
-    })?;
-
-    step("free", || {
-        for id in [vram_bo, gtt_bo] {
-            driver
-                .bo_unref(ROOT_OWNER, id)
-                .map_err(|e| format!("free BO {id}: {e}"))?;
-        }
-        ensure!(
-            driver.bo_unref(ROOT_OWNER, vram_bo).is_err(),
-            "a freed BO could be freed again"
-        );
-        let stats = driver.stats();
-        ensure!(
-            stats.vram.bo_count == 0 && stats.gtt.bo_count == 0 && stats.vram.allocated_bytes == 0,
-            "memory still accounted after free: {stats:?}"
-        );
-        Ok(())
-    })?;
-
     step("owner-exit", || {
         for (size, domain) in [
             (64 << 10, Domain::Vram),
             (128 << 10, Domain::Gtt),
             (4096, Domain::Vram),
         ] {
-            create(&driver, EXITING_OWNER, size, domain, BoFlags::empty(), 0)?;
+            create(&driver, EXITING_OWNER, size, domain)?;
         }
         let summary = driver.owner_exit(EXITING_OWNER);
         ensure!(
             summary.freed == 3,
             "owner exit freed {} of 3 BOs: {summary:?}",
             summary.freed
-        );
-        let stats = driver.stats();
-        ensure!(
-            stats.vram.bo_count + stats.gtt.bo_count == 0,
-            "BOs left after exit: {stats:?}"
         );
         note(format_args!(
             "owner {EXITING_OWNER} exited: {} BOs freed in one batch ({} B VRAM, {} B GTT)",
@@ -186,8 +117,12 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
     })?;
 
     step("recover", || {
+        let kept = create(&driver, ROOT_OWNER, 8192, Domain::Vram)?;
+        driver
+            .bo_write(ROOT_OWNER, kept, 0, b"kept across recovery")
+            .map_err(|e| format!("write: {e}"))?;
         sim.inject_error();
-        if let Ok(id) = create(&driver, ROOT_OWNER, 4096, Domain::Vram, BoFlags::empty(), 0) {
+        if let Ok(id) = create(&driver, ROOT_OWNER, 4096, Domain::Vram) {
             bail!("BO {id} created on a device in error");
         }
         for domain in Domain::ALL {
@@ -195,10 +130,122 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
                 .recover(domain)
                 .map_err(|e| format!("recover {domain}: {e}"))?;
         }
-        let id = create(&driver, ROOT_OWNER, 4096, Domain::Vram, BoFlags::empty(), 0)?;
+        let mut back = [0u8; 20];
         driver
-            .bo_unref(ROOT_OWNER, id)
-            .map_err(|e| format!("free after recovery: {e}"))?;
+            .bo_read(ROOT_OWNER, kept, 0, &mut back)
+            .map_err(|e| format!("read after recovery: {e}"))?;
+        ensure!(
+            &back == b"kept across recovery",
+            "a live BO lost its contents in recovery"
+        );
+        driver
+            .bo_unref(ROOT_OWNER, kept)
+            .map_err(|e| format!("free: {e}"))?;
+        Ok(())
+    })?;
+
+    let endpoint = step("spawn", || {
+        let endpoint = objects
+            .make_fixed::<sel4::cap_type::Endpoint>()
+            .map_err(|e| format!("endpoint: {e:?}"))?;
+        Ok(endpoint)
+    })?;
+    let mut clients: Vec<Client> = Vec::new();
+    for (i, badge) in CLIENT_BADGES.into_iter().enumerate() {
+        let number = i as u64 + 1;
+        let process = spawn::spawn(&mut objects, &mut tables, CLIENT_ELF, endpoint, badge)
+            .map_err(|e| crate::verdict::Failure {
+                step: "spawn",
+                reason: format!("client {number}: {e:?}"),
+            })?;
+        clients.push(Client::new(number, badge, process));
+    }
+    note(format_args!(
+        "{} clients started, each with its own VSpace and CNode holding a badged endpoint",
+        clients.len()
+    ));
+
+    step("clients", || {
+        server::serve(&driver, &backing, endpoint, &mut clients)
+            .map_err(|f| format!("client {} failed: {}", f.number, f.reason))
+    })?;
+
+    step("isolation", || {
+        for client in &clients {
+            let held = driver.owner_bos(client.badge).len();
+            note(format_args!(
+                "{}: {} requests on BOs it does not hold refused; holds {held} BOs, {} mapped",
+                server::describe(client),
+                client.refused,
+                client.mapped_bos()
+            ));
+            ensure!(
+                client.refused > 0,
+                "{} never had a request refused",
+                server::describe(client)
+            );
+            match client.done {
+                Some(false) => ensure!(
+                    held == 0,
+                    "{} says it freed everything but holds {held} BOs",
+                    server::describe(client)
+                ),
+                Some(true) => ensure!(
+                    held == 2,
+                    "{} should hold its 2 BOs, holds {held}",
+                    server::describe(client)
+                ),
+                None => bail!("{} never finished", server::describe(client)),
+            }
+        }
+        Ok(())
+    })?;
+
+    step("client-death", || {
+        let victim = clients
+            .iter_mut()
+            .find(|c| c.done == Some(true))
+            .ok_or("no client holds BOs")?;
+        let held = driver.owner_bos(victim.badge);
+        let process = victim.process.take().ok_or("already destroyed")?;
+        let tcb = process.tcb;
+        process
+            .destroy()
+            .map_err(|e| format!("destroying the client: {e:?}"))?;
+        server::forget(victim);
+        ensure!(
+            tcb.tcb_suspend().is_err(),
+            "the client's TCB still exists after destruction"
+        );
+        let summary = driver.owner_exit(victim.badge);
+        ensure!(
+            summary.freed == held.len() as u64 && summary.released == held.len() as u64,
+            "{} held {} BOs; its exit freed {}: {summary:?}",
+            server::describe(victim),
+            held.len(),
+            summary.freed
+        );
+        note(format_args!(
+            "{} destroyed (TCB, CNode, VSpace); its {} BOs freed in one batch ({} B VRAM, {} B GTT)",
+            server::describe(victim),
+            summary.freed,
+            summary.vram_bytes_freed,
+            summary.gtt_bytes_freed
+        ));
+        for client in clients.iter_mut().filter(|c| c.process.is_some()) {
+            let process = client.process.take().ok_or("gone")?;
+            process
+                .destroy()
+                .map_err(|e| format!("destroying {}: {e:?}", server::describe(client)))?;
+            server::forget(client);
+            let summary = driver.owner_exit(client.badge);
+            ensure!(
+                summary.freed == 0,
+                "{} had freed everything, yet exit freed {}",
+                server::describe(client),
+                summary.freed
+            );
+        }
         Ok(())
     })?;
 
@@ -210,24 +257,28 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
             "{} BOs alive at the end",
             report.live_bos
         );
+        let stats = driver.stats();
+        ensure!(
+            stats.vram.bo_count + stats.gtt.bo_count == 0
+                && stats.vram.allocated_bytes + stats.gtt.allocated_bytes == 0,
+            "memory still accounted at the end: {stats:?}"
+        );
         Ok(())
     })
 }
 
-/// Creates a BO, with the error as text.
+/// Creates a zeroed BO, with the error as text.
 fn create(
     driver: &Driver,
     owner: u64,
     size: u64,
     domain: Domain,
-    flags: BoFlags,
-    align: u64,
-) -> Result<pddgpu::driver::BoId, alloc::string::String> {
+) -> Result<BoId, alloc::string::String> {
     let req = BoCreate {
         size,
         domain,
-        flags: flags | BoFlags::CLEARED,
-        align,
+        flags: BoFlags::CLEARED,
+        align: 0,
         label: "sel4",
     };
     driver
