@@ -253,7 +253,9 @@ impl SchemeSync for PddgpuScheme {
         let owner = if dir == ROOT_ID {
             self.callers.owner_of(ctx.pid)
         } else {
-            self.handle(dir)?.owner
+            let owner = self.handle(dir)?.owner;
+            self.callers.learn_pid(owner, ctx.pid);
+            owner
         };
         match self.open_node(node, flags, owner, ctx) {
             Ok(handle) => {

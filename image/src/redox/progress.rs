@@ -37,10 +37,16 @@ impl Progress {
     /// With `verbose` the commands' output goes to the terminal too, so
     /// there is no live indicator to tear.
     pub fn new(stamps: PathBuf, logs: PathBuf, verbose: bool) -> Self {
+        Self::labelled("redox", stamps, logs, verbose)
+    }
+
+    /// Like [`Progress::new`], for lines starting `<label>:` instead of
+    /// `redox:` (the seL4 build prints `sel4:`).
+    pub fn labelled(label: &'static str, stamps: PathBuf, logs: PathBuf, verbose: bool) -> Self {
         let reporter = if verbose {
-            Reporter::to_writer("redox", Mode::Lines, Box::new(std::io::stderr()))
+            Reporter::to_writer(label, Mode::Lines, Box::new(std::io::stderr()))
         } else {
-            Reporter::stderr("redox")
+            Reporter::stderr(label)
         };
         Self::with_reporter(reporter.stamped(), stamps, logs, verbose)
     }
@@ -66,7 +72,7 @@ impl Progress {
         &self.reporter
     }
 
-    /// Prints one line: `redox: [  12.3 s] <text>`.
+    /// Prints one line: `redox: [  12.3 s] <text>` (or its label).
     pub fn say(&self, text: impl AsRef<str>) {
         self.reporter.say(text);
     }
