@@ -18,10 +18,6 @@
 //!   between rounds cancels out. `ratio driver/stats_readers_vs_idle`
 //!   compares with blocked helpers instead (11 longer rounds).
 
-// Benchmark harness: thread CPU time comes from libc through FFI, which
-// needs `unsafe`.
-#![allow(unsafe_code)]
-
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,17 +26,14 @@ use std::time::Instant;
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, Domain, Driver};
 use pddgpu_ipc::progress::{seconds, Reporter};
+use rustix::thread::{sched_setaffinity, CpuSet};
+use rustix::time::{clock_gettime, ClockId};
 
 const MIB: u64 = 1 << 20;
 
+/// CPU time of the calling thread, in ns.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    let ts = clock_gettime(ClockId::ThreadCPUTime);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -187,13 +180,9 @@ const MODE_EXIT: u8 = 3;
 /// Pins the calling thread to `cpu` (best effort: not where affinity is
 /// unavailable).
 fn pin_to(cpu: usize) {
-    // SAFETY: `set` is a plain bit set on the stack, passed by pointer with
-    // its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    let _ = sched_setaffinity(None, &set);
 }
 
 /// Two helper threads on one CPU: idle (blocked), spinning on private

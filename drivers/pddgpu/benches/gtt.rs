@@ -44,10 +44,7 @@
 //! substring>` and `GTT_BENCH_RUNS=<n>` narrow the run, e.g.
 //! `GTT_BENCH_ONLY=pddgpu GTT_BENCH_RUNS=1 perf record <bench binary>`.
 
-// Benchmark harness: the C peers, loaded with dlopen, are called through
-// FFI, which needs `unsafe`.
-#![allow(unsafe_code)]
-
+// `unsafe` is confined to the C peers' module (FFI, `cpeers`).
 #[path = "cpeers/mod.rs"]
 mod cpeers;
 mod support;

@@ -44,22 +44,20 @@
 //! Knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<workload>`,
 //! `VRAM_BENCH_SIDE=ours|peer` (profiling: one side only, no ratios).
 
-// Benchmark harness: thread CPU time from libc and the C peers loaded
-// with dlopen (FFI) need `unsafe`.
-#![allow(unsafe_code)]
-
+// `unsafe` is confined to two modules: the C peers (FFI, `cpeers`) and
+// the counting allocator (`support/counting.rs`).
+#[path = "support/counting.rs"]
+mod counting;
 #[path = "cpeers/mod.rs"]
 mod cpeers;
 mod support;
 
+use counting::{live_bytes, Counting};
 use pddgpu_ipc::progress::Reporter;
-
 use support::Rng;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ops::Range;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,43 +66,8 @@ use cpeers::{DrmBuddy, Peers};
 use pddgpu::buddy::{AllocFlags, BlockList, BuddyAllocator};
 use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
 
-/// Counts live heap bytes of the whole process (Rust allocations only; the
-/// C peers count their own).
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only
-// counts sizes on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
 
 const PAGE: u64 = 4096;
 const GIB: u64 = 1 << 30;
