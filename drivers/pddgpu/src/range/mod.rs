@@ -344,6 +344,8 @@ impl RangeAllocator {
                 let l_start = self.holes.holes[l as usize].start;
                 self.holes.resize(l, l_start, r_end);
             }
+            // The next two arms mirror each other: the freed node joins
+            // the hole before it, or the hole after it.
             (true, false) => {
                 let l = prev & !HOLE;
                 self.holes.holes[l as usize].next = next;
@@ -351,6 +353,7 @@ impl RangeAllocator {
                 let l_start = self.holes.holes[l as usize].start;
                 self.holes.resize(l, l_start, ne);
             }
+            // Mirror of the arm above.
             (false, true) => {
                 let r = next & !HOLE;
                 self.holes.holes[r as usize].prev = prev;
