@@ -144,7 +144,7 @@ impl Server {
         let scheme = PddgpuScheme::new(
             device.driver.clone(),
             backing,
-            SchemeOptions { admin_uid: None },
+            SchemeOptions::default(),
         );
         Server {
             scheme,

@@ -41,7 +41,7 @@ fn harness() -> Harness {
         vram: Region::kernel_mapped(vram_base),
         gtt: Region::kernel_mapped(device.gtt().as_ptr() as usize),
     };
-    let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions { admin_uid: None });
+    let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions::default());
     Harness {
         scheme,
         driver,

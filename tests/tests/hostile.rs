@@ -22,7 +22,7 @@ use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
 use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
 use pddgpu_tests::{wait_until, ClientProc, Daemon};
 use rustix::mm::{MapFlags, ProtFlags};
-use syscall::error::{EBADF, EMFILE};
+use syscall::error::{EBADF, EDQUOT, EMFILE};
 use syscall::flag::{O_RDONLY, O_RDWR};
 use syscall::schemev2::{Opcode, Sqe, SqeFlags};
 
@@ -642,6 +642,113 @@ fn idle_and_stalled_connections_are_closed() {
     // The client library reconnects a connection closed while it held
     // nothing.
     assert_eq!(library.health().unwrap().trim(), "ok");
+    assert_server_intact(&mut daemon);
+}
+
+/// The quota charges whole pages: a flood of 1-byte BOs exhausts the
+/// attacker's quota after as many pages as it allows, and nobody else's.
+#[test]
+fn tiny_bos_exhaust_only_the_attackers_quota() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let admin = daemon.connect();
+    admin.set_config("client_quota_bytes", "64K").unwrap();
+    let mut attacker = HostConnection::connect(daemon.socket()).unwrap();
+    let mut created = 0;
+    let refused = loop {
+        match open(&mut attacker, "bo/new?size=1&domain=gtt", O_RDWR) {
+            Ok(_) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created <= 1024, "1-byte BOs never hit the quota");
+    };
+    assert_eq!(refused, EDQUOT);
+    assert_eq!(
+        created, 16,
+        "a 64 KiB quota holds 16 one-page BOs, however small they are asked"
+    );
+    let stats = admin.stats().unwrap();
+    assert_eq!(stats.gtt.used, 16 * PAGE as u64, "each BO took a page");
+    let victim = daemon.connect();
+    let bo = victim
+        .create_bo(64 << 10, Domain::Gtt, BoFlags::empty())
+        .expect("another client still has its whole quota");
+    drop(bo);
+    drop(victim);
+    drop(attacker);
+    admin.set_config("client_quota_bytes", "0").unwrap();
+    drop(admin);
+    assert_server_intact(&mut daemon);
+}
+
+/// An import is charged to the importer: one at its quota cannot import,
+/// and so cannot hold memory its quota does not pay for.
+#[test]
+fn an_importer_over_its_quota_cannot_import() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let admin = daemon.connect();
+    admin.set_config("client_quota_bytes", "64K").unwrap();
+    let exporter = daemon.connect();
+    let shared = exporter
+        .create_bo(32 << 10, Domain::Gtt, BoFlags::empty())
+        .unwrap();
+    let token = shared.export().unwrap();
+    let mut importer = HostConnection::connect(daemon.socket()).unwrap();
+    let own = open(&mut importer, "bo/new?size=40000&domain=vram", O_RDWR).unwrap();
+    assert_eq!(
+        open(&mut importer, &token.to_path(), O_RDWR),
+        Err(EDQUOT),
+        "40000 bytes take 40 KiB (10 pages): 32 KiB more is over 64 KiB"
+    );
+    close(&mut importer, own).unwrap();
+    let imported = open(&mut importer, &token.to_path(), O_RDWR).expect("within the quota");
+    // Holding the import, the importer has 32 KiB of quota left.
+    assert_eq!(
+        open(&mut importer, "bo/new?size=36K&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    close(&mut importer, imported).unwrap();
+    drop(shared);
+    drop((exporter, importer));
+    admin.set_config("client_quota_bytes", "0").unwrap();
+    drop(admin);
+    assert_server_intact(&mut daemon);
+}
+
+/// One user cannot fill the table of live BOs: beyond its BO limit, over
+/// all of its connections, creates get `EDQUOT`, and another user is
+/// unaffected.
+#[test]
+fn bos_are_limited_per_user() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-bos-per-uid", "64"]);
+    let mut a = HostConnection::connect(daemon.socket()).unwrap();
+    let mut b = HostConnection::connect(daemon.socket()).unwrap();
+    for i in 0..64 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+    }
+    assert_eq!(
+        open(&mut a, "bo/new?size=1&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    assert_eq!(
+        open(&mut c, "bo/new?size=1&domain=vram", O_RDWR),
+        Err(EDQUOT),
+        "a new connection of the same user is over the limit too"
+    );
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["create", "4096", "gtt"], Some(OTHER_UID));
+        let line = first_line(&mut other);
+        drop(other.stdin.take());
+        let _ = other.wait();
+        assert!(
+            line.starts_with("ok "),
+            "another user could not create a BO: {line:?}"
+        );
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    drop((a, b, c));
     assert_server_intact(&mut daemon);
 }
 

@@ -53,7 +53,7 @@ mod recovery;
 mod report;
 mod share;
 
-pub use crate::bo::{BoCreate, BoFlags, BoId, BoInfo, OwnerId, Placement, LABEL_MAX};
+pub use crate::bo::{BoCreate, BoFlags, BoId, BoInfo, OwnerId, Placement, LABEL_MAX, PAGE_SIZE};
 pub use crate::device::{DeviceResources, DeviceState, Domain};
 pub use crate::leak::{Audit, AuditVerdict, LeakReport, Record, Suspect, SuspectReason};
 pub use crate::stats::{DomainCounters, StatsSnapshot};

@@ -29,8 +29,18 @@
 //! may withdraw the export early ([`Driver::bo_unexport`]).
 //!
 //! # Charging
-//! A BO's size is charged to its creator's quota while the creator holds
-//! it; when the creator lets go, nobody is charged for it any more.
+//! Every holder of a BO is charged the bytes the allocator really took for
+//! it (its allocated size: whole pages, see [`crate::bo::PAGE_SIZE`], and
+//! for VRAM the buddy's rounding), not the size it asked for: a thousand
+//! 1-byte BOs cost a thousand pages of quota, as they cost a thousand pages
+//! of memory. An importer is charged like the creator, from the import on
+//! and for as long as it holds the BO, and an import that would take it
+//! over its quota is refused; a BO held by two owners counts against both.
+//! So no owner holds memory its quota does not pay for, whatever it
+//! creates, imports or lets go of (with one holder charged, a creator could
+//! pass BOs to an importer and create more, without bound). Quotas are per
+//! owner (the tunable `client_quota_bytes`, 0 = off); a charge ends when
+//! its owner lets go of the BO.
 //!
 //! # Locking
 //! Owners are sharded by id, BOs by id (see [`crate::bo`]); an operation
@@ -73,17 +83,16 @@ pub(crate) struct Export {
     pub exporter: OwnerId,
 }
 
-/// What happened when an owner's last reference to a BO went.
+/// What happened when an owner's last reference to a BO went (its charge
+/// for the BO always ends with it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LetGo {
-    /// The owner was charged for the BO; its charge must be dropped.
-    pub was_charged: bool,
     /// The owner was the exporter; the export has been revoked.
     pub revoked_export: bool,
 }
 
-/// The ownership state of one BO: holders with their reference counts, the
-/// export, and who is charged.
+/// The ownership state of one BO: holders with their reference counts and
+/// the export. Every holder is charged for the BO (see the module docs).
 #[derive(Debug)]
 pub(crate) struct BoOwnership {
     /// The creator (shown as the owner in reports while it holds the BO).
@@ -92,17 +101,15 @@ pub(crate) struct BoOwnership {
     /// kept inline so a BO costs no allocation for it.
     holders: SmallVec<[(OwnerId, u32); 1]>,
     export: Option<Export>,
-    charged: Option<OwnerId>,
 }
 
 impl BoOwnership {
-    /// A new BO: one reference of `creator`, charged to it, not exported.
+    /// A new BO: one reference of `creator`, not exported.
     pub fn new(creator: OwnerId) -> Self {
         BoOwnership {
             creator,
             holders: smallvec::smallvec![(creator, 1)],
             export: None,
-            charged: Some(creator),
         }
     }
 
@@ -146,12 +153,6 @@ impl BoOwnership {
         self.export.map(|e| e.token)
     }
 
-    /// Whether `owner` is charged for the BO.
-    #[cfg(test)]
-    pub fn is_charged_to(&self, owner: OwnerId) -> bool {
-        self.charged == Some(owner)
-    }
-
     /// Adds one reference for `owner`.
     pub fn add_reference(&mut self, owner: OwnerId) {
         match self.holders.iter_mut().find(|h| h.0 == owner) {
@@ -163,8 +164,8 @@ impl BoOwnership {
 
     /// Drops one (or, with `all`, every) reference of `owner`. `None` while
     /// `owner` still holds some; otherwise what letting go entailed (see
-    /// the module docs: the exporter's export is revoked, the creator's
-    /// charge ends). An owner holding nothing lets go of nothing.
+    /// the module docs: the exporter's export is revoked). An owner holding
+    /// nothing lets go of nothing.
     pub fn drop_reference(&mut self, owner: OwnerId, all: bool) -> Option<LetGo> {
         let i = self.holders.iter().position(|h| h.0 == owner)?;
         if !all && self.holders[i].1 > 1 {
@@ -176,16 +177,9 @@ impl BoOwnership {
         if revoked_export {
             self.export = None;
         }
-        let was_charged = self.charged == Some(owner);
-        if was_charged {
-            self.charged = None;
-        }
         debug_assert!(!self.is_held_by(owner));
         debug_assert!(self.export.is_none_or(|e| self.is_held_by(e.exporter)));
-        Some(LetGo {
-            was_charged,
-            revoked_export,
-        })
+        Some(LetGo { revoked_export })
     }
 
     /// Exports on behalf of `owner` (a holder): the existing token, or a
@@ -220,8 +214,9 @@ impl BoOwnership {
 pub(crate) struct OwnerEntry {
     /// Ids of the BOs it holds a reference to.
     pub held: IdSet,
-    /// Bytes charged per domain (sizes of BOs it created and still holds,
-    /// plus quota reservations of creates in progress).
+    /// Bytes charged per domain: the allocated sizes of the BOs it holds
+    /// (created or imported), plus quota reservations of creates in
+    /// progress.
     pub charged: [u64; 2],
 }
 
@@ -235,6 +230,23 @@ impl OwnerEntry {
     pub fn charge(&mut self, domain: Domain, bytes: u64) {
         let c = &mut self.charged[domain.index()];
         *c = c.saturating_add(bytes);
+    }
+
+    /// Charges `bytes` in `domain` if that keeps the owner within `quota`
+    /// (`None`: no quota); otherwise charges nothing and returns the bytes
+    /// it is already charged.
+    pub fn try_charge(
+        &mut self,
+        domain: Domain,
+        bytes: u64,
+        quota: Option<u64>,
+    ) -> Result<(), u64> {
+        let held = self.charged_total();
+        if quota.is_some_and(|q| held.saturating_add(bytes) > q) {
+            return Err(held);
+        }
+        self.charge(domain, bytes);
+        Ok(())
     }
 
     /// Drops a charge of `bytes` in `domain`.
@@ -282,8 +294,9 @@ impl OwnerShard {
         }
     }
 
-    /// Records that `owner` let go of BO `id` (`charged` bytes of `domain`
-    /// charged to it, or 0), and drops the owner if nothing is left.
+    /// Records that `owner` let go of BO `id` (ending its charge of
+    /// `charged` bytes of `domain`), and drops the owner if nothing is
+    /// left.
     pub fn let_go(&mut self, owner: OwnerId, id: BoId, domain: Domain, charged: u64) {
         if let Some(e) = self.map.get_mut(&owner) {
             e.held.remove(&id.0);
@@ -384,15 +397,14 @@ mod tests {
         assert_eq!(
             gone,
             LetGo {
-                was_charged: true,
                 revoked_export: false
             },
-            "the creator let go: its charge ends, 2's export stays"
+            "the creator let go: 2's export stays"
         );
         assert_eq!(o.primary_holder(), 2);
         assert!(o.accepts(9) && !o.accepts(8) && !o.accepts(0));
         let gone = o.drop_reference(2, true).unwrap();
-        assert!(gone.revoked_export && !gone.was_charged);
+        assert!(gone.revoked_export);
         assert!(o.is_unheld());
         assert_eq!(o.primary_holder(), 0);
         assert_eq!(o.token(), None);
@@ -410,7 +422,6 @@ mod tests {
         assert!(gone.revoked_export);
         assert!(!o.accepts(t), "the token dies with the exporter's hold");
         assert!(o.is_held_by(3), "the importer keeps its reference");
-        assert!(!o.is_charged_to(1) && !o.is_charged_to(3));
     }
 
     #[test]

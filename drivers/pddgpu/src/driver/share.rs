@@ -25,6 +25,14 @@ impl Driver {
         self.owners.held(owner)
     }
 
+    /// How many BOs `owner` holds (created or imported).
+    pub fn owner_bo_count(&self, owner: OwnerId) -> usize {
+        self.owners
+            .lock(owner)
+            .get(&owner)
+            .map_or(0, |e| e.held.len())
+    }
+
     fn make_token(&self, id: BoId) -> u64 {
         #[allow(deprecated)]
         let mut h = core::hash::SipHasher::new_with_keys(self.token_key[0], self.token_key[1]);
@@ -58,14 +66,32 @@ impl Driver {
         Ok(())
     }
 
-    /// Imports an exported BO: `owner` gets a reference to it.
+    /// Imports an exported BO: `owner` gets a reference to it and, if it
+    /// did not hold it yet, is charged its allocated size (refused with
+    /// [`DriverError::QuotaExceeded`] when that would take it over its
+    /// quota; see [`super::ownership`]).
     pub fn bo_import(&self, owner: OwnerId, id: BoId, token: u64) -> Result<BoInfo, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        let quota = self.tunables.client_quota();
         let mut owners = self.owners.lock(owner);
         let mut shard = self.table.shard(id);
         let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
         if !entry.own.accepts(token) {
             return Err(DriverError::BadToken);
+        }
+        if !entry.own.is_held_by(owner) {
+            let bytes = entry.placement.allocated_size();
+            let domain = entry.placement.domain();
+            let holder = owners.entry_or_new(owner);
+            if let Err(held) = holder.try_charge(domain, bytes, quota) {
+                owners.remove_if_empty(owner);
+                return Err(DriverError::QuotaExceeded {
+                    owner,
+                    quota: quota.unwrap_or(0),
+                    held,
+                    requested: bytes,
+                });
+            }
         }
         entry.own.add_reference(owner);
         owners.entry_or_new(owner).held.insert(id.0);
