@@ -4,7 +4,7 @@
 //! `pddgpu::driver::ownership`): opening takes one (create, a second
 //! handle, or an import), closing drops it.
 
-use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError};
+use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError, ExportToken};
 use pddgpu_ipc::wire::Domain;
 use redox_scheme::CallerCtx;
 use std::collections::HashMap;
@@ -220,7 +220,8 @@ impl PddgpuScheme {
                 let info = match (self.driver().bo_ref(owner, bo), token) {
                     (Err(DriverError::PermissionDenied), Some(token)) => {
                         self.check_bo_limit(owner)?;
-                        self.driver().bo_import(owner, bo, token)
+                        self.driver()
+                            .bo_import(owner, bo, ExportToken::from_bytes(token))
                     }
                     (Err(DriverError::PermissionDenied), None) => {
                         return refuse(EPERM, "another client's BO (import it with ?token=)")

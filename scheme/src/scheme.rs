@@ -580,7 +580,7 @@ impl SchemeSync for PddgpuScheme {
                     abi: WIRE_ABI,
                     reserved: 0,
                     id: bo.0,
-                    token,
+                    token: token.to_bytes(),
                 };
                 payload.copy_from_slice(&wire.encode());
                 Ok(ExportWire::SIZE)

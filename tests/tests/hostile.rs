@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD};
 use pddgpu_ipc::host::{HostConnection, ROOT_FD};
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
-use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
+use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain, ShareToken};
 use pddgpu_tests::{wait_until, ClientProc, Daemon};
 use rustix::mm::{MapFlags, ProtFlags};
 use syscall::error::{EBADF, EDQUOT, EMFILE};
@@ -500,6 +500,82 @@ fn every_mappable_byte_of_a_new_bo_starts_zeroed() {
         }
     }
     drop((first, second));
+    assert_server_intact(&mut daemon);
+}
+
+// ---- export tokens ---------------------------------------------------------
+
+/// Export tokens are 128 bits from the OS random source: they differ
+/// between two runs of the server (where a counter or address-derived key
+/// would repeat them) and within a run, and a forged or guessed token —
+/// one bit off, all zeros, last run's, or too short — imports nothing.
+#[test]
+fn export_tokens_are_unguessable_and_forgeries_fail() {
+    let tokens_of_one_run = || {
+        let mut daemon = Daemon::start(&daemon_bin(), &[]);
+        let dev = daemon.connect();
+        let bos: Vec<_> = (0..32)
+            .map(|_| dev.create_bo(4096, Domain::Gtt, BoFlags::empty()).unwrap())
+            .collect();
+        let tokens: Vec<ShareToken> = bos.iter().map(|bo| bo.export().unwrap()).collect();
+        (daemon, dev, bos, tokens)
+    };
+    let (first_daemon, first_dev, first_bos, first) = tokens_of_one_run();
+    drop((first_bos, first_dev));
+    assert_eq!(first_daemon.stop(), Some(0));
+    let (mut daemon, dev, bos, second) = tokens_of_one_run();
+    for t in first.iter().chain(&second) {
+        let text = t.to_string();
+        let hex = text.split_once(':').unwrap().1;
+        assert_eq!(hex.len(), 32, "a token is 128 bits: {text}");
+    }
+    // The same BOs (ids are handed out in the same order) get other tokens.
+    assert_eq!(
+        first.iter().map(|t| t.id).collect::<Vec<_>>(),
+        second.iter().map(|t| t.id).collect::<Vec<_>>()
+    );
+    for (a, b) in first.iter().zip(&second) {
+        assert_ne!(a.token, b.token, "a token repeated across runs");
+    }
+    let mut all: Vec<[u8; 16]> = first.iter().chain(&second).map(|t| t.token).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 64, "tokens repeat within a run");
+    // About half of the 8192 bits are ones (a fixed or counting pattern
+    // is far off; random bits are within 6 standard deviations).
+    let ones: u32 = all.iter().flatten().map(|b| b.count_ones()).sum();
+    assert!((3800..=4392).contains(&ones), "{ones} of 8192 bits set");
+
+    let mut thief = HostConnection::connect(daemon.socket()).unwrap();
+    let target = second[0];
+    for byte in [0, 7, 15] {
+        let mut forged = target;
+        forged.token[byte] ^= 0x10;
+        assert_eq!(open(&mut thief, &forged.to_path(), O_RDWR), Err(EBADF));
+    }
+    let zeros = ShareToken {
+        token: [0; 16],
+        ..target
+    };
+    assert_eq!(open(&mut thief, &zeros.to_path(), O_RDWR), Err(EBADF));
+    assert_eq!(
+        open(&mut thief, &first[0].to_path(), O_RDWR),
+        Err(EBADF),
+        "last run's token for the same id"
+    );
+    assert_eq!(
+        open(&mut thief, &format!("bo/{}?token=ff", target.id), O_RDWR),
+        Err(syscall::error::EINVAL),
+        "a short token is malformed"
+    );
+    assert_eq!(
+        dev.stats().unwrap().bos.count,
+        32,
+        "no forgery imported anything"
+    );
+    let imported = open(&mut thief, &target.to_path(), O_RDWR).expect("the real token");
+    close(&mut thief, imported).unwrap();
+    drop((bos, dev, thief));
     assert_server_intact(&mut daemon);
 }
 

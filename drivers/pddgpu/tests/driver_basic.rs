@@ -195,8 +195,19 @@ fn exports_last_while_their_exporter_holds_the_bo() {
         Ok(token),
         "exporting again gives the same token"
     );
-    assert_eq!(d.bo_import(2, id, token ^ 1), Err(DriverError::BadToken));
-    assert_eq!(d.bo_import(2, id, 0), Err(DriverError::BadToken));
+    for byte in 0..ExportToken::LEN {
+        let mut wrong = token.to_bytes();
+        wrong[byte] ^= 1;
+        assert_eq!(
+            d.bo_import(2, id, ExportToken::from_bytes(wrong)),
+            Err(DriverError::BadToken),
+            "a token wrong in byte {byte}"
+        );
+    }
+    assert_eq!(
+        d.bo_import(2, id, ExportToken::from_bytes([0; ExportToken::LEN])),
+        Err(DriverError::BadToken)
+    );
     assert_eq!(
         d.bo_import(2, BoId(id.0 + 2), token),
         Err(DriverError::NoSuchBo)

@@ -54,6 +54,9 @@ pub enum DriverError {
     /// An access reaches outside the BO.
     #[error("offset is outside the buffer object")]
     OutOfBounds,
+    /// The random source for export tokens failed; nothing was exported.
+    #[error(transparent)]
+    Entropy(#[from] super::token::EntropyError),
     /// The table of live BOs is full.
     #[error("too many live buffer objects")]
     TooManyBos,

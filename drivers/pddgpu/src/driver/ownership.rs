@@ -54,6 +54,7 @@ use core::hash::BuildHasher;
 
 use smallvec::SmallVec;
 
+use super::token::ExportToken;
 use super::DriverError;
 use crate::bo::{BoEntry, BoId, IdMap, IdSet, OwnerId, Shard};
 use crate::device::Domain;
@@ -79,7 +80,7 @@ pub(crate) fn held_entry(
 /// A live export: its token and the owner whose holding keeps it valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Export {
-    pub token: u64,
+    pub token: ExportToken,
     pub exporter: OwnerId,
 }
 
@@ -149,7 +150,7 @@ impl BoOwnership {
     }
 
     /// The export token, while exported.
-    pub fn token(&self) -> Option<u64> {
+    pub fn token(&self) -> Option<ExportToken> {
         self.export.map(|e| e.token)
     }
 
@@ -182,14 +183,14 @@ impl BoOwnership {
         Some(LetGo { revoked_export })
     }
 
-    /// Exports on behalf of `owner` (a holder): the existing token, or a
-    /// new one from `make_token` recorded as `owner`'s export.
-    pub fn export(&mut self, owner: OwnerId, make_token: impl FnOnce() -> u64) -> u64 {
+    /// Exports on behalf of `owner` (a holder): the existing token, or
+    /// `fresh` recorded as `owner`'s export.
+    pub fn export(&mut self, owner: OwnerId, fresh: ExportToken) -> ExportToken {
         debug_assert!(self.is_held_by(owner));
         if let Some(e) = self.export {
             return e.token;
         }
-        let token = make_token();
+        let token = fresh;
         self.export = Some(Export {
             token,
             exporter: owner,
@@ -203,9 +204,9 @@ impl BoOwnership {
     }
 
     /// Whether `token` opens this BO: it is exported and the token matches
-    /// (0 never does).
-    pub fn accepts(&self, token: u64) -> bool {
-        token != 0 && self.export.is_some_and(|e| e.token == token)
+    /// (compared in constant time, see [`ExportToken`]).
+    pub fn accepts(&self, token: &ExportToken) -> bool {
+        self.export.is_some_and(|e| e.token == *token)
     }
 }
 
@@ -380,15 +381,19 @@ impl Owners {
 mod tests {
     use super::*;
 
+    fn token(n: u8) -> ExportToken {
+        ExportToken::from_bytes([n; ExportToken::LEN])
+    }
+
     #[test]
     fn references_count_holds_only() {
         let mut o = BoOwnership::new(1);
         o.add_reference(2);
         o.add_reference(2);
-        assert_eq!(o.export(2, || 9), 9);
+        assert_eq!(o.export(2, token(9)), token(9));
         assert_eq!(
-            o.export(1, || 10),
-            9,
+            o.export(1, token(10)),
+            token(9),
             "exporting again gives the same token"
         );
         assert_eq!(o.refcount(), 3, "an export is not a reference");
@@ -402,25 +407,25 @@ mod tests {
             "the creator let go: 2's export stays"
         );
         assert_eq!(o.primary_holder(), 2);
-        assert!(o.accepts(9) && !o.accepts(8) && !o.accepts(0));
+        assert!(o.accepts(&token(9)) && !o.accepts(&token(8)) && !o.accepts(&token(0)));
         let gone = o.drop_reference(2, true).unwrap();
         assert!(gone.revoked_export);
         assert!(o.is_unheld());
         assert_eq!(o.primary_holder(), 0);
         assert_eq!(o.token(), None);
-        assert!(!o.accepts(9));
+        assert!(!o.accepts(&token(9)));
         assert_eq!(o.drop_reference(2, false), None, "2 holds nothing");
     }
 
     #[test]
     fn the_exporter_letting_go_revokes_the_export_only() {
         let mut o = BoOwnership::new(1);
-        let t = o.export(1, || 77);
+        let t = o.export(1, token(77));
         o.add_reference(3);
-        assert!(o.accepts(t));
+        assert!(o.accepts(&t));
         let gone = o.drop_reference(1, false).unwrap();
         assert!(gone.revoked_export);
-        assert!(!o.accepts(t), "the token dies with the exporter's hold");
+        assert!(!o.accepts(&t), "the token dies with the exporter's hold");
         assert!(o.is_held_by(3), "the importer keeps its reference");
     }
 
