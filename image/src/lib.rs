@@ -20,6 +20,10 @@
 //! - [`redox`]: the Redox image, built from the source snapshot in
 //!   `../shared/redox` and booted under QEMU (`redox-image`, `redox-boot`);
 //!   it shares [`qemu`], [`serial`] and [`hosttools`] with the Linux guest.
+//! - [`sel4`]: the seL4 kernel and our root task (`drivers/pddgpu-sel4`),
+//!   built from `../shared/sel4` and booted under QEMU (`sel4-boot`); it
+//!   reuses the Redox tool's cache, progress, step logs and toolchain
+//!   installer.
 #![deny(missing_docs)]
 
 pub mod binaries;
@@ -35,4 +39,5 @@ pub mod pci;
 pub mod qemu;
 pub mod redox;
 pub mod scenario;
+pub mod sel4;
 pub mod serial;

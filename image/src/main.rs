@@ -10,6 +10,10 @@
 //! `../shared/redox`; `redox-boot` builds it and boots it with the GPU (the
 //! scenario must pass) and without (pddgpud must not start).
 //!
+//! `sel4-boot` builds the seL4 kernel and our root task (the driver core
+//! as a server, `drivers/pddgpu-sel4`) from `../shared/sel4` and boots
+//! them; the root task must print PDDGPU-SEL4: PASS.
+//!
 //! Exit status: 0 pass, 1 the guest failed (FAIL line, timeout, kernel
 //! panic, no result), 2 the image could not be built or booted.
 
@@ -22,6 +26,7 @@ use pddgpu_image::boot::{self, Options};
 use pddgpu_image::hosttools::InstallPolicy;
 use pddgpu_image::qemu::Accel;
 use pddgpu_image::redox::{self, boot::BootOptions, progress::Progress, BuildOptions};
+use pddgpu_image::sel4;
 
 #[derive(Parser)]
 #[command(version, about = "Build and boot the pddgpu QEMU guest")]
@@ -79,6 +84,55 @@ enum Command {
         /// after the boots (the cached steps stay).
         #[arg(long)]
         keep: bool,
+    },
+    /// Build the seL4 kernel (x86_64 pc99) and our root task from the
+    /// snapshot in ../shared/sel4 and boot them under QEMU twice: with a
+    /// bochs-display the root task (the pddgpu core as a server, two
+    /// clients) must print PDDGPU-SEL4: PASS; without any display device it
+    /// must fail at step `pci`. Exit 0 only when both behave (a FAIL line,
+    /// a kernel fault, a panic or the timeout is exit 1).
+    ///
+    /// Every step is cached under target/sel4/ by a hash of its inputs
+    /// (stamps in target/sel4/stamps, step logs in target/sel4/logs); the
+    /// serial logs go to target/sel4/serial-gpu.log and serial-no-gpu.log.
+    /// The root task is built
+    /// with nightly-2025-10-20 (rust-sel4 3.0.0's pin, installed with
+    /// rustup when missing); apt packages are installed when root on
+    /// Debian; the kernel's Python tools go into a venv from PyPI.
+    Sel4Boot {
+        /// The seL4 snapshot (src/seL4.tar.gz, src/rust-sel4.bundle).
+        /// Default: $PDDGPU_SEL4_SNAPSHOT, else ../shared/sel4 beside the
+        /// repository.
+        #[arg(long, value_name = "DIR")]
+        snapshot: Option<PathBuf>,
+        /// Never install anything: missing apt packages or the pinned
+        /// nightly are reported with the command that installs them.
+        #[arg(long)]
+        no_install: bool,
+        /// Show the build commands' output (otherwise only in target/sel4/logs).
+        #[arg(long)]
+        verbose: bool,
+        /// Only build; print the QEMU command instead of booting.
+        #[arg(long)]
+        build_only: bool,
+        /// Only the negative run: boot without a display device.
+        #[arg(long)]
+        no_gpu: bool,
+        /// VRAM of the bochs-display in MiB (4..=256, a power of two).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=256))]
+        vram_mib: u32,
+        /// Seconds to wait for the verdict before killing QEMU.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(128..=8192))]
+        memory_mib: u32,
+        /// CPU emulation.
+        #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
+        accel: AccelArg,
+        /// Do not print the console (lines prefixed `sel4| `) as it arrives.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Build the Redox disk image (target/redox/harddrive.img) without
     /// booting it, and print the QEMU command that boots it.
@@ -242,6 +296,61 @@ impl Common {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
+        Command::Sel4Boot {
+            snapshot,
+            no_install,
+            verbose,
+            build_only,
+            no_gpu,
+            vram_mib,
+            timeout,
+            memory_mib,
+            accel,
+            quiet,
+        } => {
+            if !vram_mib.is_power_of_two() {
+                anyhow::bail!("--vram-mib {vram_mib} is not a power of two");
+            }
+            let build = sel4::BuildOptions {
+                snapshot,
+                install: if no_install {
+                    InstallPolicy::Never
+                } else {
+                    InstallPolicy::WhenRoot
+                },
+                verbose,
+            };
+            let boot = sel4::boot::BootOptions {
+                timeout: Duration::from_secs(timeout),
+                memory_mib,
+                vram_mib,
+                accel: accel.into(),
+                stream: !quiet,
+            };
+            let progress = sel4::progress(verbose);
+            let built = sel4::build(&build, &progress)?;
+            if build_only {
+                println!(
+                    "sel4-boot: built; boot it with:\n{}",
+                    sel4::boot::command_line(
+                        &built.qemu,
+                        &built.layout.kernel32(),
+                        &built.layout.root_task(),
+                        !no_gpu,
+                        &boot
+                    )
+                );
+                return Ok(true);
+            }
+            let report = sel4::boot_runs(&built, &boot, no_gpu, &progress)?;
+            let ok = report.ok();
+            println!(
+                "sel4-boot: {} [{}]",
+                if ok { "PASS" } else { "FAIL" },
+                redox::progress::seconds(progress.elapsed())
+            );
+            Ok(ok)
+        }
         Command::Qemu { no_gpu, common } => {
             let opts = common.options().map_err(anyhow::Error::msg)?;
             let prepared = boot::prepare(&opts)?;
@@ -327,6 +436,36 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sel4_boot_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "pddgpu-image",
+            "sel4-boot",
+            "--timeout",
+            "30",
+            "--snapshot",
+            "/s",
+            "--no-install",
+            "--build-only",
+        ])
+        .unwrap();
+        let Command::Sel4Boot {
+            snapshot,
+            no_install,
+            build_only,
+            timeout,
+            memory_mib,
+            ..
+        } = cli.command
+        else {
+            panic!("not sel4-boot");
+        };
+        assert_eq!(snapshot, Some(PathBuf::from("/s")));
+        assert!(no_install && build_only);
+        assert_eq!((timeout, memory_mib), (30, 512));
+        assert!(Cli::try_parse_from(["pddgpu-image", "sel4-boot", "--timeout", "0"]).is_err());
     }
 
     #[test]

@@ -35,6 +35,21 @@ pub const REDOX: Markers = Markers {
     panics: &["KERNEL PANIC:"],
 };
 
+/// The seL4 root task (`drivers/pddgpu-sel4`). A debug seL4 kernel prints
+/// `seL4 called fail` when it cannot boot, and reports a thread fault that
+/// has no handler (`vm fault on …`, `Caught cap fault …`); rust-sel4's panic
+/// handler prints `panicked at`. The root task has no fault handler, so any
+/// of these ends the run.
+pub const SEL4: Markers = Markers {
+    prefix: "PDDGPU-SEL4:",
+    panics: &[
+        "seL4 called fail",
+        "vm fault on",
+        "Caught cap fault",
+        "panicked at",
+    ],
+};
+
 /// Prefix of every line the Linux guest's `/init` prints for the host.
 pub const MARKER: &str = "PDDGPU-IMAGE:";
 /// Printed by the guest when a scenario step starts: `PDDGPU-IMAGE: STEP <name>`.

@@ -99,6 +99,20 @@ impl Callers {
         owner
     }
 
+    /// Labels an owner made by an anonymous open with the pid of a later
+    /// open relative to one of its handles: on Redox a client opens the
+    /// scheme root by absolute path (pid 0) and everything else relative
+    /// to that descriptor, with its real pid. The pid only labels the owner
+    /// (logs, `clients`); it never decides who owns what, and once known it
+    /// stays.
+    pub fn learn_pid(&mut self, owner: OwnerId, pid: usize) {
+        if let Some(e) = self.entries.get_mut(&owner) {
+            if e.pid == ANONYMOUS_CALLER {
+                e.pid = pid;
+            }
+        }
+    }
+
     /// Counts a new handle of `owner`.
     pub fn add_handle(&mut self, owner: OwnerId) {
         let e = self.entries.get_mut(&owner);
@@ -211,6 +225,21 @@ mod tests {
         );
         assert_eq!(o.handles(b), 1, "the other anonymous owner is untouched");
         assert_ne!(o.owner_of(7, 0), b);
+    }
+
+    #[test]
+    fn an_anonymous_owner_is_labelled_by_its_first_named_caller() {
+        let mut o = Callers::new();
+        let root = o.owner_of(ANONYMOUS_CALLER);
+        o.add_handle(root);
+        o.learn_pid(root, 13);
+        o.learn_pid(root, 14);
+        assert_eq!(o.list(), vec![(root, display_pid(13))]);
+        assert_ne!(
+            o.owner_of(13),
+            root,
+            "the label does not make the pid an owner key"
+        );
     }
 
     #[test]

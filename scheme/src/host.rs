@@ -45,7 +45,7 @@ impl HostScheme for PddgpuScheme {
     fn wake_epoch(&self) -> u64 {
         let d = self.driver();
         d.free_epoch(Domain::Vram)
-            .wrapping_add(d.free_epoch(Domain::Gtt))
+            .saturating_add(d.free_epoch(Domain::Gtt))
     }
 
     /// A client connection ended: its handles are gone. An owner that

@@ -273,7 +273,9 @@ impl SchemeSync for PddgpuScheme {
         let owner = if dir == ROOT_ID {
             self.callers.owner_of(ctx.pid, ctx.uid)
         } else {
-            self.handle(dir)?.owner
+            let owner = self.handle(dir)?.owner;
+            self.callers.learn_pid(owner, ctx.pid);
+            owner
         };
         match self.open_node(node, flags, owner, ctx) {
             Ok(handle) => {

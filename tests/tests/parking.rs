@@ -72,3 +72,47 @@ fn parked_create_wakes_on_free_and_ends_on_shutdown() {
     drop(blocker);
     drop(dev);
 }
+
+/// Frees before the park must not count as wake-ups for it: a create
+/// parked after other BOs came and went waits for the next free (or its
+/// delay), instead of spending its retries at once.
+#[test]
+fn a_create_parked_after_earlier_frees_still_waits_for_the_next_one() {
+    let daemon = Daemon::start(DAEMON, &[]);
+    let dev = daemon.connect();
+    for _ in 0..3 {
+        let bo = dev
+            .create_bo(1 << 20, Domain::Gtt, BoFlags::empty())
+            .unwrap();
+        bo.close().unwrap();
+    }
+    let hog = dev
+        .create_bo(48 << 20, Domain::Gtt, BoFlags::empty())
+        .unwrap();
+    dev.set_config("gtt_retry_count", "3").unwrap();
+    dev.set_config("gtt_retry_delay_ms", "60000").unwrap();
+    let failures = |d: &Device| d.stats().unwrap().counters["gtt_failures"];
+    let before = failures(&dev);
+
+    let (tx, rx) = mpsc::channel();
+    let socket = daemon.socket().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        let d = Device::connect(&socket).unwrap();
+        let r = d
+            .create_bo(32 << 20, Domain::Gtt, BoFlags::empty())
+            .map(|bo| bo.size());
+        tx.send(r.map_err(|e| e.to_string())).unwrap();
+    });
+    assert!(wait_until(Duration::from_secs(10), || failures(&dev) > before));
+    // Nothing has been freed since it parked: it must still be waiting
+    // (its delay is a minute), not have failed with its retries spent.
+    let early = rx.recv_timeout(Duration::from_millis(750));
+    assert!(early.is_err(), "the parked create ended early: {early:?}");
+    assert_eq!(dev.stats().unwrap().counters["gtt_retries"], 0);
+    hog.close().unwrap();
+    let got = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the free woke the parked request");
+    assert_eq!(got, Ok(32 << 20));
+    waiter.join().unwrap();
+}

@@ -13,6 +13,7 @@ use super::command::StepLog;
 /// Prints steps relative to one start time.
 #[derive(Debug)]
 pub struct Progress {
+    label: &'static str,
     start: Instant,
     stamps: PathBuf,
     logs: PathBuf,
@@ -31,7 +32,14 @@ pub enum Ran {
 impl Progress {
     /// Starts the clock. Stamps are kept in `stamps`, step logs in `logs`.
     pub fn new(stamps: PathBuf, logs: PathBuf, verbose: bool) -> Self {
+        Self::labelled("redox", stamps, logs, verbose)
+    }
+
+    /// Like [`Progress::new`], for lines starting `<label>:` instead of
+    /// `redox:` (the seL4 build prints `sel4:`).
+    pub fn labelled(label: &'static str, stamps: PathBuf, logs: PathBuf, verbose: bool) -> Self {
         Self {
+            label,
             start: Instant::now(),
             stamps,
             logs,
@@ -39,9 +47,12 @@ impl Progress {
         }
     }
 
-    /// Prints one line: `redox: [  12.3 s] <text>`.
+    /// Prints one line: `redox: [  12.3 s] <text>` (or its label).
     pub fn say(&self, text: impl AsRef<str>) {
-        eprintln!("{}", line(self.start.elapsed(), text.as_ref()));
+        eprintln!(
+            "{}",
+            labelled_line(self.label, self.start.elapsed(), text.as_ref())
+        );
     }
 
     /// Runs a step that is not cached (checks, the boot), timing it.
@@ -95,7 +106,12 @@ impl Progress {
 
 /// `redox: [  12.3 s] text`.
 pub fn line(since_start: Duration, text: &str) -> String {
-    format!("redox: [{:>7.1} s] {text}", since_start.as_secs_f64())
+    labelled_line("redox", since_start, text)
+}
+
+/// `<label>: [  12.3 s] text`.
+pub fn labelled_line(label: &str, since_start: Duration, text: &str) -> String {
+    format!("{label}: [{:>7.1} s] {text}", since_start.as_secs_f64())
 }
 
 /// `40.6 s`.

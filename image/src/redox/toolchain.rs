@@ -30,10 +30,7 @@ pub fn pinned() -> &'static str {
 
 /// The exact command that installs the pinned toolchain.
 pub fn install_command() -> String {
-    format!(
-        "rustup toolchain install {} --component rust-src --profile minimal",
-        pinned()
-    )
+    install_command_for(pinned())
 }
 
 /// A usable toolchain.
@@ -126,20 +123,34 @@ pub fn leaked_vars(vars: impl Iterator<Item = OsString>) -> Vec<OsString> {
 /// when missing and `install` allows; otherwise fails with the command to
 /// run.
 pub fn ensure(install: bool) -> Result<Toolchain> {
-    let name = pinned();
+    ensure_named(
+        pinned(),
+        "relibc in ../shared/redox follows this compiler's VaList API, so another compiler \
+         fails in relibc",
+        install,
+    )
+}
+
+/// The exact command that installs toolchain `name` with `rust-src`.
+pub fn install_command_for(name: &str) -> String {
+    format!("rustup toolchain install {name} --component rust-src --profile minimal")
+}
+
+/// Finds the toolchain `name` (a dated nightly some build needs exactly,
+/// `why` says for what), installing it (and `rust-src`, for
+/// `-Zbuild-std`) with rustup when missing and `install` allows; otherwise
+/// fails with the command to run.
+pub fn ensure_named(name: &str, why: &str, install: bool) -> Result<Toolchain> {
+    let install_line = install_command_for(name);
     let rustup = find_rustup().with_context(|| {
         format!(
-            "rustup is not installed; the Redox build needs it for the pinned toolchain \
-             (install rustup from https://rustup.rs, then run: {})",
-            install_command()
+            "rustup is not installed; the build needs it for the pinned toolchain \
+             (install rustup from https://rustup.rs, then run: {install_line})"
         )
     })?;
     let mut probed = probe(&rustup, name);
     if probed.is_err() && install {
-        eprintln!(
-            "redox: installing the pinned toolchain: {}",
-            install_command()
-        );
+        eprintln!("pddgpu-image: installing the pinned toolchain: {install_line}");
         let status = Command::new(&rustup)
             .args(["toolchain", "install", name, "--component", "rust-src"])
             .args(["--profile", "minimal"])
@@ -147,19 +158,14 @@ pub fn ensure(install: bool) -> Result<Toolchain> {
             .context("running rustup")?;
         if !status.success() {
             bail!(
-                "`{}` failed ({status}). The Redox build needs exactly {name}: relibc in \
-                 ../shared/redox follows this compiler's VaList API, so another compiler \
-                 fails in relibc. Install it by hand and run again.",
-                install_command()
+                "`{install_line}` failed ({status}). The build needs exactly {name}: {why}. \
+                 Install it by hand and run again."
             );
         }
         probed = probe(&rustup, name);
     }
     let (toolchain, has_src) = probed.with_context(|| {
-        format!(
-            "the pinned Redox toolchain {name} is not installed; run: {}",
-            install_command()
-        )
+        format!("the pinned toolchain {name} is not installed; run: {install_line}")
     })?;
     if !has_src {
         if install {

@@ -96,8 +96,8 @@ pub trait HostScheme: SchemeSync {
         let _ = path;
     }
 
-    /// A number that changes whenever a parked request may now succeed
-    /// (e.g. a count of frees).
+    /// A number that grows whenever a parked request may now succeed (e.g.
+    /// a count of frees); it never decreases.
     fn wake_epoch(&self) -> u64 {
         0
     }
@@ -196,17 +196,20 @@ struct Shared<S> {
     conns: Mutex<Vec<ConnCtl>>,
     /// Connections and handles per user.
     users: Mutex<HashMap<u32, Arc<UserUsage>>>,
-    /// Parked requests wait here: the last wake epoch seen, and whether
+    /// Parked requests wait on `woken` under this lock; it holds whether
     /// the server is stopping.
-    wake: Mutex<(u64, bool)>,
+    stopping: Mutex<bool>,
     woken: Condvar,
-    /// The last wake epoch published (checked without the lock).
+    /// The last wake epoch published: a parked request waits while it
+    /// still equals the epoch its last attempt saw.
     epoch: AtomicU64,
     /// Requests parked on `woken` right now: a free wakes (a futex call)
-    /// only when one is. A parking request counts itself before it checks
-    /// `epoch`, and a freeing one moves `epoch` before it reads this count
-    /// (both sequentially consistent), so one of the two always sees the
-    /// other and no wake-up is lost.
+    /// only when one is. A parking request counts itself (under
+    /// `stopping`'s lock) before it checks `epoch`, and a freeing one moves
+    /// `epoch` before it reads this count (both sequentially consistent),
+    /// so one of the two always sees the other; the waker takes the lock
+    /// before it notifies, so a request between its check and its wait
+    /// cannot miss the notification.
     parked: AtomicUsize,
 }
 
@@ -307,7 +310,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 served: AtomicU64::new(0),
                 conns: Mutex::new(Vec::new()),
                 users: Mutex::new(HashMap::new()),
-                wake: Mutex::new((0, false)),
+                stopping: Mutex::new(false),
                 woken: Condvar::new(),
                 epoch: AtomicU64::new(0),
                 parked: AtomicUsize::new(0),
@@ -499,12 +502,13 @@ impl<S> Shared<S> {
     fn publish_epoch(&self, epoch: u64) {
         // A plain load first: most requests free nothing; and no wake-up
         // (a futex call) unless a request is parked (see `parked`).
-        if self.epoch.load(Ordering::Acquire) != epoch
-            && self.epoch.swap(epoch, Ordering::SeqCst) != epoch
+        // Concurrent publishers may arrive out of order: the epoch only
+        // ever moves forward.
+        if self.epoch.load(Ordering::Acquire) < epoch
+            && self.epoch.fetch_max(epoch, Ordering::SeqCst) < epoch
             && self.parked.load(Ordering::SeqCst) != 0
         {
-            let mut wake = lock(&self.wake);
-            wake.0 = epoch;
+            let _parked = lock(&self.stopping);
             self.woken.notify_all();
         }
     }
@@ -576,28 +580,28 @@ fn serve_request<S: HostScheme>(
     };
     for _ in 0..policy.retries {
         let deadline = Instant::now() + policy.delay;
-        let mut wake = lock(&shared.wake);
+        let mut stopping = lock(&shared.stopping);
         shared.parked.fetch_add(1, Ordering::SeqCst);
-        while wake.0 == epoch && shared.epoch.load(Ordering::SeqCst) == epoch && !wake.1 {
+        while shared.epoch.load(Ordering::SeqCst) <= epoch && !*stopping {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            wake = shared
+            stopping = shared
                 .woken
-                .wait_timeout(wake, deadline - now)
+                .wait_timeout(stopping, deadline - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
         shared.parked.fetch_sub(1, Ordering::SeqCst);
-        if wake.1 {
+        if *stopping {
             return (
                 err_cqe(header.sqe.tag, syscall::error::ESHUTDOWN),
                 Vec::new(),
                 None,
             );
         }
-        drop(wake);
+        drop(stopping);
         let (again, _, seen) = run(conn, payload, true);
         done = again;
         epoch = seen;
@@ -731,7 +735,7 @@ impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
     fn drop(&mut self) {
         // Parked requests give up (ESHUTDOWN) instead of waiting out their
         // delays.
-        lock(&self.shared.wake).1 = true;
+        *lock(&self.shared.stopping) = true;
         self.shared.woken.notify_all();
         let conns: Vec<ConnCtl> = std::mem::take(&mut *lock(&self.shared.conns));
         for c in &conns {

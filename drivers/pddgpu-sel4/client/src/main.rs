@@ -1,0 +1,255 @@
+//! # pddgpu-sel4-client — a client of the pddgpu seL4 server
+//!
+//! Started by the root task in its own VSpace and CSpace. Its CNode holds
+//! the badged endpoint to the server, its own CNode and VSpace roots, and
+//! whatever BO frames the server copies in; nothing else. The script:
+//! hostile requests first (each must fail with the scheme's errno), then
+//! BOs in both domains — created, described, mapped through the frames the
+//! server gives, filled with a pattern the server verifies — then attacks
+//! on every other BO id, statistics, the leak check and a refused
+//! recovery. Client 1 frees its BOs and checks their frames were taken
+//! back; client 2 ends holding its BOs, for the root task to destroy it.
+//!
+//! Progress goes to the kernel's debug console as
+//! `pddgpu-sel4-client <n>: …`; a failure is sent to the server
+//! (`Fail`), which prints the verdict.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod mapping;
+mod rpc;
+mod runtime;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use pddgpu::driver::{BoFlags, Domain};
+use pddgpu_sel4_proto::{errno, pattern, Op, Request, PAGE_SIZE};
+
+use mapping::Window;
+use rpc::call;
+
+/// Ids the attack tries besides the client's own: every id the server can
+/// have handed out by then (ids count up from 1, two per client so far).
+const ATTACK_IDS: u64 = 64;
+
+fn main() -> ! {
+    let number = match call(Request::Hello) {
+        Ok(r) => r[0],
+        Err(e) => rpc::fail(&format!("hello refused with errno {e}")),
+    };
+    match script(number) {
+        Ok(holding) => {
+            say(number, "done");
+            let _ = call(Request::Done { holding });
+            unreachable!("the server answered Done")
+        }
+        Err(reason) => rpc::fail(&format!("client {number}: {reason}")),
+    }
+}
+
+fn say(number: u64, text: &str) {
+    sel4::debug_println!("pddgpu-sel4-client {number}: {text}");
+}
+
+/// One BO of the script.
+struct Bo {
+    id: u64,
+    size: u64,
+    seed: u64,
+}
+
+/// Runs the script; returns whether the client ends holding BOs.
+fn script(number: u64) -> Result<bool, String> {
+    hostile_requests()?;
+    say(number, "malformed requests refused");
+
+    let vram_flags = BoFlags::CONTIGUOUS | BoFlags::VISIBLE | BoFlags::CLEARED;
+    let mut bos = Vec::new();
+    for (size, domain, flags) in [
+        (256 << 10, Domain::Vram, vram_flags),
+        (64 << 10, Domain::Gtt, BoFlags::CLEARED),
+    ] {
+        let id = call(Request::Create {
+            size,
+            domain,
+            flags,
+            align: 0,
+        })
+        .map_err(|e| format!("create {size} B in {domain}: errno {e}"))?[0];
+        let info =
+            call(Request::Info { bo: id }).map_err(|e| format!("info of BO {id}: errno {e}"))?;
+        check(
+            info[0] == domain.index() as u64 && info[1] == size && info[2] >= size,
+            format!("BO {id} described as {:?}", &info[..3]),
+        )?;
+        bos.push(Bo {
+            id,
+            size,
+            seed: number << 32 | id,
+        });
+    }
+    say(
+        number,
+        &format!("created BOs {} (VRAM) and {} (GTT)", bos[0].id, bos[1].id),
+    );
+
+    let mut window = Window::new();
+    let mut mapped = Vec::new();
+    for bo in &bos {
+        let r =
+            call(Request::Map { bo: bo.id }).map_err(|e| format!("map BO {}: errno {e}", bo.id))?;
+        let (first_slot, pages) = (r[0] as usize, r[1] as usize);
+        check(
+            pages as u64 == bo.size.div_ceil(PAGE_SIZE),
+            format!("BO {} of {} B came as {pages} frames", bo.id, bo.size),
+        )?;
+        let m = window
+            .map(first_slot, pages)
+            .map_err(|e| format!("mapping the frames of BO {}: {e:?}", bo.id))?;
+        mapping::fill(&m, bo.size, |i| pattern(bo.seed, i));
+        call(Request::Verify {
+            bo: bo.id,
+            seed: bo.seed,
+        })
+        .map_err(|e| {
+            format!(
+                "the server did not find the pattern in BO {}: errno {e}",
+                bo.id
+            )
+        })?;
+        expect_errno(
+            "verify with another seed",
+            call(Request::Verify {
+                bo: bo.id,
+                seed: !bo.seed,
+            }),
+            &[errno::EIO as u64],
+        )?;
+        mapped.push(m);
+    }
+    say(
+        number,
+        "patterns written through the mapped frames and verified by the server",
+    );
+
+    let own: Vec<u64> = bos.iter().map(|b| b.id).collect();
+    let mut refused = 0;
+    for id in (1..=ATTACK_IDS).filter(|id| !own.contains(id)) {
+        for request in [
+            Request::Info { bo: id },
+            Request::Map { bo: id },
+            Request::Verify { bo: id, seed: 0 },
+            Request::Free { bo: id },
+        ] {
+            expect_errno(
+                "a request on a BO this client does not hold",
+                call(request),
+                &[errno::EPERM as u64, errno::EBADF as u64],
+            )?;
+            refused += 1;
+        }
+    }
+    say(number, &format!("{refused} requests on other ids refused"));
+
+    let stats = call(Request::Stats).map_err(|e| format!("stats: errno {e}"))?;
+    check(
+        stats[0] >= 1 && stats[3] >= 1 && stats[1] >= bos[0].size,
+        format!("stats miss this client's BOs: {:?}", &stats[..6]),
+    )?;
+    call(Request::LeakCheck).map_err(|e| format!("leak check: errno {e}"))?;
+    expect_errno(
+        "recovering a healthy domain",
+        call(Request::Recover {
+            domain: Domain::Vram,
+        }),
+        &[errno::EBUSY as u64],
+    )?;
+
+    if number == 1 {
+        for (bo, m) in bos.iter().zip(&mapped) {
+            call(Request::Free { bo: bo.id })
+                .map_err(|e| format!("free BO {}: errno {e}", bo.id))?;
+            // The first and last frame slot (each probe of an empty slot
+            // is a line on the debug kernel's console).
+            check(
+                [m.first_slot, m.first_slot + m.pages - 1]
+                    .into_iter()
+                    .all(|s| !mapping::holds_frame(s)),
+                format!("BO {} freed but its frames are still in this CNode", bo.id),
+            )?;
+            expect_errno(
+                "a freed BO",
+                call(Request::Info { bo: bo.id }),
+                &[errno::EBADF as u64, errno::EPERM as u64],
+            )?;
+        }
+        say(
+            number,
+            "BOs freed; their frame capabilities are gone from this CNode",
+        );
+        Ok(false)
+    } else {
+        say(number, "keeping its BOs");
+        Ok(true)
+    }
+}
+
+/// Requests no well-behaved client sends; each must be refused with
+/// `EINVAL` and change nothing.
+fn hostile_requests() -> Result<(), String> {
+    let einval = [errno::EINVAL as u64];
+    expect_errno("an unknown operation", rpc::call_raw(99, &[]), &einval)?;
+    expect_errno(
+        "a short create",
+        rpc::call_raw(Op::Create as u64, &[4096]),
+        &einval,
+    )?;
+    expect_errno(
+        "domain 7",
+        rpc::call_raw(Op::Create as u64, &[4096, 7, 0, 0]),
+        &einval,
+    )?;
+    expect_errno(
+        "unknown flag bits",
+        rpc::call_raw(Op::Create as u64, &[4096, 0, 1 << 20, 0]),
+        &einval,
+    )?;
+    for (size, align) in [(0, 0), (4096, 3), (u64::MAX, 0)] {
+        let r = call(Request::Create {
+            size,
+            domain: Domain::Gtt,
+            flags: BoFlags::empty(),
+            align,
+        });
+        expect_errno(
+            "a create with a bad size or alignment",
+            r,
+            &[
+                errno::EINVAL as u64,
+                errno::ENOSPC as u64,
+                errno::EAGAIN as u64,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn check(ok: bool, otherwise: String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(otherwise)
+    }
+}
+
+fn expect_errno(what: &str, reply: rpc::Reply, allowed: &[u64]) -> Result<(), String> {
+    match reply {
+        Err(e) if allowed.contains(&e) => Ok(()),
+        Err(e) => Err(format!("{what}: errno {e}, expected one of {allowed:?}")),
+        Ok(r) => Err(format!("{what} was accepted (reply {:?})", &r[..2])),
+    }
+}
