@@ -230,13 +230,13 @@ mod tests {
     #[test]
     fn an_anonymous_owner_is_labelled_by_its_first_named_caller() {
         let mut o = Callers::new();
-        let root = o.owner_of(ANONYMOUS_CALLER);
+        let root = o.owner_of(ANONYMOUS_CALLER, 0);
         o.add_handle(root);
         o.learn_pid(root, 13);
         o.learn_pid(root, 14);
         assert_eq!(o.list(), vec![(root, display_pid(13))]);
         assert_ne!(
-            o.owner_of(13),
+            o.owner_of(13, 0),
             root,
             "the label does not make the pid an owner key"
         );

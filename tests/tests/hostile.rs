@@ -512,7 +512,7 @@ fn every_mappable_byte_of_a_new_bo_starts_zeroed() {
 #[test]
 fn export_tokens_are_unguessable_and_forgeries_fail() {
     let tokens_of_one_run = || {
-        let mut daemon = Daemon::start(&daemon_bin(), &[]);
+        let daemon = Daemon::start(&daemon_bin(), &[]);
         let dev = daemon.connect();
         let bos: Vec<_> = (0..32)
             .map(|_| dev.create_bo(4096, Domain::Gtt, BoFlags::empty()).unwrap())
