@@ -361,6 +361,31 @@ fn read_only_handles_never_map_writable() {
     assert_server_intact(&mut daemon);
 }
 
+/// Only root or the server's user may ask for a descriptor of a whole
+/// domain (what the linux-pci backend hands out for its VRAM BAR, where no
+/// per-BO descriptor exists); anyone else gets `EACCES`. On the simulated
+/// device even the privileged get none (`EOPNOTSUPP`): every BO there has
+/// its own memory.
+#[test]
+fn whole_domain_descriptors_are_for_the_privileged_only() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut admin = spawn_helper(&daemon, &["domain-map"], None);
+    assert_eq!(first_line(&mut admin), "domain-backing EOPNOTSUPP");
+    let _ = admin.wait();
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["domain-map"], Some(OTHER_UID));
+        assert_eq!(
+            first_line(&mut other),
+            "domain-backing EACCES",
+            "an unprivileged user asked for a whole domain"
+        );
+        let _ = other.wait();
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    assert_server_intact(&mut daemon);
+}
+
 // ---- owners ----------------------------------------------------------------
 
 /// Two connections of one process are two owners: neither reaches, lists
@@ -611,6 +636,42 @@ fn shutdown_finishes_while_a_client_never_reads_its_answer() {
         "pddgpud did not finish its shutdown while a client refused to read"
     );
     drop(stuck);
+}
+
+/// A client that never reads its answers loses its connection after the
+/// send timeout, and with it everything it held; the server keeps serving
+/// everyone else meanwhile.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_the_send_timeout() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--send-timeout-ms", "300"]);
+    let mut stuck = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut stuck, "bo/new?size=16777216&domain=gtt", O_RDWR).expect("BO");
+    let header = RequestHeader {
+        payload_len: 0,
+        out_len: MAX_PAYLOAD as u32,
+        sqe: Sqe {
+            opcode: Opcode::Read as u8,
+            sqe_flags: SqeFlags::empty(),
+            _rsvd: 0,
+            tag: 7,
+            args: [h, 0, 0, 0, 0, 0],
+            caller: 0,
+        },
+    };
+    stuck.send_raw(&header.encode()).unwrap();
+    stuck.send_raw(&header.encode()).unwrap();
+    let dev = daemon.connect();
+    assert_eq!(dev.health().unwrap().trim(), "ok", "others are served");
+    let released = wait_until(Duration::from_secs(10), || {
+        dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+    });
+    assert!(
+        released,
+        "the BO of a client that never reads was not released"
+    );
+    drop(dev);
+    drop(stuck);
+    assert_server_intact(&mut daemon);
 }
 
 /// One user holding many connections does not lock another user out; the
