@@ -50,12 +50,21 @@ pub mod slots {
     pub const ENDPOINT: usize = 1;
     /// The client's own VSpace root (to map the frames it is given).
     pub const VSPACE: usize = 3;
+    /// The endpoint again, with the fault badge: the kernel sends the
+    /// client's faults through it (without MCS the kernel looks the fault
+    /// endpoint up in the faulting thread's own CNode). A client that calls
+    /// through it is taken for faulted.
+    pub const FAULT_ENDPOINT: usize = 4;
     /// First slot of the frames the server copies in; the server places
     /// them, never the client.
     pub const FIRST_FRAME: usize = 16;
     /// One past the last frame slot.
     pub const END_FRAME: usize = 1 << CNODE_SIZE_BITS;
 }
+
+/// Set in the badge of a client's fault endpoint (the rest is its owner
+/// id).
+pub const FAULT_BADGE: u64 = 1 << 63;
 
 /// The operations, as message labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError};
-use pddgpu_sel4_proto::{errno as e, pattern, slots, DecodeError, Request, PAGE_SIZE};
+use pddgpu_sel4_proto::{errno as e, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE};
 
 use crate::clock::now_ms;
 use crate::frames::{Frames, FRAME};
@@ -42,6 +42,8 @@ pub struct Client {
     mapped: BTreeMap<u64, (usize, usize)>,
     /// How its script ended: `Some(holding)` after `Done`.
     pub done: Option<bool>,
+    /// The fault that stopped it, if one did: `(description, address)`.
+    pub fault: Option<(String, u64)>,
     /// Requests refused because they named a BO it does not hold.
     pub refused: u64,
 }
@@ -56,6 +58,7 @@ impl Client {
             next_slot: slots::FIRST_FRAME,
             mapped: BTreeMap::new(),
             done: None,
+            fault: None,
             refused: 0,
         }
     }
@@ -101,22 +104,43 @@ enum Answer {
     None,
 }
 
-/// Serves requests until every client has sent `Done`, or one sent
-/// `Fail`.
+/// Serves requests until every client has sent `Done` or faulted, or
+/// one sent `Fail`. A fault arrives as a message from the kernel with the
+/// client's fault badge; the faulted thread stays stopped (it gets no
+/// reply) until the root task destroys it.
 pub fn serve(
     driver: &Driver,
     backing: &Backing<'_>,
     endpoint: sel4::cap::Endpoint,
     clients: &mut [Client],
 ) -> Result<(), ClientFailed> {
-    while clients.iter().any(|c| c.done.is_none()) {
+    while clients
+        .iter()
+        .any(|c| c.done.is_none() && c.fault.is_none())
+    {
         let (info, badge) = endpoint.recv(());
-        let Some(client) = clients.iter_mut().find(|c| c.badge == badge) else {
+        let owner = badge & !FAULT_BADGE;
+        let Some(client) = clients.iter_mut().find(|c| c.badge == owner) else {
             note(format_args!(
                 "message with unknown badge {badge:#x} ignored"
             ));
             continue;
         };
+        if badge & FAULT_BADGE != 0 {
+            let fault = sel4::with_ipc_buffer(|b| sel4::Fault::new(b, &info));
+            let address = match &fault {
+                sel4::Fault::VmFault(f) => f.inner().get_Addr(),
+                _ => 0,
+            };
+            let text = format!("{fault:?}");
+            note(format_args!(
+                "client {} faulted: {}; it stays stopped until destroyed",
+                client.number,
+                text.split(['(', ' ']).next().unwrap_or("fault")
+            ));
+            client.fault = Some((text, address));
+            continue;
+        }
         let len = info.length();
         let regs: Vec<u64> = sel4::with_ipc_buffer(|b| b.msg_regs()[..len].to_vec());
         let answer = match Request::decode(info.label(), &regs) {
