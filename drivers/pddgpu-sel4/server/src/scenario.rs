@@ -264,13 +264,19 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
                         window.contains(address),
                         "{who} faulted outside its BO window: {fault}"
                     );
+                    let Some((held_then, summary)) = client.exit else {
+                        bail!("{who} faulted but was not destroyed");
+                    };
                     ensure!(
-                        held == 1,
-                        "{who} should hold 1 BO when it faults, holds {held}"
+                        held_then == 1 && summary.freed == 1 && held == 0,
+                        "{who} held {held_then} BOs when it faulted (expected 1); its exit \
+                         freed {}, {held} left",
+                        summary.freed
                     );
                     note(format_args!(
                         "{who} read its freed BO's old mapping at {address:#x}: the kernel \
-                         stopped it with a VM fault (the frames were taken back at free)"
+                         stopped it with a VM fault (the frames went with the free), and the \
+                         server destroyed it and freed the BO it still held"
                     ));
                 }
                 (_, done, fault) => {
@@ -285,32 +291,23 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
     })?;
 
     step("client-death", || {
-        // The clients that still hold BOs first (one finished holding
-        // them, one faulted), then the rest.
-        let holding: Vec<usize> = (0..clients.len())
-            .filter(|&i| !driver.owner_bos(clients[i].badge).is_empty())
+        // The client that ended holding its BOs first, then the rest
+        // (client 3 was destroyed when it faulted).
+        let mut order: Vec<usize> = (0..clients.len())
+            .filter(|&i| clients[i].process.is_some())
             .collect();
+        order.sort_by_key(|&i| driver.owner_bos(clients[i].badge).is_empty());
         ensure!(
-            holding.len() == 2,
-            "{} clients hold BOs, expected 2",
-            holding.len()
+            order
+                .first()
+                .is_some_and(|&i| !driver.owner_bos(clients[i].badge).is_empty()),
+            "no live client holds BOs"
         );
-        let rest = (0..clients.len()).filter(|i| !holding.contains(i));
-        for i in holding.iter().copied().chain(rest) {
+        for i in order {
             let client = &mut clients[i];
             let who = server::describe(client);
-            let held = driver.owner_bos(client.badge).len() as u64;
-            let process = client.process.take().ok_or("already destroyed")?;
-            let tcb = process.tcb;
-            process
-                .destroy()
-                .map_err(|e| format!("destroying {who}: {e:?}"))?;
-            server::forget(client);
-            ensure!(
-                tcb.tcb_suspend().is_err(),
-                "{who}'s TCB still exists after destruction"
-            );
-            let summary = driver.owner_exit(client.badge);
+            let (held, summary) =
+                server::reap(&driver, client).map_err(|e| format!("destroying {who}: {e:?}"))?;
             ensure!(
                 summary.freed == held && summary.released == held,
                 "{who} held {held} BOs; its exit freed {}: {summary:?}",

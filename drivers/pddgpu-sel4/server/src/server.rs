@@ -15,7 +15,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError};
+use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError, ExitSummary};
 use pddgpu_sel4_proto::{errno as e, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE};
 
 use crate::clock::now_ms;
@@ -44,6 +44,9 @@ pub struct Client {
     pub done: Option<bool>,
     /// The fault that stopped it, if one did: `(description, address)`.
     pub fault: Option<(String, u64)>,
+    /// Once destroyed: how many BOs it held then, and what the core's
+    /// `owner_exit` released.
+    pub exit: Option<(u64, ExitSummary)>,
     /// Requests refused because they named a BO it does not hold.
     pub refused: u64,
 }
@@ -59,6 +62,7 @@ impl Client {
             mapped: BTreeMap::new(),
             done: None,
             fault: None,
+            exit: None,
             refused: 0,
         }
     }
@@ -106,8 +110,8 @@ enum Answer {
 
 /// Serves requests until every client has sent `Done` or faulted, or
 /// one sent `Fail`. A fault arrives as a message from the kernel with the
-/// client's fault badge; the faulted thread stays stopped (it gets no
-/// reply) until the root task destroys it.
+/// client's fault badge: the client is dead — it is destroyed and its BOs
+/// are released at once, and the others are served on.
 pub fn serve(
     driver: &Driver,
     backing: &Backing<'_>,
@@ -133,12 +137,17 @@ pub fn serve(
                 _ => 0,
             };
             let text = format!("{fault:?}");
-            note(format_args!(
-                "client {} faulted: {}; it stays stopped until destroyed",
-                client.number,
-                text.split(['(', ' ']).next().unwrap_or("fault")
-            ));
+            let kind = String::from(text.split(['(', ' ']).next().unwrap_or("fault"));
             client.fault = Some((text, address));
+            let (held, summary) = reap(driver, client).map_err(|e| ClientFailed {
+                number: client.number,
+                reason: format!("destroying it after its {kind}: {e:?}"),
+            })?;
+            note(format_args!(
+                "{} faulted ({kind} at {address:#x}): destroyed; {} of its {held} BOs freed in one batch",
+                describe(client),
+                summary.freed
+            ));
             continue;
         }
         let len = info.length();
@@ -390,8 +399,22 @@ pub fn describe(client: &Client) -> String {
     format!("client {} (badge {:#x})", client.number, client.badge)
 }
 
-/// Forgets the frames given to `client` once its CNode is destroyed (the
-/// capabilities went with it).
-pub fn forget(client: &mut Client) {
+/// Destroys `client` (its TCB, CNode — with the endpoints and every BO
+/// frame it was given, which unmaps them —, VSpace and tables) and has the
+/// core release everything it owned in one batch. Returns how many BOs it
+/// held and the core's summary.
+pub fn reap(driver: &Driver, client: &mut Client) -> sel4::Result<(u64, ExitSummary)> {
+    let held = driver.owner_bos(client.badge).len() as u64;
+    if let Some(process) = client.process.take() {
+        let tcb = process.tcb;
+        process.destroy()?;
+        // The TCB object is gone: invoking its old slot fails.
+        if tcb.tcb_suspend().is_ok() {
+            return Err(sel4::Error::RevokeFirst);
+        }
+    }
     client.mapped.clear();
+    let summary = driver.owner_exit(client.badge);
+    client.exit = Some((held, summary));
+    Ok((held, summary))
 }
