@@ -16,7 +16,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError, ExitSummary};
-use pddgpu_sel4_proto::{errno as e, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE};
+use pddgpu_sel4_proto::{
+    errno as codes, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE,
+};
 
 use crate::clock::now_ms;
 use crate::frames::{Frames, FRAME};
@@ -24,8 +26,8 @@ use crate::objects::root_path;
 use crate::spawn::Process;
 use crate::verdict::note;
 
+/// The scheme's mapping of driver errors to errnos, the same file.
 #[path = "../../../../scheme/src/errno.rs"]
-#[allow(dead_code, clippy::all)]
 mod errno;
 
 /// A client as the server knows it.
@@ -167,7 +169,7 @@ pub fn serve(
             Ok(request) => handle(driver, backing, client, request),
             Err(error) => {
                 refuse(client, &error);
-                Answer::Err(e::EINVAL as u64)
+                Answer::Err(codes::EINVAL as u64)
             }
         };
         let reply = match answer {
@@ -258,7 +260,7 @@ fn handle(driver: &Driver, backing: &Backing<'_>, client: &mut Client, request: 
     match result {
         Ok(words) => Answer::Ok(words),
         Err(errno) => {
-            if errno == e::EPERM as u64 || errno == e::EBADF as u64 {
+            if errno == codes::EPERM as u64 || errno == codes::EBADF as u64 {
                 client.refused += 1;
             }
             Answer::Err(errno)
@@ -303,7 +305,7 @@ fn free(driver: &Driver, client: &mut Client, bo: u64) -> Result<Vec<u64>, u64> 
     driver
         .bo_info(client.badge, BoId(bo))
         .map_err(|err| errno_of(&err))?;
-    take_back(client, bo).map_err(|_| e::EIO as u64)?;
+    take_back(client, bo).map_err(|_| codes::EIO as u64)?;
     driver
         .bo_unref(client.badge, BoId(bo))
         .map_err(|err| errno_of(&err))?;
@@ -341,26 +343,26 @@ fn map(
     let mut pages = Vec::new();
     for &(_, at, len) in &info.segments {
         if at % FRAME as u64 != 0 {
-            return Err(e::EINVAL as u64);
+            return Err(codes::EINVAL as u64);
         }
         let first = (at / FRAME as u64) as usize;
         pages.extend(first..first + (len as usize).div_ceil(FRAME));
     }
     if pages.iter().any(|&p| p >= frames.pages()) {
-        return Err(e::EIO as u64);
+        return Err(codes::EIO as u64);
     }
     let first = client.next_slot;
     if first + pages.len() > slots::END_FRAME {
-        return Err(e::ENOSPC as u64);
+        return Err(codes::ENOSPC as u64);
     }
     let Some(process) = &client.process else {
-        return Err(e::EIO as u64);
+        return Err(codes::EIO as u64);
     };
     for (i, &page) in pages.iter().enumerate() {
         process
             .slot(first + i)
             .copy(&root_path(frames.slot(page)), sel4::CapRights::read_write())
-            .map_err(|_| e::EIO as u64)?;
+            .map_err(|_| codes::EIO as u64)?;
     }
     client.next_slot += pages.len();
     client.mapped.insert(bo, (first, pages.len()));
@@ -380,14 +382,14 @@ fn verify(driver: &Driver, owner: u64, bo: u64, seed: u64) -> Result<Vec<u64>, u
             .bo_read(owner, BoId(bo), at, &mut chunk)
             .map_err(|err| errno_of(&err))?;
         if n == 0 {
-            return Err(e::EIO as u64);
+            return Err(codes::EIO as u64);
         }
         if chunk[..n]
             .iter()
             .enumerate()
             .any(|(i, &b)| b != pattern(seed, at + i as u64))
         {
-            return Err(e::EIO as u64);
+            return Err(codes::EIO as u64);
         }
         at += n as u64;
     }
