@@ -20,7 +20,7 @@ use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD};
 use pddgpu_ipc::host::{HostConnection, ROOT_FD};
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
 use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain, ShareToken};
-use pddgpu_tests::{wait_until, ClientProc, Daemon};
+use pddgpu_tests::{wait_until, ClientProc, Daemon, TEST_GTT, TEST_VRAM};
 use rustix::mm::{MapFlags, ProtFlags};
 use syscall::error::{EBADF, EDQUOT, EMFILE};
 use syscall::flag::{O_RDONLY, O_RDWR};
@@ -947,6 +947,70 @@ fn log_lines_from_client_input_are_capped() {
     let log = daemon.log();
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest <= 1024, "a log line of {longest} bytes");
+}
+
+/// Log lines are written after the scheme lock is released: a client
+/// whose refusals fill a log pipe that nobody reads stalls only itself,
+/// and everyone else is still served.
+#[test]
+fn a_stalled_log_stalls_only_the_client_that_filled_it() {
+    let dir = pddgpu_tests::TempDir::new("stalled-log");
+    let socket = dir.path().join("pddgpu.sock");
+    let mut daemon = Command::new(daemon_bin())
+        .args(["--vram-size", TEST_VRAM, "--gtt-size", TEST_GTT])
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pddgpud");
+    // The log pipe is never read while the attack runs.
+    let log = daemon.stderr.take().expect("the log pipe");
+    assert!(
+        wait_until(Duration::from_secs(20), || Device::connect(&socket).is_ok()),
+        "pddgpud did not start"
+    );
+    let flood_socket = socket.clone();
+    let flooder = std::thread::spawn(move || {
+        let mut c = HostConnection::connect(&flood_socket).unwrap();
+        for i in 0..100_000 {
+            // Each refusal is one log line of about a hundred bytes.
+            if open(&mut c, &format!("no-such-file-{i}"), O_RDONLY) == Err(-1) {
+                break;
+            }
+        }
+    });
+    let full = wait_until(Duration::from_secs(30), || {
+        flooder.is_finished() || rustix::io::ioctl_fionread(&log).unwrap_or(0) >= 60_000
+    });
+    assert!(full && !flooder.is_finished(), "the log pipe never filled");
+    std::thread::sleep(Duration::from_millis(200));
+    let victim_socket = socket.clone();
+    let victim = std::thread::spawn(move || {
+        let dev = Device::connect(&victim_socket)?;
+        let bo = dev.create_bo(1 << 20, Domain::Gtt, BoFlags::empty())?;
+        bo.write_at(0, b"served")?;
+        let health = dev.health()?;
+        drop(bo);
+        Ok::<_, pddgpu_ipc::Error>(health)
+    });
+    let served = wait_until(Duration::from_secs(10), || victim.is_finished());
+    // Unblock the flooder before judging, so nothing is left hanging.
+    let drain = std::thread::spawn(move || {
+        let mut log = log;
+        let mut sink = Vec::new();
+        let _ = log.read_to_end(&mut sink);
+    });
+    assert!(served, "another client was stalled by a full log pipe");
+    assert_eq!(victim.join().unwrap().expect("served").trim(), "ok");
+    flooder.join().unwrap();
+    if let Some(pid) = rustix::process::Pid::from_raw(daemon.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let status = daemon.wait().expect("pddgpud exits");
+    drain.join().unwrap();
+    assert_eq!(status.code(), Some(0), "pddgpud stopped cleanly");
 }
 
 /// A create parked for lack of space wakes as soon as a killed client's BOs
