@@ -452,6 +452,47 @@ fn two_connections_of_one_process_are_separate_owners() {
     assert_server_intact(&mut daemon);
 }
 
+/// A process that hands its connection to a child (as a fork does) shares
+/// its owner with it: the child reaches the BO through the same handle
+/// after the parent has exited, the BO lives while the child holds the
+/// connection, and it is freed when the last of them is gone.
+#[test]
+fn a_shared_connection_keeps_its_owner_until_the_last_process_goes() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let dev = daemon.connect();
+    let mut parent = spawn_helper(&daemon, &["share-connection"], None);
+    let mut out = std::io::BufReader::new(parent.stdout.take().expect("stdout"));
+    let line = |out: &mut std::io::BufReader<std::process::ChildStdout>| {
+        use std::io::BufRead;
+        let mut l = String::new();
+        let _ = out.read_line(&mut l);
+        l.trim_end().to_string()
+    };
+    let shared = line(&mut out);
+    let child_pid: i32 = shared
+        .strip_prefix("shared ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("helper said {shared:?}"));
+    assert!(parent.wait().unwrap().success());
+    // The child's line comes once its parent is gone.
+    assert_eq!(line(&mut out), "child-read shared");
+    assert_eq!(
+        dev.stats().unwrap().bos.count,
+        1,
+        "the BO lives while the child holds the connection"
+    );
+    let child = rustix::process::Pid::from_raw(child_pid).expect("child pid");
+    rustix::process::kill_process(child, rustix::process::Signal::KILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+        }),
+        "the BO outlived the last process holding its connection"
+    );
+    drop(dev);
+    assert_server_intact(&mut daemon);
+}
+
 // ---- page granularity ----------------------------------------------------
 
 /// BOs never share a page, whatever size and alignment they ask for.
