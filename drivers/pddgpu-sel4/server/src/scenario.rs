@@ -13,7 +13,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use pddgpu::device::{BochsModel, DeviceResources, SimConfig, SimDevice};
-use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverOptions};
+use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverOptions, Tunable};
 
 use crate::clock::now_ms;
 use crate::device;
@@ -51,6 +51,10 @@ const ROOT_OWNER: u64 = 1;
 const EXITING_OWNER: u64 = 7;
 /// The clients' badges (their owner ids), in start order.
 const CLIENT_BADGES: [u64; 2] = [0x101, 0x102];
+/// What one client may hold (the core's `client_quota_bytes`): with two
+/// clients, a quarter of the VRAM each, so neither can exhaust the device
+/// for the other.
+const CLIENT_QUOTA: u64 = 4 << 20;
 
 /// Runs every step; the first failure ends the scenario.
 pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
@@ -189,6 +193,10 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
             info.vram_size,
             bochs.vram_bar.size
         );
+        driver
+            .tunables()
+            .set_value(Tunable::ClientQuotaBytes, CLIENT_QUOTA)
+            .map_err(|e| format!("setting the client quota: {e}"))?;
         note(format_args!(
             "{}: {} MiB VRAM (read from its DISPI registers through BAR2), {} MiB GTT, state {}",
             info.name,

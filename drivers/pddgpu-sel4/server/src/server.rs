@@ -167,7 +167,10 @@ fn errno_of(error: &DriverError) -> u64 {
 fn handle(driver: &Driver, backing: &Backing<'_>, client: &mut Client, request: Request) -> Answer {
     let owner = client.badge;
     let result = match request {
-        Request::Hello => Ok(alloc::vec![client.number]),
+        Request::Hello => Ok(alloc::vec![
+            client.number,
+            driver.tunables().client_quota().unwrap_or(0)
+        ]),
         Request::Create {
             size,
             domain,
