@@ -997,17 +997,27 @@ fn log_lines_from_client_input_are_capped() {
 fn a_stalled_log_stalls_only_the_client_that_filled_it() {
     let dir = pddgpu_tests::TempDir::new("stalled-log");
     let socket = dir.path().join("pddgpu.sock");
-    let mut daemon = Command::new(daemon_bin())
-        .args(["--vram-size", TEST_VRAM, "--gtt-size", TEST_GTT])
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pddgpud");
+    /// Kills the daemon if the test fails half-way.
+    struct Reaper(Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Reaper(
+        Command::new(daemon_bin())
+            .args(["--vram-size", TEST_VRAM, "--gtt-size", TEST_GTT])
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pddgpud"),
+    );
     // The log pipe is never read while the attack runs.
-    let log = daemon.stderr.take().expect("the log pipe");
+    let log = daemon.0.stderr.take().expect("the log pipe");
     assert!(
         wait_until(Duration::from_secs(20), || Device::connect(&socket).is_ok()),
         "pddgpud did not start"
@@ -1037,7 +1047,8 @@ fn a_stalled_log_stalls_only_the_client_that_filled_it() {
         Ok::<_, pddgpu_ipc::Error>(health)
     });
     let served = wait_until(Duration::from_secs(10), || victim.is_finished());
-    // Unblock the flooder before judging, so nothing is left hanging.
+    // Unblock the flooder before judging, so nothing is left hanging (the
+    // drain ends when the daemon exits).
     let drain = std::thread::spawn(move || {
         let mut log = log;
         let mut sink = Vec::new();
@@ -1046,10 +1057,10 @@ fn a_stalled_log_stalls_only_the_client_that_filled_it() {
     assert!(served, "another client was stalled by a full log pipe");
     assert_eq!(victim.join().unwrap().expect("served").trim(), "ok");
     flooder.join().unwrap();
-    if let Some(pid) = rustix::process::Pid::from_raw(daemon.id() as i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(daemon.0.id() as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
-    let status = daemon.wait().expect("pddgpud exits");
+    let status = daemon.0.wait().expect("pddgpud exits");
     drain.join().unwrap();
     assert_eq!(status.code(), Some(0), "pddgpud stopped cleanly");
 }

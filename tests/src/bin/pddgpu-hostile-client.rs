@@ -12,7 +12,8 @@
 //!   and to reopen it writable through `/proc/self/fd`; print
 //!   `map-rw <ok|ERRNO> reopen-rw <ok|ERRNO>`.
 //! - `share-connection`: the README's fork case. Connect, create a GTT BO
-//!   holding `shared`, start a child of this program (`inherit <handle>`)
+//!   holding `shared`, start a child of this program (`inherit <handle>
+//!   <parent pid>`)
 //!   whose stdin is the same connection, print `shared <child pid>` and
 //!   exit. The child waits until its parent has exited, reads the BO
 //!   through the inherited connection and handle, prints `child-read
@@ -171,25 +172,25 @@ fn share_connection() -> Result<String, String> {
     let shared: OwnedFd = c.stream().try_clone().map_err(|e| e.to_string())?.into();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = std::process::Command::new(exe)
-        .args(["inherit", &bo.to_string()])
+        .args(["inherit", &bo.to_string(), &std::process::id().to_string()])
         .stdin(std::process::Stdio::from(shared))
         .spawn()
         .map_err(|e| e.to_string())?;
     Ok(format!("shared {}", child.id()))
 }
 
-/// `inherit <handle>`: the child half of `share-connection`.
-fn inherit(handle: u64) -> Result<String, String> {
+/// `inherit <handle> <parent pid>`: the child half of `share-connection`.
+fn inherit(handle: u64, parent: u64) -> Result<String, String> {
     use std::os::fd::AsFd;
-    let parent = rustix::process::getppid();
     let fd = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| e.to_string())?;
     let mut c = HostConnection::from_stream(std::os::unix::net::UnixStream::from(fd));
     // Parent and child must not send on one connection at once: wait for
-    // the parent to exit first.
-    while rustix::process::getppid() == parent {
+    // the parent to exit first (it may have exited already: then this
+    // process was handed to another parent).
+    while rustix::process::getppid().is_some_and(|p| p.as_raw_nonzero().get() as u64 == parent) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let reply = c
@@ -276,7 +277,10 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         Some("inherit") => {
-            say(&inherit(number(args.get(1), "handle")?)?);
+            say(&inherit(
+                number(args.get(1), "handle")?,
+                number(args.get(2), "parent pid")?,
+            )?);
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
