@@ -29,7 +29,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use pddgpu::driver::{BoFlags, Domain};
-use pddgpu_sel4_proto::{errno, pattern, Op, Request, PAGE_SIZE};
+use pddgpu_sel4_proto::{errno, pattern, slots, Op, Request, PAGE_SIZE};
 
 use mapping::Window;
 use rpc::call;
@@ -143,6 +143,24 @@ fn script(number: u64, quota: u64) -> Result<bool, String> {
         number,
         "patterns written through the mapped frames and verified by the server",
     );
+    if number == 1 {
+        // Memory it was not given: empty slots, its VSpace root, and the
+        // slot after its last frame. (The endpoint slots are not tried:
+        // invoking an endpoint is a message to the server, not a map.)
+        let next = mapped
+            .last()
+            .map_or(slots::FIRST_FRAME, |m| m.first_slot + m.pages);
+        for slot in [0, 2, slots::VSPACE, slots::FIRST_FRAME - 1, next] {
+            check(
+                window.map(slot, 1).is_err(),
+                format!("slot {slot} mapped as memory although the server put no frame there"),
+            )?;
+        }
+        say(
+            number,
+            "no memory mapped from slots the server gave no frame",
+        );
+    }
 
     exhaust(number, quota, bos.iter().map(|b| b.size).sum())?;
 
