@@ -28,8 +28,9 @@
 #[cfg(not(target_os = "redox"))]
 pub use host::{BoMemoryError, ClientAccess};
 
-/// Page size of every mapping the scheme hands out.
-pub const PAGE: u64 = 4096;
+/// Page size of every mapping the scheme hands out: the core's page, the
+/// granule every BO takes whole.
+pub const PAGE: u64 = pddgpu::driver::PAGE_SIZE;
 
 /// Most segments (mapped ranges) all per-BO memories may hold at once. Each
 /// is a separate mapping in the server, and the kernel bounds how many a

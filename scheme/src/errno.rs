@@ -1,5 +1,9 @@
 //! Driver errors as the errnos a Redox program expects. Each error maps to
 //! exactly one errno; the reason goes to the log.
+//!
+//! The seL4 server compiles this same file (`drivers/pddgpu-sel4`, a
+//! `no_std` root task), so its replies carry the same errnos: it may use
+//! only `core`, the core crate and `redox_syscall`'s constants.
 
 use pddgpu::driver::DriverError;
 use pddgpu::manager::{ManagerError, ManagerState};
@@ -12,7 +16,8 @@ use syscall::error::{EAGAIN, EBADF, EBUSY, EDQUOT, EINVAL, EIO, ENFILE, ENOSPC, 
 /// - a BO the caller does not hold: `EPERM`; a wrong token or a BO that no
 ///   longer exists behind a handle: `EBADF`;
 /// - a manager in ERROR or a failed device: `EIO` (see `health`, then
-///   recover); shutting down: `ESHUTDOWN`; quota: `EDQUOT`;
+///   recover), and a failed random source (no token): `EIO`; shutting
+///   down: `ESHUTDOWN`; quota: `EDQUOT`;
 /// - bad parameters and out-of-bounds accesses: `EINVAL`.
 pub fn driver_errno(e: &DriverError) -> i32 {
     match e {
@@ -26,7 +31,7 @@ pub fn driver_errno(e: &DriverError) -> i32 {
         DriverError::TooManyBos => ENFILE,
         DriverError::WrongState { .. } => EBUSY,
         DriverError::Manager { error, .. } => manager_errno(error),
-        DriverError::Device(_) => EIO,
+        DriverError::Device(_) | DriverError::Entropy(_) => EIO,
     }
 }
 

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD};
 use pddgpu_ipc::host::{HostConnection, ROOT_FD};
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
-use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
-use pddgpu_tests::{wait_until, ClientProc, Daemon};
+use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain, ShareToken};
+use pddgpu_tests::{wait_until, ClientProc, Daemon, TEST_GTT, TEST_VRAM};
 use rustix::mm::{MapFlags, ProtFlags};
-use syscall::error::{EBADF, EMFILE};
+use syscall::error::{EBADF, EDQUOT, EMFILE};
 use syscall::flag::{O_RDONLY, O_RDWR};
 use syscall::schemev2::{Opcode, Sqe, SqeFlags};
 
@@ -361,6 +361,31 @@ fn read_only_handles_never_map_writable() {
     assert_server_intact(&mut daemon);
 }
 
+/// Only root or the server's user may ask for a descriptor of a whole
+/// domain (what the linux-pci backend hands out for its VRAM BAR, where no
+/// per-BO descriptor exists); anyone else gets `EACCES`. On the simulated
+/// device even the privileged get none (`EOPNOTSUPP`): every BO there has
+/// its own memory.
+#[test]
+fn whole_domain_descriptors_are_for_the_privileged_only() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut admin = spawn_helper(&daemon, &["domain-map"], None);
+    assert_eq!(first_line(&mut admin), "domain-backing EOPNOTSUPP");
+    let _ = admin.wait();
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["domain-map"], Some(OTHER_UID));
+        assert_eq!(
+            first_line(&mut other),
+            "domain-backing EACCES",
+            "an unprivileged user asked for a whole domain"
+        );
+        let _ = other.wait();
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    assert_server_intact(&mut daemon);
+}
+
 // ---- owners ----------------------------------------------------------------
 
 /// Two connections of one process are two owners: neither reaches, lists
@@ -424,6 +449,47 @@ fn two_connections_of_one_process_are_separate_owners() {
     assert_eq!(&back, b"first's");
     drop(bo);
     drop(first);
+    assert_server_intact(&mut daemon);
+}
+
+/// A process that hands its connection to a child (as a fork does) shares
+/// its owner with it: the child reaches the BO through the same handle
+/// after the parent has exited, the BO lives while the child holds the
+/// connection, and it is freed when the last of them is gone.
+#[test]
+fn a_shared_connection_keeps_its_owner_until_the_last_process_goes() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let dev = daemon.connect();
+    let mut parent = spawn_helper(&daemon, &["share-connection"], None);
+    let mut out = std::io::BufReader::new(parent.stdout.take().expect("stdout"));
+    let line = |out: &mut std::io::BufReader<std::process::ChildStdout>| {
+        use std::io::BufRead;
+        let mut l = String::new();
+        let _ = out.read_line(&mut l);
+        l.trim_end().to_string()
+    };
+    let shared = line(&mut out);
+    let child_pid: i32 = shared
+        .strip_prefix("shared ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("helper said {shared:?}"));
+    assert!(parent.wait().unwrap().success());
+    // The child's line comes once its parent is gone.
+    assert_eq!(line(&mut out), "child-read shared");
+    assert_eq!(
+        dev.stats().unwrap().bos.count,
+        1,
+        "the BO lives while the child holds the connection"
+    );
+    let child = rustix::process::Pid::from_raw(child_pid).expect("child pid");
+    rustix::process::kill_process(child, rustix::process::Signal::KILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+        }),
+        "the BO outlived the last process holding its connection"
+    );
+    drop(dev);
     assert_server_intact(&mut daemon);
 }
 
@@ -503,6 +569,82 @@ fn every_mappable_byte_of_a_new_bo_starts_zeroed() {
     assert_server_intact(&mut daemon);
 }
 
+// ---- export tokens ---------------------------------------------------------
+
+/// Export tokens are 128 bits from the OS random source: they differ
+/// between two runs of the server (where a counter or address-derived key
+/// would repeat them) and within a run, and a forged or guessed token —
+/// one bit off, all zeros, last run's, or too short — imports nothing.
+#[test]
+fn export_tokens_are_unguessable_and_forgeries_fail() {
+    let tokens_of_one_run = || {
+        let daemon = Daemon::start(&daemon_bin(), &[]);
+        let dev = daemon.connect();
+        let bos: Vec<_> = (0..32)
+            .map(|_| dev.create_bo(4096, Domain::Gtt, BoFlags::empty()).unwrap())
+            .collect();
+        let tokens: Vec<ShareToken> = bos.iter().map(|bo| bo.export().unwrap()).collect();
+        (daemon, dev, bos, tokens)
+    };
+    let (first_daemon, first_dev, first_bos, first) = tokens_of_one_run();
+    drop((first_bos, first_dev));
+    assert_eq!(first_daemon.stop(), Some(0));
+    let (mut daemon, dev, bos, second) = tokens_of_one_run();
+    for t in first.iter().chain(&second) {
+        let text = t.to_string();
+        let hex = text.split_once(':').unwrap().1;
+        assert_eq!(hex.len(), 32, "a token is 128 bits: {text}");
+    }
+    // The same BOs (ids are handed out in the same order) get other tokens.
+    assert_eq!(
+        first.iter().map(|t| t.id).collect::<Vec<_>>(),
+        second.iter().map(|t| t.id).collect::<Vec<_>>()
+    );
+    for (a, b) in first.iter().zip(&second) {
+        assert_ne!(a.token, b.token, "a token repeated across runs");
+    }
+    let mut all: Vec<[u8; 16]> = first.iter().chain(&second).map(|t| t.token).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 64, "tokens repeat within a run");
+    // About half of the 8192 bits are ones (a fixed or counting pattern
+    // is far off; random bits are within 6 standard deviations).
+    let ones: u32 = all.iter().flatten().map(|b| b.count_ones()).sum();
+    assert!((3800..=4392).contains(&ones), "{ones} of 8192 bits set");
+
+    let mut thief = HostConnection::connect(daemon.socket()).unwrap();
+    let target = second[0];
+    for byte in [0, 7, 15] {
+        let mut forged = target;
+        forged.token[byte] ^= 0x10;
+        assert_eq!(open(&mut thief, &forged.to_path(), O_RDWR), Err(EBADF));
+    }
+    let zeros = ShareToken {
+        token: [0; 16],
+        ..target
+    };
+    assert_eq!(open(&mut thief, &zeros.to_path(), O_RDWR), Err(EBADF));
+    assert_eq!(
+        open(&mut thief, &first[0].to_path(), O_RDWR),
+        Err(EBADF),
+        "last run's token for the same id"
+    );
+    assert_eq!(
+        open(&mut thief, &format!("bo/{}?token=ff", target.id), O_RDWR),
+        Err(syscall::error::EINVAL),
+        "a short token is malformed"
+    );
+    assert_eq!(
+        dev.stats().unwrap().bos.count,
+        32,
+        "no forgery imported anything"
+    );
+    let imported = open(&mut thief, &target.to_path(), O_RDWR).expect("the real token");
+    close(&mut thief, imported).unwrap();
+    drop((bos, dev, thief));
+    assert_server_intact(&mut daemon);
+}
+
 // ---- bounded resources -----------------------------------------------------
 
 /// A client that asks for a large answer and never reads it cannot stall
@@ -535,6 +677,42 @@ fn shutdown_finishes_while_a_client_never_reads_its_answer() {
         "pddgpud did not finish its shutdown while a client refused to read"
     );
     drop(stuck);
+}
+
+/// A client that never reads its answers loses its connection after the
+/// send timeout, and with it everything it held; the server keeps serving
+/// everyone else meanwhile.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_the_send_timeout() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--send-timeout-ms", "300"]);
+    let mut stuck = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut stuck, "bo/new?size=16777216&domain=gtt", O_RDWR).expect("BO");
+    let header = RequestHeader {
+        payload_len: 0,
+        out_len: MAX_PAYLOAD as u32,
+        sqe: Sqe {
+            opcode: Opcode::Read as u8,
+            sqe_flags: SqeFlags::empty(),
+            _rsvd: 0,
+            tag: 7,
+            args: [h, 0, 0, 0, 0, 0],
+            caller: 0,
+        },
+    };
+    stuck.send_raw(&header.encode()).unwrap();
+    stuck.send_raw(&header.encode()).unwrap();
+    let dev = daemon.connect();
+    assert_eq!(dev.health().unwrap().trim(), "ok", "others are served");
+    let released = wait_until(Duration::from_secs(10), || {
+        dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+    });
+    assert!(
+        released,
+        "the BO of a client that never reads was not released"
+    );
+    drop(dev);
+    drop(stuck);
+    assert_server_intact(&mut daemon);
 }
 
 /// One user holding many connections does not lock another user out; the
@@ -645,6 +823,113 @@ fn idle_and_stalled_connections_are_closed() {
     assert_server_intact(&mut daemon);
 }
 
+/// The quota charges whole pages: a flood of 1-byte BOs exhausts the
+/// attacker's quota after as many pages as it allows, and nobody else's.
+#[test]
+fn tiny_bos_exhaust_only_the_attackers_quota() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let admin = daemon.connect();
+    admin.set_config("client_quota_bytes", "64K").unwrap();
+    let mut attacker = HostConnection::connect(daemon.socket()).unwrap();
+    let mut created = 0;
+    let refused = loop {
+        match open(&mut attacker, "bo/new?size=1&domain=gtt", O_RDWR) {
+            Ok(_) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created <= 1024, "1-byte BOs never hit the quota");
+    };
+    assert_eq!(refused, EDQUOT);
+    assert_eq!(
+        created, 16,
+        "a 64 KiB quota holds 16 one-page BOs, however small they are asked"
+    );
+    let stats = admin.stats().unwrap();
+    assert_eq!(stats.gtt.used, 16 * PAGE as u64, "each BO took a page");
+    let victim = daemon.connect();
+    let bo = victim
+        .create_bo(64 << 10, Domain::Gtt, BoFlags::empty())
+        .expect("another client still has its whole quota");
+    drop(bo);
+    drop(victim);
+    drop(attacker);
+    admin.set_config("client_quota_bytes", "0").unwrap();
+    drop(admin);
+    assert_server_intact(&mut daemon);
+}
+
+/// An import is charged to the importer: one at its quota cannot import,
+/// and so cannot hold memory its quota does not pay for.
+#[test]
+fn an_importer_over_its_quota_cannot_import() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let admin = daemon.connect();
+    admin.set_config("client_quota_bytes", "64K").unwrap();
+    let exporter = daemon.connect();
+    let shared = exporter
+        .create_bo(32 << 10, Domain::Gtt, BoFlags::empty())
+        .unwrap();
+    let token = shared.export().unwrap();
+    let mut importer = HostConnection::connect(daemon.socket()).unwrap();
+    let own = open(&mut importer, "bo/new?size=40000&domain=vram", O_RDWR).unwrap();
+    assert_eq!(
+        open(&mut importer, &token.to_path(), O_RDWR),
+        Err(EDQUOT),
+        "40000 bytes take 40 KiB (10 pages): 32 KiB more is over 64 KiB"
+    );
+    close(&mut importer, own).unwrap();
+    let imported = open(&mut importer, &token.to_path(), O_RDWR).expect("within the quota");
+    // Holding the import, the importer has 32 KiB of quota left.
+    assert_eq!(
+        open(&mut importer, "bo/new?size=36K&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    close(&mut importer, imported).unwrap();
+    drop(shared);
+    drop((exporter, importer));
+    admin.set_config("client_quota_bytes", "0").unwrap();
+    drop(admin);
+    assert_server_intact(&mut daemon);
+}
+
+/// One user cannot fill the table of live BOs: beyond its BO limit, over
+/// all of its connections, creates get `EDQUOT`, and another user is
+/// unaffected.
+#[test]
+fn bos_are_limited_per_user() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-bos-per-uid", "64"]);
+    let mut a = HostConnection::connect(daemon.socket()).unwrap();
+    let mut b = HostConnection::connect(daemon.socket()).unwrap();
+    for i in 0..64 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+    }
+    assert_eq!(
+        open(&mut a, "bo/new?size=1&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    assert_eq!(
+        open(&mut c, "bo/new?size=1&domain=vram", O_RDWR),
+        Err(EDQUOT),
+        "a new connection of the same user is over the limit too"
+    );
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["create", "4096", "gtt"], Some(OTHER_UID));
+        let line = first_line(&mut other);
+        drop(other.stdin.take());
+        let _ = other.wait();
+        assert!(
+            line.starts_with("ok "),
+            "another user could not create a BO: {line:?}"
+        );
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    drop((a, b, c));
+    assert_server_intact(&mut daemon);
+}
+
 /// A header that announces a large payload commits no memory before the
 /// payload arrives.
 #[test]
@@ -703,6 +988,81 @@ fn log_lines_from_client_input_are_capped() {
     let log = daemon.log();
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest <= 1024, "a log line of {longest} bytes");
+}
+
+/// Log lines are written after the scheme lock is released: a client
+/// whose refusals fill a log pipe that nobody reads stalls only itself,
+/// and everyone else is still served.
+#[test]
+fn a_stalled_log_stalls_only_the_client_that_filled_it() {
+    let dir = pddgpu_tests::TempDir::new("stalled-log");
+    let socket = dir.path().join("pddgpu.sock");
+    /// Kills the daemon if the test fails half-way.
+    struct Reaper(Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Reaper(
+        Command::new(daemon_bin())
+            .args(["--vram-size", TEST_VRAM, "--gtt-size", TEST_GTT])
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pddgpud"),
+    );
+    // The log pipe is never read while the attack runs.
+    let log = daemon.0.stderr.take().expect("the log pipe");
+    assert!(
+        wait_until(Duration::from_secs(20), || Device::connect(&socket).is_ok()),
+        "pddgpud did not start"
+    );
+    let flood_socket = socket.clone();
+    let flooder = std::thread::spawn(move || {
+        let mut c = HostConnection::connect(&flood_socket).unwrap();
+        for i in 0..100_000 {
+            // Each refusal is one log line of about a hundred bytes.
+            if open(&mut c, &format!("no-such-file-{i}"), O_RDONLY) == Err(-1) {
+                break;
+            }
+        }
+    });
+    let full = wait_until(Duration::from_secs(30), || {
+        flooder.is_finished() || rustix::io::ioctl_fionread(&log).unwrap_or(0) >= 60_000
+    });
+    assert!(full && !flooder.is_finished(), "the log pipe never filled");
+    std::thread::sleep(Duration::from_millis(200));
+    let victim_socket = socket.clone();
+    let victim = std::thread::spawn(move || {
+        let dev = Device::connect(&victim_socket)?;
+        let bo = dev.create_bo(1 << 20, Domain::Gtt, BoFlags::empty())?;
+        bo.write_at(0, b"served")?;
+        let health = dev.health()?;
+        drop(bo);
+        Ok::<_, pddgpu_ipc::Error>(health)
+    });
+    let served = wait_until(Duration::from_secs(10), || victim.is_finished());
+    // Unblock the flooder before judging, so nothing is left hanging (the
+    // drain ends when the daemon exits).
+    let drain = std::thread::spawn(move || {
+        let mut log = log;
+        let mut sink = Vec::new();
+        let _ = log.read_to_end(&mut sink);
+    });
+    assert!(served, "another client was stalled by a full log pipe");
+    assert_eq!(victim.join().unwrap().expect("served").trim(), "ok");
+    flooder.join().unwrap();
+    if let Some(pid) = rustix::process::Pid::from_raw(daemon.0.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let status = daemon.0.wait().expect("pddgpud exits");
+    drain.join().unwrap();
+    assert_eq!(status.code(), Some(0), "pddgpud stopped cleanly");
 }
 
 /// A create parked for lack of space wakes as soon as a killed client's BOs

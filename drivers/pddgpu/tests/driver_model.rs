@@ -83,7 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct ModelBo {
     size: u64,
     holders: BTreeMap<u64, u32>,
-    token: Option<u64>,
+    token: Option<ExportToken>,
     exporter: Option<u64>,
     fill: u8,
     segments: Vec<(u64, u64, u64)>,
@@ -152,11 +152,25 @@ impl World {
             assert_eq!(a.verdict, AuditVerdict::Clean, "{a:?}");
         }
         assert_eq!(r.live_bos, self.bos.len() as u64);
+        // Every holder is charged each BO it holds at its allocated size
+        // (whole pages): (bytes, BOs) per owner.
+        let mut charges: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         for (id, b) in &self.bos {
             let Some((&holder, _)) = b.holders.iter().next() else {
                 continue;
             };
             let info = self.d.bo_info(holder, *id).unwrap();
+            assert!(
+                info.allocated_size >= b.size && info.allocated_size % PAGE_SIZE == 0,
+                "BO {id}: {} bytes allocated for {}",
+                info.allocated_size,
+                b.size
+            );
+            for &owner in b.holders.keys() {
+                let c = charges.entry(owner).or_default();
+                c.0 += info.allocated_size;
+                c.1 += 1;
+            }
             assert_eq!(info.refcount, b.refs(), "BO {id}");
             assert_eq!(info.segments, b.segments, "BO {id} moved");
             assert_eq!(info.exported, b.token.is_some());
@@ -166,6 +180,13 @@ impl World {
                 assert!(buf.iter().all(|&x| x == b.fill), "BO {id} contents changed");
             }
         }
+        let charged: BTreeMap<u64, (u64, u64)> = self
+            .d
+            .clients()
+            .iter()
+            .map(|c| (c.owner, (c.vram_bytes + c.gtt_bytes, c.bo_count)))
+            .collect();
+        assert_eq!(charged, charges, "charges per owner");
     }
 
     fn apply(&mut self, op: &Op) {
@@ -229,7 +250,6 @@ impl World {
                 match (self.access(owner, id), self.d.bo_export(owner, id)) {
                     (Ok(()), Ok(token)) => {
                         let b = self.bos.get_mut(&id).unwrap();
-                        assert_ne!(token, 0);
                         assert_eq!(*b.token.get_or_insert(token), token);
                         b.exporter.get_or_insert(owner);
                     }
@@ -242,8 +262,12 @@ impl World {
                 let token = self.bos.get(&id).and_then(|b| b.token);
                 let given = match (token, good) {
                     (Some(t), true) => t,
-                    (Some(t), false) => t ^ 0x8000,
-                    (None, _) => 12345,
+                    (Some(t), false) => {
+                        let mut wrong = t.to_bytes();
+                        wrong[1] ^= 0x80;
+                        ExportToken::from_bytes(wrong)
+                    }
+                    (None, _) => ExportToken::from_bytes([0x39; ExportToken::LEN]),
                 };
                 let got = self.d.bo_import(owner, id, given);
                 match self.bos.get_mut(&id) {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use pddgpu_ipc::size::parse_size;
+use pddgpu_scheme::SchemeOptions;
 
 /// Which device the daemon drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,8 +67,9 @@ pub struct Options {
     pub limits: LimitOptions,
 }
 
-/// Per-user and time limits of the host transport (see the README's
-/// errors-and-permissions section for the errno of each).
+/// Per-user and time limits (see the README's errors-and-permissions
+/// section for the errno of each). All but `max_bos_per_uid` are the host
+/// transport's; that one is the scheme's, on every transport.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitOptions {
     /// Connections open at once, all users together (ENFILE beyond).
@@ -80,6 +82,10 @@ pub struct LimitOptions {
     /// beyond).
     #[arg(long, default_value_t = 4096)]
     pub max_handles_per_uid: usize,
+    /// BOs one user's clients may hold at once, created or imported
+    /// (EDQUOT beyond).
+    #[arg(long, default_value_t = SchemeOptions::DEFAULT_MAX_BOS_PER_UID)]
+    pub max_bos_per_uid: usize,
     /// A connection holding no handle is closed after this many quiet ms.
     #[arg(long, default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
@@ -103,6 +109,7 @@ impl Default for LimitOptions {
             max_connections: 1024,
             max_connections_per_uid: 64,
             max_handles_per_uid: 4096,
+            max_bos_per_uid: SchemeOptions::DEFAULT_MAX_BOS_PER_UID,
             idle_timeout_ms: 60_000,
             request_timeout_ms: 10_000,
             send_timeout_ms: 10_000,

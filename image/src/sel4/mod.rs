@@ -16,7 +16,8 @@
 //! - [`host`]: apt packages.
 //! - [`sources`]: unpacking the kernel, the rust-sel4 bundle, the target JSON.
 //! - [`kernel`]: the Python tools and the kernel.
-//! - [`roottask`]: our root task.
+//! - [`roottask`]: our root task and client, clippy over them, the
+//!   protocol's unit tests on the host.
 //! - [`boot`]: the QEMU run.
 
 pub mod boot;
@@ -102,12 +103,24 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<Built> {
         &kernel::outputs(&layout),
         |log| kernel::build(&layout, log),
     )?;
+    let root_task_key = roottask::key(&layout, &kernel_key, &toolchain)?;
     progress.cached(
         "root-task",
-        &roottask::key(&layout, &kernel_key, &toolchain)?,
+        &root_task_key,
         &roottask::outputs(&layout),
         |log| roottask::build(&layout, &toolchain, log),
     )?;
+    // Same inputs as the root task: clippy runs again only when they change.
+    let mut lint_key = root_task_key.clone();
+    lint_key.text("lint", "clippy -D warnings");
+    progress.cached("clippy", &lint_key, &[], |log| {
+        roottask::lint(&layout, &toolchain, log)
+    })?;
+    let mut test_key = root_task_key.clone();
+    test_key.text("test", roottask::PROTOCOL_PACKAGE);
+    progress.cached("protocol-tests", &test_key, &[], |log| {
+        roottask::test_protocol(&layout, &toolchain, log)
+    })?;
     Ok(Built { layout, qemu })
 }
 

@@ -30,6 +30,8 @@ pub const TOOLCHAIN_WHY: &str = "rust-sel4 3.0.0 and its x86_64-sel4 target JSON
 pub const PACKAGE: &str = "pddgpu-sel4";
 /// The package and binary of the client.
 pub const CLIENT_PACKAGE: &str = "pddgpu-sel4-client";
+/// The package of the IPC protocol.
+pub const PROTOCOL_PACKAGE: &str = "pddgpu-sel4-proto";
 /// The variable naming the client ELF for the root task's build.
 pub const CLIENT_ELF_ENV: &str = "PDDGPU_SEL4_CLIENT_ELF";
 
@@ -77,6 +79,12 @@ pub fn cargo(layout: &Layout, toolchain: &Toolchain) -> Command {
     cmd
 }
 
+/// The `-Zbuild-std` flags every cargo command of this workspace needs.
+const BUILD_STD: [&str; 2] = [
+    "-Zbuild-std=core,alloc,compiler_builtins",
+    "-Zbuild-std-features=compiler-builtins-mem",
+];
+
 /// Builds the client, then the root task that embeds it, and copies the
 /// root task to [`Layout::root_task`].
 pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
@@ -90,10 +98,7 @@ pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()
     for package in [CLIENT_PACKAGE, PACKAGE] {
         let mut cmd = cargo(layout, toolchain);
         cmd.args(["build", "--release", "-p", package, "--target", TARGET])
-            .args([
-                "-Zbuild-std=core,alloc,compiler_builtins",
-                "-Zbuild-std-features=compiler-builtins-mem",
-            ])
+            .args(BUILD_STD)
             .arg("--target-dir")
             .arg(layout.cargo_target())
             .env(CLIENT_ELF_ENV, built(CLIENT_PACKAGE));
@@ -102,4 +107,44 @@ pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()
     std::fs::copy(built(PACKAGE), layout.root_task())
         .with_context(|| format!("copying {}", built(PACKAGE).display()))?;
     Ok(())
+}
+
+/// Runs clippy with `-D warnings` over the whole seL4 workspace (server,
+/// client, protocol) for its real target, adding the toolchain's clippy
+/// component first when it is missing. Run after [`build`]: the server's
+/// check needs the client ELF.
+pub fn lint(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
+    if !toolchain.bin.join("cargo-clippy").is_file() {
+        log.run(
+            Command::new("rustup")
+                .args(["component", "add", "clippy", "--toolchain"])
+                .arg(&toolchain.name),
+        )?;
+    }
+    let client = layout
+        .cargo_target()
+        .join(TARGET)
+        .join("release")
+        .join(format!("{CLIENT_PACKAGE}.elf"));
+    let mut cmd = cargo(layout, toolchain);
+    cmd.args(["clippy", "--release", "--workspace", "--target", TARGET])
+        .args(BUILD_STD)
+        .arg("--target-dir")
+        .arg(layout.cargo_target())
+        .env(CLIENT_ELF_ENV, client)
+        .args(["--", "-D", "warnings"]);
+    log.run(&mut cmd)
+}
+
+/// The host target the protocol's unit tests run on.
+pub const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Runs the protocol crate's unit tests on the host (its encoding and
+/// validation have nothing seL4-specific).
+pub fn test_protocol(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
+    let mut cmd = cargo(layout, toolchain);
+    cmd.args(["test", "-p", PROTOCOL_PACKAGE, "--target", HOST_TARGET])
+        .arg("--target-dir")
+        .arg(layout.cargo_target());
+    log.run(&mut cmd)
 }
