@@ -12,8 +12,8 @@
 //! client 3 reads a BO it freed through its old mapping and is stopped by
 //! the kernel with a VM fault while holding another BO.
 //!
-//! Progress goes to the kernel's debug console as
-//! `pddgpu-sel4-client <n>: …`; a failure is sent to the server
+//! Progress lines are sent to the server (`Say`), which prints them whole
+//! as `pddgpu-sel4: client <n> says: …`; a failure is sent to the server
 //! (`Fail`), which prints the verdict.
 #![no_std]
 #![no_main]
@@ -29,7 +29,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use pddgpu::driver::{BoFlags, Domain};
-use pddgpu_sel4_proto::{errno, pattern, Op, Request, PAGE_SIZE};
+use pddgpu_sel4_proto::{errno, pattern, slots, Op, Request, PAGE_SIZE};
 
 use mapping::Window;
 use rpc::call;
@@ -57,8 +57,10 @@ fn main() -> ! {
     }
 }
 
-fn say(number: u64, text: &str) {
-    sel4::debug_println!("pddgpu-sel4-client {number}: {text}");
+/// A progress line; the server prints it (with the client's number, which
+/// it knows from the badge).
+fn say(_number: u64, text: &str) {
+    rpc::say(text);
 }
 
 /// One BO of the script.
@@ -141,6 +143,24 @@ fn script(number: u64, quota: u64) -> Result<bool, String> {
         number,
         "patterns written through the mapped frames and verified by the server",
     );
+    if number == 1 {
+        // Memory it was not given: empty slots, its VSpace root, and the
+        // slot after its last frame. (The endpoint slots are not tried:
+        // invoking an endpoint is a message to the server, not a map.)
+        let next = mapped
+            .last()
+            .map_or(slots::FIRST_FRAME, |m| m.first_slot + m.pages);
+        for slot in [0, 2, slots::VSPACE, slots::FIRST_FRAME - 1, next] {
+            check(
+                window.map(slot, 1).is_err(),
+                format!("slot {slot} mapped as memory although the server put no frame there"),
+            )?;
+        }
+        say(
+            number,
+            "no memory mapped from slots the server gave no frame",
+        );
+    }
 
     exhaust(number, quota, bos.iter().map(|b| b.size).sum())?;
 

@@ -62,6 +62,9 @@ pub mod slots {
     pub const END_FRAME: usize = 1 << CNODE_SIZE_BITS;
 }
 
+/// Longest text of a `Fail` or `Say` message the server reads.
+pub const TEXT_MAX: usize = 240;
+
 /// Set in the badge of a client's fault endpoint (the rest is its owner
 /// id).
 pub const FAULT_BADGE: u64 = 1 << 63;
@@ -94,6 +97,10 @@ pub enum Op {
     Fail = 10,
     /// `[holding (0/1)] -> never answered`: the client's script is over.
     Done = 11,
+    /// `[bytes of text…] -> []`: a progress line the server prints for the
+    /// client, whole (clients share a priority and would interleave
+    /// mid-line on the debug console).
+    Say = 12,
 }
 
 impl Op {
@@ -101,7 +108,7 @@ impl Op {
     pub fn from_label(label: u64) -> Option<Self> {
         use Op::*;
         [
-            Hello, Create, Free, Info, Stats, LeakCheck, Recover, Map, Verify, Fail, Done,
+            Hello, Create, Free, Info, Stats, LeakCheck, Recover, Map, Verify, Fail, Done, Say,
         ]
         .into_iter()
         .find(|op| *op as u64 == label)
@@ -110,7 +117,7 @@ impl Op {
     /// Message registers the request needs at least.
     pub fn min_len(self) -> usize {
         match self {
-            Op::Hello | Op::Stats | Op::LeakCheck | Op::Fail => 0,
+            Op::Hello | Op::Stats | Op::LeakCheck | Op::Fail | Op::Say => 0,
             Op::Free | Op::Info | Op::Recover | Op::Map | Op::Done => 1,
             Op::Verify => 2,
             Op::Create => 4,
@@ -167,6 +174,8 @@ pub enum Request {
     },
     /// The client failed; its reason is in the message's bytes.
     Fail,
+    /// A progress line, in the message's bytes.
+    Say,
     /// The client is done; it may still hold BOs.
     Done {
         /// Whether it still holds BOs on purpose.
@@ -255,6 +264,7 @@ impl Request {
                 seed: regs[1],
             },
             Op::Fail => Request::Fail,
+            Op::Say => Request::Say,
             Op::Done => Request::Done {
                 holding: regs[0] != 0,
             },
@@ -299,6 +309,7 @@ impl Request {
                 (Op::Verify, 2)
             }
             Request::Fail => (Op::Fail, 0),
+            Request::Say => (Op::Say, 0),
             Request::Done { holding } => {
                 w[0] = holding.into();
                 (Op::Done, 1)
@@ -331,7 +342,7 @@ pub use syscall::error as errno;
 mod tests {
     use super::*;
 
-    fn all_requests() -> [Request; 11] {
+    fn all_requests() -> [Request; 12] {
         [
             Request::Hello,
             Request::Create {
@@ -351,6 +362,7 @@ mod tests {
             Request::Verify { bo: 10, seed: !0 },
             Request::Fail,
             Request::Done { holding: true },
+            Request::Say,
         ]
     }
 

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 
 use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError, ExitSummary};
 use pddgpu_sel4_proto::{
-    errno as codes, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE,
+    errno as codes, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE, TEXT_MAX,
 };
 
 use crate::clock::now_ms;
@@ -156,15 +156,18 @@ pub fn serve(
         let regs: Vec<u64> = sel4::with_ipc_buffer(|b| b.msg_regs()[..len].to_vec());
         let answer = match Request::decode(info.label(), &regs) {
             Ok(Request::Fail) => {
-                let reason = sel4::with_ipc_buffer(|b| {
-                    let bytes = &b.msg_bytes()[..len * 8];
-                    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
-                    String::from_utf8_lossy(&bytes[..end]).into_owned()
-                });
                 return Err(ClientFailed {
                     number: client.number,
-                    reason,
+                    reason: message_text(len),
                 });
+            }
+            Ok(Request::Say) => {
+                note(format_args!(
+                    "client {} says: {}",
+                    client.number,
+                    message_text(len)
+                ));
+                Answer::Ok(Vec::new())
             }
             Ok(request) => handle(driver, backing, client, request),
             Err(error) => {
@@ -185,6 +188,26 @@ pub fn serve(
         sel4::with_ipc_buffer_mut(|b| sel4::reply(b, reply));
     }
     Ok(())
+}
+
+/// The text of a `Fail` or `Say` message of `len` words: at most
+/// [`TEXT_MAX`] bytes up to the first zero, anything but printable ASCII
+/// shown as `?`, so a client cannot break or forge console lines.
+fn message_text(len: usize) -> String {
+    sel4::with_ipc_buffer(|b| {
+        let bytes = &b.msg_bytes()[..(len * 8).min(TEXT_MAX)];
+        bytes
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| {
+                if (b' '..=b'~').contains(&c) {
+                    c as char
+                } else {
+                    '?'
+                }
+            })
+            .collect()
+    })
 }
 
 /// One bounded log line per malformed request.
@@ -255,7 +278,7 @@ fn handle(driver: &Driver, backing: &Backing<'_>, client: &mut Client, request: 
             client.done = Some(holding);
             return Answer::None;
         }
-        Request::Fail => unreachable!("handled by serve"),
+        Request::Fail | Request::Say => unreachable!("handled by serve"),
     };
     match result {
         Ok(words) => Answer::Ok(words),
