@@ -900,12 +900,23 @@ fn bos_are_limited_per_user() {
     let mut daemon = Daemon::start(&daemon_bin(), &["--max-bos-per-uid", "64"]);
     let mut a = HostConnection::connect(daemon.socket()).unwrap();
     let mut b = HostConnection::connect(daemon.socket()).unwrap();
+    let mut held_by_a = Vec::new();
     for i in 0..64 {
         let c = if i % 2 == 0 { &mut a } else { &mut b };
-        open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+        let h = open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+        if i % 2 == 0 {
+            held_by_a.push(h);
+        }
     }
     assert_eq!(
         open(&mut a, "bo/new?size=1&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    // Letting go of one makes room for exactly one more.
+    close(&mut a, held_by_a[0]).unwrap();
+    open(&mut b, "bo/new?size=1&domain=gtt", O_RDWR).expect("room for one again");
+    assert_eq!(
+        open(&mut b, "bo/new?size=1&domain=gtt", O_RDWR),
         Err(EDQUOT)
     );
     let mut c = HostConnection::connect(daemon.socket()).unwrap();
