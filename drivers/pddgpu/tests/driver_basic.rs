@@ -403,6 +403,37 @@ fn clearing_covers_the_whole_last_page() {
     }
 }
 
+/// A failing random source fails the export and exports nothing; tokens
+/// come from the source the front end gives.
+#[test]
+fn exports_draw_their_tokens_from_the_given_source() {
+    struct Broken;
+    impl TokenSource for Broken {
+        fn fill(&self, _: &mut [u8; ExportToken::LEN]) -> Result<(), EntropyError> {
+            Err(EntropyError(5))
+        }
+    }
+    let d = Driver::with_options(
+        sim().resources(),
+        DriverOptions::with_token_source(Box::new(Broken)),
+        0,
+    )
+    .unwrap();
+    let id = d.bo_create(1, &req(4096, Domain::Gtt), 0).unwrap();
+    assert_eq!(
+        d.bo_export(1, id),
+        Err(DriverError::Entropy(EntropyError(5)))
+    );
+    assert!(!d.bo_info(1, id).unwrap().exported);
+    let seeded = |seed| {
+        let d = Driver::with_options(sim().resources(), DriverOptions::with_seed(seed), 0).unwrap();
+        let id = d.bo_create(1, &req(4096, Domain::Gtt), 0).unwrap();
+        d.bo_export(1, id).unwrap().to_bytes()
+    };
+    assert_eq!(seeded(7), seeded(7), "a seeded source repeats");
+    assert_ne!(seeded(7), seeded(8));
+}
+
 #[test]
 fn invalid_requests_allocate_nothing() {
     let d = Driver::new(sim().resources(), 0).unwrap();
