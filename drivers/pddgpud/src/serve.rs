@@ -29,7 +29,8 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
 
 /// Serves `scheme` on the host socket until told to stop; returns it, shut
 /// down, with every client's handles released.
-pub fn serve_host(opts: &Options, scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
+pub fn serve_host(opts: &Options, mut scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
+    scheme.set_mapping_limits(crate::process_limits::fit(opts));
     let socket = opts.socket_path();
     let mut server = HostServer::bind(&socket, server_limits(opts), scheme)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;

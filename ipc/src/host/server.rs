@@ -35,7 +35,18 @@
 //!   header announcing 16 MiB commits nothing), to at most one frame;
 //! - shutdown: [`HostServer::shutdown`] returns within the shutdown grace
 //!   plus the time to finish the requests in progress, whatever clients
-//!   do.
+//!   do;
+//! - descriptors and threads: when the server runs out of descriptors
+//!   (`EMFILE`/`ENFILE` from `accept`), it closes a spare descriptor kept
+//!   for the purpose, accepts the waiting client, sends it a refusal frame
+//!   (`ENFILE`) and takes the spare back, so the backlog drains with
+//!   answers instead of spinning; if even that fails it sleeps
+//!   [`ACCEPT_BACKOFF`] before trying again, while existing connections
+//!   are served as usual. A connection whose thread cannot start gets a
+//!   refusal frame with `EAGAIN`;
+//! - the log: refusals of connections are logged at most
+//!   [`REFUSAL_LINES_PER_SECOND`] a second, with a count of those held
+//!   back.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, Read};
@@ -60,6 +71,7 @@ use crate::frame::{
     split_request, Incoming, RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG,
     REQUEST_HEADER_LEN, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
 };
+use crate::logline::{held_back_note, RateLimit};
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
 /// (what `/scheme/pddgpu` is on Redox). The server substitutes the id that
@@ -247,6 +259,28 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
     path: Option<PathBuf>,
     shared: Arc<Shared<S>>,
     next_conn: u64,
+    /// A descriptor given up when `accept` finds none left, so a waiting
+    /// client can still be accepted and told why it is refused.
+    spare: Option<OwnedFd>,
+    /// Log lines about refused connections and failed accepts.
+    refusal_log: RateLimit,
+}
+
+/// Log lines about refused connections written per second, at most.
+pub const REFUSAL_LINES_PER_SECOND: u32 = 5;
+
+/// How long the accept loop sleeps when it cannot accept for lack of
+/// descriptors (and cannot free one to refuse the client).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A descriptor to hold in reserve (see [`HostServer::spare`]).
+fn spare_descriptor() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
 }
 
 /// Responses up to this size (no descriptor) are sent from one stack
@@ -316,7 +350,17 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 parked: AtomicUsize::new(0),
             }),
             next_conn: 1,
+            spare: spare_descriptor(),
+            refusal_log: RateLimit::new(REFUSAL_LINES_PER_SECOND),
         })
+    }
+
+    /// Logs a refused connection at warning level, rate-limited (see
+    /// [`REFUSAL_LINES_PER_SECOND`]).
+    fn log_refused(&mut self, line: impl FnOnce() -> String) {
+        if let Some(held_back) = self.refusal_log.admit(Instant::now()) {
+            log::warn!("{}{}", line(), held_back_note(held_back));
+        }
     }
 
     /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
@@ -364,12 +408,45 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 Ok((stream, _)) => self.add_connection(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                    if self.refuse_with_spare() {
+                        continue;
+                    }
+                    self.log_refused(|| {
+                        format!("accept failed: {e}; backing off while existing clients are served")
+                    });
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                    return Ok(());
+                }
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    self.log_refused(|| format!("accept failed: {e}"));
+                    std::thread::sleep(ACCEPT_BACKOFF);
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Out of descriptors: gives up the spare one, accepts the waiting
+    /// client, refuses it (`ENFILE`) and takes the spare back. Whether a
+    /// client was refused.
+    fn refuse_with_spare(&mut self) -> bool {
+        if self.spare.take().is_none() {
+            self.spare = spare_descriptor();
+            return false;
+        }
+        let refused = match self.listener.accept() {
+            Ok((stream, _)) => {
+                refuse(stream, ENFILE);
+                true
+            }
+            Err(_) => false,
+        };
+        self.spare = spare_descriptor();
+        if refused {
+            self.log_refused(|| "refusing a client: the server is out of descriptors".to_string());
+        }
+        refused
     }
 
     fn add_connection(&mut self, stream: UnixStream) {
@@ -380,29 +457,42 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 gid: c.gid.as_raw(),
             },
             Err(e) => {
-                log::warn!("refusing a client without peer credentials: {e}");
+                // Linux gives no credentials (pid 0) to a peer in another
+                // pid namespace.
+                self.log_refused(|| {
+                    format!(
+                        "refusing a client whose credentials the kernel does not give \
+                         (outside the server's pid namespace?): {}",
+                        e.raw_os_error()
+                    )
+                });
+                refuse(stream, syscall::error::EPERM);
                 return;
             }
         };
         let mut conns = lock(&self.shared.conns);
         reap(&mut conns);
         if conns.len() >= self.shared.limits.max_connections {
-            log::warn!(
-                "refusing pid {} (uid {}): {} connections open, the limit",
-                cred.pid,
-                cred.uid,
-                conns.len()
-            );
+            let open = conns.len();
+            drop(conns);
+            self.log_refused(|| {
+                format!(
+                    "refusing pid {} (uid {}): {open} connections open, the limit",
+                    cred.pid, cred.uid
+                )
+            });
             refuse(stream, ENFILE);
             return;
         }
         let Some(user) = self.shared.join_user(cred.uid) else {
-            log::warn!(
-                "refusing pid {} (uid {}): the user has {} connections open, the limit",
-                cred.pid,
-                cred.uid,
-                self.shared.limits.max_connections_per_uid
-            );
+            drop(conns);
+            let limit = self.shared.limits.max_connections_per_uid;
+            self.log_refused(|| {
+                format!(
+                    "refusing pid {} (uid {}): the user has {limit} connections open, the limit",
+                    cred.pid, cred.uid
+                )
+            });
             refuse(stream, EMFILE);
             return;
         };
@@ -416,8 +506,10 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         let ctl = match configured {
             Ok(ctl) => ctl,
             Err(e) => {
-                log::warn!("refusing a client: {e}");
+                drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
+                self.log_refused(|| format!("refusing pid {}: {e}", cred.pid));
+                refuse(stream, ENFILE);
                 return;
             }
         };
@@ -425,13 +517,22 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         self.next_conn += 1;
         let shared = self.shared.clone();
         let thread_user = user.clone();
+        // The thread gets the stream only once it runs: when it cannot
+        // start, the stream is still here to send the refusal on.
+        let (handoff, taken) = std::sync::mpsc::sync_channel::<UnixStream>(1);
         let thread = std::thread::Builder::new()
             .name(format!("pddgpu-client-{}", cred.pid))
             .stack_size(256 << 10)
-            .spawn(move || serve_connection(shared, stream, cred, id, thread_user));
+            .spawn(move || {
+                if let Ok(stream) = taken.recv() {
+                    serve_connection(shared, stream, cred, id, thread_user);
+                }
+            });
         match thread {
             Ok(thread) => {
                 log::debug!("client connected: pid {} uid {}", cred.pid, cred.uid);
+                // The receiver lives until the thread has taken the stream.
+                let _ = handoff.send(stream);
                 conns.push(ConnCtl {
                     id,
                     stream: ctl,
@@ -440,8 +541,12 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 });
             }
             Err(e) => {
-                log::warn!("refusing a client: cannot start its thread: {e}");
+                drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
+                self.log_refused(|| {
+                    format!("refusing pid {}: cannot start its thread: {e}", cred.pid)
+                });
+                refuse(stream, EAGAIN);
             }
         }
     }
@@ -985,11 +1090,13 @@ fn dispatch<S: SchemeSync>(
             }
             sqe.args[1] = payload.as_mut_ptr() as u64;
             sqe.args[2] = payload.len() as u64;
-            // metadata[0..3]; uid/gid are not available to `call` on Redox
-            // either.
+            // metadata[0] and [1] come from the client. The third word is
+            // where the caller's uid and gid travel in every other request;
+            // it carries the connection's real credentials here too, never
+            // the client's word, so `CallerCtx` is always true (a `call`
+            // gets no metadata[2] over this transport).
             sqe.args[3] = wire.args[3];
             sqe.args[4] = wire.args[4];
-            sqe.args[5] = wire.args[5];
             reply = Reply::Payload;
         }
         Opcode::Fstat => {

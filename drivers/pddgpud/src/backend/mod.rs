@@ -39,6 +39,7 @@ impl OpenedDevice {
     pub fn into_scheme(self, opts: &Options) -> PddgpuScheme {
         let admin_uid = opts.admin_uid.or_else(current_uid);
         let mut scheme = PddgpuScheme::new(self.driver, self.backing, SchemeOptions { admin_uid });
+        scheme.set_user_limits(opts.limits.user_limits());
         if let Some(f) = self.faults {
             scheme.set_fault_injector(f);
         }
