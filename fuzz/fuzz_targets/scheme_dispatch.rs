@@ -144,7 +144,7 @@ impl Server {
         let scheme = PddgpuScheme::new(
             device.driver.clone(),
             backing,
-            SchemeOptions { admin_uid: None },
+            SchemeOptions::default(),
         );
         Server {
             scheme,
@@ -306,7 +306,8 @@ impl Server {
                 let mut token = *self.tokens.get(which as usize % self.tokens.len().max(1))?;
                 let tweak = input.byte()?;
                 if tweak & 1 == 1 {
-                    token.token ^= 1 << (tweak >> 2);
+                    // One bit of one byte (bits 1-3 pick the bit, 4-7 the byte).
+                    token.token[usize::from(tweak >> 4)] ^= 1 << ((tweak >> 1) & 7);
                 }
                 let path = token.to_path();
                 self.open(client, ROOT_ID, &path, O_RDWR);

@@ -86,14 +86,16 @@ enum Command {
         keep: bool,
     },
     /// Build the seL4 kernel (x86_64 pc99) and our root task from the
-    /// snapshot in ../shared/sel4 and boot them under QEMU: the root task
-    /// runs the pddgpu core as a server and must print PDDGPU-SEL4: PASS.
-    /// Exit 0 only then (a FAIL line, a kernel fault, a panic or the
-    /// timeout is exit 1).
+    /// snapshot in ../shared/sel4 and boot them under QEMU twice: with a
+    /// bochs-display the root task (the pddgpu core as a server, two
+    /// clients) must print PDDGPU-SEL4: PASS; without any display device it
+    /// must fail at step `pci`. Exit 0 only when both behave (a FAIL line,
+    /// a kernel fault, a panic or the timeout is exit 1).
     ///
     /// Every step is cached under target/sel4/ by a hash of its inputs
     /// (stamps in target/sel4/stamps, step logs in target/sel4/logs); the
-    /// serial log goes to target/sel4/serial.log. The root task is built
+    /// serial logs go to target/sel4/serial-gpu.log and serial-no-gpu.log.
+    /// The root task is built
     /// with nightly-2025-10-20 (rust-sel4 3.0.0's pin, installed with
     /// rustup when missing); apt packages are installed when root on
     /// Debian; the kernel's Python tools go into a venv from PyPI.
@@ -113,6 +115,12 @@ enum Command {
         /// Only build; print the QEMU command instead of booting.
         #[arg(long)]
         build_only: bool,
+        /// Only the negative run: boot without a display device.
+        #[arg(long)]
+        no_gpu: bool,
+        /// VRAM of the bochs-display in MiB (4..=256, a power of two).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=256))]
+        vram_mib: u32,
         /// Seconds to wait for the verdict before killing QEMU.
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
@@ -293,11 +301,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             no_install,
             verbose,
             build_only,
+            no_gpu,
+            vram_mib,
             timeout,
             memory_mib,
             accel,
             quiet,
         } => {
+            if !vram_mib.is_power_of_two() {
+                anyhow::bail!("--vram-mib {vram_mib} is not a power of two");
+            }
             let build = sel4::BuildOptions {
                 snapshot,
                 install: if no_install {
@@ -310,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let boot = sel4::boot::BootOptions {
                 timeout: Duration::from_secs(timeout),
                 memory_mib,
+                vram_mib,
                 accel: accel.into(),
                 stream: !quiet,
             };
@@ -322,17 +336,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                         &built.qemu,
                         &built.layout.kernel32(),
                         &built.layout.root_task(),
+                        !no_gpu,
                         &boot
                     )
                 );
                 return Ok(true);
             }
-            let outcome = sel4::boot_run(&built, &boot, &progress)?;
+            let report = sel4::boot_runs(&built, &boot, no_gpu, &progress)?;
+            let ok = report.ok();
             println!(
-                "sel4-boot: {outcome} [{}]",
+                "sel4-boot: {} [{}]",
+                if ok { "PASS" } else { "FAIL" },
                 redox::progress::seconds(progress.elapsed())
             );
-            Ok(outcome.is_pass())
+            Ok(ok)
         }
         Command::Qemu { no_gpu, common } => {
             let opts = common.options().map_err(anyhow::Error::msg)?;

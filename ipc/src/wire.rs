@@ -11,7 +11,7 @@ use core::str::FromStr;
 
 /// Version of the binary `call` ABI. Carried in every struct that has an
 /// `abi` field; a mismatch is `EINVAL`.
-pub const WIRE_ABI: u32 = 1;
+pub const WIRE_ABI: u32 = 2;
 
 /// `call` operation codes, passed in `metadata[0]` of a `call` on a BO
 /// handle.
@@ -292,26 +292,54 @@ pub fn check_label(label: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes in an export token: 128 bits the server draws from the operating
+/// system's random source.
+pub const TOKEN_LEN: usize = 16;
+
+/// Digits in the text form of a token.
+pub const TOKEN_HEX_LEN: usize = 2 * TOKEN_LEN;
+
+/// The text form of a token: exactly [`TOKEN_HEX_LEN`] lowercase hex
+/// digits, byte 0 first.
+pub fn token_to_hex(token: &[u8; TOKEN_LEN]) -> String {
+    token.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses the text form of a token: exactly [`TOKEN_HEX_LEN`] hex digits
+/// (either case); anything else is `None`.
+pub fn token_from_hex(s: &str) -> Option<[u8; TOKEN_LEN]> {
+    let digits = s.as_bytes();
+    if digits.len() != TOKEN_HEX_LEN {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut token = [0; TOKEN_LEN];
+    for (byte, pair) in token.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(token)
+}
+
 /// The credential another client needs to import a BO: its id and the
-/// secret token from [`BoCall::Export`]. Text form `<id>:<token hex>`.
+/// secret token from [`BoCall::Export`]. Text form `<id>:<32 hex digits>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ShareToken {
     /// The BO id.
     pub id: u64,
     /// The secret token.
-    pub token: u64,
+    pub token: [u8; TOKEN_LEN],
 }
 
 impl ShareToken {
     /// The scheme path that imports this BO.
     pub fn to_path(&self) -> String {
-        format!("bo/{}?token={:x}", self.id, self.token)
+        format!("bo/{}?token={}", self.id, token_to_hex(&self.token))
     }
 }
 
 impl fmt::Display for ShareToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{:x}", self.id, self.token)
+        write!(f, "{}:{}", self.id, token_to_hex(&self.token))
     }
 }
 
@@ -320,10 +348,12 @@ impl FromStr for ShareToken {
     fn from_str(s: &str) -> Result<Self, String> {
         let (id, token) = s
             .split_once(':')
-            .ok_or("a share token looks like <id>:<hex token>")?;
+            .ok_or("a share token looks like <id>:<32 hex digits>")?;
         Ok(ShareToken {
             id: id.parse().map_err(|_| format!("bad BO id `{id}`"))?,
-            token: u64::from_str_radix(token, 16).map_err(|_| format!("bad token `{token}`"))?,
+            token: token_from_hex(token).ok_or_else(|| {
+                format!("bad token `{token}`: expected {TOKEN_HEX_LEN} hex digits")
+            })?,
         })
     }
 }
@@ -441,12 +471,12 @@ pub struct ExportWire {
     /// The BO id.
     pub id: u64,
     /// The secret import token.
-    pub token: u64,
+    pub token: [u8; TOKEN_LEN],
 }
 
 impl ExportWire {
     /// Encoded size.
-    pub const SIZE: usize = 24;
+    pub const SIZE: usize = 16 + TOKEN_LEN;
 
     /// Encodes the reply.
     pub fn encode(&self) -> [u8; Self::SIZE] {
@@ -454,7 +484,7 @@ impl ExportWire {
         w.u32(self.abi);
         w.u32(self.reserved);
         w.u64(self.id);
-        w.u64(self.token);
+        w.bytes(&self.token);
         w.finish()
     }
 
@@ -465,7 +495,7 @@ impl ExportWire {
             abi: r.u32(),
             reserved: r.u32(),
             id: r.u64(),
-            token: r.u64(),
+            token: r.array(),
         };
         (v.abi == WIRE_ABI).then_some(v)
     }
@@ -487,6 +517,10 @@ impl<const N: usize> Writer<N> {
     fn u64(&mut self, v: u64) {
         self.buf[self.at..self.at + 8].copy_from_slice(&v.to_le_bytes());
         self.at += 8;
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.buf[self.at..self.at + v.len()].copy_from_slice(v);
+        self.at += v.len();
     }
     fn finish(self) -> [u8; N] {
         debug_assert_eq!(self.at, N);
@@ -515,6 +549,12 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(&self.b[self.at..self.at + 8]);
         self.at += 8;
         u64::from_le_bytes(a)
+    }
+    fn array<const M: usize>(&mut self) -> [u8; M] {
+        let mut a = [0; M];
+        a.copy_from_slice(&self.b[self.at..self.at + M]);
+        self.at += M;
+        a
     }
 }
 
@@ -583,7 +623,7 @@ mod tests {
         assert_eq!(BoInfoWire::decode(&b), Some(info));
         assert_eq!(BoInfoWire::decode(&b[..55]), None);
         let mut wrong = b;
-        wrong[0] = 2;
+        wrong[0] = WIRE_ABI as u8 + 1;
         assert_eq!(BoInfoWire::decode(&wrong), None);
         let seg = SegmentWire {
             bo_offset: 4096,
@@ -595,10 +635,10 @@ mod tests {
             abi: WIRE_ABI,
             reserved: 0,
             id: 9,
-            token: 0xdead_beef,
+            token: [0xA5; TOKEN_LEN],
         };
         assert_eq!(ExportWire::decode(&ex.encode()), Some(ex));
-        assert_eq!(ExportWire::decode(&[0; 23]), None);
+        assert_eq!(ExportWire::decode(&[0; ExportWire::SIZE - 1]), None);
     }
 
     #[test]
@@ -648,16 +688,32 @@ mod tests {
 
     #[test]
     fn share_tokens_parse() {
-        let t = ShareToken {
-            id: 17,
-            token: 0xabc,
-        };
-        assert_eq!(t.to_string(), "17:abc");
-        assert_eq!("17:abc".parse::<ShareToken>().unwrap(), t);
-        assert_eq!(t.to_path(), "bo/17?token=abc");
+        let mut token = [0; TOKEN_LEN];
+        token[0] = 0xab;
+        token[15] = 0x0c;
+        let t = ShareToken { id: 17, token };
+        let hex = "ab00000000000000000000000000000c";
+        assert_eq!(t.to_string(), format!("17:{hex}"));
+        assert_eq!(format!("17:{hex}").parse::<ShareToken>().unwrap(), t);
+        assert_eq!(
+            format!("17:{}", hex.to_uppercase())
+                .parse::<ShareToken>()
+                .unwrap(),
+            t
+        );
+        assert_eq!(t.to_path(), format!("bo/17?token={hex}"));
         assert!("17".parse::<ShareToken>().is_err());
-        assert!("x:1".parse::<ShareToken>().is_err());
-        assert!("1:zz".parse::<ShareToken>().is_err());
+        assert!(format!("x:{hex}").parse::<ShareToken>().is_err());
+        for bad in [
+            "1:zz",
+            "1:abc",
+            &format!("1:{hex}0"),
+            &format!("1:{}", &hex[1..]),
+        ] {
+            assert!(bad.parse::<ShareToken>().is_err(), "{bad}");
+        }
+        assert!(token_from_hex(&format!("{}+1", &hex[..30])).is_none());
+        assert_eq!(token_from_hex(hex), Some(token));
     }
 
     #[test]

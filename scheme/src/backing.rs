@@ -41,8 +41,9 @@
 #[cfg(not(target_os = "redox"))]
 pub use host::{BoMemoryError, ClientAccess};
 
-/// Page size of every mapping the scheme hands out.
-pub const PAGE: u64 = 4096;
+/// Page size of every mapping the scheme hands out: the core's page, the
+/// granule every BO takes whole.
+pub const PAGE: u64 = pddgpu::driver::PAGE_SIZE;
 
 /// Most segments (mapped ranges) all per-BO memories of both domains may
 /// hold at once. Each splits the server's mapping of its domain (up to two

@@ -52,6 +52,8 @@ pub const ANONYMOUS_CALLER: usize = 0;
 #[derive(Debug)]
 struct Entry {
     pid: usize,
+    /// The user the transport vouched for when the owner appeared.
+    uid: u32,
     handles: usize,
 }
 
@@ -72,10 +74,10 @@ impl Callers {
         }
     }
 
-    /// The owner of caller `pid`, creating it if needed, without counting
-    /// a handle (used before we know whether an open will succeed). An
-    /// anonymous caller gets a new owner on every call.
-    pub fn owner_of(&mut self, pid: usize) -> OwnerId {
+    /// The owner of caller `pid` (of user `uid`), creating it if needed,
+    /// without counting a handle (used before we know whether an open will
+    /// succeed). An anonymous caller gets a new owner on every call.
+    pub fn owner_of(&mut self, pid: usize, uid: u32) -> OwnerId {
         if pid != ANONYMOUS_CALLER {
             if let Some(&owner) = self.by_pid.get(&pid) {
                 return owner;
@@ -86,7 +88,14 @@ impl Callers {
         if pid != ANONYMOUS_CALLER {
             self.by_pid.insert(pid, owner);
         }
-        self.entries.insert(owner, Entry { pid, handles: 0 });
+        self.entries.insert(
+            owner,
+            Entry {
+                pid,
+                uid,
+                handles: 0,
+            },
+        );
         owner
     }
 
@@ -151,6 +160,19 @@ impl Callers {
         self.entries.get(&owner).map(|e| display_pid(e.pid))
     }
 
+    /// The user of a live owner.
+    pub fn uid(&self, owner: OwnerId) -> Option<u32> {
+        self.entries.get(&owner).map(|e| e.uid)
+    }
+
+    /// The live owners of user `uid`.
+    pub fn owners_of_uid(&self, uid: u32) -> impl Iterator<Item = OwnerId> + '_ {
+        self.entries
+            .iter()
+            .filter(move |(_, e)| e.uid == uid)
+            .map(|(o, _)| *o)
+    }
+
     /// Open handles of a live owner.
     pub fn handles(&self, owner: OwnerId) -> usize {
         self.entries.get(&owner).map_or(0, |e| e.handles)
@@ -175,15 +197,15 @@ mod tests {
     #[test]
     fn last_handle_ends_the_owner_and_ids_are_not_reused() {
         let mut o = Callers::new();
-        let a = o.owner_of(100);
-        assert_eq!(o.owner_of(100), a);
+        let a = o.owner_of(100, 0);
+        assert_eq!(o.owner_of(100, 0), a);
         o.add_handle(a);
         o.add_handle(a);
         assert!(!o.release_handle(a));
         assert_eq!(o.handles(a), 1);
         assert!(o.release_handle(a), "last handle ends the owner");
         assert_eq!(o.pid(a), None);
-        let again = o.owner_of(100);
+        let again = o.owner_of(100, 0);
         assert_ne!(again, a, "a recycled pid gets a new owner");
         assert!(o.drop_if_idle(again));
         assert!(!o.release_handle(again), "unknown owners are ignored");
@@ -192,8 +214,8 @@ mod tests {
     #[test]
     fn every_anonymous_open_is_an_owner_of_its_own() {
         let mut o = Callers::new();
-        let a = o.owner_of(ANONYMOUS_CALLER);
-        let b = o.owner_of(ANONYMOUS_CALLER);
+        let a = o.owner_of(ANONYMOUS_CALLER, 0);
+        let b = o.owner_of(ANONYMOUS_CALLER, 0);
         assert_ne!(a, b, "two anonymous opens never share an owner");
         o.add_handle(a);
         o.add_handle(b);
@@ -202,19 +224,19 @@ mod tests {
             "the anonymous owner ends with its handle"
         );
         assert_eq!(o.handles(b), 1, "the other anonymous owner is untouched");
-        assert_ne!(o.owner_of(7), b);
+        assert_ne!(o.owner_of(7, 0), b);
     }
 
     #[test]
     fn an_anonymous_owner_is_labelled_by_its_first_named_caller() {
         let mut o = Callers::new();
-        let root = o.owner_of(ANONYMOUS_CALLER);
+        let root = o.owner_of(ANONYMOUS_CALLER, 0);
         o.add_handle(root);
         o.learn_pid(root, 13);
         o.learn_pid(root, 14);
         assert_eq!(o.list(), vec![(root, display_pid(13))]);
         assert_ne!(
-            o.owner_of(13),
+            o.owner_of(13, 0),
             root,
             "the label does not make the pid an owner key"
         );
@@ -223,11 +245,16 @@ mod tests {
     #[test]
     fn owners_are_listed_with_pids() {
         let mut o = Callers::new();
-        let a = o.owner_of(7);
-        let b = o.owner_of(9);
+        let a = o.owner_of(7, 0);
+        let b = o.owner_of(9, 0);
         o.add_handle(a);
         o.add_handle(b);
         assert_eq!(o.list(), vec![(a, 7), (b, 9)]);
+        let c = o.owner_of(11, 1000);
+        assert_eq!(o.uid(c), Some(1000));
+        let mut zero: Vec<_> = o.owners_of_uid(0).collect();
+        zero.sort_unstable();
+        assert_eq!(zero, vec![a, b], "owners are grouped by user");
         assert!(!o.drop_if_idle(a), "an owner with handles stays");
     }
 }

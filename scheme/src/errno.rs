@@ -12,7 +12,8 @@ use syscall::error::{EAGAIN, EBADF, EBUSY, EDQUOT, EINVAL, EIO, ENFILE, ENOSPC, 
 /// - a BO the caller does not hold: `EPERM`; a wrong token or a BO that no
 ///   longer exists behind a handle: `EBADF`;
 /// - a manager in ERROR or a failed device: `EIO` (see `health`, then
-///   recover); shutting down: `ESHUTDOWN`; quota: `EDQUOT`;
+///   recover), and a failed random source (no token): `EIO`; shutting
+///   down: `ESHUTDOWN`; quota: `EDQUOT`;
 /// - bad parameters and out-of-bounds accesses: `EINVAL`.
 pub fn driver_errno(e: &DriverError) -> i32 {
     match e {
@@ -26,7 +27,7 @@ pub fn driver_errno(e: &DriverError) -> i32 {
         DriverError::TooManyBos => ENFILE,
         DriverError::WrongState { .. } => EBUSY,
         DriverError::Manager { error, .. } => manager_errno(error),
-        DriverError::Device(_) => EIO,
+        DriverError::Device(_) | DriverError::Entropy(_) => EIO,
     }
 }
 

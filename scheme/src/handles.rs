@@ -4,11 +4,11 @@
 //! `pddgpu::driver::ownership`): opening takes one (create, a second
 //! handle, or an import), closing drops it.
 
-use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError};
+use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError, ExportToken};
 use pddgpu_ipc::wire::Domain;
 use redox_scheme::CallerCtx;
 use std::collections::HashMap;
-use syscall::error::{EACCES, EISDIR, ENOENT, EPERM, ESHUTDOWN};
+use syscall::error::{EACCES, EDQUOT, EISDIR, ENOENT, EPERM, ESHUTDOWN};
 use syscall::flag::{O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY};
 
 use crate::callers::OwnerId;
@@ -122,6 +122,28 @@ fn driver_refusal(e: DriverError) -> Refusal {
 }
 
 impl PddgpuScheme {
+    /// Refuses a new hold of a BO by `owner` (a create or an import) when
+    /// the owners of its user already hold
+    /// [`max_bos_per_uid`](crate::SchemeOptions::max_bos_per_uid) BOs.
+    fn check_bo_limit(&self, owner: OwnerId) -> Result<(), Refusal> {
+        let Some(uid) = self.callers.uid(owner) else {
+            return Ok(());
+        };
+        let limit = self.options.max_bos_per_uid;
+        let held: usize = self
+            .callers
+            .owners_of_uid(uid)
+            .map(|o| self.driver().owner_bo_count(o))
+            .sum();
+        if held >= limit {
+            return Err((
+                EDQUOT,
+                format!("user {uid} already holds {held} BOs, the most one user may"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens `node` for `owner` with the access mode in `flags`.
     pub(crate) fn open_node(
         &mut self,
@@ -181,11 +203,13 @@ impl PddgpuScheme {
                     // flags it asked for: memory freed by one client must
                     // never show up in another's BO.
                     flags: core_flags(desc.flags) | CoreBoFlags::CLEARED,
-                    // Every BO starts on a page of its own: no two BOs share a
-                    // page, since mapping is page-granular.
-                    align: desc.align.max(crate::backing::PAGE),
+                    // The core gives every BO whole pages of its own
+                    // (`pddgpu::driver::PAGE_SIZE`), as page-granular
+                    // mapping needs.
+                    align: desc.align,
                     label: &desc.label,
                 };
+                self.check_bo_limit(owner)?;
                 if desc.attempt > 0 {
                     self.driver().note_retry(req.domain);
                 }
@@ -213,7 +237,9 @@ impl PddgpuScheme {
                 // export token.
                 let info = match (self.driver().bo_ref(owner, bo), token) {
                     (Err(DriverError::PermissionDenied), Some(token)) => {
-                        self.driver().bo_import(owner, bo, token)
+                        self.check_bo_limit(owner)?;
+                        self.driver()
+                            .bo_import(owner, bo, ExportToken::from_bytes(token))
                     }
                     (Err(DriverError::PermissionDenied), None) => {
                         return refuse(EPERM, "another client's BO (import it with ?token=)")

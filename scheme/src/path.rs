@@ -11,7 +11,8 @@
 //! | `bo/<id>` | reopen a BO this client already holds |
 //! | `bo/<id>?token=<hex>` | import a BO another client exported |
 
-use pddgpu_ipc::wire::BoDesc;
+use pddgpu_ipc::logline;
+use pddgpu_ipc::wire::{token_from_hex, BoDesc, TOKEN_HEX_LEN, TOKEN_LEN};
 
 /// A read-only generated file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,7 +116,7 @@ pub enum Node {
         /// The BO id.
         id: u64,
         /// The token from an export, for importing someone else's BO.
-        token: Option<u64>,
+        token: Option<[u8; TOKEN_LEN]>,
     },
 }
 
@@ -207,14 +208,19 @@ pub fn parse(path: &str) -> Result<Node, PathError> {
     }
 }
 
-fn parse_token(query: &str) -> Result<u64, PathError> {
-    let value = query
-        .strip_prefix("token=")
-        .ok_or_else(|| einval(format!("bo/<id>: expected ?token=<hex>, got `{query}`")))?;
-    if value.is_empty() || value.len() > 16 {
-        return Err(einval("bo/<id>: token must be 1 to 16 hex digits".into()));
-    }
-    u64::from_str_radix(value, 16).map_err(|_| einval(format!("bo/<id>: bad token `{value}`")))
+fn parse_token(query: &str) -> Result<[u8; TOKEN_LEN], PathError> {
+    let value = query.strip_prefix("token=").ok_or_else(|| {
+        einval(format!(
+            "bo/<id>: expected ?token=<hex>, got {}",
+            logline::excerpt(query)
+        ))
+    })?;
+    token_from_hex(value).ok_or_else(|| {
+        einval(format!(
+            "bo/<id>: a token is {TOKEN_HEX_LEN} hex digits, got {}",
+            logline::excerpt(value)
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -243,11 +249,13 @@ mod tests {
                 token: None
             })
         );
+        let mut token = [0; TOKEN_LEN];
+        token[15] = 0xff;
         assert_eq!(
-            parse("bo/17?token=ff"),
+            parse(&format!("bo/17?token={}", "0".repeat(30) + "ff")),
             Ok(Node::Bo {
                 id: 17,
-                token: Some(255)
+                token: Some(token)
             })
         );
         let Ok(Node::BoNew(d)) = parse("bo/new?size=1M&domain=gtt&flags=cleared") else {
@@ -295,6 +303,9 @@ mod tests {
             "bo/1?token=",
             "bo/1?token=xyz",
             "bo/1?token=11111111111111111",
+            "bo/1?token=ff",
+            "bo/1?token=000000000000000000000000000000000",
+            "bo/1?token=0000000000000000000000000000000g",
             "control?x",
             "config/x?y",
         ] {

@@ -40,6 +40,26 @@ pub struct SchemeOptions {
     /// Besides root (uid 0), the user allowed to write `control` and
     /// `config/*` (normally the user running the server).
     pub admin_uid: Option<u32>,
+    /// BOs the owners of one user may hold at once, all together (a BO
+    /// held by two of its owners counts twice); a create or import beyond
+    /// it gets `EDQUOT`. It keeps one user from filling the table of live
+    /// BOs (`pddgpu::leak::MAX_LIVE_BOS`) with tiny BOs, on every
+    /// transport.
+    pub max_bos_per_uid: usize,
+}
+
+impl SchemeOptions {
+    /// The default of [`SchemeOptions::max_bos_per_uid`].
+    pub const DEFAULT_MAX_BOS_PER_UID: usize = 4096;
+}
+
+impl Default for SchemeOptions {
+    fn default() -> Self {
+        SchemeOptions {
+            admin_uid: None,
+            max_bos_per_uid: Self::DEFAULT_MAX_BOS_PER_UID,
+        }
+    }
 }
 
 /// The `pddgpu:` scheme. One instance serves every client; each caller is
@@ -51,7 +71,7 @@ pub struct PddgpuScheme {
     handles: Handles,
     pub(crate) callers: Callers,
     backing: Backing,
-    options: SchemeOptions,
+    pub(crate) options: SchemeOptions,
     pub(crate) faults: Option<Box<dyn FaultInjector>>,
     shutdown_requested: bool,
     /// Free epochs at the last sweep of BO memories.
@@ -335,7 +355,7 @@ impl SchemeSync for PddgpuScheme {
         // An open relative to a handle acts for that handle's owner (see
         // `crate::callers`); one relative to the root, for the caller.
         let owner = if dir == ROOT_ID {
-            self.callers.owner_of(ctx.pid)
+            self.callers.owner_of(ctx.pid, ctx.uid)
         } else {
             let owner = self.handle(dir)?.owner;
             self.callers.learn_pid(owner, ctx.pid);
@@ -644,7 +664,7 @@ impl SchemeSync for PddgpuScheme {
                     abi: WIRE_ABI,
                     reserved: 0,
                     id: bo.0,
-                    token,
+                    token: token.to_bytes(),
                 };
                 payload.copy_from_slice(&wire.encode());
                 Ok(ExportWire::SIZE)

@@ -41,7 +41,7 @@ fn harness() -> Harness {
         Region::kernel_mapped(vram_base),
         Region::kernel_mapped(device.gtt().as_ptr() as usize),
     );
-    let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions { admin_uid: None });
+    let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions::default());
     Harness {
         scheme,
         driver,
@@ -385,7 +385,7 @@ fn handles_are_references_and_exports_end_with_the_exporters_last_handle() {
     h.call(30, first, &mut buf, [BoCall::Export as u64, 0])
         .unwrap();
     let token = ExportWire::decode(&buf).unwrap().token;
-    let import = format!("bo/{id}?token={token:x}");
+    let import = format!("bo/{id}?token={}", pddgpu_ipc::wire::token_to_hex(&token));
     let imported = h.open(31, ROOT_ID, &import, O_RDWR).unwrap();
     assert_eq!(info(&mut h, 31, imported).refcount, 3);
     // The exporter closes one of its two handles: it still holds the BO,

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD};
 use pddgpu_ipc::host::{HostConnection, ROOT_FD};
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
-use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
+use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain, ShareToken};
 use pddgpu_tests::{wait_until, ClientProc, Daemon};
 use rustix::mm::{MapFlags, ProtFlags};
-use syscall::error::{EBADF, EMFILE};
+use syscall::error::{EBADF, EDQUOT, EMFILE};
 use syscall::flag::{O_RDONLY, O_RDWR};
 use syscall::schemev2::{Opcode, Sqe, SqeFlags};
 
@@ -361,6 +361,31 @@ fn read_only_handles_never_map_writable() {
     assert_server_intact(&mut daemon);
 }
 
+/// Only root or the server's user may ask for a descriptor of a whole
+/// domain (what the linux-pci backend hands out for its VRAM BAR, where no
+/// per-BO descriptor exists); anyone else gets `EACCES`. On the simulated
+/// device even the privileged get none (`EOPNOTSUPP`): every BO there has
+/// its own memory.
+#[test]
+fn whole_domain_descriptors_are_for_the_privileged_only() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut admin = spawn_helper(&daemon, &["domain-map"], None);
+    assert_eq!(first_line(&mut admin), "domain-backing EOPNOTSUPP");
+    let _ = admin.wait();
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["domain-map"], Some(OTHER_UID));
+        assert_eq!(
+            first_line(&mut other),
+            "domain-backing EACCES",
+            "an unprivileged user asked for a whole domain"
+        );
+        let _ = other.wait();
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    assert_server_intact(&mut daemon);
+}
+
 // ---- owners ----------------------------------------------------------------
 
 /// Two connections of one process are two owners: neither reaches, lists
@@ -503,6 +528,82 @@ fn every_mappable_byte_of_a_new_bo_starts_zeroed() {
     assert_server_intact(&mut daemon);
 }
 
+// ---- export tokens ---------------------------------------------------------
+
+/// Export tokens are 128 bits from the OS random source: they differ
+/// between two runs of the server (where a counter or address-derived key
+/// would repeat them) and within a run, and a forged or guessed token —
+/// one bit off, all zeros, last run's, or too short — imports nothing.
+#[test]
+fn export_tokens_are_unguessable_and_forgeries_fail() {
+    let tokens_of_one_run = || {
+        let daemon = Daemon::start(&daemon_bin(), &[]);
+        let dev = daemon.connect();
+        let bos: Vec<_> = (0..32)
+            .map(|_| dev.create_bo(4096, Domain::Gtt, BoFlags::empty()).unwrap())
+            .collect();
+        let tokens: Vec<ShareToken> = bos.iter().map(|bo| bo.export().unwrap()).collect();
+        (daemon, dev, bos, tokens)
+    };
+    let (first_daemon, first_dev, first_bos, first) = tokens_of_one_run();
+    drop((first_bos, first_dev));
+    assert_eq!(first_daemon.stop(), Some(0));
+    let (mut daemon, dev, bos, second) = tokens_of_one_run();
+    for t in first.iter().chain(&second) {
+        let text = t.to_string();
+        let hex = text.split_once(':').unwrap().1;
+        assert_eq!(hex.len(), 32, "a token is 128 bits: {text}");
+    }
+    // The same BOs (ids are handed out in the same order) get other tokens.
+    assert_eq!(
+        first.iter().map(|t| t.id).collect::<Vec<_>>(),
+        second.iter().map(|t| t.id).collect::<Vec<_>>()
+    );
+    for (a, b) in first.iter().zip(&second) {
+        assert_ne!(a.token, b.token, "a token repeated across runs");
+    }
+    let mut all: Vec<[u8; 16]> = first.iter().chain(&second).map(|t| t.token).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 64, "tokens repeat within a run");
+    // About half of the 8192 bits are ones (a fixed or counting pattern
+    // is far off; random bits are within 6 standard deviations).
+    let ones: u32 = all.iter().flatten().map(|b| b.count_ones()).sum();
+    assert!((3800..=4392).contains(&ones), "{ones} of 8192 bits set");
+
+    let mut thief = HostConnection::connect(daemon.socket()).unwrap();
+    let target = second[0];
+    for byte in [0, 7, 15] {
+        let mut forged = target;
+        forged.token[byte] ^= 0x10;
+        assert_eq!(open(&mut thief, &forged.to_path(), O_RDWR), Err(EBADF));
+    }
+    let zeros = ShareToken {
+        token: [0; 16],
+        ..target
+    };
+    assert_eq!(open(&mut thief, &zeros.to_path(), O_RDWR), Err(EBADF));
+    assert_eq!(
+        open(&mut thief, &first[0].to_path(), O_RDWR),
+        Err(EBADF),
+        "last run's token for the same id"
+    );
+    assert_eq!(
+        open(&mut thief, &format!("bo/{}?token=ff", target.id), O_RDWR),
+        Err(syscall::error::EINVAL),
+        "a short token is malformed"
+    );
+    assert_eq!(
+        dev.stats().unwrap().bos.count,
+        32,
+        "no forgery imported anything"
+    );
+    let imported = open(&mut thief, &target.to_path(), O_RDWR).expect("the real token");
+    close(&mut thief, imported).unwrap();
+    drop((bos, dev, thief));
+    assert_server_intact(&mut daemon);
+}
+
 // ---- bounded resources -----------------------------------------------------
 
 /// A client that asks for a large answer and never reads it cannot stall
@@ -535,6 +636,42 @@ fn shutdown_finishes_while_a_client_never_reads_its_answer() {
         "pddgpud did not finish its shutdown while a client refused to read"
     );
     drop(stuck);
+}
+
+/// A client that never reads its answers loses its connection after the
+/// send timeout, and with it everything it held; the server keeps serving
+/// everyone else meanwhile.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_the_send_timeout() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--send-timeout-ms", "300"]);
+    let mut stuck = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut stuck, "bo/new?size=16777216&domain=gtt", O_RDWR).expect("BO");
+    let header = RequestHeader {
+        payload_len: 0,
+        out_len: MAX_PAYLOAD as u32,
+        sqe: Sqe {
+            opcode: Opcode::Read as u8,
+            sqe_flags: SqeFlags::empty(),
+            _rsvd: 0,
+            tag: 7,
+            args: [h, 0, 0, 0, 0, 0],
+            caller: 0,
+        },
+    };
+    stuck.send_raw(&header.encode()).unwrap();
+    stuck.send_raw(&header.encode()).unwrap();
+    let dev = daemon.connect();
+    assert_eq!(dev.health().unwrap().trim(), "ok", "others are served");
+    let released = wait_until(Duration::from_secs(10), || {
+        dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+    });
+    assert!(
+        released,
+        "the BO of a client that never reads was not released"
+    );
+    drop(dev);
+    drop(stuck);
+    assert_server_intact(&mut daemon);
 }
 
 /// One user holding many connections does not lock another user out; the
@@ -642,6 +779,113 @@ fn idle_and_stalled_connections_are_closed() {
     // The client library reconnects a connection closed while it held
     // nothing.
     assert_eq!(library.health().unwrap().trim(), "ok");
+    assert_server_intact(&mut daemon);
+}
+
+/// The quota charges whole pages: a flood of 1-byte BOs exhausts the
+/// attacker's quota after as many pages as it allows, and nobody else's.
+#[test]
+fn tiny_bos_exhaust_only_the_attackers_quota() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let admin = daemon.connect();
+    admin.set_config("client_quota_bytes", "64K").unwrap();
+    let mut attacker = HostConnection::connect(daemon.socket()).unwrap();
+    let mut created = 0;
+    let refused = loop {
+        match open(&mut attacker, "bo/new?size=1&domain=gtt", O_RDWR) {
+            Ok(_) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created <= 1024, "1-byte BOs never hit the quota");
+    };
+    assert_eq!(refused, EDQUOT);
+    assert_eq!(
+        created, 16,
+        "a 64 KiB quota holds 16 one-page BOs, however small they are asked"
+    );
+    let stats = admin.stats().unwrap();
+    assert_eq!(stats.gtt.used, 16 * PAGE as u64, "each BO took a page");
+    let victim = daemon.connect();
+    let bo = victim
+        .create_bo(64 << 10, Domain::Gtt, BoFlags::empty())
+        .expect("another client still has its whole quota");
+    drop(bo);
+    drop(victim);
+    drop(attacker);
+    admin.set_config("client_quota_bytes", "0").unwrap();
+    drop(admin);
+    assert_server_intact(&mut daemon);
+}
+
+/// An import is charged to the importer: one at its quota cannot import,
+/// and so cannot hold memory its quota does not pay for.
+#[test]
+fn an_importer_over_its_quota_cannot_import() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let admin = daemon.connect();
+    admin.set_config("client_quota_bytes", "64K").unwrap();
+    let exporter = daemon.connect();
+    let shared = exporter
+        .create_bo(32 << 10, Domain::Gtt, BoFlags::empty())
+        .unwrap();
+    let token = shared.export().unwrap();
+    let mut importer = HostConnection::connect(daemon.socket()).unwrap();
+    let own = open(&mut importer, "bo/new?size=40000&domain=vram", O_RDWR).unwrap();
+    assert_eq!(
+        open(&mut importer, &token.to_path(), O_RDWR),
+        Err(EDQUOT),
+        "40000 bytes take 40 KiB (10 pages): 32 KiB more is over 64 KiB"
+    );
+    close(&mut importer, own).unwrap();
+    let imported = open(&mut importer, &token.to_path(), O_RDWR).expect("within the quota");
+    // Holding the import, the importer has 32 KiB of quota left.
+    assert_eq!(
+        open(&mut importer, "bo/new?size=36K&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    close(&mut importer, imported).unwrap();
+    drop(shared);
+    drop((exporter, importer));
+    admin.set_config("client_quota_bytes", "0").unwrap();
+    drop(admin);
+    assert_server_intact(&mut daemon);
+}
+
+/// One user cannot fill the table of live BOs: beyond its BO limit, over
+/// all of its connections, creates get `EDQUOT`, and another user is
+/// unaffected.
+#[test]
+fn bos_are_limited_per_user() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-bos-per-uid", "64"]);
+    let mut a = HostConnection::connect(daemon.socket()).unwrap();
+    let mut b = HostConnection::connect(daemon.socket()).unwrap();
+    for i in 0..64 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+    }
+    assert_eq!(
+        open(&mut a, "bo/new?size=1&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    assert_eq!(
+        open(&mut c, "bo/new?size=1&domain=vram", O_RDWR),
+        Err(EDQUOT),
+        "a new connection of the same user is over the limit too"
+    );
+    if is_root() {
+        let mut other = spawn_helper(&daemon, &["create", "4096", "gtt"], Some(OTHER_UID));
+        let line = first_line(&mut other);
+        drop(other.stdin.take());
+        let _ = other.wait();
+        assert!(
+            line.starts_with("ok "),
+            "another user could not create a BO: {line:?}"
+        );
+    } else {
+        eprintln!("not root: the second-user half of this attack is skipped");
+    }
+    drop((a, b, c));
     assert_server_intact(&mut daemon);
 }
 

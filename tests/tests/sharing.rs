@@ -35,12 +35,13 @@ fn export_import_and_strangers() {
         line
     };
     assert_eq!(probe(format!("bo/{}", token.id)), "err EPERM");
-    let wrong = ShareToken {
-        id: token.id,
-        token: token.token ^ 1,
-    };
+    let mut wrong = token;
+    wrong.token[15] ^= 1;
     assert_eq!(probe(wrong.to_path()), "err EBADF");
-    assert_eq!(probe(format!("bo/{}?token=0", token.id)), "err EBADF");
+    let zeros = "0".repeat(pddgpu_ipc::wire::TOKEN_HEX_LEN);
+    assert_eq!(probe(format!("bo/{}?token={zeros}", token.id)), "err EBADF");
+    // A token that is not 32 hex digits is malformed.
+    assert_eq!(probe(format!("bo/{}?token=0", token.id)), "err EINVAL");
     // A right token works for anyone (that is what sharing means).
     assert_eq!(probe(token.to_path()), "ok");
 

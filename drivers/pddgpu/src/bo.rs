@@ -29,6 +29,13 @@ pub(crate) type IdSet = HashSet<u64>;
 /// A client of the driver (the scheme maps a connection or process to one).
 pub type OwnerId = u64;
 
+/// The page size, and so the granule of every BO's memory: a BO takes
+/// whole pages that no other BO shares (its size is rounded up and it is
+/// aligned to at least a page, in both domains), and all of them start
+/// zeroed when asked to be cleared. Mapping is page-granular, so this is
+/// what keeps one client's mapping from showing another's bytes.
+pub const PAGE_SIZE: u64 = 4096;
+
 /// Longest BO label, in bytes.
 pub const LABEL_MAX: usize = 48;
 
@@ -160,6 +167,20 @@ impl Placement {
                 let r = n.range();
                 within(r.start, r.end)
             }
+        }
+    }
+
+    /// Calls `f(offset in backing, length)` for every reserved range,
+    /// including the bytes past the BO's size (its last page, the rest of
+    /// a larger block); `gtt_base` is the GTT address of backing byte 0.
+    pub fn try_for_each_reserved<E>(
+        &self,
+        gtt_base: u64,
+        mut f: impl FnMut(u64, u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            Placement::Vram(a) => a.blocks().iter().try_for_each(|b| f(b.offset(), b.size())),
+            Placement::Gtt(n) => f(n.start() - gtt_base, n.size()),
         }
     }
 

@@ -160,7 +160,8 @@ pub const SPECS: [TunableSpec; 9] = [
         min: 0,
         max: MAX_BYTES,
         default: 0,
-        help: "bytes one client may hold (0 = no quota)",
+        help:
+            "allocated bytes (whole pages) one client may hold, created or imported (0 = no quota)",
     },
     TunableSpec {
         id: Tunable::LeakAgeMs,

@@ -195,8 +195,19 @@ fn exports_last_while_their_exporter_holds_the_bo() {
         Ok(token),
         "exporting again gives the same token"
     );
-    assert_eq!(d.bo_import(2, id, token ^ 1), Err(DriverError::BadToken));
-    assert_eq!(d.bo_import(2, id, 0), Err(DriverError::BadToken));
+    for byte in 0..ExportToken::LEN {
+        let mut wrong = token.to_bytes();
+        wrong[byte] ^= 1;
+        assert_eq!(
+            d.bo_import(2, id, ExportToken::from_bytes(wrong)),
+            Err(DriverError::BadToken),
+            "a token wrong in byte {byte}"
+        );
+    }
+    assert_eq!(
+        d.bo_import(2, id, ExportToken::from_bytes([0; ExportToken::LEN])),
+        Err(DriverError::BadToken)
+    );
     assert_eq!(
         d.bo_import(2, BoId(id.0 + 2), token),
         Err(DriverError::NoSuchBo)
@@ -274,6 +285,133 @@ fn quotas_refuse_creates_without_allocating() {
     assert_eq!(d.stats().gtt.failures, 1);
     d.tunables().set("client_quota_bytes", "0").unwrap();
     assert!(d.bo_create(1, &req(2 * MIB, Domain::Vram), 0).is_ok());
+}
+
+/// The quota charges what the allocator takes (whole pages), so a flood of
+/// 1-byte BOs exhausts its owner's quota after as many pages, and nobody
+/// else's.
+#[test]
+fn quotas_charge_allocated_pages_not_requested_bytes() {
+    let d = Driver::new(sim().resources(), 0).unwrap();
+    d.tunables().set("client_quota_bytes", "16K").unwrap();
+    for domain in [Domain::Gtt, Domain::Vram] {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(
+                d.bo_create(1, &req(1, domain), 0)
+                    .expect("within the quota"),
+            );
+        }
+        assert_eq!(
+            d.bo_create(1, &req(1, domain), 0),
+            Err(DriverError::QuotaExceeded {
+                owner: 1,
+                quota: 16 * KIB,
+                held: 16 * KIB,
+                requested: PAGE_SIZE,
+            }),
+            "{domain}: four 1-byte BOs took four pages of quota"
+        );
+        let usage = d.clients()[0];
+        let charged = match domain {
+            Domain::Vram => usage.vram_bytes,
+            Domain::Gtt => usage.gtt_bytes,
+        };
+        assert_eq!(charged, 4 * PAGE_SIZE);
+        let used = match domain {
+            Domain::Vram => d.vram_stats().used_size,
+            Domain::Gtt => d.gtt_stats().used_size,
+        };
+        assert_eq!(used, 4 * PAGE_SIZE, "{domain}: every BO takes a page");
+        let other = d.bo_create(2, &req(4 * PAGE_SIZE, domain), 0);
+        assert!(other.is_ok(), "another owner is unaffected: {other:?}");
+        d.bo_unref(2, other.unwrap()).unwrap();
+        for id in held {
+            d.bo_unref(1, id).unwrap();
+        }
+        assert!(d.clients().is_empty(), "letting go ends every charge");
+    }
+}
+
+/// An importer is charged for what it imports, and an import beyond its
+/// quota is refused; the charge stays with the importer after the
+/// creator lets go.
+#[test]
+fn imports_count_against_the_importer() {
+    let d = Driver::new(sim().resources(), 0).unwrap();
+    d.tunables().set("client_quota_bytes", "64K").unwrap();
+    let big = d.bo_create(1, &req(48 * KIB, Domain::Gtt), 0).unwrap();
+    let token = d.bo_export(1, big).unwrap();
+    let own = d.bo_create(2, &req(32 * KIB, Domain::Vram), 0).unwrap();
+    assert_eq!(
+        d.bo_import(2, big, token),
+        Err(DriverError::QuotaExceeded {
+            owner: 2,
+            quota: 64 * KIB,
+            held: 32 * KIB,
+            requested: 48 * KIB,
+        })
+    );
+    assert_eq!(
+        d.bo_info(1, big).unwrap().refcount,
+        1,
+        "the refused import took nothing"
+    );
+    d.bo_unref(2, own).unwrap();
+    d.bo_import(2, big, token).expect("within the quota now");
+    d.bo_ref(2, big)
+        .expect("a second handle costs nothing more");
+    let charged = |o: OwnerId| {
+        d.clients()
+            .iter()
+            .find(|c| c.owner == o)
+            .map_or(0, |c| c.vram_bytes + c.gtt_bytes)
+    };
+    assert_eq!(
+        (charged(1), charged(2)),
+        (48 * KIB, 48 * KIB),
+        "both holders pay"
+    );
+    d.bo_unref(1, big).unwrap();
+    assert_eq!((charged(1), charged(2)), (0, 48 * KIB));
+    assert!(matches!(
+        d.bo_create(2, &req(32 * KIB, Domain::Gtt), 0),
+        Err(DriverError::QuotaExceeded { .. })
+    ));
+    d.bo_unref(2, big).unwrap();
+    d.bo_unref(2, big).unwrap();
+    assert_eq!(charged(2), 0);
+    assert_eq!(d.stats().gtt.bo_count, 0);
+}
+
+/// A cleared BO is cleared over every byte the allocator took: the rest of
+/// its last page holds nothing of an earlier BO.
+#[test]
+fn clearing_covers_the_whole_last_page() {
+    let d = Driver::new(sim().resources(), 0).unwrap();
+    for domain in [Domain::Gtt, Domain::Vram] {
+        let dirty = d.bo_create(1, &req(PAGE_SIZE, domain), 0).unwrap();
+        d.bo_write(1, dirty, 0, &[0xEE; PAGE_SIZE as usize])
+            .unwrap();
+        let at = d.bo_info(1, dirty).unwrap().segments[0].1;
+        d.bo_unref(1, dirty).unwrap();
+        let small = BoCreate {
+            flags: BoFlags::CLEARED,
+            ..req(100, domain)
+        };
+        let id = d.bo_create(2, &small, 0).unwrap();
+        let info = d.bo_info(2, id).unwrap();
+        assert_eq!(info.segments[0].1, at, "{domain}: the same page again");
+        assert_eq!(info.allocated_size, PAGE_SIZE);
+        let mut page = [0xAAu8; PAGE_SIZE as usize];
+        d.backing(domain).copy_out(at, &mut page).unwrap();
+        assert!(
+            page.iter().all(|&b| b == 0),
+            "{domain}: stale byte at {:?}",
+            page.iter().position(|&b| b != 0)
+        );
+        d.bo_unref(2, id).unwrap();
+    }
 }
 
 #[test]

@@ -146,7 +146,7 @@ fn stats_snapshots_are_consistent_under_writers() {
 #[test]
 fn concurrent_export_import_and_exit() {
     let d = driver();
-    let (tx, rx) = std::sync::mpsc::channel::<(BoId, u64)>();
+    let (tx, rx) = std::sync::mpsc::channel::<(BoId, ExportToken)>();
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<BoId>();
     // The consumers exit only once the producer has let go of everything,
     // so what they still hold is freed by their exits.

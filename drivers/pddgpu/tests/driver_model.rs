@@ -83,7 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct ModelBo {
     size: u64,
     holders: BTreeMap<u64, u32>,
-    token: Option<u64>,
+    token: Option<ExportToken>,
     exporter: Option<u64>,
     fill: u8,
     segments: Vec<(u64, u64, u64)>,
@@ -235,7 +235,6 @@ impl World {
                 match (self.access(owner, id), self.d.bo_export(owner, id)) {
                     (Ok(()), Ok(token)) => {
                         let b = self.bos.get_mut(&id).unwrap();
-                        assert_ne!(token, 0);
                         assert_eq!(*b.token.get_or_insert(token), token);
                         b.exporter.get_or_insert(owner);
                     }
@@ -248,8 +247,12 @@ impl World {
                 let token = self.bos.get(&id).and_then(|b| b.token);
                 let given = match (token, good) {
                     (Some(t), true) => t,
-                    (Some(t), false) => t ^ 0x8000,
-                    (None, _) => 12345,
+                    (Some(t), false) => {
+                        let mut wrong = t.to_bytes();
+                        wrong[1] ^= 0x80;
+                        ExportToken::from_bytes(wrong)
+                    }
+                    (None, _) => ExportToken::from_bytes([0x39; ExportToken::LEN]),
                 };
                 let got = self.d.bo_import(owner, id, given);
                 match self.bos.get_mut(&id) {

@@ -14,6 +14,7 @@
 // device or a memfd, the only unsafe code of the daemon besides Redox's.
 #[allow(unsafe_code)]
 pub mod backend;
+pub mod entropy;
 pub mod options;
 // Redox device access: physical memory, BARs and the pcid channel.
 #[cfg(not(target_os = "redox"))]

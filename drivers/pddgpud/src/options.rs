@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use pddgpu_ipc::size::parse_size;
-use pddgpu_scheme::UserLimits;
+use pddgpu_scheme::{SchemeOptions, UserLimits};
 
 /// Which device the daemon drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,8 +67,9 @@ pub struct Options {
     pub limits: LimitOptions,
 }
 
-/// Per-user and time limits of the host transport (see the README's
-/// errors-and-permissions section for the errno of each).
+/// Per-user and time limits (see the README's errors-and-permissions
+/// section for the errno of each). All but `max_bos_per_uid` are the host
+/// transport's; that one is the scheme's, on every transport.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitOptions {
     /// Connections open at once, all users together (ENFILE beyond).
@@ -81,6 +82,10 @@ pub struct LimitOptions {
     /// beyond).
     #[arg(long, default_value_t = 4096)]
     pub max_handles_per_uid: usize,
+    /// BOs one user's clients may hold at once, created or imported
+    /// (EDQUOT beyond).
+    #[arg(long, default_value_t = SchemeOptions::DEFAULT_MAX_BOS_PER_UID)]
+    pub max_bos_per_uid: usize,
     /// BOs one user's clients may have mapped at once; each keeps a
     /// descriptor open in the server (EDQUOT beyond; host transport). The
     /// daemon lowers it to a quarter of what its descriptor limit allows.
@@ -118,6 +123,7 @@ impl Default for LimitOptions {
             max_connections: 1024,
             max_connections_per_uid: 64,
             max_handles_per_uid: 4096,
+            max_bos_per_uid: SchemeOptions::DEFAULT_MAX_BOS_PER_UID,
             max_mapped_bos_per_uid: UserLimits::DEFAULT_MAPPED_BOS_PER_UID,
             max_mapped_segments_per_uid: UserLimits::DEFAULT_MAPPED_SEGMENTS_PER_UID,
             max_snapshot_bytes_per_uid: UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID,

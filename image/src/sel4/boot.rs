@@ -7,6 +7,12 @@
 //! ([`crate::serial::SEL4`]). The root task ends by suspending itself, so
 //! the host stops QEMU a moment after the verdict (a kernel fault in that
 //! moment still fails the run).
+//!
+//! - The positive run has a `bochs-display` and must PASS.
+//! - The negative run has no display device at all (`-vga none` also
+//!   removes QEMU's default VGA, which has the same PCI id): the root task
+//!   must fail at [`NEGATIVE_STEP`] saying [`NEGATIVE_REASON`] — the
+//!   device is really looked for in PCI configuration space.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +20,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::qemu::{self, Accel, AfterVerdict, BootRun, Session};
-use crate::serial::SEL4;
+use crate::serial::{Outcome, SEL4};
+
+/// The step the root task fails at without a bochs-display.
+pub const NEGATIVE_STEP: &str = "pci";
+/// What it says then.
+pub const NEGATIVE_REASON: &str = "no bochs-display (1234:1111) on PCI bus 0";
 
 /// The CPU QEMU emulates: what rust-sel4's x86 test world uses (the kernel
 /// is built for Nehalem; no XSAVE, FSGSBASE or INVPCID, which the kernel
@@ -32,6 +43,8 @@ pub struct BootOptions {
     pub timeout: Duration,
     /// Guest memory in MiB.
     pub memory_mib: u32,
+    /// VRAM of the bochs-display in MiB (its BAR0).
+    pub vram_mib: u32,
     /// CPU emulation.
     pub accel: Accel,
     /// Print the console as it arrives.
@@ -43,6 +56,7 @@ impl Default for BootOptions {
         Self {
             timeout: Duration::from_secs(120),
             memory_mib: 512,
+            vram_mib: 16,
             accel: Accel::Tcg,
             stream: true,
         }
@@ -50,8 +64,8 @@ impl Default for BootOptions {
 }
 
 /// The QEMU arguments: console on stdio, no network, no default VGA, the
-/// kernel and the root task by multiboot.
-pub fn qemu_args(kernel: &Path, root_task: &Path, opts: &BootOptions) -> Vec<String> {
+/// bochs-display when `gpu`, the kernel and the root task by multiboot.
+pub fn qemu_args(kernel: &Path, root_task: &Path, gpu: bool, opts: &BootOptions) -> Vec<String> {
     let mut args: Vec<String> = ["-nographic", "-no-reboot", "-nic", "none", "-vga", "none"]
         .map(str::to_string)
         .to_vec();
@@ -62,6 +76,12 @@ pub fn qemu_args(kernel: &Path, root_task: &Path, opts: &BootOptions) -> Vec<Str
         opts.accel.name().into(),
         "-m".into(),
         opts.memory_mib.to_string(),
+    ]);
+    if gpu {
+        args.push("-device".into());
+        args.push(format!("bochs-display,vgamem={}M", opts.vram_mib));
+    }
+    args.extend([
         "-kernel".into(),
         kernel.display().to_string(),
         "-initrd".into(),
@@ -71,9 +91,15 @@ pub fn qemu_args(kernel: &Path, root_task: &Path, opts: &BootOptions) -> Vec<Str
 }
 
 /// The command line a person can paste to boot it by hand.
-pub fn command_line(qemu: &Path, kernel: &Path, root_task: &Path, opts: &BootOptions) -> String {
+pub fn command_line(
+    qemu: &Path,
+    kernel: &Path,
+    root_task: &Path,
+    gpu: bool,
+    opts: &BootOptions,
+) -> String {
     std::iter::once(qemu.display().to_string())
-        .chain(qemu_args(kernel, root_task, opts))
+        .chain(qemu_args(kernel, root_task, gpu, opts))
         .map(crate::redox::command::shell_quote)
         .collect::<Vec<_>>()
         .join(" ")
@@ -84,12 +110,13 @@ pub fn boot(
     qemu: &Path,
     kernel: &Path,
     root_task: &Path,
+    gpu: bool,
     opts: &BootOptions,
     log: &Path,
 ) -> Result<BootRun> {
     let session = Session {
         qemu,
-        args: qemu_args(kernel, root_task, opts),
+        args: qemu_args(kernel, root_task, gpu, opts),
         markers: SEL4,
         timeout: opts.timeout,
         after_verdict: AfterVerdict::Stop(AFTER_VERDICT),
@@ -105,19 +132,35 @@ pub fn boot(
     Ok(run)
 }
 
+/// Checks the negative run: the root task failed at [`NEGATIVE_STEP`]
+/// saying [`NEGATIVE_REASON`].
+pub fn check_negative(outcome: &Outcome) -> Result<(), String> {
+    match outcome {
+        Outcome::Fail { step, reason }
+            if step == NEGATIVE_STEP && reason.contains(NEGATIVE_REASON) =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "without a display device the root task must print `FAIL {NEGATIVE_STEP}: \
+             {NEGATIVE_REASON}`; got: {other}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serial::{Outcome, SerialWatch};
+    use crate::serial::SerialWatch;
 
     #[test]
     fn the_kernel_boots_by_multiboot_with_the_root_task_as_module() {
-        let args = qemu_args(
+        let (kernel, task) = (
             Path::new("/t/kernel32.elf"),
             Path::new("/t/pddgpu-sel4.elf"),
-            &BootOptions::default(),
-        )
-        .join(" ");
+        );
+        let opts = BootOptions::default();
+        let args = qemu_args(kernel, task, true, &opts).join(" ");
         assert!(
             args.contains("-kernel /t/kernel32.elf -initrd /t/pddgpu-sel4.elf"),
             "{args}"
@@ -126,6 +169,23 @@ mod tests {
         assert!(
             args.contains("-vga none") && args.contains("-m 512"),
             "{args}"
+        );
+        assert!(args.contains("-device bochs-display,vgamem=16M"), "{args}");
+        let none = qemu_args(kernel, task, false, &opts).join(" ");
+        assert_eq!(none, args.replace("-device bochs-display,vgamem=16M ", ""));
+    }
+
+    #[test]
+    fn the_negative_run_needs_the_pci_failure() {
+        let fail = |step: &str, reason: &str| Outcome::Fail {
+            step: step.into(),
+            reason: reason.into(),
+        };
+        check_negative(&fail(NEGATIVE_STEP, NEGATIVE_REASON)).unwrap();
+        assert!(check_negative(&Outcome::Pass).is_err());
+        assert!(check_negative(&fail("driver", NEGATIVE_REASON)).is_err());
+        assert!(
+            check_negative(&fail(NEGATIVE_STEP, "BAR0 is not an assigned memory BAR")).is_err()
         );
     }
 

@@ -137,9 +137,13 @@ impl Layout {
         self.root.join("pddgpu-sel4.elf")
     }
 
-    /// The serial log of the boot.
-    pub fn serial_log(&self) -> PathBuf {
-        self.root.join("serial.log")
+    /// The serial log of the boot with (`gpu`) or without a display device.
+    pub fn serial_log(&self, gpu: bool) -> PathBuf {
+        self.root.join(if gpu {
+            "serial-gpu.log"
+        } else {
+            "serial-no-gpu.log"
+        })
     }
 }
 

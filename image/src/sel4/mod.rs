@@ -16,7 +16,7 @@
 //! - [`host`]: apt packages.
 //! - [`sources`]: unpacking the kernel, the rust-sel4 bundle, the target JSON.
 //! - [`kernel`]: the Python tools and the kernel.
-//! - [`roottask`]: our root task.
+//! - [`roottask`]: our root task and client, and clippy over them.
 //! - [`boot`]: the QEMU run.
 
 pub mod boot;
@@ -102,27 +102,85 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<Built> {
         &kernel::outputs(&layout),
         |log| kernel::build(&layout, log),
     )?;
+    let root_task_key = roottask::key(&layout, &kernel_key, &toolchain)?;
     progress.cached(
         "root-task",
-        &roottask::key(&layout, &kernel_key, &toolchain)?,
+        &root_task_key,
         &roottask::outputs(&layout),
         |log| roottask::build(&layout, &toolchain, log),
     )?;
+    // Same inputs as the root task: clippy runs again only when they change.
+    let mut lint_key = root_task_key.clone();
+    lint_key.text("lint", "clippy -D warnings");
+    progress.cached("clippy", &lint_key, &[], |log| {
+        roottask::lint(&layout, &toolchain, log)
+    })?;
     Ok(Built { layout, qemu })
 }
 
-/// Boots what [`build`] produced once; the outcome is the verdict.
-pub fn boot_run(built: &Built, opts: &boot::BootOptions, progress: &Progress) -> Result<Outcome> {
+/// How the boots went.
+#[derive(Debug)]
+pub struct BootReport {
+    /// The run with the bochs-display, if it ran.
+    pub positive: Option<Outcome>,
+    /// The run without a display device: `Ok` or what was wrong.
+    pub negative: std::result::Result<(), String>,
+}
+
+impl BootReport {
+    /// Whether every run behaved.
+    pub fn ok(&self) -> bool {
+        self.positive.as_ref().is_none_or(Outcome::is_pass) && self.negative.is_ok()
+    }
+}
+
+/// Boots what [`build`] produced with the bochs-display (unless
+/// `negative_only`; the verdict must be PASS) and without any display
+/// device (the root task must fail to find it).
+pub fn boot_runs(
+    built: &Built,
+    opts: &boot::BootOptions,
+    negative_only: bool,
+    progress: &Progress,
+) -> Result<BootReport> {
+    let positive = if negative_only {
+        None
+    } else {
+        let outcome = boot_once(built, true, opts, progress)?;
+        Some(outcome)
+    };
+    let outcome = boot_once(built, false, opts, progress)?;
+    let negative = boot::check_negative(&outcome);
+    match &negative {
+        Ok(()) => {
+            progress.say("negative run: without a display device the root task found no GPU: OK")
+        }
+        Err(e) => progress.say(format!("negative run: FAILED: {e}")),
+    }
+    Ok(BootReport { positive, negative })
+}
+
+fn boot_once(
+    built: &Built,
+    gpu: bool,
+    opts: &boot::BootOptions,
+    progress: &Progress,
+) -> Result<Outcome> {
     let layout = &built.layout;
     let (kernel, task) = (layout.kernel32(), layout.root_task());
+    let what = if gpu {
+        "with bochs-display"
+    } else {
+        "without a display device"
+    };
     progress.say(format!(
-        "boot: {}",
-        boot::command_line(&built.qemu, &kernel, &task, opts)
+        "boot {what}: {}",
+        boot::command_line(&built.qemu, &kernel, &task, gpu, opts)
     ));
-    let log = layout.serial_log();
-    let run = boot::boot(&built.qemu, &kernel, &task, opts, &log)?;
+    let log = layout.serial_log(gpu);
+    let run = boot::boot(&built.qemu, &kernel, &task, gpu, opts, &log)?;
     progress.say(format!(
-        "boot: {} (QEMU {}; {} steps; serial log {})",
+        "boot {what}: {} (QEMU {}; {} steps; serial log {})",
         run.outcome,
         progress::seconds(run.elapsed),
         run.steps.len(),

@@ -77,6 +77,12 @@ pub fn cargo(layout: &Layout, toolchain: &Toolchain) -> Command {
     cmd
 }
 
+/// The `-Zbuild-std` flags every cargo command of this workspace needs.
+const BUILD_STD: [&str; 2] = [
+    "-Zbuild-std=core,alloc,compiler_builtins",
+    "-Zbuild-std-features=compiler-builtins-mem",
+];
+
 /// Builds the client, then the root task that embeds it, and copies the
 /// root task to [`Layout::root_task`].
 pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
@@ -90,10 +96,7 @@ pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()
     for package in [CLIENT_PACKAGE, PACKAGE] {
         let mut cmd = cargo(layout, toolchain);
         cmd.args(["build", "--release", "-p", package, "--target", TARGET])
-            .args([
-                "-Zbuild-std=core,alloc,compiler_builtins",
-                "-Zbuild-std-features=compiler-builtins-mem",
-            ])
+            .args(BUILD_STD)
             .arg("--target-dir")
             .arg(layout.cargo_target())
             .env(CLIENT_ELF_ENV, built(CLIENT_PACKAGE));
@@ -102,4 +105,31 @@ pub fn build(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()
     std::fs::copy(built(PACKAGE), layout.root_task())
         .with_context(|| format!("copying {}", built(PACKAGE).display()))?;
     Ok(())
+}
+
+/// Runs clippy with `-D warnings` over the whole seL4 workspace (server,
+/// client, protocol) for its real target, adding the toolchain's clippy
+/// component first when it is missing. Run after [`build`]: the server's
+/// check needs the client ELF.
+pub fn lint(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
+    if !toolchain.bin.join("cargo-clippy").is_file() {
+        log.run(
+            Command::new("rustup")
+                .args(["component", "add", "clippy", "--toolchain"])
+                .arg(&toolchain.name),
+        )?;
+    }
+    let client = layout
+        .cargo_target()
+        .join(TARGET)
+        .join("release")
+        .join(format!("{CLIENT_PACKAGE}.elf"));
+    let mut cmd = cargo(layout, toolchain);
+    cmd.args(["clippy", "--release", "--workspace", "--target", TARGET])
+        .args(BUILD_STD)
+        .arg("--target-dir")
+        .arg(layout.cargo_target())
+        .env(CLIENT_ELF_ENV, client)
+        .args(["--", "-D", "warnings"]);
+    log.run(&mut cmd)
 }

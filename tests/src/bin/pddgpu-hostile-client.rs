@@ -16,6 +16,9 @@
 //!   ask that handle for its memory descriptor and try to map it writable,
 //!   and to reopen it writable through `/proc/self/fd`; print
 //!   `map-rw <ok|ERRNO> reopen-rw <ok|ERRNO>`.
+//! - `domain-map`: create a VRAM BO and ask for a descriptor of the whole
+//!   domain (`dup(bo, "domain-backing")`, for the privileged only); print
+//!   `domain-backing <ok|ERRNO>`.
 
 // Tries to map a descriptor writable, as a hostile client would (the
 // mapping edge).
@@ -26,7 +29,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use pddgpu_ipc::host::{HostConnection, ROOT_FD};
-use pddgpu_ipc::wire::{errno_name, BoCall, BoInfoWire, DUP_BACKING};
+use pddgpu_ipc::wire::{errno_name, BoCall, BoInfoWire, DUP_BACKING, DUP_DOMAIN_BACKING};
 use pddgpu_ipc::{BoFlags, Device, Domain, Error};
 use syscall::flag::{O_RDONLY, O_RDWR};
 use syscall::schemev2::Opcode;
@@ -146,6 +149,30 @@ fn readonly_map() -> Result<String, String> {
     Ok(format!("map-rw {map_rw} reopen-rw {reopen_rw}"))
 }
 
+/// Creates a BO and asks for a descriptor of its whole domain.
+fn domain_map() -> Result<String, String> {
+    let socket = pddgpu_ipc::default_socket_path();
+    let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+    let bo = c
+        .request(
+            Opcode::OpenAt,
+            [ROOT_FD, 0, 0, O_RDWR as u64, 0, 0],
+            b"bo/new?size=4096&domain=vram",
+            0,
+        )
+        .map_err(|e| e.to_string())?
+        .result()
+        .map_err(|e| format!("create: {}", errno_name(e)))? as u64;
+    let reply = c
+        .request(Opcode::Dup, [bo, 0, 0, 0, 0, 0], DUP_DOMAIN_BACKING, 0)
+        .map_err(|e| e.to_string())?;
+    Ok(match (reply.result(), reply.fd) {
+        (Ok(_), Some(_)) => "domain-backing ok".to_string(),
+        (Ok(_), None) => "domain-backing no-descriptor".to_string(),
+        (Err(e), _) => format!("domain-backing {}", errno_name(e)),
+    })
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("create") => {
@@ -216,9 +243,13 @@ fn run(args: &[String]) -> Result<(), String> {
             say(&readonly_map()?);
             Ok(())
         }
+        Some("domain-map") => {
+            say(&domain_map()?);
+            Ok(())
+        }
         _ => Err(
             "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | cat FILE \
-             | hold-mapped COUNT SIZE DOMAIN | readonly-map"
+             | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map"
                 .into(),
         ),
     }

@@ -37,11 +37,11 @@ use rpc::call;
 const ATTACK_IDS: u64 = 64;
 
 fn main() -> ! {
-    let number = match call(Request::Hello) {
-        Ok(r) => r[0],
+    let (number, quota) = match call(Request::Hello) {
+        Ok(r) => (r[0], r[1]),
         Err(e) => rpc::fail(&format!("hello refused with errno {e}")),
     };
-    match script(number) {
+    match script(number, quota) {
         Ok(holding) => {
             say(number, "done");
             let _ = call(Request::Done { holding });
@@ -63,7 +63,7 @@ struct Bo {
 }
 
 /// Runs the script; returns whether the client ends holding BOs.
-fn script(number: u64) -> Result<bool, String> {
+fn script(number: u64, quota: u64) -> Result<bool, String> {
     hostile_requests()?;
     say(number, "malformed requests refused");
 
@@ -136,6 +136,8 @@ fn script(number: u64) -> Result<bool, String> {
         "patterns written through the mapped frames and verified by the server",
     );
 
+    exhaust(number, quota, bos.iter().map(|b| b.size).sum())?;
+
     let own: Vec<u64> = bos.iter().map(|b| b.id).collect();
     let mut refused = 0;
     for id in (1..=ATTACK_IDS).filter(|id| !own.contains(id)) {
@@ -196,6 +198,48 @@ fn script(number: u64) -> Result<bool, String> {
         say(number, "keeping its BOs");
         Ok(true)
     }
+}
+
+/// Creates 1 MiB VRAM BOs until the quota refuses one (`EDQUOT`) — after
+/// exactly as many as fit beside the `held` bytes — then frees them: one
+/// client cannot take the device's memory from the others.
+fn exhaust(number: u64, quota: u64, held: u64) -> Result<(), String> {
+    const STEP: u64 = 1 << 20;
+    check(
+        quota > held,
+        format!("quota {quota} B is not above the {held} B held"),
+    )?;
+    let fits = (quota - held) / STEP;
+    let mut extra = Vec::new();
+    let refused = loop {
+        let r = call(Request::Create {
+            size: STEP,
+            domain: Domain::Vram,
+            flags: BoFlags::CLEARED,
+            align: 0,
+        });
+        match r {
+            Ok(r) if (extra.len() as u64) < fits => extra.push(r[0]),
+            Ok(_) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    check(
+        refused == Some(errno::EDQUOT as u64) && extra.len() as u64 == fits,
+        format!(
+            "{} BOs of 1 MiB created before the quota of {quota} B refused one \
+             (expected {fits}, then EDQUOT; got {refused:?})",
+            extra.len()
+        ),
+    )?;
+    for id in extra {
+        call(Request::Free { bo: id }).map_err(|e| format!("free BO {id}: errno {e}"))?;
+    }
+    say(
+        number,
+        &format!("quota: {fits} more MiB BOs fit in {quota} B, the next got EDQUOT"),
+    );
+    Ok(())
 }
 
 /// Requests no well-behaved client sends; each must be refused with

@@ -61,7 +61,7 @@ pub mod slots {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum Op {
-    /// `[] -> [client number]`.
+    /// `[] -> [client number, quota in bytes (0: none)]`.
     Hello = 1,
     /// `[size, domain, flags, align] -> [bo id]`.
     Create = 2,

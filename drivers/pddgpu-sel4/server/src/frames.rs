@@ -37,6 +37,20 @@ impl Frames {
         Ok(frames)
     }
 
+    /// Frames already made (from device memory) in `slots`, mapped at
+    /// `vaddr` with `attrs`.
+    pub fn map_existing(
+        objects: &mut Objects,
+        tables: &mut Tables,
+        slots: Range<usize>,
+        vaddr: usize,
+        attrs: VmAttributes,
+    ) -> sel4::Result<Self> {
+        let frames = Frames { slots, vaddr };
+        frames.map_all(objects, tables, attrs)?;
+        Ok(frames)
+    }
+
     fn map_all(
         &self,
         objects: &mut Objects,

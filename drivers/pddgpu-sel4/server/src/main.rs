@@ -3,14 +3,21 @@
 //! The seL4 kernel starts this program as its root task with every
 //! capability of the machine. It brings up the PDDGPU driver core
 //! (`drivers/pddgpu`, unchanged: VRAM buddy manager, GTT range manager, BO
-//! table, statistics, leak audit, recovery) on the simulated PDDGPU and runs
-//! the scenario, printing one `PDDGPU-SEL4: STEP <name>` line per step on
+//! table, statistics, leak audit, recovery) on the simulated PDDGPU and on
+//! QEMU's bochs-display, serves clients in their own address spaces, and
+//! runs the scenario, printing one `PDDGPU-SEL4: STEP <name>` line per step on
 //! the kernel's debug console (the serial port) and exactly one verdict:
 //! `PDDGPU-SEL4: PASS` or `PDDGPU-SEL4: FAIL <step>: <reason>`. The host
 //! side (`pddgpu-image sel4-boot`) reads those lines.
 //!
 //! - [`verdict`]: the marker lines and the failure type every step returns.
 //! - [`clock`]: the time the core is given.
+//! - [`objects`] / [`paging`] / [`frames`]: kernel objects, translation
+//!   tables, memory as frame capabilities.
+//! - [`pci`] / [`device`]: PCI configuration space and the bochs-display's
+//!   BARs from device untypeds.
+//! - [`spawn`]: clients in their own VSpace and CSpace.
+//! - [`server`]: the IPC request loop on the core.
 //! - [`scenario`]: the steps.
 #![no_std]
 #![no_main]
@@ -18,9 +25,11 @@
 extern crate alloc;
 
 mod clock;
+mod device;
 mod frames;
 mod objects;
 mod paging;
+mod pci;
 mod scenario;
 mod server;
 mod spawn;

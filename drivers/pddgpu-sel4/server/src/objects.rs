@@ -63,6 +63,25 @@ impl Objects {
         Ok(slots)
     }
 
+    /// Makes `n` objects of `blueprint` out of `untyped` (a device untyped
+    /// being split or turned into frames), in consecutive slots.
+    pub fn carve(
+        &mut self,
+        untyped: sel4::cap::Untyped,
+        blueprint: sel4::ObjectBlueprint,
+        n: usize,
+    ) -> sel4::Result<Range<usize>> {
+        let slots = self.slots(n)?;
+        let dst = slot::CNODE.cap().absolute_cptr_for_self();
+        let mut done = 0;
+        while done < n {
+            let batch = (n - done).min(FAN_OUT);
+            untyped.untyped_retype(&blueprint, &dst, slots.start + done, batch)?;
+            done += batch;
+        }
+        Ok(slots)
+    }
+
     /// Makes one object and returns its capability.
     pub fn make_one<T: sel4::CapType>(
         &mut self,

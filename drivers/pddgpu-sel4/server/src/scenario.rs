@@ -1,16 +1,22 @@
-//! The scenario the root task runs: the driver core brought up on the
-//! simulated PDDGPU whose memory is frames the server owns, a few checks
-//! in the root task itself, then two clients in their own address spaces
-//! served over IPC, the destruction of a client that still holds BOs, and
-//! the final audit.
+//! The scenario the root task runs:
+//! 1. the driver core on the simulated PDDGPU (memory: frames the server
+//!    owns) for what only a simulated device can do — an owner's exit and
+//!    recovery from an injected device error;
+//! 2. the driver core on the real emulated GPU, QEMU's bochs-display,
+//!    found in PCI configuration space with its BARs mapped from device
+//!    untyped capabilities;
+//! 3. two clients in their own address spaces served over IPC by that
+//!    driver, the destruction of a client that still holds BOs, and the
+//!    final audit of both drivers.
 
 use alloc::format;
 use alloc::vec::Vec;
 
-use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverOptions};
+use pddgpu::device::{BochsModel, DeviceResources, SimConfig, SimDevice};
+use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverOptions, Tunable};
 
 use crate::clock::now_ms;
+use crate::device;
 use crate::frames::{Frames, FRAME};
 use crate::objects::Objects;
 use crate::paging::Tables;
@@ -25,14 +31,19 @@ const CLIENT_ELF: &[u8] = include_bytes!(env!("PDDGPU_SEL4_CLIENT_ELF"));
 
 /// Sizes of the simulated PDDGPU.
 const SIM: SimConfig = SimConfig {
-    vram_size: 16 << 20,
-    visible_size: 8 << 20,
-    gtt_size: 8 << 20,
+    vram_size: 8 << 20,
+    visible_size: 4 << 20,
+    gtt_size: 4 << 20,
 };
+/// The bochs-display's GTT aperture: system memory (frames) the server
+/// provides, as on every host.
+const BOCHS_GTT: u64 = 8 << 20;
 
-/// Where the server maps the device's VRAM and GTT frames.
-const VRAM_VADDR: usize = 0x10_0000_0000;
-const GTT_VADDR: usize = 0x11_0000_0000;
+/// Where the server maps the simulated device's VRAM and GTT frames, and
+/// the bochs-display's GTT frames.
+const SIM_VRAM_VADDR: usize = 0x10_0000_0000;
+const SIM_GTT_VADDR: usize = 0x11_0000_0000;
+const BOCHS_GTT_VADDR: usize = 0x15_0000_0000;
 
 /// The owner the root task acts as in its own checks.
 const ROOT_OWNER: u64 = 1;
@@ -40,6 +51,10 @@ const ROOT_OWNER: u64 = 1;
 const EXITING_OWNER: u64 = 7;
 /// The clients' badges (their owner ids), in start order.
 const CLIENT_BADGES: [u64; 2] = [0x101, 0x102];
+/// What one client may hold (the core's `client_quota_bytes`): with two
+/// clients, a quarter of the VRAM each, so neither can exhaust the device
+/// for the other.
+const CLIENT_QUOTA: u64 = 4 << 20;
 
 /// Runs every step; the first failure ends the scenario.
 pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
@@ -56,26 +71,22 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
     let mut objects = Objects::new(bootinfo);
     let mut tables = Tables::new(sel4::init_thread::slot::VSPACE.cap());
 
-    let backing = step("memory", || {
-        let mut frames = |vaddr, bytes: u64| {
-            Frames::from_ram(&mut objects, &mut tables, vaddr, bytes as usize / FRAME)
-                .map_err(|e| format!("{} frames at {vaddr:#x}: {e:?}", bytes as usize / FRAME))
-        };
-        let vram = frames(VRAM_VADDR, SIM.vram_size)?;
-        let gtt = frames(GTT_VADDR, SIM.gtt_size)?;
+    let (sim_vram, sim_gtt) = step("memory", || {
+        let vram = ram_frames(&mut objects, &mut tables, SIM_VRAM_VADDR, SIM.vram_size)?;
+        let gtt = ram_frames(&mut objects, &mut tables, SIM_GTT_VADDR, SIM.gtt_size)?;
         note(format_args!(
-            "device memory: {} VRAM and {} GTT frames, mapped only in the server",
+            "simulated device memory: {} VRAM and {} GTT frames, mapped only in the server",
             vram.pages(),
             gtt.pages()
         ));
-        Ok(Backing { vram, gtt })
+        Ok((vram, gtt))
     })?;
 
     let sim = step("sim-device", || {
-        SimDevice::with_backing(SIM, backing.vram.region(), backing.gtt.region())
+        SimDevice::with_backing(SIM, sim_vram.region(), sim_gtt.region())
             .map_err(|e| format!("simulated PDDGPU: {e}"))
     })?;
-    let driver = step("driver", || {
+    let sim_driver = step("sim-driver", || {
         let driver =
             Driver::with_options(sim.resources(), DriverOptions::with_seed(0x5e14), now_ms())
                 .map_err(|e| format!("bring-up: {e}"))?;
@@ -101,9 +112,9 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
             (128 << 10, Domain::Gtt),
             (4096, Domain::Vram),
         ] {
-            create(&driver, EXITING_OWNER, size, domain)?;
+            create(&sim_driver, EXITING_OWNER, size, domain)?;
         }
-        let summary = driver.owner_exit(EXITING_OWNER);
+        let summary = sim_driver.owner_exit(EXITING_OWNER);
         ensure!(
             summary.freed == 3,
             "owner exit freed {} of 3 BOs: {summary:?}",
@@ -117,32 +128,88 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
     })?;
 
     step("recover", || {
-        let kept = create(&driver, ROOT_OWNER, 8192, Domain::Vram)?;
-        driver
+        let kept = create(&sim_driver, ROOT_OWNER, 8192, Domain::Vram)?;
+        sim_driver
             .bo_write(ROOT_OWNER, kept, 0, b"kept across recovery")
             .map_err(|e| format!("write: {e}"))?;
         sim.inject_error();
-        if let Ok(id) = create(&driver, ROOT_OWNER, 4096, Domain::Vram) {
+        if let Ok(id) = create(&sim_driver, ROOT_OWNER, 4096, Domain::Vram) {
             bail!("BO {id} created on a device in error");
         }
         for domain in Domain::ALL {
-            driver
+            sim_driver
                 .recover(domain)
                 .map_err(|e| format!("recover {domain}: {e}"))?;
         }
         let mut back = [0u8; 20];
-        driver
+        sim_driver
             .bo_read(ROOT_OWNER, kept, 0, &mut back)
             .map_err(|e| format!("read after recovery: {e}"))?;
         ensure!(
             &back == b"kept across recovery",
             "a live BO lost its contents in recovery"
         );
-        driver
+        sim_driver
             .bo_unref(ROOT_OWNER, kept)
             .map_err(|e| format!("free: {e}"))?;
         Ok(())
     })?;
+
+    let bochs = step("pci", || {
+        let bochs = device::map(bootinfo, &mut objects, &mut tables).map_err(|e| format!("{e}"))?;
+        note(format_args!(
+            "bochs-display at {}: BAR0 {:#x} ({} MiB VRAM), BAR2 {:#x} ({} KiB registers)",
+            bochs.address,
+            bochs.vram_bar.base,
+            bochs.vram_bar.size >> 20,
+            bochs.mmio_bar.base,
+            bochs.mmio_bar.size >> 10
+        ));
+        for (bar, (paddr, bits)) in ["BAR0", "BAR2"].into_iter().zip(bochs.untyped) {
+            note(format_args!(
+                "{bar} carved from the device untyped at {paddr:#x} (2^{bits} bytes) into {} frames held by the server",
+                if bar == "BAR0" { bochs.vram.pages() } else { bochs.mmio.pages() }
+            ));
+        }
+        Ok(bochs)
+    })?;
+    let gtt = step("gtt", || {
+        ram_frames(&mut objects, &mut tables, BOCHS_GTT_VADDR, BOCHS_GTT)
+    })?;
+    let driver = step("driver", || {
+        let model = BochsModel::new(BOCHS_GTT).map_err(|e| format!("{e}"))?;
+        let resources = DeviceResources {
+            mmio: bochs.mmio(),
+            model: model.boxed(),
+            vram: bochs.vram.region(),
+            gtt: gtt.region(),
+        };
+        let driver = Driver::with_options(resources, DriverOptions::with_seed(0xb0c5), now_ms())
+            .map_err(|e| format!("bring-up on the bochs-display: {e}"))?;
+        let info = driver.info();
+        ensure!(
+            info.vram_size == bochs.vram_bar.size,
+            "the registers report {} bytes of VRAM, BAR0 is {}",
+            info.vram_size,
+            bochs.vram_bar.size
+        );
+        driver
+            .tunables()
+            .set_value(Tunable::ClientQuotaBytes, CLIENT_QUOTA)
+            .map_err(|e| format!("setting the client quota: {e}"))?;
+        note(format_args!(
+            "{}: {} MiB VRAM (read from its DISPI registers through BAR2), {} MiB GTT, state {}",
+            info.name,
+            info.vram_size >> 20,
+            info.gtt_size >> 20,
+            driver.device_state().name()
+        ));
+        Ok(driver)
+    })?;
+    let backing = Backing {
+        vram: &bochs.vram,
+        gtt: &gtt,
+    };
 
     let endpoint = step("spawn", || {
         let endpoint = objects
@@ -250,6 +317,11 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
     })?;
 
     step("leak-check", || {
+        let sim_report = sim_driver.leak_check(now_ms());
+        ensure!(
+            sim_report.is_clean() && sim_report.live_bos == 0,
+            "simulated device: {sim_report:?}"
+        );
         let report = driver.leak_check(now_ms());
         ensure!(report.is_clean(), "leak check not clean: {report:?}");
         ensure!(
@@ -265,6 +337,18 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
         );
         Ok(())
     })
+}
+
+/// `bytes` of zeroed RAM frames mapped at `vaddr` in the server.
+fn ram_frames(
+    objects: &mut Objects,
+    tables: &mut Tables,
+    vaddr: usize,
+    bytes: u64,
+) -> Result<Frames, alloc::string::String> {
+    let pages = bytes as usize / FRAME;
+    Frames::from_ram(objects, tables, vaddr, pages)
+        .map_err(|e| format!("{pages} frames at {vaddr:#x}: {e:?}"))
 }
 
 /// Creates a zeroed BO, with the error as text.

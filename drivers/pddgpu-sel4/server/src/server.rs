@@ -67,18 +67,18 @@ impl Client {
 }
 
 /// The device memory whose frames BOs are made of, per domain.
-pub struct Backing {
+pub struct Backing<'a> {
     /// VRAM frames (the server's mapping of them is the core's VRAM).
-    pub vram: Frames,
+    pub vram: &'a Frames,
     /// GTT frames.
-    pub gtt: Frames,
+    pub gtt: &'a Frames,
 }
 
-impl Backing {
+impl Backing<'_> {
     fn frames(&self, domain: Domain) -> &Frames {
         match domain {
-            Domain::Vram => &self.vram,
-            Domain::Gtt => &self.gtt,
+            Domain::Vram => self.vram,
+            Domain::Gtt => self.gtt,
         }
     }
 }
@@ -105,7 +105,7 @@ enum Answer {
 /// `Fail`.
 pub fn serve(
     driver: &Driver,
-    backing: &Backing,
+    backing: &Backing<'_>,
     endpoint: sel4::cap::Endpoint,
     clients: &mut [Client],
 ) -> Result<(), ClientFailed> {
@@ -164,10 +164,13 @@ fn errno_of(error: &DriverError) -> u64 {
     errno::driver_errno(error) as u64
 }
 
-fn handle(driver: &Driver, backing: &Backing, client: &mut Client, request: Request) -> Answer {
+fn handle(driver: &Driver, backing: &Backing<'_>, client: &mut Client, request: Request) -> Answer {
     let owner = client.badge;
     let result = match request {
-        Request::Hello => Ok(alloc::vec![client.number]),
+        Request::Hello => Ok(alloc::vec![
+            client.number,
+            driver.tunables().client_quota().unwrap_or(0)
+        ]),
         Request::Create {
             size,
             domain,
@@ -289,7 +292,12 @@ fn take_back(client: &mut Client, bo: u64) -> sel4::Result<()> {
 }
 
 /// Copies the frames of the caller's BO into the caller's CNode.
-fn map(driver: &Driver, backing: &Backing, client: &mut Client, bo: u64) -> Result<Vec<u64>, u64> {
+fn map(
+    driver: &Driver,
+    backing: &Backing<'_>,
+    client: &mut Client,
+    bo: u64,
+) -> Result<Vec<u64>, u64> {
     let info = driver
         .bo_info(client.badge, BoId(bo))
         .map_err(|err| errno_of(&err))?;

@@ -37,8 +37,8 @@ pub enum DriverError {
     /// The BO is not exported, or the token is wrong.
     #[error("bad share token")]
     BadToken,
-    /// The create would take the owner over its quota; nothing was
-    /// allocated.
+    /// The create or import would take the owner over its quota (which
+    /// charges allocated bytes); nothing was allocated or imported.
     #[error("quota exceeded: owner {owner} holds {held} of {quota} bytes, asked for {requested}")]
     QuotaExceeded {
         /// The owner.
@@ -47,12 +47,16 @@ pub enum DriverError {
         quota: u64,
         /// Bytes it holds now.
         held: u64,
-        /// Bytes asked for.
+        /// Bytes the create or import would charge (allocated, whole
+        /// pages).
         requested: u64,
     },
     /// An access reaches outside the BO.
     #[error("offset is outside the buffer object")]
     OutOfBounds,
+    /// The random source for export tokens failed; nothing was exported.
+    #[error(transparent)]
+    Entropy(#[from] super::token::EntropyError),
     /// The table of live BOs is full.
     #[error("too many live buffer objects")]
     TooManyBos,

@@ -11,6 +11,7 @@ use super::ownership::{held_entry, BoOwnership};
 use super::{Driver, DriverError, ExitSummary, GTT_BASE};
 use crate::bo::{
     BoCreate, BoEntry, BoFlags, BoId, BoInfo, BoTable, OwnerId, Placement, Shard, LABEL_MAX,
+    PAGE_SIZE,
 };
 use crate::device::{DeviceError, Domain};
 use crate::manager::ManagerError;
@@ -74,32 +75,32 @@ impl Driver {
                 retry: self.tunables.retry_policy(d),
             });
         }
-        let reserved = match self.tunables.client_quota() {
-            Some(quota) => {
-                let mut owners = self.owners.lock(owner);
-                let entry = owners.entry_or_new(owner);
-                let held = entry.charged_total();
-                if held.saturating_add(req.size) > quota {
-                    owners.remove_if_empty(owner);
-                    drop(owners);
-                    self.stats.apply(d, &Delta::failure());
-                    return Err(DriverError::QuotaExceeded {
-                        owner,
-                        quota,
-                        held,
-                        requested: req.size,
-                    });
-                }
-                entry.charge(d, req.size);
-                true
+        // The quota is charged what the allocator takes (see
+        // `ownership`): reserve the whole pages now, so an owner over its
+        // quota allocates nothing, and settle the difference (the buddy's
+        // rounding) once the allocation is known.
+        let quota = self.tunables.client_quota();
+        let reserved = req.size.next_multiple_of(PAGE_SIZE);
+        if quota.is_some() {
+            let mut owners = self.owners.lock(owner);
+            let entry = owners.entry_or_new(owner);
+            if let Err(held) = entry.try_charge(d, reserved, quota) {
+                owners.remove_if_empty(owner);
+                drop(owners);
+                self.stats.apply(d, &Delta::failure());
+                return Err(DriverError::QuotaExceeded {
+                    owner,
+                    quota: quota.unwrap_or(0),
+                    held,
+                    requested: reserved,
+                });
             }
-            None => false,
-        };
+        }
         let unreserve = || {
-            if reserved {
+            if quota.is_some() {
                 let mut owners = self.owners.lock(owner);
                 if let Some(e) = owners.get_mut(&owner) {
-                    e.uncharge(d, req.size);
+                    e.uncharge(d, reserved);
                 }
                 owners.remove_if_empty(owner);
             }
@@ -115,10 +116,14 @@ impl Driver {
             }
         };
         if req.flags.contains(BoFlags::CLEARED) {
+            // Every byte the allocator took, not only the requested ones:
+            // the rest of the last page is mappable too.
             let region = self.backing(d);
-            let cleared = placement
-                .segments_iter(req.size, GTT_BASE)
-                .try_for_each(|(_, at, len)| region.fill(at, len, 0));
+            let base = match d {
+                Domain::Vram => 0,
+                Domain::Gtt => GTT_BASE,
+            };
+            let cleared = placement.try_for_each_reserved(base, |at, len| region.fill(at, len, 0));
             if let Err(e) = cleared {
                 self.release(placement);
                 unreserve();
@@ -133,12 +138,34 @@ impl Driver {
         };
         {
             let mut owners = self.owners.lock(owner);
+            let entry = owners.entry_or_new(owner);
+            // Settle the reservation to the allocated size.
+            let settled = if quota.is_some() {
+                entry.uncharge(d, reserved);
+                entry.try_charge(d, allocated, quota)
+            } else {
+                entry.try_charge(d, allocated, None)
+            };
+            if let Err(held) = settled {
+                owners.remove_if_empty(owner);
+                drop(owners);
+                self.release(placement);
+                self.stats.apply(d, &Delta::failure());
+                return Err(DriverError::QuotaExceeded {
+                    owner,
+                    quota: quota.unwrap_or(0),
+                    held,
+                    requested: allocated,
+                });
+            }
             let mut shard = self.table.shard(id);
             let Some(slot) = self.leaks.take_slot(&mut shard.free_slots) else {
                 drop(shard);
+                let entry = owners.entry_or_new(owner);
+                entry.uncharge(d, allocated);
+                owners.remove_if_empty(owner);
                 drop(owners);
                 self.release(placement);
-                unreserve();
                 return Err(DriverError::TooManyBos);
             };
             self.leaks
@@ -156,11 +183,7 @@ impl Driver {
                     slot,
                 },
             );
-            let entry = owners.entry_or_new(owner);
-            if !reserved {
-                entry.charge(d, req.size);
-            }
-            let fresh = entry.held.insert(id.0);
+            let fresh = owners.entry_or_new(owner).held.insert(id.0);
             debug_assert!(fresh, "BO ids are never reused");
         }
         self.stats
@@ -186,10 +209,13 @@ impl Driver {
                 );
                 flags.set(VramFlags::VISIBLE, req.flags.contains(BoFlags::VISIBLE));
                 flags.set(VramFlags::TOPDOWN, req.flags.contains(BoFlags::TOPDOWN));
+                // Buddy blocks are whole pages (the minimum block size is
+                // at least a page), so only the alignment needs raising.
+                let align = req.align.max(PAGE_SIZE);
                 for _ in 0..MAX_RETIRE_PER_CREATE {
                     let a = self
                         .vram
-                        .alloc(req.size, req.align, flags)
+                        .alloc(req.size, align, flags)
                         .map_err(|e| self.map_manager(Domain::Vram, req.size, e))?;
                     if self.bad_range_count.load(Ordering::Acquire) == 0 {
                         return Ok(Placement::Vram(a));
@@ -219,8 +245,10 @@ impl Driver {
                 } else {
                     InsertMode::Best
                 };
+                // Whole pages of their own (see `PAGE_SIZE`).
+                let size = req.size.next_multiple_of(PAGE_SIZE);
                 self.gtt
-                    .alloc(req.size, req.align, None, mode)
+                    .alloc(size, req.align.max(PAGE_SIZE), None, mode)
                     .map(Placement::Gtt)
                     .map_err(|e| self.map_manager(Domain::Gtt, req.size, e))
             }
@@ -268,9 +296,8 @@ impl Driver {
             let mut owners = self.owners.lock(owner);
             let mut shard = self.table.shard(id);
             let entry = held_entry(&mut shard, owner, id)?;
-            if let Some(gone) = entry.own.drop_reference(owner, false) {
-                let charged = if gone.was_charged { entry.size } else { 0 };
-                owners.let_go(owner, id, d, charged);
+            if entry.own.drop_reference(owner, false).is_some() {
+                owners.let_go(owner, id, d, entry.placement.allocated_size());
             }
             self.settle(&mut shard, id)
         };

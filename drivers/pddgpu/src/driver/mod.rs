@@ -52,8 +52,9 @@ pub mod ownership;
 mod recovery;
 mod report;
 mod share;
+pub mod token;
 
-pub use crate::bo::{BoCreate, BoFlags, BoId, BoInfo, OwnerId, Placement, LABEL_MAX};
+pub use crate::bo::{BoCreate, BoFlags, BoId, BoInfo, OwnerId, Placement, LABEL_MAX, PAGE_SIZE};
 pub use crate::device::{DeviceResources, DeviceState, Domain};
 pub use crate::leak::{Audit, AuditVerdict, LeakReport, Record, Suspect, SuspectReason};
 pub use crate::stats::{DomainCounters, StatsSnapshot};
@@ -62,6 +63,7 @@ pub use error::DriverError;
 pub use occupancy::{Extent, OccupancyMap, Occupant};
 pub(crate) use ownership::BoOwnership;
 pub use report::{ClientUsage, ExitSummary, Health};
+pub use token::{EntropyError, ExportToken, SeededTokens, TokenSource};
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,38 +83,36 @@ use ownership::Owners;
 const GTT_BASE: u64 = 0;
 
 /// Options of [`Driver::with_options`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverOptions {
-    /// Key of the keyed hash that makes export tokens. The daemon should
-    /// fill it from a real random source; the default is derived from the
-    /// start time and addresses, which is not secret.
-    pub token_key: [u64; 2],
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    /// Where export tokens come from (see [`token`]). A front end serving
+    /// untrusted clients must pass the operating system's random source.
+    pub tokens: Box<dyn TokenSource>,
 }
 
 impl DriverOptions {
-    /// Options with a token key derived from `seed`.
+    /// Options whose export tokens come from `tokens`.
+    pub fn with_token_source(tokens: Box<dyn TokenSource>) -> Self {
+        DriverOptions { tokens }
+    }
+
+    /// Options with deterministic tokens that follow from `seed` (tests
+    /// and in-process use; see [`SeededTokens`]).
     pub fn with_seed(seed: u64) -> Self {
-        DriverOptions {
-            token_key: [splitmix(seed), splitmix(seed ^ 0x5555_5555_5555_5555)],
-        }
+        Self::with_token_source(Box::new(SeededTokens::new(seed)))
     }
 }
 
 impl Default for DriverOptions {
+    /// Deterministic tokens from seed 0: not secret (see
+    /// [`DriverOptions::tokens`]).
     fn default() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let local = 0u8;
-        let seed = (&local as *const u8 as u64)
-            ^ (splitmix as fn(u64) -> u64 as usize as u64).rotate_left(17)
-            ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(41);
-        Self::with_seed(seed)
+        Self::with_seed(0)
+    }
+}
+
+impl core::fmt::Debug for DriverOptions {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DriverOptions").finish_non_exhaustive()
     }
 }
 
@@ -138,8 +138,7 @@ pub struct Driver {
     last_report: spin::Mutex<LeakReport>,
     next_check_ms: AtomicU64,
     free_epochs: [AtomicU64; 2],
-    token_key: [u64; 2],
-    token_counter: AtomicU64,
+    tokens: Box<dyn TokenSource>,
 }
 
 impl core::fmt::Debug for Driver {
@@ -155,7 +154,9 @@ impl core::fmt::Debug for Driver {
 impl Driver {
     /// Brings the device up: probes it through `resources.model`, reads its
     /// sizes from its registers, checks the backing memory, creates both
-    /// memory managers, enables the device and moves to READY.
+    /// memory managers, enables the device and moves to READY. Export
+    /// tokens are deterministic ([`DriverOptions::default`]); a server
+    /// for untrusted clients uses [`Driver::with_options`].
     pub fn new(resources: DeviceResources, now_ms: u64) -> Result<Driver, DriverError> {
         Self::with_options(resources, DriverOptions::default(), now_ms)
     }
@@ -227,8 +228,7 @@ impl Driver {
             last_report: spin::Mutex::new(LeakReport::default()),
             next_check_ms: AtomicU64::new(now_ms.saturating_add(interval)),
             free_epochs: Default::default(),
-            token_key: options.token_key,
-            token_counter: AtomicU64::new(1),
+            tokens: options.tokens,
         };
         driver.model.enable(&driver.mmio)?;
         let _ = driver

@@ -29,8 +29,18 @@
 //! may withdraw the export early ([`Driver::bo_unexport`]).
 //!
 //! # Charging
-//! A BO's size is charged to its creator's quota while the creator holds
-//! it; when the creator lets go, nobody is charged for it any more.
+//! Every holder of a BO is charged the bytes the allocator really took for
+//! it (its allocated size: whole pages, see [`crate::bo::PAGE_SIZE`], and
+//! for VRAM the buddy's rounding), not the size it asked for: a thousand
+//! 1-byte BOs cost a thousand pages of quota, as they cost a thousand pages
+//! of memory. An importer is charged like the creator, from the import on
+//! and for as long as it holds the BO, and an import that would take it
+//! over its quota is refused; a BO held by two owners counts against both.
+//! So no owner holds memory its quota does not pay for, whatever it
+//! creates, imports or lets go of (with one holder charged, a creator could
+//! pass BOs to an importer and create more, without bound). Quotas are per
+//! owner (the tunable `client_quota_bytes`, 0 = off); a charge ends when
+//! its owner lets go of the BO.
 //!
 //! # Locking
 //! Owners are sharded by id, BOs by id (see [`crate::bo`]); an operation
@@ -44,6 +54,7 @@ use core::hash::BuildHasher;
 
 use smallvec::SmallVec;
 
+use super::token::ExportToken;
 use super::DriverError;
 use crate::bo::{BoEntry, BoId, IdMap, IdSet, OwnerId, Shard};
 use crate::device::Domain;
@@ -69,21 +80,20 @@ pub(crate) fn held_entry(
 /// A live export: its token and the owner whose holding keeps it valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Export {
-    pub token: u64,
+    pub token: ExportToken,
     pub exporter: OwnerId,
 }
 
-/// What happened when an owner's last reference to a BO went.
+/// What happened when an owner's last reference to a BO went (its charge
+/// for the BO always ends with it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LetGo {
-    /// The owner was charged for the BO; its charge must be dropped.
-    pub was_charged: bool,
     /// The owner was the exporter; the export has been revoked.
     pub revoked_export: bool,
 }
 
-/// The ownership state of one BO: holders with their reference counts, the
-/// export, and who is charged.
+/// The ownership state of one BO: holders with their reference counts and
+/// the export. Every holder is charged for the BO (see the module docs).
 #[derive(Debug)]
 pub(crate) struct BoOwnership {
     /// The creator (shown as the owner in reports while it holds the BO).
@@ -92,17 +102,15 @@ pub(crate) struct BoOwnership {
     /// kept inline so a BO costs no allocation for it.
     holders: SmallVec<[(OwnerId, u32); 1]>,
     export: Option<Export>,
-    charged: Option<OwnerId>,
 }
 
 impl BoOwnership {
-    /// A new BO: one reference of `creator`, charged to it, not exported.
+    /// A new BO: one reference of `creator`, not exported.
     pub fn new(creator: OwnerId) -> Self {
         BoOwnership {
             creator,
             holders: smallvec::smallvec![(creator, 1)],
             export: None,
-            charged: Some(creator),
         }
     }
 
@@ -142,14 +150,8 @@ impl BoOwnership {
     }
 
     /// The export token, while exported.
-    pub fn token(&self) -> Option<u64> {
+    pub fn token(&self) -> Option<ExportToken> {
         self.export.map(|e| e.token)
-    }
-
-    /// Whether `owner` is charged for the BO.
-    #[cfg(test)]
-    pub fn is_charged_to(&self, owner: OwnerId) -> bool {
-        self.charged == Some(owner)
     }
 
     /// Adds one reference for `owner`.
@@ -163,8 +165,8 @@ impl BoOwnership {
 
     /// Drops one (or, with `all`, every) reference of `owner`. `None` while
     /// `owner` still holds some; otherwise what letting go entailed (see
-    /// the module docs: the exporter's export is revoked, the creator's
-    /// charge ends). An owner holding nothing lets go of nothing.
+    /// the module docs: the exporter's export is revoked). An owner holding
+    /// nothing lets go of nothing.
     pub fn drop_reference(&mut self, owner: OwnerId, all: bool) -> Option<LetGo> {
         let i = self.holders.iter().position(|h| h.0 == owner)?;
         if !all && self.holders[i].1 > 1 {
@@ -176,26 +178,19 @@ impl BoOwnership {
         if revoked_export {
             self.export = None;
         }
-        let was_charged = self.charged == Some(owner);
-        if was_charged {
-            self.charged = None;
-        }
         debug_assert!(!self.is_held_by(owner));
         debug_assert!(self.export.is_none_or(|e| self.is_held_by(e.exporter)));
-        Some(LetGo {
-            was_charged,
-            revoked_export,
-        })
+        Some(LetGo { revoked_export })
     }
 
-    /// Exports on behalf of `owner` (a holder): the existing token, or a
-    /// new one from `make_token` recorded as `owner`'s export.
-    pub fn export(&mut self, owner: OwnerId, make_token: impl FnOnce() -> u64) -> u64 {
+    /// Exports on behalf of `owner` (a holder): the existing token, or
+    /// `fresh` recorded as `owner`'s export.
+    pub fn export(&mut self, owner: OwnerId, fresh: ExportToken) -> ExportToken {
         debug_assert!(self.is_held_by(owner));
         if let Some(e) = self.export {
             return e.token;
         }
-        let token = make_token();
+        let token = fresh;
         self.export = Some(Export {
             token,
             exporter: owner,
@@ -209,9 +204,9 @@ impl BoOwnership {
     }
 
     /// Whether `token` opens this BO: it is exported and the token matches
-    /// (0 never does).
-    pub fn accepts(&self, token: u64) -> bool {
-        token != 0 && self.export.is_some_and(|e| e.token == token)
+    /// (compared in constant time, see [`ExportToken`]).
+    pub fn accepts(&self, token: &ExportToken) -> bool {
+        self.export.is_some_and(|e| e.token == *token)
     }
 }
 
@@ -220,8 +215,9 @@ impl BoOwnership {
 pub(crate) struct OwnerEntry {
     /// Ids of the BOs it holds a reference to.
     pub held: IdSet,
-    /// Bytes charged per domain (sizes of BOs it created and still holds,
-    /// plus quota reservations of creates in progress).
+    /// Bytes charged per domain: the allocated sizes of the BOs it holds
+    /// (created or imported), plus quota reservations of creates in
+    /// progress.
     pub charged: [u64; 2],
 }
 
@@ -235,6 +231,23 @@ impl OwnerEntry {
     pub fn charge(&mut self, domain: Domain, bytes: u64) {
         let c = &mut self.charged[domain.index()];
         *c = c.saturating_add(bytes);
+    }
+
+    /// Charges `bytes` in `domain` if that keeps the owner within `quota`
+    /// (`None`: no quota); otherwise charges nothing and returns the bytes
+    /// it is already charged.
+    pub fn try_charge(
+        &mut self,
+        domain: Domain,
+        bytes: u64,
+        quota: Option<u64>,
+    ) -> Result<(), u64> {
+        let held = self.charged_total();
+        if quota.is_some_and(|q| held.saturating_add(bytes) > q) {
+            return Err(held);
+        }
+        self.charge(domain, bytes);
+        Ok(())
     }
 
     /// Drops a charge of `bytes` in `domain`.
@@ -282,8 +295,9 @@ impl OwnerShard {
         }
     }
 
-    /// Records that `owner` let go of BO `id` (`charged` bytes of `domain`
-    /// charged to it, or 0), and drops the owner if nothing is left.
+    /// Records that `owner` let go of BO `id` (ending its charge of
+    /// `charged` bytes of `domain`), and drops the owner if nothing is
+    /// left.
     pub fn let_go(&mut self, owner: OwnerId, id: BoId, domain: Domain, charged: u64) {
         if let Some(e) = self.map.get_mut(&owner) {
             e.held.remove(&id.0);
@@ -367,15 +381,19 @@ impl Owners {
 mod tests {
     use super::*;
 
+    fn token(n: u8) -> ExportToken {
+        ExportToken::from_bytes([n; ExportToken::LEN])
+    }
+
     #[test]
     fn references_count_holds_only() {
         let mut o = BoOwnership::new(1);
         o.add_reference(2);
         o.add_reference(2);
-        assert_eq!(o.export(2, || 9), 9);
+        assert_eq!(o.export(2, token(9)), token(9));
         assert_eq!(
-            o.export(1, || 10),
-            9,
+            o.export(1, token(10)),
+            token(9),
             "exporting again gives the same token"
         );
         assert_eq!(o.refcount(), 3, "an export is not a reference");
@@ -384,33 +402,31 @@ mod tests {
         assert_eq!(
             gone,
             LetGo {
-                was_charged: true,
                 revoked_export: false
             },
-            "the creator let go: its charge ends, 2's export stays"
+            "the creator let go: 2's export stays"
         );
         assert_eq!(o.primary_holder(), 2);
-        assert!(o.accepts(9) && !o.accepts(8) && !o.accepts(0));
+        assert!(o.accepts(&token(9)) && !o.accepts(&token(8)) && !o.accepts(&token(0)));
         let gone = o.drop_reference(2, true).unwrap();
-        assert!(gone.revoked_export && !gone.was_charged);
+        assert!(gone.revoked_export);
         assert!(o.is_unheld());
         assert_eq!(o.primary_holder(), 0);
         assert_eq!(o.token(), None);
-        assert!(!o.accepts(9));
+        assert!(!o.accepts(&token(9)));
         assert_eq!(o.drop_reference(2, false), None, "2 holds nothing");
     }
 
     #[test]
     fn the_exporter_letting_go_revokes_the_export_only() {
         let mut o = BoOwnership::new(1);
-        let t = o.export(1, || 77);
+        let t = o.export(1, token(77));
         o.add_reference(3);
-        assert!(o.accepts(t));
+        assert!(o.accepts(&t));
         let gone = o.drop_reference(1, false).unwrap();
         assert!(gone.revoked_export);
-        assert!(!o.accepts(t), "the token dies with the exporter's hold");
+        assert!(!o.accepts(&t), "the token dies with the exporter's hold");
         assert!(o.is_held_by(3), "the importer keeps its reference");
-        assert!(!o.is_charged_to(1) && !o.is_charged_to(3));
     }
 
     #[test]

@@ -31,9 +31,10 @@ pub struct ClientUsage {
     pub owner: OwnerId,
     /// BOs it holds a reference to (created or imported).
     pub bo_count: u64,
-    /// Bytes of VRAM BOs it created and still holds (charged to its quota).
+    /// Allocated bytes of the VRAM BOs it holds, created or imported (what
+    /// its quota is charged).
     pub vram_bytes: u64,
-    /// Bytes of GTT BOs it created and still holds.
+    /// Allocated bytes of the GTT BOs it holds.
     pub gtt_bytes: u64,
     /// Its quota, if quotas are on.
     pub quota: Option<u64>,

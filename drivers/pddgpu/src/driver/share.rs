@@ -1,13 +1,12 @@
 //! Sharing: more references for a holder, exports and imports. The rules
 //! are those of [`super::ownership`].
 
-use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
-
 use super::gate::{Lane, Mode};
 use super::ownership::held_entry;
+use super::token::ExportToken;
 use super::{Driver, DriverError, GTT_BASE};
 use crate::bo::{BoId, BoInfo, OwnerId};
+use alloc::vec::Vec;
 
 impl Driver {
     /// Adds a reference for `owner`, which must already hold the BO (a
@@ -25,24 +24,33 @@ impl Driver {
         self.owners.held(owner)
     }
 
-    fn make_token(&self, id: BoId) -> u64 {
-        #[allow(deprecated)]
-        let mut h = core::hash::SipHasher::new_with_keys(self.token_key[0], self.token_key[1]);
-        let n = self.token_counter.fetch_add(1, Ordering::Relaxed);
-        core::hash::Hasher::write_u64(&mut h, id.0);
-        core::hash::Hasher::write_u64(&mut h, n);
-        core::hash::Hasher::finish(&h).max(1)
+    /// How many BOs `owner` holds (created or imported).
+    pub fn owner_bo_count(&self, owner: OwnerId) -> usize {
+        self.owners
+            .lock(owner)
+            .get(&owner)
+            .map_or(0, |e| e.held.len())
+    }
+
+    /// A fresh export token from the driver's token source.
+    fn make_token(&self) -> Result<ExportToken, DriverError> {
+        let mut bytes = [0; ExportToken::LEN];
+        self.tokens.fill(&mut bytes)?;
+        Ok(ExportToken::from_bytes(bytes))
     }
 
     /// Exports a BO held by `owner`: returns the token with which others
     /// import it. Exporting again (by any holder) returns the same token.
     /// The export lasts while its exporter holds the BO (see
     /// [`super::ownership`]).
-    pub fn bo_export(&self, owner: OwnerId, id: BoId) -> Result<u64, DriverError> {
+    pub fn bo_export(&self, owner: OwnerId, id: BoId) -> Result<ExportToken, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        // Drawn before the shard lock (it may be a system call), and
+        // dropped if the BO turns out to be exported already.
+        let fresh = self.make_token()?;
         let mut shard = self.table.shard(id);
         let entry = held_entry(&mut shard, owner, id)?;
-        let token = entry.own.export(owner, || self.make_token(id));
+        let token = entry.own.export(owner, fresh);
         self.publish_holders(entry);
         Ok(token)
     }
@@ -58,14 +66,37 @@ impl Driver {
         Ok(())
     }
 
-    /// Imports an exported BO: `owner` gets a reference to it.
-    pub fn bo_import(&self, owner: OwnerId, id: BoId, token: u64) -> Result<BoInfo, DriverError> {
+    /// Imports an exported BO: `owner` gets a reference to it and, if it
+    /// did not hold it yet, is charged its allocated size (refused with
+    /// [`DriverError::QuotaExceeded`] when that would take it over its
+    /// quota; see [`super::ownership`]).
+    pub fn bo_import(
+        &self,
+        owner: OwnerId,
+        id: BoId,
+        token: ExportToken,
+    ) -> Result<BoInfo, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
+        let quota = self.tunables.client_quota();
         let mut owners = self.owners.lock(owner);
         let mut shard = self.table.shard(id);
         let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
-        if !entry.own.accepts(token) {
+        if !entry.own.accepts(&token) {
             return Err(DriverError::BadToken);
+        }
+        if !entry.own.is_held_by(owner) {
+            let bytes = entry.placement.allocated_size();
+            let domain = entry.placement.domain();
+            let holder = owners.entry_or_new(owner);
+            if let Err(held) = holder.try_charge(domain, bytes, quota) {
+                owners.remove_if_empty(owner);
+                return Err(DriverError::QuotaExceeded {
+                    owner,
+                    quota: quota.unwrap_or(0),
+                    held,
+                    requested: bytes,
+                });
+            }
         }
         entry.own.add_reference(owner);
         owners.entry_or_new(owner).held.insert(id.0);

@@ -24,6 +24,7 @@ use pddgpu_ipc::size::format_size;
 use pddgpu_scheme::backing::{Backing, Region};
 
 use super::OpenedDevice;
+use crate::entropy::OsRandom;
 use crate::options::Options;
 
 /// Where Linux lists PCI functions.
@@ -377,7 +378,8 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
         vram,
         gtt,
     };
-    let driver = Driver::new(resources, 0).map_err(|e| format!("driver on {at}: {e}"))?;
+    let driver = Driver::with_options(resources, OsRandom::driver_options()?, 0)
+        .map_err(|e| format!("driver on {at}: {e}"))?;
     let description = format!(
         "{} at {at} (PCI {}): {} VRAM in BAR{VRAM_BAR} (resource{VRAM_BAR}), registers in BAR{MMIO_BAR}, {} GTT in a memfd",
         info.name,

@@ -38,7 +38,11 @@ impl OpenedDevice {
     /// Wraps the device in the `pddgpu:` scheme.
     pub fn into_scheme(self, opts: &Options) -> PddgpuScheme {
         let admin_uid = opts.admin_uid.or_else(current_uid);
-        let mut scheme = PddgpuScheme::new(self.driver, self.backing, SchemeOptions { admin_uid });
+        let options = SchemeOptions {
+            admin_uid,
+            max_bos_per_uid: opts.limits.max_bos_per_uid,
+        };
+        let mut scheme = PddgpuScheme::new(self.driver, self.backing, options);
         scheme.set_user_limits(opts.limits.user_limits());
         if let Some(f) = self.faults {
             scheme.set_fault_injector(f);

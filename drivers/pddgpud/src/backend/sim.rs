@@ -17,6 +17,7 @@ use pddgpu::driver::Driver;
 use pddgpu_scheme::{Backing, Region};
 
 use super::OpenedDevice;
+use crate::entropy::OsRandom;
 use crate::options::Options;
 
 /// A memfd of `len` bytes mapped shared into this process. The mapping is
@@ -157,7 +158,8 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
         .validate()
         .map_err(|e| format!("simulated device: {e}"))?;
     let (device, backing) = device_and_backing(config)?;
-    let driver = Driver::new(device.resources(), 0).map_err(|e| format!("driver: {e}"))?;
+    let driver = Driver::with_options(device.resources(), OsRandom::driver_options()?, 0)
+        .map_err(|e| format!("driver: {e}"))?;
     let place = if cfg!(target_os = "redox") {
         "daemon memory"
     } else {

@@ -22,6 +22,7 @@ use pddgpu_scheme::{Backing, Region};
 
 use super::device::{open_pci_device, PciDevice};
 use crate::backend::OpenedDevice;
+use crate::entropy::OsRandom;
 use crate::options::Options;
 
 /// The device models pddgpud knows, tried in order on the register BAR
@@ -85,7 +86,9 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
         vram,
         gtt,
     };
-    let driver = Driver::new(resources, 0).map_err(|e| format!("{description}: driver: {e}"))?;
+    // The random source is opened here, before the null namespace.
+    let driver = Driver::with_options(resources, OsRandom::driver_options()?, 0)
+        .map_err(|e| format!("{description}: driver: {e}"))?;
     Ok(OpenedDevice {
         driver: Arc::new(driver),
         backing,
