@@ -566,3 +566,61 @@ fn read_snapshots_are_bounded_per_user() {
     drop(c);
     assert_server_intact(&mut daemon);
 }
+
+// ---- answers -------------------------------------------------------------
+
+/// Many connections of one user each asking for a 16 MiB read and never
+/// reading the answer pin at most the user's answer budget in the server
+/// (64 MiB): past it, reads are answered short.
+#[test]
+fn unread_answers_pin_a_bounded_amount_per_user() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let pid = daemon.pid();
+    let dev = daemon.connect();
+    const SIZE: usize = 16 << 20;
+    let bo = dev
+        .create_bo(
+            SIZE as u64,
+            pddgpu_ipc::Domain::Gtt,
+            pddgpu_ipc::BoFlags::empty(),
+        )
+        .expect("BO");
+    bo.write_at(0, &vec![0x5a; SIZE]).expect("fill");
+    let path = bo.export().expect("export").to_path();
+    let before = rss_kib(pid);
+    let mut stalled = Vec::new();
+    for tag in 0..24u32 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        let h = open(&mut c, &path, O_RDONLY).expect("import");
+        let header = pddgpu_ipc::frame::RequestHeader {
+            payload_len: 0,
+            out_len: SIZE as u32,
+            sqe: syscall::schemev2::Sqe {
+                opcode: Opcode::Read as u8,
+                sqe_flags: syscall::schemev2::SqeFlags::empty(),
+                _rsvd: 0,
+                tag: 1000 + tag,
+                args: [h, 0, 0, 0, 0, 0],
+                caller: 0,
+            },
+        };
+        // The answer is never read.
+        c.send_raw(&header.encode()).unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 128 << 10,
+        "24 unread 16 MiB answers pin {grown} KiB in the server"
+    );
+    // A reader of the same user still gets its bytes, if fewer at a time.
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut c, &path, O_RDONLY).expect("import");
+    let n = read_at(&mut c, h, 0, SIZE).expect("read");
+    assert!(n > 0, "a read made no progress");
+    drop(stalled);
+    drop(c);
+    drop(bo);
+    assert_server_intact(&mut daemon);
+}

@@ -100,6 +100,10 @@ pub struct LimitOptions {
     #[arg(long, value_parser = parse_usize_size,
           default_value_t = UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID)]
     pub max_snapshot_bytes_per_uid: usize,
+    /// Bytes the answers of one user's reads may hold while being sent;
+    /// past it, reads are answered short (host transport).
+    #[arg(long, value_parser = parse_usize_size, default_value_t = 64 << 20)]
+    pub max_answer_bytes_per_uid: usize,
     /// A connection holding no handle is closed after this many quiet ms.
     #[arg(long, default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
@@ -127,6 +131,7 @@ impl Default for LimitOptions {
             max_mapped_bos_per_uid: UserLimits::DEFAULT_MAPPED_BOS_PER_UID,
             max_mapped_segments_per_uid: UserLimits::DEFAULT_MAPPED_SEGMENTS_PER_UID,
             max_snapshot_bytes_per_uid: UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID,
+            max_answer_bytes_per_uid: 64 << 20,
             idle_timeout_ms: 60_000,
             request_timeout_ms: 10_000,
             send_timeout_ms: 10_000,

@@ -24,6 +24,7 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
         request_timeout: ms(l.request_timeout_ms),
         send_timeout: ms(l.send_timeout_ms),
         shutdown_grace: ms(l.shutdown_grace_ms),
+        max_answer_bytes_per_uid: l.max_answer_bytes_per_uid,
     }
 }
 

@@ -32,7 +32,11 @@
 //!   an answer the client does not read is abandoned after the send
 //!   timeout, which ends the connection;
 //! - memory: a connection's receive buffer grows only as bytes arrive (a
-//!   header announcing 16 MiB commits nothing), to at most one frame;
+//!   header announcing 16 MiB commits nothing), to at most one frame; the
+//!   answers of one user's reads waiting to be sent hold at most
+//!   [`ServerLimits::max_answer_bytes_per_uid`]: past it, a read is
+//!   answered short, with at most [`MIN_ANSWER`] bytes (a short read, as
+//!   `read` allows), so a user that does not read its answers pins little;
 //! - shutdown: [`HostServer::shutdown`] returns within the shutdown grace
 //!   plus the time to finish the requests in progress, whatever clients
 //!   do;
@@ -167,7 +171,15 @@ pub struct ServerLimits {
     /// At shutdown, how long connections may take to finish their current
     /// request before their sockets are shut in both directions.
     pub shutdown_grace: Duration,
+    /// Bytes the answers of one user's reads may hold while they are
+    /// being sent; past it, reads are answered short (at most
+    /// [`MIN_ANSWER`] bytes each).
+    pub max_answer_bytes_per_uid: usize,
 }
+
+/// What a read gets at least when its user's answers already hold
+/// [`ServerLimits::max_answer_bytes_per_uid`]: every read makes progress.
+pub const MIN_ANSWER: usize = 64 << 10;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -179,6 +191,7 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            max_answer_bytes_per_uid: 64 << 20,
         }
     }
 }
@@ -232,6 +245,10 @@ struct Shared<S> {
 struct UserUsage {
     connections: AtomicUsize,
     handles: AtomicUsize,
+    /// Bytes of read answers being built or sent. Grows only under the
+    /// scheme lock (so a check and its increment cannot interleave with
+    /// another connection's); shrinks when an answer has gone out.
+    answer_bytes: AtomicUsize,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -250,6 +267,9 @@ struct ConnState {
     caller: u64,
     handles: HashSet<usize>,
     user: Arc<UserUsage>,
+    /// Bytes of the answer being built or sent, counted in the user's
+    /// `answer_bytes`.
+    answer_reserved: usize,
 }
 
 /// The host-transport server. Owns the listening socket, the scheme, and a
@@ -741,6 +761,7 @@ fn serve_connection<S: HostScheme>(
         caller: caller_id(serial, cred.pid),
         handles: HashSet::default(),
         user,
+        answer_reserved: 0,
     };
     let limits = shared.limits;
     let mut inbuf = vec![0u8; INBUF_INITIAL];
@@ -798,7 +819,10 @@ fn serve_connection<S: HostScheme>(
                 // Give back the memory of a large write.
                 payload = Vec::new();
             }
-            if send_response(&stream, cqe, &out, fd).is_err() {
+            let sent = send_response(&stream, cqe, &out, fd);
+            drop(out);
+            conn.release_answer();
+            if sent.is_err() {
                 break 'serve "the answer could not be sent (timeout or closed)";
             }
         }
@@ -834,6 +858,26 @@ fn serve_connection<S: HostScheme>(
     // Keep `stream` alive until here so the peer sees EOF only after the
     // release.
     drop(stream);
+}
+
+impl ConnState {
+    /// Counts an answer of up to `wanted` bytes against the user's
+    /// `limit` and returns how many it may have: all of them while the
+    /// user's answers stay within the limit, else at most [`MIN_ANSWER`].
+    /// Call under the scheme lock.
+    fn reserve_answer(&mut self, wanted: usize, limit: usize) -> usize {
+        let held = self.user.answer_bytes.load(Ordering::Relaxed);
+        let granted = wanted.min(limit.saturating_sub(held).max(MIN_ANSWER));
+        self.user.answer_bytes.fetch_add(granted, Ordering::Relaxed);
+        self.answer_reserved += granted;
+        granted
+    }
+
+    /// The answer went out (or never will): its bytes no longer count.
+    fn release_answer(&mut self) {
+        let n = std::mem::take(&mut self.answer_reserved);
+        self.user.answer_bytes.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
@@ -1065,6 +1109,7 @@ fn dispatch<S: SchemeSync>(
             if has_payload {
                 return fail(EINVAL);
             }
+            let out_len = conn.reserve_answer(out_len, limits.max_answer_bytes_per_uid);
             out = vec![0u8; out_len];
             sqe.args[1] = out.as_mut_ptr() as u64;
             sqe.args[2] = out_len as u64;
