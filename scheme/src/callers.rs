@@ -63,6 +63,9 @@ pub struct Callers {
     by_pid: HashMap<usize, OwnerId>,
     entries: HashMap<OwnerId, Entry>,
     next: OwnerId,
+    /// Per user, an upper bound of the BOs its owners hold (see
+    /// [`Callers::bo_bound`]).
+    bo_bounds: HashMap<u32, usize>,
 }
 
 impl Callers {
@@ -173,6 +176,25 @@ impl Callers {
             .map(|(o, _)| *o)
     }
 
+    /// An upper bound of the BOs the owners of `uid` hold: the exact count
+    /// when it was last taken ([`Callers::set_bo_bound`]) plus every hold
+    /// since ([`Callers::note_bo_hold`]). Letting go is not counted, so it
+    /// only overestimates; a user whose bound is below its limit is surely
+    /// below it.
+    pub fn bo_bound(&self, uid: u32) -> usize {
+        self.bo_bounds.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Records the exact count of BOs `uid`'s owners hold.
+    pub fn set_bo_bound(&mut self, uid: u32, held: usize) {
+        self.bo_bounds.insert(uid, held);
+    }
+
+    /// Counts a new hold of a BO by an owner of `uid`.
+    pub fn note_bo_hold(&mut self, uid: u32) {
+        *self.bo_bounds.entry(uid).or_default() += 1;
+    }
+
     /// Open handles of a live owner.
     pub fn handles(&self, owner: OwnerId) -> usize {
         self.entries.get(&owner).map_or(0, |e| e.handles)
@@ -240,6 +262,19 @@ mod tests {
             root,
             "the label does not make the pid an owner key"
         );
+    }
+
+    #[test]
+    fn the_bo_bound_only_overestimates_until_it_is_set() {
+        let mut o = Callers::new();
+        assert_eq!(o.bo_bound(5), 0);
+        o.note_bo_hold(5);
+        o.note_bo_hold(5);
+        assert_eq!(o.bo_bound(5), 2);
+        assert_eq!(o.bo_bound(6), 0, "per user");
+        o.set_bo_bound(5, 1);
+        o.note_bo_hold(5);
+        assert_eq!(o.bo_bound(5), 2);
     }
 
     #[test]

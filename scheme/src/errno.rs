@@ -1,5 +1,9 @@
 //! Driver errors as the errnos a Redox program expects. Each error maps to
 //! exactly one errno; the reason goes to the log.
+//!
+//! The seL4 server compiles this same file (`drivers/pddgpu-sel4`, a
+//! `no_std` root task), so its replies carry the same errnos: it may use
+//! only `core`, the core crate and `redox_syscall`'s constants.
 
 use pddgpu::driver::DriverError;
 use pddgpu::manager::{ManagerError, ManagerState};

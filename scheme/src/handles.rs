@@ -125,16 +125,25 @@ impl PddgpuScheme {
     /// Refuses a new hold of a BO by `owner` (a create or an import) when
     /// the owners of its user already hold
     /// [`max_bos_per_uid`](crate::SchemeOptions::max_bos_per_uid) BOs.
-    fn check_bo_limit(&self, owner: OwnerId) -> Result<(), Refusal> {
+    ///
+    /// The exact count (the core's holdings of every owner of the user) is
+    /// taken only when the user's upper bound (see
+    /// [`Callers::bo_bound`](crate::callers::Callers::bo_bound)) reaches
+    /// the limit, so a user far from it pays nothing per create.
+    fn check_bo_limit(&mut self, owner: OwnerId) -> Result<(), Refusal> {
         let Some(uid) = self.callers.uid(owner) else {
             return Ok(());
         };
         let limit = self.options.max_bos_per_uid;
+        if self.callers.bo_bound(uid) < limit {
+            return Ok(());
+        }
         let held: usize = self
             .callers
             .owners_of_uid(uid)
             .map(|o| self.driver().owner_bo_count(o))
             .sum();
+        self.callers.set_bo_bound(uid, held);
         if held >= limit {
             return Err((
                 EDQUOT,
@@ -142,6 +151,13 @@ impl PddgpuScheme {
             ));
         }
         Ok(())
+    }
+
+    /// Counts a new hold of a BO by `owner` towards its user's bound.
+    fn note_bo_hold(&mut self, owner: OwnerId) {
+        if let Some(uid) = self.callers.uid(owner) {
+            self.callers.note_bo_hold(uid);
+        }
     }
 
     /// Opens `node` for `owner` with the access mode in `flags`.
@@ -218,6 +234,7 @@ impl PddgpuScheme {
                     .driver()
                     .bo_create(owner, &req, now)
                     .map_err(driver_refusal)?;
+                self.note_bo_hold(owner);
                 if self.backing_mut().has_bo_memories(desc.domain) {
                     // Pages of a freed BO that a client had mapped: take
                     // them back before anyone can write this BO.
@@ -238,8 +255,13 @@ impl PddgpuScheme {
                 let info = match (self.driver().bo_ref(owner, bo), token) {
                     (Err(DriverError::PermissionDenied), Some(token)) => {
                         self.check_bo_limit(owner)?;
-                        self.driver()
-                            .bo_import(owner, bo, ExportToken::from_bytes(token))
+                        let imported =
+                            self.driver()
+                                .bo_import(owner, bo, ExportToken::from_bytes(token));
+                        if imported.is_ok() {
+                            self.note_bo_hold(owner);
+                        }
+                        imported
                     }
                     (Err(DriverError::PermissionDenied), None) => {
                         return refuse(EPERM, "another client's BO (import it with ?token=)")

@@ -20,7 +20,7 @@ use pddgpu_ipc::frame::{RequestHeader, MAX_PAYLOAD};
 use pddgpu_ipc::host::{HostConnection, ROOT_FD};
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, SegmentWire, DUP_BACKING};
 use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain, ShareToken};
-use pddgpu_tests::{wait_until, ClientProc, Daemon};
+use pddgpu_tests::{wait_until, ClientProc, Daemon, TEST_GTT, TEST_VRAM};
 use rustix::mm::{MapFlags, ProtFlags};
 use syscall::error::{EBADF, EDQUOT, EMFILE};
 use syscall::flag::{O_RDONLY, O_RDWR};
@@ -452,6 +452,47 @@ fn two_connections_of_one_process_are_separate_owners() {
     assert_server_intact(&mut daemon);
 }
 
+/// A process that hands its connection to a child (as a fork does) shares
+/// its owner with it: the child reaches the BO through the same handle
+/// after the parent has exited, the BO lives while the child holds the
+/// connection, and it is freed when the last of them is gone.
+#[test]
+fn a_shared_connection_keeps_its_owner_until_the_last_process_goes() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let dev = daemon.connect();
+    let mut parent = spawn_helper(&daemon, &["share-connection"], None);
+    let mut out = std::io::BufReader::new(parent.stdout.take().expect("stdout"));
+    let line = |out: &mut std::io::BufReader<std::process::ChildStdout>| {
+        use std::io::BufRead;
+        let mut l = String::new();
+        let _ = out.read_line(&mut l);
+        l.trim_end().to_string()
+    };
+    let shared = line(&mut out);
+    let child_pid: i32 = shared
+        .strip_prefix("shared ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("helper said {shared:?}"));
+    assert!(parent.wait().unwrap().success());
+    // The child's line comes once its parent is gone.
+    assert_eq!(line(&mut out), "child-read shared");
+    assert_eq!(
+        dev.stats().unwrap().bos.count,
+        1,
+        "the BO lives while the child holds the connection"
+    );
+    let child = rustix::process::Pid::from_raw(child_pid).expect("child pid");
+    rustix::process::kill_process(child, rustix::process::Signal::KILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            dev.stats().map(|s| s.bos.count == 0).unwrap_or(false)
+        }),
+        "the BO outlived the last process holding its connection"
+    );
+    drop(dev);
+    assert_server_intact(&mut daemon);
+}
+
 // ---- page granularity ----------------------------------------------------
 
 /// BOs never share a page, whatever size and alignment they ask for.
@@ -859,12 +900,23 @@ fn bos_are_limited_per_user() {
     let mut daemon = Daemon::start(&daemon_bin(), &["--max-bos-per-uid", "64"]);
     let mut a = HostConnection::connect(daemon.socket()).unwrap();
     let mut b = HostConnection::connect(daemon.socket()).unwrap();
+    let mut held_by_a = Vec::new();
     for i in 0..64 {
         let c = if i % 2 == 0 { &mut a } else { &mut b };
-        open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+        let h = open(c, "bo/new?size=1&domain=gtt", O_RDWR).expect("within the limit");
+        if i % 2 == 0 {
+            held_by_a.push(h);
+        }
     }
     assert_eq!(
         open(&mut a, "bo/new?size=1&domain=gtt", O_RDWR),
+        Err(EDQUOT)
+    );
+    // Letting go of one makes room for exactly one more.
+    close(&mut a, held_by_a[0]).unwrap();
+    open(&mut b, "bo/new?size=1&domain=gtt", O_RDWR).expect("room for one again");
+    assert_eq!(
+        open(&mut b, "bo/new?size=1&domain=gtt", O_RDWR),
         Err(EDQUOT)
     );
     let mut c = HostConnection::connect(daemon.socket()).unwrap();
@@ -947,6 +999,81 @@ fn log_lines_from_client_input_are_capped() {
     let log = daemon.log();
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest <= 1024, "a log line of {longest} bytes");
+}
+
+/// Log lines are written after the scheme lock is released: a client
+/// whose refusals fill a log pipe that nobody reads stalls only itself,
+/// and everyone else is still served.
+#[test]
+fn a_stalled_log_stalls_only_the_client_that_filled_it() {
+    let dir = pddgpu_tests::TempDir::new("stalled-log");
+    let socket = dir.path().join("pddgpu.sock");
+    /// Kills the daemon if the test fails half-way.
+    struct Reaper(Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Reaper(
+        Command::new(daemon_bin())
+            .args(["--vram-size", TEST_VRAM, "--gtt-size", TEST_GTT])
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pddgpud"),
+    );
+    // The log pipe is never read while the attack runs.
+    let log = daemon.0.stderr.take().expect("the log pipe");
+    assert!(
+        wait_until(Duration::from_secs(20), || Device::connect(&socket).is_ok()),
+        "pddgpud did not start"
+    );
+    let flood_socket = socket.clone();
+    let flooder = std::thread::spawn(move || {
+        let mut c = HostConnection::connect(&flood_socket).unwrap();
+        for i in 0..100_000 {
+            // Each refusal is one log line of about a hundred bytes.
+            if open(&mut c, &format!("no-such-file-{i}"), O_RDONLY) == Err(-1) {
+                break;
+            }
+        }
+    });
+    let full = wait_until(Duration::from_secs(30), || {
+        flooder.is_finished() || rustix::io::ioctl_fionread(&log).unwrap_or(0) >= 60_000
+    });
+    assert!(full && !flooder.is_finished(), "the log pipe never filled");
+    std::thread::sleep(Duration::from_millis(200));
+    let victim_socket = socket.clone();
+    let victim = std::thread::spawn(move || {
+        let dev = Device::connect(&victim_socket)?;
+        let bo = dev.create_bo(1 << 20, Domain::Gtt, BoFlags::empty())?;
+        bo.write_at(0, b"served")?;
+        let health = dev.health()?;
+        drop(bo);
+        Ok::<_, pddgpu_ipc::Error>(health)
+    });
+    let served = wait_until(Duration::from_secs(10), || victim.is_finished());
+    // Unblock the flooder before judging, so nothing is left hanging (the
+    // drain ends when the daemon exits).
+    let drain = std::thread::spawn(move || {
+        let mut log = log;
+        let mut sink = Vec::new();
+        let _ = log.read_to_end(&mut sink);
+    });
+    assert!(served, "another client was stalled by a full log pipe");
+    assert_eq!(victim.join().unwrap().expect("served").trim(), "ok");
+    flooder.join().unwrap();
+    if let Some(pid) = rustix::process::Pid::from_raw(daemon.0.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let status = daemon.0.wait().expect("pddgpud exits");
+    drain.join().unwrap();
+    assert_eq!(status.code(), Some(0), "pddgpud stopped cleanly");
 }
 
 /// A create parked for lack of space wakes as soon as a killed client's BOs

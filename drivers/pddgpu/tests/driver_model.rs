@@ -152,11 +152,25 @@ impl World {
             assert_eq!(a.verdict, AuditVerdict::Clean, "{a:?}");
         }
         assert_eq!(r.live_bos, self.bos.len() as u64);
+        // Every holder is charged each BO it holds at its allocated size
+        // (whole pages): (bytes, BOs) per owner.
+        let mut charges: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         for (id, b) in &self.bos {
             let Some((&holder, _)) = b.holders.iter().next() else {
                 continue;
             };
             let info = self.d.bo_info(holder, *id).unwrap();
+            assert!(
+                info.allocated_size >= b.size && info.allocated_size % PAGE_SIZE == 0,
+                "BO {id}: {} bytes allocated for {}",
+                info.allocated_size,
+                b.size
+            );
+            for &owner in b.holders.keys() {
+                let c = charges.entry(owner).or_default();
+                c.0 += info.allocated_size;
+                c.1 += 1;
+            }
             assert_eq!(info.refcount, b.refs(), "BO {id}");
             assert_eq!(info.segments, b.segments, "BO {id} moved");
             assert_eq!(info.exported, b.token.is_some());
@@ -166,6 +180,13 @@ impl World {
                 assert!(buf.iter().all(|&x| x == b.fill), "BO {id} contents changed");
             }
         }
+        let charged: BTreeMap<u64, (u64, u64)> = self
+            .d
+            .clients()
+            .iter()
+            .map(|c| (c.owner, (c.vram_bytes + c.gtt_bytes, c.bo_count)))
+            .collect();
+        assert_eq!(charged, charges, "charges per owner");
     }
 
     fn apply(&mut self, op: &Op) {

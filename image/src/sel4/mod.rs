@@ -16,7 +16,8 @@
 //! - [`host`]: apt packages.
 //! - [`sources`]: unpacking the kernel, the rust-sel4 bundle, the target JSON.
 //! - [`kernel`]: the Python tools and the kernel.
-//! - [`roottask`]: our root task and client, and clippy over them.
+//! - [`roottask`]: our root task and client, clippy over them, the
+//!   protocol's unit tests on the host.
 //! - [`boot`]: the QEMU run.
 
 pub mod boot;
@@ -114,6 +115,11 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<Built> {
     lint_key.text("lint", "clippy -D warnings");
     progress.cached("clippy", &lint_key, &[], |log| {
         roottask::lint(&layout, &toolchain, log)
+    })?;
+    let mut test_key = root_task_key.clone();
+    test_key.text("test", roottask::PROTOCOL_PACKAGE);
+    progress.cached("protocol-tests", &test_key, &[], |log| {
+        roottask::test_protocol(&layout, &toolchain, log)
     })?;
     Ok(Built { layout, qemu })
 }

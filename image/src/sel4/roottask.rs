@@ -30,6 +30,8 @@ pub const TOOLCHAIN_WHY: &str = "rust-sel4 3.0.0 and its x86_64-sel4 target JSON
 pub const PACKAGE: &str = "pddgpu-sel4";
 /// The package and binary of the client.
 pub const CLIENT_PACKAGE: &str = "pddgpu-sel4-client";
+/// The package of the IPC protocol.
+pub const PROTOCOL_PACKAGE: &str = "pddgpu-sel4-proto";
 /// The variable naming the client ELF for the root task's build.
 pub const CLIENT_ELF_ENV: &str = "PDDGPU_SEL4_CLIENT_ELF";
 
@@ -131,5 +133,18 @@ pub fn lint(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()>
         .arg(layout.cargo_target())
         .env(CLIENT_ELF_ENV, client)
         .args(["--", "-D", "warnings"]);
+    log.run(&mut cmd)
+}
+
+/// The host target the protocol's unit tests run on.
+pub const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Runs the protocol crate's unit tests on the host (its encoding and
+/// validation have nothing seL4-specific).
+pub fn test_protocol(layout: &Layout, toolchain: &Toolchain, log: &StepLog) -> Result<()> {
+    let mut cmd = cargo(layout, toolchain);
+    cmd.args(["test", "-p", PROTOCOL_PACKAGE, "--target", HOST_TARGET])
+        .arg("--target-dir")
+        .arg(layout.cargo_target());
     log.run(&mut cmd)
 }

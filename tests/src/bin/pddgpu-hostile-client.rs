@@ -16,6 +16,13 @@
 //!   ask that handle for its memory descriptor and try to map it writable,
 //!   and to reopen it writable through `/proc/self/fd`; print
 //!   `map-rw <ok|ERRNO> reopen-rw <ok|ERRNO>`.
+//! - `share-connection`: the README's fork case. Connect, create a GTT BO
+//!   holding `shared`, start a child of this program (`inherit <handle>
+//!   <parent pid>`)
+//!   whose stdin is the same connection, print `shared <child pid>` and
+//!   exit. The child waits until its parent has exited, reads the BO
+//!   through the inherited connection and handle, prints `child-read
+//!   <bytes|ERRNO>`, then sleeps until killed.
 //! - `domain-map`: create a VRAM BO and ask for a descriptor of the whole
 //!   domain (`dup(bo, "domain-backing")`, for the privileged only); print
 //!   `domain-backing <ok|ERRNO>`.
@@ -149,6 +156,57 @@ fn readonly_map() -> Result<String, String> {
     Ok(format!("map-rw {map_rw} reopen-rw {reopen_rw}"))
 }
 
+/// `share-connection`: see the module docs.
+fn share_connection() -> Result<String, String> {
+    let socket = pddgpu_ipc::default_socket_path();
+    let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+    let bo = c
+        .request(
+            Opcode::OpenAt,
+            [ROOT_FD, 0, 0, O_RDWR as u64, 0, 0],
+            b"bo/new?size=65536&domain=gtt",
+            0,
+        )
+        .map_err(|e| e.to_string())?
+        .result()
+        .map_err(|e| format!("create: {}", errno_name(e)))? as u64;
+    c.request(Opcode::Write, [bo, 0, 0, 0, 0, 0], b"shared", 0)
+        .map_err(|e| e.to_string())?
+        .result()
+        .map_err(|e| format!("write: {}", errno_name(e)))?;
+    let shared: OwnedFd = c.stream().try_clone().map_err(|e| e.to_string())?.into();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .args(["inherit", &bo.to_string(), &std::process::id().to_string()])
+        .stdin(std::process::Stdio::from(shared))
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    Ok(format!("shared {}", child.id()))
+}
+
+/// `inherit <handle> <parent pid>`: the child half of `share-connection`.
+fn inherit(handle: u64, parent: u64) -> Result<String, String> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let mut c = HostConnection::from_stream(std::os::unix::net::UnixStream::from(fd));
+    // Parent and child must not send on one connection at once: wait for
+    // the parent to exit first (it may have exited already: then this
+    // process was handed to another parent).
+    while rustix::process::getppid().is_some_and(|p| p.as_raw_nonzero().get() as u64 == parent) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let reply = c
+        .request(Opcode::Read, [handle, 0, 0, 0, 0, 0], &[], 6)
+        .map_err(|e| e.to_string())?;
+    Ok(match reply.result() {
+        Ok(_) => format!("child-read {}", String::from_utf8_lossy(&reply.payload)),
+        Err(e) => format!("child-read {}", errno_name(e)),
+    })
+}
+
 /// Creates a BO and asks for a descriptor of its whole domain.
 fn domain_map() -> Result<String, String> {
     let socket = pddgpu_ipc::default_socket_path();
@@ -247,9 +305,22 @@ fn run(args: &[String]) -> Result<(), String> {
             say(&domain_map()?);
             Ok(())
         }
+        Some("share-connection") => {
+            say(&share_connection()?);
+            Ok(())
+        }
+        Some("inherit") => {
+            say(&inherit(
+                number(args.get(1), "handle")?,
+                number(args.get(2), "parent pid")?,
+            )?);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
         _ => Err(
             "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | cat FILE \
-             | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map"
+             | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map | share-connection"
                 .into(),
         ),
     }

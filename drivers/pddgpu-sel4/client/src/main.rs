@@ -8,10 +8,12 @@
 //! server gives, filled with a pattern the server verifies — then attacks
 //! on every other BO id, statistics, the leak check and a refused
 //! recovery. Client 1 frees its BOs and checks their frames were taken
-//! back; client 2 ends holding its BOs, for the root task to destroy it.
+//! back; client 2 ends holding its BOs, for the root task to destroy it;
+//! client 3 reads a BO it freed through its old mapping and is stopped by
+//! the kernel with a VM fault while holding another BO.
 //!
-//! Progress goes to the kernel's debug console as
-//! `pddgpu-sel4-client <n>: …`; a failure is sent to the server
+//! Progress lines are sent to the server (`Say`), which prints them whole
+//! as `pddgpu-sel4: client <n> says: …`; a failure is sent to the server
 //! (`Fail`), which prints the verdict.
 #![no_std]
 #![no_main]
@@ -27,7 +29,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use pddgpu::driver::{BoFlags, Domain};
-use pddgpu_sel4_proto::{errno, pattern, Op, Request, PAGE_SIZE};
+use pddgpu_sel4_proto::{errno, pattern, slots, Op, Request, PAGE_SIZE};
 
 use mapping::Window;
 use rpc::call;
@@ -41,6 +43,10 @@ fn main() -> ! {
         Ok(r) => (r[0], r[1]),
         Err(e) => rpc::fail(&format!("hello refused with errno {e}")),
     };
+    if number == 3 {
+        let Err(reason) = use_after_free(number);
+        rpc::fail(&format!("client {number}: {reason}"));
+    }
     match script(number, quota) {
         Ok(holding) => {
             say(number, "done");
@@ -51,8 +57,10 @@ fn main() -> ! {
     }
 }
 
-fn say(number: u64, text: &str) {
-    sel4::debug_println!("pddgpu-sel4-client {number}: {text}");
+/// A progress line; the server prints it (with the client's number, which
+/// it knows from the badge).
+fn say(_number: u64, text: &str) {
+    rpc::say(text);
 }
 
 /// One BO of the script.
@@ -135,6 +143,24 @@ fn script(number: u64, quota: u64) -> Result<bool, String> {
         number,
         "patterns written through the mapped frames and verified by the server",
     );
+    if number == 1 {
+        // Memory it was not given: empty slots, its VSpace root, and the
+        // slot after its last frame. (The endpoint slots are not tried:
+        // invoking an endpoint is a message to the server, not a map.)
+        let next = mapped
+            .last()
+            .map_or(slots::FIRST_FRAME, |m| m.first_slot + m.pages);
+        for slot in [0, 2, slots::VSPACE, slots::FIRST_FRAME - 1, next] {
+            check(
+                window.map(slot, 1).is_err(),
+                format!("slot {slot} mapped as memory although the server put no frame there"),
+            )?;
+        }
+        say(
+            number,
+            "no memory mapped from slots the server gave no frame",
+        );
+    }
 
     exhaust(number, quota, bos.iter().map(|b| b.size).sum())?;
 
@@ -198,6 +224,48 @@ fn script(number: u64, quota: u64) -> Result<bool, String> {
         say(number, "keeping its BOs");
         Ok(true)
     }
+}
+
+/// The crashing client: holds a GTT BO, frees a mapped VRAM BO and then
+/// reads the freed BO's old mapping. The server took the frames back at
+/// free, so the kernel stops this thread with a VM fault and tells the
+/// server; returning at all is the failure.
+fn use_after_free(number: u64) -> Result<core::convert::Infallible, String> {
+    let mut window = Window::new();
+    let mut mapped = Vec::new();
+    for (size, domain) in [(64 << 10, Domain::Vram), (64 << 10, Domain::Gtt)] {
+        let id = call(Request::Create {
+            size,
+            domain,
+            flags: BoFlags::CLEARED,
+            align: 0,
+        })
+        .map_err(|e| format!("create in {domain}: errno {e}"))?[0];
+        let r = call(Request::Map { bo: id }).map_err(|e| format!("map BO {id}: errno {e}"))?;
+        let m = window
+            .map(r[0] as usize, r[1] as usize)
+            .map_err(|e| format!("mapping BO {id}: {e:?}"))?;
+        mapping::fill(&m, size, |i| pattern(number, i));
+        call(Request::Verify {
+            bo: id,
+            seed: number,
+        })
+        .map_err(|e| format!("verify BO {id}: errno {e}"))?;
+        mapped.push((id, m));
+    }
+    let (victim, m) = mapped[0];
+    call(Request::Free { bo: victim }).map_err(|e| format!("free BO {victim}: errno {e}"))?;
+    say(
+        number,
+        &format!(
+            "holding one BO, reading freed BO {victim} at its old address {:#x}",
+            m.base
+        ),
+    );
+    let byte = mapping::read_revoked(&m);
+    Err(format!(
+        "read {byte:#x} from freed BO {victim}'s old mapping: the frames were not taken back"
+    ))
 }
 
 /// Creates 1 MiB VRAM BOs until the quota refuses one (`EDQUOT`) — after

@@ -75,3 +75,20 @@ pub fn fill(mapped: &Mapped, len: u64, byte: impl Fn(u64) -> u8) {
         };
     }
 }
+
+/// Reads the first byte of a BO this client has freed, through the mapping
+/// it had. The server deleted the frame capabilities at free, which
+/// unmapped them, so this load faults and the kernel stops the thread: it
+/// returns only if the frames were not taken back.
+pub fn read_revoked(mapped: &Mapped) -> u8 {
+    let at = mapped.base as *const u8;
+    // SAFETY: deliberately not a valid access — it is the check that the
+    // page is gone. The load cannot observe memory of anyone else: either
+    // the page is unmapped and the kernel stops this thread before the
+    // load completes (nothing after it runs), or it is still this BO's own
+    // frame, which the caller then reports as a failure.
+    #[allow(unsafe_code)]
+    unsafe {
+        at.read_volatile()
+    }
+}

@@ -2,7 +2,7 @@
 //! [`slots::ENDPOINT`]: the only capability this client has that reaches
 //! anything outside itself.
 
-use pddgpu_sel4_proto::{slots, Op, Request};
+use pddgpu_sel4_proto::{slots, Op, Request, TEXT_MAX};
 
 /// A reply: `Ok(result words)` or `Err(errno)`.
 pub type Reply = Result<[u64; 8], u64>;
@@ -32,21 +32,27 @@ pub fn call(request: Request) -> Reply {
     call_raw(op as u64, &words[..len])
 }
 
-/// Tells the server the script failed (the text goes in the message
-/// bytes) and never returns: the server does not answer.
-pub fn fail(reason: &str) -> ! {
-    let bytes = reason.as_bytes();
-    let len = sel4::with_ipc_buffer_mut(|buffer| {
-        let room = buffer.msg_bytes_mut();
-        let n = bytes.len().min(room.len());
-        room[..n].copy_from_slice(&bytes[..n]);
-        n
+/// Sends `op` with `text` (cut to [`TEXT_MAX`] bytes, zero-padded to
+/// whole words) as the message.
+fn call_text(op: Op, text: &str) -> sel4::MessageInfo {
+    let bytes = &text.as_bytes()[..text.len().min(TEXT_MAX)];
+    let words = bytes.len().div_ceil(core::mem::size_of::<u64>());
+    sel4::with_ipc_buffer_mut(|buffer| {
+        let room = &mut buffer.msg_bytes_mut()[..words * 8];
+        room.fill(0);
+        room[..bytes.len()].copy_from_slice(bytes);
     });
-    endpoint().call(sel4::MessageInfo::new(
-        Op::Fail as u64,
-        0,
-        0,
-        len.div_ceil(core::mem::size_of::<u64>()),
-    ));
+    endpoint().call(sel4::MessageInfo::new(op as u64, 0, 0, words))
+}
+
+/// Has the server print a progress line for this client.
+pub fn say(text: &str) {
+    call_text(Op::Say, text);
+}
+
+/// Tells the server the script failed and never returns: the server does
+/// not answer.
+pub fn fail(reason: &str) -> ! {
+    call_text(Op::Fail, reason);
     unreachable!("the server answered a Fail request")
 }

@@ -27,7 +27,7 @@
 //! frames into the client's CNode, starting at [`slots::FIRST_FRAME`]; the
 //! client maps them into [`BO_WINDOW`]. Nothing else of the server's memory
 //! is ever given out.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use pddgpu::driver::{BoFlags, Domain};
 
@@ -50,12 +50,24 @@ pub mod slots {
     pub const ENDPOINT: usize = 1;
     /// The client's own VSpace root (to map the frames it is given).
     pub const VSPACE: usize = 3;
+    /// The endpoint again, with the fault badge: the kernel sends the
+    /// client's faults through it (without MCS the kernel looks the fault
+    /// endpoint up in the faulting thread's own CNode). A client that calls
+    /// through it is taken for faulted.
+    pub const FAULT_ENDPOINT: usize = 4;
     /// First slot of the frames the server copies in; the server places
     /// them, never the client.
     pub const FIRST_FRAME: usize = 16;
     /// One past the last frame slot.
     pub const END_FRAME: usize = 1 << CNODE_SIZE_BITS;
 }
+
+/// Longest text of a `Fail` or `Say` message the server reads.
+pub const TEXT_MAX: usize = 240;
+
+/// Set in the badge of a client's fault endpoint (the rest is its owner
+/// id).
+pub const FAULT_BADGE: u64 = 1 << 63;
 
 /// The operations, as message labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +97,10 @@ pub enum Op {
     Fail = 10,
     /// `[holding (0/1)] -> never answered`: the client's script is over.
     Done = 11,
+    /// `[bytes of text…] -> []`: a progress line the server prints for the
+    /// client, whole (clients share a priority and would interleave
+    /// mid-line on the debug console).
+    Say = 12,
 }
 
 impl Op {
@@ -92,7 +108,7 @@ impl Op {
     pub fn from_label(label: u64) -> Option<Self> {
         use Op::*;
         [
-            Hello, Create, Free, Info, Stats, LeakCheck, Recover, Map, Verify, Fail, Done,
+            Hello, Create, Free, Info, Stats, LeakCheck, Recover, Map, Verify, Fail, Done, Say,
         ]
         .into_iter()
         .find(|op| *op as u64 == label)
@@ -101,7 +117,7 @@ impl Op {
     /// Message registers the request needs at least.
     pub fn min_len(self) -> usize {
         match self {
-            Op::Hello | Op::Stats | Op::LeakCheck | Op::Fail => 0,
+            Op::Hello | Op::Stats | Op::LeakCheck | Op::Fail | Op::Say => 0,
             Op::Free | Op::Info | Op::Recover | Op::Map | Op::Done => 1,
             Op::Verify => 2,
             Op::Create => 4,
@@ -158,6 +174,8 @@ pub enum Request {
     },
     /// The client failed; its reason is in the message's bytes.
     Fail,
+    /// A progress line, in the message's bytes.
+    Say,
     /// The client is done; it may still hold BOs.
     Done {
         /// Whether it still holds BOs on purpose.
@@ -246,6 +264,7 @@ impl Request {
                 seed: regs[1],
             },
             Op::Fail => Request::Fail,
+            Op::Say => Request::Say,
             Op::Done => Request::Done {
                 holding: regs[0] != 0,
             },
@@ -290,6 +309,7 @@ impl Request {
                 (Op::Verify, 2)
             }
             Request::Fail => (Op::Fail, 0),
+            Request::Say => (Op::Say, 0),
             Request::Done { holding } => {
                 w[0] = holding.into();
                 (Op::Done, 1)
@@ -317,3 +337,110 @@ pub fn pattern(seed: u64, i: u64) -> u8 {
 /// constants, Linux numbers), so one errno means one thing on every
 /// transport.
 pub use syscall::error as errno;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_requests() -> [Request; 12] {
+        [
+            Request::Hello,
+            Request::Create {
+                size: 1 << 20,
+                domain: Domain::Gtt,
+                flags: BoFlags::CONTIGUOUS | BoFlags::CLEARED,
+                align: 1 << 16,
+            },
+            Request::Free { bo: 7 },
+            Request::Info { bo: 8 },
+            Request::Stats,
+            Request::LeakCheck,
+            Request::Recover {
+                domain: Domain::Vram,
+            },
+            Request::Map { bo: 9 },
+            Request::Verify { bo: 10, seed: !0 },
+            Request::Fail,
+            Request::Done { holding: true },
+            Request::Say,
+        ]
+    }
+
+    #[test]
+    fn every_request_survives_encoding() {
+        for request in all_requests() {
+            let (op, words, len) = request.encode();
+            assert!(len >= op.min_len(), "{request:?}");
+            assert_eq!(Op::from_label(op as u64), Some(op));
+            assert_eq!(Request::decode(op as u64, &words[..len]), Ok(request));
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_with_the_reason() {
+        assert_eq!(Request::decode(0, &[]), Err(DecodeError::UnknownOp(0)));
+        assert_eq!(
+            Request::decode(99, &[1, 2]),
+            Err(DecodeError::UnknownOp(99))
+        );
+        for request in all_requests() {
+            let (op, words, len) = request.encode();
+            if len > 0 {
+                assert_eq!(
+                    Request::decode(op as u64, &words[..len - 1]),
+                    Err(DecodeError::Short { op, len: len - 1 }),
+                    "{request:?} one word short"
+                );
+            }
+        }
+        let create = Op::Create as u64;
+        assert_eq!(
+            Request::decode(create, &[4096, 2, 0, 0]),
+            Err(DecodeError::BadDomain(2))
+        );
+        assert_eq!(
+            Request::decode(create, &[4096, 0, 1 << 4, 0]),
+            Err(DecodeError::BadFlags(1 << 4))
+        );
+        assert_eq!(
+            Request::decode(create, &[4096, 0, 1 << 32, 0]),
+            Err(DecodeError::BadFlags(1 << 32)),
+            "flag words wider than the flags are refused, not truncated"
+        );
+        assert_eq!(
+            Request::decode(Op::Recover as u64, &[u64::MAX]),
+            Err(DecodeError::BadDomain(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn flag_bits_and_domain_numbers_match_the_other_transports() {
+        // pddgpu_ipc::BoFlags and BoInfoWire::domain use these values.
+        assert_eq!(BoFlags::CONTIGUOUS.bits(), 1);
+        assert_eq!(BoFlags::VISIBLE.bits(), 2);
+        assert_eq!(BoFlags::TOPDOWN.bits(), 4);
+        assert_eq!(BoFlags::CLEARED.bits(), 8);
+        assert_eq!(domain_to_raw(Domain::Vram), 0);
+        assert_eq!(domain_to_raw(Domain::Gtt), 1);
+    }
+
+    #[test]
+    fn patterns_differ_between_seeds_and_along_the_bo() {
+        let bytes = |seed| (0..4096u64).map(move |i| pattern(seed, i));
+        for (a, b) in [(1, 2), (5, !5), (0, 1 << 63)] {
+            let same = bytes(a).zip(bytes(b)).filter(|(x, y)| x == y).count();
+            assert!(
+                same < 64,
+                "seeds {a:#x} and {b:#x} agree on {same} of 4096 bytes"
+            );
+        }
+        let first: [u8; 8] = core::array::from_fn(|i| pattern(3, i as u64));
+        let later: [u8; 8] = core::array::from_fn(|i| pattern(3, 4096 + i as u64));
+        assert_ne!(first, later, "a shifted page would pass");
+        let zeros = bytes(9).filter(|&b| b == 0).count();
+        assert!(
+            zeros < 64,
+            "{zeros} zero bytes: a cleared BO would nearly pass"
+        );
+    }
+}

@@ -5,15 +5,18 @@
 //! 2. the driver core on the real emulated GPU, QEMU's bochs-display,
 //!    found in PCI configuration space with its BARs mapped from device
 //!    untyped capabilities;
-//! 3. two clients in their own address spaces served over IPC by that
-//!    driver, the destruction of a client that still holds BOs, and the
-//!    final audit of both drivers.
+//! 3. three clients in their own address spaces served over IPC by that
+//!    driver — one frees what it made, one ends holding its BOs, one
+//!    faults on a freed BO's old mapping — the destruction of the two that
+//!    still hold BOs, and the final audit of both drivers.
 
 use alloc::format;
 use alloc::vec::Vec;
 
 use pddgpu::device::{BochsModel, DeviceResources, SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverOptions, Tunable};
+
+use pddgpu_sel4_proto::{BO_WINDOW, BO_WINDOW_PAGES};
 
 use crate::clock::now_ms;
 use crate::device;
@@ -50,10 +53,9 @@ const ROOT_OWNER: u64 = 1;
 /// An owner that exits while holding BOs, in the root task's own checks.
 const EXITING_OWNER: u64 = 7;
 /// The clients' badges (their owner ids), in start order.
-const CLIENT_BADGES: [u64; 2] = [0x101, 0x102];
-/// What one client may hold (the core's `client_quota_bytes`): with two
-/// clients, a quarter of the VRAM each, so neither can exhaust the device
-/// for the other.
+const CLIENT_BADGES: [u64; 3] = [0x101, 0x102, 0x103];
+/// What one client may hold (the core's `client_quota_bytes`): a quarter
+/// of the VRAM each, so no client can exhaust the device for the others.
 const CLIENT_QUOTA: u64 = 4 << 20;
 
 /// Runs every step; the first failure ends the scenario.
@@ -240,78 +242,83 @@ pub fn run(bootinfo: &sel4::BootInfoPtr) -> StepResult {
     step("isolation", || {
         for client in &clients {
             let held = driver.owner_bos(client.badge).len();
+            let who = server::describe(client);
             note(format_args!(
-                "{}: {} requests on BOs it does not hold refused; holds {held} BOs, {} mapped",
-                server::describe(client),
+                "{who}: {} requests on BOs it does not hold refused; holds {held} BOs, {} mapped",
                 client.refused,
                 client.mapped_bos()
             ));
-            ensure!(
-                client.refused > 0,
-                "{} never had a request refused",
-                server::describe(client)
-            );
-            match client.done {
-                Some(false) => ensure!(
-                    held == 0,
-                    "{} says it freed everything but holds {held} BOs",
-                    server::describe(client)
-                ),
-                Some(true) => ensure!(
-                    held == 2,
-                    "{} should hold its 2 BOs, holds {held}",
-                    server::describe(client)
-                ),
-                None => bail!("{} never finished", server::describe(client)),
+            match (client.number, client.done, &client.fault) {
+                (1, Some(false), None) => {
+                    ensure!(
+                        held == 0,
+                        "{who} says it freed everything but holds {held} BOs"
+                    )
+                }
+                (2, Some(true), None) => {
+                    ensure!(held == 2, "{who} should hold its 2 BOs, holds {held}")
+                }
+                (3, None, Some((fault, address))) => {
+                    let window = BO_WINDOW as u64..(BO_WINDOW + BO_WINDOW_PAGES * FRAME) as u64;
+                    ensure!(
+                        window.contains(address),
+                        "{who} faulted outside its BO window: {fault}"
+                    );
+                    let Some((held_then, summary)) = client.exit else {
+                        bail!("{who} faulted but was not destroyed");
+                    };
+                    ensure!(
+                        held_then == 1 && summary.freed == 1 && held == 0,
+                        "{who} held {held_then} BOs when it faulted (expected 1); its exit \
+                         freed {}, {held} left",
+                        summary.freed
+                    );
+                    note(format_args!(
+                        "{who} read its freed BO's old mapping at {address:#x}: the kernel \
+                         stopped it with a VM fault (the frames went with the free), and the \
+                         server destroyed it and freed the BO it still held"
+                    ));
+                }
+                (_, done, fault) => {
+                    bail!("{who} ended unexpectedly: done {done:?}, fault {fault:?}")
+                }
+            }
+            if client.number != 3 {
+                ensure!(client.refused > 0, "{who} never had a request refused");
             }
         }
         Ok(())
     })?;
 
     step("client-death", || {
-        let victim = clients
-            .iter_mut()
-            .find(|c| c.done == Some(true))
-            .ok_or("no client holds BOs")?;
-        let held = driver.owner_bos(victim.badge);
-        let process = victim.process.take().ok_or("already destroyed")?;
-        let tcb = process.tcb;
-        process
-            .destroy()
-            .map_err(|e| format!("destroying the client: {e:?}"))?;
-        server::forget(victim);
+        // The client that ended holding its BOs first, then the rest
+        // (client 3 was destroyed when it faulted).
+        let mut order: Vec<usize> = (0..clients.len())
+            .filter(|&i| clients[i].process.is_some())
+            .collect();
+        order.sort_by_key(|&i| driver.owner_bos(clients[i].badge).is_empty());
         ensure!(
-            tcb.tcb_suspend().is_err(),
-            "the client's TCB still exists after destruction"
+            order
+                .first()
+                .is_some_and(|&i| !driver.owner_bos(clients[i].badge).is_empty()),
+            "no live client holds BOs"
         );
-        let summary = driver.owner_exit(victim.badge);
-        ensure!(
-            summary.freed == held.len() as u64 && summary.released == held.len() as u64,
-            "{} held {} BOs; its exit freed {}: {summary:?}",
-            server::describe(victim),
-            held.len(),
-            summary.freed
-        );
-        note(format_args!(
-            "{} destroyed (TCB, CNode, VSpace); its {} BOs freed in one batch ({} B VRAM, {} B GTT)",
-            server::describe(victim),
-            summary.freed,
-            summary.vram_bytes_freed,
-            summary.gtt_bytes_freed
-        ));
-        for client in clients.iter_mut().filter(|c| c.process.is_some()) {
-            let process = client.process.take().ok_or("gone")?;
-            process
-                .destroy()
-                .map_err(|e| format!("destroying {}: {e:?}", server::describe(client)))?;
-            server::forget(client);
-            let summary = driver.owner_exit(client.badge);
+        for i in order {
+            let client = &mut clients[i];
+            let who = server::describe(client);
+            let (held, summary) =
+                server::reap(&driver, client).map_err(|e| format!("destroying {who}: {e:?}"))?;
             ensure!(
-                summary.freed == 0,
-                "{} had freed everything, yet exit freed {}",
-                server::describe(client),
+                summary.freed == held && summary.released == held,
+                "{who} held {held} BOs; its exit freed {}: {summary:?}",
                 summary.freed
             );
+            if held > 0 {
+                note(format_args!(
+                    "{who} destroyed (TCB, CNode, VSpace); its {} BOs freed in one batch ({} B VRAM, {} B GTT)",
+                    summary.freed, summary.vram_bytes_freed, summary.gtt_bytes_freed
+                ));
+            }
         }
         Ok(())
     })?;

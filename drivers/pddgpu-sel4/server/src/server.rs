@@ -15,8 +15,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError};
-use pddgpu_sel4_proto::{errno as e, pattern, slots, DecodeError, Request, PAGE_SIZE};
+use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, DriverError, ExitSummary};
+use pddgpu_sel4_proto::{
+    errno as codes, pattern, slots, DecodeError, Request, FAULT_BADGE, PAGE_SIZE, TEXT_MAX,
+};
 
 use crate::clock::now_ms;
 use crate::frames::{Frames, FRAME};
@@ -24,8 +26,8 @@ use crate::objects::root_path;
 use crate::spawn::Process;
 use crate::verdict::note;
 
+/// The scheme's mapping of driver errors to errnos, the same file.
 #[path = "../../../../scheme/src/errno.rs"]
-#[allow(dead_code, clippy::all)]
 mod errno;
 
 /// A client as the server knows it.
@@ -42,6 +44,11 @@ pub struct Client {
     mapped: BTreeMap<u64, (usize, usize)>,
     /// How its script ended: `Some(holding)` after `Done`.
     pub done: Option<bool>,
+    /// The fault that stopped it, if one did: `(description, address)`.
+    pub fault: Option<(String, u64)>,
+    /// Once destroyed: how many BOs it held then, and what the core's
+    /// `owner_exit` released.
+    pub exit: Option<(u64, ExitSummary)>,
     /// Requests refused because they named a BO it does not hold.
     pub refused: u64,
 }
@@ -56,6 +63,8 @@ impl Client {
             next_slot: slots::FIRST_FRAME,
             mapped: BTreeMap::new(),
             done: None,
+            fault: None,
+            exit: None,
             refused: 0,
         }
     }
@@ -101,40 +110,69 @@ enum Answer {
     None,
 }
 
-/// Serves requests until every client has sent `Done`, or one sent
-/// `Fail`.
+/// Serves requests until every client has sent `Done` or faulted, or
+/// one sent `Fail`. A fault arrives as a message from the kernel with the
+/// client's fault badge: the client is dead — it is destroyed and its BOs
+/// are released at once, and the others are served on.
 pub fn serve(
     driver: &Driver,
     backing: &Backing<'_>,
     endpoint: sel4::cap::Endpoint,
     clients: &mut [Client],
 ) -> Result<(), ClientFailed> {
-    while clients.iter().any(|c| c.done.is_none()) {
+    while clients
+        .iter()
+        .any(|c| c.done.is_none() && c.fault.is_none())
+    {
         let (info, badge) = endpoint.recv(());
-        let Some(client) = clients.iter_mut().find(|c| c.badge == badge) else {
+        let owner = badge & !FAULT_BADGE;
+        let Some(client) = clients.iter_mut().find(|c| c.badge == owner) else {
             note(format_args!(
                 "message with unknown badge {badge:#x} ignored"
             ));
             continue;
         };
+        if badge & FAULT_BADGE != 0 {
+            let fault = sel4::with_ipc_buffer(|b| sel4::Fault::new(b, &info));
+            let address = match &fault {
+                sel4::Fault::VmFault(f) => f.inner().get_Addr(),
+                _ => 0,
+            };
+            let text = format!("{fault:?}");
+            let kind = String::from(text.split(['(', ' ']).next().unwrap_or("fault"));
+            client.fault = Some((text, address));
+            let (held, summary) = reap(driver, client).map_err(|e| ClientFailed {
+                number: client.number,
+                reason: format!("destroying it after its {kind}: {e:?}"),
+            })?;
+            note(format_args!(
+                "{} faulted ({kind} at {address:#x}): destroyed; {} of its {held} BOs freed in one batch",
+                describe(client),
+                summary.freed
+            ));
+            continue;
+        }
         let len = info.length();
         let regs: Vec<u64> = sel4::with_ipc_buffer(|b| b.msg_regs()[..len].to_vec());
         let answer = match Request::decode(info.label(), &regs) {
             Ok(Request::Fail) => {
-                let reason = sel4::with_ipc_buffer(|b| {
-                    let bytes = &b.msg_bytes()[..len * 8];
-                    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
-                    String::from_utf8_lossy(&bytes[..end]).into_owned()
-                });
                 return Err(ClientFailed {
                     number: client.number,
-                    reason,
+                    reason: message_text(len),
                 });
+            }
+            Ok(Request::Say) => {
+                note(format_args!(
+                    "client {} says: {}",
+                    client.number,
+                    message_text(len)
+                ));
+                Answer::Ok(Vec::new())
             }
             Ok(request) => handle(driver, backing, client, request),
             Err(error) => {
                 refuse(client, &error);
-                Answer::Err(e::EINVAL as u64)
+                Answer::Err(codes::EINVAL as u64)
             }
         };
         let reply = match answer {
@@ -150,6 +188,26 @@ pub fn serve(
         sel4::with_ipc_buffer_mut(|b| sel4::reply(b, reply));
     }
     Ok(())
+}
+
+/// The text of a `Fail` or `Say` message of `len` words: at most
+/// [`TEXT_MAX`] bytes up to the first zero, anything but printable ASCII
+/// shown as `?`, so a client cannot break or forge console lines.
+fn message_text(len: usize) -> String {
+    sel4::with_ipc_buffer(|b| {
+        let bytes = &b.msg_bytes()[..(len * 8).min(TEXT_MAX)];
+        bytes
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| {
+                if (b' '..=b'~').contains(&c) {
+                    c as char
+                } else {
+                    '?'
+                }
+            })
+            .collect()
+    })
 }
 
 /// One bounded log line per malformed request.
@@ -220,12 +278,12 @@ fn handle(driver: &Driver, backing: &Backing<'_>, client: &mut Client, request: 
             client.done = Some(holding);
             return Answer::None;
         }
-        Request::Fail => unreachable!("handled by serve"),
+        Request::Fail | Request::Say => unreachable!("handled by serve"),
     };
     match result {
         Ok(words) => Answer::Ok(words),
         Err(errno) => {
-            if errno == e::EPERM as u64 || errno == e::EBADF as u64 {
+            if errno == codes::EPERM as u64 || errno == codes::EBADF as u64 {
                 client.refused += 1;
             }
             Answer::Err(errno)
@@ -270,7 +328,7 @@ fn free(driver: &Driver, client: &mut Client, bo: u64) -> Result<Vec<u64>, u64> 
     driver
         .bo_info(client.badge, BoId(bo))
         .map_err(|err| errno_of(&err))?;
-    take_back(client, bo).map_err(|_| e::EIO as u64)?;
+    take_back(client, bo).map_err(|_| codes::EIO as u64)?;
     driver
         .bo_unref(client.badge, BoId(bo))
         .map_err(|err| errno_of(&err))?;
@@ -308,26 +366,26 @@ fn map(
     let mut pages = Vec::new();
     for &(_, at, len) in &info.segments {
         if at % FRAME as u64 != 0 {
-            return Err(e::EINVAL as u64);
+            return Err(codes::EINVAL as u64);
         }
         let first = (at / FRAME as u64) as usize;
         pages.extend(first..first + (len as usize).div_ceil(FRAME));
     }
     if pages.iter().any(|&p| p >= frames.pages()) {
-        return Err(e::EIO as u64);
+        return Err(codes::EIO as u64);
     }
     let first = client.next_slot;
     if first + pages.len() > slots::END_FRAME {
-        return Err(e::ENOSPC as u64);
+        return Err(codes::ENOSPC as u64);
     }
     let Some(process) = &client.process else {
-        return Err(e::EIO as u64);
+        return Err(codes::EIO as u64);
     };
     for (i, &page) in pages.iter().enumerate() {
         process
             .slot(first + i)
             .copy(&root_path(frames.slot(page)), sel4::CapRights::read_write())
-            .map_err(|_| e::EIO as u64)?;
+            .map_err(|_| codes::EIO as u64)?;
     }
     client.next_slot += pages.len();
     client.mapped.insert(bo, (first, pages.len()));
@@ -347,14 +405,14 @@ fn verify(driver: &Driver, owner: u64, bo: u64, seed: u64) -> Result<Vec<u64>, u
             .bo_read(owner, BoId(bo), at, &mut chunk)
             .map_err(|err| errno_of(&err))?;
         if n == 0 {
-            return Err(e::EIO as u64);
+            return Err(codes::EIO as u64);
         }
         if chunk[..n]
             .iter()
             .enumerate()
             .any(|(i, &b)| b != pattern(seed, at + i as u64))
         {
-            return Err(e::EIO as u64);
+            return Err(codes::EIO as u64);
         }
         at += n as u64;
     }
@@ -366,8 +424,22 @@ pub fn describe(client: &Client) -> String {
     format!("client {} (badge {:#x})", client.number, client.badge)
 }
 
-/// Forgets the frames given to `client` once its CNode is destroyed (the
-/// capabilities went with it).
-pub fn forget(client: &mut Client) {
+/// Destroys `client` (its TCB, CNode — with the endpoints and every BO
+/// frame it was given, which unmaps them —, VSpace and tables) and has the
+/// core release everything it owned in one batch. Returns how many BOs it
+/// held and the core's summary.
+pub fn reap(driver: &Driver, client: &mut Client) -> sel4::Result<(u64, ExitSummary)> {
+    let held = driver.owner_bos(client.badge).len() as u64;
+    if let Some(process) = client.process.take() {
+        let tcb = process.tcb;
+        process.destroy()?;
+        // The TCB object is gone: invoking its old slot fails.
+        if tcb.tcb_suspend().is_ok() {
+            return Err(sel4::Error::RevokeFirst);
+        }
+    }
     client.mapped.clear();
+    let summary = driver.owner_exit(client.badge);
+    client.exit = Some((held, summary));
+    Ok((held, summary))
 }

@@ -4,9 +4,10 @@
 //! A client gets: a new VSpace (PML4, with its own ASID) holding its ELF
 //! image, an IPC buffer and the page tables of its BO window; a new CNode
 //! holding exactly a badged endpoint to the server (write and grant-reply
-//! rights only: it can call, not receive or pass capabilities) and a
-//! capability to its own VSpace root (to map the frames it will be given);
-//! a TCB at a lower priority than the server. The root task keeps every
+//! rights only: it can call, not receive or pass capabilities), the same
+//! endpoint with the fault badge as its fault endpoint, and a capability to
+//! its own VSpace root (to map the frames it will be given); a TCB at a
+//! lower priority than the server. The root task keeps every
 //! other capability to these objects, so it can copy frames into the
 //! client's CNode and destroy the client.
 
@@ -14,7 +15,7 @@ use alloc::vec::Vec;
 
 use object::elf::{PF_W, PF_X};
 use object::{Object, ObjectSegment, SegmentFlags};
-use pddgpu_sel4_proto::{slots, BO_WINDOW, BO_WINDOW_PAGES, PAGE_SIZE};
+use pddgpu_sel4_proto::{slots, BO_WINDOW, BO_WINDOW_PAGES, FAULT_BADGE, PAGE_SIZE};
 use sel4::init_thread::slot;
 use sel4::VmAttributes;
 
@@ -118,6 +119,14 @@ pub fn spawn(
             .build(),
         badge,
     )?;
+    client_slot(slots::FAULT_ENDPOINT).mint(
+        &slot::CNODE.cap().absolute_cptr(endpoint),
+        sel4::CapRightsBuilder::none()
+            .write(true)
+            .grant_reply(true)
+            .build(),
+        FAULT_BADGE | badge,
+    )?;
     client_slot(slots::VSPACE).copy(
         &slot::CNODE.cap().absolute_cptr(vspace),
         sel4::CapRights::all(),
@@ -126,7 +135,7 @@ pub fn spawn(
     let tcb = objects.make_fixed::<sel4::cap_type::Tcb>()?;
     owned.push(tcb.bits() as usize);
     tcb.tcb_configure(
-        slot::NULL.cptr(),
+        sel4::CPtr::from_bits(slots::FAULT_ENDPOINT as u64),
         cnode,
         sel4::CNodeCapData::new(0, sel4::WORD_SIZE - slots::CNODE_SIZE_BITS),
         vspace,
