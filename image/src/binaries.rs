@@ -17,9 +17,33 @@ pub struct GuestBinary {
 }
 
 impl GuestBinary {
+    /// Binary `bin` of cargo package `package`.
+    pub const fn new(package: &'static str, bin: &'static str) -> Self {
+        GuestBinary { package, bin }
+    }
+
     /// Where the binary lives in the guest.
     pub fn guest_path(&self) -> String {
         format!("/usr/bin/{}", self.bin)
+    }
+}
+
+/// The driver server.
+pub const PDDGPUD: GuestBinary = GuestBinary::new("pddgpud", "pddgpud");
+/// The `pddgpu` CLI.
+pub const CLI: GuestBinary = GuestBinary::new("pddgpu-ipc", "pddgpu");
+
+/// Adds `bins` to a `cargo build` command line: each package once, then
+/// each binary.
+pub fn add_targets(cmd: &mut Command, bins: &[GuestBinary]) {
+    let mut packages: Vec<&str> = bins.iter().map(|b| b.package).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    for b in bins {
+        cmd.args(["--bin", b.bin]);
     }
 }
 
@@ -60,15 +84,7 @@ pub fn build(bins: &[GuestBinary]) -> Result<Vec<(GuestBinary, PathBuf)>> {
     cmd.current_dir(workspace_root())
         .args(["build", "--release"])
         .env("CARGO_TARGET_DIR", target_dir());
-    let mut packages: Vec<&str> = bins.iter().map(|b| b.package).collect();
-    packages.sort_unstable();
-    packages.dedup();
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    for b in bins {
-        cmd.args(["--bin", b.bin]);
-    }
+    add_targets(&mut cmd, bins);
     eprintln!("pddgpu-image: building {}", names(bins));
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {

@@ -62,7 +62,7 @@ pub struct Prepared {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("pddgpu-image: {}", msg.as_ref());
+    crate::reporter().say(msg);
 }
 
 /// Puts the guest programs, their shared libraries, busybox and `/init`
@@ -100,7 +100,7 @@ pub fn assemble(
 /// Installs/checks the host tools, gets the kernel, builds the guest
 /// programs and writes the initramfs.
 pub fn prepare(opts: &Options) -> Result<Prepared> {
-    let t = Instant::now();
+    let step = crate::reporter().begin("kernel", "host tools and kernel ...");
     hosttools::ensure(&hosttools::ALL, opts.install)?;
     let qemu = hosttools::find(hosttools::QEMU.command).context("qemu-system-x86_64")?;
     let busybox = hosttools::find(hosttools::BUSYBOX.command).context("busybox")?;
@@ -117,11 +117,11 @@ pub fn prepare(opts: &Options) -> Result<Prepared> {
         }
         None => kernel::ensure(&cache.join("kernel"))?,
     };
-    log(format!(
+    step.finish(format!(
         "kernel {} ({}) [{:.1} s]",
         kernel.package,
         kernel.vmlinuz.display(),
-        t.elapsed().as_secs_f64()
+        step.elapsed().as_secs_f64()
     ));
 
     let t = Instant::now();
@@ -131,17 +131,17 @@ pub fn prepare(opts: &Options) -> Result<Prepared> {
         t.elapsed().as_secs_f64()
     ));
 
-    let t = Instant::now();
+    let step = crate::reporter().begin("initramfs", "initramfs ...");
     let script = init::render(&scenario::steps())?;
     let tree = assemble(&busybox, &programs, &script, &cache.join("stripped"))?;
     let initrd = cache.join("initramfs.cpio.gz");
     let size = tree.write_gz(&initrd)?;
-    log(format!(
+    step.finish(format!(
         "initramfs {} ({} entries, {} KiB) [{:.1} s]",
         initrd.display(),
         tree.len(),
         size / 1024,
-        t.elapsed().as_secs_f64()
+        step.elapsed().as_secs_f64()
     ));
     Ok(Prepared {
         qemu,
@@ -163,22 +163,25 @@ pub fn boot(prepared: &Prepared, opts: &Options, gpu: bool) -> Result<BootRun> {
         accel: opts.accel,
         extra_append: Vec::new(),
     };
-    log(format!(
-        "booting {} ({}): qemu-system-x86_64 {}",
-        if gpu {
-            "with bochs-display"
-        } else {
-            "WITHOUT a GPU"
-        },
-        opts.accel_name(),
-        config.args().join(" ")
-    ));
-    let stream = opts.stream;
-    let run = qemu::run(&prepared.qemu, &config, opts.timeout, |line| {
-        if stream {
-            println!("guest| {line}");
-        }
-    })?;
+    let step = crate::reporter().begin(
+        "boot",
+        format!(
+            "booting {} ({}): qemu-system-x86_64 {}",
+            if gpu {
+                "with bochs-display"
+            } else {
+                "WITHOUT a GPU"
+            },
+            opts.accel_name(),
+            config.args().join(" ")
+        ),
+    );
+    let run = qemu::run(
+        &prepared.qemu,
+        &config,
+        opts.timeout,
+        qemu::console(&step, "guest", opts.stream),
+    )?;
     let log_path = prepared.initrd.with_file_name(if gpu {
         "serial-gpu.log"
     } else {
@@ -186,7 +189,7 @@ pub fn boot(prepared: &Prepared, opts: &Options, gpu: bool) -> Result<BootRun> {
     });
     std::fs::write(&log_path, run.log.join("\n") + "\n")
         .with_context(|| format!("writing {}", log_path.display()))?;
-    log(format!(
+    step.finish(format!(
         "{} [boot {:.1} s, serial log {}]",
         run.outcome,
         run.elapsed.as_secs_f64(),
@@ -263,15 +266,6 @@ mod tests {
     use super::*;
     use crate::initramfs::Node;
 
-    fn run_with(outcome: Outcome, log: &[&str]) -> BootRun {
-        BootRun {
-            outcome,
-            log: log.iter().map(|s| s.to_string()).collect(),
-            elapsed: Duration::from_secs(1),
-            steps: Vec::new(),
-        }
-    }
-
     #[test]
     fn negative_check_needs_the_step_and_the_message() {
         let fail = |step: &str| Outcome::Fail {
@@ -282,15 +276,19 @@ mod tests {
             "pddgpud: error: {}: none found",
             scenario::NO_DEVICE_MESSAGE
         );
-        assert!(check_negative(&run_with(fail(scenario::DEVICE_STEP), &[&msg])).is_ok());
-        assert!(check_negative(&run_with(fail(scenario::DEVICE_STEP), &["other error"])).is_err());
-        assert!(check_negative(&run_with(fail("later step"), &[&msg])).is_err());
-        assert!(check_negative(&run_with(Outcome::Pass, &[&msg])).is_err());
+        assert!(check_negative(&BootRun::with(fail(scenario::DEVICE_STEP), &[&msg])).is_ok());
+        assert!(check_negative(&BootRun::with(
+            fail(scenario::DEVICE_STEP),
+            &["other error"]
+        ))
+        .is_err());
+        assert!(check_negative(&BootRun::with(fail("later step"), &[&msg])).is_err());
+        assert!(check_negative(&BootRun::with(Outcome::Pass, &[&msg])).is_err());
         let timeout = Outcome::Timeout {
             after: Duration::from_secs(9),
             last_step: None,
         };
-        assert!(check_negative(&run_with(timeout, &[&msg])).is_err());
+        assert!(check_negative(&BootRun::with(timeout, &[&msg])).is_err());
     }
 
     #[test]

@@ -18,31 +18,23 @@ pub struct Tool {
     pub package: &'static str,
 }
 
+impl Tool {
+    /// `command`, installed by Debian's `package`.
+    pub const fn new(command: &'static str, package: &'static str) -> Self {
+        Tool { command, package }
+    }
+}
+
 /// QEMU for x86-64 guests.
-pub const QEMU: Tool = Tool {
-    command: "qemu-system-x86_64",
-    package: "qemu-system-x86",
-};
+pub const QEMU: Tool = Tool::new("qemu-system-x86_64", "qemu-system-x86");
 /// Busybox, statically linked: the guest's shell and tools.
-pub const BUSYBOX: Tool = Tool {
-    command: "busybox",
-    package: "busybox-static",
-};
+pub const BUSYBOX: Tool = Tool::new("busybox", "busybox-static");
 /// `dpkg` (unpacks the kernel package).
-pub const DPKG: Tool = Tool {
-    command: "dpkg",
-    package: "dpkg",
-};
+pub const DPKG: Tool = Tool::new("dpkg", "dpkg");
 /// `apt-get` (downloads the kernel package).
-pub const APT_GET: Tool = Tool {
-    command: "apt-get",
-    package: "apt",
-};
+pub const APT_GET: Tool = Tool::new("apt-get", "apt");
 /// `ldd` (finds the shared libraries our binaries need).
-pub const LDD: Tool = Tool {
-    command: "ldd",
-    package: "libc-bin",
-};
+pub const LDD: Tool = Tool::new("ldd", "libc-bin");
 
 /// Every tool `pddgpu-image qemu` needs.
 pub const ALL: [Tool; 5] = [QEMU, BUSYBOX, DPKG, APT_GET, LDD];
@@ -53,50 +45,17 @@ pub const ALL: [Tool; 5] = [QEMU, BUSYBOX, DPKG, APT_GET, LDD];
 /// bootstrap and stripping, make for relibc, tar and patch for the
 /// snapshot, QEMU to boot.
 pub const REDOX: [Tool; 12] = [
-    Tool {
-        command: "nasm",
-        package: "nasm",
-    },
-    Tool {
-        command: "clang",
-        package: "clang",
-    },
-    Tool {
-        command: "ld.lld",
-        package: "lld",
-    },
-    Tool {
-        command: "ld",
-        package: "binutils",
-    },
-    Tool {
-        command: "objcopy",
-        package: "binutils",
-    },
-    Tool {
-        command: "ar",
-        package: "binutils",
-    },
-    Tool {
-        command: "strip",
-        package: "binutils",
-    },
-    Tool {
-        command: "make",
-        package: "make",
-    },
-    Tool {
-        command: "patch",
-        package: "patch",
-    },
-    Tool {
-        command: "tar",
-        package: "tar",
-    },
-    Tool {
-        command: "cc",
-        package: "gcc",
-    },
+    Tool::new("nasm", "nasm"),
+    Tool::new("clang", "clang"),
+    Tool::new("ld.lld", "lld"),
+    Tool::new("ld", "binutils"),
+    Tool::new("objcopy", "binutils"),
+    Tool::new("ar", "binutils"),
+    Tool::new("strip", "binutils"),
+    Tool::new("make", "make"),
+    Tool::new("patch", "patch"),
+    Tool::new("tar", "tar"),
+    Tool::new("cc", "gcc"),
     QEMU,
 ];
 
@@ -235,10 +194,7 @@ mod tests {
 
     #[test]
     fn never_policy_reports_the_command() {
-        let fake = Tool {
-            command: "pddgpu-no-such-command-xyz",
-            package: "pddgpu-fake-package",
-        };
+        let fake = Tool::new("pddgpu-no-such-command-xyz", "pddgpu-fake-package");
         let err = ensure(&[fake], InstallPolicy::Never)
             .unwrap_err()
             .to_string();

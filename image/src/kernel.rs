@@ -148,7 +148,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
         // Stale package lists name a version the mirror no longer has:
         // refresh them once and try the package apt names then.
         Err(first) if hosttools::is_root() => {
-            eprintln!("pddgpu-image: {first:#}; refreshing the package lists");
+            crate::reporter().say(format!("{first:#}; refreshing the package lists"));
             hosttools::apt_update()?;
             let package = choose_package()?.context("no kernel package after apt-get update")?;
             let dir = cache.join(&package);
@@ -169,7 +169,7 @@ fn download(package: &str, dir: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     let result = (|| -> Result<()> {
-        eprintln!("pddgpu-image: downloading {package} (apt-get download)");
+        crate::reporter().say(format!("downloading {package} (apt-get download)"));
         let out = Command::new("apt-get")
             .args(["download", "-q", package])
             .current_dir(&work)

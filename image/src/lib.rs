@@ -13,6 +13,8 @@
 //! - [`init`] / [`scenario`]: the guest's `/init` and what it runs.
 //! - [`qemu`] / [`serial`]: booting, streaming the console, the verdict.
 //! - [`boot`]: the whole pipeline behind `pddgpu-image qemu`.
+//! - [`reporter`]: where its progress goes (live on a terminal, plain
+//!   lines elsewhere: `pddgpu_ipc::progress`).
 //! - [`pci`] / [`pattern`]: sysfs PCI lookup and BO test patterns for the
 //!   guest test program (`pddgpu-guest`).
 //! - [`guest`]: the client side of the scenario, shared by the Linux guest
@@ -41,3 +43,12 @@ pub mod redox;
 pub mod scenario;
 pub mod sel4;
 pub mod serial;
+
+use pddgpu_ipc::progress::Reporter;
+
+/// The progress reporter of the Linux guest's pipeline (`pddgpu-image:`
+/// lines on stderr), one per process.
+pub fn reporter() -> &'static Reporter {
+    static REPORTER: std::sync::OnceLock<Reporter> = std::sync::OnceLock::new();
+    REPORTER.get_or_init(|| Reporter::stderr("pddgpu-image"))
+}

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pddgpu_ipc::progress::Step;
 
 use crate::serial::{sanitize, Markers, Outcome, RunEnd, SerialWatch, LINUX};
 
@@ -119,6 +120,19 @@ pub struct BootRun {
     pub steps: Vec<String>,
 }
 
+#[cfg(test)]
+impl BootRun {
+    /// A one-second run that ended in `outcome` with `log` on the console.
+    pub(crate) fn with(outcome: Outcome, log: &[&str]) -> Self {
+        BootRun {
+            outcome,
+            log: log.iter().map(|s| s.to_string()).collect(),
+            elapsed: Duration::from_secs(1),
+            steps: Vec::new(),
+        }
+    }
+}
+
 enum Line {
     Serial(String),
     Qemu(String),
@@ -174,6 +188,18 @@ pub struct Session<'a> {
     pub timeout: Duration,
     /// What happens once the verdict is in.
     pub after_verdict: AfterVerdict,
+}
+
+/// The console callback of a boot that `step` reports: each line is
+/// printed (on stdout, as `<tag>| <line>`) when `stream`, without tearing
+/// a live indicator, and becomes the step's latest news.
+pub fn console<'a>(step: &'a Step<'_>, tag: &'a str, stream: bool) -> impl FnMut(&str) + 'a {
+    move |line| {
+        if stream {
+            step.suspend(|| println!("{tag}| {line}"));
+        }
+        step.message(line);
+    }
 }
 
 /// Boots the Linux guest: QEMU (`qemu` is the binary) with `config`, calls

@@ -13,23 +13,11 @@
 //! 6. `stop pddgpud`: SIGTERM, clean exit 0.
 
 use crate::binaries::GuestBinary;
+pub use crate::binaries::{CLI, PDDGPUD};
 use crate::init::Step;
 
 /// The guest test program (this package's `pddgpu-guest`).
-pub const GUEST: GuestBinary = GuestBinary {
-    package: "pddgpu-image",
-    bin: "pddgpu-guest",
-};
-/// The driver server.
-pub const PDDGPUD: GuestBinary = GuestBinary {
-    package: "pddgpud",
-    bin: "pddgpud",
-};
-/// The `pddgpu` CLI.
-pub const CLI: GuestBinary = GuestBinary {
-    package: "pddgpu-ipc",
-    bin: "pddgpu",
-};
+pub const GUEST: GuestBinary = GuestBinary::new("pddgpu-image", "pddgpu-guest");
 
 /// The socket pddgpud listens on in the guest.
 pub const SOCKET: &str = "/run/pddgpu/pddgpu.sock";

@@ -27,19 +27,21 @@
 //! `valgrind --tool=callgrind --toggle-collect='*profile_loop*'` to count
 //! the instructions of one request kind.
 
+mod support;
+
 use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pddgpu_ipc::frame::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
-use pddgpu_ipc::host::{HostConnection, HostServer, ServerLimits, ROOT_FD};
-use syscall::flag::{O_RDONLY, O_RDWR};
+use pddgpu_ipc::host::HostConnection;
+use pddgpu_ipc::progress::{seconds, Reporter};
+use support::{alloc_free, close, open, Server};
+use syscall::flag::O_RDONLY;
 use syscall::schemev2::Opcode;
 
 const WORKER_ENV: &str = "PDDGPU_BENCH_WORKER";
@@ -161,77 +163,6 @@ struct Comparison {
     median: f64,
 }
 
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = std::env::temp_dir().join(format!("pddgpu-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("pddgpu.sock");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, path) = (stop.clone(), socket.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = thread::spawn(move || {
-            let opts = pddgpud::Options::for_sim(256 << 20, 256 << 20);
-            let device = pddgpud::backend::open(&opts).expect("simulated device");
-            let scheme = device.into_scheme(&opts);
-            let mut server = HostServer::bind(&path, ServerLimits::default(), scheme).unwrap();
-            ready_tx.send(()).unwrap();
-            while !s.load(Ordering::Relaxed) {
-                server.accept(Some(Duration::from_millis(50))).unwrap();
-            }
-            let _scheme = server.shutdown();
-        });
-        ready_rx.recv().unwrap();
-        Server {
-            stop,
-            thread: Some(thread),
-            socket,
-            dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn open(c: &mut HostConnection, path: &str, flags: usize) -> u64 {
-    let r = c
-        .request(
-            Opcode::OpenAt,
-            [ROOT_FD, 0, 0, flags as u64, 0, 0],
-            path.as_bytes(),
-            0,
-        )
-        .unwrap();
-    r.result()
-        .unwrap_or_else(|e| panic!("open {path}: errno {e}")) as u64
-}
-
-fn close(c: &mut HostConnection, id: u64) {
-    let r = c
-        .request(Opcode::CloseMsg, [id, 0, 0, 0, 0, 0], &[], 0)
-        .unwrap();
-    assert_eq!(r.result(), Ok(0));
-}
-
-fn alloc_free(c: &mut HostConnection) {
-    let id = open(c, "bo/new?size=4096&domain=vram", O_RDWR);
-    close(c, id);
-}
-
 fn stats_read(c: &mut HostConnection) {
     let id = open(c, "stats", O_RDONLY);
     let r = c
@@ -305,7 +236,7 @@ fn profile(which: &str) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let mut raw = RawEcho::start();
-    let server = Server::start();
+    let server = Server::start("bench");
     let mut c = HostConnection::connect(&server.socket).unwrap();
     let stats = open(&mut c, "stats", O_RDONLY);
     // Warm up every path once.
@@ -338,9 +269,16 @@ fn main() {
         profile(&which);
         return;
     }
+    let progress = Reporter::stderr("roundtrip");
+    let step = progress.begin_counted(
+        "measure",
+        "measuring null_request, bo_alloc_free and stats_read against raw, then throughput",
+        4,
+    );
+    step.message("null_request");
     let unpinned = pin_to_current_cpu();
     let mut raw = RawEcho::start();
-    let server = Server::start();
+    let server = Server::start("bench");
     let mut c = HostConnection::connect(&server.socket).unwrap();
     // A request that does nothing but find its handle: the transport alone.
     let stats = open(&mut c, "stats", O_RDONLY);
@@ -351,17 +289,24 @@ fn main() {
         assert_eq!(r.result(), Ok(0));
     });
     close(&mut c, stats);
+    step.advance(1);
+    step.message("bo_alloc_free");
     let af = compare(&mut raw, 2.0, &mut || alloc_free(&mut c));
+    step.advance(1);
+    step.message("stats_read");
     let sr = compare(&mut raw, 3.0, &mut || stats_read(&mut c));
+    step.advance(1);
+    step.message(format!("throughput of {PROCS} client processes"));
     drop(c);
     drop(raw);
     drop(server);
     // Throughput: a fresh server whose threads, like the client processes,
     // may run on every CPU.
     sched_setaffinity(None, &unpinned).expect("sched_setaffinity");
-    let server = Server::start();
+    let server = Server::start("bench");
     let (ops, secs) = eight_processes(&server.socket);
     drop(server);
+    step.finish(format!("measured in {}", seconds(step.elapsed())));
 
     let raw_ns = null.raw.min(af.raw).min(sr.raw);
     println!("{raw_ns:.0} ns raw_roundtrip");

@@ -17,23 +17,22 @@
 //!
 //! Run: `cargo bench -p pddgpu-ipc --bench scale`.
 
-#![allow(unsafe_code)]
+mod support;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::{BoCreate, BoFlags, Domain, Driver};
-use pddgpu_ipc::host::{HostConnection, HostServer, ServerLimits, ROOT_FD};
+use pddgpu::driver::{BoCreate, Domain, Driver};
+use pddgpu_ipc::host::HostConnection;
+use pddgpu_ipc::progress::{seconds, Reporter};
 use rustix::thread::{sched_setaffinity, CpuSet};
-use syscall::flag::O_RDWR;
-use syscall::schemev2::Opcode;
+use support::{alloc_free, Server};
 
 const WORKER_ENV: &str = "PDDGPU_SCALE_WORKER";
 const THREADS_ENV: &str = "PDDGPU_SCALE_THREADS";
@@ -54,25 +53,14 @@ fn confine(cpus: usize) {
 
 /// 100 threads × 1000 create+free pairs on one in-process driver; seconds.
 fn in_process() -> f64 {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: 256 * MIB,
-        visible_size: 64 * MIB,
-        gtt_size: 256 * MIB,
-    })
-    .expect("simulated device");
+    let dev = SimDevice::new(SimConfig::sized(256 * MIB, 256 * MIB)).expect("simulated device");
     let d = Arc::new(Driver::new(dev.resources(), 0).expect("driver"));
     let barrier = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let (d, barrier) = (d.clone(), barrier.clone());
             thread::spawn(move || {
-                let req = BoCreate {
-                    size: 4096,
-                    domain: Domain::Vram,
-                    flags: BoFlags::empty(),
-                    align: 0,
-                    label: "scale",
-                };
+                let req = BoCreate::new(4096, Domain::Vram, "scale");
                 barrier.wait();
                 let start = Instant::now();
                 for _ in 0..PAIRS {
@@ -92,74 +80,6 @@ fn in_process() -> f64 {
     let first = spans.iter().map(|s| s.0).min().expect("threads");
     let last = spans.iter().map(|s| s.1).max().expect("threads");
     (last - first).as_secs_f64()
-}
-
-/// A host server on a simulated device, in a thread of this process.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = std::env::temp_dir().join(format!("pddgpu-scale-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("socket directory");
-        let socket = dir.join("pddgpu.sock");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, path) = (stop.clone(), socket.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = thread::spawn(move || {
-            let opts = pddgpud::Options::for_sim(256 * MIB, 256 * MIB);
-            let device = pddgpud::backend::open(&opts).expect("simulated device");
-            let scheme = device.into_scheme(&opts);
-            let mut server =
-                HostServer::bind(&path, ServerLimits::default(), scheme).expect("bind");
-            ready_tx.send(()).expect("ready");
-            while !s.load(Ordering::Relaxed) {
-                server
-                    .accept(Some(Duration::from_millis(20)))
-                    .expect("accept");
-            }
-            let _scheme = server.shutdown();
-        });
-        ready_rx.recv().expect("server ready");
-        Server {
-            stop,
-            thread: Some(thread),
-            socket,
-            dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("server thread");
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// One 4 KiB VRAM BO created (open `bo/new`) and freed (close).
-fn alloc_free(c: &mut HostConnection) {
-    let path = b"bo/new?size=4096&domain=vram";
-    let r = c
-        .request(
-            Opcode::OpenAt,
-            [ROOT_FD, 0, 0, O_RDWR as u64, 0, 0],
-            path,
-            0,
-        )
-        .expect("open request");
-    let id = r.result().expect("open bo/new") as u64;
-    let r = c
-        .request(Opcode::CloseMsg, [id, 0, 0, 0, 0, 0], &[], 0)
-        .expect("close request");
-    assert_eq!(r.result(), Ok(0));
 }
 
 /// Worker process: `threads` connections, each in its own thread; runs
@@ -400,31 +320,62 @@ fn main() {
         .filter(|&c| c <= available && only_cpus.is_none_or(|o| o == c))
         .collect();
     let pairs = (THREADS * PAIRS) as f64;
+    let setups = if in_process_only {
+        1
+    } else {
+        1 + PROCESS_COUNTS.len()
+    };
+    let progress = Reporter::stderr("scale");
+    let step = progress.begin_counted(
+        "measure",
+        format!(
+            "{} setups x {} CPU counts x {rounds} rounds of {THREADS} threads x {PAIRS} pairs",
+            setups,
+            cpu_counts.len()
+        ),
+        (setups * cpu_counts.len() * rounds) as u64,
+    );
     let mut in_proc = Vec::new();
     let mut transport = Vec::new();
     for &cpus in &cpu_counts {
         confine(cpus);
-        let best = (0..rounds).map(|_| in_process()).fold(f64::MAX, f64::min);
+        step.message(format!("in_process/{cpus}cpu"));
+        let best = (0..rounds)
+            .map(|_| {
+                let secs = in_process();
+                step.advance(1);
+                secs
+            })
+            .fold(f64::MAX, f64::min);
         in_proc.push(pairs / best);
-        println!("throughput scale/in_process/{cpus}cpu {:.0}", pairs / best);
+        step.print_result(format!(
+            "throughput scale/in_process/{cpus}cpu {:.0}",
+            pairs / best
+        ));
         if in_process_only {
             continue;
         }
-        let server = Server::start();
+        let server = Server::start("scale");
         let mut row = Vec::new();
         for procs in PROCESS_COUNTS {
+            step.message(format!("transport_{procs}proc/{cpus}cpu"));
             let best = (0..rounds)
-                .map(|_| over_transport(&server.socket, procs))
+                .map(|_| {
+                    let secs = over_transport(&server.socket, procs);
+                    step.advance(1);
+                    secs
+                })
                 .fold(f64::MAX, f64::min);
             row.push(pairs / best);
-            println!(
+            step.print_result(format!(
                 "throughput scale/transport_{procs}proc/{cpus}cpu {:.0}",
                 pairs / best
-            );
+            ));
         }
         drop(server);
         transport.push(row);
     }
+    step.finish(format!("measured in {}", seconds(step.elapsed())));
     if in_process_only {
         return;
     }

@@ -182,18 +182,35 @@ pub fn main() -> i32 {
     run(std::env::args_os())
 }
 
+/// Parses a command line into `P`. On a usage error or a help or version
+/// request the message is printed and the exit code returned:
+/// [`EXIT_USAGE`] for an error, 0 for help and version. Shared by the
+/// `pddgpu` CLI and `pddgpud`.
+pub fn parse_args<P, I, T>(args: I) -> std::result::Result<P, i32>
+where
+    P: Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    P::try_parse_from(args).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            EXIT_USAGE
+        } else {
+            0
+        }
+    })
+}
+
 /// Runs the CLI with explicit arguments; returns the exit code.
 pub fn run<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse_args::<Cli, _, _>(args) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { 0 };
-        }
+        Err(code) => return code,
     };
     match execute(cli) {
         Ok(code) => code,

@@ -159,12 +159,23 @@ impl Device {
 
     /// Reads a whole scheme file (`stats`, `config/leak_threshold_bytes`…).
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let handle = self.open_handle(path, O_RDONLY)?;
-        let result = self.read_all(handle, path);
+        self.with_handle(path, O_RDONLY, |handle| self.read_all(handle, path))
+    }
+
+    /// Opens `path` with `flags`, runs `f` on the handle and closes it
+    /// again; `f`'s error comes first, then the close's.
+    fn with_handle<T>(
+        &self,
+        path: &str,
+        flags: usize,
+        f: impl FnOnce(usize) -> Result<T>,
+    ) -> Result<T> {
+        let handle = self.open_handle(path, flags)?;
+        let result = f(handle);
         let closed = self.close_handle(handle, path);
-        let data = result?;
+        let value = result?;
         closed?;
-        Ok(data)
+        Ok(value)
     }
 
     fn read_all(&self, handle: usize, path: &str) -> Result<Vec<u8>> {
@@ -194,14 +205,11 @@ impl Device {
 
     /// Writes `data` to a scheme file (`control`, `config/<name>`).
     pub fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
-        let handle = self.open_handle(path, O_WRONLY)?;
-        let result = self
-            .t()
-            .write(handle, 0, data)
-            .map_err(|e| Error::from_transport("write", path, e));
-        let closed = self.close_handle(handle, path);
-        let n = result?;
-        closed?;
+        let n = self.with_handle(path, O_WRONLY, |handle| {
+            self.t()
+                .write(handle, 0, data)
+                .map_err(|e| Error::from_transport("write", path, e))
+        })?;
         if n != data.len() {
             return Err(Error::Protocol {
                 op: "write",
@@ -214,12 +222,9 @@ impl Device {
 
     /// Lists a scheme directory (`""` for the root, `config`, `bo`).
     pub fn list_dir(&self, path: &str) -> Result<Vec<String>> {
-        let handle = self.open_handle(path, O_RDONLY | O_DIRECTORY)?;
-        let result = self.read_dir(handle, path);
-        let closed = self.close_handle(handle, path);
-        let names = result?;
-        closed?;
-        Ok(names)
+        self.with_handle(path, O_RDONLY | O_DIRECTORY, |handle| {
+            self.read_dir(handle, path)
+        })
     }
 
     fn read_dir(&self, handle: usize, path: &str) -> Result<Vec<String>> {

@@ -91,11 +91,8 @@ impl RequestHeader {
     /// Encodes the header into its fixed-size wire form.
     pub fn encode(&self) -> [u8; REQUEST_HEADER_LEN] {
         let mut b = [0u8; REQUEST_HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..6].copy_from_slice(&VERSION.to_le_bytes());
-        // b[6..8]: reserved, zero.
-        b[8..12].copy_from_slice(&self.payload_len.to_le_bytes());
-        b[12..16].copy_from_slice(&self.out_len.to_le_bytes());
+        // The 16-bit field is reserved (zero) in a request.
+        put_prefix(&mut b, 0, self.payload_len, self.out_len);
         b[16] = self.sqe.opcode;
         b[17] = self.sqe.sqe_flags.bits();
         b[18..20].copy_from_slice(&self.sqe._rsvd.to_le_bytes());
@@ -113,14 +110,12 @@ impl RequestHeader {
         let b = b
             .get(..REQUEST_HEADER_LEN)
             .ok_or(FrameError::Truncated(b.len()))?;
-        check_prefix(b)?;
-        let payload_len = le_u32(&b[8..12]);
-        let out_len = le_u32(&b[12..16]);
-        for len in [payload_len, out_len] {
-            if len as usize > MAX_PAYLOAD {
-                return Err(FrameError::TooLarge { len: len.into() });
-            }
+        let (reserved, payload_len, out_len) = take_prefix(b)?;
+        if reserved != 0 {
+            return Err(FrameError::Reserved(reserved.into()));
         }
+        check_len(payload_len)?;
+        check_len(out_len)?;
         let mut args = [0u64; 6];
         for (i, arg) in args.iter_mut().enumerate() {
             let at = 24 + i * 8;
@@ -187,11 +182,8 @@ impl ResponseHeader {
     /// Encodes the header into its fixed-size wire form.
     pub fn encode(&self) -> [u8; RESPONSE_HEADER_LEN] {
         let mut b = [0u8; RESPONSE_HEADER_LEN];
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..6].copy_from_slice(&VERSION.to_le_bytes());
-        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..12].copy_from_slice(&self.payload_len.to_le_bytes());
-        // b[12..16]: reserved, zero.
+        // The second length is reserved (zero) in a response.
+        put_prefix(&mut b, self.flags, self.payload_len, 0);
         b[16] = self.cqe.flags;
         b[17..20].copy_from_slice(&self.cqe.extra_raw);
         b[20..24].copy_from_slice(&self.cqe.tag.to_le_bytes());
@@ -205,28 +197,14 @@ impl ResponseHeader {
         let b = b
             .get(..RESPONSE_HEADER_LEN)
             .ok_or(FrameError::Truncated(b.len()))?;
-        let magic = le_u32(&b[0..4]);
-        if magic != MAGIC {
-            return Err(FrameError::BadMagic(magic));
-        }
-        let version = le_u16(&b[4..6]);
-        if version != VERSION {
-            return Err(FrameError::BadVersion(version));
-        }
-        let flags = le_u16(&b[6..8]);
+        let (flags, payload_len, reserved) = take_prefix(b)?;
         if flags & !RESPONSE_FLAG_FD != 0 {
             return Err(FrameError::Reserved(flags.into()));
         }
-        let reserved = le_u32(&b[12..16]);
         if reserved != 0 {
             return Err(FrameError::Reserved(reserved));
         }
-        let payload_len = le_u32(&b[8..12]);
-        if payload_len as usize > MAX_PAYLOAD {
-            return Err(FrameError::TooLarge {
-                len: payload_len.into(),
-            });
-        }
+        check_len(payload_len)?;
         Ok(ResponseHeader {
             flags,
             payload_len,
@@ -240,7 +218,21 @@ impl ResponseHeader {
     }
 }
 
-fn check_prefix(b: &[u8]) -> Result<(), FrameError> {
+// Both headers start with the same 16 bytes: magic (0..4), version
+// (4..6), a 16-bit field (6..8) and two 32-bit lengths (8..12, 12..16).
+
+/// Writes the common start of a header into `b`.
+fn put_prefix(b: &mut [u8], field: u16, first: u32, second: u32) {
+    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b[6..8].copy_from_slice(&field.to_le_bytes());
+    b[8..12].copy_from_slice(&first.to_le_bytes());
+    b[12..16].copy_from_slice(&second.to_le_bytes());
+}
+
+/// Checks the magic and version at the start of `b` and returns the
+/// 16-bit field and the two lengths, for the header to check.
+fn take_prefix(b: &[u8]) -> Result<(u16, u32, u32), FrameError> {
     let magic = le_u32(&b[0..4]);
     if magic != MAGIC {
         return Err(FrameError::BadMagic(magic));
@@ -249,9 +241,13 @@ fn check_prefix(b: &[u8]) -> Result<(), FrameError> {
     if version != VERSION {
         return Err(FrameError::BadVersion(version));
     }
-    let reserved = le_u16(&b[6..8]);
-    if reserved != 0 {
-        return Err(FrameError::Reserved(reserved.into()));
+    Ok((le_u16(&b[6..8]), le_u32(&b[8..12]), le_u32(&b[12..16])))
+}
+
+/// A length field is at most [`MAX_PAYLOAD`].
+fn check_len(len: u32) -> Result<(), FrameError> {
+    if len as usize > MAX_PAYLOAD {
+        return Err(FrameError::TooLarge { len: len.into() });
     }
     Ok(())
 }

@@ -17,6 +17,8 @@
 //!   the coarse map).
 //! - [`map_svg`]: an occupancy map drawn as SVG (`pddgpu map --svg`).
 //! - [`top`]: `pddgpu top`, the live terminal view.
+//! - `progress` (feature `progress`): progress of long host-side work,
+//!   live on a terminal and plain lines elsewhere.
 //! - [`cli`]: the `pddgpu` command-line tool; [`stats_table`]: the human
 //!   form of `stats.json` it prints.
 #![deny(missing_docs)]
@@ -31,6 +33,8 @@ pub mod logline;
 pub mod map_svg;
 pub mod model;
 pub mod occupancy;
+#[cfg(feature = "progress")]
+pub mod progress;
 // The Redox transport: system calls on descriptors, and mapping BOs.
 #[cfg(target_os = "redox")]
 #[allow(unsafe_code)]

@@ -217,6 +217,18 @@ impl PddgpuScheme {
         self.handles.get(id).ok_or(err(EBADF))
     }
 
+    /// Handle `id`, if it was opened for reading (else `EBADF`).
+    fn readable(&self, id: usize) -> Result<&Handle> {
+        self.handle(id)
+            .and_then(|h| if h.read { Ok(h) } else { Err(err(EBADF)) })
+    }
+
+    /// Handle `id`, if it was opened for writing (else `EBADF`).
+    fn writable(&self, id: usize) -> Result<&Handle> {
+        self.handle(id)
+            .and_then(|h| if h.write { Ok(h) } else { Err(err(EBADF)) })
+    }
+
     fn handle_mut(&mut self, id: usize) -> Result<&mut Handle> {
         self.handles.get_mut(id).ok_or(err(EBADF))
     }
@@ -391,10 +403,7 @@ impl SchemeSync for PddgpuScheme {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
-        let h = self.handle(id)?;
-        if !h.read {
-            return Err(err(EBADF));
-        }
+        let h = self.readable(id)?;
         let owner = h.owner;
         match &h.kind {
             Kind::Dir(_) => Err(err(EISDIR)),
@@ -436,10 +445,7 @@ impl SchemeSync for PddgpuScheme {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
-        let h = self.handle(id)?;
-        if !h.write {
-            return Err(err(EBADF));
-        }
+        let h = self.writable(id)?;
         let owner = h.owner;
         match &h.kind {
             Kind::Dir(_) => Err(err(EISDIR)),

@@ -77,40 +77,33 @@ impl Harness {
         Error::demux(cqe.result as usize).map_err(|e| e.errno)
     }
 
+    /// Runs `opcode` on handle `id` with the buffer at `ptr` (`len` bytes)
+    /// in args 1 and 2 and `rest` in args 3 and 4.
+    fn run_with_buffer(
+        &mut self,
+        pid: u64,
+        opcode: Opcode,
+        id: usize,
+        (ptr, len): (*const u8, usize),
+        rest: [u64; 2],
+    ) -> Result<usize, i32> {
+        let args = [id as u64, ptr as u64, len as u64, rest[0], rest[1], 0];
+        self.run(pid, opcode, args)
+    }
+
     fn open(&mut self, pid: u64, dir: usize, path: &str, flags: usize) -> Result<usize, i32> {
-        let args = [
-            dir as u64,
-            path.as_ptr() as u64,
-            path.len() as u64,
-            flags as u64,
-            0,
-            0,
-        ];
-        self.run(pid, Opcode::OpenAt, args)
+        let buf = (path.as_ptr(), path.len());
+        self.run_with_buffer(pid, Opcode::OpenAt, dir, buf, [flags as u64, 0])
     }
 
     fn read(&mut self, pid: u64, id: usize, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
-        let args = [
-            id as u64,
-            buf.as_mut_ptr() as u64,
-            buf.len() as u64,
-            offset,
-            0,
-            0,
-        ];
-        self.run(pid, Opcode::Read, args)
+        let buf = (buf.as_mut_ptr().cast_const(), buf.len());
+        self.run_with_buffer(pid, Opcode::Read, id, buf, [offset, 0])
     }
 
     fn write(&mut self, pid: u64, id: usize, offset: u64, buf: &[u8]) -> Result<usize, i32> {
-        let args = [
-            id as u64,
-            buf.as_ptr() as u64,
-            buf.len() as u64,
-            offset,
-            0,
-            0,
-        ];
-        self.run(pid, Opcode::Write, args)
+        let buf = (buf.as_ptr(), buf.len());
+        self.run_with_buffer(pid, Opcode::Write, id, buf, [offset, 0])
     }
 
     fn call(
@@ -120,15 +113,8 @@ impl Harness {
         payload: &mut [u8],
         meta: [u64; 2],
     ) -> Result<usize, i32> {
-        let args = [
-            id as u64,
-            payload.as_mut_ptr() as u64,
-            payload.len() as u64,
-            meta[0],
-            meta[1],
-            0,
-        ];
-        self.run(pid, Opcode::Call, args)
+        let buf = (payload.as_mut_ptr().cast_const(), payload.len());
+        self.run_with_buffer(pid, Opcode::Call, id, buf, meta)
     }
 
     fn segments(&mut self, pid: u64, id: usize) -> Vec<SegmentWire> {

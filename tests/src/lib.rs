@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pddgpu_ipc::Device;
@@ -203,6 +203,22 @@ impl ClientProc {
         }
     }
 
+    /// Runs the `pddgpu` CLI `cli` as `alloc <args…> --hold` against
+    /// `socket` and returns once it holds its BOs.
+    pub fn holding(cli: &str, socket: &Path, args: &[&str]) -> ClientProc {
+        let mut all = vec!["alloc"];
+        all.extend_from_slice(args);
+        all.push("--hold");
+        let mut p = ClientProc::spawn(cli, socket, &all);
+        loop {
+            let line = p.line();
+            assert!(!line.is_empty(), "the holder ended before holding its BOs");
+            if line.starts_with("holding BO") {
+                return p;
+            }
+        }
+    }
+
     /// The next line the client prints (without newline); empty at EOF.
     pub fn line(&mut self) -> String {
         let mut s = String::new();
@@ -229,6 +245,17 @@ impl ClientProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the `pddgpu` CLI `cli` with `args` against `socket` and collects
+/// its output.
+pub fn run_cli(cli: &str, socket: &Path, args: &[&str]) -> Output {
+    Command::new(cli)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run the pddgpu CLI")
 }
 
 /// The memory part of the stats (device, VRAM, GTT, BO totals), without

@@ -82,23 +82,13 @@ fn every_tunable_round_trips_and_rejects_bad_values() {
     }
 
     // The CLI round trip, as a shell user does it.
-    let out = Command::new(CLI)
-        .args(["--socket"])
-        .arg(daemon.socket())
-        .args(["config", "gtt_retry_delay_ms", "7"])
-        .output()
-        .unwrap();
+    let out = pddgpu_tests::run_cli(CLI, daemon.socket(), &["config", "gtt_retry_delay_ms", "7"]);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "gtt_retry_delay_ms 7\n"
     );
-    let out = Command::new(CLI)
-        .arg("--socket")
-        .arg(daemon.socket())
-        .args(["config", "gtt_retry_count", "101"])
-        .output()
-        .unwrap();
+    let out = pddgpu_tests::run_cli(CLI, daemon.socket(), &["config", "gtt_retry_count", "101"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("EINVAL"));
     assert!(

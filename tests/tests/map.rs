@@ -17,12 +17,7 @@ use proptest::prelude::*;
 const MIB: u64 = 1 << 20;
 
 fn setup(vram: u64, gtt: u64) -> (SimDevice, Driver) {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: vram,
-        visible_size: vram / 4,
-        gtt_size: gtt,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(vram, gtt)).unwrap();
     let d = Driver::new(dev.resources(), 0).unwrap();
     (dev, d)
 }
@@ -176,13 +171,7 @@ proptest! {
                         if flags & 4 != 0 { f |= BoFlags::TOPDOWN; }
                     }
                     let domain = if gtt { Domain::Gtt } else { Domain::Vram };
-                    let req = BoCreate {
-                        size: u64::from(size_kib) * 1024,
-                        domain,
-                        flags: f,
-                        align: 0,
-                        label: &label,
-                    };
+                    let req = BoCreate::new(u64::from(size_kib) * 1024, domain, &label).with_flags(f);
                     if let Ok(id) = d.bo_create(owner, &req, i as u64) {
                         live.insert(id, Live { owner, label, domain });
                         order.push(id);
@@ -204,13 +193,7 @@ proptest! {
 #[test]
 fn leaked_and_retired_memory_have_their_own_kinds() {
     let (dev, d) = setup(16 * MIB, 16 * MIB);
-    let req = |size, domain| BoCreate {
-        size,
-        domain,
-        flags: BoFlags::empty(),
-        align: 0,
-        label: "faulty",
-    };
+    let req = |size, domain| BoCreate::new(size, domain, "faulty");
     let owner: OwnerId = 7;
     // Corrupted bookkeeping: the driver leaks 4 KiB inside each manager.
     dev.corrupt_manager(Domain::Vram);
@@ -289,13 +272,7 @@ fn maps_taken_during_churn_always_tile() {
                         Domain::Gtt
                     };
                     if held.len() < 32 && x % 3 != 0 {
-                        let req = BoCreate {
-                            size: 4096 * (1 + x % 64),
-                            domain,
-                            flags: BoFlags::empty(),
-                            align: 0,
-                            label: "churn",
-                        };
+                        let req = BoCreate::new(4096 * (1 + x % 64), domain, "churn");
                         if let Ok(id) = d.bo_create(t + 1, &req, n) {
                             held.push(id);
                         }

@@ -5,35 +5,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use pddgpu_ipc::model::{ExtentKind, OccupancyMap};
-use pddgpu_tests::{ClientProc, Daemon, TempDir};
+use pddgpu_tests::{run_cli, ClientProc, Daemon, TempDir};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pddgpud-under-test");
 const CLI: &str = env!("CARGO_BIN_EXE_pddgpu-cli-under-test");
 
 fn cli(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CLI)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run the pddgpu CLI")
+    run_cli(CLI, socket, args)
 }
 
 fn holder(socket: &Path, args: &[&str]) -> ClientProc {
-    let mut all = vec!["alloc"];
-    all.extend_from_slice(args);
-    all.push("--hold");
-    let mut p = ClientProc::spawn(CLI, socket, &all);
-    loop {
-        let line = p.line();
-        assert!(!line.is_empty(), "the holder ended before holding its BOs");
-        if line.starts_with("holding BO") {
-            return p;
-        }
-    }
+    ClientProc::holding(CLI, socket, args)
 }
 
 /// BO id -> (pid, label, bytes) as a map shows it.

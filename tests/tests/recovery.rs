@@ -2,8 +2,6 @@
 //! recover with the CLI, see `ok` — with live BOs intact and never
 //! overlapped by later allocations.
 
-use std::process::Command;
-
 use pddgpu_ipc::{BoFlags, Domain};
 use pddgpu_tests::Daemon;
 use syscall::error::EIO;
@@ -12,12 +10,7 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_pddgpud-under-test");
 const CLI: &str = env!("CARGO_BIN_EXE_pddgpu-cli-under-test");
 
 fn cli(daemon: &Daemon, args: &[&str]) -> (i32, String) {
-    let out = Command::new(CLI)
-        .arg("--socket")
-        .arg(daemon.socket())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = pddgpu_tests::run_cli(CLI, daemon.socket(), args);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)

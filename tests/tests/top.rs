@@ -8,38 +8,22 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use pddgpu_ipc::Device;
-use pddgpu_tests::{wait_until, ClientProc, Daemon, TempDir};
+use pddgpu_tests::{run_cli, wait_until, ClientProc, Daemon, TempDir};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pddgpud-under-test");
 const CLI: &str = env!("CARGO_BIN_EXE_pddgpu-cli-under-test");
 
 fn cli(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CLI)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run the pddgpu CLI")
+    run_cli(CLI, socket, args)
 }
 
 /// A CLI process holding `count` BOs of `size` in `domain`, labelled.
 fn holder(socket: &Path, size: &str, count: u32, domain: &str, label: &str) -> ClientProc {
     let count = count.to_string();
-    let mut p = ClientProc::spawn(
-        CLI,
-        socket,
-        &[
-            "alloc", "--size", size, "--count", &count, "--domain", domain, "--label", label,
-            "--hold",
-        ],
-    );
-    loop {
-        let line = p.line();
-        assert!(!line.is_empty(), "the holder ended before holding its BOs");
-        if line.starts_with("holding BO") {
-            return p;
-        }
-    }
+    let args = [
+        "--size", size, "--count", &count, "--domain", domain, "--label", label,
+    ];
+    ClientProc::holding(CLI, socket, &args)
 }
 
 /// The row of the client table for `pid`.

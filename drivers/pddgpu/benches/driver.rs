@@ -18,39 +18,27 @@
 //!   between rounds cancels out. `ratio driver/stats_readers_vs_idle`
 //!   compares with blocked helpers instead (11 longer rounds).
 
-// Benchmark harness: thread CPU time comes from libc through FFI, which
-// needs `unsafe`.
-#![allow(unsafe_code)]
-
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::{BoCreate, BoFlags, Domain, Driver};
+use pddgpu::driver::{BoCreate, Domain, Driver};
+use pddgpu_ipc::progress::{seconds, Reporter};
+use rustix::thread::{sched_setaffinity, CpuSet};
+use rustix::time::{clock_gettime, ClockId};
 
 const MIB: u64 = 1 << 20;
 
+/// CPU time of the calling thread, in ns.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    let ts = clock_gettime(ClockId::ThreadCPUTime);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn req(domain: Domain) -> BoCreate<'static> {
-    BoCreate {
-        size: 4096,
-        domain,
-        flags: BoFlags::empty(),
-        align: 0,
-        label: "bench",
-    }
+    BoCreate::new(4096, domain, "bench")
 }
 
 /// `n` create+free pairs; returns (wall ns, writer-thread CPU ns) per pair.
@@ -75,12 +63,7 @@ fn best(rounds: u32, mut f: impl FnMut() -> (f64, f64)) -> (f64, f64) {
 }
 
 fn main() {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: 256 * MIB,
-        visible_size: 64 * MIB,
-        gtt_size: 256 * MIB,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(256 * MIB, 256 * MIB)).unwrap();
     let d = Arc::new(Driver::new(dev.resources(), 0).unwrap());
     // Background population so the allocators are not trivially empty.
     for i in 0..1000u64 {
@@ -100,14 +83,28 @@ fn main() {
         )
         .unwrap();
     }
+    let progress = Reporter::stderr("driver bench");
     let n = 200_000;
-    pairs(&d, &[Domain::Vram, Domain::Gtt], n / 4);
-    for (name, domain) in [("vram", Domain::Vram), ("gtt", Domain::Gtt)] {
-        let (wall, cpu) = best(3, || pairs(&d, &[domain], n));
+    let single = progress.run("bo_create+free", "bo_create+free per domain", |step| {
+        pairs(&d, &[Domain::Vram, Domain::Gtt], n / 4);
+        [("vram", Domain::Vram), ("gtt", Domain::Gtt)].map(|(name, domain)| {
+            step.message(name);
+            (name, best(3, || pairs(&d, &[domain], n)))
+        })
+    });
+    for (name, (wall, cpu)) in single {
         println!("ns bo_create+free {name} {cpu:.0}");
         println!("  ({name}: thread CPU time per pair; wall clock {wall:.0})");
     }
 
+    let rounds = 101;
+    let idle_rounds = 11;
+    // Begun before pinning, so its ticker is not on the writer's CPU.
+    let step = progress.begin_counted(
+        "stats readers",
+        "stats readers vs spinning and idle helpers",
+        (rounds + idle_rounds) as u64,
+    );
     let mixed = [Domain::Vram, Domain::Gtt];
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (writer_cpu, helper_cpu) = (0, if cpus > 1 { 1 } else { 0 });
@@ -117,7 +114,6 @@ fn main() {
     // helpers switch between spinning and reading at once); the ratio is
     // taken within each round and the median over rounds is reported, so
     // load from other processes, which changes between rounds, cancels out.
-    let rounds = 101;
     let segment = 2_000;
     helpers.set(MODE_SPIN);
     pairs(&d, &mixed, segment);
@@ -139,13 +135,14 @@ fn main() {
         spin_best = spin_best.min(cpu[0]);
         read_best = read_best.min(cpu[1]);
         ratios.push(cpu[0] / cpu[1]);
+        step.advance(1);
     }
     let read_rate = (helpers.reads() - reads_before) as f64 / read_time;
     // Against idle helpers (blocked): fewer, longer rounds, as switching
     // to and from blocking takes a while.
     let mut idle_ratios = Vec::new();
     let mut idle_best = f64::MAX;
-    for r in 0..11 {
+    for r in 0..idle_rounds {
         let mut cpu = [0.0; 2];
         for k in 0..2 {
             let reading = (r + k) % 2 == 1;
@@ -154,8 +151,13 @@ fn main() {
         }
         idle_best = idle_best.min(cpu[0]);
         idle_ratios.push(cpu[0] / cpu[1]);
+        step.advance(1);
     }
     helpers.stop();
+    step.finish(format!(
+        "stats readers: done in {}",
+        seconds(step.elapsed())
+    ));
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -178,13 +180,9 @@ const MODE_EXIT: u8 = 3;
 /// Pins the calling thread to `cpu` (best effort: not where affinity is
 /// unavailable).
 fn pin_to(cpu: usize) {
-    // SAFETY: `set` is a plain bit set on the stack, passed by pointer with
-    // its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    let _ = sched_setaffinity(None, &set);
 }
 
 /// Two helper threads on one CPU: idle (blocked), spinning on private

@@ -44,12 +44,14 @@
 //! substring>` and `GTT_BENCH_RUNS=<n>` narrow the run, e.g.
 //! `GTT_BENCH_ONLY=pddgpu GTT_BENCH_RUNS=1 perf record <bench binary>`.
 
-// Benchmark harness: the C peers, loaded with dlopen, are called through
-// FFI, which needs `unsafe`.
-#![allow(unsafe_code)]
-
+// `unsafe` is confined to the C peers' module (FFI, `cpeers`).
 #[path = "cpeers/mod.rs"]
 mod cpeers;
+mod support;
+
+use pddgpu_ipc::progress::{seconds, Reporter};
+
+use support::Rng;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -151,21 +153,6 @@ impl Alloc for OffsetAlloc {
     #[inline]
     fn free(&mut self, h: Self::Handle) {
         self.0.free(h);
-    }
-}
-
-/// splitmix64: a small seeded generator, identical for every allocator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -399,10 +386,12 @@ fn main() {
             None
         }
     };
+    let progress = Reporter::stderr("gtt bench");
     for w in workloads() {
         if !w.name.contains(only_workload.as_str()) {
             continue;
         }
+        let step = progress.begin_counted(w.name, format!("{}: {runs} runs", w.name), runs as u64);
         let st = Streams::new(w);
         // Runs are interleaved (ours, drm_mm, range-alloc, offset-allocator,
         // ours, ...) so that load from other processes hits all alike.
@@ -430,7 +419,9 @@ fn main() {
                 ));
                 keep_fastest(&mut best[3], run(&mut a, w, &st));
             }
+            step.advance(1);
         }
+        step.finish(format!("{}: done in {}", w.name, seconds(step.elapsed())));
         for (o, name) in best.iter().zip(names) {
             if let Some(o) = o {
                 println!(

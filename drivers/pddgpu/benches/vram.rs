@@ -44,17 +44,20 @@
 //! Knobs: `VRAM_BENCH_ROUNDS` (default 5), `VRAM_BENCH_ONLY=<workload>`,
 //! `VRAM_BENCH_SIDE=ours|peer` (profiling: one side only, no ratios).
 
-// Benchmark harness: thread CPU time from libc and the C peers loaded
-// with dlopen (FFI) need `unsafe`.
-#![allow(unsafe_code)]
-
+// `unsafe` is confined to two modules: the C peers (FFI, `cpeers`) and
+// the counting allocator (`support/counting.rs`).
+#[path = "support/counting.rs"]
+mod counting;
 #[path = "cpeers/mod.rs"]
 mod cpeers;
+mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use counting::{live_bytes, Counting};
+use pddgpu_ipc::progress::Reporter;
+use support::Rng;
+
 use std::hint::black_box;
 use std::ops::Range;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,64 +66,14 @@ use cpeers::{DrmBuddy, Peers};
 use pddgpu::buddy::{AllocFlags, BlockList, BuddyAllocator};
 use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
 
-/// Counts live heap bytes of the whole process (Rust allocations only; the
-/// C peers count their own).
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only
-// counts sizes on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
 
 const PAGE: u64 = 4096;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-/// splitmix64: small, seeded, good enough for workloads.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     /// Log-uniform page count in `1..=max_pages`, at page granularity.
     fn pages(&mut self, max_pages: u64) -> u64 {
         let max_exp = 63 - max_pages.leading_zeros() as u64;
@@ -831,6 +784,7 @@ fn main() {
         .unwrap_or(5);
     let only = std::env::var("VRAM_BENCH_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let progress = Reporter::stderr("vram bench");
 
     let drm = [
         mix(
@@ -874,11 +828,14 @@ fn main() {
                 peers.buddy_block_size()
             );
             for w in drm.iter().filter(|w| wanted(w.name)) {
-                let (o, p) = best_pair::<Drm>(w, rounds);
+                let text = format!("{} vs drm_buddy, {rounds} rounds", w.name);
+                let (o, p) = progress.run(w.name, text, |_| best_pair::<Drm>(w, rounds));
                 report::<Drm>(w, "drm_buddy", o, p);
             }
             if wanted("threads") {
-                threads_workload(peers, rounds);
+                progress.run("threads", "threads vs drm_buddy", |_| {
+                    threads_workload(peers, rounds)
+                });
             }
         }
         Err(why) => println!("vram bench: peer drm_buddy skipped: {why}"),
@@ -906,13 +863,14 @@ fn main() {
     ];
     println!("vram bench vs buddy_system_allocator::FrameAllocator, best of {rounds} rounds");
     for w in bsa.iter().filter(|w| wanted(w.name)) {
-        let (o, p) = best_pair::<Bsa>(w, rounds);
+        let text = format!("{} vs buddy_system_allocator, {rounds} rounds", w.name);
+        let (o, p) = progress.run(w.name, text, |_| best_pair::<Bsa>(w, rounds));
         report::<Bsa>(w, "buddy_system_allocator", o, p);
     }
     if only.is_some() {
         return;
     }
-    let (time, allocs) = manager_mix(&bsa[0]);
+    let (time, allocs) = progress.run("manager", "mix via VramManager", |_| manager_mix(&bsa[0]));
     println!(
         "  mix via VramManager (lock, window, counters): {:.1} ns per alloc+free",
         time.as_nanos() as f64 / allocs as f64

@@ -94,6 +94,25 @@ pub struct BoCreate<'a> {
     pub label: &'a str,
 }
 
+impl<'a> BoCreate<'a> {
+    /// A request for `size` bytes in `domain`, labelled `label`, with no
+    /// flags and the default alignment.
+    pub const fn new(size: u64, domain: Domain, label: &'a str) -> Self {
+        Self {
+            size,
+            domain,
+            flags: BoFlags::empty(),
+            align: 0,
+            label,
+        }
+    }
+
+    /// The same request with `flags`.
+    pub const fn with_flags(self, flags: BoFlags) -> Self {
+        Self { flags, ..self }
+    }
+}
+
 /// A BO as described to one of its holders.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BoInfo {

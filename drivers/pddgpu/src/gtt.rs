@@ -69,11 +69,7 @@ impl GttStats {
     /// External fragmentation in per mille: how much of the free space is
     /// *not* in the largest hole (0 = one hole, or nothing free).
     pub fn fragmentation_permille(&self) -> u64 {
-        if self.free_size == 0 {
-            return 0;
-        }
-        let outside = u128::from(self.free_size - self.largest_hole.min(self.free_size));
-        (outside * 1000 / u128::from(self.free_size)) as u64
+        crate::manager::fragmentation_permille(self.free_size, self.largest_hole)
     }
 }
 

@@ -389,6 +389,17 @@ impl<A> Manager<A> {
     }
 }
 
+/// External fragmentation in per mille: how much of `free` bytes is *not*
+/// in the largest free run of `largest_free` bytes (0 when everything free
+/// is one run, or nothing is free). The same measure for both domains.
+pub fn fragmentation_permille(free: u64, largest_free: u64) -> u64 {
+    if free == 0 {
+        return 0;
+    }
+    let outside = u128::from(free - largest_free.min(free));
+    (outside * 1000 / u128::from(free)) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,38 +2,14 @@
 //! size of the space. Measured with a counting global allocator (this test
 //! binary holds one test so nothing else allocates meanwhile).
 
-// The counting allocator is test instrumentation: a `GlobalAlloc` impl is
-// `unsafe` by definition.
-#![allow(unsafe_code)]
+#[path = "../benches/support/counting.rs"]
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
+use counting::{live_bytes as heap, Counting};
 use pddgpu::buddy::{AllocFlags, BuddyAllocator};
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged, counting sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: caller's contract passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: caller's contract passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn heap() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
 
 #[test]
 fn metadata_is_proportional_to_blocks_not_to_space() {

@@ -12,22 +12,11 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 fn sim() -> SimDevice {
-    SimDevice::new(SimConfig {
-        vram_size: 8 * MIB,
-        visible_size: 2 * MIB,
-        gtt_size: 16 * MIB,
-    })
-    .unwrap()
+    SimDevice::new(SimConfig::sized(8 * MIB, 16 * MIB)).unwrap()
 }
 
 fn req(size: u64, domain: Domain) -> BoCreate<'static> {
-    BoCreate {
-        size,
-        domain,
-        flags: BoFlags::empty(),
-        align: 0,
-        label: "test",
-    }
+    BoCreate::new(size, domain, "test")
 }
 
 #[test]

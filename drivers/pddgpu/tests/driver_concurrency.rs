@@ -11,23 +11,12 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 fn driver() -> Arc<Driver> {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: 256 * MIB,
-        visible_size: 64 * MIB,
-        gtt_size: 256 * MIB,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(256 * MIB, 256 * MIB)).unwrap();
     Arc::new(Driver::new(dev.resources(), 0).unwrap())
 }
 
 fn req(size: u64, domain: Domain, flags: BoFlags) -> BoCreate<'static> {
-    BoCreate {
-        size,
-        domain,
-        flags,
-        align: 0,
-        label: "stress",
-    }
+    BoCreate::new(size, domain, "stress").with_flags(flags)
 }
 
 /// 100 threads × 1000 create/unref, VRAM and GTT mixed, some BOs kept
@@ -96,11 +85,7 @@ fn stats_snapshots_are_consistent_under_writers() {
             let d = d.clone();
             std::thread::spawn(move || {
                 for i in 0..20_000u64 {
-                    let domain = if i % 2 == 0 {
-                        Domain::Vram
-                    } else {
-                        Domain::Gtt
-                    };
+                    let domain = Domain::ALL[(i % 2) as usize];
                     let id = d
                         .bo_create(t, &req(4 * KIB, domain, BoFlags::empty()), 0)
                         .unwrap();
@@ -156,11 +141,7 @@ fn concurrent_export_import_and_exit() {
         std::thread::spawn(move || {
             let mut let_go = 0;
             for i in 0..2000u64 {
-                let domain = if i % 2 == 0 {
-                    Domain::Vram
-                } else {
-                    Domain::Gtt
-                };
+                let domain = Domain::ALL[(i % 2) as usize];
                 let id = d
                     .bo_create(1, &req(8 * KIB, domain, BoFlags::empty()), 0)
                     .unwrap();

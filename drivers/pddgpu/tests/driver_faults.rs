@@ -15,24 +15,13 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 fn setup(vram: u64, gtt: u64) -> (SimDevice, Driver) {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: vram,
-        visible_size: vram / 4,
-        gtt_size: gtt,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(vram, gtt)).unwrap();
     let d = Driver::new(dev.resources(), 0).unwrap();
     (dev, d)
 }
 
 fn req(size: u64, domain: Domain, flags: BoFlags) -> BoCreate<'static> {
-    BoCreate {
-        size,
-        domain,
-        flags,
-        align: 0,
-        label: "fault-test",
-    }
+    BoCreate::new(size, domain, "fault-test").with_flags(flags)
 }
 
 fn pattern(id: BoId, size: u64) -> Vec<u8> {

@@ -204,13 +204,7 @@ impl World {
                 } else {
                     BoFlags::empty()
                 };
-                let req = BoCreate {
-                    size,
-                    domain,
-                    flags,
-                    align: 0,
-                    label: "model",
-                };
+                let req = BoCreate::new(size, domain, "model").with_flags(flags);
                 let fail = std::mem::take(&mut self.pending_fail);
                 match self.d.bo_create(owner, &req, self.now) {
                     Ok(id) => {
@@ -374,12 +368,7 @@ proptest! {
 
     #[test]
     fn driver_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
-        let dev = SimDevice::new(SimConfig {
-            vram_size: 2 * MIB,
-            visible_size: 512 * KIB,
-            gtt_size: 2 * MIB,
-        })
-        .unwrap();
+        let dev = SimDevice::new(SimConfig::sized(2 * MIB, 2 * MIB)).unwrap();
         let d = Driver::new(dev.resources(), 0).unwrap();
         let mut w = World { dev, d, bos: BTreeMap::new(), gone: Vec::new(), pending_fail: false, now: 0 };
         for (i, op) in ops.iter().enumerate() {

@@ -7,32 +7,17 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 fn req(size: u64, domain: Domain) -> BoCreate<'static> {
-    BoCreate {
-        size,
-        domain,
-        flags: BoFlags::empty(),
-        align: 0,
-        label: "exit",
-    }
+    BoCreate::new(size, domain, "exit")
 }
 
 #[test]
 fn owner_exit_frees_ten_thousand_bos_in_one_batch() {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: 128 * MIB,
-        visible_size: 32 * MIB,
-        gtt_size: 128 * MIB,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(128 * MIB, 128 * MIB)).unwrap();
     let d = Driver::new(dev.resources(), 0).unwrap();
     let mut vram_bytes = 0;
     let mut gtt_bytes = 0;
     for i in 0..10_000u64 {
-        let domain = if i % 2 == 0 {
-            Domain::Vram
-        } else {
-            Domain::Gtt
-        };
+        let domain = Domain::ALL[(i % 2) as usize];
         let size = 4 * KIB * (1 + i % 3);
         let id = d.bo_create(1, &req(size, domain), i).unwrap();
         let alloc = d.bo_info(1, id).unwrap().allocated_size;

@@ -9,23 +9,12 @@ use pddgpu::driver::*;
 const MIB: u64 = 1 << 20;
 
 fn req(size: u64, domain: Domain) -> BoCreate<'static> {
-    BoCreate {
-        size,
-        domain,
-        flags: BoFlags::empty(),
-        align: 0,
-        label: "parked",
-    }
+    BoCreate::new(size, domain, "parked")
 }
 
 #[test]
 fn no_space_carries_the_policy_and_frees_move_the_epoch() {
-    let dev = SimDevice::new(SimConfig {
-        vram_size: 4 * MIB,
-        visible_size: MIB,
-        gtt_size: 4 * MIB,
-    })
-    .unwrap();
+    let dev = SimDevice::new(SimConfig::sized(4 * MIB, 4 * MIB)).unwrap();
     let d = Driver::new(dev.resources(), 0).unwrap();
     let hog = d.bo_create(1, &req(4 * MIB, Domain::Vram), 0).unwrap();
 

@@ -5,6 +5,11 @@ use pddgpu::gtt::{GttConfig, GttManager, GTT_PAGE_SIZE};
 use pddgpu::manager::{ManagerError, ManagerState, RetryPolicy};
 use pddgpu::range::{InsertMode, RangeNode};
 
+/// The error of an operation refused in `state`.
+fn wrong_state(action: &'static str, state: ManagerState) -> ManagerError {
+    ManagerError::WrongState { action, state }
+}
+
 const MIB: u64 = 1 << 20;
 
 fn manager(size: u64) -> GttManager {
@@ -48,10 +53,7 @@ fn every_operation_in_every_state() {
     assert_serves_nothing(&m, &foreign, ManagerState::Initializing);
     assert_eq!(
         m.recover([]),
-        Err(ManagerError::WrongState {
-            action: "recover",
-            state: ManagerState::Initializing
-        })
+        Err(wrong_state("recover", ManagerState::Initializing))
     );
     m.start().unwrap();
 
@@ -61,13 +63,7 @@ fn every_operation_in_every_state() {
     let a = m.alloc(4096, 0, None, InsertMode::Best).unwrap();
     let r = m.reserve(8 * MIB, 4096).unwrap();
     assert_eq!(m.get_stats().node_count, 2);
-    assert!(matches!(
-        m.start(),
-        Err(ManagerError::WrongState {
-            action: "start",
-            state: ManagerState::Ready
-        })
-    ));
+    assert_eq!(m.start(), Err(wrong_state("start", ManagerState::Ready)));
     assert!(matches!(
         m.recover([&a, &r]),
         Err(ManagerError::WrongState {

@@ -5,6 +5,11 @@
 use pddgpu::manager::{ManagerError, ManagerState, RetryPolicy};
 use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
 
+/// The error of an operation refused in `state`.
+fn wrong_state(action: &'static str, state: ManagerState) -> ManagerError {
+    ManagerError::WrongState { action, state }
+}
+
 const MIB: u64 = 1 << 20;
 
 fn manager(size: u64, visible: u64) -> VramManager {
@@ -77,25 +82,13 @@ fn check_ops_in_state(m: &VramManager, live: &VramAllocation, state: ManagerStat
                 .alloc(MIB, 0, VramFlags::empty())
                 .expect("alloc when ready");
             m.free(&a).expect("free when ready");
-            assert_eq!(
-                m.recover([live]),
-                Err(ManagerError::WrongState {
-                    action: "recover",
-                    state
-                })
-            );
+            assert_eq!(m.recover([live]), Err(wrong_state("recover", state)));
         }
         _ => {
             assert_eq!(m.alloc(MIB, 0, VramFlags::empty()), Err(not_ready.clone()));
             assert_eq!(m.free(live), Err(not_ready));
             if state != ManagerState::Error {
-                assert_eq!(
-                    m.recover([live]),
-                    Err(ManagerError::WrongState {
-                        action: "recover",
-                        state
-                    })
-                );
+                assert_eq!(m.recover([live]), Err(wrong_state("recover", state)));
             }
         }
     }
@@ -119,19 +112,10 @@ fn every_operation_in_every_state() {
     );
     assert_eq!(
         m.recover([]),
-        Err(ManagerError::WrongState {
-            action: "recover",
-            state: ManagerState::Initializing
-        })
+        Err(wrong_state("recover", ManagerState::Initializing))
     );
     m.start().unwrap();
-    assert_eq!(
-        m.start(),
-        Err(ManagerError::WrongState {
-            action: "start",
-            state: ManagerState::Ready
-        })
-    );
+    assert_eq!(m.start(), Err(wrong_state("start", ManagerState::Ready)));
     let live = m.alloc(2 * MIB, 0, VramFlags::empty()).unwrap();
 
     // INITIALIZING with a live allocation: fault injected mid-start is

@@ -24,8 +24,6 @@ pub mod redox;
 #[cfg(not(target_os = "redox"))]
 pub mod serve;
 
-use clap::Parser;
-
 pub use options::{BackendKind, Options};
 
 /// Runs the daemon with the given command line; returns the exit code.
@@ -34,12 +32,9 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let opts = match Options::try_parse_from(args) {
+    let opts = match pddgpu_ipc::cli::parse_args::<Options, _, _>(args) {
         Ok(o) => o,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
-        }
+        Err(code) => return code,
     };
     init_logging(&opts);
     match run_with(&opts) {

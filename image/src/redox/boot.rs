@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pddgpu_ipc::progress::Step;
 
 use crate::qemu::{self, Accel, AfterVerdict, BootRun, Session};
 use crate::serial::{Outcome, REDOX};
@@ -92,14 +93,15 @@ pub fn command_line(qemu: &Path, disk: &Path, gpu: bool, opts: &BootOptions) -> 
         .join(" ")
 }
 
-/// Boots `disk` once and saves the console (without escape sequences) to
-/// `log`.
+/// Boots `disk` once, as `step` (whose news is the latest console line),
+/// and saves the console (without escape sequences) to `log`.
 pub fn boot(
     qemu: &Path,
     disk: &Path,
     gpu: bool,
     opts: &BootOptions,
     log: &Path,
+    step: &Step<'_>,
 ) -> Result<BootRun> {
     let session = Session {
         qemu,
@@ -108,12 +110,7 @@ pub fn boot(
         timeout: opts.timeout,
         after_verdict: AfterVerdict::Stop(AFTER_VERDICT),
     };
-    let stream = opts.stream;
-    let run = qemu::run_session(&session, |line| {
-        if stream {
-            println!("redox| {line}");
-        }
-    })?;
+    let run = qemu::run_session(&session, qemu::console(step, "redox", opts.stream))?;
     std::fs::write(log, run.log.join("\n") + "\n")
         .with_context(|| format!("writing {}", log.display()))?;
     Ok(run)
@@ -194,15 +191,6 @@ pub const BOCHS_ID: &str = "1234:1111";
 mod tests {
     use super::*;
 
-    fn run_with(outcome: Outcome, log: &[&str]) -> BootRun {
-        BootRun {
-            outcome,
-            log: log.iter().map(|s| s.to_string()).collect(),
-            elapsed: Duration::from_secs(1),
-            steps: Vec::new(),
-        }
-    }
-
     #[test]
     fn gpu_and_negative_runs_differ_only_by_the_display() {
         let opts = BootOptions::default();
@@ -255,7 +243,7 @@ mod tests {
         };
         let enumerated =
             "1970-01-01T00-00-00.858Z [@pcid:366 INFO] PCI 00-00:01.0 8086:7000 06.01.00.00 6";
-        let good = run_with(
+        let good = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
                 enumerated,
@@ -263,10 +251,10 @@ mod tests {
             ],
         );
         check_negative(&good).unwrap();
-        let silent = run_with(fail(NEGATIVE_STEP, NEGATIVE_REASON), &[]);
+        let silent = BootRun::with(fail(NEGATIVE_STEP, NEGATIVE_REASON), &[]);
         let err = check_negative(&silent).unwrap_err().to_string();
         assert!(err.contains("no PCI enumeration"), "{err}");
-        let with_display = run_with(
+        let with_display = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
                 enumerated,
@@ -276,7 +264,7 @@ mod tests {
         let err = check_negative(&with_display).unwrap_err().to_string();
         assert!(err.contains("00-00:02.0"), "{err}");
 
-        let spawned = run_with(
+        let spawned = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[
                 enumerated,
@@ -285,19 +273,19 @@ mod tests {
         );
         let err = check_negative(&spawned).unwrap_err().to_string();
         assert!(err.contains("was started"), "{err}");
-        let serving = run_with(
+        let serving = BootRun::with(
             fail(NEGATIVE_STEP, NEGATIVE_REASON),
             &[enumerated, "pddgpud: serving /scheme/pddgpu"],
         );
         assert!(check_negative(&serving).is_err());
 
-        assert!(check_negative(&run_with(Outcome::Pass, &[])).is_err());
-        assert!(check_negative(&run_with(fail("clients", NEGATIVE_REASON), &[])).is_err());
-        assert!(check_negative(&run_with(fail(NEGATIVE_STEP, "other"), &[])).is_err());
+        assert!(check_negative(&BootRun::with(Outcome::Pass, &[])).is_err());
+        assert!(check_negative(&BootRun::with(fail("clients", NEGATIVE_REASON), &[])).is_err());
+        assert!(check_negative(&BootRun::with(fail(NEGATIVE_STEP, "other"), &[])).is_err());
         let timeout = Outcome::Timeout {
             after: Duration::from_secs(300),
             last_step: None,
         };
-        assert!(check_negative(&run_with(timeout, &[])).is_err());
+        assert!(check_negative(&BootRun::with(timeout, &[])).is_err());
     }
 }

@@ -179,12 +179,15 @@ pub fn boot_runs(
     };
     if !negative_only {
         let log = image.layout.serial_log(true);
-        progress.say(format!(
-            "boot with bochs-display: {}",
-            boot::command_line(&image.qemu, &image.disk, true, opts)
-        ));
-        let run = boot::boot(&image.qemu, &image.disk, true, opts, &log)?;
-        progress.say(format!(
+        let step = progress.reporter().begin(
+            "positive run",
+            format!(
+                "boot with bochs-display: {}",
+                boot::command_line(&image.qemu, &image.disk, true, opts)
+            ),
+        );
+        let run = boot::boot(&image.qemu, &image.disk, true, opts, &log, &step)?;
+        step.finish(format!(
             "positive run: {} (QEMU {}; serial log {})",
             run.outcome,
             progress::seconds(run.elapsed),
@@ -209,20 +212,23 @@ pub fn boot_runs(
         report.positive = Some(run.outcome);
     }
     let log = image.layout.serial_log(false);
-    progress.say(format!(
-        "boot without a display device: {}",
-        boot::command_line(&image.qemu, &image.disk, false, opts)
-    ));
-    let run = boot::boot(&image.qemu, &image.disk, false, opts, &log)?;
+    let step = progress.reporter().begin(
+        "negative run",
+        format!(
+            "boot without a display device: {}",
+            boot::command_line(&image.qemu, &image.disk, false, opts)
+        ),
+    );
+    let run = boot::boot(&image.qemu, &image.disk, false, opts, &log, &step)?;
     let checked = boot::check_negative(&run).map_err(|e| e.to_string());
     match &checked {
-        Ok(()) => progress.say(format!(
+        Ok(()) => step.finish(format!(
             "negative run: pddgpud not started without a PDDGPU-compatible device: OK \
              (QEMU {}; serial log {})",
             progress::seconds(run.elapsed),
             log.display()
         )),
-        Err(e) => progress.say(format!(
+        Err(e) => step.finish(format!(
             "negative run: FAILED: {e} (serial log {})",
             log.display()
         )),

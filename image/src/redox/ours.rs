@@ -14,23 +14,11 @@ use anyhow::Result;
 
 use super::components::Ctx;
 use super::layout::{Layout, REDOX_TARGET};
-use crate::binaries::GuestBinary;
+use crate::binaries::{self, GuestBinary};
+pub use crate::binaries::{CLI, PDDGPUD};
 
-/// The driver server.
-pub const PDDGPUD: GuestBinary = GuestBinary {
-    package: "pddgpud",
-    bin: "pddgpud",
-};
-/// The `pddgpu` CLI.
-pub const CLI: GuestBinary = GuestBinary {
-    package: "pddgpu-ipc",
-    bin: "pddgpu",
-};
 /// The scenario program init runs in the guest.
-pub const GUEST: GuestBinary = GuestBinary {
-    package: "pddgpu-image",
-    bin: "pddgpu-redox-guest",
-};
+pub const GUEST: GuestBinary = GuestBinary::new("pddgpu-image", "pddgpu-redox-guest");
 /// Where the guest program's source lives (in the workspace).
 pub const GUEST_SOURCE: &str = "image/src/bin/pddgpu-redox-guest.rs";
 
@@ -67,15 +55,7 @@ pub fn build(
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .args(["build", "--locked", "--release", "--target", REDOX_TARGET])
         .arg("-Zbuild-std=std,panic_abort");
-    let mut packages: Vec<&str> = bins.iter().map(|b| b.package).collect();
-    packages.sort_unstable();
-    packages.dedup();
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    for b in bins {
-        cmd.args(["--bin", b.bin]);
-    }
+    binaries::add_targets(&mut cmd, bins);
     let mut key = ctx.key("pddgpu", None)?;
     key.text("sysroot", sysroot_key);
     for file in [

@@ -1,20 +1,23 @@
-//! The build's progress on the terminal: one line per step with the time
+//! The build's steps on the terminal: one line per step with the time
 //! since the tool started, `cached` when the step's stamp matched, and how
-//! long the step took when it ran.
+//! long the step took when it ran; a live indicator while a step runs on a
+//! terminal (`pddgpu_ipc::progress`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use pddgpu_ipc::progress::{self as shared, Mode, Reporter};
 
 use super::cache::{Key, Stamp};
 use super::command::StepLog;
 
-/// Prints steps relative to one start time.
+pub use shared::seconds;
+
+/// Runs and reports the build's steps, timed from one start.
 #[derive(Debug)]
 pub struct Progress {
-    label: &'static str,
-    start: Instant,
+    reporter: Reporter,
     stamps: PathBuf,
     logs: PathBuf,
     verbose: bool,
@@ -31,6 +34,8 @@ pub enum Ran {
 
 impl Progress {
     /// Starts the clock. Stamps are kept in `stamps`, step logs in `logs`.
+    /// With `verbose` the commands' output goes to the terminal too, so
+    /// there is no live indicator to tear.
     pub fn new(stamps: PathBuf, logs: PathBuf, verbose: bool) -> Self {
         Self::labelled("redox", stamps, logs, verbose)
     }
@@ -38,29 +43,45 @@ impl Progress {
     /// Like [`Progress::new`], for lines starting `<label>:` instead of
     /// `redox:` (the seL4 build prints `sel4:`).
     pub fn labelled(label: &'static str, stamps: PathBuf, logs: PathBuf, verbose: bool) -> Self {
+        let reporter = if verbose {
+            Reporter::to_writer(label, Mode::Lines, Box::new(std::io::stderr()))
+        } else {
+            Reporter::stderr(label)
+        };
+        Self::with_reporter(reporter.stamped(), stamps, logs, verbose)
+    }
+
+    /// [`new`](Self::new), reporting through `reporter`.
+    pub fn with_reporter(
+        reporter: Reporter,
+        stamps: PathBuf,
+        logs: PathBuf,
+        verbose: bool,
+    ) -> Self {
         Self {
-            label,
-            start: Instant::now(),
+            reporter,
             stamps,
             logs,
             verbose,
         }
     }
 
+    /// The reporter the steps go through (for steps of its own, such as
+    /// the boots).
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
+    }
+
     /// Prints one line: `redox: [  12.3 s] <text>` (or its label).
     pub fn say(&self, text: impl AsRef<str>) {
-        eprintln!(
-            "{}",
-            labelled_line(self.label, self.start.elapsed(), text.as_ref())
-        );
+        self.reporter.say(text);
     }
 
     /// Runs a step that is not cached (checks, the boot), timing it.
     pub fn plain<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let t = Instant::now();
-        self.say(format!("{name} ..."));
+        let step = self.reporter.begin(name, format!("{name} ..."));
         let value = f().with_context(|| format!("step `{name}`"))?;
-        self.say(format!("{name}: done in {}", seconds(t.elapsed())));
+        step.finish(format!("{name}: done in {}", seconds(step.elapsed())));
         Ok(value)
     }
 
@@ -83,8 +104,10 @@ impl Progress {
         }
         stamp.clear()?;
         let log = StepLog::create(&self.logs, name, self.verbose)?;
-        let t = Instant::now();
-        self.say(format!("{name}: building (log {})", log.path().display()));
+        let step = self.reporter.begin(
+            name,
+            format!("{name}: building (log {})", log.path().display()),
+        );
         build(&log).with_context(|| format!("step `{name}`"))?;
         if let Some(missing) = outputs.iter().find(|p| !p.exists()) {
             anyhow::bail!(
@@ -93,30 +116,20 @@ impl Progress {
             );
         }
         stamp.write(&key)?;
-        let took = t.elapsed();
-        self.say(format!("{name}: built in {}", seconds(took)));
+        let took = step.elapsed();
+        step.finish(format!("{name}: built in {}", seconds(took)));
         Ok((key, Ran::Built(took)))
     }
 
     /// Time since the tool started.
     pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+        self.reporter.elapsed()
     }
 }
 
 /// `redox: [  12.3 s] text`.
 pub fn line(since_start: Duration, text: &str) -> String {
-    labelled_line("redox", since_start, text)
-}
-
-/// `<label>: [  12.3 s] text`.
-pub fn labelled_line(label: &str, since_start: Duration, text: &str) -> String {
-    format!("{label}: [{:>7.1} s] {text}", since_start.as_secs_f64())
-}
-
-/// `40.6 s`.
-pub fn seconds(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
+    shared::stamped_line("redox", since_start, text)
 }
 
 #[cfg(test)]

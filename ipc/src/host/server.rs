@@ -1076,8 +1076,16 @@ fn dispatch<S: SchemeSync>(
         args: [target, 0, 0, 0, 0, creds],
         caller: conn.caller,
     };
-    let mut out: Vec<u8> = Vec::new();
-    let mut stat = Stat::default();
+    // The buffer the server lends the scheme in args[1] and args[2].
+    enum Lend {
+        Nothing,
+        /// The request's payload (path, data to write, call payload).
+        Payload,
+        /// A zeroed buffer of `out_len` bytes for the scheme to fill.
+        Out,
+        /// A `Stat` for the scheme to fill.
+        Stat,
+    }
     // What goes back as payload on success.
     enum Reply {
         None,
@@ -1085,91 +1093,62 @@ fn dispatch<S: SchemeSync>(
         Payload,
         Stat,
     }
-    let reply;
-    match opcode {
-        Opcode::OpenAt | Opcode::Dup => {
-            if out_len != 0 {
-                return fail(EINVAL);
-            }
-            if matches!(opcode, Opcode::OpenAt) && std::str::from_utf8(payload).is_err() {
-                return fail(EINVAL);
-            }
-            if conn.user.handles.load(Ordering::Relaxed) >= limits.max_handles_per_uid {
-                return fail(EMFILE);
-            }
-            sqe.args[1] = payload.as_ptr() as u64;
-            sqe.args[2] = payload.len() as u64;
-            if matches!(opcode, Opcode::OpenAt) {
-                sqe.args[3] = wire.args[3];
-                sqe.args[4] = wire.args[4];
-            }
-            reply = Reply::None;
-        }
-        Opcode::Read | Opcode::Fpath | Opcode::Getdents => {
-            if has_payload {
-                return fail(EINVAL);
-            }
-            let out_len = conn.reserve_answer(out_len, limits.max_answer_bytes_per_uid);
-            out = vec![0u8; out_len];
-            sqe.args[1] = out.as_mut_ptr() as u64;
-            sqe.args[2] = out_len as u64;
-            if !matches!(opcode, Opcode::Fpath) {
-                sqe.args[3] = wire.args[3];
-                sqe.args[4] = wire.args[4];
-            }
-            reply = Reply::OutPrefix;
-        }
-        Opcode::Write => {
-            if out_len != 0 {
-                return fail(EINVAL);
-            }
-            sqe.args[1] = payload.as_ptr() as u64;
-            sqe.args[2] = payload.len() as u64;
-            sqe.args[3] = wire.args[3];
-            sqe.args[4] = wire.args[4];
-            reply = Reply::None;
-        }
-        Opcode::Call => {
-            if out_len != 0 {
-                return fail(EINVAL);
-            }
-            sqe.args[1] = payload.as_mut_ptr() as u64;
-            sqe.args[2] = payload.len() as u64;
-            // metadata[0] and [1] come from the client. The third word is
-            // where the caller's uid and gid travel in every other request;
-            // it carries the connection's real credentials here too, never
-            // the client's word, so `CallerCtx` is always true (a `call`
-            // gets no metadata[2] over this transport).
-            sqe.args[3] = wire.args[3];
-            sqe.args[4] = wire.args[4];
-            reply = Reply::Payload;
-        }
-        Opcode::Fstat => {
-            if has_payload || out_len != 0 {
-                return fail(EINVAL);
-            }
-            sqe.args[1] = &mut stat as *mut Stat as u64;
-            sqe.args[2] = size_of::<Stat>() as u64;
-            reply = Reply::Stat;
-        }
-        Opcode::Fsize | Opcode::Fsync => {
-            if has_payload || out_len != 0 {
-                return fail(EINVAL);
-            }
-            reply = Reply::None;
-        }
-        Opcode::Fcntl | Opcode::Ftruncate => {
-            if has_payload || out_len != 0 {
-                return fail(EINVAL);
-            }
-            sqe.args[1] = wire.args[1];
-            sqe.args[2] = wire.args[2];
-            reply = Reply::None;
-        }
+    // Per opcode: what is lent, which of the client's arguments pass
+    // through unchanged (the others are the server's), what is replied.
+    let (lend, pass, reply) = match opcode {
+        Opcode::OpenAt => (Lend::Payload, 3..5, Reply::None),
+        Opcode::Dup => (Lend::Payload, 0..0, Reply::None),
+        Opcode::Read | Opcode::Getdents => (Lend::Out, 3..5, Reply::OutPrefix),
+        Opcode::Fpath => (Lend::Out, 0..0, Reply::OutPrefix),
+        Opcode::Write => (Lend::Payload, 3..5, Reply::None),
+        // metadata[0] and [1] come from the client. The third word is
+        // where the caller's uid and gid travel in every other request; it
+        // carries the connection's real credentials here too, never the
+        // client's word, so `CallerCtx` is always true (a `call` gets no
+        // metadata[2] over this transport).
+        Opcode::Call => (Lend::Payload, 3..5, Reply::Payload),
+        Opcode::Fstat => (Lend::Stat, 0..0, Reply::Stat),
+        Opcode::Fsize | Opcode::Fsync => (Lend::Nothing, 0..0, Reply::None),
+        Opcode::Fcntl | Opcode::Ftruncate => (Lend::Nothing, 1..3, Reply::None),
         // mmap_prep hands out server addresses: meaningless to another
         // process, so the host transport maps through a passed fd instead.
         _ => return fail(EOPNOTSUPP),
+    };
+    // Only a lent payload may come with the request, and only a lent
+    // output buffer may be asked for.
+    if (has_payload && !matches!(lend, Lend::Payload))
+        || (out_len != 0 && !matches!(lend, Lend::Out))
+    {
+        return fail(EINVAL);
     }
+    if matches!(opcode, Opcode::OpenAt) && std::str::from_utf8(payload).is_err() {
+        return fail(EINVAL);
+    }
+    if matches!(opcode, Opcode::OpenAt | Opcode::Dup)
+        && conn.user.handles.load(Ordering::Relaxed) >= limits.max_handles_per_uid
+    {
+        return fail(EMFILE);
+    }
+    let mut out: Vec<u8> = Vec::new();
+    let mut stat = Stat::default();
+    match lend {
+        Lend::Nothing => {}
+        Lend::Payload => {
+            sqe.args[1] = payload.as_mut_ptr() as u64;
+            sqe.args[2] = payload.len() as u64;
+        }
+        Lend::Out => {
+            let granted = conn.reserve_answer(out_len, limits.max_answer_bytes_per_uid);
+            out = vec![0u8; granted];
+            sqe.args[1] = out.as_mut_ptr() as u64;
+            sqe.args[2] = granted as u64;
+        }
+        Lend::Stat => {
+            sqe.args[1] = &mut stat as *mut Stat as u64;
+            sqe.args[2] = size_of::<Stat>() as u64;
+        }
+    }
+    sqe.args[pass.clone()].copy_from_slice(&wire.args[pass]);
 
     // SAFETY: `Request` is `#[repr(transparent)]` over `Sqe` (redox-scheme
     // 0.9), so the value is a valid `Request`. Every pointer argument in

@@ -7,6 +7,7 @@ use core::ops::Range;
 use super::store::NodeState;
 use super::{
     bits_from, floor_log2, AllocFlags, Block, BlockList, BuddyAllocator, BuddyError, Placement,
+    Request,
 };
 
 impl BuddyAllocator {
@@ -90,16 +91,22 @@ impl BuddyAllocator {
                 return Ok(());
             }
         }
+        let req = Request {
+            need,
+            min_order,
+            place,
+            tag,
+        };
         if flags.contains(AllocFlags::CONTIGUOUS) {
-            self.alloc_contiguous(need, min_order, &place, tag, out)
+            self.alloc_contiguous(&req, out)
         } else {
             if !place.ranged && need > self.free_bytes() {
                 return Err(BuddyError::NoSpace { size: need });
             }
             if !place.ranged && !place.topdown {
-                return self.alloc_blocks_low(need, min_order, tag, out);
+                return self.alloc_blocks_low(&req, out);
             }
-            self.alloc_blocks(need, min_order, &place, tag, out)
+            self.alloc_blocks(&req, out)
         }
     }
 
@@ -136,51 +143,41 @@ impl BuddyAllocator {
         })
     }
 
-    /// Non-contiguous allocation of `need` bytes: greedy, largest blocks
-    /// first, never below `min_order` (drm_buddy's loop). Appends to `out`;
-    /// on failure everything taken is given back and `out` is restored.
+    /// Non-contiguous allocation of `req.need` bytes: greedy, largest
+    /// blocks first, never below `req.min_order` (drm_buddy's loop).
+    /// Appends to `out`; on failure everything taken is given back and
+    /// `out` is restored.
     #[inline]
     pub(super) fn alloc_blocks(
         &mut self,
-        need: u64,
-        min_order: u32,
-        place: &Placement,
-        tag: u16,
+        req: &Request,
         out: &mut BlockList,
     ) -> Result<(), BuddyError> {
         let base = out.len();
-        let mut pages = need >> self.chunk_shift;
-        // The greedy loop takes one block per set bit unless it has to
-        // fall back to smaller blocks: grow the list once, not per block.
-        if pages & (pages - 1) != 0 {
-            out.reserve(pages.count_ones() as usize);
-        }
-        let mut order = floor_log2(pages).min(u32::from(self.max_order));
+        let (mut pages, mut order) = self.greedy_start(req.need, out);
         loop {
             order = order.min(floor_log2(pages));
             loop {
-                if let Some((idx, target)) = self.find(order, place) {
-                    let block = self.take(idx, order, target, tag);
+                if let Some((idx, target)) = self.find(order, &req.place) {
+                    let block = self.take(idx, order, target, req.tag);
                     out.push(block);
                     break;
                 }
-                let mut give_up = order == min_order;
+                let mut give_up = order == req.min_order;
                 if !give_up {
                     order -= 1;
-                    if !place.ranged {
+                    if !req.place.ranged {
                         // Nothing of order ≥ the failed one is free
                         // anywhere: jump to the largest order that is.
                         let below = self.store.order_mask() & !bits_from(order + 1);
-                        give_up = below == 0 || floor_log2(below) < min_order;
+                        give_up = below == 0 || floor_log2(below) < req.min_order;
                         if !give_up {
                             order = order.min(floor_log2(below));
                         }
                     }
                 }
                 if give_up {
-                    self.rollback(&out[base..]);
-                    out.truncate(base);
-                    return Err(BuddyError::NoSpace { size: need });
+                    return self.give_back(out, base, req.need);
                 }
             }
             pages -= 1 << order;
@@ -199,17 +196,15 @@ impl BuddyAllocator {
     #[inline]
     pub(super) fn alloc_blocks_low(
         &mut self,
-        need: u64,
-        min_order: u32,
-        tag: u16,
+        req: &Request,
         out: &mut BlockList,
     ) -> Result<(), BuddyError> {
+        debug_assert!(
+            !req.place.ranged && !req.place.topdown,
+            "alloc_blocks_low of a placed request"
+        );
         let base = out.len();
-        let mut pages = need >> self.chunk_shift;
-        if pages & (pages - 1) != 0 {
-            out.reserve(pages.count_ones() as usize);
-        }
-        let mut order = floor_log2(pages).min(u32::from(self.max_order));
+        let (mut pages, mut order) = self.greedy_start(req.need, out);
         loop {
             order = order.min(floor_log2(pages));
             let mask = self.store.order_mask();
@@ -218,10 +213,8 @@ impl BuddyAllocator {
                 // Nothing of order ≥ `order` is free anywhere: go on with
                 // the largest order that is, if it is allowed.
                 let below = mask & !bits_from(order);
-                if below == 0 || floor_log2(below) < min_order {
-                    self.rollback(&out[base..]);
-                    out.truncate(base);
-                    return Err(BuddyError::NoSpace { size: need });
+                if below == 0 || floor_log2(below) < req.min_order {
+                    return self.give_back(out, base, req.need);
                 }
                 order = floor_log2(below);
                 continue;
@@ -229,7 +222,7 @@ impl BuddyAllocator {
             let j = avail.trailing_zeros();
             let region = self.store.order_regions(j).trailing_zeros();
             let idx = self.store.pop_head(region, j);
-            out.push(self.split_low(idx, order, tag));
+            out.push(self.split_low(idx, order, req.tag));
             pages -= 1 << order;
             if pages == 0 {
                 return Ok(());
@@ -255,14 +248,43 @@ impl BuddyAllocator {
             self.store.push_free(c + 1);
             cur = c;
         }
-        self.store.set_allocated(cur, tag);
+        self.allocated(cur, offset, order, tag)
+    }
+
+    /// Marks leaf `node` (the block of `order` at `offset`) allocated with
+    /// `tag` and returns that block.
+    #[inline(always)]
+    fn allocated(&mut self, node: u32, offset: u64, order: u32, tag: u16) -> Block {
+        self.store.set_allocated(node, tag);
         Block {
             offset,
             tag,
-            node: cur,
+            node,
             order: order as u8,
             chunk_shift: self.chunk_shift,
         }
+    }
+
+    /// Where the greedy loop starts for `need` bytes: the pages to cover
+    /// and the first order to try. It takes one block per set bit of the
+    /// page count unless it has to fall back to smaller blocks, so `out`
+    /// grows once here, not per block.
+    #[inline(always)]
+    fn greedy_start(&self, need: u64, out: &mut BlockList) -> (u64, u32) {
+        let pages = need >> self.chunk_shift;
+        if pages & (pages - 1) != 0 {
+            out.reserve(pages.count_ones() as usize);
+        }
+        (pages, floor_log2(pages).min(u32::from(self.max_order)))
+    }
+
+    /// A greedy allocation of `need` bytes failed: gives back the blocks it
+    /// appended to `out` after `base` and restores `out`.
+    #[cold]
+    fn give_back(&mut self, out: &mut BlockList, base: usize, need: u64) -> Result<(), BuddyError> {
+        self.rollback(&out[base..]);
+        out.truncate(base);
+        Err(BuddyError::NoSpace { size: need })
     }
 
     /// Frees blocks taken by a failed allocation.
@@ -304,13 +326,6 @@ impl BuddyAllocator {
                 cur = c;
             }
         }
-        self.store.set_allocated(cur, tag);
-        Block {
-            offset,
-            tag,
-            node: cur,
-            order: order as u8,
-            chunk_shift: self.chunk_shift,
-        }
+        self.allocated(cur, offset, order, tag)
     }
 }

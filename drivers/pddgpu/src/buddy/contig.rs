@@ -3,33 +3,31 @@
 //! adjacent free blocks ("try harder") and claim exactly that run.
 
 use super::store::{NodeState, NIL};
-use super::{ceil_log2, floor_log2, Block, BlockList, BuddyAllocator, BuddyError, Placement};
+use super::{
+    ceil_log2, floor_log2, pop_region, Block, BlockList, BuddyAllocator, BuddyError, Request,
+};
 
 impl BuddyAllocator {
-    /// One contiguous run of `need` bytes (a multiple of the minimum block
-    /// size, `1 << min_order` chunks), starting aligned to the minimum
-    /// block size.
+    /// One contiguous run of `req.need` bytes (a whole number of
+    /// minimum-size blocks), starting aligned to the minimum block size.
     pub(super) fn alloc_contiguous(
         &mut self,
-        need: u64,
-        min_order: u32,
-        place: &Placement,
-        tag: u16,
+        req: &Request,
         out: &mut BlockList,
     ) -> Result<(), BuddyError> {
-        let order = ceil_log2(need >> self.chunk_shift);
+        let order = ceil_log2(req.need >> self.chunk_shift);
         if order <= u32::from(self.max_order) {
-            if let Some((idx, target)) = self.find(order, place) {
-                let block = self.take(idx, order, target, tag);
-                if self.block_bytes(order) == need {
+            if let Some((idx, target)) = self.find(order, &req.place) {
+                let block = self.take(idx, order, target, req.tag);
+                if self.block_bytes(order) == req.need {
                     out.push(block);
                 } else {
-                    self.trim(block, need, place.topdown, out);
+                    self.trim(block, req.need, req.place.topdown, out);
                 }
                 return Ok(());
             }
         }
-        self.alloc_run(need, min_order, place, tag, out)
+        self.alloc_run(req, out)
     }
 
     /// Shrinks the freshly allocated `block` to `need` bytes — its low end,
@@ -95,28 +93,10 @@ impl BuddyAllocator {
     /// free leaves. Candidate runs start in free leaves, visited region by
     /// region (descending for top-down); in each leaf only the earliest
     /// aligned start is tried, which is the best start it has.
-    fn alloc_run(
-        &mut self,
-        need: u64,
-        min_order: u32,
-        place: &Placement,
-        tag: u16,
-        out: &mut BlockList,
-    ) -> Result<(), BuddyError> {
-        let align = self.block_bytes(min_order);
-        let mut regions = 0u64;
-        let mut orders = self.store.order_mask();
-        while orders != 0 {
-            regions |= self.store.order_regions(orders.trailing_zeros());
-            orders &= orders - 1;
-        }
-        while regions != 0 {
-            let region = if place.topdown {
-                floor_log2(regions)
-            } else {
-                regions.trailing_zeros()
-            };
-            regions &= !(1u64 << region);
+    fn alloc_run(&mut self, req: &Request, out: &mut BlockList) -> Result<(), BuddyError> {
+        let align = self.block_bytes(req.min_order);
+        let mut regions = self.store.regions_with(self.store.order_mask());
+        while let Some(region) = pop_region(&mut regions, req.place.topdown) {
             let mut orders = self.store.region_orders(region);
             while orders != 0 {
                 let j = orders.trailing_zeros();
@@ -128,15 +108,15 @@ impl BuddyAllocator {
                     let leaf_end = u128::from(node.offset) + u128::from(bytes);
                     if let Some(at) = node
                         .offset
-                        .max(place.start)
+                        .max(req.place.start)
                         .checked_add(align - 1)
                         .map(|a| a & !(align - 1))
                     {
                         if u128::from(at) < leaf_end
-                            && u128::from(at) + u128::from(need) <= u128::from(place.end)
-                            && self.run_is_free(leaf_end, u128::from(at) + u128::from(need))
+                            && u128::from(at) + u128::from(req.need) <= u128::from(req.place.end)
+                            && self.run_is_free(leaf_end, u128::from(at) + u128::from(req.need))
                         {
-                            self.claim_span(at, at + need, tag, out);
+                            self.claim_span(at, at + req.need, req.tag, out);
                             return Ok(());
                         }
                     }
@@ -144,7 +124,7 @@ impl BuddyAllocator {
                 }
             }
         }
-        Err(BuddyError::NoSpace { size: need })
+        Err(BuddyError::NoSpace { size: req.need })
     }
 
     /// Whether the leaves from `from` (a leaf boundary) up to `to` are all

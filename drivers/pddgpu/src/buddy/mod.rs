@@ -56,6 +56,19 @@ pub(crate) struct Placement {
     end: u64,
 }
 
+/// A validated allocation, in the form every allocation path takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request {
+    /// Bytes to allocate: a whole number of minimum-size blocks.
+    need: u64,
+    /// No block below this order (the minimum block size).
+    min_order: u32,
+    /// Where the blocks may go.
+    place: Placement,
+    /// The tag every block of this allocation carries.
+    tag: u16,
+}
+
 /// A drm_buddy-class buddy allocator; see the [module docs](self).
 ///
 /// Single-threaded (`&mut self`): the VRAM manager wraps it in a lock.
@@ -84,6 +97,22 @@ impl core::fmt::Debug for BuddyAllocator {
 #[inline]
 pub(crate) fn floor_log2(x: u64) -> u32 {
     63 - x.leading_zeros()
+}
+
+/// Takes the next region out of the set `regions`: the highest for
+/// top-down, else the lowest; `None` once the set is empty.
+#[inline]
+pub(crate) fn pop_region(regions: &mut u64, topdown: bool) -> Option<u32> {
+    if *regions == 0 {
+        return None;
+    }
+    let region = if topdown {
+        floor_log2(*regions)
+    } else {
+        regions.trailing_zeros()
+    };
+    *regions &= !(1u64 << region);
+    Some(region)
 }
 
 /// `ceil(log2(x))` for `x > 0`.

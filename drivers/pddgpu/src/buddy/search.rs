@@ -2,7 +2,7 @@
 //! policy (bottom-up best fit, top-down, inside a range).
 
 use super::store::NIL;
-use super::{bits_from, floor_log2, BuddyAllocator, Placement};
+use super::{bits_from, floor_log2, pop_region, BuddyAllocator, Placement};
 
 impl BuddyAllocator {
     /// A free leaf that can give a block of `order` under `place`, and the
@@ -38,12 +38,7 @@ impl BuddyAllocator {
     /// [`find`](Self::find) over the whole space, top-down.
     #[inline(never)]
     fn find_top(&self, order: u32, avail: u64) -> Option<(u32, u64)> {
-        let mut regions = 0u64;
-        let mut orders = avail;
-        while orders != 0 {
-            regions |= self.store.order_regions(orders.trailing_zeros());
-            orders &= orders - 1;
-        }
+        let regions = self.store.regions_with(avail);
         let region = floor_log2(regions);
         let j = (self.store.region_orders(region) & bits_from(order)).trailing_zeros();
         let idx = self.store.head(region, j);
@@ -63,20 +58,8 @@ impl BuddyAllocator {
         let lowest = start & !(self.block_bytes(floor_log2(avail)) - 1);
         let first = self.store.region_of(lowest);
         let last = self.store.region_of(end - 1);
-        let mut regions = 0u64;
-        let mut orders = avail;
-        while orders != 0 {
-            regions |= self.store.order_regions(orders.trailing_zeros());
-            orders &= orders - 1;
-        }
-        regions &= bits_from(first) & !bits_from(last + 1);
-        while regions != 0 {
-            let region = if place.topdown {
-                floor_log2(regions)
-            } else {
-                regions.trailing_zeros()
-            };
-            regions &= !(1u64 << region);
+        let mut regions = self.store.regions_with(avail) & bits_from(first) & !bits_from(last + 1);
+        while let Some(region) = pop_region(&mut regions, place.topdown) {
             let region_start = u64::from(region) << shift;
             let mut orders = self.store.region_orders(region) & bits_from(order);
             if u128::from(region_start) + region_size <= u128::from(start) {

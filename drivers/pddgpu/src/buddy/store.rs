@@ -325,6 +325,17 @@ impl NodeStore {
         self.order_regions[order as usize & 63]
     }
 
+    /// Regions with a free block of any of the orders set in `orders`.
+    #[inline]
+    pub fn regions_with(&self, mut orders: u64) -> u64 {
+        let mut regions = 0;
+        while orders != 0 {
+            regions |= self.order_regions(orders.trailing_zeros());
+            orders &= orders - 1;
+        }
+        regions
+    }
+
     /// Orders with a free block starting in `region`.
     #[inline]
     pub fn region_orders(&self, region: u32) -> u64 {

@@ -44,17 +44,23 @@ pub struct SimConfig {
 impl Default for SimConfig {
     /// 256 MiB of VRAM with a 64 MiB visible window, 256 MiB of GTT.
     fn default() -> Self {
-        SimConfig {
-            vram_size: 256 << 20,
-            visible_size: 64 << 20,
-            gtt_size: 256 << 20,
-        }
+        SimConfig::sized(256 << 20, 256 << 20)
     }
 }
 
 const PAGE: u64 = 4096;
 
 impl SimConfig {
+    /// `vram` bytes of VRAM whose first quarter is CPU-visible, and `gtt`
+    /// bytes of GTT.
+    pub const fn sized(vram: u64, gtt: u64) -> Self {
+        SimConfig {
+            vram_size: vram,
+            visible_size: vram / 4,
+            gtt_size: gtt,
+        }
+    }
+
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), DeviceError> {
         let bad = |reason| Err(DeviceError::InvalidConfig(reason));

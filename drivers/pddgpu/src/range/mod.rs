@@ -182,6 +182,17 @@ struct NodeRec {
     gen: u32,
 }
 
+impl NodeRec {
+    /// A slot never used: no node, unlinked, generation 0.
+    const UNUSED: NodeRec = NodeRec {
+        start: 0,
+        size: 0,
+        prev: NIL,
+        next: NIL,
+        gen: 0,
+    };
+}
+
 /// A drm_mm-class range allocator; see the [module docs](self).
 ///
 /// Single-threaded (`&mut self`); [`crate::gtt::GttManager`] puts it behind a
@@ -333,6 +344,8 @@ impl RangeAllocator {
                 let l_start = self.holes.holes[l as usize].start;
                 self.holes.resize(l, l_start, r_end);
             }
+            // The next two arms mirror each other: the freed node joins
+            // the hole before it, or the hole after it.
             (true, false) => {
                 let l = prev & !HOLE;
                 self.holes.holes[l as usize].next = next;
@@ -340,6 +353,7 @@ impl RangeAllocator {
                 let l_start = self.holes.holes[l as usize].start;
                 self.holes.resize(l, l_start, ne);
             }
+            // Mirror of the arm above.
             (false, true) => {
                 let r = next & !HOLE;
                 self.holes.holes[r as usize].prev = prev;
@@ -459,13 +473,7 @@ impl RangeAllocator {
             self.node_free = self.nodes[n as usize].next;
             n
         } else {
-            self.nodes.push(NodeRec {
-                start: 0,
-                size: 0,
-                prev: NIL,
-                next: NIL,
-                gen: 0,
-            });
+            self.nodes.push(NodeRec::UNUSED);
             (self.nodes.len() - 1) as u32
         }
     }

@@ -57,14 +57,8 @@ impl RangeAllocator {
         }
         self.check_span(node.start, node.size)
             .map_err(|_| RangeError::InvalidNode("node lies outside the allocator"))?;
-        while self.nodes.len() <= node.slot as usize {
-            self.nodes.push(NodeRec {
-                start: 0,
-                size: 0,
-                prev: NIL,
-                next: NIL,
-                gen: 0,
-            });
+        if self.nodes.len() <= node.slot as usize {
+            self.nodes.resize(node.slot as usize + 1, NodeRec::UNUSED);
         }
         if self.nodes[node.slot as usize].size != 0 {
             return Err(RangeError::InvalidNode("two live nodes share one handle"));

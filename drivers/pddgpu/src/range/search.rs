@@ -76,7 +76,8 @@ impl RangeAllocator {
         }
     }
 
-    /// Low: the lowest address that fits.
+    /// Low: the lowest address that fits. Mirrored, high for low, by
+    /// [`find_high`](Self::find_high).
     pub(super) fn find_low(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
         let mut cur = self.first_in_range(rs, re, size);
         if cur == NIL {
@@ -110,7 +111,8 @@ impl RangeAllocator {
         None
     }
 
-    /// High: the highest address that fits.
+    /// High: the highest address that fits: the mirror of
+    /// [`find_low`](Self::find_low).
     pub(super) fn find_high(&self, size: u64, align: u64, rs: u64, re: u64) -> Option<(u32, u64)> {
         let mut cur = self.last_in_range(rs, re, size);
         if cur == NIL {

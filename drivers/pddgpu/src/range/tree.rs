@@ -340,7 +340,8 @@ pub(super) fn remove<K: TreeKind>(h: &mut [Hole], root: &mut u32, i: u32) {
     }
 }
 
-/// The leftmost (smallest-key) hole of the subtree at `i`.
+/// The leftmost (smallest-key) hole of the subtree at `i` (mirrored by
+/// [`rightmost`]).
 #[inline]
 pub(super) fn leftmost<K: TreeKind>(h: &[Hole], mut i: u32) -> u32 {
     if i == NIL {
@@ -355,7 +356,8 @@ pub(super) fn leftmost<K: TreeKind>(h: &[Hole], mut i: u32) -> u32 {
     }
 }
 
-/// The rightmost (largest-key) hole of the subtree at `i`.
+/// The rightmost (largest-key) hole of the subtree at `i` (the mirror of
+/// [`leftmost`]).
 #[inline]
 pub(super) fn rightmost<K: TreeKind>(h: &[Hole], mut i: u32) -> u32 {
     if i == NIL {
@@ -394,7 +396,8 @@ fn holds(h: &[Hole], i: u32, min: u64) -> bool {
 }
 
 /// The leftmost hole of the address subtree at `top` whose size is at least
-/// `min`, or `NIL`: one descent, as bounds are exact.
+/// `min`, or `NIL`: one descent, as bounds are exact (mirrored by
+/// [`rightmost_sized`]).
 pub(super) fn leftmost_sized(h: &[Hole], top: u32, min: u64) -> u32 {
     if !holds(h, top, min) {
         return NIL;
@@ -441,7 +444,8 @@ pub(super) fn rightmost_sized(h: &[Hole], top: u32, min: u64) -> u32 {
 /// above `addr` holds no answer, the answer is the node itself or the
 /// leftmost fitting hole of its right subtree. Bounds are exact, so the
 /// deepest fallback that can succeed is the only one needed (deeper means
-/// further left), and it is resolved with one more descent.
+/// further left), and it is resolved with one more descent. Mirrored by
+/// [`last_fit_below`].
 pub(super) fn first_fit_at_or_above(h: &[Hole], root: u32, addr: u64, min: u64) -> u32 {
     let mut fallback = NIL;
     let mut i = root;

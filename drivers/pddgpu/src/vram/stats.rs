@@ -44,10 +44,6 @@ impl VramStats {
     /// *not* in the largest free block (0 = one free block, or nothing
     /// free).
     pub fn fragmentation_permille(&self) -> u64 {
-        if self.free_size == 0 {
-            return 0;
-        }
-        let outside = u128::from(self.free_size - self.largest_free.min(self.free_size));
-        (outside * 1000 / u128::from(self.free_size)) as u64
+        crate::manager::fragmentation_permille(self.free_size, self.largest_free)
     }
 }

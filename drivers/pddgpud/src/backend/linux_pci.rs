@@ -514,7 +514,7 @@ mod tests {
 
     #[test]
     fn open_runs_the_driver_with_bo_bytes_in_the_vram_bar_file() {
-        use pddgpu::driver::{BoCreate, BoFlags, Domain};
+        use pddgpu::driver::{BoCreate, Domain};
         let (root, dev) = fake_bochs("open", 8, 8);
         let opened = open(&options(&dev, 1 << 20)).unwrap();
         assert!(
@@ -526,13 +526,7 @@ mod tests {
         assert!(opened.faults.is_none());
         let driver = &opened.driver;
         assert_eq!(driver.vram_stats().total_size, 8 << 20);
-        let req = BoCreate {
-            size: 3 * 4096 + 100,
-            domain: Domain::Vram,
-            flags: BoFlags::empty(),
-            align: 0,
-            label: "t",
-        };
+        let req = BoCreate::new(3 * 4096 + 100, Domain::Vram, "t");
         let id = driver.bo_create(1, &req, 0).unwrap();
         let data: Vec<u8> = (0..req.size).map(|i| (i * 7 + 3) as u8).collect();
         assert_eq!(driver.bo_write(1, id, 0, &data).unwrap(), data.len());

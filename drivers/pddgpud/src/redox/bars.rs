@@ -166,7 +166,7 @@ pub fn plan(func: &PciFunction) -> Result<BarPlan, BarError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pcid::{FullDeviceId, PciAddress};
+    use super::super::pcid::{PciAddress, BOCHS_DISPLAY_ID};
     use super::*;
 
     fn func(bars: [PciBar; 6]) -> PciFunction {
@@ -180,14 +180,7 @@ mod tests {
             bars,
             rom: None,
             legacy_interrupt_line: None,
-            full_device_id: FullDeviceId {
-                vendor_id: 0x1234,
-                device_id: 0x1111,
-                class: 3,
-                subclass: 0x80,
-                interface: 0,
-                revision: 2,
-            },
+            full_device_id: BOCHS_DISPLAY_ID,
         }
     }
 

@@ -127,6 +127,17 @@ pub struct FullDeviceId {
     pub revision: u8,
 }
 
+/// QEMU's bochs-display as pcid identifies it (revision 2), for tests.
+#[cfg(test)]
+pub(crate) const BOCHS_DISPLAY_ID: FullDeviceId = FullDeviceId {
+    vendor_id: pddgpu::device::bochs::PCI_VENDOR,
+    device_id: pddgpu::device::bochs::PCI_DEVICE,
+    class: 3,
+    subclass: 0x80,
+    interface: 0,
+    revision: 2,
+};
+
 /// The function's expansion ROM BAR as pcid decoded it (upstream
 /// `PciRom`). pddgpud does not use it; it is part of the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,14 +451,7 @@ mod tests {
                     irq: 11,
                     phandled: None,
                 }),
-                full_device_id: FullDeviceId {
-                    vendor_id: 0x1234,
-                    device_id: 0x1111,
-                    class: 3,
-                    subclass: 0x80,
-                    interface: 0,
-                    revision: 2,
-                },
+                full_device_id: BOCHS_DISPLAY_ID,
             },
         }
     }

@@ -2,9 +2,8 @@
 
 use alloc::vec::Vec;
 
-use super::Hole;
 use super::{bin_of, HoleIndex, LIST_MAX, LIST_MIN, NBINS, NIL};
-use crate::range::tree::{self, BySize};
+use crate::range::tree::{ByAddr, BySize, TreeKind};
 
 impl HoleIndex {
     /// Checks the index's internal invariants (tree order, heap order,
@@ -25,21 +24,8 @@ impl HoleIndex {
                 return Err("empty hole in the address tree");
             }
             let mut m = h.len();
-            for (c, is_left) in [(h.addr.left, true), (h.addr.right, false)] {
-                if c == NIL {
-                    continue;
-                }
-                let ch = &self.holes[c as usize];
-                if ch.addr.parent != i {
-                    return Err("address tree parent link broken");
-                }
-                if ch.prio > h.prio {
-                    return Err("address tree heap order broken");
-                }
-                if (ch.start < h.start) != is_left {
-                    return Err("address tree key order broken");
-                }
-                m = m.max(ch.max);
+            for c in self.checked_children::<ByAddr>(i, &ADDR_BROKEN)? {
+                m = m.max(self.holes[c as usize].max);
                 stack.push(c);
             }
             if h.max != m {
@@ -106,22 +92,7 @@ impl HoleIndex {
                 if h.bin as usize != b || bin_of(h.len()) != b {
                     return Err("hole filed in the wrong size bin");
                 }
-                for (c, is_left) in [(h.size.left, true), (h.size.right, false)] {
-                    if c == NIL {
-                        continue;
-                    }
-                    let ch = &self.holes[c as usize];
-                    if ch.size.parent != i {
-                        return Err("size tree parent link broken");
-                    }
-                    if ch.prio > h.prio {
-                        return Err("size tree heap order broken");
-                    }
-                    if BySize::less_pub(ch, h) != is_left {
-                        return Err("size tree key order broken");
-                    }
-                    stack.push(c);
-                }
+                stack.extend(self.checked_children::<BySize>(i, &SIZE_BROKEN)?);
             }
             if (filed - before) as u32 != self.bins[b].len {
                 return Err("bin count differs from its entries");
@@ -134,9 +105,47 @@ impl HoleIndex {
     }
 }
 
-impl BySize {
-    /// Key order of size trees, for checks.
-    fn less_pub(a: &Hole, b: &Hole) -> bool {
-        <BySize as tree::TreeKind>::less(a, b)
+/// What [`HoleIndex::checked_children`] reports for the address tree:
+/// a broken parent link, heap order, key order.
+const ADDR_BROKEN: [&str; 3] = [
+    "address tree parent link broken",
+    "address tree heap order broken",
+    "address tree key order broken",
+];
+/// The same for a size tree.
+const SIZE_BROKEN: [&str; 3] = [
+    "size tree parent link broken",
+    "size tree heap order broken",
+    "size tree key order broken",
+];
+
+impl HoleIndex {
+    /// The children of `i` in its tree `K` (none, one or two), each checked
+    /// against `i`: its parent link, the heap order of priorities and the
+    /// key order. A failure is the matching one of `broken`.
+    fn checked_children<K: TreeKind>(
+        &self,
+        i: u32,
+        broken: &[&'static str; 3],
+    ) -> Result<impl Iterator<Item = u32>, &'static str> {
+        let h = &self.holes[i as usize];
+        let links = K::links(h);
+        let children = [(links.left, true), (links.right, false)];
+        for (c, is_left) in children {
+            if c == NIL {
+                continue;
+            }
+            let ch = &self.holes[c as usize];
+            if K::links(ch).parent != i {
+                return Err(broken[0]);
+            }
+            if ch.prio > h.prio {
+                return Err(broken[1]);
+            }
+            if K::less(ch, h) != is_left {
+                return Err(broken[2]);
+            }
+        }
+        Ok(children.into_iter().map(|(c, _)| c).filter(|&c| c != NIL))
     }
 }
