@@ -20,9 +20,7 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Instant;
@@ -88,66 +86,37 @@ fn worker(socket: &Path, threads: usize) {
     let conns: Vec<HostConnection> = (0..threads)
         .map(|_| HostConnection::connect(socket).expect("worker connect"))
         .collect();
-    println!("ready");
-    let mut go = String::new();
-    std::io::stdin().lock().read_line(&mut go).expect("go");
-    let handles: Vec<_> = conns
-        .into_iter()
-        .map(|mut c| {
-            thread::spawn(move || {
-                for _ in 0..PAIRS {
-                    alloc_free(&mut c);
-                }
+    support::worker(|| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                thread::spawn(move || {
+                    for _ in 0..PAIRS {
+                        alloc_free(&mut c);
+                    }
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("client thread");
-    }
-    println!("done");
+            .collect();
+        for h in handles {
+            h.join().expect("client thread");
+        }
+    });
 }
 
 /// 100 client threads over `procs` processes against `socket`; seconds
 /// from `go` to the last `done`.
 fn over_transport(socket: &Path, procs: usize) -> f64 {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut children: Vec<_> = (0..procs)
+    let envs: Vec<_> = (0..procs)
         .map(|p| {
             // Spread the threads as evenly as they go.
             let threads = THREADS / procs + usize::from(p < THREADS % procs);
-            Command::new(&exe)
-                .env(WORKER_ENV, socket)
-                .env(THREADS_ENV, threads.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn worker")
+            vec![
+                (WORKER_ENV, socket.display().to_string()),
+                (THREADS_ENV, threads.to_string()),
+            ]
         })
         .collect();
-    let mut outs: Vec<_> = children
-        .iter_mut()
-        .map(|c| BufReader::new(c.stdout.take().expect("worker stdout")))
-        .collect();
-    let expect = |o: &mut BufReader<_>, what: &str| {
-        let mut line = String::new();
-        o.read_line(&mut line).expect("worker line");
-        assert_eq!(line.trim(), what);
-    };
-    for o in &mut outs {
-        expect(o, "ready");
-    }
-    let start = Instant::now();
-    for c in &mut children {
-        writeln!(c.stdin.as_mut().expect("worker stdin"), "go").expect("go");
-    }
-    for o in &mut outs {
-        expect(o, "done");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    for mut c in children {
-        assert!(c.wait().expect("worker exit").success());
-    }
-    secs
+    support::run_workers(&envs)
 }
 
 /// `target/` of this build: the bench executable is `target/<profile>/deps/<name>`.
