@@ -37,8 +37,13 @@ impl Server {
             let opts = pddgpud::Options::for_sim(256 << 20, 256 << 20);
             let device = pddgpud::backend::open(&opts).expect("simulated device");
             let scheme = device.into_scheme(&opts);
-            let mut server =
-                HostServer::bind(&path, ServerLimits::default(), scheme).expect("bind");
+            // Every client of a bench is the same user, and `scale` opens
+            // 100 connections at once: above the default per-user limit.
+            let limits = ServerLimits {
+                max_connections_per_uid: 256,
+                ..ServerLimits::default()
+            };
+            let mut server = HostServer::bind(&path, limits, scheme).expect("bind");
             ready_tx.send(()).expect("ready");
             while !s.load(Ordering::Relaxed) {
                 server
