@@ -28,7 +28,7 @@ use std::time::Instant;
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, Domain, Driver};
 use pddgpu_ipc::host::HostConnection;
-use pddgpu_ipc::progress::{seconds, Reporter};
+use pddgpu_ipc::progress::{seconds, Reporter, Step};
 use rustix::thread::{sched_setaffinity, CpuSet};
 use support::{alloc_free, Server};
 
@@ -264,6 +264,22 @@ fn svg(cpu_counts: &[usize], transport: &[Vec<f64>], in_proc: &[f64]) -> String 
     s
 }
 
+/// The fastest of `rounds` runs of `setup` (seconds), each counted on
+/// `step`; prints its throughput.
+fn best_of(step: &Step<'_>, setup: &str, rounds: usize, mut run: impl FnMut() -> f64) -> f64 {
+    step.message(setup);
+    let best = (0..rounds)
+        .map(|_| {
+            let secs = run();
+            step.advance(1);
+            secs
+        })
+        .fold(f64::MAX, f64::min);
+    let pairs = (THREADS * PAIRS) as f64;
+    step.print_result(format!("throughput scale/{setup} {:.0}", pairs / best));
+    best
+}
+
 fn main() {
     if let Some(socket) = std::env::var_os(WORKER_ENV) {
         let threads = std::env::var(THREADS_ENV)
@@ -308,38 +324,19 @@ fn main() {
     let mut transport = Vec::new();
     for &cpus in &cpu_counts {
         confine(cpus);
-        step.message(format!("in_process/{cpus}cpu"));
-        let best = (0..rounds)
-            .map(|_| {
-                let secs = in_process();
-                step.advance(1);
-                secs
-            })
-            .fold(f64::MAX, f64::min);
+        let best = best_of(&step, &format!("in_process/{cpus}cpu"), rounds, in_process);
         in_proc.push(pairs / best);
-        step.print_result(format!(
-            "throughput scale/in_process/{cpus}cpu {:.0}",
-            pairs / best
-        ));
         if in_process_only {
             continue;
         }
         let server = Server::start("scale");
         let mut row = Vec::new();
         for procs in PROCESS_COUNTS {
-            step.message(format!("transport_{procs}proc/{cpus}cpu"));
-            let best = (0..rounds)
-                .map(|_| {
-                    let secs = over_transport(&server.socket, procs);
-                    step.advance(1);
-                    secs
-                })
-                .fold(f64::MAX, f64::min);
+            let setup = format!("transport_{procs}proc/{cpus}cpu");
+            let best = best_of(&step, &setup, rounds, || {
+                over_transport(&server.socket, procs)
+            });
             row.push(pairs / best);
-            step.print_result(format!(
-                "throughput scale/transport_{procs}proc/{cpus}cpu {:.0}",
-                pairs / best
-            ));
         }
         drop(server);
         transport.push(row);
