@@ -137,10 +137,10 @@ impl Server {
         }
         let vram = (device.sim.vram().as_ptr() as usize, device.sim.vram().len());
         let gtt = (device.sim.gtt().as_ptr() as usize, device.sim.gtt().len());
-        let backing = Backing {
-            vram: Region::kernel_mapped(vram.0),
-            gtt: Region::kernel_mapped(gtt.0),
-        };
+        let backing = Backing::new(
+            Region::kernel_mapped(vram.0),
+            Region::kernel_mapped(gtt.0),
+        );
         let scheme = PddgpuScheme::new(
             device.driver.clone(),
             backing,

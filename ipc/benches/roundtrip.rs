@@ -30,10 +30,9 @@
 mod support;
 
 use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Instant;
 
@@ -174,49 +173,16 @@ fn stats_read(c: &mut HostConnection) {
 
 fn worker(socket: &Path) {
     let mut c = HostConnection::connect(socket).expect("worker connect");
-    println!("ready");
-    let mut go = String::new();
-    std::io::stdin().lock().read_line(&mut go).unwrap();
-    for _ in 0..PROC_PAIRS {
-        alloc_free(&mut c);
-    }
-    println!("done");
+    support::worker(|| {
+        for _ in 0..PROC_PAIRS {
+            alloc_free(&mut c);
+        }
+    });
 }
 
 fn eight_processes(socket: &Path) -> (f64, f64) {
-    let exe = std::env::current_exe().unwrap();
-    let mut children: Vec<_> = (0..PROCS)
-        .map(|_| {
-            Command::new(&exe)
-                .env(WORKER_ENV, socket)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn worker")
-        })
-        .collect();
-    let mut outs: Vec<_> = children
-        .iter_mut()
-        .map(|c| BufReader::new(c.stdout.take().unwrap()))
-        .collect();
-    for o in &mut outs {
-        let mut line = String::new();
-        o.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-    }
-    let t = Instant::now();
-    for c in &mut children {
-        writeln!(c.stdin.as_mut().unwrap(), "go").unwrap();
-    }
-    for o in &mut outs {
-        let mut line = String::new();
-        o.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "done");
-    }
-    let secs = t.elapsed().as_secs_f64();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
-    }
+    let env = vec![(WORKER_ENV, socket.display().to_string())];
+    let secs = support::run_workers(&vec![env; PROCS]);
     let pairs = (PROCS * PROC_PAIRS) as f64;
     (pairs / secs, secs)
 }

@@ -20,9 +20,7 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Instant;
@@ -30,7 +28,7 @@ use std::time::Instant;
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, Domain, Driver};
 use pddgpu_ipc::host::HostConnection;
-use pddgpu_ipc::progress::{seconds, Reporter};
+use pddgpu_ipc::progress::{seconds, Reporter, Step};
 use rustix::thread::{sched_setaffinity, CpuSet};
 use support::{alloc_free, Server};
 
@@ -88,66 +86,37 @@ fn worker(socket: &Path, threads: usize) {
     let conns: Vec<HostConnection> = (0..threads)
         .map(|_| HostConnection::connect(socket).expect("worker connect"))
         .collect();
-    println!("ready");
-    let mut go = String::new();
-    std::io::stdin().lock().read_line(&mut go).expect("go");
-    let handles: Vec<_> = conns
-        .into_iter()
-        .map(|mut c| {
-            thread::spawn(move || {
-                for _ in 0..PAIRS {
-                    alloc_free(&mut c);
-                }
+    support::worker(|| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                thread::spawn(move || {
+                    for _ in 0..PAIRS {
+                        alloc_free(&mut c);
+                    }
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("client thread");
-    }
-    println!("done");
+            .collect();
+        for h in handles {
+            h.join().expect("client thread");
+        }
+    });
 }
 
 /// 100 client threads over `procs` processes against `socket`; seconds
 /// from `go` to the last `done`.
 fn over_transport(socket: &Path, procs: usize) -> f64 {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut children: Vec<_> = (0..procs)
+    let envs: Vec<_> = (0..procs)
         .map(|p| {
             // Spread the threads as evenly as they go.
             let threads = THREADS / procs + usize::from(p < THREADS % procs);
-            Command::new(&exe)
-                .env(WORKER_ENV, socket)
-                .env(THREADS_ENV, threads.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn worker")
+            vec![
+                (WORKER_ENV, socket.display().to_string()),
+                (THREADS_ENV, threads.to_string()),
+            ]
         })
         .collect();
-    let mut outs: Vec<_> = children
-        .iter_mut()
-        .map(|c| BufReader::new(c.stdout.take().expect("worker stdout")))
-        .collect();
-    let expect = |o: &mut BufReader<_>, what: &str| {
-        let mut line = String::new();
-        o.read_line(&mut line).expect("worker line");
-        assert_eq!(line.trim(), what);
-    };
-    for o in &mut outs {
-        expect(o, "ready");
-    }
-    let start = Instant::now();
-    for c in &mut children {
-        writeln!(c.stdin.as_mut().expect("worker stdin"), "go").expect("go");
-    }
-    for o in &mut outs {
-        expect(o, "done");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    for mut c in children {
-        assert!(c.wait().expect("worker exit").success());
-    }
-    secs
+    support::run_workers(&envs)
 }
 
 /// `target/` of this build: the bench executable is `target/<profile>/deps/<name>`.
@@ -295,6 +264,22 @@ fn svg(cpu_counts: &[usize], transport: &[Vec<f64>], in_proc: &[f64]) -> String 
     s
 }
 
+/// The fastest of `rounds` runs of `setup` (seconds), each counted on
+/// `step`; prints its throughput.
+fn best_of(step: &Step<'_>, setup: &str, rounds: usize, mut run: impl FnMut() -> f64) -> f64 {
+    step.message(setup);
+    let best = (0..rounds)
+        .map(|_| {
+            let secs = run();
+            step.advance(1);
+            secs
+        })
+        .fold(f64::MAX, f64::min);
+    let pairs = (THREADS * PAIRS) as f64;
+    step.print_result(format!("throughput scale/{setup} {:.0}", pairs / best));
+    best
+}
+
 fn main() {
     if let Some(socket) = std::env::var_os(WORKER_ENV) {
         let threads = std::env::var(THREADS_ENV)
@@ -339,38 +324,19 @@ fn main() {
     let mut transport = Vec::new();
     for &cpus in &cpu_counts {
         confine(cpus);
-        step.message(format!("in_process/{cpus}cpu"));
-        let best = (0..rounds)
-            .map(|_| {
-                let secs = in_process();
-                step.advance(1);
-                secs
-            })
-            .fold(f64::MAX, f64::min);
+        let best = best_of(&step, &format!("in_process/{cpus}cpu"), rounds, in_process);
         in_proc.push(pairs / best);
-        step.print_result(format!(
-            "throughput scale/in_process/{cpus}cpu {:.0}",
-            pairs / best
-        ));
         if in_process_only {
             continue;
         }
         let server = Server::start("scale");
         let mut row = Vec::new();
         for procs in PROCESS_COUNTS {
-            step.message(format!("transport_{procs}proc/{cpus}cpu"));
-            let best = (0..rounds)
-                .map(|_| {
-                    let secs = over_transport(&server.socket, procs);
-                    step.advance(1);
-                    secs
-                })
-                .fold(f64::MAX, f64::min);
+            let setup = format!("transport_{procs}proc/{cpus}cpu");
+            let best = best_of(&step, &setup, rounds, || {
+                over_transport(&server.socket, procs)
+            });
             row.push(pairs / best);
-            step.print_result(format!(
-                "throughput scale/transport_{procs}proc/{cpus}cpu {:.0}",
-                pairs / best
-            ));
         }
         drop(server);
         transport.push(row);

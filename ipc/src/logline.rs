@@ -137,6 +137,63 @@ pub fn flush() {
     }
 }
 
+/// Lets through at most `per_window` log lines of one kind per
+/// [`RateLimit::WINDOW`]; the lines held back are counted, and the next
+/// line let through says how many. One attacker that provokes the same
+/// refusal thousands of times a second then costs a few lines, not a
+/// flood.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_window: u32,
+    window_start: Option<std::time::Instant>,
+    in_window: u32,
+    held_back: u64,
+}
+
+impl RateLimit {
+    /// The window lines are counted in.
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// A limit of `per_window` lines per window.
+    pub const fn new(per_window: u32) -> Self {
+        RateLimit {
+            per_window,
+            window_start: None,
+            in_window: 0,
+            held_back: 0,
+        }
+    }
+
+    /// Whether a line may be written now: `Some(n)` with the number of
+    /// lines held back since the last one let through (to mention), or
+    /// `None` when this one is held back.
+    pub fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        let fresh = self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= Self::WINDOW);
+        if fresh {
+            self.window_start = Some(now);
+            self.in_window = 0;
+        }
+        if self.in_window >= self.per_window {
+            self.held_back += 1;
+            return None;
+        }
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+/// `" (N similar lines held back)"` when `held_back` is not zero, for the
+/// end of a line a [`RateLimit`] let through.
+pub fn held_back_note(held_back: u64) -> String {
+    if held_back == 0 {
+        String::new()
+    } else {
+        format!(" ({held_back} similar lines held back)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +237,23 @@ mod tests {
             assert!(p.lines.is_empty());
             assert_eq!(p.dropped, 0);
         });
+    }
+
+    #[test]
+    fn a_rate_limit_lets_a_few_lines_through_per_window_and_counts_the_rest() {
+        let start = std::time::Instant::now();
+        let mut r = RateLimit::new(3);
+        let admitted: Vec<_> = (0..10).map(|_| r.admit(start)).collect();
+        assert_eq!(&admitted[..3], &[Some(0), Some(0), Some(0)]);
+        assert!(admitted[3..].iter().all(Option::is_none));
+        let later = start + RateLimit::WINDOW;
+        assert_eq!(
+            r.admit(later),
+            Some(7),
+            "the next window reports the 7 held back"
+        );
+        assert_eq!(r.admit(later), Some(0));
+        assert_eq!(held_back_note(7), " (7 similar lines held back)");
+        assert_eq!(held_back_note(0), "");
     }
 }

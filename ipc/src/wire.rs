@@ -585,6 +585,7 @@ pub fn errno_name(errno: i32) -> &'static str {
         EOPNOTSUPP => "EOPNOTSUPP",
         ESHUTDOWN => "ESHUTDOWN",
         EDQUOT => "EDQUOT",
+        ENOBUFS => "ENOBUFS",
         ENAMETOOLONG => "ENAMETOOLONG",
         ERANGE => "ERANGE",
         _ => "E?",

@@ -105,9 +105,13 @@ impl SchemeSync for FileScheme {
         id: usize,
         payload: &mut [u8],
         meta: &[u64],
-        _: &CallerCtx,
+        ctx: &CallerCtx,
     ) -> Result<usize> {
         self.open.get(&id).ok_or(Error::new(EBADF))?;
+        if meta[0] == 9 {
+            // Who the transport says the caller is.
+            return Ok(ctx.uid as usize);
+        }
         if meta[0] != 7 {
             return Err(Error::new(EINVAL));
         }
@@ -269,6 +273,24 @@ fn round_trips_through_real_dispatch() {
         .unwrap();
     assert_eq!(stale.result(), Err(EBADF));
     wait_until(|| h.served.load(Ordering::Relaxed) >= 10);
+}
+
+/// A `call` sees the connection's real uid, whatever the client puts in
+/// the word that carries the credentials of every other request.
+#[test]
+fn a_call_sees_the_connections_credentials_not_the_clients_word() {
+    let h = start();
+    let mut c = HostConnection::connect(&h.path).unwrap();
+    let id = open(&mut c, "a").unwrap();
+    let forged = 0x0bad_cafe_u64;
+    let r = c
+        .request(Opcode::Call, [id as u64, 0, 0, 9, 0, forged], b"", 0)
+        .unwrap();
+    assert_eq!(
+        r.result(),
+        Ok(rustix::process::getuid().as_raw() as usize),
+        "the scheme saw a uid the client chose"
+    );
 }
 
 #[test]

@@ -24,6 +24,19 @@
 //! overlaps them, or the periodic sweep — the domain's (zeroed) pages are
 //! mapped back, and whoever still holds the old memfd keeps only that
 //! dead BO's bytes.
+//!
+//! **What mapping costs the server (host).** Each BO memory is one open
+//! descriptor, and each of its segments splits the server's mapping of the
+//! domain (up to two more kernel mappings). Both are bounded
+//! ([`MappingLimits`]): over all users, at most [`MAX_MAPPED_SEGMENTS`]
+//! segments in both domains together (kept well below the kernel's
+//! `vm.max_map_count`) and a number of BO memories the daemon derives from
+//! its descriptor limit (`ENOMEM` beyond); per user, the shares of
+//! [`UserLimits`](crate::budget::UserLimits) (`EDQUOT` beyond), so one
+//! user never takes the whole budget. A BO memory is charged to the user
+//! whose client mapped the BO first, and released when its pages go back
+//! to the domain. On Redox a mapping costs the server nothing (the kernel
+//! maps the BO's pages into the client), so none of this applies there.
 
 #[cfg(not(target_os = "redox"))]
 pub use host::{BoMemoryError, ClientAccess};
@@ -32,10 +45,39 @@ pub use host::{BoMemoryError, ClientAccess};
 /// granule every BO takes whole.
 pub const PAGE: u64 = pddgpu::driver::PAGE_SIZE;
 
-/// Most segments (mapped ranges) all per-BO memories may hold at once. Each
-/// is a separate mapping in the server, and the kernel bounds how many a
-/// process may have.
+/// Most segments (mapped ranges) all per-BO memories of both domains may
+/// hold at once. Each splits the server's mapping of its domain (up to two
+/// more kernel mappings), and the kernel bounds how many a process may have
+/// (`vm.max_map_count`, 65530 by default): 16384 segments stay below half
+/// of it with room for every connection thread's stack.
 pub const MAX_MAPPED_SEGMENTS: usize = 16 << 10;
+
+/// What mapping may cost the server, over all users and per user (host
+/// transport; see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappingLimits {
+    /// Segments mapped at once, both domains, all users (`ENOMEM` beyond).
+    pub segments_total: usize,
+    /// BO memories (server descriptors) at once, all users (`ENOMEM`
+    /// beyond).
+    pub bos_total: usize,
+    /// Segments one user may have mapped (`EDQUOT` beyond).
+    pub segments_per_uid: usize,
+    /// BO memories one user may have mapped (`EDQUOT` beyond).
+    pub bos_per_uid: usize,
+}
+
+impl Default for MappingLimits {
+    fn default() -> Self {
+        let user = crate::budget::UserLimits::default();
+        MappingLimits {
+            segments_total: MAX_MAPPED_SEGMENTS,
+            bos_total: MAX_MAPPED_SEGMENTS,
+            segments_per_uid: user.mapped_segments_per_uid,
+            bos_per_uid: user.mapped_bos_per_uid,
+        }
+    }
+}
 
 /// One domain's backing memory.
 #[derive(Debug, Default)]
@@ -92,12 +134,25 @@ pub struct Backing {
     pub vram: Region,
     /// GTT.
     pub gtt: Region,
+    /// What the BO memories of both domains cost, all users and per user.
+    #[cfg(not(target_os = "redox"))]
+    budget: host::MappingBudget,
 }
 
 /// Which domain a [`Backing`] call is about.
 pub use pddgpu_ipc::wire::Domain;
 
 impl Backing {
+    /// The backing of a device whose VRAM and GTT are `vram` and `gtt`,
+    /// with the default [`MappingLimits`].
+    pub fn new(vram: Region, gtt: Region) -> Self {
+        Backing {
+            vram,
+            gtt,
+            ..Default::default()
+        }
+    }
+
     /// The region of `domain`.
     pub fn region(&self, domain: Domain) -> &Region {
         match domain {
@@ -106,11 +161,38 @@ impl Backing {
         }
     }
 
+    /// The region of `domain` and the mapping budget, both writable.
     #[cfg(not(target_os = "redox"))]
-    fn region_mut(&mut self, domain: Domain) -> &mut Region {
+    fn region_mut(&mut self, domain: Domain) -> (&mut Region, &mut host::MappingBudget) {
         match domain {
-            Domain::Vram => &mut self.vram,
-            Domain::Gtt => &mut self.gtt,
+            Domain::Vram => (&mut self.vram, &mut self.budget),
+            Domain::Gtt => (&mut self.gtt, &mut self.budget),
+        }
+    }
+
+    /// Sets what mapping may cost the server (host transport).
+    #[cfg(not(target_os = "redox"))]
+    pub fn set_mapping_limits(&mut self, limits: MappingLimits) {
+        self.budget.limits = limits;
+    }
+
+    /// The limits mapping is held to (host transport).
+    #[cfg(not(target_os = "redox"))]
+    pub fn mapping_limits(&self) -> MappingLimits {
+        self.budget.limits
+    }
+
+    /// BO memories and segments user `uid` has mapped now (host
+    /// transport; `(0, 0)` elsewhere).
+    pub fn mapped_by(&self, uid: u32) -> (usize, usize) {
+        #[cfg(not(target_os = "redox"))]
+        {
+            (self.budget.bos.used(uid), self.budget.segments.used(uid))
+        }
+        #[cfg(target_os = "redox")]
+        {
+            let _ = uid;
+            (0, 0)
         }
     }
 
@@ -145,11 +227,13 @@ impl Backing {
         base.checked_add(usize::try_from(at + (offset - bo_offset)).ok()?)
     }
 
-    /// A descriptor of `bo`'s own memory for a client (host transport):
-    /// its byte 0 is the BO's byte 0 and it is exactly the BO's pages
-    /// long; read-only unless `writable`. Ownership of the descriptor passes
-    /// to the caller.
+    /// A descriptor of `bo`'s own memory for a client of user `uid` (host
+    /// transport): its byte 0 is the BO's byte 0 and it is exactly the BO's
+    /// pages long; read-only unless `writable`. A BO mapped for the first
+    /// time is charged to `uid` (see [`MappingLimits`]). Ownership of the
+    /// descriptor passes to the caller.
     #[cfg(not(target_os = "redox"))]
+    #[allow(clippy::too_many_arguments)]
     pub fn bo_memory_fd(
         &mut self,
         domain: Domain,
@@ -157,15 +241,16 @@ impl Backing {
         size: u64,
         segments: &[(u64, u64, u64)],
         writable: bool,
+        uid: u32,
     ) -> Result<std::os::fd::OwnedFd, BoMemoryError> {
-        let region = self.region_mut(domain);
+        let (region, budget) = self.region_mut(domain);
         let base = region.server_addr.ok_or(BoMemoryError::NotMappable)?;
         let ClientAccess::PerBo { memory, len } = &region.clients else {
             return Err(BoMemoryError::NotMappable);
         };
-        region
-            .memories
-            .descriptor(base, memory, *len, bo, size, segments, writable)
+        region.memories.descriptor(
+            base, memory, *len, budget, bo, size, segments, writable, uid,
+        )
     }
 
     /// A descriptor of all of `domain`'s memory, for privileged callers of
@@ -202,11 +287,13 @@ impl Backing {
     pub fn reclaim(&mut self, domain: Domain, segments: &[(u64, u64, u64)]) {
         #[cfg(not(target_os = "redox"))]
         {
-            let region = self.region_mut(domain);
+            let (region, budget) = self.region_mut(domain);
             if let (Some(base), ClientAccess::PerBo { memory, .. }) =
                 (region.server_addr, &region.clients)
             {
-                region.memories.reclaim_overlapping(base, memory, segments);
+                region
+                    .memories
+                    .reclaim_overlapping(base, memory, budget, segments);
             }
         }
         #[cfg(target_os = "redox")]
@@ -220,11 +307,11 @@ impl Backing {
     pub fn sweep(&mut self, is_live: impl Fn(u64) -> bool) {
         #[cfg(not(target_os = "redox"))]
         for domain in [Domain::Vram, Domain::Gtt] {
-            let region = self.region_mut(domain);
+            let (region, budget) = self.region_mut(domain);
             if let (Some(base), ClientAccess::PerBo { memory, .. }) =
                 (region.server_addr, &region.clients)
             {
-                region.memories.reclaim_dead(base, memory, &is_live);
+                region.memories.reclaim_dead(base, memory, budget, &is_live);
             }
         }
         #[cfg(target_os = "redox")]
@@ -256,7 +343,8 @@ mod host {
     use rustix::io::Errno;
     use rustix::mm::{MapFlags, ProtFlags};
 
-    use super::{MAX_MAPPED_SEGMENTS, PAGE};
+    use super::{MappingLimits, PAGE};
+    use crate::budget::PerUser;
 
     /// What clients may map of a domain on the host.
     #[derive(Debug, Default)]
@@ -288,8 +376,18 @@ mod host {
         NotMappable,
         /// The BO's layout is not made of whole pages inside the domain.
         BadLayout,
-        /// Too many mapped segments in the server already.
+        /// Too many mapped segments or BOs in the server already, all
+        /// users together.
         TooManyMappings,
+        /// The user has its share of mapped BOs or segments already.
+        UserShareUsed {
+            /// The user.
+            uid: u32,
+            /// BOs it has mapped.
+            bos: usize,
+            /// Segments it has mapped.
+            segments: usize,
+        },
         /// A system call failed.
         Os(&'static str, Errno),
     }
@@ -301,6 +399,7 @@ mod host {
                 BoMemoryError::NotMappable => syscall::error::EOPNOTSUPP,
                 BoMemoryError::BadLayout => syscall::error::EINVAL,
                 BoMemoryError::TooManyMappings => syscall::error::ENOMEM,
+                BoMemoryError::UserShareUsed { .. } => syscall::error::EDQUOT,
                 BoMemoryError::Os(_, e) => e.raw_os_error(),
             }
         }
@@ -311,8 +410,67 @@ mod host {
             match self {
                 BoMemoryError::NotMappable => write!(f, "clients cannot map this domain"),
                 BoMemoryError::BadLayout => write!(f, "the BO is not made of whole pages"),
-                BoMemoryError::TooManyMappings => write!(f, "too many mapped BOs"),
+                BoMemoryError::TooManyMappings => {
+                    write!(
+                        f,
+                        "the server maps as many BOs as it may, all users together"
+                    )
+                }
+                BoMemoryError::UserShareUsed { uid, bos, segments } => write!(
+                    f,
+                    "user {uid} has mapped {bos} BOs with {segments} segments, its share"
+                ),
                 BoMemoryError::Os(what, e) => write!(f, "{what}: {e}"),
+            }
+        }
+    }
+
+    /// What the BO memories of both domains cost: in all, and per user.
+    #[derive(Debug, Default)]
+    pub(super) struct MappingBudget {
+        pub(super) limits: MappingLimits,
+        /// Segments mapped, all users.
+        segments_total: usize,
+        /// BO memories, all users.
+        bos_total: usize,
+        /// Segments per user.
+        pub(super) segments: PerUser,
+        /// BO memories per user.
+        pub(super) bos: PerUser,
+    }
+
+    impl MappingBudget {
+        /// Charges a new BO memory of `segments` segments to `uid`, or says
+        /// which limit it would pass.
+        fn charge(&mut self, uid: u32, segments: usize) -> Result<(), BoMemoryError> {
+            let l = self.limits;
+            if self.segments_total + segments > l.segments_total || self.bos_total >= l.bos_total {
+                return Err(BoMemoryError::TooManyMappings);
+            }
+            let (bos, segs) = (self.bos.used(uid), self.segments.used(uid));
+            if bos >= l.bos_per_uid || segs + segments > l.segments_per_uid {
+                return Err(BoMemoryError::UserShareUsed {
+                    uid,
+                    bos,
+                    segments: segs,
+                });
+            }
+            // Within the limits just checked, so neither charge fails.
+            let _ = self.bos.try_charge(uid, 1, usize::MAX);
+            let _ = self.segments.try_charge(uid, segments, usize::MAX);
+            self.segments_total += segments;
+            self.bos_total += 1;
+            Ok(())
+        }
+
+        /// Gives back `segments` segments of a BO memory of `uid`, and the
+        /// memory itself when `whole` (all of its segments went back).
+        fn release(&mut self, uid: u32, segments: usize, whole: bool) {
+            self.segments.release(uid, segments);
+            self.segments_total -= segments;
+            if whole {
+                self.bos.release(uid, 1);
+                self.bos_total -= 1;
             }
         }
     }
@@ -324,6 +482,8 @@ mod host {
         /// `(offset in the domain, length)` of each mapped range, whole
         /// pages.
         ranges: Vec<(u64, u64)>,
+        /// The user it is charged to.
+        uid: u32,
     }
 
     /// The per-BO memories of one domain.
@@ -332,7 +492,6 @@ mod host {
         by_bo: HashMap<u64, BoMemory>,
         /// Domain offset of each mapped range -> (its end, its BO).
         by_offset: BTreeMap<u64, (u64, u64)>,
-        segments: usize,
     }
 
     impl BoMemories {
@@ -344,31 +503,38 @@ mod host {
             self.by_bo.len()
         }
 
-        /// The descriptor of `bo`'s memory, created on first use.
+        /// The descriptor of `bo`'s memory, created (and charged to
+        /// `uid`) on first use.
         #[allow(clippy::too_many_arguments)]
         pub(super) fn descriptor(
             &mut self,
             base: usize,
             domain_memory: &OwnedFd,
             domain_len: usize,
+            budget: &mut MappingBudget,
             bo: u64,
             size: u64,
             segments: &[(u64, u64, u64)],
             writable: bool,
+            uid: u32,
         ) -> Result<OwnedFd, BoMemoryError> {
             if !self.by_bo.contains_key(&bo) {
                 let ranges = page_ranges(size, segments, domain_len)?;
-                if self.segments + ranges.len() > MAX_MAPPED_SEGMENTS {
-                    return Err(BoMemoryError::TooManyMappings);
-                }
                 // Pages of BOs freed since they were mapped: give them back
-                // first (their ranges may overlap this BO's).
-                self.reclaim_overlapping(base, domain_memory, segments);
-                let memory = carve(base, domain_memory, size, &ranges)?;
+                // first (their ranges may overlap this BO's, and they count
+                // against the budget until then).
+                self.reclaim_overlapping(base, domain_memory, budget, segments);
+                budget.charge(uid, ranges.len())?;
+                let memory = match carve(base, domain_memory, size, &ranges, uid) {
+                    Ok(memory) => memory,
+                    Err(e) => {
+                        budget.release(uid, ranges.len(), true);
+                        return Err(e);
+                    }
+                };
                 for &(at, len) in &memory.ranges {
                     self.by_offset.insert(at, (at + len, bo));
                 }
-                self.segments += memory.ranges.len();
                 self.by_bo.insert(bo, memory);
             }
             let fd = &self.by_bo[&bo].fd;
@@ -392,6 +558,7 @@ mod host {
             &mut self,
             base: usize,
             domain_memory: &OwnedFd,
+            budget: &mut MappingBudget,
             segments: &[(u64, u64, u64)],
         ) {
             if self.by_bo.is_empty() {
@@ -413,7 +580,7 @@ mod host {
             dead.sort_unstable();
             dead.dedup();
             for bo in dead {
-                self.give_back(base, domain_memory, bo);
+                self.give_back(base, domain_memory, budget, bo);
             }
         }
 
@@ -422,6 +589,7 @@ mod host {
             &mut self,
             base: usize,
             domain_memory: &OwnedFd,
+            budget: &mut MappingBudget,
             is_live: &dyn Fn(u64) -> bool,
         ) {
             let dead: Vec<u64> = self
@@ -431,13 +599,19 @@ mod host {
                 .filter(|&bo| !is_live(bo))
                 .collect();
             for bo in dead {
-                self.give_back(base, domain_memory, bo);
+                self.give_back(base, domain_memory, budget, bo);
             }
         }
 
         /// Maps the domain's own (zeroed) pages back over a BO memory and
-        /// forgets it.
-        fn give_back(&mut self, base: usize, domain_memory: &OwnedFd, bo: u64) {
+        /// forgets it (and its charge).
+        fn give_back(
+            &mut self,
+            base: usize,
+            domain_memory: &OwnedFd,
+            budget: &mut MappingBudget,
+            bo: u64,
+        ) {
             let Some(memory) = self.by_bo.remove(&bo) else {
                 return;
             };
@@ -465,17 +639,22 @@ mod host {
                     failed.push((at, len));
                 }
             }
-            self.segments -= memory.ranges.len();
+            // What could not be given back stays charged until it is.
+            budget.release(
+                memory.uid,
+                memory.ranges.len() - failed.len(),
+                failed.is_empty(),
+            );
             if !failed.is_empty() {
                 for &(at, len) in &failed {
                     self.by_offset.insert(at, (at + len, bo));
                 }
-                self.segments += failed.len();
                 self.by_bo.insert(
                     bo,
                     BoMemory {
                         fd: memory.fd,
                         ranges: failed,
+                        uid: memory.uid,
                     },
                 );
             }
@@ -512,13 +691,15 @@ mod host {
         Ok(ranges)
     }
 
-    /// Creates a BO's memory: a sealed memfd holding the BO's current
-    /// bytes, mapped over `ranges` of the server's mapping at `base`.
+    /// Creates a BO's memory (charged to `uid`): a sealed memfd holding the
+    /// BO's current bytes, mapped over `ranges` of the server's mapping at
+    /// `base`.
     fn carve(
         base: usize,
         domain_memory: &OwnedFd,
         size: u64,
         ranges: &[(u64, u64)],
+        uid: u32,
     ) -> Result<BoMemory, BoMemoryError> {
         let os = |what| move |e| BoMemoryError::Os(what, e);
         let total: u64 = ranges.iter().map(|r| r.1).sum();
@@ -574,6 +755,7 @@ mod host {
         Ok(BoMemory {
             fd,
             ranges: ranges.to_vec(),
+            uid,
         })
     }
 

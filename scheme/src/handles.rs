@@ -23,21 +23,39 @@ pub(crate) enum Kind {
     /// A directory.
     Dir(DirKind),
     /// A generated file, with the snapshot being read.
-    File { kind: FileKind, snapshot: Vec<u8> },
+    File { kind: FileKind, snapshot: Snapshot },
     /// The `control` file.
     Control,
     /// A tunable, with the snapshot being read.
-    Config { name: String, snapshot: Vec<u8> },
+    Config { name: String, snapshot: Snapshot },
     /// A BO (one core reference of the handle's owner).
     Bo { id: BoId, size: u64, domain: Domain },
 }
 
+/// The text a file or tunable handle is being read from, and the user it
+/// is charged to (see [`crate::budget`]).
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub bytes: Vec<u8>,
+    pub uid: u32,
+}
+
 impl Kind {
     /// The text a file or tunable handle is being read from.
-    pub fn snapshot_mut(&mut self) -> Option<&mut Vec<u8>> {
+    pub fn snapshot_mut(&mut self) -> Option<&mut Snapshot> {
         match self {
             Kind::File { snapshot, .. } | Kind::Config { snapshot, .. } => Some(snapshot),
             _ => None,
+        }
+    }
+
+    /// The snapshot's charge: its user and length (length 0 when none).
+    pub fn snapshot_charge(&self) -> (u32, usize) {
+        match self {
+            Kind::File { snapshot, .. } | Kind::Config { snapshot, .. } => {
+                (snapshot.uid, snapshot.bytes.len())
+            }
+            _ => (0, 0),
         }
     }
 }
@@ -166,7 +184,7 @@ impl PddgpuScheme {
                 }
                 Kind::File {
                     kind,
-                    snapshot: Vec::new(),
+                    snapshot: Snapshot::default(),
                 }
             }
             Node::Control => {
@@ -187,7 +205,7 @@ impl PddgpuScheme {
                 }
                 Kind::Config {
                     name,
-                    snapshot: Vec::new(),
+                    snapshot: Snapshot::default(),
                 }
             }
             Node::BoNew(desc) => {

@@ -12,9 +12,11 @@
 //! - [`format`]: the text and JSON files.
 //! - [`errno`]: driver errors as errnos.
 //! - [`backing`]: what clients map.
+//! - [`budget`]: what one user may make the server hold.
 #![deny(missing_docs)]
 
 pub mod backing;
+pub mod budget;
 pub mod callers;
 mod control;
 mod convert;
@@ -27,5 +29,6 @@ pub mod path;
 mod scheme;
 
 pub use backing::{Backing, Region};
+pub use budget::UserLimits;
 pub use control::FaultInjector;
 pub use scheme::{PddgpuScheme, SchemeOptions, ROOT_ID};

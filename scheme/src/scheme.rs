@@ -14,12 +14,15 @@ use redox_scheme::scheme::SchemeSync;
 use redox_scheme::{CallerCtx, OpenResult};
 use syscall::data::Stat;
 use syscall::dirent::{DirEntry, DirentBuf, DirentKind};
-use syscall::error::{Error, Result, EACCES, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, EOPNOTSUPP};
+use syscall::error::{
+    Error, Result, EACCES, EBADF, EINVAL, EISDIR, ENOBUFS, ENOENT, ENOTDIR, EOPNOTSUPP,
+};
 use syscall::flag::{MapFlags, MunmapFlags};
 use syscall::schemev2::NewFdFlags;
 use syscall::{EventFlags, MODE_DIR, MODE_FILE};
 
 use crate::backing::Backing;
+use crate::budget::{PerUser, UserLimits};
 use crate::callers::{display_pid, Callers, OwnerId};
 use crate::control::FaultInjector;
 use crate::convert::{copy_at, info_wire};
@@ -73,6 +76,10 @@ pub struct PddgpuScheme {
     shutdown_requested: bool,
     /// Free epochs at the last sweep of BO memories.
     swept_epoch: u64,
+    /// What one user may make the server hold.
+    user_limits: UserLimits,
+    /// Bytes of read snapshots held, per user.
+    snapshot_bytes: PerUser,
 }
 
 /// A syscall error with `errno`.
@@ -93,7 +100,39 @@ impl PddgpuScheme {
             faults: None,
             shutdown_requested: false,
             swept_epoch: 0,
+            user_limits: UserLimits::default(),
+            snapshot_bytes: PerUser::default(),
         }
+    }
+
+    /// Sets what one user may make the server hold: its read snapshots
+    /// here, its mappings in the backing (see [`crate::budget`]).
+    pub fn set_user_limits(&mut self, limits: UserLimits) {
+        self.user_limits = limits;
+        #[cfg(not(target_os = "redox"))]
+        {
+            let mut mapping = self.backing.mapping_limits();
+            mapping.bos_per_uid = limits.mapped_bos_per_uid;
+            mapping.segments_per_uid = limits.mapped_segments_per_uid;
+            self.backing.set_mapping_limits(mapping);
+        }
+    }
+
+    /// Sets what mapping may cost the server, all users and per user
+    /// (host transport; see [`crate::backing`]).
+    #[cfg(not(target_os = "redox"))]
+    pub fn set_mapping_limits(&mut self, limits: crate::backing::MappingLimits) {
+        self.backing.set_mapping_limits(limits);
+    }
+
+    /// What one user may make the server hold.
+    pub fn user_limits(&self) -> UserLimits {
+        self.user_limits
+    }
+
+    /// Bytes of read snapshots user `uid` holds now.
+    pub fn snapshot_bytes_of(&self, uid: u32) -> usize {
+        self.snapshot_bytes.used(uid)
     }
 
     /// Enables `fault …` commands on `control`.
@@ -121,7 +160,7 @@ impl PddgpuScheme {
 
     /// Gives back the pages of mapped BOs freed since the last sweep (the
     /// next create on them would, too; this bounds how long they stay).
-    fn sweep_bo_memories(&mut self) {
+    pub(crate) fn sweep_bo_memories(&mut self) {
         if self.backing.bo_memory_count() == 0 {
             return;
         }
@@ -141,6 +180,11 @@ impl PddgpuScheme {
     /// The backing memory clients map.
     pub(crate) fn backing_mut(&mut self) -> &mut Backing {
         &mut self.backing
+    }
+
+    /// The backing memory clients map.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
     }
 
     /// True once a client wrote `shutdown` to `control`.
@@ -206,13 +250,53 @@ impl PddgpuScheme {
     /// one by one).
     #[cfg(not(target_os = "redox"))]
     pub(crate) fn take_handle(&mut self, id: usize) -> Option<Handle> {
-        self.handles.remove(id)
+        self.remove_handle(id)
+    }
+
+    /// Removes handle `id` from the table and gives back its snapshot's
+    /// charge.
+    fn remove_handle(&mut self, id: usize) -> Option<Handle> {
+        let handle = self.handles.remove(id)?;
+        let (uid, bytes) = handle.kind.snapshot_charge();
+        self.snapshot_bytes.release(uid, bytes);
+        Some(handle)
+    }
+
+    /// Replaces the snapshot handle `id` is read from with `fresh`,
+    /// charged to `uid`: refused with `ENOBUFS` (the handle keeps no
+    /// snapshot) when `uid` already holds other snapshots and `fresh` would
+    /// take it over its budget (see [`crate::budget`]).
+    fn take_snapshot(&mut self, id: usize, fresh: Vec<u8>, ctx: &CallerCtx) -> Result<()> {
+        let snapshot = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
+        let old = std::mem::take(snapshot);
+        self.snapshot_bytes.release(old.uid, old.bytes.len());
+        let uid = ctx.uid;
+        let budget = self.user_limits.snapshot_bytes_per_uid;
+        // A user holding no snapshot may always take one: a file's size
+        // follows the server's state, not the reader.
+        let limit = if self.snapshot_bytes.used(uid) == 0 {
+            usize::MAX
+        } else {
+            budget
+        };
+        if let Err(held) = self.snapshot_bytes.try_charge(uid, fresh.len(), limit) {
+            let reason = format!(
+                "user {uid} holds {held} bytes of read snapshots; {} more would pass its {budget}",
+                fresh.len()
+            );
+            self.log_refusal(ctx, "read a generated file", ENOBUFS, &reason);
+            return Err(err(ENOBUFS));
+        }
+        if let Some(snapshot) = self.handle_mut(id)?.kind.snapshot_mut() {
+            *snapshot = crate::handles::Snapshot { bytes: fresh, uid };
+        }
+        Ok(())
     }
 
     /// Closes handle `id`: drops the core reference it stood for and, when
     /// it was its owner's last handle, ends the owner.
     fn close(&mut self, id: usize) {
-        let Some(handle) = self.handles.remove(id) else {
+        let Some(handle) = self.remove_handle(id) else {
             return;
         };
         self.drop_reference(handle.owner, &handle.kind);
@@ -317,7 +401,7 @@ impl SchemeSync for PddgpuScheme {
         buf: &mut [u8],
         offset: u64,
         _fcntl_flags: u32,
-        _ctx: &CallerCtx,
+        ctx: &CallerCtx,
     ) -> Result<usize> {
         let h = self.readable(id)?;
         let owner = h.owner;
@@ -336,12 +420,10 @@ impl SchemeSync for PddgpuScheme {
                         }
                         _ => return Err(err(EBADF)),
                     };
-                    if let Some(snapshot) = self.handle_mut(id)?.kind.snapshot_mut() {
-                        *snapshot = fresh;
-                    }
+                    self.take_snapshot(id, fresh, ctx)?;
                 }
                 let snapshot = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
-                Ok(copy_at(snapshot, offset, buf))
+                Ok(copy_at(&snapshot.bytes, offset, buf))
             }
             Kind::Bo { id: bo, size, .. } => {
                 if offset >= *size {
@@ -607,8 +689,28 @@ impl SchemeSync for PddgpuScheme {
             let fd = if buf == pddgpu_ipc::wire::DUP_BACKING {
                 let writable = h.write;
                 let info = self.bo_info(h)?;
-                self.backing
-                    .bo_memory_fd(domain, info.id.0, info.size, &info.segments, writable)
+                let map = |s: &mut Self| {
+                    s.backing.bo_memory_fd(
+                        domain,
+                        info.id.0,
+                        info.size,
+                        &info.segments,
+                        writable,
+                        ctx.uid,
+                    )
+                };
+                match map(self) {
+                    // Memories of BOs freed since the last sweep still
+                    // count: give them back, then try once more.
+                    Err(
+                        crate::backing::BoMemoryError::TooManyMappings
+                        | crate::backing::BoMemoryError::UserShareUsed { .. },
+                    ) => {
+                        self.sweep_bo_memories();
+                        map(self)
+                    }
+                    done => done,
+                }
             } else if buf == pddgpu_ipc::wire::DUP_DOMAIN_BACKING {
                 if !self.privileged(ctx) {
                     self.log_refusal(

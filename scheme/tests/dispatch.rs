@@ -37,10 +37,10 @@ fn harness() -> Harness {
     .unwrap();
     let driver = Arc::new(Driver::new(device.resources(), 0).unwrap());
     let vram_base = device.vram().as_ptr() as usize;
-    let backing = Backing {
-        vram: Region::kernel_mapped(vram_base),
-        gtt: Region::kernel_mapped(device.gtt().as_ptr() as usize),
-    };
+    let backing = Backing::new(
+        Region::kernel_mapped(vram_base),
+        Region::kernel_mapped(device.gtt().as_ptr() as usize),
+    );
     let scheme = PddgpuScheme::new(driver.clone(), backing, SchemeOptions::default());
     Harness {
         scheme,

@@ -55,26 +55,40 @@ impl Daemon {
     /// Starts the daemon with small sizes plus `extra` arguments and waits
     /// until it accepts connections.
     pub fn start(daemon_bin: &str, extra: &[&str]) -> Daemon {
+        Self::start_with(daemon_bin, extra, |_, _| {})
+    }
+
+    /// [`Daemon::start`], with `configure` applied to the command first
+    /// (resource limits, another user); it also gets the directory the
+    /// socket goes in.
+    pub fn start_with(
+        daemon_bin: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command, &Path),
+    ) -> Daemon {
         let dir = TempDir::new("daemon");
         let socket = dir.path().join("pddgpu.sock");
         let log = std::fs::File::create(dir.path().join("pddgpud.log")).expect("log file");
-        let child = Command::new(daemon_bin)
-            .args([
-                "--vram-size",
-                TEST_VRAM,
-                "--gtt-size",
-                TEST_GTT,
-                "--tick-ms",
-                "20",
-            ])
+        let mut command = Command::new(daemon_bin);
+        // The small defaults, unless `extra` names its own.
+        for (option, value) in [
+            ("--vram-size", TEST_VRAM),
+            ("--gtt-size", TEST_GTT),
+            ("--tick-ms", "20"),
+        ] {
+            if !extra.contains(&option) {
+                command.args([option, value]);
+            }
+        }
+        command
             .arg("--socket")
             .arg(&socket)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn pddgpud");
+            .stderr(log);
+        configure(&mut command, dir.path());
+        let child = command.spawn().expect("spawn pddgpud");
         let mut d = Daemon {
             child: Some(child),
             socket,

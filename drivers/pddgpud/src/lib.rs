@@ -17,6 +17,8 @@ pub mod backend;
 pub mod entropy;
 pub mod options;
 // Redox device access: physical memory, BARs and the pcid channel.
+#[cfg(not(target_os = "redox"))]
+pub mod process_limits;
 #[allow(unsafe_code)]
 pub mod redox;
 #[cfg(not(target_os = "redox"))]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use pddgpu_ipc::size::parse_size;
-use pddgpu_scheme::SchemeOptions;
+use pddgpu_scheme::{SchemeOptions, UserLimits};
 
 /// Which device the daemon drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,6 +86,24 @@ pub struct LimitOptions {
     /// (EDQUOT beyond).
     #[arg(long, default_value_t = SchemeOptions::DEFAULT_MAX_BOS_PER_UID)]
     pub max_bos_per_uid: usize,
+    /// BOs one user's clients may have mapped at once; each keeps a
+    /// descriptor open in the server (EDQUOT beyond; host transport). The
+    /// daemon lowers it to a quarter of what its descriptor limit allows.
+    #[arg(long, default_value_t = UserLimits::DEFAULT_MAPPED_BOS_PER_UID)]
+    pub max_mapped_bos_per_uid: usize,
+    /// Segments one user's clients may have mapped at once; each is a
+    /// kernel mapping in the server (EDQUOT beyond; host transport).
+    #[arg(long, default_value_t = UserLimits::DEFAULT_MAPPED_SEGMENTS_PER_UID)]
+    pub max_mapped_segments_per_uid: usize,
+    /// Bytes of read snapshots of generated files (vram.map, …) one
+    /// user's handles may hold at once (ENOBUFS beyond; every transport).
+    #[arg(long, value_parser = parse_usize_size,
+          default_value_t = UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID)]
+    pub max_snapshot_bytes_per_uid: usize,
+    /// Bytes the answers of one user's reads may hold while being sent;
+    /// past it, reads are answered short (host transport).
+    #[arg(long, value_parser = parse_usize_size, default_value_t = 64 << 20)]
+    pub max_answer_bytes_per_uid: usize,
     /// A connection holding no handle is closed after this many quiet ms.
     #[arg(long, default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
@@ -110,10 +128,30 @@ impl Default for LimitOptions {
             max_connections_per_uid: 64,
             max_handles_per_uid: 4096,
             max_bos_per_uid: SchemeOptions::DEFAULT_MAX_BOS_PER_UID,
+            max_mapped_bos_per_uid: UserLimits::DEFAULT_MAPPED_BOS_PER_UID,
+            max_mapped_segments_per_uid: UserLimits::DEFAULT_MAPPED_SEGMENTS_PER_UID,
+            max_snapshot_bytes_per_uid: UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID,
+            max_answer_bytes_per_uid: 64 << 20,
             idle_timeout_ms: 60_000,
             request_timeout_ms: 10_000,
             send_timeout_ms: 10_000,
             shutdown_grace_ms: 2_000,
+        }
+    }
+}
+
+fn parse_usize_size(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
+}
+
+impl LimitOptions {
+    /// What one user may make the server hold, as asked for.
+    pub fn user_limits(&self) -> UserLimits {
+        UserLimits {
+            mapped_bos_per_uid: self.max_mapped_bos_per_uid,
+            mapped_segments_per_uid: self.max_mapped_segments_per_uid,
+            snapshot_bytes_per_uid: self.max_snapshot_bytes_per_uid,
         }
     }
 }

@@ -24,12 +24,14 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
         request_timeout: ms(l.request_timeout_ms),
         send_timeout: ms(l.send_timeout_ms),
         shutdown_grace: ms(l.shutdown_grace_ms),
+        max_answer_bytes_per_uid: l.max_answer_bytes_per_uid,
     }
 }
 
 /// Serves `scheme` on the host socket until told to stop; returns it, shut
 /// down, with every client's handles released.
-pub fn serve_host(opts: &Options, scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
+pub fn serve_host(opts: &Options, mut scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
+    scheme.set_mapping_limits(crate::process_limits::fit(opts));
     let socket = opts.socket_path();
     let mut server = HostServer::bind(&socket, server_limits(opts), scheme)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;

@@ -1,11 +1,13 @@
 //! What the transport benchmarks share: a host server on a simulated
 //! device in a thread of the bench process, and the requests they time.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pddgpu_ipc::host::{HostConnection, HostServer, ServerLimits, ROOT_FD};
 use syscall::flag::O_RDWR;
@@ -35,8 +37,13 @@ impl Server {
             let opts = pddgpud::Options::for_sim(256 << 20, 256 << 20);
             let device = pddgpud::backend::open(&opts).expect("simulated device");
             let scheme = device.into_scheme(&opts);
-            let mut server =
-                HostServer::bind(&path, ServerLimits::default(), scheme).expect("bind");
+            // Every client of a bench is the same user, and `scale` opens
+            // 100 connections at once: above the default per-user limit.
+            let limits = ServerLimits {
+                max_connections_per_uid: 256,
+                ..ServerLimits::default()
+            };
+            let mut server = HostServer::bind(&path, limits, scheme).expect("bind");
             ready_tx.send(()).expect("ready");
             while !s.load(Ordering::Relaxed) {
                 server
@@ -92,4 +99,57 @@ pub fn close(c: &mut HostConnection, id: u64) {
 pub fn alloc_free(c: &mut HostConnection) {
     let id = open(c, "bo/new?size=4096&domain=vram", O_RDWR);
     close(c, id);
+}
+
+/// The worker side of [`run_workers`]: says `ready`, waits for `go` on
+/// stdin, runs `work`, says `done`.
+pub fn worker(work: impl FnOnce()) {
+    println!("ready");
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).expect("go");
+    work();
+    println!("done");
+}
+
+/// Starts one process of this bench executable per entry of `envs` (its
+/// environment decides that it is a [`worker`]), waits until all are ready,
+/// tells them to go, and returns the seconds from `go` to the last `done`.
+/// Every worker must exit successfully.
+pub fn run_workers(envs: &[Vec<(&str, String)>]) -> f64 {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut children: Vec<_> = envs
+        .iter()
+        .map(|env| {
+            Command::new(&exe)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    let mut outs: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("worker stdout")))
+        .collect();
+    let expect = |o: &mut BufReader<_>, what: &str| {
+        let mut line = String::new();
+        o.read_line(&mut line).expect("worker line");
+        assert_eq!(line.trim(), what);
+    };
+    for o in &mut outs {
+        expect(o, "ready");
+    }
+    let start = Instant::now();
+    for c in &mut children {
+        writeln!(c.stdin.as_mut().expect("worker stdin"), "go").expect("go");
+    }
+    for o in &mut outs {
+        expect(o, "done");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for mut c in children {
+        assert!(c.wait().expect("worker exit").success());
+    }
+    secs
 }

@@ -32,10 +32,25 @@
 //!   an answer the client does not read is abandoned after the send
 //!   timeout, which ends the connection;
 //! - memory: a connection's receive buffer grows only as bytes arrive (a
-//!   header announcing 16 MiB commits nothing), to at most one frame;
+//!   header announcing 16 MiB commits nothing), to at most one frame; the
+//!   answers of one user's reads waiting to be sent hold at most
+//!   [`ServerLimits::max_answer_bytes_per_uid`]: past it, a read is
+//!   answered short, with at most [`MIN_ANSWER`] bytes (a short read, as
+//!   `read` allows), so a user that does not read its answers pins little;
 //! - shutdown: [`HostServer::shutdown`] returns within the shutdown grace
 //!   plus the time to finish the requests in progress, whatever clients
-//!   do.
+//!   do;
+//! - descriptors and threads: when the server runs out of descriptors
+//!   (`EMFILE`/`ENFILE` from `accept`), it closes a spare descriptor kept
+//!   for the purpose, accepts the waiting client, sends it a refusal frame
+//!   (`ENFILE`) and takes the spare back, so the backlog drains with
+//!   answers instead of spinning; if even that fails it sleeps
+//!   [`ACCEPT_BACKOFF`] before trying again, while existing connections
+//!   are served as usual. A connection whose thread cannot start gets a
+//!   refusal frame with `EAGAIN`;
+//! - the log: refusals of connections are logged at most
+//!   [`REFUSAL_LINES_PER_SECOND`] a second, with a count of those held
+//!   back.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, Read};
@@ -60,6 +75,7 @@ use crate::frame::{
     split_request, Incoming, RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG,
     REQUEST_HEADER_LEN, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
 };
+use crate::logline::{held_back_note, RateLimit};
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
 /// (what `/scheme/pddgpu` is on Redox). The server substitutes the id that
@@ -155,7 +171,15 @@ pub struct ServerLimits {
     /// At shutdown, how long connections may take to finish their current
     /// request before their sockets are shut in both directions.
     pub shutdown_grace: Duration,
+    /// Bytes the answers of one user's reads may hold while they are
+    /// being sent; past it, reads are answered short (at most
+    /// [`MIN_ANSWER`] bytes each).
+    pub max_answer_bytes_per_uid: usize,
 }
+
+/// What a read gets at least when its user's answers already hold
+/// [`ServerLimits::max_answer_bytes_per_uid`]: every read makes progress.
+pub const MIN_ANSWER: usize = 64 << 10;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -167,6 +191,7 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            max_answer_bytes_per_uid: 64 << 20,
         }
     }
 }
@@ -220,6 +245,10 @@ struct Shared<S> {
 struct UserUsage {
     connections: AtomicUsize,
     handles: AtomicUsize,
+    /// Bytes of read answers being built or sent. Grows only under the
+    /// scheme lock (so a check and its increment cannot interleave with
+    /// another connection's); shrinks when an answer has gone out.
+    answer_bytes: AtomicUsize,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -238,6 +267,9 @@ struct ConnState {
     caller: u64,
     handles: HashSet<usize>,
     user: Arc<UserUsage>,
+    /// Bytes of the answer being built or sent, counted in the user's
+    /// `answer_bytes`.
+    answer_reserved: usize,
 }
 
 /// The host-transport server. Owns the listening socket, the scheme, and a
@@ -247,6 +279,28 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
     path: Option<PathBuf>,
     shared: Arc<Shared<S>>,
     next_conn: u64,
+    /// A descriptor given up when `accept` finds none left, so a waiting
+    /// client can still be accepted and told why it is refused.
+    spare: Option<OwnedFd>,
+    /// Log lines about refused connections and failed accepts.
+    refusal_log: RateLimit,
+}
+
+/// Log lines about refused connections written per second, at most.
+pub const REFUSAL_LINES_PER_SECOND: u32 = 5;
+
+/// How long the accept loop sleeps when it cannot accept for lack of
+/// descriptors (and cannot free one to refuse the client).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A descriptor to hold in reserve (see [`HostServer::spare`]).
+fn spare_descriptor() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
 }
 
 /// Responses up to this size (no descriptor) are sent from one stack
@@ -316,7 +370,17 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 parked: AtomicUsize::new(0),
             }),
             next_conn: 1,
+            spare: spare_descriptor(),
+            refusal_log: RateLimit::new(REFUSAL_LINES_PER_SECOND),
         })
+    }
+
+    /// Logs a refused connection at warning level, rate-limited (see
+    /// [`REFUSAL_LINES_PER_SECOND`]).
+    fn log_refused(&mut self, line: impl FnOnce() -> String) {
+        if let Some(held_back) = self.refusal_log.admit(Instant::now()) {
+            log::warn!("{}{}", line(), held_back_note(held_back));
+        }
     }
 
     /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
@@ -364,12 +428,45 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 Ok((stream, _)) => self.add_connection(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                    if self.refuse_with_spare() {
+                        continue;
+                    }
+                    self.log_refused(|| {
+                        format!("accept failed: {e}; backing off while existing clients are served")
+                    });
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                    return Ok(());
+                }
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    self.log_refused(|| format!("accept failed: {e}"));
+                    std::thread::sleep(ACCEPT_BACKOFF);
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Out of descriptors: gives up the spare one, accepts the waiting
+    /// client, refuses it (`ENFILE`) and takes the spare back. Whether a
+    /// client was refused.
+    fn refuse_with_spare(&mut self) -> bool {
+        if self.spare.take().is_none() {
+            self.spare = spare_descriptor();
+            return false;
+        }
+        let refused = match self.listener.accept() {
+            Ok((stream, _)) => {
+                refuse(stream, ENFILE);
+                true
+            }
+            Err(_) => false,
+        };
+        self.spare = spare_descriptor();
+        if refused {
+            self.log_refused(|| "refusing a client: the server is out of descriptors".to_string());
+        }
+        refused
     }
 
     fn add_connection(&mut self, stream: UnixStream) {
@@ -380,29 +477,42 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 gid: c.gid.as_raw(),
             },
             Err(e) => {
-                log::warn!("refusing a client without peer credentials: {e}");
+                // Linux gives no credentials (pid 0) to a peer in another
+                // pid namespace.
+                self.log_refused(|| {
+                    format!(
+                        "refusing a client whose credentials the kernel does not give \
+                         (outside the server's pid namespace?): {}",
+                        e.raw_os_error()
+                    )
+                });
+                refuse(stream, syscall::error::EPERM);
                 return;
             }
         };
         let mut conns = lock(&self.shared.conns);
         reap(&mut conns);
         if conns.len() >= self.shared.limits.max_connections {
-            log::warn!(
-                "refusing pid {} (uid {}): {} connections open, the limit",
-                cred.pid,
-                cred.uid,
-                conns.len()
-            );
+            let open = conns.len();
+            drop(conns);
+            self.log_refused(|| {
+                format!(
+                    "refusing pid {} (uid {}): {open} connections open, the limit",
+                    cred.pid, cred.uid
+                )
+            });
             refuse(stream, ENFILE);
             return;
         }
         let Some(user) = self.shared.join_user(cred.uid) else {
-            log::warn!(
-                "refusing pid {} (uid {}): the user has {} connections open, the limit",
-                cred.pid,
-                cred.uid,
-                self.shared.limits.max_connections_per_uid
-            );
+            drop(conns);
+            let limit = self.shared.limits.max_connections_per_uid;
+            self.log_refused(|| {
+                format!(
+                    "refusing pid {} (uid {}): the user has {limit} connections open, the limit",
+                    cred.pid, cred.uid
+                )
+            });
             refuse(stream, EMFILE);
             return;
         };
@@ -416,8 +526,10 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         let ctl = match configured {
             Ok(ctl) => ctl,
             Err(e) => {
-                log::warn!("refusing a client: {e}");
+                drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
+                self.log_refused(|| format!("refusing pid {}: {e}", cred.pid));
+                refuse(stream, ENFILE);
                 return;
             }
         };
@@ -425,13 +537,22 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         self.next_conn += 1;
         let shared = self.shared.clone();
         let thread_user = user.clone();
+        // The thread gets the stream only once it runs: when it cannot
+        // start, the stream is still here to send the refusal on.
+        let (handoff, taken) = std::sync::mpsc::sync_channel::<UnixStream>(1);
         let thread = std::thread::Builder::new()
             .name(format!("pddgpu-client-{}", cred.pid))
             .stack_size(256 << 10)
-            .spawn(move || serve_connection(shared, stream, cred, id, thread_user));
+            .spawn(move || {
+                if let Ok(stream) = taken.recv() {
+                    serve_connection(shared, stream, cred, id, thread_user);
+                }
+            });
         match thread {
             Ok(thread) => {
                 log::debug!("client connected: pid {} uid {}", cred.pid, cred.uid);
+                // The receiver lives until the thread has taken the stream.
+                let _ = handoff.send(stream);
                 conns.push(ConnCtl {
                     id,
                     stream: ctl,
@@ -440,8 +561,12 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 });
             }
             Err(e) => {
-                log::warn!("refusing a client: cannot start its thread: {e}");
+                drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
+                self.log_refused(|| {
+                    format!("refusing pid {}: cannot start its thread: {e}", cred.pid)
+                });
+                refuse(stream, EAGAIN);
             }
         }
     }
@@ -636,6 +761,7 @@ fn serve_connection<S: HostScheme>(
         caller: caller_id(serial, cred.pid),
         handles: HashSet::default(),
         user,
+        answer_reserved: 0,
     };
     let limits = shared.limits;
     let mut inbuf = vec![0u8; INBUF_INITIAL];
@@ -693,7 +819,10 @@ fn serve_connection<S: HostScheme>(
                 // Give back the memory of a large write.
                 payload = Vec::new();
             }
-            if send_response(&stream, cqe, &out, fd).is_err() {
+            let sent = send_response(&stream, cqe, &out, fd);
+            drop(out);
+            conn.release_answer();
+            if sent.is_err() {
                 break 'serve "the answer could not be sent (timeout or closed)";
             }
         }
@@ -729,6 +858,26 @@ fn serve_connection<S: HostScheme>(
     // Keep `stream` alive until here so the peer sees EOF only after the
     // release.
     drop(stream);
+}
+
+impl ConnState {
+    /// Counts an answer of up to `wanted` bytes against the user's
+    /// `limit` and returns how many it may have: all of them while the
+    /// user's answers stay within the limit, else at most [`MIN_ANSWER`].
+    /// Call under the scheme lock.
+    fn reserve_answer(&mut self, wanted: usize, limit: usize) -> usize {
+        let held = self.user.answer_bytes.load(Ordering::Relaxed);
+        let granted = wanted.min(limit.saturating_sub(held).max(MIN_ANSWER));
+        self.user.answer_bytes.fetch_add(granted, Ordering::Relaxed);
+        self.answer_reserved += granted;
+        granted
+    }
+
+    /// The answer went out (or never will): its bytes no longer count.
+    fn release_answer(&mut self) {
+        let n = std::mem::take(&mut self.answer_reserved);
+        self.user.answer_bytes.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
@@ -952,9 +1101,12 @@ fn dispatch<S: SchemeSync>(
         Opcode::Read | Opcode::Getdents => (Lend::Out, 3..5, Reply::OutPrefix),
         Opcode::Fpath => (Lend::Out, 0..0, Reply::OutPrefix),
         Opcode::Write => (Lend::Payload, 3..5, Reply::None),
-        // metadata[0..3]; uid/gid are not available to `call` on Redox
-        // either.
-        Opcode::Call => (Lend::Payload, 3..6, Reply::Payload),
+        // metadata[0] and [1] come from the client. The third word is
+        // where the caller's uid and gid travel in every other request; it
+        // carries the connection's real credentials here too, never the
+        // client's word, so `CallerCtx` is always true (a `call` gets no
+        // metadata[2] over this transport).
+        Opcode::Call => (Lend::Payload, 3..5, Reply::Payload),
         Opcode::Fstat => (Lend::Stat, 0..0, Reply::Stat),
         Opcode::Fsize | Opcode::Fsync => (Lend::Nothing, 0..0, Reply::None),
         Opcode::Fcntl | Opcode::Ftruncate => (Lend::Nothing, 1..3, Reply::None),
@@ -986,9 +1138,10 @@ fn dispatch<S: SchemeSync>(
             sqe.args[2] = payload.len() as u64;
         }
         Lend::Out => {
-            out = vec![0u8; out_len];
+            let granted = conn.reserve_answer(out_len, limits.max_answer_bytes_per_uid);
+            out = vec![0u8; granted];
             sqe.args[1] = out.as_mut_ptr() as u64;
-            sqe.args[2] = out_len as u64;
+            sqe.args[2] = granted as u64;
         }
         Lend::Stat => {
             sqe.args[1] = &mut stat as *mut Stat as u64;

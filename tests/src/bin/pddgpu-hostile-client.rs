@@ -7,6 +7,11 @@
 //!   `err <ERRNO>`, then wait for EOF on stdin.
 //! - `hold-mapped <count> <size> <vram|gtt>`: create `count` BOs, map each
 //!   and fill it, print `ready`, then sleep until killed.
+//! - `create-map <size> <vram|gtt>`: create a BO and map it; print `ok`
+//!   or `err <ERRNO>` (of the step that failed), then wait for EOF on
+//!   stdin.
+//! - `cat <file>`: read a file of the scheme; print `ok <bytes>` or
+//!   `err <ERRNO>`.
 //! - `readonly-map`: create a BO, open a second, read-only handle on it,
 //!   ask that handle for its memory descriptor and try to map it writable,
 //!   and to reopen it writable through `/proc/self/fd`; print
@@ -264,6 +269,34 @@ fn run(args: &[String]) -> Result<(), String> {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        Some("create-map") => {
+            let size = number(args.get(1), "size")?;
+            let domain = domain(args.get(2))?;
+            let dev = Device::open().map_err(|e| e.to_string())?;
+            let mut bo = None;
+            match dev.create_bo(size, domain, BoFlags::empty()) {
+                Ok(mut created) => {
+                    match created.map() {
+                        Ok(_) => say("ok"),
+                        Err(e) => say(&format!("err {}", errno_text(&e))),
+                    }
+                    bo = Some(created);
+                }
+                Err(e) => say(&format!("err {}", errno_text(&e))),
+            }
+            wait_eof();
+            drop(bo);
+            Ok(())
+        }
+        Some("cat") => {
+            let file = args.get(1).ok_or("missing file")?;
+            let dev = Device::open().map_err(|e| e.to_string())?;
+            match dev.read_file(file) {
+                Ok(bytes) => say(&format!("ok {}", bytes.len())),
+                Err(e) => say(&format!("err {}", errno_text(&e))),
+            }
+            Ok(())
+        }
         Some("readonly-map") => {
             say(&readonly_map()?);
             Ok(())
@@ -286,7 +319,8 @@ fn run(args: &[String]) -> Result<(), String> {
             }
         }
         _ => Err(
-            "usage: create SIZE DOMAIN | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map | share-connection"
+            "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | cat FILE \
+             | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map | share-connection"
                 .into(),
         ),
     }

@@ -161,30 +161,46 @@ impl MemoryRegion {
         }
     }
 
+    /// The region's bytes `start..start + n` (inside the region, checked
+    /// by the caller) as atomics: the bytes before the first word
+    /// boundary, the whole words, then the bytes after them.
+    fn atomics(&self, start: usize, n: usize) -> (&[AtomicU8], &[AtomicUsize], &[AtomicU8]) {
+        debug_assert!(start + n <= self.len, "atomics outside the region");
+        let p = self.base.as_ptr();
+        let head = p.wrapping_add(start).align_offset(WORD).min(n);
+        let words = (n - head) / WORD;
+        let tail = head + words * WORD;
+        // SAFETY: `start..start + n` is inside the region, valid for the
+        // region's life per the constructor, and its bytes are only ever
+        // accessed through atomics. `start + head` is word-aligned whenever
+        // there are words; `AtomicU8` and `AtomicUsize` have the layout of
+        // `u8` and `usize`.
+        unsafe {
+            let bytes = |from: usize, len: usize| {
+                core::slice::from_raw_parts(p.add(start + from).cast::<AtomicU8>(), len)
+            };
+            let body: &[AtomicUsize] = if words == 0 {
+                &[]
+            } else {
+                core::slice::from_raw_parts(p.add(start + head).cast::<AtomicUsize>(), words)
+            };
+            (bytes(0, head), body, bytes(tail, n - tail))
+        }
+    }
+
     /// Copies `src` into the region at `offset` (all or nothing).
     pub fn copy_in(&self, offset: u64, src: &[u8]) -> Result<(), MemoryError> {
         let start = self.check(offset, src.len())?;
-        let mut i = 0;
-        let n = src.len();
-        let p = self.base.as_ptr();
-        while i < n {
-            // SAFETY: `start + i < start + n <= len` was checked, so the
-            // address is inside the region, valid per the constructor.
-            let addr = unsafe { p.add(start + i) };
-            if (addr as usize) % WORD == 0 && n - i >= WORD {
-                let mut bytes = [0u8; WORD];
-                bytes.copy_from_slice(&src[i..i + WORD]);
-                // SAFETY: `addr` is word-aligned and `WORD` bytes from it are
-                // inside the region; only atomic accesses touch it.
-                unsafe { AtomicUsize::from_ptr(addr.cast()) }
-                    .store(usize::from_ne_bytes(bytes), Ordering::Relaxed);
-                i += WORD;
-            } else {
-                // SAFETY: `addr` is inside the region; byte atomics need no
-                // alignment.
-                unsafe { AtomicU8::from_ptr(addr) }.store(src[i], Ordering::Relaxed);
-                i += 1;
-            }
+        let (head, words, tail) = self.atomics(start, src.len());
+        let (src_head, rest) = src.split_at(head.len());
+        let (src_words, src_tail) = rest.split_at(words.len() * WORD);
+        for (cell, &b) in head.iter().chain(tail).zip(src_head.iter().chain(src_tail)) {
+            cell.store(b, Ordering::Relaxed);
+        }
+        for (cell, chunk) in words.iter().zip(src_words.chunks_exact(WORD)) {
+            let mut bytes = [0u8; WORD];
+            bytes.copy_from_slice(chunk);
+            cell.store(usize::from_ne_bytes(bytes), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -192,27 +208,25 @@ impl MemoryRegion {
     /// Copies from the region at `offset` into `dst` (all or nothing).
     pub fn copy_out(&self, offset: u64, dst: &mut [u8]) -> Result<(), MemoryError> {
         let start = self.check(offset, dst.len())?;
-        let mut i = 0;
-        let n = dst.len();
-        let p = self.base.as_ptr();
-        while i < n {
-            // SAFETY: inside the region, as in `copy_in`.
-            let addr = unsafe { p.add(start + i) };
-            if (addr as usize) % WORD == 0 && n - i >= WORD {
-                // SAFETY: aligned and inside the region, as in `copy_in`.
-                let word = unsafe { AtomicUsize::from_ptr(addr.cast()) }.load(Ordering::Relaxed);
-                dst[i..i + WORD].copy_from_slice(&word.to_ne_bytes());
-                i += WORD;
-            } else {
-                // SAFETY: inside the region, as in `copy_in`.
-                dst[i] = unsafe { AtomicU8::from_ptr(addr) }.load(Ordering::Relaxed);
-                i += 1;
-            }
+        let (head, words, tail) = self.atomics(start, dst.len());
+        let (dst_head, rest) = dst.split_at_mut(head.len());
+        let (dst_words, dst_tail) = rest.split_at_mut(words.len() * WORD);
+        for (b, cell) in dst_head
+            .iter_mut()
+            .chain(dst_tail)
+            .zip(head.iter().chain(tail))
+        {
+            *b = cell.load(Ordering::Relaxed);
+        }
+        for (chunk, cell) in dst_words.chunks_exact_mut(WORD).zip(words) {
+            chunk.copy_from_slice(&cell.load(Ordering::Relaxed).to_ne_bytes());
         }
         Ok(())
     }
 
-    /// Sets `len` bytes at `offset` to `byte` (all or nothing).
+    /// Sets `len` bytes at `offset` to `byte` (all or nothing). The word
+    /// loop is branch-free (BOs are page-aligned, so zeroing one is that
+    /// loop alone).
     pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
         let n = usize::try_from(len).map_err(|_| MemoryError::OutOfBounds {
             offset,
@@ -220,26 +234,13 @@ impl MemoryRegion {
             size: self.len as u64,
         })?;
         let start = self.check(offset, n)?;
-        let word = usize::from_ne_bytes([byte; WORD]);
-        let p = self.base.as_ptr();
-        // Bytes up to the first word boundary, whole words, then the rest:
-        // the word loop is branch-free (BOs are page-aligned, so zeroing
-        // one is that loop alone).
-        let head = p.wrapping_add(start).align_offset(WORD).min(n);
-        let words = (n - head) / WORD;
-        let tail = head + words * WORD;
-        for i in (0..head).chain(tail..n) {
-            // SAFETY: `start + i < start + n <= len` was checked, so the
-            // address is inside the region; byte atomics need no alignment.
-            unsafe { AtomicU8::from_ptr(p.add(start + i)) }.store(byte, Ordering::Relaxed);
+        let (head, words, tail) = self.atomics(start, n);
+        for cell in head.iter().chain(tail) {
+            cell.store(byte, Ordering::Relaxed);
         }
-        // SAFETY: `start + head` is inside the region (or its end) and
-        // word-aligned by the choice of `head`.
-        let body = unsafe { p.add(start + head) }.cast::<usize>();
-        for w in 0..words {
-            // SAFETY: word `w` lies in `start + head .. start + tail`, inside
-            // the region, aligned; only atomic accesses touch it.
-            unsafe { AtomicUsize::from_ptr(body.add(w)) }.store(word, Ordering::Relaxed);
+        let word = usize::from_ne_bytes([byte; WORD]);
+        for cell in words {
+            cell.store(word, Ordering::Relaxed);
         }
         Ok(())
     }

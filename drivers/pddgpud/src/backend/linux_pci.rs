@@ -391,13 +391,13 @@ pub fn open(opts: &Options) -> Result<OpenedDevice, String> {
     // privileged callers map it (the whole BAR); everyone else reads and
     // writes VRAM BOs through the server. GTT is system memory: each mapped
     // BO gets its own memory.
-    let backing = Backing {
-        vram: Region::whole_for_admin(
+    let backing = Backing::new(
+        Region::whole_for_admin(
             device.vram().as_mut_ptr() as usize,
             dup(&device.vram().file, device.vram().path())?,
         ),
-        gtt: Region::per_bo(gtt_ptr as usize, gtt_fd, gtt_len),
-    };
+        Region::per_bo(gtt_ptr as usize, gtt_fd, gtt_len),
+    );
     // The BAR mappings back `mmio` and `vram` until the process exits.
     std::mem::forget(device);
     Ok(OpenedDevice {
@@ -553,6 +553,7 @@ mod tests {
             req.size,
             &info_segments,
             true,
+            0,
         );
         assert_eq!(
             per_bo.err().map(|e| e.errno()),

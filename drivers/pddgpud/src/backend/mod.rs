@@ -43,6 +43,7 @@ impl OpenedDevice {
             max_bos_per_uid: opts.limits.max_bos_per_uid,
         };
         let mut scheme = PddgpuScheme::new(self.driver, self.backing, options);
+        scheme.set_user_limits(opts.limits.user_limits());
         if let Some(f) = self.faults {
             scheme.set_fault_injector(f);
         }

@@ -128,10 +128,10 @@ fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String>
     // Each mapped BO gets its own memory carved out of these (see
     // `pddgpu_scheme::backing`): a client never holds a descriptor of a
     // whole domain.
-    let backing = Backing {
-        vram: Region::per_bo(vram.ptr as usize, vram.fd, vram.len),
-        gtt: Region::per_bo(gtt.ptr as usize, gtt.fd, gtt.len),
-    };
+    let backing = Backing::new(
+        Region::per_bo(vram.ptr as usize, vram.fd, vram.len),
+        Region::per_bo(gtt.ptr as usize, gtt.fd, gtt.len),
+    );
     Ok((device, backing))
 }
 
@@ -140,10 +140,10 @@ fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String>
 #[cfg(target_os = "redox")]
 fn device_and_backing(config: SimConfig) -> Result<(SimDevice, Backing), String> {
     let device = SimDevice::new(config).map_err(|e| format!("simulated device: {e}"))?;
-    let backing = Backing {
-        vram: Region::kernel_mapped(device.vram().as_ptr() as usize),
-        gtt: Region::kernel_mapped(device.gtt().as_ptr() as usize),
-    };
+    let backing = Backing::new(
+        Region::kernel_mapped(device.vram().as_ptr() as usize),
+        Region::kernel_mapped(device.gtt().as_ptr() as usize),
+    );
     Ok((device, backing))
 }
 

@@ -1,0 +1,626 @@
+//! Hostile clients against the server's own resources: mapped BOs and the
+//! descriptors and kernel mappings behind them, the accept loop, connection
+//! threads, read snapshots and the log. Each attack runs against a real
+//! `pddgpud` process over the real host transport and ends by checking
+//! that the server survived intact (running, `health` ok, a clean leak
+//! audit, nothing in use).
+//!
+//! Attacks that need a second user start the helper client as uid/gid
+//! 65534 when the suite runs as root (as CI does); otherwise they check
+//! what one user can observe.
+
+// Resource limits are set in the daemon's child process before exec.
+#![allow(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pddgpu_ipc::host::{HostConnection, ROOT_FD};
+use pddgpu_ipc::wire::{BoCall, SegmentWire, DUP_BACKING};
+use pddgpu_tests::{wait_until, Daemon};
+use rustix::process::{Resource, Rlimit};
+use syscall::error::{EAGAIN, EDQUOT, ENFILE, ENOBUFS};
+use syscall::flag::{O_RDONLY, O_RDWR};
+use syscall::schemev2::Opcode;
+
+/// The daemon under attack: this build's, or `PDDGPU_HOSTILE_DAEMON`.
+fn daemon_bin() -> String {
+    std::env::var("PDDGPU_HOSTILE_DAEMON")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pddgpud-under-test").to_string())
+}
+const HOSTILE: &str = env!("CARGO_BIN_EXE_pddgpu-hostile-client");
+/// The user the second-user attacks run as (`nobody` on Debian).
+const OTHER_UID: u32 = 65534;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The result of one request, or `Err(-1)` when the connection failed.
+fn request(
+    c: &mut HostConnection,
+    op: Opcode,
+    args: [u64; 6],
+    payload: &[u8],
+    out_len: usize,
+) -> Result<u64, i32> {
+    match c.request(op, args, payload, out_len) {
+        Ok(r) => r.result().map(|v| v as u64),
+        Err(_) => Err(-1),
+    }
+}
+
+fn open(c: &mut HostConnection, path: &str, flags: usize) -> Result<u64, i32> {
+    request(
+        c,
+        Opcode::OpenAt,
+        [ROOT_FD, 0, 0, flags as u64, 0, 0],
+        path.as_bytes(),
+        0,
+    )
+}
+
+fn close(c: &mut HostConnection, handle: u64) -> Result<u64, i32> {
+    request(c, Opcode::CloseMsg, [handle, 0, 0, 0, 0, 0], &[], 0)
+}
+
+fn read_at(c: &mut HostConnection, handle: u64, offset: u64, len: usize) -> Result<u64, i32> {
+    request(c, Opcode::Read, [handle, 0, 0, offset, 0, 0], &[], len)
+}
+
+/// Asks for a BO's memory descriptor (and closes it at once).
+fn map(c: &mut HostConnection, handle: u64) -> Result<(), i32> {
+    let r = c
+        .request(Opcode::Dup, [handle, 0, 0, 0, 0, 0], DUP_BACKING, 0)
+        .map_err(|_| -1)?;
+    r.result()?;
+    r.fd.map(drop).ok_or(-2)
+}
+
+/// Number of segments of a BO.
+fn segment_count(c: &mut HostConnection, handle: u64) -> u64 {
+    let room = vec![0u8; SegmentWire::SIZE * 4096];
+    request(
+        c,
+        Opcode::Call,
+        [handle, 0, 0, BoCall::Segments as u64, 0, 0],
+        &room,
+        0,
+    )
+    .expect("segments call")
+}
+
+fn stat_value(c: &mut HostConnection, key: &str) -> u64 {
+    let h = open(c, "stats", O_RDONLY).expect("open stats");
+    let r = c
+        .request(Opcode::Read, [h, 0, 0, 0, 0, 0], &[], 1 << 16)
+        .expect("read stats");
+    close(c, h).expect("close stats");
+    let text = String::from_utf8(r.payload).expect("stats text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in stats: {text}"))
+}
+
+/// The checks every test ends with: the server survived the attack.
+fn assert_server_intact(daemon: &mut Daemon) {
+    assert!(daemon.is_running(), "pddgpud died: {}", daemon.log());
+    let dev = daemon.connect();
+    let settled = wait_until(Duration::from_secs(20), || {
+        let s = dev.stats().expect("stats");
+        s.vram.used == 0 && s.gtt.used == 0 && s.bos.count == 0
+    });
+    assert!(settled, "memory still in use after every client left");
+    assert_eq!(dev.health().expect("health").trim(), "ok");
+    let leaks = dev.leak_check().expect("leak-check");
+    assert!(leaks.clean, "leak audit not clean: {:?}", leaks.problems);
+    assert!(daemon.is_running(), "pddgpud died: {}", daemon.log());
+}
+
+/// Waits until a new connection is served again (the server released
+/// what refused or dropped connections held).
+fn serves_again(daemon: &Daemon) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        HostConnection::connect(daemon.socket())
+            .ok()
+            .and_then(|mut c| open(&mut c, "health", O_RDONLY).ok())
+            .is_some()
+    })
+}
+
+fn spawn_helper(daemon: &Daemon, args: &[&str], uid: Option<u32>) -> Child {
+    let mut cmd = Command::new(HOSTILE);
+    cmd.args(args)
+        .env(pddgpu_ipc::SOCKET_ENV, daemon.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.spawn().expect("spawn the hostile client")
+}
+
+/// Runs the helper as another user (when root) and returns its first line
+/// of output.
+fn as_other_user(daemon: &Daemon, args: &[&str]) -> Option<String> {
+    use std::io::BufRead;
+    if !is_root() {
+        eprintln!("not root: the second-user half of this attack is skipped");
+        return None;
+    }
+    let mut child = spawn_helper(daemon, args, Some(OTHER_UID));
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("stdout");
+    let _ = std::io::BufReader::new(out).read_line(&mut line);
+    drop(child.stdin.take());
+    let _ = child.wait();
+    Some(line.trim_end().to_string())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The soft "Max open files" of a process.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files")
+}
+
+/// Starts the daemon with `resource` limited to `soft`/`hard` (set in the
+/// child before exec).
+fn daemon_with_limit(resource: Resource, soft: u64, hard: u64, extra: &[&str]) -> Daemon {
+    Daemon::start_with(&daemon_bin(), extra, |cmd, _| {
+        // SAFETY: `setrlimit` is async-signal-safe; the closure allocates
+        // nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = Rlimit {
+                    current: Some(soft),
+                    maximum: Some(hard),
+                };
+                rustix::process::setrlimit(resource, limit).map_err(std::io::Error::from)
+            });
+        }
+    })
+}
+
+// ---- mappings ------------------------------------------------------------
+
+/// One user mapping BOs of many segments gets its own share of the
+/// server's mapping budget (`EDQUOT` beyond), never all of it: another
+/// user still maps.
+#[test]
+fn one_user_cannot_take_every_mapping_slot() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--vram-size", "256M"]);
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let mut held = Vec::new();
+    let mut mapped_segments = 0;
+    let mut refusal = None;
+    // Each round leaves a BO of 1024 one-page segments: 16 of them reach
+    // the whole server's budget (16384 segments).
+    for _round in 0..17 {
+        let free = stat_value(&mut c, "vram_free");
+        let spare = 8u64 << 20;
+        let filler = open(
+            &mut c,
+            &format!("bo/new?size={}&domain=vram", free - spare),
+            O_RDWR,
+        )
+        .expect("filler");
+        let smalls: Vec<u64> = (0..spare / 4096)
+            .map(|_| open(&mut c, "bo/new?size=4096&domain=vram", O_RDWR).expect("small BO"))
+            .collect();
+        for &h in smalls.iter().skip(1).step_by(2) {
+            close(&mut c, h).unwrap();
+        }
+        let half = format!("bo/new?size={}&domain=vram", spare / 2);
+        let scattered = open(&mut c, &half, O_RDWR).expect("scattered BO");
+        for &h in smalls.iter().step_by(2) {
+            close(&mut c, h).unwrap();
+        }
+        let other_half = open(&mut c, &half, O_RDWR).expect("second scattered BO");
+        close(&mut c, filler).unwrap();
+        held.extend([scattered, other_half]);
+        let segments = segment_count(&mut c, scattered);
+        match map(&mut c, scattered) {
+            Ok(()) => mapped_segments += segments,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(line) = as_other_user(&daemon, &["create-map", "4096", "vram"]) {
+        assert_eq!(line, "ok", "another user could not map a BO");
+    }
+    assert_eq!(
+        refusal,
+        Some(EDQUOT),
+        "one user mapped {mapped_segments} segments before being refused"
+    );
+    assert!(
+        (1..=4096).contains(&mapped_segments),
+        "one user's share is 4096 segments, it mapped {mapped_segments}"
+    );
+    // Freeing gives the share back.
+    for h in held {
+        close(&mut c, h).unwrap();
+    }
+    let again = open(&mut c, "bo/new?size=64K&domain=vram", O_RDWR).unwrap();
+    assert_eq!(
+        map(&mut c, again),
+        Ok(()),
+        "the freed share is usable again"
+    );
+    drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+/// The server raises its soft descriptor limit, and one user cannot map
+/// enough BOs (each one descriptor in the server) to use up the server's
+/// descriptors: others still connect and map.
+#[test]
+fn one_user_cannot_use_up_the_servers_descriptors() {
+    let hard = rustix::process::getrlimit(Resource::Nofile)
+        .maximum
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    if hard < 4096 {
+        eprintln!("the hard descriptor limit ({hard}) is too low for this attack");
+        return;
+    }
+    let mut daemon = daemon_with_limit(Resource::Nofile, 1024, hard, &[]);
+    let pid = daemon.pid();
+    assert_eq!(
+        soft_nofile(pid),
+        hard,
+        "the server did not raise its soft descriptor limit"
+    );
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let mut mapped = 0;
+    let mut refusal = None;
+    for _ in 0..2000 {
+        let h = open(&mut c, "bo/new?size=4096&domain=gtt", O_RDWR).expect("create");
+        match map(&mut c, h) {
+            Ok(()) => mapped += 1,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(refusal, Some(EDQUOT), "refused after {mapped} mapped BOs");
+    assert!(
+        mapped <= 1024,
+        "one user kept {mapped} descriptors open in the server"
+    );
+    assert!(open_descriptors(pid) < 1024 + 64);
+    if let Some(line) = as_other_user(&daemon, &["create-map", "4096", "gtt"]) {
+        assert_eq!(line, "ok", "another user could not map a BO");
+    }
+    let log = daemon.log();
+    assert!(log.contains("descriptor limit raised from 1024"), "{log}");
+    drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+/// With a hard descriptor limit it cannot raise, the server gives one
+/// user only a small part of its descriptors for mapped BOs.
+#[test]
+fn a_low_descriptor_limit_shrinks_each_users_share() {
+    let mut daemon = daemon_with_limit(Resource::Nofile, 1024, 1024, &[]);
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let mut mapped = 0;
+    let mut refusal = None;
+    for _ in 0..1100 {
+        let h = open(&mut c, "bo/new?size=4096&domain=gtt", O_RDWR).expect("create");
+        match map(&mut c, h) {
+            Ok(()) => mapped += 1,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(refusal, Some(EDQUOT), "refused after {mapped} mapped BOs");
+    assert!(
+        mapped <= 256,
+        "one user mapped {mapped} of 1024 descriptors"
+    );
+    if let Some(line) = as_other_user(&daemon, &["create-map", "4096", "gtt"]) {
+        assert_eq!(line, "ok", "another user could not map a BO");
+    }
+    assert_eq!(daemon.connect().health().unwrap().trim(), "ok");
+    drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+// ---- the accept loop -----------------------------------------------------
+
+/// Out of descriptors, the server answers a waiting client with a refusal
+/// frame (`ENFILE`) instead of leaving it hanging, keeps serving its
+/// connections, does not flood the log, and recovers when descriptors come
+/// back.
+#[test]
+fn out_of_descriptors_the_server_refuses_and_backs_off() {
+    let mut daemon = daemon_with_limit(Resource::Nofile, 64, 64, &[]);
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for _ in 0..60 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        match open(&mut c, "stats", O_RDONLY) {
+            Ok(_) => held.push(c),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refusal,
+        Some(ENFILE),
+        "a client the server had no descriptor for got no refusal ({} connections held)",
+        held.len()
+    );
+    assert!(held.len() >= 5, "only {} connections", held.len());
+    // The connections it has keep working meanwhile.
+    for c in held.iter_mut().take(3) {
+        let h = open(c, "health", O_RDONLY).expect("an existing connection still works");
+        close(c, h).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = daemon.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("accept failed") || l.contains("refusing"))
+        .count();
+    assert!(lines <= 20, "{lines} log lines about refusals");
+    drop(held);
+    assert!(serves_again(&daemon), "the server did not recover");
+    assert_server_intact(&mut daemon);
+}
+
+/// Hundreds of refused connections cost a few log lines a second, with a
+/// count of the lines held back.
+#[test]
+fn refused_connections_are_logged_at_a_bounded_rate() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-connections-per-uid", "4"]);
+    let held: Vec<HostConnection> = (0..4)
+        .map(|_| {
+            let mut c = HostConnection::connect(daemon.socket()).unwrap();
+            open(&mut c, "stats", O_RDONLY).expect("within the limit");
+            c
+        })
+        .collect();
+    let refuse_one = || {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        assert_eq!(open(&mut c, "stats", O_RDONLY), Err(syscall::error::EMFILE));
+    };
+    for _ in 0..500 {
+        refuse_one();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    refuse_one();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = daemon.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("refusing")).collect();
+    assert!(
+        lines.len() <= 20,
+        "{} log lines for 501 refusals",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("similar lines held back")),
+        "the held-back lines are not counted: {lines:?}"
+    );
+    drop(held);
+    assert!(
+        serves_again(&daemon),
+        "the user's connections were not released"
+    );
+    assert_server_intact(&mut daemon);
+}
+
+/// A connection whose thread cannot start gets a refusal frame (`EAGAIN`)
+/// instead of being dropped without a word. The daemon runs as a user of
+/// its own with a small process limit, so thread creation fails.
+#[test]
+fn a_connection_whose_thread_cannot_start_is_refused_with_a_reason() {
+    if !is_root() {
+        eprintln!("not root: cannot run the daemon as a user of its own");
+        return;
+    }
+    // A user no other process runs as (RLIMIT_NPROC counts them all).
+    const DAEMON_UID: u32 = 64_017;
+    let mut daemon = Daemon::start_with(&daemon_bin(), &[], |cmd, dir| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        cmd.uid(DAEMON_UID).gid(DAEMON_UID);
+        // SAFETY: `setrlimit` is async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = Rlimit {
+                    current: Some(8),
+                    maximum: Some(8),
+                };
+                rustix::process::setrlimit(Resource::Nproc, limit).map_err(std::io::Error::from)
+            });
+        }
+    });
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for _ in 0..32 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        match open(&mut c, "stats", O_RDONLY) {
+            Ok(_) => held.push(c),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refusal,
+        Some(EAGAIN),
+        "no refusal frame when the thread could not start ({} connections held)",
+        held.len()
+    );
+    drop(held);
+    assert!(
+        serves_again(&daemon),
+        "the connections' threads did not end"
+    );
+    assert_server_intact(&mut daemon);
+}
+
+// ---- read snapshots ------------------------------------------------------
+
+/// Every handle on a generated file keeps the text it is being read from;
+/// one user holding thousands of them cannot make the server hold more
+/// than its snapshot budget (`ENOBUFS` beyond), and another user still
+/// reads the file.
+#[test]
+fn read_snapshots_are_bounded_per_user() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let pid = daemon.pid();
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let label = "L".repeat(48);
+    let bos: Vec<u64> = (0..1024)
+        .map(|_| {
+            open(
+                &mut c,
+                &format!("bo/new?size=4096&domain=gtt&label={label}"),
+                O_RDWR,
+            )
+            .expect("BO")
+        })
+        .collect();
+    let probe = open(&mut c, "gtt.map.json", O_RDONLY).unwrap();
+    let size = read_at(&mut c, probe, 0, 16 << 20).unwrap();
+    close(&mut c, probe).unwrap();
+    assert!(size > 100 << 10, "gtt.map.json is only {size} bytes");
+    let before = rss_kib(pid);
+    let mut handles = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1000 {
+        let h = open(&mut c, "gtt.map.json", O_RDONLY).expect("open");
+        match read_at(&mut c, h, 0, 1) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e, ENOBUFS);
+                refused += 1;
+            }
+        }
+        handles.push(h);
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 64 << 10,
+        "1000 one-byte reads of a {size}-byte file grew the server by {grown} KiB"
+    );
+    assert!(refused > 0, "no read was refused");
+    if let Some(line) = as_other_user(&daemon, &["cat", "gtt.map.json"]) {
+        assert!(
+            line.starts_with("ok "),
+            "another user could not read: {line}"
+        );
+    }
+    // Closing the handles gives the budget back.
+    for h in handles {
+        close(&mut c, h).unwrap();
+    }
+    let h = open(&mut c, "gtt.map.json", O_RDONLY).unwrap();
+    let h2 = open(&mut c, "gtt.map.json", O_RDONLY).unwrap();
+    assert!(read_at(&mut c, h, 0, 1).is_ok());
+    assert!(read_at(&mut c, h2, 0, 1).is_ok());
+    for h in bos.into_iter().chain([h, h2]) {
+        close(&mut c, h).unwrap();
+    }
+    drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+// ---- answers -------------------------------------------------------------
+
+/// Many connections of one user each asking for a 16 MiB read and never
+/// reading the answer pin at most the user's answer budget in the server
+/// (64 MiB): past it, reads are answered short.
+#[test]
+fn unread_answers_pin_a_bounded_amount_per_user() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let pid = daemon.pid();
+    let dev = daemon.connect();
+    const SIZE: usize = 16 << 20;
+    let bo = dev
+        .create_bo(
+            SIZE as u64,
+            pddgpu_ipc::Domain::Gtt,
+            pddgpu_ipc::BoFlags::empty(),
+        )
+        .expect("BO");
+    bo.write_at(0, &vec![0x5a; SIZE]).expect("fill");
+    let path = bo.export().expect("export").to_path();
+    let before = rss_kib(pid);
+    let mut stalled = Vec::new();
+    for tag in 0..24u32 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        let h = open(&mut c, &path, O_RDONLY).expect("import");
+        let header = pddgpu_ipc::frame::RequestHeader {
+            payload_len: 0,
+            out_len: SIZE as u32,
+            sqe: syscall::schemev2::Sqe {
+                opcode: Opcode::Read as u8,
+                sqe_flags: syscall::schemev2::SqeFlags::empty(),
+                _rsvd: 0,
+                tag: 1000 + tag,
+                args: [h, 0, 0, 0, 0, 0],
+                caller: 0,
+            },
+        };
+        // The answer is never read.
+        c.send_raw(&header.encode()).unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 128 << 10,
+        "24 unread 16 MiB answers pin {grown} KiB in the server"
+    );
+    // A reader of the same user still gets its bytes, if fewer at a time.
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut c, &path, O_RDONLY).expect("import");
+    let n = read_at(&mut c, h, 0, SIZE).expect("read");
+    assert!(n > 0, "a read made no progress");
+    drop(stalled);
+    drop(c);
+    drop(bo);
+    assert_server_intact(&mut daemon);
+}
