@@ -147,6 +147,34 @@ pub fn client(index: u32, hold: bool, vram: &mut dyn VramProbe) -> Result<()> {
     Ok(())
 }
 
+/// Echoes a holding client's output (its stdout piped) until it prints
+/// [`HOLDING`]; fails when it stops first.
+pub fn wait_until_holding(what: &str, child: &mut Child) -> Result<()> {
+    let out = child.stdout.take().context("a holding client's stdout")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.contains(HOLDING) {
+            return Ok(());
+        }
+    }
+    let status = child.wait()?;
+    bail!("{what} stopped before holding its BOs ({status})")
+}
+
+/// Waits (at most 10 s) until the server holds no BO, after a client that
+/// held some was killed; returns the statistics then.
+pub fn wait_all_freed(dev: &Device) -> Result<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = dev.stats()?;
+        if s.bos.count == 0 || Instant::now() >= deadline {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped, so an early
 /// error return leaves no client running.
 pub struct Reaped(pub Child);
@@ -191,23 +219,9 @@ pub fn clients(count: u32, spawn: impl Fn(u32, bool) -> Result<Child>) -> Result
     let mut others: Vec<Reaped> = (0..victim_index)
         .map(|i| spawn(i, false).map(Reaped))
         .collect::<Result<_>>()?;
-    let victim_out = victim.0.stdout.take().context("victim stdout")?;
-    let mut lines = BufReader::new(victim_out).lines();
-    let mut holding = false;
-    for line in lines.by_ref() {
-        let line = line?;
-        println!("{line}");
-        if line.contains(HOLDING) {
-            holding = true;
-            break;
-        }
-    }
+    wait_until_holding(&format!("client {victim_index}"), &mut victim.0)?;
     for (i, child) in others.iter_mut().enumerate() {
         wait_within(&format!("client {i}"), &mut child.0, CLIENT_LIMIT)?;
-    }
-    if !holding {
-        let status = victim.0.wait()?;
-        bail!("client {victim_index} stopped before holding its BOs ({status})");
     }
     let dev = Device::open()?;
     let n = BOS.len() as u64;
@@ -237,14 +251,7 @@ pub fn clients(count: u32, spawn: impl Fn(u32, bool) -> Result<Child>) -> Result
         mib(before.bos.vram_bytes),
         mib(before.bos.gtt_bytes)
     );
-    let deadline = killed + Duration::from_secs(10);
-    let after: Stats = loop {
-        let s = dev.stats()?;
-        if s.bos.count == 0 || Instant::now() >= deadline {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let after = wait_all_freed(&dev)?;
     ensure!(
         after.bos.count == 0 && after.vram.used == 0 && after.gtt.used == 0,
         "after killing client {victim_index}: {} BOs, VRAM used {}, GTT used {} (expected all freed)",

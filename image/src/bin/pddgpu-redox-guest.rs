@@ -16,10 +16,13 @@
 //!    BAR through pcid's config-space access and confirms the bytes are in
 //!    VRAM at the BO's segments; one client is SIGKILLed while it holds its
 //!    BOs and pddgpud must free them (`OnClose`);
-//! 5. `non-root client`: a client running as an ordinary user
+//! 5. `pddgpu top`: one plain frame of `pddgpu top` (the same client
+//!    library and terminal UI as on other hosts) while a client holds its
+//!    BOs: it names the device and every domain and lists the holder;
+//! 6. `non-root client`: a client running as an ordinary user
 //!    (`user-client`) allocates, but `control` and `config` writes are
 //!    refused with `EACCES`;
-//! 6. `pddgpu leak-check` and `stats after`: clean, nothing used.
+//! 7. `pddgpu leak-check` and `stats after`: clean, nothing used.
 //!
 //! The client side is shared with the Linux guest ([`pddgpu_image::guest`]).
 //! The system pieces only Redox has (the physical-memory and PCI schemes,
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
-use pddgpu_image::guest::{self, mib, VramProbe};
+use pddgpu_image::guest::{self, mib, Reaped, VramProbe};
 use pddgpu_ipc::wire::SegmentWire;
 use pddgpu_ipc::{BoDesc, BoFlags, Device, Domain};
 
@@ -364,6 +367,50 @@ fn step_clients() -> Result<()> {
     })
 }
 
+fn step_top() -> Result<()> {
+    let mut holder = Reaped(
+        Command::new(this_program()?)
+            .args(["client", "--index", &CLIENTS.to_string(), "--hold"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the holding client")?,
+    );
+    guest::wait_until_holding("the holding client", &mut holder.0)?;
+    let frame = run_cli(&["top", "--frames", "1", "--plain"])?;
+    for want in [
+        "pddgpu top",
+        "VRAM",
+        "CPU-visible VRAM",
+        "GTT",
+        "Clients",
+        "health: ok",
+    ] {
+        ensure!(
+            frame.contains(want),
+            "the `pddgpu top` frame lacks `{want}`"
+        );
+    }
+    let pid = holder.0.id().to_string();
+    let listed = frame.lines().any(|line| {
+        line.trim_start_matches(['│', '|', ' '])
+            .split_whitespace()
+            .next()
+            == Some(pid.as_str())
+    });
+    ensure!(
+        listed,
+        "the holding client (pid {pid}) is not a row of the `pddgpu top` client table"
+    );
+    drop(holder); // SIGKILL; the server frees its BOs
+    let after = guest::wait_all_freed(&Device::open()?)?;
+    ensure!(
+        after.bos.count == 0,
+        "{} BOs left after the holding client was killed",
+        after.bos.count
+    );
+    Ok(())
+}
+
 fn step_user_client() -> Result<()> {
     let mut child = sys::spawn_as_user(Command::new(this_program()?).arg("user-client"), USER_UID)?;
     guest::wait_within(
@@ -386,13 +433,14 @@ fn step_leak_check() -> Result<()> {
 
 type Step = (&'static str, fn() -> Result<()>);
 
-const STEPS: [Step; 9] = [
+const STEPS: [Step; 10] = [
     ("driver", step_driver),
     ("ls /scheme/pddgpu", step_ls),
     ("cat /scheme/pddgpu/stats", step_cat_stats),
     ("pddgpu stats", step_cli_stats),
     ("pddgpu health", step_cli_health),
     ("clients", step_clients),
+    ("pddgpu top", step_top),
     ("non-root client", step_user_client),
     ("pddgpu leak-check", step_leak_check),
     ("stats after", guest::check_idle),
@@ -807,6 +855,7 @@ mod tests {
             "pddgpu stats",
             "pddgpu health",
             "clients",
+            "pddgpu top",
             "non-root client",
             "pddgpu leak-check",
             "stats after",
