@@ -68,6 +68,11 @@ pub fn qemu_args(disk: &Path, gpu: bool, opts: &BootOptions) -> Vec<String> {
         .map(str::to_string)
         .to_vec();
     args.extend([
+        // randd seeds Redox's random source from RDRAND and with zeros
+        // without it (QEMU's default CPU model has none), which would make
+        // pddgpud's export tokens the same on every boot.
+        "-cpu".into(),
+        "qemu64,+rdrand".into(),
         "-accel".into(),
         opts.accel.name().into(),
         "-m".into(),
@@ -156,6 +161,24 @@ pub fn pci_functions(log: &[String]) -> Vec<PciFunction> {
         .collect()
 }
 
+/// What randd prints when it found no entropy source and seeded its
+/// generator with zeros.
+pub const RANDD_UNSEEDED: &str = "randd: Seeding failed";
+
+/// A passing positive run still fails when randd had no entropy: every
+/// export token pddgpud drew from `/scheme/rand` would be predictable.
+pub fn require_entropy(outcome: Outcome, log: &[String]) -> Outcome {
+    match outcome {
+        Outcome::Pass if log.iter().any(|l| l.contains(RANDD_UNSEEDED)) => Outcome::Fail {
+            step: "entropy".into(),
+            reason: "randd found no entropy source (no RDRAND): export tokens would be \
+                     predictable"
+                .into(),
+        },
+        other => other,
+    }
+}
+
 /// Checks the negative run: pcid enumerated the bus and found no
 /// 1234:1111 function, the guest failed at [`NEGATIVE_STEP`] saying
 /// [`NEGATIVE_REASON`], and nothing on the console shows pddgpud starting.
@@ -190,6 +213,27 @@ pub const BOCHS_ID: &str = "1234:1111";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unseeded_randd_fails_a_passing_run() {
+        let log = |line: &str| vec!["boot".to_string(), line.to_string()];
+        let unseeded = log("randd: Seeding failed, no entropy source.  Random numbers ...");
+        assert!(matches!(
+            require_entropy(Outcome::Pass, &unseeded),
+            Outcome::Fail { step, .. } if step == "entropy"
+        ));
+        assert_eq!(
+            require_entropy(Outcome::Pass, &log("randd: ok")),
+            Outcome::Pass
+        );
+        let failed = Outcome::Fail {
+            step: "clients".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(require_entropy(failed.clone(), &unseeded), failed);
+        let args = qemu_args(Path::new("/d.img"), true, &BootOptions::default()).join(" ");
+        assert!(args.contains("-cpu qemu64,+rdrand"), "{args}");
+    }
 
     #[test]
     fn gpu_and_negative_runs_differ_only_by_the_display() {

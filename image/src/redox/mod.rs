@@ -186,7 +186,8 @@ pub fn boot_runs(
                 boot::command_line(&image.qemu, &image.disk, true, opts)
             ),
         );
-        let run = boot::boot(&image.qemu, &image.disk, true, opts, &log, &step)?;
+        let mut run = boot::boot(&image.qemu, &image.disk, true, opts, &log, &step)?;
+        run.outcome = boot::require_entropy(run.outcome, &run.log);
         step.finish(format!(
             "positive run: {} (QEMU {}; serial log {})",
             run.outcome,
