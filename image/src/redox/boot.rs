@@ -243,7 +243,7 @@ mod tests {
         let none = qemu_args(disk, false, &opts).join(" ");
         assert_eq!(
             gpu,
-            "-nographic -no-reboot -nic none -vga none -accel tcg -m 1024 -smp 1 \
+            "-nographic -no-reboot -nic none -vga none -cpu qemu64,+rdrand -accel tcg -m 1024 -smp 1 \
              -device bochs-display,vgamem=64M \
              -drive file=/t/redox/harddrive.img,format=raw,snapshot=on"
         );
