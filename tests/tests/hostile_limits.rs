@@ -13,60 +13,21 @@
 #![allow(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pddgpu_ipc::host::{HostConnection, ROOT_FD};
+use pddgpu_ipc::host::HostConnection;
 use pddgpu_ipc::wire::{BoCall, SegmentWire, DUP_BACKING};
+mod hostile_common;
+
+use hostile_common::*;
 use pddgpu_tests::{wait_until, Daemon};
 use rustix::process::{Resource, Rlimit};
 use syscall::error::{EAGAIN, EDQUOT, ENFILE, ENOBUFS};
 use syscall::flag::{O_RDONLY, O_RDWR};
 use syscall::schemev2::Opcode;
 
-/// The daemon under attack: this build's, or `PDDGPU_HOSTILE_DAEMON`.
-fn daemon_bin() -> String {
-    std::env::var("PDDGPU_HOSTILE_DAEMON")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pddgpud-under-test").to_string())
-}
-const HOSTILE: &str = env!("CARGO_BIN_EXE_pddgpu-hostile-client");
-/// The user the second-user attacks run as (`nobody` on Debian).
-const OTHER_UID: u32 = 65534;
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// The result of one request, or `Err(-1)` when the connection failed.
-fn request(
-    c: &mut HostConnection,
-    op: Opcode,
-    args: [u64; 6],
-    payload: &[u8],
-    out_len: usize,
-) -> Result<u64, i32> {
-    match c.request(op, args, payload, out_len) {
-        Ok(r) => r.result().map(|v| v as u64),
-        Err(_) => Err(-1),
-    }
-}
-
-fn open(c: &mut HostConnection, path: &str, flags: usize) -> Result<u64, i32> {
-    request(
-        c,
-        Opcode::OpenAt,
-        [ROOT_FD, 0, 0, flags as u64, 0, 0],
-        path.as_bytes(),
-        0,
-    )
-}
-
-fn close(c: &mut HostConnection, handle: u64) -> Result<u64, i32> {
-    request(c, Opcode::CloseMsg, [handle, 0, 0, 0, 0, 0], &[], 0)
-}
-
 fn read_at(c: &mut HostConnection, handle: u64, offset: u64, len: usize) -> Result<u64, i32> {
-    request(c, Opcode::Read, [handle, 0, 0, offset, 0, 0], &[], len)
+    request_out(c, Opcode::Read, [handle, 0, 0, offset, 0, 0], &[], len)
 }
 
 /// Asks for a BO's memory descriptor (and closes it at once).
@@ -86,7 +47,6 @@ fn segment_count(c: &mut HostConnection, handle: u64) -> u64 {
         Opcode::Call,
         [handle, 0, 0, BoCall::Segments as u64, 0, 0],
         &room,
-        0,
     )
     .expect("segments call")
 }
@@ -104,21 +64,6 @@ fn stat_value(c: &mut HostConnection, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in stats: {text}"))
 }
 
-/// The checks every test ends with: the server survived the attack.
-fn assert_server_intact(daemon: &mut Daemon) {
-    assert!(daemon.is_running(), "pddgpud died: {}", daemon.log());
-    let dev = daemon.connect();
-    let settled = wait_until(Duration::from_secs(20), || {
-        let s = dev.stats().expect("stats");
-        s.vram.used == 0 && s.gtt.used == 0 && s.bos.count == 0
-    });
-    assert!(settled, "memory still in use after every client left");
-    assert_eq!(dev.health().expect("health").trim(), "ok");
-    let leaks = dev.leak_check().expect("leak-check");
-    assert!(leaks.clean, "leak audit not clean: {:?}", leaks.problems);
-    assert!(daemon.is_running(), "pddgpud died: {}", daemon.log());
-}
-
 /// Waits until a new connection is served again (the server released
 /// what refused or dropped connections held).
 fn serves_again(daemon: &Daemon) -> bool {
@@ -130,44 +75,18 @@ fn serves_again(daemon: &Daemon) -> bool {
     })
 }
 
-fn spawn_helper(daemon: &Daemon, args: &[&str], uid: Option<u32>) -> Child {
-    let mut cmd = Command::new(HOSTILE);
-    cmd.args(args)
-        .env(pddgpu_ipc::SOCKET_ENV, daemon.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
-    cmd.spawn().expect("spawn the hostile client")
-}
-
 /// Runs the helper as another user (when root) and returns its first line
 /// of output.
 fn as_other_user(daemon: &Daemon, args: &[&str]) -> Option<String> {
-    use std::io::BufRead;
     if !is_root() {
         eprintln!("not root: the second-user half of this attack is skipped");
         return None;
     }
     let mut child = spawn_helper(daemon, args, Some(OTHER_UID));
-    let mut line = String::new();
-    let out = child.stdout.as_mut().expect("stdout");
-    let _ = std::io::BufReader::new(out).read_line(&mut line);
+    let line = first_line(&mut child);
     drop(child.stdin.take());
     let _ = child.wait();
-    Some(line.trim_end().to_string())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+    Some(line)
 }
 
 fn open_descriptors(pid: u32) -> usize {

@@ -3,12 +3,28 @@
 //! a parked request ends promptly when the server shuts down.
 
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pddgpu_ipc::{BoFlags, Device, Domain};
 use pddgpu_tests::{wait_until, Daemon};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_pddgpud-under-test");
+
+/// Asks for 32 MiB of GTT on a connection of its own, from a thread; the
+/// answer (the BO's size, or the error) arrives on the returned channel.
+fn create_in_background(daemon: &Daemon) -> (mpsc::Receiver<Result<u64, String>>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let socket = daemon.socket().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        let d = Device::connect(&socket).unwrap();
+        let r = d
+            .create_bo(32 << 20, Domain::Gtt, BoFlags::empty())
+            .map(|bo| bo.size());
+        tx.send(r.map_err(|e| e.to_string())).unwrap();
+    });
+    (rx, waiter)
+}
 
 #[test]
 fn parked_create_wakes_on_free_and_ends_on_shutdown() {
@@ -23,15 +39,7 @@ fn parked_create_wakes_on_free_and_ends_on_shutdown() {
     let failures = |d: &Device| d.stats().unwrap().counters["gtt_failures"];
     let before = failures(&dev);
 
-    let (tx, rx) = mpsc::channel();
-    let socket = daemon.socket().to_path_buf();
-    let waiter = std::thread::spawn(move || {
-        let d = Device::connect(&socket).unwrap();
-        let r = d
-            .create_bo(32 << 20, Domain::Gtt, BoFlags::empty())
-            .map(|bo| bo.size());
-        tx.send(r.map_err(|e| e.to_string())).unwrap();
-    });
+    let (rx, waiter) = create_in_background(&daemon);
     // The request failed once and is parked; everyone else is served
     // meanwhile (these very stats reads).
     assert!(wait_until(Duration::from_secs(10), || failures(&dev) > before));
@@ -50,20 +58,15 @@ fn parked_create_wakes_on_free_and_ends_on_shutdown() {
     let blocker = dev
         .create_bo(48 << 20, Domain::Gtt, BoFlags::empty())
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let socket = daemon.socket().to_path_buf();
     let before = failures(&dev);
-    let waiter = std::thread::spawn(move || {
-        let d = Device::connect(&socket).unwrap();
-        let r = d.create_bo(32 << 20, Domain::Gtt, BoFlags::empty());
-        tx.send(r.is_err()).unwrap();
-    });
+    let (rx, waiter) = create_in_background(&daemon);
     assert!(wait_until(Duration::from_secs(10), || failures(&dev) > before));
     let code = daemon.stop();
     assert_eq!(code, Some(0), "pddgpud exits 0 with a request parked");
     let refused = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("the parked client got an answer");
+        .expect("the parked client got an answer")
+        .is_err();
     assert!(
         refused,
         "the parked create failed (ESHUTDOWN or connection closed)"
@@ -94,15 +97,7 @@ fn a_create_parked_after_earlier_frees_still_waits_for_the_next_one() {
     let failures = |d: &Device| d.stats().unwrap().counters["gtt_failures"];
     let before = failures(&dev);
 
-    let (tx, rx) = mpsc::channel();
-    let socket = daemon.socket().to_path_buf();
-    let waiter = std::thread::spawn(move || {
-        let d = Device::connect(&socket).unwrap();
-        let r = d
-            .create_bo(32 << 20, Domain::Gtt, BoFlags::empty())
-            .map(|bo| bo.size());
-        tx.send(r.map_err(|e| e.to_string())).unwrap();
-    });
+    let (rx, waiter) = create_in_background(&daemon);
     assert!(wait_until(Duration::from_secs(10), || failures(&dev) > before));
     // Nothing has been freed since it parked: it must still be waiting
     // (its delay is a minute), not have failed with its retries spent.
