@@ -182,11 +182,9 @@ pub fn boot(prepared: &Prepared, opts: &Options, gpu: bool) -> Result<BootRun> {
         opts.timeout,
         qemu::console(&step, "guest", opts.stream),
     )?;
-    let log_path = prepared.initrd.with_file_name(if gpu {
-        "serial-gpu.log"
-    } else {
-        "serial-no-gpu.log"
-    });
+    let log_path = prepared
+        .initrd
+        .with_file_name(crate::serial::log_file_name(gpu));
     std::fs::write(&log_path, run.log.join("\n") + "\n")
         .with_context(|| format!("writing {}", log_path.display()))?;
     step.finish(format!(

@@ -50,6 +50,16 @@ pub const SEL4: Markers = Markers {
     ],
 };
 
+/// The file name of a boot's serial log: the boot with a display device
+/// (`gpu`) or the one without (every guest boots both).
+pub fn log_file_name(gpu: bool) -> &'static str {
+    if gpu {
+        "serial-gpu.log"
+    } else {
+        "serial-no-gpu.log"
+    }
+}
+
 /// Prefix of every line the Linux guest's `/init` prints for the host.
 pub const MARKER: &str = "PDDGPU-IMAGE:";
 /// Printed by the guest when a scenario step starts: `PDDGPU-IMAGE: STEP <name>`.

@@ -179,11 +179,7 @@ impl Layout {
 
     /// The serial log of one boot.
     pub fn serial_log(&self, gpu: bool) -> PathBuf {
-        self.root.join(if gpu {
-            "serial-gpu.log"
-        } else {
-            "serial-no-gpu.log"
-        })
+        self.root.join(crate::serial::log_file_name(gpu))
     }
 }
 

@@ -81,11 +81,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<Image> {
     })?;
     let qemu = hosttools::find(hosttools::QEMU.command).context("qemu-system-x86_64")?;
     let toolchain = toolchain::ensure(opts.install == InstallPolicy::WhenRoot)?;
-    progress.say(format!(
-        "toolchain {}: {}",
-        toolchain.name,
-        toolchain.rustc_line()
-    ));
+    progress.say(toolchain.summary());
     layout.check_snapshot()?;
     progress.say(format!("snapshot {}", layout.snapshot.display()));
 

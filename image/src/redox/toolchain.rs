@@ -50,6 +50,11 @@ impl Toolchain {
         self.version.lines().next().unwrap_or_default()
     }
 
+    /// `toolchain <name>: <rustc -vV's first line>`, for the build's log.
+    pub fn summary(&self) -> String {
+        format!("toolchain {}: {}", self.name, self.rustc_line())
+    }
+
     /// `program` with the toolchain first on `PATH`, `RUSTUP_TOOLCHAIN` and
     /// `RUSTC` pointing at it, and no variables leaked from an outer cargo.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

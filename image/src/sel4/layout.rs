@@ -139,11 +139,7 @@ impl Layout {
 
     /// The serial log of the boot with (`gpu`) or without a display device.
     pub fn serial_log(&self, gpu: bool) -> PathBuf {
-        self.root.join(if gpu {
-            "serial-gpu.log"
-        } else {
-            "serial-no-gpu.log"
-        })
+        self.root.join(crate::serial::log_file_name(gpu))
     }
 }
 

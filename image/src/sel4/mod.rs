@@ -77,11 +77,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<Built> {
         roottask::TOOLCHAIN_WHY,
         opts.install == InstallPolicy::WhenRoot,
     )?;
-    progress.say(format!(
-        "toolchain {}: {}",
-        toolchain.name,
-        toolchain.rustc_line()
-    ));
+    progress.say(toolchain.summary());
     layout.check_snapshot()?;
     progress.say(format!("snapshot {}", layout.snapshot.display()));
 
