@@ -564,44 +564,9 @@ fn export_tokens_are_unguessable_and_forgeries_fail() {
 
 // ---- bounded resources -----------------------------------------------------
 
-/// A client that asks for a large answer and never reads it cannot stall
-/// shutdown.
-#[test]
-fn shutdown_finishes_while_a_client_never_reads_its_answer() {
-    let daemon = Daemon::start(&daemon_bin(), &[]);
-    let mut stuck = HostConnection::connect(daemon.socket()).unwrap();
-    let h = open(&mut stuck, "bo/new?size=16777216&domain=gtt", O_RDWR).expect("BO");
-    let header = RequestHeader {
-        payload_len: 0,
-        out_len: MAX_PAYLOAD as u32,
-        sqe: Sqe {
-            opcode: Opcode::Read as u8,
-            sqe_flags: SqeFlags::empty(),
-            _rsvd: 0,
-            tag: 99,
-            args: [h, 0, 0, 0, 0, 0],
-            caller: 0,
-        },
-    };
-    // Two large reads, never read back: the server blocks sending.
-    stuck.send_raw(&header.encode()).unwrap();
-    stuck.send_raw(&header.encode()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let code = daemon.stop();
-    assert_eq!(
-        code,
-        Some(0),
-        "pddgpud did not finish its shutdown while a client refused to read"
-    );
-    drop(stuck);
-}
-
-/// A client that never reads its answers loses its connection after the
-/// send timeout, and with it everything it held; the server keeps serving
-/// everyone else meanwhile.
-#[test]
-fn a_client_that_never_reads_is_cut_off_after_the_send_timeout() {
-    let mut daemon = Daemon::start(&daemon_bin(), &["--send-timeout-ms", "300"]);
+/// A client holding a 16 MiB GTT BO that asks for two whole-BO reads and
+/// never reads the answers: the server blocks sending to it.
+fn never_reading_client(daemon: &Daemon) -> HostConnection {
     let mut stuck = HostConnection::connect(daemon.socket()).unwrap();
     let h = open(&mut stuck, "bo/new?size=16777216&domain=gtt", O_RDWR).expect("BO");
     let header = RequestHeader {
@@ -618,6 +583,32 @@ fn a_client_that_never_reads_is_cut_off_after_the_send_timeout() {
     };
     stuck.send_raw(&header.encode()).unwrap();
     stuck.send_raw(&header.encode()).unwrap();
+    stuck
+}
+
+/// A client that asks for a large answer and never reads it cannot stall
+/// shutdown.
+#[test]
+fn shutdown_finishes_while_a_client_never_reads_its_answer() {
+    let daemon = Daemon::start(&daemon_bin(), &[]);
+    let stuck = never_reading_client(&daemon);
+    std::thread::sleep(Duration::from_millis(300));
+    let code = daemon.stop();
+    assert_eq!(
+        code,
+        Some(0),
+        "pddgpud did not finish its shutdown while a client refused to read"
+    );
+    drop(stuck);
+}
+
+/// A client that never reads its answers loses its connection after the
+/// send timeout, and with it everything it held; the server keeps serving
+/// everyone else meanwhile.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_the_send_timeout() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--send-timeout-ms", "300"]);
+    let stuck = never_reading_client(&daemon);
     let dev = daemon.connect();
     assert_eq!(dev.health().unwrap().trim(), "ok", "others are served");
     let released = wait_until(Duration::from_secs(10), || {
