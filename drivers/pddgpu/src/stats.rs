@@ -1,31 +1,75 @@
 //! Memory statistics: per-domain counters (allocated bytes, visible bytes,
-//! BO counts, allocations, frees, failures, retries, peaks) updated with
-//! atomics — never under an allocator lock — and read as a consistent
-//! snapshot without blocking writers.
+//! BO counts, allocations, frees, failures, retries, peaks), written by the
+//! driver's allocation and free paths and read by [`MemoryStats::snapshot`]
+//! (`Driver::stats`, hence the scheme's `stats` files, `pddgpu top` and
+//! the benchmarks) without readers ever blocking a writer or making it
+//! wait. The leak check does not read these counters: it audits the BO
+//! table against the managers.
 //!
-//! Protocol: a sequence counter per domain (a seqlock). A writer takes the
-//! domain's writer lock (a word of its own, which readers never touch),
-//! makes the sequence odd, stores the new counter values with plain atomic
-//! stores, makes the sequence even and releases the lock — a critical
-//! section of a dozen instructions, with no call and no allocation inside.
-//! Readers take no lock and never make a writer wait: they load both
-//! domains' sequences, the counters, and the sequences again, and retry if
-//! a sequence was odd or changed. When the read succeeds, both domains were
-//! quiescent over a common interval, so every counter reflects exactly the
-//! same set of complete updates at one instant (e.g. `allocs - frees ==
-//! bo_count`, `allocated_bytes <= peak_allocated_bytes`). Batches
-//! ([`StatsBatch`]) apply many deltas as one update, atomically across both
-//! domains.
+//! # Layout: writers own their lines (the kernel's `percpu_counter` idea)
+//! Each domain has three cache lines (each a
+//! [`CachePadded`](crossbeam_utils::CachePadded)), and a writer touches the
+//! line readers poll only once every [`PUBLISH_EVERY`] updates:
+//! - the **writer lock** (a `spin` mutex) with the count of updates since
+//!   the last publication — readers never touch it;
+//! - the **totals**: the exact counters and peaks, written under the lock
+//!   with plain stores inside a seqlock (sequence odd while an update is
+//!   being written). Readers read them only as a fallback (below);
+//! - the **published** copy: the totals as of the last publication, also
+//!   seqlocked. The lock holder republishes after every [`PUBLISH_EVERY`]-th
+//!   update of the domain (a batch counts as one update).
 //!
-//! Layout: a domain's sequence and all the counters an allocation or free
-//! changes share one cache line; peaks live in a second line written only
-//! when exceeded; the writer lock sits in a third. Writers use no
-//! read-modify-write instruction on the lines readers poll, so readers in a
-//! tight loop cost a writer (almost) nothing — see the `driver` benchmark.
+//! The published copy alone is what a per-CPU counter's cheap read gives:
+//! a consistent state of the domain at most `PUBLISH_EVERY - 1` updates old.
+//! No public read returns it as it stands.
+//!
+//! # The read: exact, never making a writer wait
+//! [`MemoryStats::snapshot`] returns, for each domain, the counters of one
+//! state that domain passed through while the read ran: every update that
+//! completed before the read began is in it, no update that began after it
+//! returned is, and no update is half in it. So `cat pddgpu:stats` after a
+//! free shows the free, two reads in sequence never go back, and every
+//! snapshot keeps the invariants `allocs - frees == bo_count`,
+//! `allocated_bytes <= peak_allocated_bytes` and
+//! `bo_count <= peak_bo_count`. The two domains are each exact but not
+//! read at one common instant (a batch that touches both, such as an
+//! owner's exit, can be visible in one domain and not yet in the other).
+//!
+//! How: the reader notes the published sequence number and waits, polling
+//! only the published line, for the first publication that begins after
+//! that — its publisher took the writer lock after every update that had
+//! completed, so it includes them all. A writer that keeps updating
+//! publishes within `PUBLISH_EVERY` updates. A writer that has stopped
+//! publishes nothing, so after [`WAIT_POLLS`] polls the reader reads the
+//! totals directly through their seqlock (free when the writer is idle: no
+//! one else holds the line), and if an update overlapped that read it
+//! waits once more. Readers take no lock and write nothing a writer reads.
+//!
+//! # What readers cost a writer
+//! Only cache-line transfers, bounded independently of how often readers
+//! read: per domain, the published lines once per publication (one per
+//! `PUBLISH_EVERY` updates), plus the totals lines at most once per
+//! `WAIT_POLLS` polls of each reading thread (and only when a writer is
+//! slow enough that no publication arrived meanwhile). A flood of reads —
+//! a tight loop in process, or `stats` reads through the scheme (each
+//! costing an IPC round trip besides) — therefore cannot slow allocations
+//! beyond that bound; see `ratio driver/stats_readers` in
+//! `docs/BENCHMARKS.md`. The price is on the reader's side: a read waits
+//! up to one publication interval while writers are busy, and up to
+//! `WAIT_POLLS` polls (a few microseconds) when they are idle.
 
-use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 use crate::device::Domain;
+
+/// Updates of a domain between two publications of its counters.
+pub const PUBLISH_EVERY: u32 = 16;
+
+/// Polls of the published line a reader makes before it reads a domain's
+/// totals directly (see the module docs).
+pub const WAIT_POLLS: u32 = 128;
 
 /// One domain's counters, as read in a [`StatsSnapshot`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -52,14 +96,17 @@ pub struct DomainCounters {
     pub peak_bo_count: u64,
 }
 
-/// A consistent view of all counters.
+/// All counters, as returned by [`MemoryStats::snapshot`]: each domain's
+/// counters are those of one state it passed through during the read
+/// (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StatsSnapshot {
     /// VRAM counters.
     pub vram: DomainCounters,
     /// GTT counters.
     pub gtt: DomainCounters,
-    /// Number of updates (single or batch) reflected in this snapshot.
+    /// Number of updates reflected in this snapshot: one per
+    /// [`MemoryStats::apply`], one per domain a batch touches.
     pub updates: u64,
 }
 
@@ -159,7 +206,7 @@ impl Delta {
 }
 
 /// Deltas for both domains, collected locally and applied at once with
-/// [`MemoryStats::apply_batch`] (one update, however many BOs).
+/// [`MemoryStats::apply_batch`] (one update per domain, however many BOs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsBatch {
     deltas: [Delta; 2],
@@ -187,12 +234,64 @@ impl StatsBatch {
     }
 }
 
-/// One domain's sequence number and the counters every allocation and free
-/// changes, in one cache line.
+/// One state of a domain: its counters and the number of updates that led
+/// to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct State {
+    allocated: u64,
+    requested: u64,
+    visible: u64,
+    allocs: u64,
+    frees: u64,
+    failures: u64,
+    retries: u64,
+    peak_allocated: u64,
+    peak_bos: u64,
+    updates: u64,
+}
+
+impl State {
+    /// The state after `d` (one update).
+    fn after(mut self, d: &Delta) -> State {
+        // Two's complement: adding `v as u64` subtracts when v < 0.
+        self.allocated = self.allocated.wrapping_add(d.allocated_bytes as u64);
+        self.requested = self.requested.wrapping_add(d.requested_bytes as u64);
+        self.visible = self.visible.wrapping_add(d.visible_bytes as u64);
+        self.allocs = self.allocs.wrapping_add(d.allocs);
+        self.frees = self.frees.wrapping_add(d.frees);
+        self.failures = self.failures.wrapping_add(d.failures);
+        self.retries = self.retries.wrapping_add(d.retries);
+        self.peak_allocated = self.peak_allocated.max(self.allocated);
+        self.peak_bos = self.peak_bos.max(self.allocs.wrapping_sub(self.frees));
+        self.updates = self.updates.wrapping_add(1);
+        self
+    }
+
+    fn counters(&self) -> DomainCounters {
+        DomainCounters {
+            allocated_bytes: self.allocated,
+            requested_bytes: self.requested,
+            visible_bytes: self.visible,
+            bo_count: self.allocs.wrapping_sub(self.frees),
+            allocs: self.allocs,
+            frees: self.frees,
+            failures: self.failures,
+            retries: self.retries,
+            peak_allocated_bytes: self.peak_allocated,
+            peak_bo_count: self.peak_bos,
+        }
+    }
+}
+
+/// A [`State`] in atomics behind a sequence number (a seqlock): only the
+/// holder of the domain's writer lock writes, readers retry or give up
+/// when a write overlapped their read. The sequence and the counters an
+/// allocation or free changes fill the first 64 bytes; peaks and the
+/// update count follow.
 #[derive(Debug, Default)]
-#[repr(C, align(64))]
-struct Line {
-    /// Odd while an update is being written.
+#[repr(C)]
+struct SeqState {
+    /// Odd while a write is in progress; twice the number of writes.
     seq: AtomicU64,
     allocated: AtomicU64,
     requested: AtomicU64,
@@ -201,55 +300,109 @@ struct Line {
     frees: AtomicU64,
     failures: AtomicU64,
     retries: AtomicU64,
+    peak_allocated: AtomicU64,
+    peak_bos: AtomicU64,
+    updates: AtomicU64,
 }
 
-/// Peaks: written only when exceeded.
-#[derive(Debug, Default)]
-#[repr(C, align(64))]
-struct Peaks {
-    allocated: AtomicU64,
-    bos: AtomicU64,
-}
-
-/// The writers' lock of one domain, in a line readers never touch.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct WriterLock(AtomicBool);
-
-impl WriterLock {
-    fn lock(&self) {
-        while self
-            .0
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            while self.0.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
-            }
+impl SeqState {
+    /// The current values, read by the writer-lock holder (no other
+    /// thread writes them, so no check is needed).
+    fn load_owned(&self) -> State {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        State {
+            allocated: l(&self.allocated),
+            requested: l(&self.requested),
+            visible: l(&self.visible),
+            allocs: l(&self.allocs),
+            frees: l(&self.frees),
+            failures: l(&self.failures),
+            retries: l(&self.retries),
+            peak_allocated: l(&self.peak_allocated),
+            peak_bos: l(&self.peak_bos),
+            updates: l(&self.updates),
         }
     }
 
-    fn unlock(&self) {
-        self.0.store(false, Ordering::Release);
+    /// Writes `new` over `old` (the values now stored) inside the seqlock;
+    /// the caller holds the writer lock. Unchanged cells are not stored.
+    fn store(&self, old: &State, new: &State) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        debug_assert_eq!(seq & 1, 0, "a write began inside another");
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let put = |c: &AtomicU64, old: u64, new: u64| {
+            if old != new {
+                c.store(new, Ordering::Relaxed);
+            }
+        };
+        put(&self.allocated, old.allocated, new.allocated);
+        put(&self.requested, old.requested, new.requested);
+        put(&self.visible, old.visible, new.visible);
+        put(&self.allocs, old.allocs, new.allocs);
+        put(&self.frees, old.frees, new.frees);
+        put(&self.failures, old.failures, new.failures);
+        put(&self.retries, old.retries, new.retries);
+        put(&self.peak_allocated, old.peak_allocated, new.peak_allocated);
+        put(&self.peak_bos, old.peak_bos, new.peak_bos);
+        put(&self.updates, old.updates, new.updates);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// One read attempt: the sequence number and the values of the state
+    /// after that write, or `None` if a write overlapped the read.
+    fn read(&self) -> Option<(u64, State)> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 == 1 {
+            return None;
+        }
+        let state = self.load_owned();
+        fence(Ordering::Acquire);
+        let s2 = self.seq.load(Ordering::Relaxed);
+        (s1 == s2).then_some((s1, state))
     }
 }
 
-fn bump(cell: &AtomicU64, v: i64) -> u64 {
-    // Only the lock holder writes: a plain load and store, no read-modify-
-    // write on the line readers poll. Two's complement handles v < 0.
-    let n = cell.load(Ordering::Relaxed).wrapping_add(v as u64);
-    if v != 0 {
-        cell.store(n, Ordering::Relaxed);
-    }
-    n
+/// The writer lock's data: updates since the last publication.
+#[derive(Debug, Default)]
+struct Unpublished(u32);
+
+/// One domain's statistics (see the module docs for the protocol).
+#[derive(Debug, Default)]
+struct DomainStats {
+    writer: CachePadded<spin::Mutex<Unpublished>>,
+    totals: CachePadded<SeqState>,
+    published: CachePadded<SeqState>,
 }
 
-/// The driver's memory statistics (see the module docs for the protocol).
+impl DomainStats {
+    /// One update; the caller holds `writer` (passed in as `unpublished`).
+    fn update(&self, unpublished: &mut Unpublished, delta: &Delta) {
+        let old = self.totals.load_owned();
+        let new = old.after(delta);
+        self.totals.store(&old, &new);
+        unpublished.0 += 1;
+        if unpublished.0 >= PUBLISH_EVERY {
+            self.published.store(&self.published.load_owned(), &new);
+            unpublished.0 = 0;
+        }
+    }
+}
+
+/// Where a reader stands with one domain.
+#[derive(Clone, Copy)]
+enum Pending {
+    /// Waiting for the publication whose sequence ends at this value (or a
+    /// later one).
+    Publication(u64),
+    /// Read.
+    Done(State),
+}
+
+/// The driver's memory statistics (see the module docs).
 #[derive(Debug, Default)]
 pub struct MemoryStats {
-    lines: [Line; 2],
-    peaks: [Peaks; 2],
-    locks: [WriterLock; 2],
+    domains: [DomainStats; 2],
 }
 
 impl MemoryStats {
@@ -258,153 +411,115 @@ impl MemoryStats {
         MemoryStats::default()
     }
 
-    /// Takes the domain's writer lock and makes its sequence odd.
-    fn begin(&self, domain: Domain) {
-        self.locks[domain.index()].lock();
-        let seq = &self.lines[domain.index()].seq;
-        let even = seq.load(Ordering::Relaxed);
-        debug_assert_eq!(even & 1, 0, "an update began inside another");
-        seq.store(even.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-    }
-
-    /// Makes the sequence even again and releases the lock.
-    fn end(&self, domain: Domain) {
-        let seq = &self.lines[domain.index()].seq;
-        seq.store(
-            seq.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Release,
-        );
-        self.locks[domain.index()].unlock();
-    }
-
-    /// The counter changes of one update (between `begin` and `end`).
-    fn change(&self, domain: Domain, d: &Delta) {
-        let line = &self.lines[domain.index()];
-        let peaks = &self.peaks[domain.index()];
-        let allocated = bump(&line.allocated, d.allocated_bytes);
-        bump(&line.requested, d.requested_bytes);
-        bump(&line.visible, d.visible_bytes);
-        let allocs = bump(&line.allocs, d.allocs as i64);
-        let frees = bump(&line.frees, d.frees as i64);
-        bump(&line.failures, d.failures as i64);
-        bump(&line.retries, d.retries as i64);
-        if allocated > peaks.allocated.load(Ordering::Relaxed) {
-            peaks.allocated.store(allocated, Ordering::Relaxed);
-        }
-        let bos = allocs.wrapping_sub(frees);
-        if bos > peaks.bos.load(Ordering::Relaxed) {
-            peaks.bos.store(bos, Ordering::Relaxed);
-        }
-    }
-
     /// Applies one delta to `domain`.
     pub fn apply(&self, domain: Domain, delta: &Delta) {
-        self.begin(domain);
-        self.change(domain, delta);
-        self.end(domain);
+        let stats = &self.domains[domain.index()];
+        let mut unpublished = stats.writer.lock();
+        stats.update(&mut unpublished, delta);
     }
 
-    /// Applies a whole batch as one update, atomically across the domains
-    /// it touches (locks taken in domain order).
+    /// Applies a whole batch as one update of each domain it touches
+    /// (the writer locks of those domains taken in domain order and held
+    /// together).
     pub fn apply_batch(&self, batch: &StatsBatch) {
-        let touched = Domain::ALL.map(|d| !batch.delta(d).is_zero());
+        let mut guards = Domain::ALL
+            .map(|d| (!batch.delta(d).is_zero()).then(|| self.domains[d.index()].writer.lock()));
         for d in Domain::ALL {
-            if touched[d.index()] {
-                self.begin(d);
+            if let Some(unpublished) = guards[d.index()].as_mut() {
+                self.domains[d.index()].update(unpublished, batch.delta(d));
             }
         }
-        for d in Domain::ALL {
-            if touched[d.index()] {
-                self.change(d, batch.delta(d));
-            }
-        }
-        for d in Domain::ALL.into_iter().rev() {
-            if touched[d.index()] {
-                self.end(d);
-            }
-        }
+        // Released in reverse order.
+        let [vram, gtt] = guards;
+        drop(gtt);
+        drop(vram);
     }
 
-    fn read_domain(&self, domain: Domain) -> DomainCounters {
-        let line = &self.lines[domain.index()];
-        let peaks = &self.peaks[domain.index()];
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let allocs = l(&line.allocs);
-        let frees = l(&line.frees);
-        DomainCounters {
-            allocated_bytes: l(&line.allocated),
-            requested_bytes: l(&line.requested),
-            visible_bytes: l(&line.visible),
-            bo_count: allocs.wrapping_sub(frees),
-            allocs,
-            frees,
-            failures: l(&line.failures),
-            retries: l(&line.retries),
-            peak_allocated_bytes: l(&peaks.allocated),
-            peak_bo_count: l(&peaks.bos),
-        }
-    }
-
-    /// One read attempt: `Some` when no update overlapped it. Both
-    /// sequence numbers are even before and unchanged after the counters
-    /// are read, so both domains were quiescent from the last first load to
-    /// the first second load: the values are those of one instant.
-    fn read_once(&self) -> Option<StatsSnapshot> {
-        let s1 = [
-            self.lines[0].seq.load(Ordering::Acquire),
-            self.lines[1].seq.load(Ordering::Acquire),
-        ];
-        if s1[0] & 1 == 1 || s1[1] & 1 == 1 {
-            return None;
-        }
-        let vram = self.read_domain(Domain::Vram);
-        let gtt = self.read_domain(Domain::Gtt);
-        fence(Ordering::Acquire);
-        let s2 = [
-            self.lines[0].seq.load(Ordering::Relaxed),
-            self.lines[1].seq.load(Ordering::Relaxed),
-        ];
-        (s1 == s2).then_some(StatsSnapshot {
-            vram,
-            gtt,
-            updates: (s1[0] / 2).wrapping_add(s1[1] / 2),
-        })
-    }
-
-    /// A consistent snapshot, retrying (never blocking writers) while
-    /// updates overlap the read.
+    /// The exact snapshot (see the module docs): waits, polling only the
+    /// published lines, and never makes a writer wait.
     pub fn snapshot(&self) -> StatsSnapshot {
         loop {
-            if let Some(s) = self.read_once() {
+            if let Some(s) = self.try_snapshot(u32::MAX) {
                 return s;
             }
-            core::hint::spin_loop();
         }
     }
 
-    /// A consistent snapshot, or `None` if `attempts` reads all overlapped
-    /// an update.
-    pub fn try_snapshot(&self, attempts: u32) -> Option<StatsSnapshot> {
-        (0..attempts.max(1)).find_map(|_| {
-            let s = self.read_once();
-            if s.is_none() {
+    /// The exact snapshot, or `None` if `rounds` rounds of [`WAIT_POLLS`]
+    /// polls each ended without a publication and with a direct read of
+    /// the totals overlapped by an update (a writer in the middle of one).
+    pub fn try_snapshot(&self, rounds: u32) -> Option<StatsSnapshot> {
+        let mut pending = Domain::ALL.map(|d| {
+            // The first publication to begin after this load ends at the
+            // next even sequence number above it (when a publication is in
+            // progress now, its publisher took the lock after every update
+            // that has completed, so it counts).
+            let seq = self.domains[d.index()]
+                .published
+                .seq
+                .load(Ordering::Acquire);
+            Pending::Publication((seq | 1).wrapping_add(1))
+        });
+        for _ in 0..rounds.max(1) {
+            for _ in 0..WAIT_POLLS {
+                self.poll_publications(&mut pending);
+                if let Some(snapshot) = finished(&pending) {
+                    return Some(snapshot);
+                }
                 core::hint::spin_loop();
             }
-            s
-        })
+            // No publication meanwhile: read the totals of the domains
+            // still pending directly.
+            for (p, stats) in pending.iter_mut().zip(&self.domains) {
+                if let Pending::Publication(_) = p {
+                    if let Some((_, state)) = stats.totals.read() {
+                        *p = Pending::Done(state);
+                    }
+                }
+            }
+            if let Some(snapshot) = finished(&pending) {
+                return Some(snapshot);
+            }
+        }
+        None
     }
 
-    /// The counters of one domain, read without the consistency check
-    /// (cheap; each counter is exact but they may straddle an update).
-    pub fn domain_relaxed(&self, domain: Domain) -> DomainCounters {
-        self.read_domain(domain)
+    /// Reads the domains whose awaited publication has happened.
+    fn poll_publications(&self, pending: &mut [Pending; 2]) {
+        for (p, stats) in pending.iter_mut().zip(&self.domains) {
+            let Pending::Publication(fresh) = *p else {
+                continue;
+            };
+            if stats.published.seq.load(Ordering::Relaxed) < fresh {
+                continue;
+            }
+            if let Some((seq, state)) = stats.published.read() {
+                if seq >= fresh {
+                    *p = Pending::Done(state);
+                }
+            }
+        }
+    }
+}
+
+/// The snapshot, once every domain is read.
+fn finished(pending: &[Pending; 2]) -> Option<StatsSnapshot> {
+    match *pending {
+        [Pending::Done(vram), Pending::Done(gtt)] => Some(StatsSnapshot {
+            vram: vram.counters(),
+            gtt: gtt.counters(),
+            updates: vram.updates.wrapping_add(gtt.updates),
+        }),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
 
     #[test]
     fn deltas_apply_and_track_peaks() {
@@ -454,9 +569,213 @@ mod tests {
     #[test]
     fn overlapping_update_forces_a_retry() {
         let s = MemoryStats::new();
-        s.begin(Domain::Gtt);
+        let gtt = &s.domains[Domain::Gtt.index()];
+        let lock = gtt.writer.lock();
+        // An update stopped halfway: the totals' sequence is odd.
+        gtt.totals.seq.fetch_add(1, Ordering::SeqCst);
         assert_eq!(s.try_snapshot(3), None);
-        s.end(Domain::Gtt);
+        gtt.totals.seq.fetch_add(1, Ordering::SeqCst);
+        drop(lock);
         assert!(s.try_snapshot(1).is_some());
+    }
+
+    #[test]
+    fn publishes_every_publish_every_updates() {
+        let s = MemoryStats::new();
+        let vram = &s.domains[Domain::Vram.index()];
+        for i in 1..=3 * PUBLISH_EVERY {
+            s.apply(Domain::Vram, &Delta::alloc(4096, 4096, 0));
+            let (seq, published) = vram.published.read().unwrap();
+            let publications = i / PUBLISH_EVERY;
+            assert_eq!(seq, 2 * u64::from(publications));
+            assert_eq!(published.allocs, u64::from(publications * PUBLISH_EVERY));
+        }
+        // The exact read does not wait for a publication that never comes.
+        s.apply(Domain::Vram, &Delta::retry());
+        assert_eq!(s.snapshot().vram.retries, 1);
+        assert_eq!(vram.published.read().unwrap().1.retries, 0);
+    }
+
+    /// One step of the model test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Allocate (sizes in pages: allocated ≥ requested, visible ≤
+        /// allocated).
+        Alloc(bool, u64, u64, bool),
+        /// Free the live BO picked by the index (modulo the live count).
+        Free(bool, usize),
+        Failure(bool),
+        Retry(bool),
+        /// Several frees and allocations as one batch.
+        Batch(Vec<(bool, usize, u64)>),
+        Read,
+    }
+
+    fn domain_of(vram: bool) -> Domain {
+        if vram {
+            Domain::Vram
+        } else {
+            Domain::Gtt
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<bool>(), 1..64u64, 0..8u64, any::<bool>())
+                .prop_map(|(v, r, extra, vis)| Op::Alloc(v, r, extra, vis)),
+            3 => (any::<bool>(), any::<usize>()).prop_map(|(v, i)| Op::Free(v, i)),
+            1 => any::<bool>().prop_map(Op::Failure),
+            1 => any::<bool>().prop_map(Op::Retry),
+            1 => prop::collection::vec((any::<bool>(), any::<usize>(), 0..64u64), 0..6)
+                .prop_map(Op::Batch),
+            2 => Just(Op::Read),
+        ]
+    }
+
+    /// A live BO of the model: (allocated, requested, visible) bytes.
+    type Bo = (u64, u64, u64);
+
+    /// The reference: live BOs per domain and plain counters, kept by
+    /// obvious code.
+    #[derive(Clone, Debug, Default)]
+    struct Model {
+        live: [Vec<Bo>; 2],
+        allocs: [u64; 2],
+        frees: [u64; 2],
+        failures: [u64; 2],
+        retries: [u64; 2],
+        peak_allocated: [u64; 2],
+        peak_bos: [u64; 2],
+        updates: [u64; 2],
+    }
+
+    impl Model {
+        fn counters(&self, d: usize) -> DomainCounters {
+            let sum = |f: fn(&Bo) -> u64| self.live[d].iter().map(f).sum::<u64>();
+            DomainCounters {
+                allocated_bytes: sum(|b| b.0),
+                requested_bytes: sum(|b| b.1),
+                visible_bytes: sum(|b| b.2),
+                bo_count: self.live[d].len() as u64,
+                allocs: self.allocs[d],
+                frees: self.frees[d],
+                failures: self.failures[d],
+                retries: self.retries[d],
+                peak_allocated_bytes: self.peak_allocated[d],
+                peak_bo_count: self.peak_bos[d],
+            }
+        }
+
+        /// Ends one update of domain `d`.
+        fn updated(&mut self, d: usize) {
+            self.updates[d] += 1;
+            let now = self.counters(d);
+            self.peak_allocated[d] = self.peak_allocated[d].max(now.allocated_bytes);
+            self.peak_bos[d] = self.peak_bos[d].max(now.bo_count);
+        }
+    }
+
+    fn check_invariants(c: &DomainCounters) -> Result<(), TestCaseError> {
+        prop_assert_eq!(c.allocs - c.frees, c.bo_count);
+        prop_assert!(c.allocated_bytes <= c.peak_allocated_bytes);
+        prop_assert!(c.bo_count <= c.peak_bo_count);
+        prop_assert!(c.requested_bytes <= c.allocated_bytes);
+        prop_assert!(c.visible_bytes <= c.allocated_bytes);
+        Ok(())
+    }
+
+    proptest! {
+        /// Random updates, batches and reads against the model: every read
+        /// is exact and keeps the invariants; every published copy is a
+        /// state of the model fewer than `PUBLISH_EVERY` updates old.
+        #[test]
+        fn exact_reads_match_the_model(ops in prop::collection::vec(op(), 1..200)) {
+            let stats = MemoryStats::new();
+            let mut model = Model::default();
+            // Every state of the model per domain, by update count.
+            let mut history: [Vec<DomainCounters>; 2] =
+                [vec![DomainCounters::default()], vec![DomainCounters::default()]];
+            const PAGE: u64 = 4096;
+            for op in ops {
+                let mut touched = [false; 2];
+                match op {
+                    Op::Alloc(v, requested, extra, visible) => {
+                        let d = domain_of(v);
+                        let bo = (
+                            (requested + extra) * PAGE,
+                            requested * PAGE,
+                            if visible { (requested + extra) * PAGE } else { 0 },
+                        );
+                        stats.apply(d, &Delta::alloc(bo.0, bo.1, bo.2));
+                        model.live[d.index()].push(bo);
+                        model.allocs[d.index()] += 1;
+                        touched[d.index()] = true;
+                    }
+                    Op::Free(v, i) => {
+                        let d = domain_of(v);
+                        let live = &mut model.live[d.index()];
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let bo = live.swap_remove(i % live.len());
+                        stats.apply(d, &Delta::free(bo.0, bo.1, bo.2));
+                        model.frees[d.index()] += 1;
+                        touched[d.index()] = true;
+                    }
+                    Op::Failure(v) => {
+                        let d = domain_of(v);
+                        stats.apply(d, &Delta::failure());
+                        model.failures[d.index()] += 1;
+                        touched[d.index()] = true;
+                    }
+                    Op::Retry(v) => {
+                        let d = domain_of(v);
+                        stats.apply(d, &Delta::retry());
+                        model.retries[d.index()] += 1;
+                        touched[d.index()] = true;
+                    }
+                    Op::Batch(items) => {
+                        let mut batch = StatsBatch::new();
+                        for (v, i, pages) in items {
+                            let d = domain_of(v).index();
+                            if pages == 0 && !model.live[d].is_empty() {
+                                let n = model.live[d].len();
+                                let bo = model.live[d].swap_remove(i % n);
+                                batch.add(domain_of(v), &Delta::free(bo.0, bo.1, bo.2));
+                                model.frees[d] += 1;
+                            } else {
+                                let bo = ((pages + 1) * PAGE, (pages + 1) * PAGE, 0);
+                                batch.add(domain_of(v), &Delta::alloc(bo.0, bo.1, bo.2));
+                                model.live[d].push(bo);
+                                model.allocs[d] += 1;
+                            }
+                            touched[d] = true;
+                        }
+                        stats.apply_batch(&batch);
+                    }
+                    Op::Read => {
+                        let snap = stats.snapshot();
+                        for d in Domain::ALL {
+                            let c = snap.domain(d);
+                            check_invariants(c)?;
+                            prop_assert_eq!(*c, model.counters(d.index()));
+                        }
+                        prop_assert_eq!(snap.updates, model.updates[0] + model.updates[1]);
+                    }
+                }
+                for d in 0..2 {
+                    if touched[d] {
+                        model.updated(d);
+                        history[d].push(model.counters(d));
+                    }
+                    let (_, published) = stats.domains[d].published.read().unwrap();
+                    let behind = model.updates[d] - published.updates;
+                    prop_assert!(behind < u64::from(PUBLISH_EVERY));
+                    let c = published.counters();
+                    check_invariants(&c)?;
+                    prop_assert_eq!(c, history[d][published.updates as usize]);
+                }
+            }
+        }
     }
 }
