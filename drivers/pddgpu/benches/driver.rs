@@ -16,7 +16,12 @@
 //!   helpers switch at once, the order alternates); the ratio is the median
 //!   of the per-round ratios, so load from other processes that changes
 //!   between rounds cancels out. `ratio driver/stats_readers_vs_idle`
-//!   compares with blocked helpers instead (11 longer rounds).
+//!   compares with blocked helpers instead (11 longer rounds). The read
+//!   is the exact one the scheme's `stats` files use (see
+//!   `pddgpu::stats`); it polls only the published copy of the counters,
+//!   so the reads/s figure is bounded by how often writers publish;
+//! - `ns stats read, writers idle <n>`: one `Driver::stats()` when no
+//!   writer runs (the read waits out its polls, then reads the totals).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -154,6 +159,13 @@ fn main() {
         step.advance(1);
     }
     helpers.stop();
+    pin_to(helper_cpu);
+    let reads = 2_000u32;
+    let t = Instant::now();
+    for _ in 0..reads {
+        black_box(d.stats());
+    }
+    let idle_read_ns = t.elapsed().as_nanos() as f64 / f64::from(reads);
     step.finish(format!(
         "stats readers: done in {}",
         seconds(step.elapsed())
@@ -167,6 +179,7 @@ fn main() {
         "ratio driver/stats_readers_vs_idle {:.3}",
         median(&mut idle_ratios)
     );
+    println!("ns stats read, writers idle {idle_read_ns:.0}");
     println!(
         "ns bo_create+free mixed (writer CPU time, best segment): helpers idle {idle_best:.0}, spinning {spin_best:.0}, reading stats {read_best:.0}; stats reads/s while reading {read_rate:.0}; writer on CPU {writer_cpu}, helpers on CPU {helper_cpu} of {cpus}"
     );

@@ -7,17 +7,19 @@
 //! table against the managers.
 //!
 //! # Layout: writers own their lines (the kernel's `percpu_counter` idea)
-//! Each domain has three cache lines (each a
+//! Each domain has four cache lines (each a
 //! [`CachePadded`](crossbeam_utils::CachePadded)), and a writer touches the
-//! line readers poll only once every [`PUBLISH_EVERY`] updates:
+//! line busy readers poll only once every [`PUBLISH_EVERY`] updates:
 //! - the **writer lock** (a `spin` mutex) with the count of updates since
 //!   the last publication — readers never touch it;
 //! - the **totals**: the exact counters and peaks, written under the lock
 //!   with plain stores inside a seqlock (sequence odd while an update is
-//!   being written). Readers read them only as a fallback (below);
+//!   being written). Readers read them only when writers look idle or
+//!   after waiting in vain for a publication (below);
 //! - the **published** copy: the totals as of the last publication, also
 //!   seqlocked. The lock holder republishes after every [`PUBLISH_EVERY`]-th
-//!   update of the domain (a batch counts as one update).
+//!   update of the domain (a batch counts as one update);
+//! - the readers' **hint** (below) — writers never touch it.
 //!
 //! The published copy alone is what a per-CPU counter's cheap read gives:
 //! a consistent state of the domain at most `PUBLISH_EVERY - 1` updates old.
@@ -35,30 +37,38 @@
 //! read at one common instant (a batch that touches both, such as an
 //! owner's exit, can be visible in one domain and not yet in the other).
 //!
-//! How: the reader notes the published sequence number and waits, polling
-//! only the published line, for the first publication that begins after
-//! that — its publisher took the writer lock after every update that had
-//! completed, so it includes them all. A writer that keeps updating
-//! publishes within `PUBLISH_EVERY` updates. A writer that has stopped
-//! publishes nothing, so after [`WAIT_POLLS`] polls the reader reads the
-//! totals directly through their seqlock (free when the writer is idle: no
-//! one else holds the line), and if an update overlapped that read it
-//! waits once more. Readers take no lock and write nothing a writer reads.
+//! How: a read of a domain either reads the totals directly through their
+//! seqlock (exact: every completed update released the seqlock before) or
+//! notes the published sequence number and waits, polling only the
+//! published line, for the first publication that begins after that (its
+//! publisher took the writer lock after every update that had completed,
+//! so it includes them all). Which, a hint in a line only readers write
+//! decides: while writers are busy (the last read got a publication, or
+//! its direct read saw updates since the one before), a read waits — a
+//! writer that keeps updating publishes within `PUBLISH_EVERY` updates —
+//! and reads the totals directly only after [`WAIT_POLLS`] polls without a
+//! publication (a writer that stopped, or is slow); while writers look
+//! idle, it reads the totals at once (free: no writer holds the line), and
+//! waits instead if an update overlapped that read. Readers take no lock
+//! and write nothing a writer reads.
 //!
 //! # What readers cost a writer
 //! Only cache-line transfers, bounded independently of how often readers
 //! read: per domain, the published lines once per publication (one per
-//! `PUBLISH_EVERY` updates), plus the totals lines at most once per
-//! `WAIT_POLLS` polls of each reading thread (and only when a writer is
-//! slow enough that no publication arrived meanwhile). A flood of reads —
-//! a tight loop in process, or `stats` reads through the scheme (each
-//! costing an IPC round trip besides) — therefore cannot slow allocations
+//! `PUBLISH_EVERY` updates), plus the totals lines at most about once per
+//! `WAIT_POLLS` polls of each reading thread — a direct read that finds
+//! writers active switches readers to waiting, and a waiting reader reads
+//! the totals only after a full round of polls without a publication. A
+//! flood of reads — a tight loop in process, or `stats` reads through the
+//! scheme (each costing an IPC round trip besides) — therefore cannot slow
+//! allocations
 //! beyond that bound; see `ratio driver/stats_readers` in
-//! `docs/BENCHMARKS.md`. The price is on the reader's side: a read waits
-//! up to one publication interval while writers are busy, and up to
-//! `WAIT_POLLS` polls (a few microseconds) when they are idle.
+//! `docs/BENCHMARKS.md`. The price is on the reader's side: while writers
+//! are busy a read waits up to one publication interval (or `WAIT_POLLS`
+//! polls, a few microseconds, if that is shorter); the first read after
+//! writers stop waits out the polls once more.
 
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -367,12 +377,43 @@ impl SeqState {
 #[derive(Debug, Default)]
 struct Unpublished(u32);
 
+/// The readers' guess whether a domain's writers are busy, in a line only
+/// readers write. It decides only how a read proceeds, never what it
+/// returns.
+#[derive(Debug, Default)]
+struct ReaderHint {
+    /// Writers were updating at the last look: wait for a publication
+    /// rather than read the totals at once.
+    busy: AtomicBool,
+    /// The update count the last direct read of the totals saw.
+    last_direct: AtomicU64,
+}
+
+impl ReaderHint {
+    fn set_busy(&self, busy: bool) {
+        if self.busy.load(Ordering::Relaxed) != busy {
+            self.busy.store(busy, Ordering::Relaxed);
+        }
+    }
+
+    /// After a direct read that saw `updates`: busy if writers updated
+    /// since the previous direct read.
+    fn saw_totals(&self, updates: u64) {
+        let changed = self.last_direct.load(Ordering::Relaxed) != updates;
+        if changed {
+            self.last_direct.store(updates, Ordering::Relaxed);
+        }
+        self.set_busy(changed);
+    }
+}
+
 /// One domain's statistics (see the module docs for the protocol).
 #[derive(Debug, Default)]
 struct DomainStats {
     writer: CachePadded<spin::Mutex<Unpublished>>,
     totals: CachePadded<SeqState>,
     published: CachePadded<SeqState>,
+    hint: CachePadded<ReaderHint>,
 }
 
 impl DomainStats {
@@ -386,6 +427,27 @@ impl DomainStats {
             self.published.store(&self.published.load_owned(), &new);
             unpublished.0 = 0;
         }
+    }
+}
+
+impl DomainStats {
+    /// Begins an exact read: reads the totals at once if writers looked
+    /// idle at the last read, else (or if an update overlapped) notes
+    /// which publication to wait for.
+    fn start_read(&self) -> Pending {
+        if !self.hint.busy.load(Ordering::Relaxed) {
+            if let Some((_, state)) = self.totals.read() {
+                self.hint.saw_totals(state.updates);
+                return Pending::Done(state);
+            }
+            self.hint.set_busy(true);
+        }
+        // The first publication to begin after this load ends at the next
+        // even sequence number above it (when a publication is in
+        // progress now, its publisher took the lock after every update
+        // that has completed, so it counts).
+        let seq = self.published.seq.load(Ordering::Acquire);
+        Pending::Publication((seq | 1).wrapping_add(1))
     }
 }
 
@@ -449,17 +511,7 @@ impl MemoryStats {
     /// polls each ended without a publication and with a direct read of
     /// the totals overlapped by an update (a writer in the middle of one).
     pub fn try_snapshot(&self, rounds: u32) -> Option<StatsSnapshot> {
-        let mut pending = Domain::ALL.map(|d| {
-            // The first publication to begin after this load ends at the
-            // next even sequence number above it (when a publication is in
-            // progress now, its publisher took the lock after every update
-            // that has completed, so it counts).
-            let seq = self.domains[d.index()]
-                .published
-                .seq
-                .load(Ordering::Acquire);
-            Pending::Publication((seq | 1).wrapping_add(1))
-        });
+        let mut pending = Domain::ALL.map(|d| self.domains[d.index()].start_read());
         for _ in 0..rounds.max(1) {
             for _ in 0..WAIT_POLLS {
                 self.poll_publications(&mut pending);
@@ -473,6 +525,7 @@ impl MemoryStats {
             for (p, stats) in pending.iter_mut().zip(&self.domains) {
                 if let Pending::Publication(_) = p {
                     if let Some((_, state)) = stats.totals.read() {
+                        stats.hint.saw_totals(state.updates);
                         *p = Pending::Done(state);
                     }
                 }
@@ -495,6 +548,7 @@ impl MemoryStats {
             }
             if let Some((seq, state)) = stats.published.read() {
                 if seq >= fresh {
+                    stats.hint.set_busy(true);
                     *p = Pending::Done(state);
                 }
             }
