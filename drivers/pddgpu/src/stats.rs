@@ -61,8 +61,7 @@
 //! the totals only after a full round of polls without a publication. A
 //! flood of reads — a tight loop in process, or `stats` reads through the
 //! scheme (each costing an IPC round trip besides) — therefore cannot slow
-//! allocations
-//! beyond that bound; see `ratio driver/stats_readers` in
+//! allocations beyond that bound; see `ratio driver/stats_readers` in
 //! `docs/BENCHMARKS.md`. The price is on the reader's side: while writers
 //! are busy a read waits up to one publication interval (or `WAIT_POLLS`
 //! polls, a few microseconds, if that is shorter); the first read after
