@@ -427,9 +427,7 @@ impl DomainStats {
             unpublished.0 = 0;
         }
     }
-}
 
-impl DomainStats {
     /// Begins an exact read: reads the totals at once if writers looked
     /// idle at the last read, else (or if an update overlapped) notes
     /// which publication to wait for.
