@@ -922,7 +922,7 @@ fn log_lines_cannot_be_forged_with_unicode_separators() {
         format!("bo/1?token={fake}"),
         format!("bo/new?size=1{fake}"),
         format!("bo/new?size=4096&domain=gtt&label=\u{202e}{fake}&bogus"),
-        format!("bo/new?size=4096&domain=g\u{202e}tt"),
+        "bo/new?size=4096&domain=g\u{202e}tt".to_string(),
     ] {
         let r = open(&mut c, &path, O_RDWR);
         assert!(r.is_err() && r != Err(-1), "{path}: {r:?}");
