@@ -209,6 +209,11 @@ fn profile(which: &str) {
     alloc_free(&mut c);
     stats_read(&mut c);
     raw.roundtrip();
+    // As in the timed run, alloc+free runs with no other handle open: each
+    // pair is also a new owner and its end.
+    if which == "alloc_free" {
+        close(&mut c, stats);
+    }
     match which {
         "raw" => profile_loop(iters, &mut || raw.roundtrip()),
         "null" => profile_loop(iters, &mut || {
@@ -223,7 +228,9 @@ fn profile(which: &str) {
             panic!("PDDGPU_BENCH_PROFILE={other}: expected raw, null, alloc_free or stats_read")
         }
     }
-    close(&mut c, stats);
+    if which != "alloc_free" {
+        close(&mut c, stats);
+    }
 }
 
 fn main() {
