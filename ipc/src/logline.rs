@@ -16,6 +16,8 @@
 
 use std::cell::RefCell;
 use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// Longest excerpt of client text in a log line, in bytes (before
 /// escaping).
@@ -23,6 +25,34 @@ pub const EXCERPT_MAX: usize = 96;
 
 /// Lines kept per thread between two [`flush`]es.
 pub const MAX_PENDING: usize = 16;
+
+/// Log lines about client requests and connections written per second,
+/// all clients together, at most.
+pub const CLIENT_LINES_PER_SECOND: u32 = 5;
+
+/// The one limiter of lines about clients: the transport's lines about
+/// connections and frames (refused connections, failed accepts, malformed
+/// or refused frames, connections ended by a client) all go through
+/// [`write_limited`], so any number of clients provoking them costs a few
+/// lines a second.
+static CLIENT_LINES: Mutex<RateLimit> = Mutex::new(RateLimit::new(CLIENT_LINES_PER_SECOND));
+
+fn client_lines() -> std::sync::MutexGuard<'static, RateLimit> {
+    CLIENT_LINES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the line `line` builds now, unless the server-wide limit of
+/// lines about clients holds it back (then only counts it). Call it with
+/// no lock held; `line` must capture only capped parts (see [`excerpt`]).
+pub fn write_limited(level: log::Level, line: impl FnOnce() -> String) {
+    if !log::log_enabled!(level) {
+        return;
+    }
+    let admitted = client_lines().admit(Instant::now());
+    if let Some(held_back) = admitted {
+        log::log!(level, "{}{}", line(), held_back_note(held_back));
+    }
+}
 
 type Line = Box<dyn FnOnce() -> String>;
 
