@@ -493,9 +493,6 @@ fn opens_relative_to_a_handle_belong_to_its_owner_not_to_a_pid() {
 #[test]
 fn manager_files_list_their_keys_in_order() {
     let mut h = harness();
-    let _bo = h
-        .open(30, ROOT_ID, "bo/new?size=12K&domain=gtt", O_RDWR)
-        .unwrap();
     let keys_and_values = |h: &mut Harness, name: &str| -> Vec<(String, String)> {
         let file = h.open(30, ROOT_ID, name, O_RDONLY).unwrap();
         let text = String::from_utf8(h.read_all(30, file, 1 << 12)).unwrap();
@@ -538,6 +535,9 @@ fn manager_files_list_their_keys_in_order() {
     assert_eq!(vram[2].1, (16u64 << 20).to_string());
     assert_eq!(vram[3].1, "0", "nothing in VRAM");
 
+    let _bo = h
+        .open(30, ROOT_ID, "bo/new?size=12K&domain=gtt", O_RDWR)
+        .unwrap();
     let gtt = keys_and_values(&mut h, "gtt");
     let s = h.driver.gtt_stats();
     let want = [
