@@ -16,6 +16,8 @@
 
 use std::cell::RefCell;
 use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// Longest excerpt of client text in a log line, in bytes (before
 /// escaping).
@@ -23,6 +25,34 @@ pub const EXCERPT_MAX: usize = 96;
 
 /// Lines kept per thread between two [`flush`]es.
 pub const MAX_PENDING: usize = 16;
+
+/// Log lines about client requests and connections written per second,
+/// all clients together, at most.
+pub const CLIENT_LINES_PER_SECOND: u32 = 5;
+
+/// The one limiter of lines about clients: the transport's lines about
+/// connections and frames (refused connections, failed accepts, malformed
+/// or refused frames, connections ended by a client) all go through
+/// [`write_limited`], so any number of clients provoking them costs a few
+/// lines a second.
+static CLIENT_LINES: Mutex<RateLimit> = Mutex::new(RateLimit::new(CLIENT_LINES_PER_SECOND));
+
+fn client_lines() -> std::sync::MutexGuard<'static, RateLimit> {
+    CLIENT_LINES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the line `line` builds now, unless the server-wide limit of
+/// lines about clients holds it back (then only counts it). Call it with
+/// no lock held; `line` must capture only capped parts (see [`excerpt`]).
+pub fn write_limited(level: log::Level, line: impl FnOnce() -> String) {
+    if !log::log_enabled!(level) {
+        return;
+    }
+    let admitted = client_lines().admit(Instant::now());
+    if let Some(held_back) = admitted {
+        log::log!(level, "{}{}", line(), held_back_note(held_back));
+    }
+}
 
 type Line = Box<dyn FnOnce() -> String>;
 
@@ -55,11 +85,7 @@ fn quoted(text: &str, total: usize, cut_before: bool) -> String {
     }
     let mut out = String::with_capacity(end + 24);
     out.push('"');
-    for c in text[..end].chars() {
-        // Control characters and quotes are escaped: a client cannot forge
-        // line breaks or fake fields in the log.
-        let _ = write!(out, "{}", c.escape_debug());
-    }
+    push_escaped(&mut out, &text[..end]);
     out.push('"');
     if end < text.len() || cut_before {
         let _ = write!(out, "… ({total} bytes)");
@@ -67,22 +93,27 @@ fn quoted(text: &str, total: usize, cut_before: bool) -> String {
     out
 }
 
+/// Appends `text` with every character that is not printable escaped
+/// (`escape_debug`): control characters, line and paragraph separators,
+/// bidirectional overrides and other format characters, quotes and
+/// backslashes. A client can therefore neither break a log line nor make
+/// its text display as something else (a forged line, reversed fields).
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        let _ = write!(out, "{}", c.escape_debug());
+    }
+}
+
 /// `text` (an error message or other line part that may quote client
-/// input) cut to at most twice [`EXCERPT_MAX`] bytes, with control
-/// characters escaped; when cut, followed by `… (N bytes)`.
+/// input) cut to at most twice [`EXCERPT_MAX`] bytes, escaped like an
+/// [`excerpt`] but unquoted; when cut, followed by `… (N bytes)`.
 pub fn clip(text: &str) -> String {
     let mut end = text.len().min(2 * EXCERPT_MAX);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let mut out = String::with_capacity(end + 24);
-    for c in text[..end].chars() {
-        if c.is_control() {
-            let _ = write!(out, "{}", c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
+    push_escaped(&mut out, &text[..end]);
     if end < text.len() {
         let _ = write!(out, "… ({} bytes)", text.len());
     }
@@ -212,6 +243,20 @@ mod tests {
         assert!(reason.len() < 2 * EXCERPT_MAX + 32);
         assert!(!reason.contains('\n'));
         assert_eq!(clip("a\nb"), "a\\nb");
+        // Separators and bidirectional overrides cannot forge a line or
+        // reorder one, in reasons and excerpts alike.
+        let forged = "1\u{2028}[WARN pddgpud] root: control: shutdown\u{202e}x";
+        for line in [clip(forged), excerpt(forged)] {
+            assert!(
+                !line.contains('\u{2028}') && !line.contains('\u{202e}'),
+                "{line}"
+            );
+            assert!(
+                line.contains("\\u{2028}") && line.contains("\\u{202e}"),
+                "{line}"
+            );
+        }
+        assert_eq!(clip("label é 中"), "label é 中");
         let bytes = excerpt_bytes(&[0xff; 4 * EXCERPT_MAX]);
         assert!(
             bytes.ends_with(&format!("({} bytes)", 4 * EXCERPT_MAX)),
