@@ -910,3 +910,44 @@ fn connections_ending_badly_are_logged_at_a_bounded_rate() {
     drop(dev);
     assert_server_intact(&mut daemon);
 }
+
+/// A user that connects and closes in a loop (never holding more than one
+/// connection, so the per-user connection limit never applies) is held to
+/// its rate of new connections: the ones beyond are refused with `EAGAIN`
+/// right after `accept`, before a thread is started for them (the red
+/// team's N7: such a flood made everyone else's connect 600 times
+/// slower), while the admin is still served.
+#[test]
+fn a_users_connect_flood_is_refused_past_its_rate() {
+    if !is_root() {
+        eprintln!("not root: needs a second user; skipped");
+        return;
+    }
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut flood = spawn_helper(&daemon, &["connect-flood", "2000"], Some(OTHER_UID));
+    let line = first_line(&mut flood);
+    let _ = flood.wait();
+    let mut words = line.split(' ');
+    let (served, refused, errnos) = match (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) {
+        (Some("served"), Some(s), Some("refused"), Some(r), e) => (
+            s.parse::<u64>().unwrap(),
+            r.parse::<u64>().unwrap(),
+            e.unwrap_or("").to_string(),
+        ),
+        _ => panic!("unexpected helper answer {line:?}"),
+    };
+    assert_eq!(served + refused, 2000, "{line}");
+    assert!(served > 0, "nothing served: {line}");
+    assert!(refused > 0, "2000 connects in a row, none refused: {line}");
+    assert_eq!(errnos, "EAGAIN", "{line}");
+    let dev = daemon.connect();
+    assert_eq!(dev.health().expect("the admin's health").trim(), "ok");
+    drop(dev);
+    assert_server_intact(&mut daemon);
+}

@@ -29,6 +29,7 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
         max_frame_bytes: l.max_frame_bytes,
         admin_connections: l.admin_connections,
         admin_uid: opts.admin_uid.or_else(crate::backend::current_uid),
+        connects_per_second_per_uid: l.max_connects_per_second_per_uid,
     }
 }
 

@@ -24,8 +24,12 @@
 //! frame only costs its sender the connection.
 //!
 //! What one client can make the server spend is bounded ([`ServerLimits`]):
-//! - connections: per user (`EMFILE` beyond, sent as a refusal frame with
-//!   tag [`REFUSAL_TAG`]) and in total (`ENFILE`), the last
+//! - connections: new ones per user and second
+//!   ([`ServerLimits::connects_per_second_per_uid`], refused with `EAGAIN`
+//!   right after `accept`, before anything is spent on them: a user
+//!   connecting and closing in a loop cannot keep the accept loop busy
+//!   starting threads), open ones per user (`EMFILE` beyond, sent as a
+//!   refusal frame with tag [`REFUSAL_TAG`]) and in total (`ENFILE`), the last
 //!   [`ServerLimits::admin_connections`] of the total kept for the admin
 //!   (root or [`ServerLimits::admin_uid`]), so users acting together
 //!   cannot lock the admin out;
@@ -223,6 +227,10 @@ pub struct ServerLimits {
     /// The admin besides root (whose connections may use the reserved
     /// ones).
     pub admin_uid: Option<u32>,
+    /// New connections one user (other than the admin) may open a
+    /// second, on average; up to this many at once. Beyond, a refusal frame
+    /// with `EAGAIN`.
+    pub connects_per_second_per_uid: u32,
 }
 
 /// What a read gets at least when its user's answers already hold
@@ -244,6 +252,7 @@ impl Default for ServerLimits {
             max_frame_bytes: 512 << 20,
             admin_connections: 8,
             admin_uid: None,
+            connects_per_second_per_uid: 100,
         }
     }
 }
@@ -374,6 +383,44 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
     /// A descriptor given up when `accept` finds none left, so a waiting
     /// client can still be accepted and told why it is refused.
     spare: Option<OwnedFd>,
+    /// New connections per user, for [`ServerLimits::connects_per_second_per_uid`].
+    connects: ConnectRate,
+}
+
+/// A token bucket per user: `rate` tokens a second, at most `rate` held;
+/// each new connection takes one.
+struct ConnectRate {
+    rate: u32,
+    buckets: HashMap<u32, (f64, Instant)>,
+}
+
+impl ConnectRate {
+    fn new(rate: u32) -> Self {
+        ConnectRate {
+            rate,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `uid` may open a connection at `now` (and takes a token if
+    /// so).
+    fn admit(&mut self, uid: u32, now: Instant) -> bool {
+        let rate = f64::from(self.rate.max(1));
+        if self.buckets.len() > 4096 {
+            // Forget users whose buckets are full again.
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < rate
+            });
+        }
+        let (tokens, at) = self.buckets.entry(uid).or_insert((rate, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
 }
 
 /// Log lines about refused connections (and every other line about
@@ -467,6 +514,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             }),
             next_conn: 1,
             spare: spare_descriptor(),
+            connects: ConnectRate::new(limits.connects_per_second_per_uid),
         })
     }
 
@@ -583,10 +631,21 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 return;
             }
         };
+        let is_admin = cred.uid == 0 || Some(cred.uid) == self.shared.limits.admin_uid;
+        if !is_admin && !self.connects.admit(cred.uid, Instant::now()) {
+            let rate = self.shared.limits.connects_per_second_per_uid;
+            self.log_refused(|| {
+                format!(
+                    "refusing pid {} (uid {}): more than {rate} new connections a second",
+                    cred.pid, cred.uid
+                )
+            });
+            refuse(stream, EAGAIN);
+            return;
+        }
         let mut conns = lock(&self.shared.conns);
         reap(&mut conns);
         let limits = &self.shared.limits;
-        let is_admin = cred.uid == 0 || Some(cred.uid) == limits.admin_uid;
         let open_to_caller = if is_admin {
             limits.max_connections
         } else {

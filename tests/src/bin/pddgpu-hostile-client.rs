@@ -26,6 +26,9 @@
 //! - `domain-map`: create a VRAM BO and ask for a descriptor of the whole
 //!   domain (`dup(bo, "domain-backing")`, for the privileged only); print
 //!   `domain-backing <ok|ERRNO>`.
+//! - `connect-flood <count>`: connect, open `health` and close, `count`
+//!   times in a row; print `served <n> refused <n> <ERRNO,…>` (the errnos
+//!   of the refusals).
 
 // Tries to map a descriptor writable, as a hostile client would (the
 // mapping edge).
@@ -303,6 +306,36 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("domain-map") => {
             say(&domain_map()?);
+            Ok(())
+        }
+        Some("connect-flood") => {
+            let count = number(args.get(1), "count")?;
+            let socket = pddgpu_ipc::default_socket_path();
+            let (mut served, mut refused) = (0u64, std::collections::BTreeSet::new());
+            let mut refusals = 0u64;
+            for _ in 0..count {
+                let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+                let reply = c
+                    .request(
+                        Opcode::OpenAt,
+                        [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
+                        b"health",
+                        0,
+                    )
+                    .map_err(|e| e.to_string())?;
+                match reply.result() {
+                    Ok(_) => served += 1,
+                    Err(e) => {
+                        refusals += 1;
+                        refused.insert(errno_name(e));
+                    }
+                }
+            }
+            let names: Vec<&str> = refused.into_iter().collect();
+            say(&format!(
+                "served {served} refused {refusals} {}",
+                names.join(",")
+            ));
             Ok(())
         }
         Some("share-connection") => {
