@@ -48,9 +48,9 @@
 //!   [`ACCEPT_BACKOFF`] before trying again, while existing connections
 //!   are served as usual. A connection whose thread cannot start gets a
 //!   refusal frame with `EAGAIN`;
-//! - the log: refusals of connections are logged at most
-//!   [`REFUSAL_LINES_PER_SECOND`] a second, with a count of those held
-//!   back.
+//! - the log: refusals of connections, malformed frames and the
+//!   scheme's refusals share one limit of [`REFUSAL_LINES_PER_SECOND`]
+//!   lines a second, with a count of those held back.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, Read};
@@ -75,7 +75,6 @@ use crate::frame::{
     split_request, Incoming, RequestHeader, ResponseHeader, MAX_PAYLOAD, REFUSAL_TAG,
     REQUEST_HEADER_LEN, RESPONSE_FLAG_FD, RESPONSE_HEADER_LEN,
 };
-use crate::logline::{held_back_note, RateLimit};
 
 /// The `fd` argument a client uses in `openat` to mean "the scheme root"
 /// (what `/scheme/pddgpu` is on Redox). The server substitutes the id that
@@ -282,12 +281,12 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
     /// A descriptor given up when `accept` finds none left, so a waiting
     /// client can still be accepted and told why it is refused.
     spare: Option<OwnedFd>,
-    /// Log lines about refused connections and failed accepts.
-    refusal_log: RateLimit,
 }
 
-/// Log lines about refused connections written per second, at most.
-pub const REFUSAL_LINES_PER_SECOND: u32 = 5;
+/// Log lines about refused connections (and every other line about
+/// clients) written per second, at most: one limit for the whole server
+/// (see [`crate::logline`]).
+pub const REFUSAL_LINES_PER_SECOND: u32 = crate::logline::CLIENT_LINES_PER_SECOND;
 
 /// How long the accept loop sleeps when it cannot accept for lack of
 /// descriptors (and cannot free one to refuse the client).
@@ -371,16 +370,13 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             }),
             next_conn: 1,
             spare: spare_descriptor(),
-            refusal_log: RateLimit::new(REFUSAL_LINES_PER_SECOND),
         })
     }
 
     /// Logs a refused connection at warning level, rate-limited (see
     /// [`REFUSAL_LINES_PER_SECOND`]).
     fn log_refused(&mut self, line: impl FnOnce() -> String) {
-        if let Some(held_back) = self.refusal_log.admit(Instant::now()) {
-            log::warn!("{}{}", line(), held_back_note(held_back));
-        }
+        crate::logline::write_limited(log::Level::Warn, line);
     }
 
     /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
@@ -806,7 +802,9 @@ fn serve_connection<S: HostScheme>(
                 Ok(Incoming::Incomplete) => break,
                 Err(e) => {
                     let tag = u32::from_le_bytes([avail[20], avail[21], avail[22], avail[23]]);
-                    log::warn!("client pid {}: malformed frame ({e}); closing", cred.pid);
+                    crate::logline::write_limited(log::Level::Warn, || {
+                        format!("client pid {}: malformed frame ({e}); closing", cred.pid)
+                    });
                     let _ = send_response(&stream, err_cqe(tag, e.errno()), &[], None);
                     break 'serve "protocol error";
                 }
