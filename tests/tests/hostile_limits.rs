@@ -427,10 +427,24 @@ const THIRD_UID: u32 = 65533;
 
 const MIB: u64 = 1 << 20;
 
-/// Kills a helper client (as a crash would) and reaps it.
-fn kill(mut child: std::process::Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// A helper client killed (as a crash would) and reaped when dropped,
+/// also when the test fails half-way.
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a helper client as `uid`, killed when the result is dropped.
+fn helper_as(daemon: &Daemon, args: &[&str], uid: u32) -> Helper {
+    Helper(spawn_helper(daemon, args, Some(uid)))
+}
+
+fn kill(helper: Helper) {
+    drop(helper);
 }
 
 /// `held <bytes> refused <ERRNO>` from `fill-connections`.
@@ -455,12 +469,12 @@ fn one_user_with_many_connections_gets_one_byte_quota() {
     }
     let mut daemon = Daemon::start(&daemon_bin(), &["--vram-size", "64M", "--gtt-size", "64M"]);
     let quota = 48 * MIB;
-    let mut attacker = spawn_helper(
+    let mut attacker = helper_as(
         &daemon,
         &["fill-connections", "16", &MIB.to_string(), "vram"],
-        Some(OTHER_UID),
+        OTHER_UID,
     );
-    let (held, refusal) = held_and_refusal(&first_line(&mut attacker));
+    let (held, refusal) = held_and_refusal(&first_line(&mut attacker.0));
     assert_eq!(refusal, "EDQUOT", "the user's last create");
     assert_eq!(
         held, quota,
@@ -469,12 +483,12 @@ fn one_user_with_many_connections_gets_one_byte_quota() {
     let dev = daemon.connect();
     assert_eq!(dev.stats().expect("stats").vram.used, held);
     // Another user gets the rest of the domain.
-    let mut other = spawn_helper(
+    let mut other = helper_as(
         &daemon,
         &["create", &(16 * MIB).to_string(), "vram"],
-        Some(THIRD_UID),
+        THIRD_UID,
     );
-    let answer = first_line(&mut other);
+    let answer = first_line(&mut other.0);
     assert!(answer.starts_with("ok "), "the other user: {answer}");
     kill(other);
     kill(attacker);
@@ -493,29 +507,29 @@ fn the_user_quota_is_tunable_root_is_exempt_and_imports_count_per_holder() {
     }
     let mut daemon = Daemon::start(&daemon_bin(), &["--vram-size", "64M", "--gtt-size", "64M"]);
     // 32 MiB fits the user's 48 MiB once, not twice.
-    let mut sharer = spawn_helper(
+    let mut sharer = helper_as(
         &daemon,
         &["share-self", &(32 * MIB).to_string(), "gtt"],
-        Some(OTHER_UID),
+        OTHER_UID,
     );
-    assert_eq!(first_line(&mut sharer), "import EDQUOT");
-    let mut small = spawn_helper(
+    assert_eq!(first_line(&mut sharer.0), "import EDQUOT");
+    let mut small = helper_as(
         &daemon,
         &["share-self", &(16 * MIB).to_string(), "gtt"],
-        Some(THIRD_UID),
+        THIRD_UID,
     );
-    assert_eq!(first_line(&mut small), "import ok", "16 MiB twice fits");
+    assert_eq!(first_line(&mut small.0), "import ok", "16 MiB twice fits");
     kill(sharer);
     kill(small);
     let dev = daemon.connect();
     dev.set_config("uid_quota_percent", "25")
         .expect("root sets the tunable");
-    let mut attacker = spawn_helper(
+    let mut attacker = helper_as(
         &daemon,
         &["fill-connections", "4", &MIB.to_string(), "gtt"],
-        Some(OTHER_UID),
+        OTHER_UID,
     );
-    let (held, refusal) = held_and_refusal(&first_line(&mut attacker));
+    let (held, refusal) = held_and_refusal(&first_line(&mut attacker.0));
     assert_eq!((held, refusal.as_str()), (16 * MIB, "EDQUOT"));
     let root_bo = dev
         .create_bo(
