@@ -102,11 +102,7 @@ fn quoted(text: &str, total: usize, cut_before: bool) -> String {
     }
     let mut out = String::with_capacity(end + 24);
     out.push('"');
-    for c in text[..end].chars() {
-        // Control characters and quotes are escaped: a client cannot forge
-        // line breaks or fake fields in the log.
-        let _ = write!(out, "{}", c.escape_debug());
-    }
+    push_escaped(&mut out, &text[..end]);
     out.push('"');
     if end < text.len() || cut_before {
         let _ = write!(out, "… ({total} bytes)");
@@ -114,22 +110,27 @@ fn quoted(text: &str, total: usize, cut_before: bool) -> String {
     out
 }
 
+/// Appends `text` with every character that is not printable escaped
+/// (`escape_debug`): control characters, line and paragraph separators,
+/// bidirectional overrides and other format characters, quotes and
+/// backslashes. A client can therefore neither break a log line nor make
+/// its text display as something else (a forged line, reversed fields).
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        let _ = write!(out, "{}", c.escape_debug());
+    }
+}
+
 /// `text` (an error message or other line part that may quote client
-/// input) cut to at most twice [`EXCERPT_MAX`] bytes, with control
-/// characters escaped; when cut, followed by `… (N bytes)`.
+/// input) cut to at most twice [`EXCERPT_MAX`] bytes, escaped like an
+/// [`excerpt`] but unquoted; when cut, followed by `… (N bytes)`.
 pub fn clip(text: &str) -> String {
     let mut end = text.len().min(2 * EXCERPT_MAX);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let mut out = String::with_capacity(end + 24);
-    for c in text[..end].chars() {
-        if c.is_control() {
-            let _ = write!(out, "{}", c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
+    push_escaped(&mut out, &text[..end]);
     if end < text.len() {
         let _ = write!(out, "… ({} bytes)", text.len());
     }
@@ -279,6 +280,20 @@ mod tests {
         assert!(reason.len() < 2 * EXCERPT_MAX + 32);
         assert!(!reason.contains('\n'));
         assert_eq!(clip("a\nb"), "a\\nb");
+        // Separators and bidirectional overrides cannot forge a line or
+        // reorder one, in reasons and excerpts alike.
+        let forged = "1\u{2028}[WARN pddgpud] root: control: shutdown\u{202e}x";
+        for line in [clip(forged), excerpt(forged)] {
+            assert!(
+                !line.contains('\u{2028}') && !line.contains('\u{202e}'),
+                "{line}"
+            );
+            assert!(
+                line.contains("\\u{2028}") && line.contains("\\u{202e}"),
+                "{line}"
+            );
+        }
+        assert_eq!(clip("label é 中"), "label é 中");
         let bytes = excerpt_bytes(&[0xff; 4 * EXCERPT_MAX]);
         assert!(
             bytes.ends_with(&format!("({} bytes)", 4 * EXCERPT_MAX)),

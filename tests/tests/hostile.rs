@@ -909,6 +909,39 @@ fn log_lines_from_client_input_are_capped() {
     assert!(longest <= 1024, "a log line of {longest} bytes");
 }
 
+/// Client text in a log line cannot forge another line or reorder one:
+/// line separators and bidirectional overrides in a label, a size or a
+/// token are escaped in the excerpt and in the refusal reason alike.
+#[test]
+fn log_lines_cannot_be_forged_with_unicode_separators() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let fake =
+        "\u{2028}[2026-12-02T12:00:00Z WARN  pddgpud] root: control: shutdown requested\u{2029}";
+    for path in [
+        format!("bo/1?token={fake}"),
+        format!("bo/new?size=1{fake}"),
+        format!("bo/new?size=4096&domain=gtt&label=\u{202e}{fake}&bogus"),
+        "bo/new?size=4096&domain=g\u{202e}tt".to_string(),
+    ] {
+        let r = open(&mut c, &path, O_RDWR);
+        assert!(r.is_err() && r != Err(-1), "{path}: {r:?}");
+    }
+    drop(c);
+    assert_server_intact(&mut daemon);
+    let log = daemon.log();
+    for forged in ['\u{2028}', '\u{2029}', '\u{202e}'] {
+        assert!(
+            !log.contains(forged),
+            "{forged:?} reached the log raw:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("\\u{2028}"),
+        "the refusals were not logged:\n{log}"
+    );
+}
+
 /// Log lines are written after the scheme lock is released: a client
 /// whose refusals fill a log pipe that nobody reads stalls only itself,
 /// and everyone else is still served.

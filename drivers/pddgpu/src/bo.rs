@@ -13,6 +13,7 @@ use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
 use hashbrown::{HashMap, HashSet};
 
 use crate::device::Domain;
@@ -281,23 +282,21 @@ pub(crate) struct Shard {
     pub free_slots: Vec<SlotId>,
 }
 
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct PaddedShard(spin::Mutex<Shard>);
-
 const SHARDS: usize = 64;
 
 /// The BO table: id → entry, split into independently locked shards.
 #[derive(Debug)]
 pub(crate) struct BoTable {
-    shards: alloc::boxed::Box<[PaddedShard]>,
+    /// Each shard on its own cache line, so locking one never contends
+    /// with a neighbour's line.
+    shards: alloc::boxed::Box<[CachePadded<spin::Mutex<Shard>>]>,
     next: AtomicU64,
 }
 
 impl BoTable {
     pub fn new() -> Self {
         BoTable {
-            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             next: AtomicU64::new(1),
         }
     }
@@ -312,7 +311,7 @@ impl BoTable {
 
     /// The locked shard holding `id`.
     pub fn shard(&self, id: BoId) -> spin::MutexGuard<'_, Shard> {
-        self.shards[((id.0 >> 1) as usize) % SHARDS].0.lock()
+        self.shards[((id.0 >> 1) as usize) % SHARDS].lock()
     }
 
     /// Index of the shard holding `id`.
@@ -322,7 +321,7 @@ impl BoTable {
 
     /// The locked shard number `i`.
     pub fn shard_at(&self, i: usize) -> spin::MutexGuard<'_, Shard> {
-        self.shards[i].0.lock()
+        self.shards[i].lock()
     }
 
     /// Number of shards.

@@ -12,6 +12,8 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
+
 use super::error::DriverError;
 use crate::device::{DeviceState, DeviceStateCell, Domain};
 
@@ -33,8 +35,9 @@ pub(crate) enum Mode {
     Wait,
 }
 
+/// One lane's operation counts; each lane's pair sits on its own cache line
+/// (see `Gate::lanes`).
 #[derive(Debug, Default)]
-#[repr(align(64))]
 pub(crate) struct Counters {
     pub started: AtomicU64,
     pub finished: AtomicU64,
@@ -53,7 +56,9 @@ impl Counters {
 #[derive(Debug)]
 pub(crate) struct Gate {
     pub state: DeviceStateCell,
-    lanes: [Counters; 3],
+    /// One cache line per lane, so threads in different lanes do not
+    /// contend on a shared line.
+    lanes: [CachePadded<Counters>; 3],
     recovering: [AtomicBool; 2],
 }
 

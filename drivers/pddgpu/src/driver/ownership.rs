@@ -73,6 +73,7 @@ use alloc::vec::Vec;
 use core::hash::BuildHasher;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
 use super::token::ExportToken;
@@ -460,16 +461,14 @@ impl core::ops::DerefMut for OwnerShard {
     }
 }
 
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct PaddedShard(spin::Mutex<OwnerShard>);
-
 const SHARDS: usize = 32;
 
 /// All owners.
 #[derive(Debug)]
 pub(crate) struct Owners {
-    shards: Box<[PaddedShard]>,
+    /// Each shard on its own cache line, so locking one never contends
+    /// with a neighbour's line.
+    shards: Box<[CachePadded<spin::Mutex<OwnerShard>>]>,
     /// Picks an owner's shard: owners are often small consecutive numbers,
     /// which a hash spreads over the shards.
     hasher: hashbrown::DefaultHashBuilder,
@@ -480,7 +479,7 @@ pub(crate) struct Owners {
 impl Owners {
     pub fn new() -> Self {
         Owners {
-            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             accounts: spin::Mutex::new(hashbrown::HashMap::new()),
         }
@@ -535,13 +534,13 @@ impl Owners {
     /// The locked shard of `owner`.
     pub fn lock(&self, owner: OwnerId) -> spin::MutexGuard<'_, OwnerShard> {
         let h = self.hasher.hash_one(owner);
-        self.shards[h as usize % SHARDS].0.lock()
+        self.shards[h as usize % SHARDS].lock()
     }
 
     /// Calls `f` for every owner (one shard locked at a time).
     pub fn for_each(&self, mut f: impl FnMut(OwnerId, &OwnerEntry)) {
         for shard in self.shards.iter() {
-            for (owner, entry) in shard.0.lock().iter() {
+            for (owner, entry) in shard.lock().iter() {
                 f(*owner, entry);
             }
         }
