@@ -72,7 +72,11 @@ impl HostScheme for PddgpuScheme {
             }
         }
         for owner in ended {
-            log::info!("client pid {pid} (owner {owner}) gone; releasing what it held");
+            // Under the scheme lock, and one per connection a client may
+            // open and drop at will: deferred and limited like a refusal.
+            pddgpu_ipc::logline::defer(log::Level::Info, move || {
+                format!("client pid {pid} (owner {owner}) gone; releasing what it held")
+            });
             self.end_owner(owner);
         }
     }
