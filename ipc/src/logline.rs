@@ -39,7 +39,11 @@ pub const MAX_PENDING: usize = 16;
 /// all clients together, at most.
 pub const CLIENT_LINES_PER_SECOND: u32 = 5;
 
-/// The one limiter of lines about clients (see the module docs).
+/// The one limiter of lines about clients: the scheme's refusals (through
+/// [`flush`]) and the transport's lines about connections and frames
+/// (refused connections, failed accepts, malformed or refused frames,
+/// connections ended by a client) all go through [`write_limited`], so any
+/// number of clients provoking them costs a few lines a second.
 static CLIENT_LINES: Mutex<RateLimit> = Mutex::new(RateLimit::new(CLIENT_LINES_PER_SECOND));
 
 fn client_lines() -> std::sync::MutexGuard<'static, RateLimit> {

@@ -560,37 +560,152 @@ impl<'a> Reader<'a> {
 
 /// The symbolic name of an errno (`"ENOSPC"`), for messages.
 pub fn errno_name(errno: i32) -> &'static str {
-    use syscall::error::*;
-    match errno {
-        EPERM => "EPERM",
-        ENOENT => "ENOENT",
-        EIO => "EIO",
-        EBADF => "EBADF",
-        EAGAIN => "EAGAIN",
-        ENOMEM => "ENOMEM",
-        EACCES => "EACCES",
-        EBUSY => "EBUSY",
-        EEXIST => "EEXIST",
-        ENODEV => "ENODEV",
-        ENOTDIR => "ENOTDIR",
-        EISDIR => "EISDIR",
-        EINVAL => "EINVAL",
-        EMFILE => "EMFILE",
-        EFBIG => "EFBIG",
-        ENOSPC => "ENOSPC",
-        ESPIPE => "ESPIPE",
-        ENOSYS => "ENOSYS",
-        EMSGSIZE => "EMSGSIZE",
-        EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        EOPNOTSUPP => "EOPNOTSUPP",
-        ESHUTDOWN => "ESHUTDOWN",
-        EDQUOT => "EDQUOT",
-        ENOBUFS => "ENOBUFS",
-        ENAMETOOLONG => "ENAMETOOLONG",
-        ERANGE => "ERANGE",
-        _ => "E?",
-    }
+    ERRNO_NAMES
+        .iter()
+        .find(|&&(n, _)| n == errno)
+        .map_or("E?", |&(_, name)| name)
 }
+
+/// Every errno of the system-call ABI (`syscall::error`, whose numbers
+/// Linux shares) with its name, in numeric order; one name per number
+/// (`ENOTSUP` is `EOPNOTSUPP`).
+#[rustfmt::skip]
+const ERRNO_NAMES: &[(i32, &str)] = {
+    use syscall::error::*;
+    &[
+        (EPERM, "EPERM"),
+        (ENOENT, "ENOENT"),
+        (ESRCH, "ESRCH"),
+        (EINTR, "EINTR"),
+        (EIO, "EIO"),
+        (ENXIO, "ENXIO"),
+        (E2BIG, "E2BIG"),
+        (ENOEXEC, "ENOEXEC"),
+        (EBADF, "EBADF"),
+        (ECHILD, "ECHILD"),
+        (EAGAIN, "EAGAIN"),
+        (ENOMEM, "ENOMEM"),
+        (EACCES, "EACCES"),
+        (EFAULT, "EFAULT"),
+        (ENOTBLK, "ENOTBLK"),
+        (EBUSY, "EBUSY"),
+        (EEXIST, "EEXIST"),
+        (EXDEV, "EXDEV"),
+        (ENODEV, "ENODEV"),
+        (ENOTDIR, "ENOTDIR"),
+        (EISDIR, "EISDIR"),
+        (EINVAL, "EINVAL"),
+        (ENFILE, "ENFILE"),
+        (EMFILE, "EMFILE"),
+        (ENOTTY, "ENOTTY"),
+        (ETXTBSY, "ETXTBSY"),
+        (EFBIG, "EFBIG"),
+        (ENOSPC, "ENOSPC"),
+        (ESPIPE, "ESPIPE"),
+        (EROFS, "EROFS"),
+        (EMLINK, "EMLINK"),
+        (EPIPE, "EPIPE"),
+        (EDOM, "EDOM"),
+        (ERANGE, "ERANGE"),
+        (EDEADLK, "EDEADLK"),
+        (ENAMETOOLONG, "ENAMETOOLONG"),
+        (ENOLCK, "ENOLCK"),
+        (ENOSYS, "ENOSYS"),
+        (ENOTEMPTY, "ENOTEMPTY"),
+        (ELOOP, "ELOOP"),
+        (EWOULDBLOCK, "EWOULDBLOCK"),
+        (ENOMSG, "ENOMSG"),
+        (EIDRM, "EIDRM"),
+        (ECHRNG, "ECHRNG"),
+        (EL2NSYNC, "EL2NSYNC"),
+        (EL3HLT, "EL3HLT"),
+        (EL3RST, "EL3RST"),
+        (ELNRNG, "ELNRNG"),
+        (EUNATCH, "EUNATCH"),
+        (ENOCSI, "ENOCSI"),
+        (EL2HLT, "EL2HLT"),
+        (EBADE, "EBADE"),
+        (EBADR, "EBADR"),
+        (EXFULL, "EXFULL"),
+        (ENOANO, "ENOANO"),
+        (EBADRQC, "EBADRQC"),
+        (EBADSLT, "EBADSLT"),
+        (EDEADLOCK, "EDEADLOCK"),
+        (EBFONT, "EBFONT"),
+        (ENOSTR, "ENOSTR"),
+        (ENODATA, "ENODATA"),
+        (ETIME, "ETIME"),
+        (ENOSR, "ENOSR"),
+        (ENONET, "ENONET"),
+        (ENOPKG, "ENOPKG"),
+        (EREMOTE, "EREMOTE"),
+        (ENOLINK, "ENOLINK"),
+        (EADV, "EADV"),
+        (ESRMNT, "ESRMNT"),
+        (ECOMM, "ECOMM"),
+        (EPROTO, "EPROTO"),
+        (EMULTIHOP, "EMULTIHOP"),
+        (EDOTDOT, "EDOTDOT"),
+        (EBADMSG, "EBADMSG"),
+        (EOVERFLOW, "EOVERFLOW"),
+        (ENOTUNIQ, "ENOTUNIQ"),
+        (EBADFD, "EBADFD"),
+        (EREMCHG, "EREMCHG"),
+        (ELIBACC, "ELIBACC"),
+        (ELIBBAD, "ELIBBAD"),
+        (ELIBSCN, "ELIBSCN"),
+        (ELIBMAX, "ELIBMAX"),
+        (ELIBEXEC, "ELIBEXEC"),
+        (EILSEQ, "EILSEQ"),
+        (ERESTART, "ERESTART"),
+        (ESTRPIPE, "ESTRPIPE"),
+        (EUSERS, "EUSERS"),
+        (ENOTSOCK, "ENOTSOCK"),
+        (EDESTADDRREQ, "EDESTADDRREQ"),
+        (EMSGSIZE, "EMSGSIZE"),
+        (EPROTOTYPE, "EPROTOTYPE"),
+        (ENOPROTOOPT, "ENOPROTOOPT"),
+        (EPROTONOSUPPORT, "EPROTONOSUPPORT"),
+        (ESOCKTNOSUPPORT, "ESOCKTNOSUPPORT"),
+        (EOPNOTSUPP, "EOPNOTSUPP"),
+        (EPFNOSUPPORT, "EPFNOSUPPORT"),
+        (EAFNOSUPPORT, "EAFNOSUPPORT"),
+        (EADDRINUSE, "EADDRINUSE"),
+        (EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (ENETDOWN, "ENETDOWN"),
+        (ENETUNREACH, "ENETUNREACH"),
+        (ENETRESET, "ENETRESET"),
+        (ECONNABORTED, "ECONNABORTED"),
+        (ECONNRESET, "ECONNRESET"),
+        (ENOBUFS, "ENOBUFS"),
+        (EISCONN, "EISCONN"),
+        (ENOTCONN, "ENOTCONN"),
+        (ESHUTDOWN, "ESHUTDOWN"),
+        (ETOOMANYREFS, "ETOOMANYREFS"),
+        (ETIMEDOUT, "ETIMEDOUT"),
+        (ECONNREFUSED, "ECONNREFUSED"),
+        (EHOSTDOWN, "EHOSTDOWN"),
+        (EHOSTUNREACH, "EHOSTUNREACH"),
+        (EALREADY, "EALREADY"),
+        (EINPROGRESS, "EINPROGRESS"),
+        (ESTALE, "ESTALE"),
+        (EUCLEAN, "EUCLEAN"),
+        (ENOTNAM, "ENOTNAM"),
+        (ENAVAIL, "ENAVAIL"),
+        (EISNAM, "EISNAM"),
+        (EREMOTEIO, "EREMOTEIO"),
+        (EDQUOT, "EDQUOT"),
+        (ENOMEDIUM, "ENOMEDIUM"),
+        (EMEDIUMTYPE, "EMEDIUMTYPE"),
+        (ECANCELED, "ECANCELED"),
+        (ENOKEY, "ENOKEY"),
+        (EKEYEXPIRED, "EKEYEXPIRED"),
+        (EKEYREVOKED, "EKEYREVOKED"),
+        (EKEYREJECTED, "EKEYREJECTED"),
+        (EOWNERDEAD, "EOWNERDEAD"),
+        (ENOTRECOVERABLE, "ENOTRECOVERABLE"),
+    ]
+};
 
 /// The description of an errno (`"No space left on device"`).
 pub fn errno_text(errno: i32) -> &'static str {
@@ -719,6 +834,20 @@ mod tests {
     #[test]
     fn errno_names_and_texts() {
         assert_eq!(errno_name(syscall::error::ENOSPC), "ENOSPC");
+        for (errno, name) in [
+            (syscall::error::ENFILE, "ENFILE"),
+            (syscall::error::EPIPE, "EPIPE"),
+            (syscall::error::EOPNOTSUPP, "EOPNOTSUPP"),
+            (syscall::error::ETIMEDOUT, "ETIMEDOUT"),
+            (syscall::error::ECONNRESET, "ECONNRESET"),
+        ] {
+            assert_eq!(errno_name(errno), name);
+        }
+        // Every errno the ABI defines has its name, in numeric order.
+        for (i, &(n, _)) in ERRNO_NAMES.iter().enumerate() {
+            assert_eq!(n, i as i32 + 1, "table order at {i}");
+        }
+        assert_eq!(errno_name(0), "E?");
         assert_eq!(
             errno_text(syscall::error::ENOENT),
             "No such file or directory"

@@ -13,10 +13,11 @@ use crate::handles::Kind;
 use crate::path::{self, Node};
 use crate::scheme::PddgpuScheme;
 
-/// The domain a `bo/new?…` open path creates in, if it is one.
-fn creates_in(path: &[u8]) -> Option<Domain> {
+/// The domain a `bo/new?…` open path creates in, and the size it asks
+/// for, if it is one.
+fn creates_in(path: &[u8]) -> Option<(Domain, u64)> {
     match path::parse(std::str::from_utf8(path).ok()?) {
-        Ok(Node::BoNew(desc)) => Some(core_domain(desc.domain)),
+        Ok(Node::BoNew(desc)) => Some((core_domain(desc.domain), desc.size)),
         _ => None,
     }
 }
@@ -24,41 +25,59 @@ fn creates_in(path: &[u8]) -> Option<Domain> {
 impl HostScheme for PddgpuScheme {
     /// A create that found no space waits in its connection's thread and is
     /// retried per the domain's tunables (`<domain>_retry_count`,
-    /// `<domain>_retry_delay_ms`), early when memory is freed. Other opens
-    /// are not parked.
+    /// `<domain>_retry_delay_ms`), and early when a free in its own domain
+    /// leaves room for its size. The pool is the domain. Other opens are
+    /// not parked.
     fn park_policy(&self, path: &[u8]) -> Option<ParkPolicy> {
-        let policy = self.driver().tunables().retry_policy(creates_in(path)?);
+        let (domain, size) = creates_in(path)?;
+        let policy = self.driver().tunables().retry_policy(domain);
         Some(ParkPolicy {
             retries: policy.count,
             delay: Duration::from_millis(policy.delay_ms.into()),
+            pool: domain.index(),
+            needs: size,
         })
     }
 
     /// Counts the retry in the domain's statistics.
     fn on_retry(&mut self, path: &[u8]) {
-        if let Some(domain) = creates_in(path) {
+        self.state_changed();
+        if let Some((domain, _)) = creates_in(path) {
             self.driver().note_retry(domain);
         }
     }
 
-    /// Frees so far, in both domains.
-    fn wake_epoch(&self) -> u64 {
-        let d = self.driver();
-        d.free_epoch(Domain::Vram)
-            .saturating_add(d.free_epoch(Domain::Gtt))
+    /// Frees so far in the domain numbered `pool`.
+    fn wake_epoch(&self, pool: usize) -> u64 {
+        Domain::ALL
+            .get(pool)
+            .map_or(0, |&d| self.driver().free_epoch(d))
+    }
+
+    /// Unallocated bytes of the domain numbered `pool`.
+    fn free_bytes(&self, pool: usize) -> u64 {
+        Domain::ALL
+            .get(pool)
+            .map_or(0, |&d| self.driver().free_size(d))
     }
 
     /// A client connection ended: its handles are gone. An owner that
     /// ends with them is released in one `owner_exit` batch instead of BO
     /// by BO.
     fn on_disconnect(&mut self, caller: usize, handles: &[usize]) {
+        self.state_changed();
         let pid = crate::callers::display_pid(caller);
         let mut ended = Vec::new();
         let mut others = Vec::new();
+        // (BO, user) of every BO handle: the user may have let go of it.
+        let mut let_go = Vec::new();
         for &id in handles {
             let Some(h) = self.take_handle(id) else {
                 continue;
             };
+            if let (Kind::Bo { id: bo, .. }, Some(uid)) = (&h.kind, self.callers.uid(h.owner)) {
+                let_go.push((*bo, uid));
+            }
             if self.callers.release_handle(h.owner) {
                 ended.push(h.owner);
             }
@@ -72,12 +91,13 @@ impl HostScheme for PddgpuScheme {
             }
         }
         for owner in ended {
-            // Under the scheme lock, and one per connection a client may
-            // open and drop at will: deferred and limited like a refusal.
-            pddgpu_ipc::logline::defer(log::Level::Info, move || {
-                format!("client pid {pid} (owner {owner}) gone; releasing what it held")
-            });
+            log::debug!("client pid {pid} (owner {owner}) gone; releasing what it held");
             self.end_owner(owner);
+        }
+        let_go.sort_unstable_by_key(|&(bo, uid)| (bo.0, uid));
+        let_go.dedup();
+        for (bo, uid) in let_go {
+            self.end_mapping_charge_if_let_go(bo, uid);
         }
     }
 }

@@ -1059,6 +1059,58 @@ fn a_parked_create_wakes_when_a_killed_clients_bos_are_freed() {
     assert_server_intact(&mut daemon);
 }
 
+/// Another user's frees that cannot help a parked create (in the other
+/// domain, or too small) neither wake it nor use up its retries: with a
+/// minute between retries, 200 such frees leave it parked and unretried
+/// (before, each counted as a retry and it failed `ENOSPC` within
+/// milliseconds: the red team's N16), and the free that does make room
+/// still wakes it at once.
+#[test]
+fn frees_that_cannot_help_a_parked_create_do_not_spend_its_retries() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let dev = daemon.connect();
+    let hog = dev
+        .create_bo(48 << 20, Domain::Gtt, BoFlags::empty())
+        .unwrap();
+    dev.set_config("gtt_retry_count", "3").unwrap();
+    dev.set_config("gtt_retry_delay_ms", "60000").unwrap();
+    let counter = |name: &str| dev.stats().unwrap().counters[name];
+    let failures = counter("gtt_failures");
+    let socket = daemon.socket().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let dev = Device::connect(&socket).unwrap();
+        let r = dev
+            .create_bo(32 << 20, Domain::Gtt, BoFlags::empty())
+            .map(|bo| bo.size());
+        tx.send(r.map_err(|e| e.to_string())).unwrap();
+    });
+    assert!(wait_until(Duration::from_secs(10), || counter(
+        "gtt_failures"
+    ) > failures));
+    // The other client churns: VRAM BOs, and GTT BOs far smaller than the
+    // parked request.
+    let churn = daemon.connect();
+    for _ in 0..100 {
+        for domain in [Domain::Vram, Domain::Gtt] {
+            let bo = churn.create_bo(4096, domain, BoFlags::empty()).unwrap();
+            bo.close().unwrap();
+        }
+    }
+    let early = rx.recv_timeout(Duration::from_millis(500));
+    assert!(early.is_err(), "the parked create ended: {early:?}");
+    assert_eq!(counter("gtt_retries"), 0, "useless frees retried it");
+    hog.close().unwrap();
+    let got = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the free that makes room woke the parked request");
+    assert_eq!(got, Ok(32 << 20));
+    assert_eq!(counter("gtt_retries"), 1);
+    waiter.join().unwrap();
+    drop((churn, dev));
+    assert_server_intact(&mut daemon);
+}
+
 // ---- malformed input -------------------------------------------------------
 
 /// Garbage frames, forged handles and bad query strings each get an errno

@@ -104,15 +104,30 @@ pub struct LimitOptions {
     /// past it, reads are answered short (host transport).
     #[arg(long, value_parser = parse_usize_size, default_value_t = 64 << 20)]
     pub max_answer_bytes_per_uid: usize,
+    /// Bytes the receive buffers of one user's frames in flight may hold
+    /// (beyond 16 KiB a connection); a frame past it gets ENOBUFS (host
+    /// transport).
+    #[arg(long, value_parser = parse_usize_size, default_value_t = 64 << 20)]
+    pub max_frame_bytes_per_uid: usize,
+    /// The same, all users together (ENOBUFS beyond; host transport).
+    #[arg(long, value_parser = parse_usize_size, default_value_t = 512 << 20)]
+    pub max_frame_bytes: usize,
+    /// Of --max-connections, how many only root and --admin-uid may use.
+    #[arg(long, default_value_t = 8)]
+    pub admin_connections: usize,
+    /// New connections one user (not the admin) may open a second
+    /// (EAGAIN beyond; host transport).
+    #[arg(long, default_value_t = 100)]
+    pub max_connects_per_second_per_uid: u32,
     /// A connection holding no handle is closed after this many quiet ms.
     #[arg(long, default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
-    /// A frame must keep arriving: ms without a byte before the
-    /// connection is dropped.
+    /// A frame must arrive whole within this many ms of its first byte,
+    /// or the connection is dropped.
     #[arg(long, default_value_t = 10_000)]
     pub request_timeout_ms: u64,
-    /// ms a client may leave an answer unread before its connection is
-    /// closed.
+    /// ms a client may take to read an answer whole before its connection
+    /// is closed.
     #[arg(long, default_value_t = 10_000)]
     pub send_timeout_ms: u64,
     /// At shutdown, ms connections get to finish their request before they
@@ -132,6 +147,10 @@ impl Default for LimitOptions {
             max_mapped_segments_per_uid: UserLimits::DEFAULT_MAPPED_SEGMENTS_PER_UID,
             max_snapshot_bytes_per_uid: UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID,
             max_answer_bytes_per_uid: 64 << 20,
+            max_frame_bytes_per_uid: 64 << 20,
+            max_frame_bytes: 512 << 20,
+            admin_connections: 8,
+            max_connects_per_second_per_uid: 100,
             idle_timeout_ms: 60_000,
             request_timeout_ms: 10_000,
             send_timeout_ms: 10_000,

@@ -25,6 +25,11 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
         send_timeout: ms(l.send_timeout_ms),
         shutdown_grace: ms(l.shutdown_grace_ms),
         max_answer_bytes_per_uid: l.max_answer_bytes_per_uid,
+        max_frame_bytes_per_uid: l.max_frame_bytes_per_uid,
+        max_frame_bytes: l.max_frame_bytes,
+        admin_connections: l.admin_connections,
+        admin_uid: opts.admin_uid.or_else(crate::backend::current_uid),
+        connects_per_second_per_uid: l.max_connects_per_second_per_uid,
     }
 }
 

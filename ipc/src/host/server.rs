@@ -24,19 +24,33 @@
 //! frame only costs its sender the connection.
 //!
 //! What one client can make the server spend is bounded ([`ServerLimits`]):
-//! - connections: per user (`EMFILE` beyond, sent as a refusal frame with
-//!   tag [`REFUSAL_TAG`]) and in total (`ENFILE`);
+//! - connections: new ones per user and second
+//!   ([`ServerLimits::connects_per_second_per_uid`], refused with `EAGAIN`
+//!   right after `accept`, before anything is spent on them: a user
+//!   connecting and closing in a loop cannot keep the accept loop busy
+//!   starting threads), open ones per user (`EMFILE` beyond, sent as a
+//!   refusal frame with tag [`REFUSAL_TAG`]) and in total (`ENFILE`), the last
+//!   [`ServerLimits::admin_connections`] of the total kept for the admin
+//!   (root or [`ServerLimits::admin_uid`]), so users acting together
+//!   cannot lock the admin out;
 //! - handles: per user, over all of that user's connections (`EMFILE`);
 //! - time: a connection that holds no handle and sends nothing is closed
-//!   after the idle timeout; a frame must keep arriving (request timeout);
-//!   an answer the client does not read is abandoned after the send
-//!   timeout, which ends the connection;
+//!   after the idle timeout; a frame must arrive whole within the request
+//!   timeout of its first byte, and an answer must be taken whole within
+//!   the send timeout (so a trickle of bytes, either way, cannot hold a
+//!   buffer for ever); either failing ends the connection;
 //! - memory: a connection's receive buffer grows only as bytes arrive (a
-//!   header announcing 16 MiB commits nothing), to at most one frame; the
-//!   answers of one user's reads waiting to be sent hold at most
+//!   header announcing 16 MiB commits nothing), to at most one frame, and
+//!   its growth beyond [`INBUF_INITIAL`] is charged to the user
+//!   ([`ServerLimits::max_frame_bytes_per_uid`]) and to all users
+//!   together ([`ServerLimits::max_frame_bytes`]): a frame that would grow
+//!   past either is answered `ENOBUFS` and its bytes are dropped as they
+//!   arrive. The answers of one user waiting to be sent hold at most
 //!   [`ServerLimits::max_answer_bytes_per_uid`]: past it, a read is
 //!   answered short, with at most [`MIN_ANSWER`] bytes (a short read, as
-//!   `read` allows), so a user that does not read its answers pins little;
+//!   `read` allows), and a larger `call` (whose answer is its whole
+//!   payload) fails with `ENOBUFS`, so a user that does not read its
+//!   answers pins little;
 //! - shutdown: [`HostServer::shutdown`] returns within the shutdown grace
 //!   plus the time to finish the requests in progress, whatever clients
 //!   do;
@@ -48,11 +62,12 @@
 //!   [`ACCEPT_BACKOFF`] before trying again, while existing connections
 //!   are served as usual. A connection whose thread cannot start gets a
 //!   refusal frame with `EAGAIN`;
-//! - the log: refusals of connections, malformed frames and the
-//!   scheme's refusals share one limit of [`REFUSAL_LINES_PER_SECOND`]
-//!   lines a second, with a count of those held back.
+//! - the log: refusals of connections, malformed or refused frames and
+//!   connections a client ended badly share one limit of
+//!   [`REFUSAL_LINES_PER_SECOND`] lines a second
+//!   ([`crate::logline::write_limited`]), with a count of those held back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, IoSlice, Read};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -97,9 +112,11 @@ pub trait HostScheme: SchemeSync {
     }
 
     /// Called right after an `openat` of `path` failed with `EAGAIN`:
-    /// whether to park it (this client waits; everyone else is served) and
-    /// retry it up to `retries` times, each after `delay` or as soon as
-    /// [`HostScheme::wake_epoch`] moves. `None` answers `EAGAIN` at once.
+    /// whether to park it (this client waits; everyone else is served).
+    /// A parked request is retried every `delay`, `retries` times, and in
+    /// between whenever its pool's [`HostScheme::wake_epoch`] moves while
+    /// [`HostScheme::free_bytes`] of the pool reach what it `needs`. `None`
+    /// answers `EAGAIN` at once.
     fn park_policy(&self, path: &[u8]) -> Option<ParkPolicy> {
         let _ = path;
         None
@@ -111,21 +128,42 @@ pub trait HostScheme: SchemeSync {
         let _ = path;
     }
 
-    /// A number that grows whenever a parked request may now succeed (e.g.
-    /// a count of frees); it never decreases.
-    fn wake_epoch(&self) -> u64 {
+    /// A number that grows whenever something is given back to pool
+    /// `pool` (below [`PARK_POOLS`]), e.g. a count of its frees; it never
+    /// decreases.
+    fn wake_epoch(&self, pool: usize) -> u64 {
+        let _ = pool;
         0
     }
+
+    /// What pool `pool` has free now (asked only after its
+    /// [`HostScheme::wake_epoch`] moved), in the unit of
+    /// [`ParkPolicy::needs`].
+    fn free_bytes(&self, pool: usize) -> u64 {
+        let _ = pool;
+        u64::MAX
+    }
 }
+
+/// Pools parked requests may wait on (e.g. memory domains), numbered from
+/// 0.
+pub const PARK_POOLS: usize = 2;
 
 /// How a request that failed with `EAGAIN` is retried (see
 /// [`HostScheme::park_policy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParkPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt, one every `delay`: the request
+    /// waits at most `retries` times `delay` in all.
     pub retries: u32,
-    /// Longest wait before each retry.
+    /// Time between two counted retries.
     pub delay: Duration,
+    /// The pool whose frees may let the request succeed (below
+    /// [`PARK_POOLS`]); frees elsewhere do not wake it.
+    pub pool: usize,
+    /// What the request needs of its pool: a free that leaves less free
+    /// does not wake it.
+    pub needs: u64,
 }
 
 /// The caller id (`Sqe::caller`, `CallerCtx::pid` in the scheme) of every
@@ -161,19 +199,38 @@ pub struct ServerLimits {
     /// A connection that holds no handle and sends nothing for this long
     /// is closed (it loses nothing: it holds nothing).
     pub idle_timeout: Duration,
-    /// A frame whose bytes stop arriving for this long costs its sender
-    /// the connection.
+    /// A frame not whole this long after its first byte arrived costs its
+    /// sender the connection.
     pub request_timeout: Duration,
-    /// An answer the client does not take within this long is abandoned
-    /// and the connection closed (its handles are released).
+    /// An answer the client has not taken whole this long after the
+    /// server began sending it is abandoned and the connection closed (its
+    /// handles are released). The check runs between the sends of one
+    /// answer, each of which waits at most this long, so an answer is
+    /// abandoned within twice this.
     pub send_timeout: Duration,
     /// At shutdown, how long connections may take to finish their current
     /// request before their sockets are shut in both directions.
     pub shutdown_grace: Duration,
-    /// Bytes the answers of one user's reads may hold while they are
+    /// Bytes the answers of one user's requests may hold while they are
     /// being sent; past it, reads are answered short (at most
-    /// [`MIN_ANSWER`] bytes each).
+    /// [`MIN_ANSWER`] bytes each) and larger `call`s fail with `ENOBUFS`.
     pub max_answer_bytes_per_uid: usize,
+    /// Bytes the receive buffers of one user's connections may hold beyond
+    /// [`INBUF_INITIAL`] each (frames in flight); a frame that would grow
+    /// past it is answered `ENOBUFS`.
+    pub max_frame_bytes_per_uid: usize,
+    /// The same for all users together.
+    pub max_frame_bytes: usize,
+    /// Of [`ServerLimits::max_connections`], how many only the admin may
+    /// use.
+    pub admin_connections: usize,
+    /// The admin besides root (whose connections may use the reserved
+    /// ones).
+    pub admin_uid: Option<u32>,
+    /// New connections one user (other than the admin) may open a
+    /// second, on average; up to this many at once. Beyond, a refusal frame
+    /// with `EAGAIN`.
+    pub connects_per_second_per_uid: u32,
 }
 
 /// What a read gets at least when its user's answers already hold
@@ -191,6 +248,11 @@ impl Default for ServerLimits {
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
             max_answer_bytes_per_uid: 64 << 20,
+            max_frame_bytes_per_uid: 64 << 20,
+            max_frame_bytes: 512 << 20,
+            admin_connections: 8,
+            admin_uid: None,
+            connects_per_second_per_uid: 100,
         }
     }
 }
@@ -218,15 +280,28 @@ struct Shared<S> {
     limits: ServerLimits,
     served: AtomicU64,
     conns: Mutex<Vec<ConnCtl>>,
+    /// Bytes all receive buffers hold beyond [`INBUF_INITIAL`] each.
+    frame_bytes: AtomicUsize,
     /// Connections and handles per user.
     users: Mutex<HashMap<u32, Arc<UserUsage>>>,
-    /// Parked requests wait on `woken` under this lock; it holds whether
-    /// the server is stopping.
+    /// Parked requests wait on their pool's `woken` under this lock; it
+    /// holds whether the server is stopping.
     stopping: Mutex<bool>,
+    /// Per pool (see [`PARK_POOLS`]).
+    pools: [Pool; PARK_POOLS],
+}
+
+/// What parked requests of one pool wait on.
+#[derive(Default)]
+struct Pool {
     woken: Condvar,
     /// The last wake epoch published: a parked request waits while it
     /// still equals the epoch its last attempt saw.
     epoch: AtomicU64,
+    /// What the pool had free when `epoch` was published. Concurrent
+    /// publishers may store an older figure last; that only delays a
+    /// retry to the next free or the next counted retry.
+    free: AtomicU64,
     /// Requests parked on `woken` right now: a free wakes (a futex call)
     /// only when one is. A parking request counts itself (under
     /// `stopping`'s lock) before it checks `epoch`, and a freeing one moves
@@ -237,6 +312,27 @@ struct Shared<S> {
     parked: AtomicUsize,
 }
 
+/// The pools' wake epochs after a request, and what each pool whose epoch
+/// moved has free (read under the scheme lock, published after it).
+#[derive(Clone, Copy)]
+struct Freed {
+    epochs: [u64; PARK_POOLS],
+    free: [Option<u64>; PARK_POOLS],
+}
+
+impl Freed {
+    /// Reads the epochs of `scheme`'s pools and, for those that moved
+    /// past what `shared` published, their free figure.
+    fn observe<S: HostScheme>(shared: &Shared<S>, scheme: &S) -> Freed {
+        let epochs = std::array::from_fn(|p| scheme.wake_epoch(p));
+        let free = std::array::from_fn(|p| {
+            (epochs[p] > shared.pools[p].epoch.load(Ordering::Acquire))
+                .then(|| scheme.free_bytes(p))
+        });
+        Freed { epochs, free }
+    }
+}
+
 /// What one user holds at the moment. Handle counts change only under the
 /// scheme lock (so a check and its increment cannot interleave with
 /// another connection's); connection counts only under `Shared::users`.
@@ -244,10 +340,13 @@ struct Shared<S> {
 struct UserUsage {
     connections: AtomicUsize,
     handles: AtomicUsize,
-    /// Bytes of read answers being built or sent. Grows only under the
-    /// scheme lock (so a check and its increment cannot interleave with
-    /// another connection's); shrinks when an answer has gone out.
+    /// Bytes of answers being built or sent. Grows only under the scheme
+    /// lock (so a check and its increment cannot interleave with another
+    /// connection's); shrinks when an answer has gone out.
     answer_bytes: AtomicUsize,
+    /// Bytes the user's receive buffers hold beyond [`INBUF_INITIAL`]
+    /// each.
+    frame_bytes: AtomicUsize,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -264,11 +363,18 @@ struct ConnState {
     cred: PeerCred,
     /// The caller id requests carry (see [`caller_id`]).
     caller: u64,
-    handles: HashSet<usize>,
+    /// Looked up on every request: hashbrown's default hasher (foldhash),
+    /// not std's SipHash (callgrind, the roundtrip bench's alloc+free:
+    /// 13.9k -> 11.5k instructions per pair, with the scheme's handle and
+    /// caller maps). The ids are the scheme's, never chosen by a client.
+    handles: hashbrown::HashSet<usize>,
     user: Arc<UserUsage>,
     /// Bytes of the answer being built or sent, counted in the user's
     /// `answer_bytes`.
     answer_reserved: usize,
+    /// Bytes of the receive buffer beyond [`INBUF_INITIAL`], counted in
+    /// the user's and the server's `frame_bytes`.
+    frame_charged: usize,
 }
 
 /// The host-transport server. Owns the listening socket, the scheme, and a
@@ -281,6 +387,44 @@ pub struct HostServer<S: HostScheme + Send + 'static> {
     /// A descriptor given up when `accept` finds none left, so a waiting
     /// client can still be accepted and told why it is refused.
     spare: Option<OwnedFd>,
+    /// New connections per user, for [`ServerLimits::connects_per_second_per_uid`].
+    connects: ConnectRate,
+}
+
+/// A token bucket per user: `rate` tokens a second, at most `rate` held;
+/// each new connection takes one.
+struct ConnectRate {
+    rate: u32,
+    buckets: HashMap<u32, (f64, Instant)>,
+}
+
+impl ConnectRate {
+    fn new(rate: u32) -> Self {
+        ConnectRate {
+            rate,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `uid` may open a connection at `now` (and takes a token if
+    /// so).
+    fn admit(&mut self, uid: u32, now: Instant) -> bool {
+        let rate = f64::from(self.rate.max(1));
+        if self.buckets.len() > 4096 {
+            // Forget users whose buckets are full again.
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < rate
+            });
+        }
+        let (tokens, at) = self.buckets.entry(uid).or_insert((rate, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
 }
 
 /// Log lines about refused connections (and every other line about
@@ -306,10 +450,15 @@ fn spare_descriptor() -> Option<OwnedFd> {
 /// buffer.
 const SMALL_RESPONSE: usize = 1024;
 
+/// Payload bytes one `send` of a response carries at most (see
+/// [`send_response`]).
+const SEND_CHUNK: usize = 256 << 10;
+
 /// Initial size of a connection's receive buffer. It doubles only when
 /// full, so it never holds more than twice the bytes received, and at most
-/// one maximal frame.
-const INBUF_INITIAL: usize = 16 << 10;
+/// one maximal frame; growth beyond this is charged (see
+/// [`ServerLimits::max_frame_bytes_per_uid`]).
+pub const INBUF_INITIAL: usize = 16 << 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another connection's thread must not take the server
@@ -362,14 +511,14 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 limits,
                 served: AtomicU64::new(0),
                 conns: Mutex::new(Vec::new()),
+                frame_bytes: AtomicUsize::new(0),
                 users: Mutex::new(HashMap::new()),
                 stopping: Mutex::new(false),
-                woken: Condvar::new(),
-                epoch: AtomicU64::new(0),
-                parked: AtomicUsize::new(0),
+                pools: Default::default(),
             }),
             next_conn: 1,
             spare: spare_descriptor(),
+            connects: ConnectRate::new(limits.connects_per_second_per_uid),
         })
     }
 
@@ -486,9 +635,29 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 return;
             }
         };
+        let is_admin = cred.uid == 0 || Some(cred.uid) == self.shared.limits.admin_uid;
+        if !is_admin && !self.connects.admit(cred.uid, Instant::now()) {
+            let rate = self.shared.limits.connects_per_second_per_uid;
+            self.log_refused(|| {
+                format!(
+                    "refusing pid {} (uid {}): more than {rate} new connections a second",
+                    cred.pid, cred.uid
+                )
+            });
+            refuse(stream, EAGAIN);
+            return;
+        }
         let mut conns = lock(&self.shared.conns);
         reap(&mut conns);
-        if conns.len() >= self.shared.limits.max_connections {
+        let limits = &self.shared.limits;
+        let open_to_caller = if is_admin {
+            limits.max_connections
+        } else {
+            limits
+                .max_connections
+                .saturating_sub(limits.admin_connections)
+        };
+        if conns.len() >= open_to_caller {
             let open = conns.len();
             drop(conns);
             self.log_refused(|| {
@@ -618,19 +787,25 @@ impl<S> Shared<S> {
         }
     }
 
-    /// Publishes a new wake epoch (the scheme freed something) and wakes
-    /// every parked request.
-    fn publish_epoch(&self, epoch: u64) {
-        // A plain load first: most requests free nothing; and no wake-up
-        // (a futex call) unless a request is parked (see `parked`).
-        // Concurrent publishers may arrive out of order: the epoch only
-        // ever moves forward.
-        if self.epoch.load(Ordering::Acquire) < epoch
-            && self.epoch.fetch_max(epoch, Ordering::SeqCst) < epoch
-            && self.parked.load(Ordering::SeqCst) != 0
-        {
-            let _parked = lock(&self.stopping);
-            self.woken.notify_all();
+    /// Publishes the pools' new wake epochs (the scheme freed something)
+    /// and wakes the requests parked on the pools that moved.
+    fn publish(&self, freed: &Freed) {
+        for (p, pool) in self.pools.iter().enumerate() {
+            let Some(free) = freed.free[p] else {
+                // Most requests free nothing.
+                continue;
+            };
+            let epoch = freed.epochs[p];
+            pool.free.store(free, Ordering::SeqCst);
+            // No wake-up (a futex call) unless a request is parked (see
+            // `parked`). Concurrent publishers may arrive out of order:
+            // the epoch only ever moves forward.
+            if pool.epoch.fetch_max(epoch, Ordering::SeqCst) < epoch
+                && pool.parked.load(Ordering::SeqCst) != 0
+            {
+                let _parked = lock(&self.stopping);
+                pool.woken.notify_all();
+            }
         }
     }
 }
@@ -667,7 +842,11 @@ fn reap(conns: &mut Vec<ConnCtl>) {
 
 /// Runs one request; an `openat` that fails with `EAGAIN` is parked and
 /// retried as the scheme's [`HostScheme::park_policy`] says, blocking only
-/// this connection's thread.
+/// this connection's thread: a counted retry every `delay`, and uncounted
+/// ones in between when a free in the request's own pool leaves enough
+/// room, so frees that cannot help (another pool, too little) neither
+/// wake it nor use up its retries, and it waits `retries` × `delay` at
+/// most.
 fn serve_request<S: HostScheme>(
     shared: &Shared<S>,
     conn: &mut ConnState,
@@ -687,47 +866,66 @@ fn serve_request<S: HostScheme>(
         } else {
             None
         };
-        let epoch = scheme.wake_epoch();
+        let freed = Freed::observe(shared, scheme);
         drop(guard);
         crate::logline::flush();
         shared.served.fetch_add(1, Ordering::Relaxed);
         // Wake parked requests if this one freed something.
-        shared.publish_epoch(epoch);
-        (done, policy, epoch)
+        shared.publish(&freed);
+        (done, policy, freed.epochs)
     };
-    let (mut done, policy, mut epoch) = run(conn, payload, false);
+    let (mut done, policy, epochs) = run(conn, payload, false);
     let Some(policy) = policy else {
         return done;
     };
-    for _ in 0..policy.retries {
-        let deadline = Instant::now() + policy.delay;
-        let mut stopping = lock(&shared.stopping);
-        shared.parked.fetch_add(1, Ordering::SeqCst);
-        while shared.epoch.load(Ordering::SeqCst) <= epoch && !*stopping {
-            let now = Instant::now();
-            if now >= deadline {
+    let pool_index = policy.pool.min(PARK_POOLS - 1);
+    let pool = &shared.pools[pool_index];
+    let mut seen = epochs[pool_index];
+    let parked_at = Instant::now();
+    for counted in 1..=policy.retries {
+        let due = parked_at + policy.delay.saturating_mul(counted);
+        loop {
+            // Wait for the counted retry's time, or a free in the pool
+            // that leaves what the request needs.
+            let mut stopping = lock(&shared.stopping);
+            pool.parked.fetch_add(1, Ordering::SeqCst);
+            let mut early = false;
+            while !*stopping {
+                if pool.epoch.load(Ordering::SeqCst) > seen
+                    && pool.free.load(Ordering::SeqCst) >= policy.needs
+                {
+                    early = true;
+                    break;
+                }
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                stopping = pool
+                    .woken
+                    .wait_timeout(stopping, due - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            pool.parked.fetch_sub(1, Ordering::SeqCst);
+            if *stopping {
+                return (
+                    err_cqe(header.sqe.tag, syscall::error::ESHUTDOWN),
+                    Vec::new(),
+                    None,
+                );
+            }
+            drop(stopping);
+            let (again, _, epochs) = run(conn, payload, true);
+            done = again;
+            seen = epochs[pool_index];
+            if !is_errno(&done.0, EAGAIN) {
+                return done;
+            }
+            if !early {
+                // The counted retry failed: on to the next.
                 break;
             }
-            stopping = shared
-                .woken
-                .wait_timeout(stopping, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        shared.parked.fetch_sub(1, Ordering::SeqCst);
-        if *stopping {
-            return (
-                err_cqe(header.sqe.tag, syscall::error::ESHUTDOWN),
-                Vec::new(),
-                None,
-            );
-        }
-        drop(stopping);
-        let (again, _, seen) = run(conn, payload, true);
-        done = again;
-        epoch = seen;
-        if !is_errno(&done.0, EAGAIN) {
-            return done;
         }
     }
     // Out of retries: no space.
@@ -755,23 +953,59 @@ fn serve_connection<S: HostScheme>(
     let mut conn = ConnState {
         cred,
         caller: caller_id(serial, cred.pid),
-        handles: HashSet::default(),
+        handles: hashbrown::HashSet::default(),
         user,
         answer_reserved: 0,
+        frame_charged: 0,
     };
     let limits = shared.limits;
     let mut inbuf = vec![0u8; INBUF_INITIAL];
     let mut filled = 0usize;
+    // Bytes of a refused frame still to be read and dropped.
+    let mut discard = 0usize;
     let mut payload = Vec::new();
     let mut last_byte = Instant::now();
+    // When the first byte of the frame being received (or dropped)
+    // arrived: the frame must be whole within the request timeout of it.
+    let mut frame_start: Option<Instant> = None;
     let reason = 'serve: loop {
-        if filled == inbuf.len() {
+        if discard == 0 && filled == inbuf.len() {
             // Full: double, but never beyond one maximal frame. The buffer
-            // grows only as bytes arrive, whatever a header announced.
+            // grows only as bytes arrive, whatever a header announced, and
+            // only within the user's and the server's budgets.
             let grown = (inbuf.len() * 2).min(REQUEST_HEADER_LEN + MAX_PAYLOAD);
+            if let Err(refusal) = conn.charge_frame_bytes(&shared, grown - inbuf.len()) {
+                // A full buffer holds the valid header of an incomplete
+                // frame (complete frames were served): refuse that frame
+                // and drop the rest of its bytes as they come.
+                let Ok(header) = RequestHeader::decode(&inbuf[..filled]) else {
+                    break 'serve "protocol error";
+                };
+                discard = REQUEST_HEADER_LEN + header.payload_len as usize - filled;
+                filled = 0;
+                inbuf = vec![0u8; INBUF_INITIAL];
+                conn.release_frame_bytes(&shared);
+                crate::logline::write_limited(log::Level::Warn, || {
+                    format!(
+                        "client pid {} (uid {}): refusing a frame of {} bytes: {refusal}",
+                        cred.pid, cred.uid, header.payload_len
+                    )
+                });
+                let refused = err_cqe(header.sqe.tag, syscall::error::ENOBUFS);
+                if send_response(&stream, refused, &[], None, limits.send_timeout).is_err() {
+                    break 'serve "the answer could not be sent (timeout or closed)";
+                }
+                continue;
+            }
             inbuf.resize(grown, 0);
         }
-        let n = match stream.read(&mut inbuf[filled..]) {
+        let room = if discard > 0 {
+            let len = discard.min(inbuf.len());
+            &mut inbuf[..len]
+        } else {
+            &mut inbuf[filled..]
+        };
+        let n = match stream.read(room) {
             Ok(0) => break 'serve "end of stream",
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -781,11 +1015,13 @@ fn serve_connection<S: HostScheme>(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                let quiet = last_byte.elapsed();
-                if filled > 0 && quiet >= limits.request_timeout {
+                if frame_start.is_some_and(|t| t.elapsed() >= limits.request_timeout) {
                     break 'serve "request timed out";
                 }
-                if filled == 0 && conn.handles.is_empty() && quiet >= limits.idle_timeout {
+                if frame_start.is_none()
+                    && conn.handles.is_empty()
+                    && last_byte.elapsed() >= limits.idle_timeout
+                {
                     break 'serve "idle";
                 }
                 continue;
@@ -793,6 +1029,16 @@ fn serve_connection<S: HostScheme>(
             Err(_) => break 'serve "read error",
         };
         last_byte = Instant::now();
+        let started = *frame_start.get_or_insert(last_byte);
+        if discard > 0 {
+            discard -= n;
+            if discard == 0 {
+                frame_start = None;
+            } else if started.elapsed() >= limits.request_timeout {
+                break 'serve "request timed out";
+            }
+            continue;
+        }
         filled += n;
         let mut consumed = 0;
         loop {
@@ -805,7 +1051,8 @@ fn serve_connection<S: HostScheme>(
                     crate::logline::write_limited(log::Level::Warn, || {
                         format!("client pid {}: malformed frame ({e}); closing", cred.pid)
                     });
-                    let _ = send_response(&stream, err_cqe(tag, e.errno()), &[], None);
+                    let refused = err_cqe(tag, e.errno());
+                    let _ = send_response(&stream, refused, &[], None, limits.send_timeout);
                     break 'serve "protocol error";
                 }
             };
@@ -817,7 +1064,7 @@ fn serve_connection<S: HostScheme>(
                 // Give back the memory of a large write.
                 payload = Vec::new();
             }
-            let sent = send_response(&stream, cqe, &out, fd);
+            let sent = send_response(&stream, cqe, &out, fd, limits.send_timeout);
             drop(out);
             conn.release_answer();
             if sent.is_err() {
@@ -829,28 +1076,39 @@ fn serve_connection<S: HostScheme>(
             filled -= consumed;
             if filled == 0 && inbuf.len() > 4 * INBUF_INITIAL {
                 inbuf = vec![0u8; INBUF_INITIAL];
+                conn.release_frame_bytes(&shared);
             }
+            // The bytes left over begin the next frame.
+            frame_start = (filled > 0).then(Instant::now);
+        } else if started.elapsed() >= limits.request_timeout {
+            // Bytes keep trickling in, but the frame is overdue.
+            break 'serve "request timed out";
         }
     };
+    conn.release_frame_bytes(&shared);
     if filled > 0 && reason == "end of stream" {
-        log::info!(
-            "client pid {} went away in the middle of a request ({filled} bytes unprocessed)",
-            cred.pid
-        );
+        crate::logline::write_limited(log::Level::Info, || {
+            format!(
+                "client pid {} went away in the middle of a request ({filled} bytes unprocessed)",
+                cred.pid
+            )
+        });
     }
     if reason != "end of stream" {
-        log::info!("client pid {} disconnected: {reason}", cred.pid);
+        crate::logline::write_limited(log::Level::Info, || {
+            format!("client pid {} disconnected: {reason}", cred.pid)
+        });
     }
     let mut ids: Vec<usize> = conn.handles.into_iter().collect();
     ids.sort_unstable();
-    let epoch = {
+    let freed = {
         let mut guard = lock(&shared.locked);
         guard.scheme.on_disconnect(conn.caller as usize, &ids);
-        guard.scheme.wake_epoch()
+        Freed::observe(&shared, &guard.scheme)
     };
     crate::logline::flush();
     // What the client held is free now: parked creates may succeed.
-    shared.publish_epoch(epoch);
+    shared.publish(&freed);
     shared.leave_user(cred.uid, &conn.user, ids.len());
     let _ = stream.shutdown(std::net::Shutdown::Both);
     // Keep `stream` alive until here so the peer sees EOF only after the
@@ -871,10 +1129,57 @@ impl ConnState {
         granted
     }
 
+    /// Counts an answer of exactly `wanted` bytes against the user's
+    /// `limit`: whether it may have them (always, up to [`MIN_ANSWER`],
+    /// as a read gets at least that). Call under the scheme lock.
+    fn try_reserve_answer(&mut self, wanted: usize, limit: usize) -> bool {
+        let held = self.user.answer_bytes.load(Ordering::Relaxed);
+        if wanted > limit.saturating_sub(held).max(MIN_ANSWER) {
+            return false;
+        }
+        self.user.answer_bytes.fetch_add(wanted, Ordering::Relaxed);
+        self.answer_reserved += wanted;
+        true
+    }
+
     /// The answer went out (or never will): its bytes no longer count.
     fn release_answer(&mut self) {
         let n = std::mem::take(&mut self.answer_reserved);
         self.user.answer_bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Charges `more` bytes of receive buffer to the user and the server,
+    /// unless either would pass its budget; then charges nothing and says
+    /// which budget is spent.
+    fn charge_frame_bytes<S>(&mut self, shared: &Shared<S>, more: usize) -> Result<(), String> {
+        let limits = &shared.limits;
+        let user = self.user.frame_bytes.fetch_add(more, Ordering::Relaxed) + more;
+        if user > limits.max_frame_bytes_per_uid {
+            self.user.frame_bytes.fetch_sub(more, Ordering::Relaxed);
+            return Err(format!(
+                "the user's frames in flight would hold {user} bytes, over the limit of {}",
+                limits.max_frame_bytes_per_uid
+            ));
+        }
+        let all = shared.frame_bytes.fetch_add(more, Ordering::Relaxed) + more;
+        if all > limits.max_frame_bytes {
+            shared.frame_bytes.fetch_sub(more, Ordering::Relaxed);
+            self.user.frame_bytes.fetch_sub(more, Ordering::Relaxed);
+            return Err(format!(
+                "all users' frames in flight would hold {all} bytes, over the limit of {}",
+                limits.max_frame_bytes
+            ));
+        }
+        self.frame_charged += more;
+        Ok(())
+    }
+
+    /// The receive buffer is back to [`INBUF_INITIAL`] (or gone): its
+    /// growth no longer counts.
+    fn release_frame_bytes<S>(&mut self, shared: &Shared<S>) {
+        let n = std::mem::take(&mut self.frame_charged);
+        self.user.frame_bytes.fetch_sub(n, Ordering::Relaxed);
+        shared.frame_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -883,7 +1188,9 @@ impl<S: HostScheme + Send + 'static> Drop for HostServer<S> {
         // Parked requests give up (ESHUTDOWN) instead of waiting out their
         // delays.
         *lock(&self.shared.stopping) = true;
-        self.shared.woken.notify_all();
+        for pool in &self.shared.pools {
+            pool.woken.notify_all();
+        }
         let conns: Vec<ConnCtl> = std::mem::take(&mut *lock(&self.shared.conns));
         for c in &conns {
             let _ = c.stream.shutdown(std::net::Shutdown::Read);
@@ -930,13 +1237,19 @@ fn err_cqe(tag: u32, errno: i32) -> Cqe {
         result: Error::mux(Err(Error::new(errno))) as u64,
     }
 }
-/// Writes one response (blocking), passing `fd` with its first byte.
+/// Writes one response (blocking), passing `fd` with its first byte. A
+/// response not sent whole within `timeout` (checked between sends, each
+/// of which waits at most the socket's send timeout) fails with
+/// `TimedOut`: a client that takes its answer a trickle at a time cannot
+/// hold it for ever.
 fn send_response(
     stream: &UnixStream,
     cqe: Cqe,
     payload: &[u8],
     fd: Option<OwnedFd>,
+    timeout: Duration,
 ) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
     let header = ResponseHeader {
         flags: if fd.is_some() { RESPONSE_FLAG_FD } else { 0 },
         payload_len: payload.len() as u32,
@@ -947,26 +1260,31 @@ fn send_response(
     // The common case — no descriptor, a small payload — goes out as one
     // contiguous `send` (a bare header straight from its array).
     if fd.is_none() && payload.is_empty() {
-        return send_all(stream, &header);
+        return send_all(stream, &header, deadline);
     }
     if fd.is_none() && total <= SMALL_RESPONSE {
         let mut buf = [0u8; SMALL_RESPONSE];
         buf[..RESPONSE_HEADER_LEN].copy_from_slice(&header);
         buf[RESPONSE_HEADER_LEN..total].copy_from_slice(payload);
-        return send_all(stream, &buf[..total]);
+        return send_all(stream, &buf[..total], deadline);
     }
     let mut sent = 0usize;
     let mut fd = fd;
     while sent < total {
+        if sent > 0 && Instant::now() >= deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // At most SEND_CHUNK payload bytes per call: a blocking send
+        // waits afresh for every piece of socket buffer, so only between
+        // calls can the deadline be checked.
+        let at = sent.saturating_sub(RESPONSE_HEADER_LEN);
+        let piece = &payload[at..payload.len().min(at + SEND_CHUNK)];
         let iov_storage;
         let iov: &[IoSlice<'_>] = if sent < RESPONSE_HEADER_LEN {
-            iov_storage = [IoSlice::new(&header[sent..]), IoSlice::new(payload)];
+            iov_storage = [IoSlice::new(&header[sent..]), IoSlice::new(piece)];
             &iov_storage
         } else {
-            iov_storage = [
-                IoSlice::new(&payload[sent - RESPONSE_HEADER_LEN..]),
-                IoSlice::new(&[]),
-            ];
+            iov_storage = [IoSlice::new(piece), IoSlice::new(&[])];
             &iov_storage[..1]
         };
         let flags = SendFlags::NOSIGNAL;
@@ -994,10 +1312,14 @@ fn send_response(
     Ok(())
 }
 
-/// Sends all of `bytes` with `send` calls.
-fn send_all(stream: &UnixStream, bytes: &[u8]) -> io::Result<()> {
+/// Sends all of `bytes` with `send` calls, failing with `TimedOut` when
+/// `deadline` passes before they are all out.
+fn send_all(stream: &UnixStream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
     let mut sent = 0;
     while sent < bytes.len() {
+        if sent > 0 && Instant::now() >= deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         match rustix::net::send(stream, &bytes[sent..], SendFlags::NOSIGNAL) {
             Ok(n) => sent += n,
             Err(rustix::io::Errno::INTR) => continue,
@@ -1126,6 +1448,20 @@ fn dispatch<S: SchemeSync>(
         && conn.user.handles.load(Ordering::Relaxed) >= limits.max_handles_per_uid
     {
         return fail(EMFILE);
+    }
+    // Every answer counts against the user's answer budget until sent: a
+    // read's is cut short to fit (below); a `call` answers with its whole
+    // payload, so one that does not fit is refused.
+    match reply {
+        Reply::Payload
+            if !conn.try_reserve_answer(payload.len(), limits.max_answer_bytes_per_uid) =>
+        {
+            return fail(syscall::error::ENOBUFS);
+        }
+        Reply::Stat => {
+            conn.reserve_answer(size_of::<Stat>(), limits.max_answer_bytes_per_uid);
+        }
+        _ => {}
     }
     let mut out: Vec<u8> = Vec::new();
     let mut stat = Stat::default();

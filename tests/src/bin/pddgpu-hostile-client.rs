@@ -10,6 +10,9 @@
 //! - `create-map <size> <vram|gtt>`: create a BO and map it; print `ok`
 //!   or `err <ERRNO>` (of the step that failed), then wait for EOF on
 //!   stdin.
+//! - `export <count> <size> <vram|gtt>`: create `count` BOs, write
+//!   `exported <i>` at the start of BO `i`, export each and print
+//!   `tokens <id>:<token> …` on one line, then wait for EOF on stdin.
 //! - `cat <file>`: read a file of the scheme; print `ok <bytes>` or
 //!   `err <ERRNO>`.
 //! - `readonly-map`: create a BO, open a second, read-only handle on it,
@@ -33,6 +36,9 @@
 //! - `domain-map`: create a VRAM BO and ask for a descriptor of the whole
 //!   domain (`dup(bo, "domain-backing")`, for the privileged only); print
 //!   `domain-backing <ok|ERRNO>`.
+//! - `connect-flood <count>`: connect, open `health` and close, `count`
+//!   times in a row; print `served <n> refused <n> <ERRNO,…>` (the errnos
+//!   of the refusals).
 
 // Tries to map a descriptor writable, as a hostile client would (the
 // mapping edge).
@@ -336,6 +342,28 @@ fn run(args: &[String]) -> Result<(), String> {
             drop(bo);
             Ok(())
         }
+        Some("export") => {
+            let count = number(args.get(1), "count")?;
+            let size = number(args.get(2), "size")?;
+            let domain = domain(args.get(3))?;
+            let dev = Device::open().map_err(|e| e.to_string())?;
+            let mut bos = Vec::new();
+            let mut line = String::from("tokens");
+            for i in 0..count {
+                let bo = dev
+                    .create_bo(size, domain, BoFlags::empty())
+                    .map_err(|e| e.to_string())?;
+                bo.write_at(0, format!("exported {i}").as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let token = bo.export().map_err(|e| e.to_string())?;
+                line.push_str(&format!(" {token}"));
+                bos.push(bo);
+            }
+            say(&line);
+            wait_eof();
+            drop(bos);
+            Ok(())
+        }
         Some("cat") => {
             let file = args.get(1).ok_or("missing file")?;
             let dev = Device::open().map_err(|e| e.to_string())?;
@@ -372,6 +400,36 @@ fn run(args: &[String]) -> Result<(), String> {
             say(&domain_map()?);
             Ok(())
         }
+        Some("connect-flood") => {
+            let count = number(args.get(1), "count")?;
+            let socket = pddgpu_ipc::default_socket_path();
+            let (mut served, mut refused) = (0u64, std::collections::BTreeSet::new());
+            let mut refusals = 0u64;
+            for _ in 0..count {
+                let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+                let reply = c
+                    .request(
+                        Opcode::OpenAt,
+                        [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
+                        b"health",
+                        0,
+                    )
+                    .map_err(|e| e.to_string())?;
+                match reply.result() {
+                    Ok(_) => served += 1,
+                    Err(e) => {
+                        refusals += 1;
+                        refused.insert(errno_name(e));
+                    }
+                }
+            }
+            let names: Vec<&str> = refused.into_iter().collect();
+            say(&format!(
+                "served {served} refused {refusals} {}",
+                names.join(",")
+            ));
+            Ok(())
+        }
         Some("share-connection") => {
             say(&share_connection()?);
             Ok(())
@@ -386,7 +444,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
         }
         _ => Err(
-            "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | cat FILE \
+            "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | export COUNT SIZE DOMAIN | cat FILE \
              | hold-mapped COUNT SIZE DOMAIN | fill-connections N SIZE DOMAIN \
              | share-self SIZE DOMAIN | readonly-map | domain-map | share-connection"
                 .into(),

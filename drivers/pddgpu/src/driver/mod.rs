@@ -276,6 +276,17 @@ impl Driver {
         self.free_epochs[domain.index()].load(Ordering::Acquire)
     }
 
+    /// Bytes of `domain` no BO holds right now: a create of `size` bytes
+    /// cannot succeed while this is below `size` (it may still fail above
+    /// it, for alignment or fragmentation).
+    pub fn free_size(&self, domain: Domain) -> u64 {
+        let total = match domain {
+            Domain::Vram => self.info.vram_size,
+            Domain::Gtt => self.info.gtt_size,
+        };
+        total.saturating_sub(self.manager_used(domain))
+    }
+
     fn sync_tunables(&self) {
         let g = self.tunables.generation();
         if self.applied_tunables.load(Ordering::Relaxed) != g {

@@ -51,7 +51,7 @@ impl OpenedDevice {
     }
 }
 
-fn current_uid() -> Option<u32> {
+pub(crate) fn current_uid() -> Option<u32> {
     #[cfg(not(target_os = "redox"))]
     {
         Some(rustix::process::getuid().as_raw())
