@@ -33,10 +33,18 @@
 //! `vm.max_map_count`) and a number of BO memories the daemon derives from
 //! its descriptor limit (`ENOMEM` beyond); per user, the shares of
 //! [`UserLimits`](crate::budget::UserLimits) (`EDQUOT` beyond), so one
-//! user never takes the whole budget. A BO memory is charged to the user
-//! whose client mapped the BO first, and released when its pages go back
-//! to the domain. On Redox a mapping costs the server nothing (the kernel
-//! maps the BO's pages into the client), so none of this applies there.
+//! user never takes the whole budget. A BO memory is charged to every user
+//! whose clients mapped the BO, each for as long as that user still holds
+//! the BO (some client of it has a handle on it), so no user's share is
+//! held by another user's choices: a user that maps BOs another user
+//! exported gets its share back when it closes them, whatever the
+//! exporter does. When the last user charged for a BO memory lets go
+//! while the BO lives on (held by users that never mapped it), the memory
+//! goes back to the domain with the BO's bytes ([`Backing::let_go`]), so
+//! no BO memory stays charged to nobody; a mapping still held by a client
+//! whose user let go keeps only a copy. On Redox a mapping costs the
+//! server nothing (the kernel maps the BO's pages into the client), so
+//! none of this applies there.
 
 #[cfg(not(target_os = "redox"))]
 pub use host::{BoMemoryError, ClientAccess};
@@ -229,9 +237,9 @@ impl Backing {
 
     /// A descriptor of `bo`'s own memory for a client of user `uid` (host
     /// transport): its byte 0 is the BO's byte 0 and it is exactly the BO's
-    /// pages long; read-only unless `writable`. A BO mapped for the first
-    /// time is charged to `uid` (see [`MappingLimits`]). Ownership of the
-    /// descriptor passes to the caller.
+    /// pages long; read-only unless `writable`. The BO's memory is charged
+    /// to `uid` unless it already is (see the module docs and
+    /// [`MappingLimits`]). Ownership of the descriptor passes to the caller.
     #[cfg(not(target_os = "redox"))]
     #[allow(clippy::too_many_arguments)]
     pub fn bo_memory_fd(
@@ -316,6 +324,36 @@ impl Backing {
         }
         #[cfg(target_os = "redox")]
         let _ = is_live;
+    }
+
+    /// Whether `bo` has a memory charged to user `uid` (host transport).
+    pub fn charged_to(&self, bo: u64, uid: u32) -> bool {
+        #[cfg(not(target_os = "redox"))]
+        {
+            self.vram.memories.charged_to(bo, uid) || self.gtt.memories.charged_to(bo, uid)
+        }
+        #[cfg(target_os = "redox")]
+        {
+            let _ = (bo, uid);
+            false
+        }
+    }
+
+    /// User `uid` no longer holds `bo`: its charge for the BO's memory
+    /// ends, and a memory no user is charged for any more goes back to the
+    /// domain, the BO's bytes with it (see the module docs).
+    pub fn let_go(&mut self, bo: u64, uid: u32) {
+        #[cfg(not(target_os = "redox"))]
+        for domain in [Domain::Vram, Domain::Gtt] {
+            let (region, budget) = self.region_mut(domain);
+            if let (Some(base), ClientAccess::PerBo { memory, .. }) =
+                (region.server_addr, &region.clients)
+            {
+                region.memories.let_go(base, memory, budget, bo, uid);
+            }
+        }
+        #[cfg(target_os = "redox")]
+        let _ = (bo, uid);
     }
 
     /// Per-BO memories currently mapped, both domains.
@@ -440,11 +478,15 @@ mod host {
     }
 
     impl MappingBudget {
-        /// Charges a new BO memory of `segments` segments to `uid`, or says
-        /// which limit it would pass.
-        fn charge(&mut self, uid: u32, segments: usize) -> Result<(), BoMemoryError> {
+        /// Charges a BO memory of `segments` segments to `uid` and, when it
+        /// is `new` (not yet charged to anyone), to the server's totals; or
+        /// says which limit it would pass.
+        fn charge(&mut self, uid: u32, segments: usize, new: bool) -> Result<(), BoMemoryError> {
             let l = self.limits;
-            if self.segments_total + segments > l.segments_total || self.bos_total >= l.bos_total {
+            if new
+                && (self.segments_total + segments > l.segments_total
+                    || self.bos_total >= l.bos_total)
+            {
                 return Err(BoMemoryError::TooManyMappings);
             }
             let (bos, segs) = (self.bos.used(uid), self.segments.used(uid));
@@ -458,18 +500,28 @@ mod host {
             // Within the limits just checked, so neither charge fails.
             let _ = self.bos.try_charge(uid, 1, usize::MAX);
             let _ = self.segments.try_charge(uid, segments, usize::MAX);
-            self.segments_total += segments;
-            self.bos_total += 1;
+            if new {
+                self.segments_total += segments;
+                self.bos_total += 1;
+            }
             Ok(())
         }
 
-        /// Gives back `segments` segments of a BO memory of `uid`, and the
-        /// memory itself when `whole` (all of its segments went back).
-        fn release(&mut self, uid: u32, segments: usize, whole: bool) {
+        /// Gives back `segments` segments of a BO memory charged to `uid`,
+        /// and the memory itself when `whole` (all of its segments went
+        /// back, or `uid` let go of it).
+        fn release_user(&mut self, uid: u32, segments: usize, whole: bool) {
             self.segments.release(uid, segments);
-            self.segments_total -= segments;
             if whole {
                 self.bos.release(uid, 1);
+            }
+        }
+
+        /// Gives back `segments` segments of a BO memory from the server's
+        /// totals, and the memory itself when `whole`.
+        fn release_total(&mut self, segments: usize, whole: bool) {
+            self.segments_total -= segments;
+            if whole {
                 self.bos_total -= 1;
             }
         }
@@ -480,10 +532,24 @@ mod host {
     struct BoMemory {
         fd: OwnedFd,
         /// `(offset in the domain, length)` of each mapped range, whole
-        /// pages.
-        ranges: Vec<(u64, u64)>,
-        /// The user it is charged to.
-        uid: u32,
+        /// pages, with the offset in `fd` (the BO offset) of its start.
+        ranges: Vec<MappedRange>,
+        /// The BO's size (bytes past it in the last page are not the BO's).
+        size: u64,
+        /// The users it is charged to: each user whose clients mapped the
+        /// BO, while it holds the BO.
+        users: Vec<u32>,
+    }
+
+    /// A range of a BO memory mapped over the domain.
+    #[derive(Clone, Copy, Debug)]
+    struct MappedRange {
+        /// Offset in the domain.
+        at: u64,
+        /// Length, whole pages.
+        len: u64,
+        /// Offset in the BO memory (and in the BO).
+        fd_offset: u64,
     }
 
     /// The per-BO memories of one domain.
@@ -503,8 +569,36 @@ mod host {
             self.by_bo.len()
         }
 
-        /// The descriptor of `bo`'s memory, created (and charged to
-        /// `uid`) on first use.
+        /// Whether `bo` has a memory here charged to `uid`.
+        pub(super) fn charged_to(&self, bo: u64, uid: u32) -> bool {
+            self.by_bo.get(&bo).is_some_and(|m| m.users.contains(&uid))
+        }
+
+        /// User `uid` let go of `bo`: its charge ends, and a memory charged
+        /// to nobody goes back to the domain with the BO's bytes.
+        pub(super) fn let_go(
+            &mut self,
+            base: usize,
+            domain_memory: &OwnedFd,
+            budget: &mut MappingBudget,
+            bo: u64,
+            uid: u32,
+        ) {
+            let Some(memory) = self.by_bo.get_mut(&bo) else {
+                return;
+            };
+            let Some(i) = memory.users.iter().position(|&u| u == uid) else {
+                return;
+            };
+            memory.users.swap_remove(i);
+            budget.release_user(uid, memory.ranges.len(), true);
+            if memory.users.is_empty() {
+                self.give_back(base, domain_memory, budget, bo, Contents::Keep);
+            }
+        }
+
+        /// The descriptor of `bo`'s memory, created on first use; charged
+        /// to `uid` unless it already is.
         #[allow(clippy::too_many_arguments)]
         pub(super) fn descriptor(
             &mut self,
@@ -524,18 +618,24 @@ mod host {
                 // first (their ranges may overlap this BO's, and they count
                 // against the budget until then).
                 self.reclaim_overlapping(base, domain_memory, budget, segments);
-                budget.charge(uid, ranges.len())?;
+                budget.charge(uid, ranges.len(), true)?;
                 let memory = match carve(base, domain_memory, size, &ranges, uid) {
                     Ok(memory) => memory,
                     Err(e) => {
-                        budget.release(uid, ranges.len(), true);
+                        budget.release_user(uid, ranges.len(), true);
+                        budget.release_total(ranges.len(), true);
                         return Err(e);
                     }
                 };
-                for &(at, len) in &memory.ranges {
-                    self.by_offset.insert(at, (at + len, bo));
+                for r in &memory.ranges {
+                    self.by_offset.insert(r.at, (r.at + r.len, bo));
                 }
                 self.by_bo.insert(bo, memory);
+            } else if let Some(memory) = self.by_bo.get_mut(&bo) {
+                if !memory.users.contains(&uid) {
+                    budget.charge(uid, memory.ranges.len(), false)?;
+                    memory.users.push(uid);
+                }
             }
             let fd = &self.by_bo[&bo].fd;
             if writable {
@@ -580,7 +680,7 @@ mod host {
             dead.sort_unstable();
             dead.dedup();
             for bo in dead {
-                self.give_back(base, domain_memory, budget, bo);
+                self.give_back(base, domain_memory, budget, bo, Contents::Drop);
             }
         }
 
@@ -599,28 +699,33 @@ mod host {
                 .filter(|&bo| !is_live(bo))
                 .collect();
             for bo in dead {
-                self.give_back(base, domain_memory, budget, bo);
+                self.give_back(base, domain_memory, budget, bo, Contents::Drop);
             }
         }
 
-        /// Maps the domain's own (zeroed) pages back over a BO memory and
-        /// forgets it (and its charge).
+        /// Maps the domain's own pages back over a BO memory and forgets
+        /// it (and its charges). With [`Contents::Keep`] (a live BO) the
+        /// BO's bytes are copied into them first; with [`Contents::Drop`]
+        /// (a freed BO) they read as zero.
         fn give_back(
             &mut self,
             base: usize,
             domain_memory: &OwnedFd,
             budget: &mut MappingBudget,
             bo: u64,
+            contents: Contents,
         ) {
             let Some(memory) = self.by_bo.remove(&bo) else {
                 return;
             };
             let mut failed = Vec::new();
-            for &(at, len) in &memory.ranges {
+            for &r in &memory.ranges {
+                let (at, len) = (r.at, r.len);
                 self.by_offset.remove(&at);
                 // The domain's pages here were punched out when the BO got
-                // its memory: they read as zero. Mapping them back at the
-                // same offset lets the kernel merge the ranges again.
+                // its memory: they read as zero. Punch again (a copy kept
+                // earlier may have failed half-way), then copy the BO's
+                // bytes in when it lives on.
                 let punched = rustix::fs::fallocate(
                     domain_memory,
                     FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -630,35 +735,82 @@ mod host {
                 if let Err(e) = punched {
                     log::warn!("clearing {len} bytes at {at:#x} of a domain: {e}");
                 }
+                if contents == Contents::Keep {
+                    let n = len.min(memory.size.saturating_sub(r.fd_offset));
+                    if let Err(e) = copy(&memory.fd, r.fd_offset, domain_memory, at, n) {
+                        // The BO memory stays mapped here, so the BO loses
+                        // nothing; the next try is when the BO is freed.
+                        log::error!("cannot copy {n} bytes of BO {bo} back at {at:#x}: {e}");
+                        failed.push(r);
+                        continue;
+                    }
+                }
                 if let Err(e) = map_over(base, at, len, domain_memory, at) {
                     // Only a kernel out of mapping slots refuses this (what
                     // MAX_MAPPED_SEGMENTS guards against). The BO memory
                     // then stays mapped here and tracked, and the next
                     // reclaim or sweep tries again.
                     log::error!("cannot give back {len} bytes at {at:#x}: {e}");
-                    failed.push((at, len));
+                    failed.push(r);
                 }
             }
             // What could not be given back stays charged until it is.
-            budget.release(
-                memory.uid,
-                memory.ranges.len() - failed.len(),
-                failed.is_empty(),
-            );
+            let (released, whole) = (memory.ranges.len() - failed.len(), failed.is_empty());
+            for &uid in &memory.users {
+                budget.release_user(uid, released, whole);
+            }
+            budget.release_total(released, whole);
             if !failed.is_empty() {
-                for &(at, len) in &failed {
-                    self.by_offset.insert(at, (at + len, bo));
+                for r in &failed {
+                    self.by_offset.insert(r.at, (r.at + r.len, bo));
                 }
                 self.by_bo.insert(
                     bo,
                     BoMemory {
                         fd: memory.fd,
                         ranges: failed,
-                        uid: memory.uid,
+                        size: memory.size,
+                        users: memory.users,
                     },
                 );
             }
         }
+    }
+
+    /// What becomes of a BO memory's bytes when it goes back to the domain.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Contents {
+        /// The BO lives on: its bytes go back into the domain's pages.
+        Keep,
+        /// The BO was freed: the domain's pages read as zero.
+        Drop,
+    }
+
+    /// Copies `len` bytes of `from` at `from_offset` into `to` at
+    /// `to_offset` (through the descriptors, not the mappings).
+    fn copy(
+        from: &OwnedFd,
+        from_offset: u64,
+        to: &OwnedFd,
+        to_offset: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        let mut buf = vec![0u8; (len as usize).min(256 << 10)];
+        let mut done = 0u64;
+        while done < len {
+            let want = ((len - done) as usize).min(buf.len());
+            let n = rustix::io::pread(from, &mut buf[..want], from_offset + done)?;
+            if n == 0 {
+                return Err(Errno::IO);
+            }
+            let mut written = 0;
+            while written < n {
+                written +=
+                    rustix::io::pwrite(to, &buf[written..n], to_offset + done + written as u64)?;
+            }
+            done += n as u64;
+        }
+        Ok(())
     }
 
     /// The BO's segments as whole-page ranges of the domain: page-aligned
@@ -731,16 +883,16 @@ mod host {
         }
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
             .map_err(os("sealing"))?;
-        let mut mapped: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        let mut mapped: Vec<MappedRange> = Vec::with_capacity(ranges.len());
         let mut fd_offset = 0u64;
         for &(at, len) in ranges {
             if let Err(e) = map_over(base, at, len, &fd, fd_offset) {
-                for &(at, len) in &mapped {
-                    let _ = map_over(base, at, len, domain_memory, at);
+                for r in &mapped {
+                    let _ = map_over(base, r.at, r.len, domain_memory, r.at);
                 }
                 return Err(BoMemoryError::Os("mapping a BO's memory", e));
             }
-            mapped.push((at, len));
+            mapped.push(MappedRange { at, len, fd_offset });
             fd_offset += len;
         }
         for &(at, len) in ranges {
@@ -754,8 +906,9 @@ mod host {
         }
         Ok(BoMemory {
             fd,
-            ranges: ranges.to_vec(),
-            uid,
+            ranges: mapped,
+            size,
+            users: vec![uid],
         })
     }
 

@@ -5,16 +5,23 @@
 //!   descriptor (its memfd) open in the server and splits the server's
 //!   mapping of the domain into more kernel mappings (VMAs). One user may
 //!   have at most [`UserLimits::mapped_bos_per_uid`] BOs and
-//!   [`UserLimits::mapped_segments_per_uid`] segments mapped; the mapping
-//!   is charged to the user whose client mapped the BO first and released
-//!   when the BO's memory goes back to the domain (see
-//!   [`crate::backing`]). Beyond: `EDQUOT`.
+//!   [`UserLimits::mapped_segments_per_uid`] segments mapped; beyond:
+//!   `EDQUOT`. A BO's memory is charged to every user whose clients
+//!   mapped it, each for as long as that user still holds the BO (some
+//!   client of it has a handle on it), and released when its last handle
+//!   on the BO closes or the BO is freed (see [`crate::backing`]). So a
+//!   user is charged only for its own choices: mapping BOs another user
+//!   exported costs it nothing once it closes them, however long the
+//!   exporter keeps them, and an importer keeping an exporter's BO alive
+//!   never holds the exporter's share.
 //! - **Read snapshots** (every transport): a handle on a generated file
 //!   (`vram.map`, `clients.json`, …) keeps the text it is being read from,
 //!   so a reader sees one consistent rendering. Like a `seq_file` buffer
 //!   charged to the reader's memory cgroup, a snapshot is charged to the
-//!   user of the reader that took it, and released when the handle takes
-//!   a new one or closes. One user's snapshots may hold at most
+//!   user of the reader that took it (as if it were its own copy, though
+//!   handles taking one at the same server state share one rendering: see
+//!   `crate::snapshots`), and released when the handle takes a new one or
+//!   closes. One user's snapshots may hold at most
 //!   [`UserLimits::snapshot_bytes_per_uid`] bytes, except that a user
 //!   holding none may always take one (a file's size depends on the
 //!   server's state, not on the reader); beyond: `ENOBUFS`.

@@ -16,6 +16,7 @@ use crate::convert::{core_domain, core_flags, wire_domain};
 use crate::errno::driver_errno;
 use crate::path::{DirKind, FileKind, Node};
 use crate::scheme::PddgpuScheme;
+use crate::snapshots::Snapshot;
 
 /// What a handle names.
 #[derive(Debug)]
@@ -32,14 +33,6 @@ pub(crate) enum Kind {
     Bo { id: BoId, size: u64, domain: Domain },
 }
 
-/// The text a file or tunable handle is being read from, and the user it
-/// is charged to (see [`crate::budget`]).
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    pub bytes: Vec<u8>,
-    pub uid: u32,
-}
-
 impl Kind {
     /// The text a file or tunable handle is being read from.
     pub fn snapshot_mut(&mut self) -> Option<&mut Snapshot> {
@@ -53,7 +46,7 @@ impl Kind {
     pub fn snapshot_charge(&self) -> (u32, usize) {
         match self {
             Kind::File { snapshot, .. } | Kind::Config { snapshot, .. } => {
-                (snapshot.uid, snapshot.bytes.len())
+                (snapshot.uid, snapshot.len())
             }
             _ => (0, 0),
         }

@@ -41,6 +41,7 @@ impl HostScheme for PddgpuScheme {
 
     /// Counts the retry in the domain's statistics.
     fn on_retry(&mut self, path: &[u8]) {
+        self.state_changed();
         if let Some((domain, _)) = creates_in(path) {
             self.driver().note_retry(domain);
         }
@@ -64,13 +65,19 @@ impl HostScheme for PddgpuScheme {
     /// ends with them is released in one `owner_exit` batch instead of BO
     /// by BO.
     fn on_disconnect(&mut self, caller: usize, handles: &[usize]) {
+        self.state_changed();
         let pid = crate::callers::display_pid(caller);
         let mut ended = Vec::new();
         let mut others = Vec::new();
+        // (BO, user) of every BO handle: the user may have let go of it.
+        let mut let_go = Vec::new();
         for &id in handles {
             let Some(h) = self.take_handle(id) else {
                 continue;
             };
+            if let (Kind::Bo { id: bo, .. }, Some(uid)) = (&h.kind, self.callers.uid(h.owner)) {
+                let_go.push((*bo, uid));
+            }
             if self.callers.release_handle(h.owner) {
                 ended.push(h.owner);
             }
@@ -86,6 +93,11 @@ impl HostScheme for PddgpuScheme {
         for owner in ended {
             log::debug!("client pid {pid} (owner {owner}) gone; releasing what it held");
             self.end_owner(owner);
+        }
+        let_go.sort_unstable_by_key(|&(bo, uid)| (bo.0, uid));
+        let_go.dedup();
+        for (bo, uid) in let_go {
+            self.end_mapping_charge_if_let_go(bo, uid);
         }
     }
 }

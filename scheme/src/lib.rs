@@ -10,6 +10,7 @@
 //! - `control`: the administrator's `control` commands.
 //! - `convert`: wire types to core types and back.
 //! - [`format`]: the text and JSON files.
+//! - `snapshots`: what handles on them read, rendered once per state.
 //! - [`errno`]: driver errors as errnos.
 //! - [`backing`]: what clients map.
 //! - [`budget`]: what one user may make the server hold.
@@ -27,6 +28,7 @@ mod handles;
 mod host;
 pub mod path;
 mod scheme;
+mod snapshots;
 
 pub use backing::{Backing, Region};
 pub use budget::UserLimits;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use pddgpu::driver::{BoInfo, Domain as CoreDomain, Driver};
+use pddgpu::driver::{BoId, BoInfo, Domain as CoreDomain, Driver};
 use pddgpu_ipc::logline;
 use pddgpu_ipc::wire::{BoCall, BoInfoWire, ExportWire, SegmentWire, WIRE_ABI};
 use redox_scheme::scheme::SchemeSync;
@@ -30,6 +30,7 @@ use crate::errno::driver_errno;
 use crate::format;
 use crate::handles::{Handle, Handles, Kind};
 use crate::path::{self, DirKind, FileKind};
+use crate::snapshots::{Renders, Snapshot};
 
 /// The handle id of the scheme root (what `/scheme/pddgpu` opens to).
 pub const ROOT_ID: usize = 1;
@@ -80,6 +81,10 @@ pub struct PddgpuScheme {
     user_limits: UserLimits,
     /// Bytes of read snapshots held, per user.
     snapshot_bytes: PerUser,
+    /// The latest rendering of each generated file, shared by the handles
+    /// that take a snapshot at the state it shows (see
+    /// [`crate::snapshots`]).
+    renders: Renders,
 }
 
 /// A syscall error with `errno`.
@@ -102,6 +107,7 @@ impl PddgpuScheme {
             swept_epoch: 0,
             user_limits: UserLimits::default(),
             snapshot_bytes: PerUser::default(),
+            renders: Renders::default(),
         }
     }
 
@@ -153,6 +159,7 @@ impl PddgpuScheme {
     /// Periodic work: the leak monitor, and giving back the pages of
     /// mapped BOs that were freed.
     pub fn tick(&mut self) {
+        self.state_changed();
         let now = self.now_ms();
         self.driver.tick(now);
         self.sweep_bo_memories();
@@ -195,11 +202,13 @@ impl PddgpuScheme {
     /// Refuses new BOs from now on (`ESHUTDOWN`); existing handles keep
     /// working so clients can finish and close.
     pub fn stop_accepting(&mut self) {
+        self.state_changed();
         self.shutdown_requested = true;
     }
 
     /// Puts the device into SHUTDOWN; nothing is served any more.
     pub fn shutdown(&mut self) {
+        self.state_changed();
         self.shutdown_requested = true;
         self.driver.shutdown();
     }
@@ -262,14 +271,39 @@ impl PddgpuScheme {
         Some(handle)
     }
 
-    /// Replaces the snapshot handle `id` is read from with `fresh`,
-    /// charged to `uid`: refused with `ENOBUFS` (the handle keeps no
-    /// snapshot) when `uid` already holds other snapshots and `fresh` would
-    /// take it over its budget (see [`crate::budget`]).
-    fn take_snapshot(&mut self, id: usize, fresh: Vec<u8>, ctx: &CallerCtx) -> Result<()> {
-        let snapshot = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
-        let old = std::mem::take(snapshot);
-        self.snapshot_bytes.release(old.uid, old.bytes.len());
+    /// A request may have changed what generated files show (see
+    /// [`crate::snapshots`]).
+    pub(crate) fn state_changed(&mut self) {
+        self.renders.state_changed();
+    }
+
+    /// The length of handle `id`'s snapshot, taking one first if it has
+    /// none (its `fstat` and `fsize`).
+    fn snapshot_len(&mut self, id: usize, ctx: &CallerCtx) -> Result<u64> {
+        let has = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
+        if has.bytes.is_none() {
+            self.take_snapshot(id, ctx)?;
+        }
+        Ok(self.handle(id)?.kind.snapshot_charge().1 as u64)
+    }
+
+    /// Gives handle `id` a new snapshot of its file or tunable at the
+    /// current state, charged to the caller's user: refused with
+    /// `ENOBUFS` (the handle keeps no snapshot) when the user already
+    /// holds other snapshots and this one would take it over its budget
+    /// (see [`crate::budget`]). The budget is checked against the file's
+    /// last known length before anything is rendered, and against the
+    /// exact length after.
+    fn take_snapshot(&mut self, id: usize, ctx: &CallerCtx) -> Result<()> {
+        let handle = self.handles.get_mut(id).ok_or(err(EBADF))?;
+        let source = match &handle.kind {
+            Kind::File { kind, .. } => Ok(*kind),
+            Kind::Config { name, .. } => Err(name.clone()),
+            _ => return Err(err(EBADF)),
+        };
+        let old = std::mem::take(handle.kind.snapshot_mut().ok_or(err(EBADF))?);
+        self.snapshot_bytes.release(old.uid, old.len());
+        drop(old);
         let uid = ctx.uid;
         let budget = self.user_limits.snapshot_bytes_per_uid;
         // A user holding no snapshot may always take one: a file's size
@@ -279,16 +313,49 @@ impl PddgpuScheme {
         } else {
             budget
         };
-        if let Err(held) = self.snapshot_bytes.try_charge(uid, fresh.len(), limit) {
+        let expected = match source {
+            Ok(kind) => self.renders.expected_len(kind),
+            Err(_) => 0,
+        };
+        // Refused before rendering when the last known length does not fit.
+        self.charge_snapshot(uid, expected, limit, ctx)?;
+        self.snapshot_bytes.release(uid, expected);
+        let fresh: Arc<[u8]> = match source {
+            Ok(kind) => {
+                let (driver, callers) = (&self.driver, &self.callers);
+                self.renders.current(kind, || render(kind, driver, callers))
+            }
+            Err(name) => {
+                let value = self.driver.tunables().show(&name).ok_or(err(ENOENT))?;
+                format!("{value}\n").into_bytes().into()
+            }
+        };
+        self.charge_snapshot(uid, fresh.len(), limit, ctx)?;
+        if let Some(snapshot) = self.handle_mut(id)?.kind.snapshot_mut() {
+            *snapshot = Snapshot {
+                bytes: Some(fresh),
+                uid,
+            };
+        }
+        Ok(())
+    }
+
+    /// Charges `bytes` of snapshot to `uid` within `limit`, or logs the
+    /// refusal and fails with `ENOBUFS`.
+    fn charge_snapshot(
+        &mut self,
+        uid: u32,
+        bytes: usize,
+        limit: usize,
+        ctx: &CallerCtx,
+    ) -> Result<()> {
+        if let Err(held) = self.snapshot_bytes.try_charge(uid, bytes, limit) {
+            let budget = self.user_limits.snapshot_bytes_per_uid;
             let reason = format!(
-                "user {uid} holds {held} bytes of read snapshots; {} more would pass its {budget}",
-                fresh.len()
+                "user {uid} holds {held} bytes of read snapshots; {bytes} more would pass its {budget}"
             );
             self.log_refusal(ctx, "read a generated file", ENOBUFS, &reason);
             return Err(err(ENOBUFS));
-        }
-        if let Some(snapshot) = self.handle_mut(id)?.kind.snapshot_mut() {
-            *snapshot = crate::handles::Snapshot { bytes: fresh, uid };
         }
         Ok(())
     }
@@ -296,12 +363,33 @@ impl PddgpuScheme {
     /// Closes handle `id`: drops the core reference it stood for and, when
     /// it was its owner's last handle, ends the owner.
     fn close(&mut self, id: usize) {
+        self.state_changed();
         let Some(handle) = self.remove_handle(id) else {
             return;
         };
+        let uid = self.callers.uid(handle.owner);
         self.drop_reference(handle.owner, &handle.kind);
         if self.callers.release_handle(handle.owner) {
             self.end_owner(handle.owner);
+        }
+        if let (Kind::Bo { id: bo, .. }, Some(uid)) = (&handle.kind, uid) {
+            self.end_mapping_charge_if_let_go(*bo, uid);
+        }
+    }
+
+    /// A handle of user `uid` on `bo` closed: when no owner of that user
+    /// holds the BO any more, the user's charge for its mapping ends (see
+    /// [`crate::backing`]), whoever else still holds it.
+    pub(crate) fn end_mapping_charge_if_let_go(&mut self, bo: BoId, uid: u32) {
+        if !self.backing.charged_to(bo.0, uid) {
+            return;
+        }
+        let held = self
+            .callers
+            .owners_of_uid(uid)
+            .any(|owner| self.driver.bo_info(owner, bo).is_ok());
+        if !held {
+            self.backing.let_go(bo.0, uid);
         }
     }
 
@@ -310,11 +398,6 @@ impl PddgpuScheme {
     pub(crate) fn end_owner(&mut self, owner: OwnerId) {
         let summary = self.driver.owner_exit(owner);
         log::debug!("owner {owner} ended: {summary:?}");
-    }
-
-    /// Regenerates a generated file's content.
-    fn render(&self, kind: FileKind) -> Vec<u8> {
-        format::render(kind, &self.driver, &self.callers)
     }
 
     fn bo_info(&self, h: &Handle) -> Result<BoInfo> {
@@ -326,6 +409,32 @@ impl PddgpuScheme {
             _ => Err(err(EBADF)),
         }
     }
+}
+
+/// What `fstat` reports for a node of `mode`, `size` bytes and inode `ino`.
+fn file_stat(mode: u16, size: u64, ino: u64, ctx: &CallerCtx) -> Stat {
+    Stat {
+        st_mode: mode,
+        st_size: size,
+        st_ino: ino,
+        st_nlink: 1,
+        st_uid: ctx.uid,
+        st_gid: ctx.gid,
+        st_blksize: 4096,
+        st_blocks: size.div_ceil(512),
+        ..Stat::default()
+    }
+}
+
+/// Renders generated file `kind` (logged at debug level, so tests and
+/// admins can count renders).
+fn render(kind: FileKind, driver: &Driver, callers: &Callers) -> Vec<u8> {
+    let bytes = format::render(kind, driver, callers);
+    let (name, len) = (kind.name(), bytes.len());
+    logline::defer(log::Level::Debug, move || {
+        format!("rendered {name}: {len} bytes")
+    });
+    bytes
 }
 
 impl SchemeSync for PddgpuScheme {
@@ -341,6 +450,8 @@ impl SchemeSync for PddgpuScheme {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<OpenResult> {
+        // Even a refused open may count in the statistics.
+        self.state_changed();
         // Paths are relative to the root, or to a directory handle.
         let full;
         let path = if dir == ROOT_ID {
@@ -409,21 +520,16 @@ impl SchemeSync for PddgpuScheme {
             Kind::Dir(_) => Err(err(EISDIR)),
             Kind::Control => Err(err(EBADF)),
             Kind::File { .. } | Kind::Config { .. } => {
-                // A read from the start takes a fresh snapshot; later reads
-                // continue the same one, so a reader sees consistent text.
-                if offset == 0 {
-                    let fresh = match &h.kind {
-                        Kind::File { kind, .. } => self.render(*kind),
-                        Kind::Config { name, .. } => {
-                            let value = self.driver.tunables().show(name).ok_or(err(ENOENT))?;
-                            format!("{value}\n").into_bytes()
-                        }
-                        _ => return Err(err(EBADF)),
-                    };
-                    self.take_snapshot(id, fresh, ctx)?;
+                // A read from the start takes a fresh snapshot (as does the
+                // first read); later reads continue the same one, so a
+                // reader sees consistent text.
+                let has = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
+                if offset == 0 || has.bytes.is_none() {
+                    self.take_snapshot(id, ctx)?;
                 }
                 let snapshot = self.handle_mut(id)?.kind.snapshot_mut().ok_or(err(EBADF))?;
-                Ok(copy_at(&snapshot.bytes, offset, buf))
+                let bytes = snapshot.bytes.as_deref().unwrap_or_default();
+                Ok(copy_at(bytes, offset, buf))
             }
             Kind::Bo { id: bo, size, .. } => {
                 if offset >= *size {
@@ -445,6 +551,7 @@ impl SchemeSync for PddgpuScheme {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
+        self.state_changed();
         let h = self.writable(id)?;
         let owner = h.owner;
         match &h.kind {
@@ -498,11 +605,12 @@ impl SchemeSync for PddgpuScheme {
         }
     }
 
-    fn fsize(&mut self, id: usize, _ctx: &CallerCtx) -> Result<u64> {
+    fn fsize(&mut self, id: usize, ctx: &CallerCtx) -> Result<u64> {
         let h = self.handle(id)?;
         match &h.kind {
             Kind::Bo { size, .. } => Ok(*size),
-            Kind::File { kind, .. } => Ok(self.render(*kind).len() as u64),
+            // The size of what this handle reads (see `crate::snapshots`).
+            Kind::File { .. } => self.snapshot_len(id, ctx),
             _ => Ok(0),
         }
     }
@@ -530,25 +638,21 @@ impl SchemeSync for PddgpuScheme {
     }
 
     fn fstat(&mut self, id: usize, stat: &mut Stat, ctx: &CallerCtx) -> Result<()> {
+        if matches!(self.handle(id)?.kind, Kind::File { .. }) {
+            // The size of what this handle reads (see `crate::snapshots`).
+            let size = self.snapshot_len(id, ctx)?;
+            *stat = file_stat(MODE_FILE | 0o444, size, 2, ctx);
+            return Ok(());
+        }
         let h = self.handle(id)?;
         let (mode, size, ino) = match &h.kind {
             Kind::Dir(_) => (MODE_DIR | 0o555, 0, 1),
-            Kind::File { kind, .. } => (MODE_FILE | 0o444, self.render(*kind).len() as u64, 2),
+            Kind::File { .. } => return Err(err(EBADF)),
             Kind::Control => (MODE_FILE | 0o200, 0, 3),
             Kind::Config { .. } => (MODE_FILE | 0o644, 0, 4),
             Kind::Bo { id, size, .. } => (MODE_FILE | 0o600, *size, id.0),
         };
-        *stat = Stat {
-            st_mode: mode,
-            st_size: size,
-            st_ino: ino,
-            st_nlink: 1,
-            st_uid: ctx.uid,
-            st_gid: ctx.gid,
-            st_blksize: 4096,
-            st_blocks: size.div_ceil(512),
-            ..Stat::default()
-        };
+        *stat = file_stat(mode, size, ino, ctx);
         Ok(())
     }
 
@@ -655,6 +759,8 @@ impl SchemeSync for PddgpuScheme {
                 Ok(n)
             }
             BoCall::Export => {
+                self.state_changed();
+                let h = self.handle(id)?;
                 if payload.len() != ExportWire::SIZE {
                     return Err(err(EINVAL));
                 }

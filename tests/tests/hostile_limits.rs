@@ -16,7 +16,8 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use pddgpu_ipc::host::HostConnection;
-use pddgpu_ipc::wire::{BoCall, SegmentWire, DUP_BACKING};
+use pddgpu_ipc::wire::{BoCall, SegmentWire, ShareToken, DUP_BACKING};
+use pddgpu_ipc::{BoFlags, Domain};
 mod hostile_common;
 
 use hostile_common::*;
@@ -193,6 +194,104 @@ fn one_user_cannot_take_every_mapping_slot() {
         "the freed share is usable again"
     );
     drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+/// A user that maps BOs another user exported is charged for them only
+/// while it holds them: once it closes them (one by one, or by
+/// disconnecting), its mapping share is whole again, however long the
+/// exporter keeps the BOs; and the bytes it wrote through its mappings
+/// stay in the exporter's BOs. Another user's choices never hold a user's
+/// share (N15: the charge stayed with the first mapper until the exporter
+/// freed the BOs, and the importer's own BO got `EDQUOT`).
+#[test]
+fn mapping_anothers_exports_charges_only_while_held() {
+    if !is_root() {
+        eprintln!("not root: this attack needs a second user");
+        return;
+    }
+    const SHARE: usize = 16;
+    let mut daemon = Daemon::start(
+        &daemon_bin(),
+        &["--max-mapped-bos-per-uid", &SHARE.to_string()],
+    );
+    // The exporter: another user, which keeps its BOs until told.
+    let mut exporter = spawn_helper(
+        &daemon,
+        &["export", &SHARE.to_string(), "4096", "gtt"],
+        Some(OTHER_UID),
+    );
+    let line = first_line(&mut exporter);
+    let tokens: Vec<ShareToken> = line
+        .strip_prefix("tokens ")
+        .unwrap_or_else(|| panic!("exporter said {line:?}"))
+        .split(' ')
+        .map(|t| t.parse().expect("token"))
+        .collect();
+    assert_eq!(tokens.len(), SHARE);
+
+    // Import, map, write, close the whole share: the share is whole again.
+    let dev = daemon.connect();
+    let mut held = Vec::new();
+    for (i, &token) in tokens.iter().enumerate() {
+        let mut bo = dev.import(token).expect("import");
+        let bytes = bo.map().expect("map an imported BO");
+        assert_eq!(bytes.load(0), b'e', "the exporter's bytes");
+        bytes.store(100, b'!');
+        assert_eq!(bytes.load(100), b'!', "BO {i}");
+        held.push(bo);
+    }
+    // While it holds them they are its share: no more.
+    let mut own = dev
+        .create_bo(4096, Domain::Gtt, BoFlags::empty())
+        .expect("own BO");
+    let refused = own.map().err().and_then(|e| e.errno());
+    assert_eq!(refused, Some(EDQUOT), "past its share while it holds them");
+    drop(own);
+    for bo in held {
+        bo.close().expect("close");
+    }
+    let share_back = |daemon: &Daemon| {
+        let dev = daemon.connect();
+        wait_until(Duration::from_secs(10), || {
+            let mut own = dev
+                .create_bo(4096, Domain::Gtt, BoFlags::empty())
+                .expect("own BO");
+            own.map().is_ok()
+        })
+    };
+    assert!(
+        share_back(&daemon),
+        "closed: the importer's mapping share is still taken by BOs it no longer holds"
+    );
+    drop(dev);
+
+    // The same, its handles closed by a disconnect.
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    for &token in &tokens {
+        let h = open(&mut c, &token.to_path(), O_RDWR).expect("import");
+        assert_eq!(map(&mut c, h), Ok(()), "map an imported BO");
+    }
+    let own = open(&mut c, "bo/new?size=4096&domain=gtt", O_RDWR).unwrap();
+    assert_eq!(map(&mut c, own), Err(EDQUOT), "past its share");
+    drop(c);
+    assert!(
+        share_back(&daemon),
+        "disconnected: the importer's mapping share is still taken by BOs it no longer holds"
+    );
+
+    // The exporter's BOs kept the bytes written through the mappings.
+    let dev = daemon.connect();
+    for &token in &tokens {
+        let bo = dev.import(token).expect("import again");
+        let mut head = [0u8; 101];
+        bo.read_at(0, &mut head).expect("read");
+        assert!(head.starts_with(b"exported "), "{:?}", &head[..16]);
+        assert_eq!(head[100], b'!', "the write through a mapping");
+    }
+    drop(dev);
+    drop(exporter.stdin.take());
+    let _ = exporter.wait();
     assert_server_intact(&mut daemon);
 }
 
@@ -483,6 +582,162 @@ fn read_snapshots_are_bounded_per_user() {
         close(&mut c, h).unwrap();
     }
     drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+/// Renders of generated file `file` so far, from the daemon's debug log.
+fn renders_of(daemon: &Daemon, file: &str) -> usize {
+    let needle = format!("rendered {file}: ");
+    daemon.log().lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// `st_size` of handle `h`, by `fstat`.
+fn fstat_size(c: &mut HostConnection, h: u64) -> u64 {
+    let r = c
+        .request(Opcode::Fstat, [h, 0, 0, 0, 0, 0], &[], 0)
+        .expect("fstat");
+    r.result().expect("fstat result");
+    let mut stat = syscall::data::Stat::default();
+    stat.copy_from_slice(&r.payload);
+    stat.st_size
+}
+
+/// One user asking again and again for the size or the start of a
+/// generated file whose text grows with the number of BOs (here 1500
+/// labelled BOs) cannot make the server render it once per request under
+/// the scheme lock, which starved every other user: `fstat` and `fsize`
+/// answer from the handle's snapshot (taken at its first `fstat`, `fsize`
+/// or read, again at each read from offset 0), and one rendering per
+/// server state serves every handle. Renders are counted from the
+/// daemon's debug log; a generous latency bound for another connection is
+/// only a sanity check.
+#[test]
+fn generated_files_render_once_per_state_not_per_request() {
+    // A long tick: each tick may change what files show, so it starts a
+    // new state (and allows one more render).
+    let mut daemon = Daemon::start(
+        &daemon_bin(),
+        &["--log-level", "debug", "--tick-ms", "2000"],
+    );
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let label = "L".repeat(48);
+    let create = |c: &mut HostConnection| {
+        open(
+            c,
+            &format!("bo/new?size=4096&domain=gtt&label={label}"),
+            O_RDWR,
+        )
+        .expect("BO")
+    };
+    let mut bos: Vec<u64> = (0..1500).map(|_| create(&mut c)).collect();
+
+    // A handle's size is that of its snapshot, whatever happens meanwhile.
+    let h = open(&mut c, "gtt.map.json", O_RDONLY).unwrap();
+    let size = fstat_size(&mut c, h);
+    assert!(size > 100 << 10, "gtt.map.json is only {size} bytes");
+    let fsize = request(&mut c, Opcode::Fsize, [h, 0, 0, 0, 0, 0], &[]).unwrap();
+    assert_eq!(fsize, size, "fsize and fstat disagree");
+    bos.extend((0..50).map(|_| create(&mut c)));
+    assert_eq!(
+        fstat_size(&mut c, h),
+        size,
+        "fstat re-rendered the file instead of answering from the handle's snapshot"
+    );
+    let read = read_at(&mut c, h, 0, 16 << 20).unwrap();
+    assert!(
+        read > size,
+        "a read from 0 takes a new snapshot: {read} bytes"
+    );
+    assert_eq!(
+        fstat_size(&mut c, h),
+        read,
+        "fstat follows the new snapshot"
+    );
+
+    // Thousands of requests at one state: one rendering at most.
+    let before = renders_of(&daemon, "gtt.map.json");
+    let mut other = HostConnection::connect(daemon.socket()).unwrap();
+    let others: Vec<u64> = (0..20)
+        .map(|_| open(&mut other, "gtt.map.json", O_RDONLY).unwrap())
+        .collect();
+    let mut requests = 0;
+    for round in 0..100 {
+        for &o in &others {
+            if round % 2 == 0 {
+                assert_eq!(fstat_size(&mut other, o), read);
+            } else {
+                assert_eq!(read_at(&mut other, o, 0, 1), Ok(1));
+            }
+            requests += 1;
+        }
+        fstat_size(&mut c, h);
+        read_at(&mut c, h, 0, 1).unwrap();
+        requests += 2;
+    }
+    let renders = renders_of(&daemon, "gtt.map.json") - before;
+    assert!(
+        renders <= 5,
+        "{requests} fstats and reads from 0 at one server state rendered gtt.map.json {renders} times"
+    );
+
+    // Hogs pipelining nothing but fstat and reads from 0 on four
+    // connections while another connection changes the state: renders
+    // follow the state changes, not the hogs' requests, and the other
+    // connection is still served.
+    let before = renders_of(&daemon, "gtt.map.json");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let (socket, stop) = (daemon.socket().to_path_buf(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = HostConnection::connect(&socket).unwrap();
+                let h = open(&mut c, "gtt.map.json", O_RDONLY).unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fstat_size(&mut c, h);
+                    let _ = read_at(&mut c, h, 0, 1);
+                    n += 2;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut changes = 0;
+    let started = std::time::Instant::now();
+    while changes < 100 || started.elapsed() < Duration::from_millis(1500) {
+        let t = std::time::Instant::now();
+        let bo = create(&mut c);
+        close(&mut c, bo).unwrap();
+        slowest = slowest.max(t.elapsed());
+        changes += 2;
+        // Fewer changes than the hogs make requests.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Ticks (every 2 s) start new states too.
+    let ticks = started.elapsed().as_secs() as usize / 2 + 1;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let hog_requests: u64 = hogs.into_iter().map(|t| t.join().unwrap()).sum();
+    let renders = renders_of(&daemon, "gtt.map.json") - before;
+    eprintln!(
+        "{hog_requests} hog requests, {changes} state changes: {renders} renders, slowest create+close {slowest:?}"
+    );
+    assert!(
+        renders <= changes + ticks + 4,
+        "{hog_requests} hog requests over {changes} state changes rendered gtt.map.json {renders} times"
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "create+close took {slowest:?} while others read gtt.map.json"
+    );
+
+    for o in others {
+        close(&mut other, o).unwrap();
+    }
+    for h in bos.into_iter().chain([h]) {
+        close(&mut c, h).unwrap();
+    }
+    drop((c, other));
     assert_server_intact(&mut daemon);
 }
 

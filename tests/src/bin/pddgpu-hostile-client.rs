@@ -10,6 +10,9 @@
 //! - `create-map <size> <vram|gtt>`: create a BO and map it; print `ok`
 //!   or `err <ERRNO>` (of the step that failed), then wait for EOF on
 //!   stdin.
+//! - `export <count> <size> <vram|gtt>`: create `count` BOs, write
+//!   `exported <i>` at the start of BO `i`, export each and print
+//!   `tokens <id>:<token> …` on one line, then wait for EOF on stdin.
 //! - `cat <file>`: read a file of the scheme; print `ok <bytes>` or
 //!   `err <ERRNO>`.
 //! - `readonly-map`: create a BO, open a second, read-only handle on it,
@@ -291,6 +294,28 @@ fn run(args: &[String]) -> Result<(), String> {
             drop(bo);
             Ok(())
         }
+        Some("export") => {
+            let count = number(args.get(1), "count")?;
+            let size = number(args.get(2), "size")?;
+            let domain = domain(args.get(3))?;
+            let dev = Device::open().map_err(|e| e.to_string())?;
+            let mut bos = Vec::new();
+            let mut line = String::from("tokens");
+            for i in 0..count {
+                let bo = dev
+                    .create_bo(size, domain, BoFlags::empty())
+                    .map_err(|e| e.to_string())?;
+                bo.write_at(0, format!("exported {i}").as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let token = bo.export().map_err(|e| e.to_string())?;
+                line.push_str(&format!(" {token}"));
+                bos.push(bo);
+            }
+            say(&line);
+            wait_eof();
+            drop(bos);
+            Ok(())
+        }
         Some("cat") => {
             let file = args.get(1).ok_or("missing file")?;
             let dev = Device::open().map_err(|e| e.to_string())?;
@@ -352,7 +377,7 @@ fn run(args: &[String]) -> Result<(), String> {
             }
         }
         _ => Err(
-            "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | cat FILE \
+            "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | export COUNT SIZE DOMAIN | cat FILE \
              | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map | share-connection"
                 .into(),
         ),
