@@ -36,6 +36,8 @@ use std::path::Path;
 use std::thread;
 use std::time::Instant;
 
+use rustix::time::{clock_gettime, ClockId};
+
 use pddgpu_ipc::frame::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
 use pddgpu_ipc::host::HostConnection;
 use pddgpu_ipc::progress::{seconds, Reporter};
@@ -49,13 +51,26 @@ const ITERS: usize = 1_000;
 const PROCS: usize = 8;
 const PROC_PAIRS: usize = 5_000;
 
-/// Mean ns per call of `f` over `ITERS` calls.
-fn time_ns(f: &mut dyn FnMut()) -> f64 {
-    let t = Instant::now();
+/// CPU time of this process (all its threads: client, server, raw echo),
+/// in ns.
+fn process_cpu_ns() -> u64 {
+    let ts = clock_gettime(ClockId::ProcessCPUTime);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mean ns per call of `f` over `ITERS` calls: wall time, and the CPU time
+/// this process spent (with client and server pinned to one CPU, the wall
+/// time minus what other processes took of that CPU meanwhile).
+fn time_ns(f: &mut dyn FnMut()) -> (f64, f64) {
+    let (t, cpu) = (Instant::now(), process_cpu_ns());
     for _ in 0..ITERS {
         f();
     }
-    t.elapsed().as_nanos() as f64 / ITERS as f64
+    let cpu = process_cpu_ns() - cpu;
+    (
+        t.elapsed().as_nanos() as f64 / ITERS as f64,
+        cpu as f64 / ITERS as f64,
+    )
 }
 
 /// A bare request/response peer: an echo thread on a Unix stream socket
@@ -131,7 +146,9 @@ fn compare(raw: &mut RawEcho, requests: f64, ours: &mut dyn FnMut()) -> Comparis
         ours();
     }
     let (mut r, mut o) = (f64::MAX, f64::MAX);
+    let (mut r_cpu, mut o_cpu) = (f64::MAX, f64::MAX);
     let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut cpu_ratios = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
         // Alternate which side goes first.
         let (rr, oo) = if round % 2 == 0 {
@@ -141,16 +158,24 @@ fn compare(raw: &mut RawEcho, requests: f64, ours: &mut dyn FnMut()) -> Comparis
             let oo = time_ns(ours);
             (time_ns(&mut || raw.roundtrip()), oo)
         };
-        r = r.min(rr);
-        o = o.min(oo);
-        ratios.push(oo / (rr * requests));
+        r = r.min(rr.0);
+        o = o.min(oo.0);
+        r_cpu = r_cpu.min(rr.1);
+        o_cpu = o_cpu.min(oo.1);
+        ratios.push(oo.0 / (rr.0 * requests));
+        cpu_ratios.push(oo.1 / (rr.1 * requests));
     }
     ratios.sort_by(f64::total_cmp);
+    cpu_ratios.sort_by(f64::total_cmp);
     Comparison {
         raw: r,
         ours: o,
         ratio: o / (r * requests),
         median: ratios[ratios.len() / 2],
+        raw_cpu: r_cpu,
+        ours_cpu: o_cpu,
+        cpu_median: cpu_ratios[cpu_ratios.len() / 2],
+        requests,
     }
 }
 
@@ -160,6 +185,15 @@ struct Comparison {
     ours: f64,
     ratio: f64,
     median: f64,
+    /// Process CPU time per operation in the best round of each side: on
+    /// a shared machine steadier than the wall time, as the time other
+    /// processes take of the pinned CPU is left out.
+    raw_cpu: f64,
+    ours_cpu: f64,
+    /// Median over rounds of the CPU-time ratio.
+    cpu_median: f64,
+    /// Requests per operation of ours.
+    requests: f64,
 }
 
 fn stats_read(c: &mut HostConnection) {
@@ -209,6 +243,11 @@ fn profile(which: &str) {
     alloc_free(&mut c);
     stats_read(&mut c);
     raw.roundtrip();
+    // As in the timed run, alloc+free runs with no other handle open: each
+    // pair is also a new owner and its end.
+    if which == "alloc_free" {
+        close(&mut c, stats);
+    }
     match which {
         "raw" => profile_loop(iters, &mut || raw.roundtrip()),
         "null" => profile_loop(iters, &mut || {
@@ -223,7 +262,9 @@ fn profile(which: &str) {
             panic!("PDDGPU_BENCH_PROFILE={other}: expected raw, null, alloc_free or stats_read")
         }
     }
-    close(&mut c, stats);
+    if which != "alloc_free" {
+        close(&mut c, stats);
+    }
 }
 
 fn main() {
@@ -286,6 +327,13 @@ fn main() {
         println!(
             "  ({name}: median of per-round ratios {:.3}, raw round trip {:.0} ns in its best round)",
             c.median, c.raw
+        );
+        println!(
+            "  ({name}: process CPU time {:.0} ns vs raw {:.0} ns, ratio {:.3}; median of per-round CPU ratios {:.3})",
+            c.ours_cpu,
+            c.raw_cpu,
+            c.ours_cpu / (c.raw_cpu * c.requests),
+            c.cpu_median
         );
     }
     println!(

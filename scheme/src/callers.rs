@@ -28,7 +28,9 @@
 //! anonymous opener. (Our client library opens relative to a descriptor of
 //! the scheme root, which carries the real pid.)
 
-use std::collections::HashMap;
+// Hashbrown's default hasher (foldhash), not std's SipHash: the maps are
+// looked up several times per request (see `crate::handles::Handles`).
+use hashbrown::HashMap;
 
 pub use pddgpu::driver::OwnerId;
 
