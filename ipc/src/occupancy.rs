@@ -11,20 +11,22 @@ use crate::model::{ExtentKind, OccupancyMap};
 /// Fill colours of clients, in the order they are handed out: distinct
 /// hues, readable on white and on a dark terminal. No red and no dark grey:
 /// those mark memory no BO holds and retired memory.
-pub const COLOURS: [(u8, u8, u8); 12] = [
-    (0x1f, 0x77, 0xb4),
-    (0xff, 0x7f, 0x0e),
-    (0x2c, 0xa0, 0x2c),
-    (0x94, 0x67, 0xbd),
-    (0x17, 0xbe, 0xcf),
-    (0xe3, 0x77, 0xc2),
-    (0xbc, 0xbd, 0x22),
-    (0x8c, 0x56, 0x4b),
-    (0x39, 0x3b, 0x79),
-    (0x00, 0x80, 0x80),
-    (0xff, 0xbb, 0x78),
-    (0x98, 0xdf, 0x8a),
-];
+pub const COLOURS: [(u8, u8, u8); 12] = rgb([
+    0x1f77b4, 0xff7f0e, 0x2ca02c, 0x9467bd, 0x17becf, 0xe377c2, 0xbcbd22, 0x8c564b, 0x393b79,
+    0x008080, 0xffbb78, 0x98df8a,
+]);
+
+/// `0xRRGGBB` colour codes as `(red, green, blue)` triples.
+const fn rgb<const N: usize>(codes: [u32; N]) -> [(u8, u8, u8); N] {
+    let mut out = [(0, 0, 0); N];
+    let mut i = 0;
+    while i < N {
+        let c = codes[i];
+        out[i] = ((c >> 16) as u8, (c >> 8) as u8, c as u8);
+        i += 1;
+    }
+    out
+}
 
 /// Letters of clients in text views (`A`…`Z`, `a`…`z`, then `#`).
 fn letter(index: usize) -> char {
@@ -238,6 +240,13 @@ pub fn picture(map: &OccupancyMap, columns: usize, rows: usize) -> String {
 mod tests {
     use super::*;
     use crate::model::MapExtent;
+
+    #[test]
+    fn colour_codes_split_into_red_green_blue() {
+        assert_eq!(COLOURS[0], (0x1f, 0x77, 0xb4));
+        assert_eq!(COLOURS[9], (0x00, 0x80, 0x80));
+        assert_eq!(COLOURS[11], (0x98, 0xdf, 0x8a));
+    }
 
     fn map(extents: &[(u64, u64, ExtentKind, u64)]) -> OccupancyMap {
         let extents: Vec<MapExtent> = extents

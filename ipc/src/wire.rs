@@ -358,146 +358,156 @@ impl FromStr for ShareToken {
     }
 }
 
-/// Reply of [`BoCall::Info`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct BoInfoWire {
-    /// [`WIRE_ABI`].
-    pub abi: u32,
-    /// [`Domain::to_raw`].
-    pub domain: u32,
-    /// BO id (never reused within a run of the server).
-    pub id: u64,
-    /// Size in bytes as requested.
-    pub size: u64,
-    /// [`BoFlags`] bits.
-    pub flags: u32,
-    /// References held (creator plus importers).
-    pub refcount: u32,
-    /// Owner (client) id of the creator.
-    pub owner: u64,
-    /// Creation time, milliseconds since the server started.
-    pub created_ms: u64,
-    /// Number of backing segments (see [`BoCall::Segments`]).
-    pub segment_count: u32,
-    /// 1 when exported.
-    pub exported: u32,
+/// Declares a fixed-size wire record: the struct, its encoded `SIZE` (the
+/// fields' sizes added up, no padding), `encode`, and a private `read` that
+/// decodes exactly `SIZE` bytes. Fields are little-endian, in declaration
+/// order, so the layout is written once, in the struct.
+macro_rules! wire_record {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// Encoded size in bytes.
+            pub const SIZE: usize = 0 $( + <$ty as Field>::SIZE )*;
+
+            /// Encodes into exactly [`Self::SIZE`] bytes.
+            pub fn encode(&self) -> [u8; Self::SIZE] {
+                let mut w = Writer::<{ Self::SIZE }>::new();
+                $( w.put(&self.$field); )*
+                w.finish()
+            }
+
+            /// Decodes `b`, which must be exactly [`Self::SIZE`] bytes long.
+            fn read(b: &[u8]) -> Option<Self> {
+                let mut r = Reader::new(b, Self::SIZE)?;
+                Some($name { $( $field: r.get(), )* })
+            }
+        }
+    };
+}
+
+wire_record! {
+    /// Reply of [`BoCall::Info`].
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct BoInfoWire {
+        /// [`WIRE_ABI`].
+        pub abi: u32,
+        /// [`Domain::to_raw`].
+        pub domain: u32,
+        /// BO id (never reused within a run of the server).
+        pub id: u64,
+        /// Size in bytes as requested.
+        pub size: u64,
+        /// [`BoFlags`] bits.
+        pub flags: u32,
+        /// References held (creator plus importers).
+        pub refcount: u32,
+        /// Owner (client) id of the creator.
+        pub owner: u64,
+        /// Creation time, milliseconds since the server started.
+        pub created_ms: u64,
+        /// Number of backing segments (see [`BoCall::Segments`]).
+        pub segment_count: u32,
+        /// 1 when exported.
+        pub exported: u32,
+    }
 }
 
 impl BoInfoWire {
-    /// Encoded size.
-    pub const SIZE: usize = 56;
-
-    /// Encodes into `out` (exactly [`Self::SIZE`] bytes).
-    pub fn encode(&self) -> [u8; Self::SIZE] {
-        let mut w = Writer::<{ Self::SIZE }>::new();
-        w.u32(self.abi);
-        w.u32(self.domain);
-        w.u64(self.id);
-        w.u64(self.size);
-        w.u32(self.flags);
-        w.u32(self.refcount);
-        w.u64(self.owner);
-        w.u64(self.created_ms);
-        w.u32(self.segment_count);
-        w.u32(self.exported);
-        w.finish()
-    }
-
     /// Decodes and checks the ABI version.
     pub fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = Reader::new(b, Self::SIZE)?;
-        let v = BoInfoWire {
-            abi: r.u32(),
-            domain: r.u32(),
-            id: r.u64(),
-            size: r.u64(),
-            flags: r.u32(),
-            refcount: r.u32(),
-            owner: r.u64(),
-            created_ms: r.u64(),
-            segment_count: r.u32(),
-            exported: r.u32(),
-        };
-        (v.abi == WIRE_ABI).then_some(v)
+        Self::read(b).filter(|v| v.abi == WIRE_ABI)
     }
 }
 
-/// One backing segment of a BO: `len` bytes at `bo_offset` in the BO live
-/// at `backing_offset` in the domain's backing memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct SegmentWire {
-    /// Offset inside the BO.
-    pub bo_offset: u64,
-    /// Offset inside the VRAM or GTT backing.
-    pub backing_offset: u64,
-    /// Length in bytes.
-    pub len: u64,
+wire_record! {
+    /// One backing segment of a BO: `len` bytes at `bo_offset` in the BO live
+    /// at `backing_offset` in the domain's backing memory.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct SegmentWire {
+        /// Offset inside the BO.
+        pub bo_offset: u64,
+        /// Offset inside the VRAM or GTT backing.
+        pub backing_offset: u64,
+        /// Length in bytes.
+        pub len: u64,
+    }
 }
 
 impl SegmentWire {
-    /// Encoded size.
-    pub const SIZE: usize = 24;
-
-    /// Encodes one segment.
-    pub fn encode(&self) -> [u8; Self::SIZE] {
-        let mut w = Writer::<{ Self::SIZE }>::new();
-        w.u64(self.bo_offset);
-        w.u64(self.backing_offset);
-        w.u64(self.len);
-        w.finish()
-    }
-
     /// Decodes one segment.
     pub fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = Reader::new(b, Self::SIZE)?;
-        Some(SegmentWire {
-            bo_offset: r.u64(),
-            backing_offset: r.u64(),
-            len: r.u64(),
-        })
+        Self::read(b)
     }
 }
 
-/// Reply of [`BoCall::Export`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct ExportWire {
-    /// [`WIRE_ABI`].
-    pub abi: u32,
-    /// Zero.
-    pub reserved: u32,
-    /// The BO id.
-    pub id: u64,
-    /// The secret import token.
-    pub token: [u8; TOKEN_LEN],
+wire_record! {
+    /// Reply of [`BoCall::Export`].
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct ExportWire {
+        /// [`WIRE_ABI`].
+        pub abi: u32,
+        /// Zero.
+        pub reserved: u32,
+        /// The BO id.
+        pub id: u64,
+        /// The secret import token.
+        pub token: [u8; TOKEN_LEN],
+    }
 }
 
 impl ExportWire {
-    /// Encoded size.
-    pub const SIZE: usize = 16 + TOKEN_LEN;
-
-    /// Encodes the reply.
-    pub fn encode(&self) -> [u8; Self::SIZE] {
-        let mut w = Writer::<{ Self::SIZE }>::new();
-        w.u32(self.abi);
-        w.u32(self.reserved);
-        w.u64(self.id);
-        w.bytes(&self.token);
-        w.finish()
-    }
-
     /// Decodes and checks the ABI version.
     pub fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = Reader::new(b, Self::SIZE)?;
-        let v = ExportWire {
-            abi: r.u32(),
-            reserved: r.u32(),
-            id: r.u64(),
-            token: r.array(),
-        };
-        (v.abi == WIRE_ABI).then_some(v)
+        Self::read(b).filter(|v| v.abi == WIRE_ABI)
+    }
+}
+
+/// A field of a wire record: a fixed number of little-endian bytes.
+trait Field: Sized {
+    /// Encoded size in bytes.
+    const SIZE: usize;
+    /// Writes the value into `out` (exactly `SIZE` bytes).
+    fn put(&self, out: &mut [u8]);
+    /// Reads a value from `b` (exactly `SIZE` bytes).
+    fn get(b: &[u8]) -> Self;
+}
+
+/// [`Field`] for little-endian integers.
+macro_rules! int_field {
+    ($($int:ty),*) => {$(
+        impl Field for $int {
+            const SIZE: usize = core::mem::size_of::<$int>();
+            fn put(&self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_le_bytes());
+            }
+            fn get(b: &[u8]) -> Self {
+                <$int>::from_le_bytes(b.try_into().expect("a field is read at its size"))
+            }
+        }
+    )*};
+}
+
+int_field!(u32, u64);
+
+impl<const N: usize> Field for [u8; N] {
+    const SIZE: usize = N;
+    fn put(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+    fn get(b: &[u8]) -> Self {
+        b.try_into().expect("a field is read at its size")
     }
 }
 
@@ -510,17 +520,9 @@ impl<const N: usize> Writer<N> {
     fn new() -> Self {
         Writer { buf: [0; N], at: 0 }
     }
-    fn u32(&mut self, v: u32) {
-        self.buf[self.at..self.at + 4].copy_from_slice(&v.to_le_bytes());
-        self.at += 4;
-    }
-    fn u64(&mut self, v: u64) {
-        self.buf[self.at..self.at + 8].copy_from_slice(&v.to_le_bytes());
-        self.at += 8;
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.buf[self.at..self.at + v.len()].copy_from_slice(v);
-        self.at += v.len();
+    fn put<F: Field>(&mut self, v: &F) {
+        v.put(&mut self.buf[self.at..self.at + F::SIZE]);
+        self.at += F::SIZE;
     }
     fn finish(self) -> [u8; N] {
         debug_assert_eq!(self.at, N);
@@ -538,23 +540,10 @@ impl<'a> Reader<'a> {
     fn new(b: &'a [u8], len: usize) -> Option<Self> {
         (b.len() == len).then_some(Reader { b, at: 0 })
     }
-    fn u32(&mut self) -> u32 {
-        let mut a = [0; 4];
-        a.copy_from_slice(&self.b[self.at..self.at + 4]);
-        self.at += 4;
-        u32::from_le_bytes(a)
-    }
-    fn u64(&mut self) -> u64 {
-        let mut a = [0; 8];
-        a.copy_from_slice(&self.b[self.at..self.at + 8]);
-        self.at += 8;
-        u64::from_le_bytes(a)
-    }
-    fn array<const M: usize>(&mut self) -> [u8; M] {
-        let mut a = [0; M];
-        a.copy_from_slice(&self.b[self.at..self.at + M]);
-        self.at += M;
-        a
+    fn get<F: Field>(&mut self) -> F {
+        let v = F::get(&self.b[self.at..self.at + F::SIZE]);
+        self.at += F::SIZE;
+        v
     }
 }
 
@@ -754,6 +743,26 @@ mod tests {
         };
         assert_eq!(ExportWire::decode(&ex.encode()), Some(ex));
         assert_eq!(ExportWire::decode(&[0; ExportWire::SIZE - 1]), None);
+    }
+
+    #[test]
+    fn record_sizes_are_their_fields_with_no_padding() {
+        assert_eq!(BoInfoWire::SIZE, 56);
+        assert_eq!(SegmentWire::SIZE, 24);
+        assert_eq!(ExportWire::SIZE, 16 + TOKEN_LEN);
+        assert_eq!(BoInfoWire::SIZE, std::mem::size_of::<BoInfoWire>());
+        assert_eq!(SegmentWire::SIZE, std::mem::size_of::<SegmentWire>());
+        assert_eq!(ExportWire::SIZE, std::mem::size_of::<ExportWire>());
+        // Little-endian, in declaration order.
+        let seg = SegmentWire {
+            bo_offset: 1,
+            backing_offset: 0x0203,
+            len: 4,
+        };
+        let b = seg.encode();
+        assert_eq!(&b[..9], &[1, 0, 0, 0, 0, 0, 0, 0, 3]);
+        assert_eq!(b[9], 2);
+        assert_eq!(b[16], 4);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use pddgpu::driver::{AuditVerdict, Domain, Driver, LeakReport, Occupant, SuspectReason};
+use pddgpu::manager::{ManagerState, RetryPolicy};
 use pddgpu_ipc::model::{
     BoTotals, ClientInfo, DeviceStats, ExtentKind, LeakAudit, LeakReport as LeakModel, LeakSuspect,
     MapExtent, OccupancyMap, PoolStats, Stats, JSON_ABI,
@@ -133,22 +134,24 @@ pub fn stats_text(s: &Stats) -> String {
 
 fn vram_text(driver: &Driver) -> String {
     let v = driver.vram_stats();
-    let mut t = String::new();
-    let _ = writeln!(t, "state {}", v.state.name());
-    let _ = writeln!(t, "healthy {}", u8::from(v.is_healthy));
-    let _ = writeln!(t, "total {}", v.total_size);
-    let _ = writeln!(t, "used {}", v.used_size);
-    let _ = writeln!(t, "free {}", v.free_size);
-    let _ = writeln!(t, "visible_size {}", v.visible_size);
-    let _ = writeln!(t, "visible_used {}", v.visible_used);
-    let _ = writeln!(t, "largest_free {}", v.largest_free);
-    let _ = writeln!(t, "min_block_size {}", v.min_block_size);
-    let _ = writeln!(t, "allocations {}", v.allocations);
-    let _ = writeln!(t, "blocks {}", v.block_count);
-    let _ = writeln!(t, "free_blocks {}", v.free_block_count);
-    let _ = writeln!(t, "fragmentation_permille {}", v.fragmentation_permille());
-    let _ = writeln!(t, "retry_count {}", v.retry.count);
-    let _ = writeln!(t, "retry_delay_ms {}", v.retry.delay_ms);
+    let allocator = [
+        ("visible_size", v.visible_size),
+        ("visible_used", v.visible_used),
+        ("largest_free", v.largest_free),
+        ("min_block_size", v.min_block_size),
+        ("allocations", v.allocations),
+        ("blocks", v.block_count),
+        ("free_blocks", v.free_block_count),
+    ];
+    let usage = [v.total_size, v.used_size, v.free_size];
+    let mut t = manager_text(
+        v.state,
+        v.is_healthy,
+        usage,
+        &allocator,
+        v.fragmentation_permille(),
+        v.retry,
+    );
     let (bad, retired) = driver.bad_vram();
     let _ = writeln!(t, "bad_ranges {}", bad.len());
     let _ = writeln!(t, "retired_bytes {retired}");
@@ -163,18 +166,45 @@ fn vram_text(driver: &Driver) -> String {
 
 fn gtt_text(driver: &Driver) -> String {
     let g = driver.gtt_stats();
+    let allocator = [
+        ("holes", g.hole_count),
+        ("largest_hole", g.largest_hole),
+        ("nodes", g.node_count),
+    ];
+    let usage = [g.total_size, g.used_size, g.free_size];
+    manager_text(
+        g.state,
+        g.is_healthy,
+        usage,
+        &allocator,
+        g.fragmentation_permille(),
+        g.retry,
+    )
+}
+
+/// The `key value` lines both managers' files share, in this order: state,
+/// health and usage (`total`, `used`, `free`), then the allocator's own
+/// rows, then fragmentation and the retry policy.
+fn manager_text(
+    state: ManagerState,
+    healthy: bool,
+    [total, used, free]: [u64; 3],
+    allocator: &[(&str, u64)],
+    fragmentation_permille: u64,
+    retry: RetryPolicy,
+) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "state {}", g.state.name());
-    let _ = writeln!(t, "healthy {}", u8::from(g.is_healthy));
-    let _ = writeln!(t, "total {}", g.total_size);
-    let _ = writeln!(t, "used {}", g.used_size);
-    let _ = writeln!(t, "free {}", g.free_size);
-    let _ = writeln!(t, "holes {}", g.hole_count);
-    let _ = writeln!(t, "largest_hole {}", g.largest_hole);
-    let _ = writeln!(t, "nodes {}", g.node_count);
-    let _ = writeln!(t, "fragmentation_permille {}", g.fragmentation_permille());
-    let _ = writeln!(t, "retry_count {}", g.retry.count);
-    let _ = writeln!(t, "retry_delay_ms {}", g.retry.delay_ms);
+    let _ = writeln!(t, "state {}", state.name());
+    let _ = writeln!(t, "healthy {}", u8::from(healthy));
+    let _ = writeln!(t, "total {total}");
+    let _ = writeln!(t, "used {used}");
+    let _ = writeln!(t, "free {free}");
+    for (key, value) in allocator {
+        let _ = writeln!(t, "{key} {value}");
+    }
+    let _ = writeln!(t, "fragmentation_permille {fragmentation_permille}");
+    let _ = writeln!(t, "retry_count {}", retry.count);
+    let _ = writeln!(t, "retry_delay_ms {}", retry.delay_ms);
     t
 }
 

@@ -486,3 +486,77 @@ fn opens_relative_to_a_handle_belong_to_its_owner_not_to_a_pid() {
     }
     assert_eq!(h.driver.stats().gtt.bo_count, 0);
 }
+
+/// The `vram` and `gtt` files list the manager's state, health and usage,
+/// the allocator's own rows, then fragmentation and the retry policy, one
+/// `key value` a line, in that order.
+#[test]
+fn manager_files_list_their_keys_in_order() {
+    let mut h = harness();
+    let keys_and_values = |h: &mut Harness, name: &str| -> Vec<(String, String)> {
+        let file = h.open(30, ROOT_ID, name, O_RDONLY).unwrap();
+        let text = String::from_utf8(h.read_all(30, file, 1 << 12)).unwrap();
+        text.lines()
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    let vram = keys_and_values(&mut h, "vram");
+    let keys: Vec<&str> = vram.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys[..17],
+        [
+            "state",
+            "healthy",
+            "total",
+            "used",
+            "free",
+            "visible_size",
+            "visible_used",
+            "largest_free",
+            "min_block_size",
+            "allocations",
+            "blocks",
+            "free_blocks",
+            "fragmentation_permille",
+            "retry_count",
+            "retry_delay_ms",
+            "bad_ranges",
+            "retired_bytes",
+        ]
+    );
+    assert!(
+        keys[17..].iter().all(|k| k.starts_with("free_order_")),
+        "{keys:?}"
+    );
+    assert_eq!(vram[0].1, "ready");
+    assert_eq!(vram[2].1, (16u64 << 20).to_string());
+    assert_eq!(vram[3].1, "0", "nothing in VRAM");
+
+    let _bo = h
+        .open(30, ROOT_ID, "bo/new?size=12K&domain=gtt", O_RDWR)
+        .unwrap();
+    let gtt = keys_and_values(&mut h, "gtt");
+    let s = h.driver.gtt_stats();
+    let want = [
+        ("state", "ready".to_string()),
+        ("healthy", "1".to_string()),
+        ("total", s.total_size.to_string()),
+        ("used", s.used_size.to_string()),
+        ("free", s.free_size.to_string()),
+        ("holes", s.hole_count.to_string()),
+        ("largest_hole", s.largest_hole.to_string()),
+        ("nodes", "1".to_string()),
+        (
+            "fragmentation_permille",
+            s.fragmentation_permille().to_string(),
+        ),
+        ("retry_count", s.retry.count.to_string()),
+        ("retry_delay_ms", s.retry.delay_ms.to_string()),
+    ];
+    let want: Vec<(String, String)> = want.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(gtt, want);
+    assert_eq!(s.used_size, 12 << 10);
+}

@@ -1386,7 +1386,7 @@ fn a_users_connect_flood_is_refused_past_its_rate() {
         eprintln!("not root: needs a second user; skipped");
         return;
     }
-    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-connects-per-second-per-uid", "50"]);
     let mut flood = spawn_helper(&daemon, &["connect-flood", "2000"], Some(OTHER_UID));
     let line = first_line(&mut flood);
     let _ = flood.wait();

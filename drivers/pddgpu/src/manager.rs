@@ -404,14 +404,20 @@ pub fn fragmentation_permille(free: u64, largest_free: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn not_ready(state: ManagerState) -> ManagerError {
+        ManagerError::NotReady { state }
+    }
+
+    fn wrong_state(action: &'static str, state: ManagerState) -> ManagerError {
+        ManagerError::WrongState { action, state }
+    }
+
     #[test]
     fn transitions_are_compare_and_swap() {
         let cell = StateCell::new(ManagerState::Initializing);
         assert_eq!(
             cell.ensure_ready(),
-            Err(ManagerError::NotReady {
-                state: ManagerState::Initializing
-            })
+            Err(not_ready(ManagerState::Initializing))
         );
         assert!(cell
             .transition(ManagerState::Initializing, ManagerState::Ready)
@@ -430,23 +436,14 @@ mod tests {
         let cell = StateCell::new(ManagerState::Ready);
         assert_eq!(
             cell.begin_recovery(),
-            Err(ManagerError::WrongState {
-                action: "recover",
-                state: ManagerState::Ready
-            })
+            Err(wrong_state("recover", ManagerState::Ready))
         );
         assert!(cell.fail());
         assert!(!cell.fail(), "already failed");
         assert_eq!(cell.begin_recovery(), Ok(()));
         assert_eq!(cell.get(), ManagerState::Initializing);
         assert_eq!(cell.start(), Ok(()));
-        assert_eq!(
-            cell.start(),
-            Err(ManagerError::WrongState {
-                action: "start",
-                state: ManagerState::Ready
-            })
-        );
+        assert_eq!(cell.start(), Err(wrong_state("start", ManagerState::Ready)));
         cell.fail();
         cell.set(ManagerState::Shutdown);
         assert!(!cell.fail(), "a shut-down manager stays shut down");
@@ -484,9 +481,7 @@ mod tests {
         let m = Manager::new("test", 10u64, RetryPolicy::GTT_DEFAULT);
         assert_eq!(
             m.with_ready(|a| Ok(*a)),
-            Err(ManagerError::NotReady {
-                state: ManagerState::Initializing
-            })
+            Err(not_ready(ManagerState::Initializing))
         );
         m.start().unwrap();
         assert_eq!(m.with_ready(|a| Ok(*a + 1)), Ok(11));
@@ -505,9 +500,7 @@ mod tests {
         m.mark_error();
         assert_eq!(
             m.with_ready(|a| Ok(*a)),
-            Err(ManagerError::NotReady {
-                state: ManagerState::Error
-            })
+            Err(not_ready(ManagerState::Error))
         );
         // A failed rebuild keeps the old allocator and the ERROR state.
         assert_eq!(

@@ -123,9 +123,34 @@ type PmInsertFn =
     unsafe extern "C" fn(*mut c_void, u64, u64, u64, u64, c_int, *mut u64) -> *mut c_void;
 type PmRemoveFn = unsafe extern "C" fn(*mut c_void, *mut c_void);
 
-/// The entry points of `peers.c`.
-pub struct Peers {
-    heap_bytes: HeapBytesFn,
+/// Declares [`Peers`], one field per `peers.c` function under its C name,
+/// and `resolve`, which looks each one up by that name.
+macro_rules! peer_functions {
+    ($($name:ident: $ty:ty,)*) => {
+        /// The entry points of `peers.c`.
+        pub struct Peers {
+            $($name: $ty,)*
+        }
+
+        /// Every entry point, looked up with `sym`.
+        fn resolve(
+            sym: impl Fn(&str) -> Result<*mut c_void, String>,
+        ) -> Result<Peers, String> {
+            Ok(Peers {
+                $(
+                    // SAFETY: the symbol is the `peers.c` function of that
+                    // name, whose C signature is `$ty`.
+                    $name: unsafe {
+                        std::mem::transmute::<*mut c_void, $ty>(sym(stringify!($name))?)
+                    },
+                )*
+            })
+        }
+    };
+}
+
+peer_functions! {
+    peer_heap_bytes: HeapBytesFn,
     pb_new: PbNewFn,
     pb_drop: DropFn,
     pb_alloc: PbAllocFn,
@@ -311,28 +336,7 @@ fn open(lib: &Path) -> Result<Peers, String> {
             Ok(p)
         }
     };
-    macro_rules! f {
-        ($name:literal, $ty:ty) => {
-            // SAFETY: the symbol is the `peers.c` function of that name, whose
-            // C signature is `$ty`.
-            unsafe { std::mem::transmute::<*mut c_void, $ty>(sym($name)?) }
-        };
-    }
-    Ok(Peers {
-        heap_bytes: f!("peer_heap_bytes", HeapBytesFn),
-        pb_new: f!("pb_new", PbNewFn),
-        pb_drop: f!("pb_drop", DropFn),
-        pb_alloc: f!("pb_alloc", PbAllocFn),
-        pb_free: f!("pb_free", PbFreeFn),
-        pb_live_blocks: f!("pb_live_blocks", PbCountFn),
-        pb_used: f!("pb_used", PbCountFn),
-        pb_block_size: f!("pb_block_size", SizeFn),
-        pm_new: f!("pm_new", PmNewFn),
-        pm_drop: f!("pm_drop", DropFn),
-        pm_insert: f!("pm_insert", PmInsertFn),
-        pm_remove: f!("pm_remove", PmRemoveFn),
-        pm_node_size: f!("pm_node_size", SizeFn),
-    })
+    resolve(sym)
 }
 
 impl Peers {
@@ -340,7 +344,7 @@ impl Peers {
     /// kmalloc), for metadata figures.
     pub fn heap_bytes(&self) -> u64 {
         // SAFETY: reads two counters.
-        unsafe { (self.heap_bytes)() }
+        unsafe { (self.peer_heap_bytes)() }
     }
 
     /// `sizeof(struct gpu_buddy_block)`.

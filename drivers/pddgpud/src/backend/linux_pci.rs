@@ -417,37 +417,67 @@ mod tests {
         device: 0x1111,
     };
 
-    fn fake_sysfs(tag: &str) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("pddgpud-sysfs-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        for (bdf, vendor, device) in [
-            ("0000:00:01.0", "0x8086", "0x7000"),
-            ("0000:00:03.0", "0x1234", "0x1111"),
-            ("0000:00:04.0", "0x1234", "0x1111"),
-        ] {
-            let d = root.join(bdf);
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("vendor"), format!("{vendor}\n")).unwrap();
-            fs::write(d.join("device"), format!("{device}\n")).unwrap();
+    /// A fake `/sys/bus/pci/devices` under the temp directory (an Intel
+    /// host bridge at `00:01.0`, bochs-displays at `00:03.0` and `00:04.0`),
+    /// removed on drop.
+    struct FakeSysfs {
+        root: PathBuf,
+    }
+
+    impl FakeSysfs {
+        fn new(tag: &str) -> Self {
+            let root =
+                std::env::temp_dir().join(format!("pddgpud-sysfs-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            for (bdf, vendor, device) in [
+                ("0000:00:01.0", "0x8086", "0x7000"),
+                ("0000:00:03.0", "0x1234", "0x1111"),
+                ("0000:00:04.0", "0x1234", "0x1111"),
+            ] {
+                let d = root.join(bdf);
+                fs::create_dir_all(&d).unwrap();
+                fs::write(d.join("vendor"), format!("{vendor}\n")).unwrap();
+                fs::write(d.join("device"), format!("{device}\n")).unwrap();
+            }
+            FakeSysfs { root }
         }
-        root
+
+        /// The first supported function, the one `find` picks.
+        fn bochs(&self) -> PathBuf {
+            self.root.join("0000:00:03.0")
+        }
+    }
+
+    impl Drop for FakeSysfs {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+
+    /// 4 KiB of bochs-display registers: the DISPI id, and `vram_mib` in the
+    /// VRAM size register (in 64 KiB units).
+    fn dispi_regs(vram_mib: u16) -> Vec<u8> {
+        let mut regs = vec![0u8; 4096];
+        regs[0x500..0x502].copy_from_slice(&0xb0c5u16.to_le_bytes());
+        regs[0x514..0x516].copy_from_slice(&(vram_mib * 16).to_le_bytes());
+        regs
     }
 
     #[test]
     fn finds_the_first_supported_function() {
-        let root = fake_sysfs("find");
-        assert_eq!(find(&root, &[BOCHS]).unwrap(), root.join("0000:00:03.0"));
-        fs::remove_dir_all(&root).unwrap();
+        let sysfs = FakeSysfs::new("find");
+        assert_eq!(find(&sysfs.root, &[BOCHS]).unwrap(), sysfs.bochs());
     }
 
     #[test]
     fn no_device_error_is_clear() {
-        let root = fake_sysfs("none");
+        let sysfs = FakeSysfs::new("none");
+        let root = &sysfs.root;
         let other = PciId {
             vendor: 0x1af4,
             device: 0x1050,
         };
-        let err = find(&root, &[other]).unwrap_err().to_string();
+        let err = find(root, &[other]).unwrap_err().to_string();
         assert!(err.starts_with("no PDDGPU-compatible device"), "{err}");
         assert!(
             err.contains("1af4:1050") && err.contains(root.to_str().unwrap()),
@@ -457,19 +487,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is PCI 8086:7000"), "{err}");
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn maps_resource_files_and_sees_their_bytes() {
         // Regular files stand in for the BAR files: the same open + mmap path.
-        let root = fake_sysfs("map");
-        let dev = root.join("0000:00:03.0");
+        let sysfs = FakeSysfs::new("map");
+        let dev = sysfs.bochs();
         fs::write(dev.join("resource0"), vec![0xabu8; 8192]).unwrap();
-        let mut regs = vec![0u8; 4096];
-        regs[0x500..0x502].copy_from_slice(&0xb0c5u16.to_le_bytes());
-        fs::write(dev.join("resource2"), &regs).unwrap();
-        let gpu = LinuxPciDevice::discover(&root, &[BOCHS]).unwrap();
+        fs::write(dev.join("resource2"), dispi_regs(0)).unwrap();
+        let gpu = LinuxPciDevice::discover(&sysfs.root, &[BOCHS]).unwrap();
         assert_eq!(gpu.id(), BOCHS);
         assert_eq!(gpu.vram().len(), 8192);
         assert_eq!(gpu.mmio().len(), 4096);
@@ -485,7 +512,6 @@ mod tests {
             )
         };
         assert_eq!((v, id), (0xab, 0xb0c5));
-        fs::remove_dir_all(&root).unwrap();
     }
 
     /// Options for `--backend linux-pci --pci-device <dev>`.
@@ -498,24 +524,21 @@ mod tests {
 
     /// A fake bochs-display: `resource0` a sparse VRAM file of `bar_mib`,
     /// `resource2` 4 KiB of registers with the DISPI id and `vram_mib`.
-    fn fake_bochs(tag: &str, bar_mib: u64, vram_mib: u16) -> (PathBuf, PathBuf) {
-        let root = fake_sysfs(tag);
-        let dev = root.join("0000:00:03.0");
+    fn fake_bochs(tag: &str, bar_mib: u64, vram_mib: u16) -> (FakeSysfs, PathBuf) {
+        let sysfs = FakeSysfs::new(tag);
+        let dev = sysfs.bochs();
         File::create(dev.join("resource0"))
             .unwrap()
             .set_len(bar_mib << 20)
             .unwrap();
-        let mut regs = vec![0u8; 4096];
-        regs[0x500..0x502].copy_from_slice(&0xb0c5u16.to_le_bytes());
-        regs[0x514..0x516].copy_from_slice(&(vram_mib * 16).to_le_bytes());
-        fs::write(dev.join("resource2"), &regs).unwrap();
-        (root, dev)
+        fs::write(dev.join("resource2"), dispi_regs(vram_mib)).unwrap();
+        (sysfs, dev)
     }
 
     #[test]
     fn open_runs_the_driver_with_bo_bytes_in_the_vram_bar_file() {
         use pddgpu::driver::{BoCreate, Domain};
-        let (root, dev) = fake_bochs("open", 8, 8);
+        let (_sysfs, dev) = fake_bochs("open", 8, 8);
         let opened = open(&options(&dev, 1 << 20)).unwrap();
         assert!(
             opened.description.contains("bochs-display"),
@@ -559,13 +582,12 @@ mod tests {
             per_bo.err().map(|e| e.errno()),
             Some(syscall::error::EOPNOTSUPP)
         );
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn open_refuses_wrong_registers_and_a_short_bar() {
         // Registers claim 16 MiB of VRAM, the BAR has 8.
-        let (root, dev) = fake_bochs("short", 8, 16);
+        let (_sysfs, dev) = fake_bochs("short", 8, 16);
         let err = open(&options(&dev, 1 << 20)).err().unwrap();
         assert!(err.contains("VRAM BAR has only"), "{err}");
         // Not a DISPI device: the id register reads 0.
@@ -577,19 +599,17 @@ mod tests {
         // A bad GTT size is refused before anything is mapped.
         let err = open(&options(&dev, 1000)).err().unwrap();
         assert!(err.contains("GTT"), "{err}");
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn empty_or_missing_bar_is_an_error() {
-        let root = fake_sysfs("empty");
-        let dev = root.join("0000:00:03.0");
+        let sysfs = FakeSysfs::new("empty");
+        let dev = sysfs.bochs();
         fs::write(dev.join("resource2"), b"").unwrap();
         let err = LinuxPciDevice::open(&dev, &[BOCHS]).unwrap_err();
         assert!(matches!(err, LinuxPciError::EmptyBar { .. }), "{err}");
         fs::write(dev.join("resource2"), vec![0u8; 4096]).unwrap();
         let err = LinuxPciDevice::open(&dev, &[BOCHS]).unwrap_err();
         assert!(err.to_string().contains("resource0"), "{err}");
-        fs::remove_dir_all(&root).unwrap();
     }
 }

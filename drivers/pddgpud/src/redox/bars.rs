@@ -264,30 +264,15 @@ mod tests {
             ),
         ];
         for (bad, why) in cases {
-            // As VRAM ...
-            let f = func([
-                bad,
-                PciBar::None,
-                good,
-                PciBar::None,
-                PciBar::None,
-                PciBar::None,
-            ]);
-            let err = plan(&f).unwrap_err();
-            assert!(err.to_string().contains("BAR 0"), "{err}");
-            assert!(err.to_string().contains(why), "{bad:?}: {err}");
-            // ... and as the register BAR.
-            let f = func([
-                good,
-                PciBar::None,
-                bad,
-                PciBar::None,
-                PciBar::None,
-                PciBar::None,
-            ]);
-            let err = plan(&f).unwrap_err();
-            assert!(err.to_string().contains("BAR 2"), "{err}");
-            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+            // As the VRAM BAR, then as the register BAR, the other one good.
+            for (bad_at, good_at) in [(VRAM_BAR, MMIO_BAR), (MMIO_BAR, VRAM_BAR)] {
+                let mut bars = [PciBar::None; 6];
+                bars[bad_at] = bad;
+                bars[good_at] = good;
+                let err = plan(&func(bars)).unwrap_err().to_string();
+                assert!(err.contains(&format!("BAR {bad_at}")), "{err}");
+                assert!(err.contains(why), "{bad:?}: {err}");
+            }
         }
     }
 }
