@@ -11,8 +11,17 @@
 //!   the lock. A stalled log pipe therefore delays only the connection
 //!   whose request produced the line, never everyone waiting for the lock.
 //!
+//! - at most [`CLIENT_LINES_PER_SECOND`] such lines are written a second,
+//!   server-wide: every one goes through one shared [`RateLimit`] (scheme
+//!   refusals of every kind, refused connections, malformed frames), so a
+//!   flood of bad requests from any number of clients and connections
+//!   costs a few lines a second. The lines held back are counted; the next
+//!   line let through says how many (`(N lines suppressed)`), and once a
+//!   second has passed without one, the next [`flush`] writes the count on
+//!   a line of its own.
+//!
 //! At most [`MAX_PENDING`] lines wait per thread between flushes; further
-//! ones are counted and reported as dropped by the next flush.
+//! ones are counted as suppressed.
 
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -30,11 +39,11 @@ pub const MAX_PENDING: usize = 16;
 /// all clients together, at most.
 pub const CLIENT_LINES_PER_SECOND: u32 = 5;
 
-/// The one limiter of lines about clients: the transport's lines about
-/// connections and frames (refused connections, failed accepts, malformed
-/// or refused frames, connections ended by a client) all go through
-/// [`write_limited`], so any number of clients provoking them costs a few
-/// lines a second.
+/// The one limiter of lines about clients: the scheme's refusals (through
+/// [`flush`]) and the transport's lines about connections and frames
+/// (refused connections, failed accepts, malformed or refused frames,
+/// connections ended by a client) all go through [`write_limited`], so any
+/// number of clients provoking them costs a few lines a second.
 static CLIENT_LINES: Mutex<RateLimit> = Mutex::new(RateLimit::new(CLIENT_LINES_PER_SECOND));
 
 fn client_lines() -> std::sync::MutexGuard<'static, RateLimit> {
@@ -51,6 +60,18 @@ pub fn write_limited(level: log::Level, line: impl FnOnce() -> String) {
     let admitted = client_lines().admit(Instant::now());
     if let Some(held_back) = admitted {
         log::log!(level, "{}{}", line(), held_back_note(held_back));
+    }
+}
+
+/// Writes the count of lines about clients held back, once a window has
+/// passed since the last line let through (a flood that stopped is still
+/// reported).
+fn write_overdue_summary() {
+    let overdue = client_lines().overdue(Instant::now());
+    if let Some(n) = overdue {
+        log::warn!(
+            "{n} lines suppressed (lines about clients: at most {CLIENT_LINES_PER_SECOND} a second)"
+        );
     }
 }
 
@@ -161,11 +182,12 @@ pub fn flush() {
         (std::mem::take(&mut p.lines), std::mem::take(&mut p.dropped))
     });
     for (level, line) in lines {
-        log::log!(level, "{}", line());
+        write_limited(level, line);
     }
     if dropped > 0 {
-        log::warn!("{dropped} more log lines about client requests dropped");
+        client_lines().hold_back(dropped as u64);
     }
+    write_overdue_summary();
 }
 
 /// Lets through at most `per_window` log lines of one kind per
@@ -213,15 +235,34 @@ impl RateLimit {
         self.in_window += 1;
         Some(std::mem::take(&mut self.held_back))
     }
+
+    /// Counts `n` lines held back without asking.
+    pub fn hold_back(&mut self, n: u64) {
+        self.held_back = self.held_back.saturating_add(n);
+    }
+
+    /// The lines held back, once a whole window has passed since the
+    /// current one started: a summary line to write now (it counts as a
+    /// line of a fresh window). `None` while the window lasts or when
+    /// nothing was held back.
+    pub fn overdue(&mut self, now: Instant) -> Option<u64> {
+        let start = self.window_start?;
+        if self.held_back == 0 || now.saturating_duration_since(start) < Self::WINDOW {
+            return None;
+        }
+        self.window_start = Some(now);
+        self.in_window = 1;
+        Some(std::mem::take(&mut self.held_back))
+    }
 }
 
-/// `" (N similar lines held back)"` when `held_back` is not zero, for the
-/// end of a line a [`RateLimit`] let through.
+/// `" (N lines suppressed)"` when `held_back` is not zero, for the end of
+/// a line a [`RateLimit`] let through.
 pub fn held_back_note(held_back: u64) -> String {
     if held_back == 0 {
         String::new()
     } else {
-        format!(" ({held_back} similar lines held back)")
+        format!(" ({held_back} lines suppressed)")
     }
 }
 
@@ -298,7 +339,22 @@ mod tests {
             "the next window reports the 7 held back"
         );
         assert_eq!(r.admit(later), Some(0));
-        assert_eq!(held_back_note(7), " (7 similar lines held back)");
+        assert_eq!(held_back_note(7), " (7 lines suppressed)");
         assert_eq!(held_back_note(0), "");
+    }
+
+    #[test]
+    fn lines_held_back_are_summarised_once_the_window_is_over() {
+        let start = std::time::Instant::now();
+        let mut r = RateLimit::new(1);
+        assert_eq!(r.overdue(start), None, "nothing written yet");
+        assert_eq!(r.admit(start), Some(0));
+        assert_eq!(r.admit(start), None);
+        r.hold_back(4);
+        assert_eq!(r.overdue(start), None, "the window still lasts");
+        let later = start + RateLimit::WINDOW;
+        assert_eq!(r.overdue(later), Some(5));
+        assert_eq!(r.overdue(later + RateLimit::WINDOW), None, "reported once");
+        assert_eq!(r.admit(later), None, "the summary used the new window");
     }
 }

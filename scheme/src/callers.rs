@@ -17,6 +17,13 @@
 //! transport) closed them — the owner ends and the core frees everything it
 //! still held, in one batch.
 //!
+//! Each owner belongs to its user's account in the core (the uid the
+//! transport vouched for when the owner appeared: `SO_PEERCRED` on the
+//! host, the kernel's caller uid on Redox), so the clients of one user
+//! share one byte quota however many connections or opens they make
+//! (`uid_quota_percent`, see `pddgpu::driver::ownership`). Root and the
+//! admin user join no account: they may change that limit anyway.
+//!
 //! Owner ids are never reused while the server runs, so a caller id that
 //! comes back later (a recycled pid) never inherits a dead caller's BOs.
 //!

@@ -27,7 +27,7 @@ pub fn driver_errno(e: &DriverError) -> i32 {
         DriverError::InvalidArgument(_) | DriverError::OutOfBounds => EINVAL,
         DriverError::NoSuchBo | DriverError::BadToken => EBADF,
         DriverError::PermissionDenied => EPERM,
-        DriverError::QuotaExceeded { .. } => EDQUOT,
+        DriverError::QuotaExceeded { .. } | DriverError::AccountQuotaExceeded { .. } => EDQUOT,
         DriverError::TooManyBos => ENFILE,
         DriverError::WrongState { .. } => EBUSY,
         DriverError::Manager { error, .. } => manager_errno(error),

@@ -393,8 +393,21 @@ impl PddgpuScheme {
         }
     }
 
-    /// An owner's last handle closed: the core releases whatever it still
-    /// holds.
+    /// The owner of the caller of an open relative to the root, created if
+    /// needed. A new owner joins its user's account in the core, which
+    /// limits what all the owners of one user hold together
+    /// (`uid_quota_percent`); the privileged (root and the admin user, who
+    /// may lift that limit anyway) join none.
+    fn caller_owner(&mut self, ctx: &CallerCtx) -> OwnerId {
+        let owner = self.callers.owner_of(ctx.pid, ctx.uid);
+        if self.callers.handles(owner) == 0 && !self.privileged(ctx) {
+            self.driver.owner_join(owner, ctx.uid);
+        }
+        owner
+    }
+
+    /// An owner's last handle closed (or an owner that never got one was
+    /// dropped): the core releases whatever it still holds.
     pub(crate) fn end_owner(&mut self, owner: OwnerId) {
         let summary = self.driver.owner_exit(owner);
         log::debug!("owner {owner} ended: {summary:?}");
@@ -478,7 +491,7 @@ impl SchemeSync for PddgpuScheme {
         // An open relative to a handle acts for that handle's owner (see
         // `crate::callers`); one relative to the root, for the caller.
         let owner = if dir == ROOT_ID {
-            self.callers.owner_of(ctx.pid, ctx.uid)
+            self.caller_owner(ctx)
         } else {
             let owner = self.handle(dir)?.owner;
             self.callers.learn_pid(owner, ctx.pid);
@@ -494,7 +507,9 @@ impl SchemeSync for PddgpuScheme {
                 })
             }
             Err((errno, reason)) => {
-                self.callers.drop_if_idle(owner);
+                if self.callers.drop_if_idle(owner) {
+                    self.end_owner(owner);
+                }
                 self.log_refusal(
                     ctx,
                     &format!("open {}", logline::excerpt(path)),

@@ -88,6 +88,9 @@ fn every_tunable_round_trips_and_rejects_bad_values() {
         String::from_utf8_lossy(&out.stdout),
         "gtt_retry_delay_ms 7\n"
     );
+    // Refusal lines share one server-wide limit of a few a second (see
+    // `pddgpu_ipc::logline`): let the refusals above age out of it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = pddgpu_tests::run_cli(CLI, daemon.socket(), &["config", "gtt_retry_count", "101"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("EINVAL"));

@@ -452,7 +452,7 @@ fn refused_connections_are_logged_at_a_bounded_rate() {
         lines.len()
     );
     assert!(
-        lines.iter().any(|l| l.contains("similar lines held back")),
+        log.contains("lines suppressed"),
         "the held-back lines are not counted: {lines:?}"
     );
     drop(held);
@@ -515,6 +515,214 @@ fn a_connection_whose_thread_cannot_start_is_refused_with_a_reason() {
         serves_again(&daemon),
         "the connections' threads did not end"
     );
+    assert_server_intact(&mut daemon);
+}
+
+// ---- bytes per user ------------------------------------------------------
+
+/// A third user (besides root and `OTHER_UID`) for the per-user quota
+/// attacks.
+const THIRD_UID: u32 = 65533;
+
+const MIB: u64 = 1 << 20;
+
+/// A helper client killed (as a crash would) and reaped when dropped,
+/// also when the test fails half-way.
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a helper client as `uid`, killed when the result is dropped.
+fn helper_as(daemon: &Daemon, args: &[&str], uid: u32) -> Helper {
+    Helper(spawn_helper(daemon, args, Some(uid)))
+}
+
+fn kill(helper: Helper) {
+    drop(helper);
+}
+
+/// `held <bytes> refused <ERRNO>` from `fill-connections`.
+fn held_and_refusal(line: &str) -> (u64, String) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["held", bytes, "refused", errno] => (bytes.parse().expect("bytes"), errno.to_string()),
+        _ => panic!("unexpected answer from fill-connections: {line:?}"),
+    }
+}
+
+/// One user opening many connections (each its own owner with its own
+/// per-client quota) still gets one byte quota: `uid_quota_percent`
+/// (75 %) of the domain for all its connections together, `EDQUOT`
+/// beyond. Another user can still allocate the rest, and once the
+/// attacker is killed everything it held is freed.
+#[test]
+fn one_user_with_many_connections_gets_one_byte_quota() {
+    if !is_root() {
+        eprintln!("not root: this attack needs a second user; skipped");
+        return;
+    }
+    let mut daemon = Daemon::start(&daemon_bin(), &["--vram-size", "64M", "--gtt-size", "64M"]);
+    let quota = 48 * MIB;
+    let mut attacker = helper_as(
+        &daemon,
+        &["fill-connections", "16", &MIB.to_string(), "vram"],
+        OTHER_UID,
+    );
+    let (held, refusal) = held_and_refusal(&first_line(&mut attacker.0));
+    assert_eq!(refusal, "EDQUOT", "the user's last create");
+    assert_eq!(
+        held, quota,
+        "16 connections of one user together hold its quota, no more"
+    );
+    let dev = daemon.connect();
+    assert_eq!(dev.stats().expect("stats").vram.used, held);
+    // Another user gets the rest of the domain.
+    let mut other = helper_as(
+        &daemon,
+        &["create", &(16 * MIB).to_string(), "vram"],
+        THIRD_UID,
+    );
+    let answer = first_line(&mut other.0);
+    assert!(answer.starts_with("ok "), "the other user: {answer}");
+    kill(other);
+    kill(attacker);
+    assert_server_intact(&mut daemon);
+}
+
+/// The quota is a runtime tunable (`config/uid_quota_percent`), root is
+/// exempt from it, and an import by a second connection of the same user
+/// is charged again (every holder is charged, so two connections holding
+/// one BO count it twice).
+#[test]
+fn the_user_quota_is_tunable_root_is_exempt_and_imports_count_per_holder() {
+    if !is_root() {
+        eprintln!("not root: this attack needs a second user; skipped");
+        return;
+    }
+    let mut daemon = Daemon::start(&daemon_bin(), &["--vram-size", "64M", "--gtt-size", "64M"]);
+    // 32 MiB fits the user's 48 MiB once, not twice.
+    let mut sharer = helper_as(
+        &daemon,
+        &["share-self", &(32 * MIB).to_string(), "gtt"],
+        OTHER_UID,
+    );
+    assert_eq!(first_line(&mut sharer.0), "import EDQUOT");
+    let mut small = helper_as(
+        &daemon,
+        &["share-self", &(16 * MIB).to_string(), "gtt"],
+        THIRD_UID,
+    );
+    assert_eq!(first_line(&mut small.0), "import ok", "16 MiB twice fits");
+    kill(sharer);
+    kill(small);
+    let dev = daemon.connect();
+    dev.set_config("uid_quota_percent", "25")
+        .expect("root sets the tunable");
+    let mut attacker = helper_as(
+        &daemon,
+        &["fill-connections", "4", &MIB.to_string(), "gtt"],
+        OTHER_UID,
+    );
+    let (held, refusal) = held_and_refusal(&first_line(&mut attacker.0));
+    assert_eq!((held, refusal.as_str()), (16 * MIB, "EDQUOT"));
+    let root_bo = dev
+        .create_bo(
+            40 * MIB,
+            pddgpu_ipc::Domain::Gtt,
+            pddgpu_ipc::BoFlags::empty(),
+        )
+        .expect("root is exempt from the per-user quota");
+    drop(root_bo);
+    kill(attacker);
+    assert_server_intact(&mut daemon);
+}
+
+// ---- the log -------------------------------------------------------------
+
+/// Log lines about clients (the shared limiter writes them all) per
+/// second of the daemon's timestamps (`[2026-12-02T13:07:02.891Z …`).
+fn client_lines_per_second(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut per_second = std::collections::BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("pddgpu_ipc::logline]")) {
+        let second = line.get(1..20).unwrap_or_default().to_string();
+        *per_second.entry(second).or_default() += 1;
+    }
+    per_second
+}
+
+/// A flood of bad requests from several connections at once (bad paths,
+/// bad queries, creates over quota, forged handles) costs at most
+/// `CLIENT_LINES_PER_SECOND` log lines a second server-wide (so at most
+/// twice that in one second of the clock, which may straddle two of the
+/// limiter's windows), and the lines held back are counted.
+#[test]
+fn a_flood_of_bad_requests_costs_a_bounded_number_of_log_lines() {
+    use pddgpu_ipc::logline::CLIENT_LINES_PER_SECOND;
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let dev = daemon.connect();
+    dev.set_config("client_quota_bytes", "4096").unwrap();
+    let flood_for = Duration::from_millis(1500);
+    let start = std::time::Instant::now();
+    let refused: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+                    let mut refused = 0u64;
+                    while start.elapsed() < flood_for {
+                        for path in [
+                            "no/such/file",
+                            "bo/new?size=banana&domain=gtt",
+                            "bo/new?size=8192&domain=gtt",
+                            "bo/123456?token=00",
+                        ] {
+                            if open(&mut c, path, O_RDWR).is_err() {
+                                refused += 1;
+                            }
+                        }
+                        if close(&mut c, 987_654).is_err() {
+                            refused += 1;
+                        }
+                    }
+                    refused
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert!(refused > 1000, "only {refused} refusals");
+    // Once a second has passed, the next request writes the count of the
+    // lines held back.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let _ = open(&mut c, "no/such/file", O_RDONLY);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = daemon.log();
+    let per_second = client_lines_per_second(&log);
+    let bound = 2 * CLIENT_LINES_PER_SECOND as usize;
+    for (second, lines) in &per_second {
+        assert!(
+            *lines <= bound,
+            "{lines} log lines about clients in second {second} ({refused} refusals)"
+        );
+    }
+    let total: usize = per_second.values().sum();
+    assert!(
+        total <= CLIENT_LINES_PER_SECOND as usize * 6,
+        "{total} log lines for {refused} refusals in about 3 s"
+    );
+    assert!(
+        log.contains("lines suppressed"),
+        "the lines held back are not counted: {log}"
+    );
+    dev.set_config("client_quota_bytes", "0").unwrap();
+    drop(c);
+    drop(dev);
     assert_server_intact(&mut daemon);
 }
 
@@ -1159,7 +1367,7 @@ fn connections_ending_badly_are_logged_at_a_bounded_rate() {
         lines.len()
     );
     assert!(
-        lines.iter().any(|l| l.contains("held back")),
+        log.contains("lines suppressed"),
         "the held-back lines are not counted: {lines:?}"
     );
     drop(dev);
@@ -1178,7 +1386,7 @@ fn a_users_connect_flood_is_refused_past_its_rate() {
         eprintln!("not root: needs a second user; skipped");
         return;
     }
-    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-connects-per-second-per-uid", "50"]);
     let mut flood = spawn_helper(&daemon, &["connect-flood", "2000"], Some(OTHER_UID));
     let line = first_line(&mut flood);
     let _ = flood.wait();

@@ -13,9 +13,12 @@
 //! | `leak_monitor` | on/off | 0..=1 | on |
 //! | `client_quota_bytes` | bytes, 0 = off | 0..=2^50 | 0 |
 //! | `leak_age_ms` | ms | 0..=86400000 | 60000 |
+//! | `uid_quota_percent` | % of each domain, 100 = off | 1..=100 | 75 |
 //!
 //! `leak_age_ms` is our addition: how old a BO must be before the leak
-//! check calls it a suspect.
+//! check calls it a suspect. So is `uid_quota_percent`: the share of each
+//! domain the owners of one account (a user) may hold together, see
+//! [`crate::driver::ownership`].
 //!
 //! Values are written as decimal or `0x` hex; byte values accept a binary
 //! suffix (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`), times
@@ -64,6 +67,8 @@ pub enum Tunable {
     ClientQuotaBytes,
     /// Minimum age of a BO reported as a leak suspect.
     LeakAgeMs,
+    /// Share of each domain one account (user) may hold (100 = no limit).
+    UidQuotaPercent,
 }
 
 /// Description of one tunable.
@@ -89,7 +94,7 @@ const MAX_BYTES: u64 = 1 << 50;
 const DAY_MS: u64 = 86_400_000;
 
 /// All tunables, in display order.
-pub const SPECS: [TunableSpec; 9] = [
+pub const SPECS: [TunableSpec; 10] = [
     TunableSpec {
         id: Tunable::VramRetryCount,
         name: "vram_retry_count",
@@ -171,6 +176,15 @@ pub const SPECS: [TunableSpec; 9] = [
         max: DAY_MS,
         default: 60_000,
         help: "minimum age of a BO reported as a leak suspect",
+    },
+    TunableSpec {
+        id: Tunable::UidQuotaPercent,
+        name: "uid_quota_percent",
+        unit: Unit::Count,
+        min: 1,
+        max: 100,
+        default: 75,
+        help: "percent of each domain the clients of one user may hold together, created or imported (100 = no limit)",
     },
 ];
 
@@ -418,6 +432,18 @@ impl Tunables {
     pub fn client_quota(&self) -> Option<u64> {
         Some(self.value(Tunable::ClientQuotaBytes)).filter(|&q| q > 0)
     }
+
+    /// The per-account quota in a domain of `domain_size` bytes:
+    /// `uid_quota_percent` of it, rounded down to whole pages; `None` at
+    /// 100 % (no limit).
+    pub fn account_quota(&self, domain_size: u64) -> Option<u64> {
+        let percent = self.value(Tunable::UidQuotaPercent);
+        if percent >= 100 {
+            return None;
+        }
+        let share = (u128::from(domain_size) * u128::from(percent) / 100) as u64;
+        Some(share - share % crate::bo::PAGE_SIZE)
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +463,7 @@ mod tests {
             "leak_threshold_bytes",
             "leak_monitor",
             "client_quota_bytes",
+            "uid_quota_percent",
         ] {
             assert!(names.contains(&n), "{n}");
         }
@@ -444,6 +471,17 @@ mod tests {
         assert_eq!(t.retry_policy(Domain::Vram), RetryPolicy::VRAM_DEFAULT);
         assert_eq!(t.retry_policy(Domain::Gtt), RetryPolicy::GTT_DEFAULT);
         assert_eq!(t.client_quota(), None);
+        assert_eq!(t.account_quota(1 << 30), Some(3 << 28), "75 % by default");
+        assert_eq!(t.set("uid_quota_percent", "33"), Ok(33));
+        assert_eq!(
+            t.account_quota(100 * 4096 + 1),
+            Some(33 * 4096),
+            "whole pages"
+        );
+        assert_eq!(t.set("uid_quota_percent", "100"), Ok(100));
+        assert_eq!(t.account_quota(1 << 30), None, "100 % is no limit");
+        assert!(t.set("uid_quota_percent", "0").is_err());
+        assert!(t.set("uid_quota_percent", "101").is_err());
         assert_eq!(t.show("leak_monitor").as_deref(), Some("on"));
         assert_eq!(t.get("nope"), None);
         for (i, s) in SPECS.iter().enumerate() {

@@ -117,7 +117,7 @@ pub struct LimitOptions {
     pub admin_connections: usize,
     /// New connections one user (not the admin) may open a second
     /// (EAGAIN beyond; host transport).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 1000)]
     pub max_connects_per_second_per_uid: u32,
     /// A connection holding no handle is closed after this many quiet ms.
     #[arg(long, default_value_t = 60_000)]
@@ -150,7 +150,7 @@ impl Default for LimitOptions {
             max_frame_bytes_per_uid: 64 << 20,
             max_frame_bytes: 512 << 20,
             admin_connections: 8,
-            max_connects_per_second_per_uid: 100,
+            max_connects_per_second_per_uid: 1000,
             idle_timeout_ms: 60_000,
             request_timeout_ms: 10_000,
             send_timeout_ms: 10_000,

@@ -252,7 +252,7 @@ impl Default for ServerLimits {
             max_frame_bytes: 512 << 20,
             admin_connections: 8,
             admin_uid: None,
-            connects_per_second_per_uid: 100,
+            connects_per_second_per_uid: 1000,
         }
     }
 }

@@ -26,6 +26,13 @@
 //!   exit. The child waits until its parent has exited, reads the BO
 //!   through the inherited connection and handle, prints `child-read
 //!   <bytes|ERRNO>`, then sleeps until killed.
+//! - `fill-connections <connections> <size> <vram|gtt>`: open that many
+//!   connections and on each create BOs of `size` until one is refused;
+//!   print `held <bytes> refused <ERRNO>` (the last refusal), then sleep
+//!   until killed.
+//! - `share-self <size> <vram|gtt>`: create a BO on one connection,
+//!   export it and import it on a second connection of this process;
+//!   print `import <ok|ERRNO>`, then wait for EOF on stdin.
 //! - `domain-map`: create a VRAM BO and ask for a descriptor of the whole
 //!   domain (`dup(bo, "domain-backing")`, for the privileged only); print
 //!   `domain-backing <ok|ERRNO>`.
@@ -237,6 +244,47 @@ fn domain_map() -> Result<String, String> {
     })
 }
 
+/// `fill-connections`: see the module docs. Returns what it holds (to
+/// keep) and its answer.
+fn fill_connections(
+    connections: u64,
+    size: u64,
+    domain: Domain,
+) -> Result<(Vec<Device>, Vec<pddgpu_ipc::Bo>, String), String> {
+    let mut devices = Vec::new();
+    let mut bos = Vec::new();
+    let mut refused = "none".to_string();
+    for _ in 0..connections {
+        let dev = Device::open().map_err(|e| e.to_string())?;
+        loop {
+            match dev.create_bo(size, domain, BoFlags::empty()) {
+                Ok(bo) => bos.push(bo),
+                Err(e) => {
+                    refused = errno_text(&e);
+                    break;
+                }
+            }
+        }
+        devices.push(dev);
+    }
+    let held = bos.len() as u64 * size;
+    Ok((devices, bos, format!("held {held} refused {refused}")))
+}
+
+/// `share-self`: see the module docs.
+fn share_self(size: u64, domain: Domain) -> Result<(Vec<pddgpu_ipc::Bo>, String), String> {
+    let first = Device::open().map_err(|e| e.to_string())?;
+    let second = Device::open().map_err(|e| e.to_string())?;
+    let bo = first
+        .create_bo(size, domain, BoFlags::empty())
+        .map_err(|e| format!("create: {e}"))?;
+    let token = bo.export().map_err(|e| format!("export: {e}"))?;
+    Ok(match second.import(token) {
+        Ok(imported) => (vec![bo, imported], "import ok".to_string()),
+        Err(e) => (vec![bo], format!("import {}", errno_text(&e))),
+    })
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("create") => {
@@ -325,6 +373,25 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        Some("fill-connections") => {
+            let connections = number(args.get(1), "connection count")?;
+            let size = number(args.get(2), "size")?;
+            let domain = domain(args.get(3))?;
+            let (_devices, _bos, answer) = fill_connections(connections, size, domain)?;
+            say(&answer);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        Some("share-self") => {
+            let size = number(args.get(1), "size")?;
+            let domain = domain(args.get(2))?;
+            let (bos, answer) = share_self(size, domain)?;
+            say(&answer);
+            wait_eof();
+            drop(bos);
+            Ok(())
+        }
         Some("readonly-map") => {
             say(&readonly_map()?);
             Ok(())
@@ -378,7 +445,8 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         _ => Err(
             "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | export COUNT SIZE DOMAIN | cat FILE \
-             | hold-mapped COUNT SIZE DOMAIN | readonly-map | domain-map | share-connection"
+             | hold-mapped COUNT SIZE DOMAIN | fill-connections N SIZE DOMAIN \
+             | share-self SIZE DOMAIN | readonly-map | domain-map | share-connection"
                 .into(),
         ),
     }

@@ -208,6 +208,7 @@ impl Driver {
                 vram_bytes: e.charged[0],
                 gtt_bytes: e.charged[1],
                 quota,
+                account: e.account(),
             })
         });
         v.sort_by_key(|c| c.owner);

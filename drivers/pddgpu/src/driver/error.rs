@@ -51,6 +51,22 @@ pub enum DriverError {
         /// pages).
         requested: u64,
     },
+    /// The create or import would take the owner's account (its user)
+    /// over its share of the domain (`uid_quota_percent`); nothing was
+    /// allocated or imported.
+    #[error("quota exceeded: user {account} holds {held} of its {quota} bytes of {domain}, asked for {requested}")]
+    AccountQuotaExceeded {
+        /// The account.
+        account: super::ownership::AccountId,
+        /// The domain.
+        domain: Domain,
+        /// Its quota in `domain`.
+        quota: u64,
+        /// Bytes of `domain` it holds now.
+        held: u64,
+        /// Bytes the create or import would charge.
+        requested: u64,
+    },
     /// An access reaches outside the BO.
     #[error("offset is outside the buffer object")]
     OutOfBounds,

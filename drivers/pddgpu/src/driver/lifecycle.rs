@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::gate::{Lane, Mode};
-use super::ownership::{held_entry, BoOwnership};
+use super::ownership::{held_entry, AccountId, BoOwnership, ChargeLimits, Refusal};
 use super::{Driver, DriverError, ExitSummary, GTT_BASE};
 use crate::bo::{
     BoCreate, BoEntry, BoFlags, BoId, BoInfo, BoTable, OwnerId, Placement, Shard, LABEL_MAX,
@@ -75,29 +75,28 @@ impl Driver {
                 retry: self.tunables.retry_policy(d),
             });
         }
-        // The quota is charged what the allocator takes (see
-        // `ownership`): reserve the whole pages now, so an owner over its
-        // quota allocates nothing, and settle the difference (the buddy's
-        // rounding) once the allocation is known.
-        let quota = self.tunables.client_quota();
-        let reserved = req.size.next_multiple_of(PAGE_SIZE);
-        if quota.is_some() {
+        // The quotas are charged what the allocator takes (see
+        // `ownership`): reserve the whole pages now, so an owner (or
+        // account) over its quota allocates nothing, and settle the
+        // difference (the buddy's rounding) once the allocation is known.
+        let limits = self.charge_limits(d);
+        let reserved = if limits.any() {
+            req.size.next_multiple_of(PAGE_SIZE)
+        } else {
+            0
+        };
+        if reserved > 0 {
             let mut owners = self.owners.lock(owner);
             let entry = owners.entry_or_new(owner);
-            if let Err(held) = entry.try_charge(d, reserved, quota) {
+            if let Err(refusal) = entry.try_charge(d, reserved, limits) {
                 owners.remove_if_empty(owner);
                 drop(owners);
                 self.stats.apply(d, &Delta::failure());
-                return Err(DriverError::QuotaExceeded {
-                    owner,
-                    quota: quota.unwrap_or(0),
-                    held,
-                    requested: reserved,
-                });
+                return Err(self.quota_error(owner, d, limits, refusal, reserved));
             }
         }
         let unreserve = || {
-            if quota.is_some() {
+            if reserved > 0 {
                 let mut owners = self.owners.lock(owner);
                 if let Some(e) = owners.get_mut(&owner) {
                     e.uncharge(d, reserved);
@@ -140,23 +139,13 @@ impl Driver {
             let mut owners = self.owners.lock(owner);
             let entry = owners.entry_or_new(owner);
             // Settle the reservation to the allocated size.
-            let settled = if quota.is_some() {
+            if let Err(refusal) = entry.settle(d, reserved, allocated, limits) {
                 entry.uncharge(d, reserved);
-                entry.try_charge(d, allocated, quota)
-            } else {
-                entry.try_charge(d, allocated, None)
-            };
-            if let Err(held) = settled {
                 owners.remove_if_empty(owner);
                 drop(owners);
                 self.release(placement);
                 self.stats.apply(d, &Delta::failure());
-                return Err(DriverError::QuotaExceeded {
-                    owner,
-                    quota: quota.unwrap_or(0),
-                    held,
-                    requested: allocated,
-                });
+                return Err(self.quota_error(owner, d, limits, refusal, allocated));
             }
             let mut shard = self.table.shard(id);
             let Some(slot) = self.leaks.take_slot(&mut shard.free_slots) else {
@@ -189,6 +178,61 @@ impl Driver {
         self.stats
             .apply(d, &Delta::alloc(allocated, req.size, visible));
         Ok(id)
+    }
+
+    /// The quota limits of a charge in `domain` (see [`super::ownership`]).
+    pub(super) fn charge_limits(&self, domain: Domain) -> ChargeLimits {
+        let domain_size = match domain {
+            Domain::Vram => self.info.vram_size,
+            Domain::Gtt => self.info.gtt_size,
+        };
+        ChargeLimits {
+            owner: self.tunables.client_quota(),
+            account: self.tunables.account_quota(domain_size),
+        }
+    }
+
+    /// The error of a charge of `requested` bytes that `refusal` refused.
+    pub(super) fn quota_error(
+        &self,
+        owner: OwnerId,
+        domain: Domain,
+        limits: ChargeLimits,
+        refusal: Refusal,
+        requested: u64,
+    ) -> DriverError {
+        match refusal {
+            Refusal::Owner { held } => DriverError::QuotaExceeded {
+                owner,
+                quota: limits.owner.unwrap_or(0),
+                held,
+                requested,
+            },
+            Refusal::Account { account, held } => DriverError::AccountQuotaExceeded {
+                account,
+                domain,
+                quota: limits.account.unwrap_or(0),
+                held,
+                requested,
+            },
+        }
+    }
+
+    /// Makes `owner` a member of `account`, the user it acts for: from now
+    /// on it is charged to that account too, and its creates and imports
+    /// are refused when they would take the account over its share
+    /// (`uid_quota_percent`; see [`super::ownership`]). A front end calls
+    /// this once, when the owner appears and before it creates anything;
+    /// joining again changes nothing (returns false). The owner stays
+    /// until [`Driver::owner_exit`].
+    pub fn owner_join(&self, owner: OwnerId, account: AccountId) -> bool {
+        self.owners.join(owner, account)
+    }
+
+    /// Bytes charged to `account` per domain (`[vram, gtt]`): the sum of
+    /// its owners' charges.
+    pub fn account_charged(&self, account: AccountId) -> [u64; 2] {
+        self.owners.account_charged(account)
     }
 
     /// Counts a retry of a create that failed with
@@ -367,10 +411,10 @@ impl Driver {
         let Ok(_gtt) = self.gate.enter(Lane::Domain(Domain::Gtt), Mode::Wait) else {
             return summary;
         };
-        let Some(entry) = self.owners.take(owner) else {
+        let Some(held) = self.owners.end(owner) else {
             return summary;
         };
-        let mut ids: Vec<u64> = entry.held.into_iter().collect();
+        let mut ids: Vec<u64> = held.into_iter().collect();
         ids.sort_unstable_by_key(|&id| (BoTable::shard_index(BoId(id)), id));
         let mut freed = Vec::new();
         for group in

@@ -61,6 +61,7 @@ pub use crate::stats::{DomainCounters, StatsSnapshot};
 pub use crate::tunables::{Tunable, TunableError, Tunables};
 pub use error::DriverError;
 pub use occupancy::{Extent, OccupancyMap, Occupant};
+pub use ownership::AccountId;
 pub(crate) use ownership::BoOwnership;
 pub use report::{ClientUsage, ExitSummary, Health};
 pub use token::{EntropyError, ExportToken, SeededTokens, TokenSource};

@@ -42,15 +42,36 @@
 //! owner (the tunable `client_quota_bytes`, 0 = off); a charge ends when
 //! its owner lets go of the BO.
 //!
+//! # Accounts
+//! An owner may belong to an account ([`AccountId`], the user a front end
+//! vouches for: the uid of a connection's peer on the host, the caller's
+//! uid on Redox), set once by [`Driver::owner_join`]. An account is charged
+//! exactly what its owners are charged, at the same moments (it is the sum
+//! of their charges, per domain), so one user cannot multiply its quota by
+//! opening more connections: a create or import that would take the
+//! account over its share of the domain (the tunable `uid_quota_percent`,
+//! 75 % by default, 100 = no limit) is refused like one over the owner's
+//! quota, and nothing is allocated or imported. A BO held by two owners of
+//! one account counts twice, as it counts for both owners. The account's
+//! charges end with its owners' ([`Driver::owner_exit`]); an account with
+//! no owner left is forgotten. An owner that joined no account (a front
+//! end's exempt users, in-process use) has its own quota only.
+//!
 //! # Locking
 //! Owners are sharded by id, BOs by id (see [`crate::bo`]); an operation
 //! that changes both locks the owner's shard first, then the BO's shard.
+//! An account's charges are atomics changed under the owner's shard lock
+//! (owners of one account live in different shards, so a charge is a
+//! compare-and-swap against the limit); the table of accounts is locked
+//! alone, never under another lock.
 //! The invariant kept under those locks: owner `o` is among a BO's holders
 //! exactly when the BO's id is in `o`'s held set.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
@@ -211,6 +232,90 @@ impl BoOwnership {
     }
 }
 
+/// The account an owner belongs to: the user a front end vouches for
+/// (see the module docs).
+pub type AccountId = u32;
+
+/// What the owners of one account hold together, per domain (the sum of
+/// their charges).
+#[derive(Debug)]
+pub(crate) struct Account {
+    id: AccountId,
+    charged: [AtomicU64; 2],
+}
+
+impl Account {
+    fn new(id: AccountId) -> Self {
+        Account {
+            id,
+            charged: Default::default(),
+        }
+    }
+
+    /// Bytes charged per domain.
+    pub fn charged(&self) -> [u64; 2] {
+        [
+            self.charged[0].load(Ordering::Acquire),
+            self.charged[1].load(Ordering::Acquire),
+        ]
+    }
+
+    /// Charges `bytes` in `domain` if that keeps the account within
+    /// `limit` (`None`: no limit); otherwise charges nothing and returns
+    /// what it holds in `domain`.
+    fn try_charge(&self, domain: Domain, bytes: u64, limit: Option<u64>) -> Result<(), u64> {
+        let c = &self.charged[domain.index()];
+        let mut held = c.load(Ordering::Acquire);
+        loop {
+            let total = held.saturating_add(bytes);
+            if limit.is_some_and(|l| total > l) {
+                return Err(held);
+            }
+            match c.compare_exchange_weak(held, total, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Drops a charge of `bytes` in `domain`.
+    fn uncharge(&self, domain: Domain, bytes: u64) {
+        let before = self.charged[domain.index()].fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(
+            before >= bytes,
+            "uncharging an account more than was charged"
+        );
+    }
+}
+
+/// The limits a charge must respect in one domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ChargeLimits {
+    /// The owner's quota, both domains together (`client_quota_bytes`).
+    pub owner: Option<u64>,
+    /// The account's share of the domain (`uid_quota_percent`).
+    pub account: Option<u64>,
+}
+
+impl ChargeLimits {
+    /// Whether any limit applies (a create must then reserve before it
+    /// allocates).
+    pub fn any(&self) -> bool {
+        self.owner.is_some() || self.account.is_some()
+    }
+}
+
+/// Why a charge was refused; nothing was charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The owner would pass its quota; it holds `held` bytes (both
+    /// domains).
+    Owner { held: u64 },
+    /// The owner's account would pass its share; it holds `held` bytes of
+    /// the domain.
+    Account { account: AccountId, held: u64 },
+}
+
 /// What one owner holds.
 #[derive(Debug, Default)]
 pub(crate) struct OwnerEntry {
@@ -220,6 +325,8 @@ pub(crate) struct OwnerEntry {
     /// (created or imported), plus quota reservations of creates in
     /// progress.
     pub charged: [u64; 2],
+    /// The account it belongs to, charged with it (see the module docs).
+    account: Option<Arc<Account>>,
 }
 
 impl OwnerEntry {
@@ -228,39 +335,69 @@ impl OwnerEntry {
         self.charged[0].saturating_add(self.charged[1])
     }
 
-    /// Charges `bytes` in `domain`.
-    pub fn charge(&mut self, domain: Domain, bytes: u64) {
-        let c = &mut self.charged[domain.index()];
-        *c = c.saturating_add(bytes);
+    /// The account it belongs to.
+    pub fn account(&self) -> Option<AccountId> {
+        self.account.as_ref().map(|a| a.id)
     }
 
-    /// Charges `bytes` in `domain` if that keeps the owner within `quota`
-    /// (`None`: no quota); otherwise charges nothing and returns the bytes
-    /// it is already charged.
+    /// Charges `bytes` in `domain` if that keeps the owner within
+    /// `limits.owner` and its account within `limits.account`; otherwise
+    /// charges nothing and says which limit refused.
     pub fn try_charge(
         &mut self,
         domain: Domain,
         bytes: u64,
-        quota: Option<u64>,
-    ) -> Result<(), u64> {
+        limits: ChargeLimits,
+    ) -> Result<(), Refusal> {
         let held = self.charged_total();
-        if quota.is_some_and(|q| held.saturating_add(bytes) > q) {
-            return Err(held);
+        if limits.owner.is_some_and(|q| held.saturating_add(bytes) > q) {
+            return Err(Refusal::Owner { held });
         }
-        self.charge(domain, bytes);
+        if let Some(a) = &self.account {
+            a.try_charge(domain, bytes, limits.account)
+                .map_err(|held| Refusal::Account {
+                    account: a.id,
+                    held,
+                })?;
+        }
+        let c = &mut self.charged[domain.index()];
+        *c = c.saturating_add(bytes);
         Ok(())
     }
 
-    /// Drops a charge of `bytes` in `domain`.
+    /// Turns a charge of `reserved` bytes in `domain` into one of
+    /// `allocated` bytes; only growth is checked against `limits`. On
+    /// refusal the reservation stays charged.
+    pub fn settle(
+        &mut self,
+        domain: Domain,
+        reserved: u64,
+        allocated: u64,
+        limits: ChargeLimits,
+    ) -> Result<(), Refusal> {
+        if allocated >= reserved {
+            self.try_charge(domain, allocated - reserved, limits)
+        } else {
+            self.uncharge(domain, reserved - allocated);
+            Ok(())
+        }
+    }
+
+    /// Drops a charge of `bytes` in `domain` (and its account's).
     pub fn uncharge(&mut self, domain: Domain, bytes: u64) {
         let c = &mut self.charged[domain.index()];
         debug_assert!(*c >= bytes, "uncharging more than was charged");
-        *c = c.saturating_sub(bytes);
+        let bytes = bytes.min(*c);
+        *c -= bytes;
+        if let Some(a) = &self.account {
+            a.uncharge(domain, bytes);
+        }
     }
 
-    /// Whether the owner holds nothing and is charged nothing.
+    /// Whether the owner holds nothing, is charged nothing and belongs to
+    /// no account (an owner that joined one lasts until it exits).
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.charged == [0, 0]
+        self.held.is_empty() && self.charged == [0, 0] && self.account.is_none()
     }
 }
 
@@ -281,6 +418,7 @@ impl OwnerShard {
         self.map.entry(owner).or_insert_with(|| OwnerEntry {
             held: spare.take().unwrap_or_default(),
             charged: [0, 0],
+            account: None,
         })
     }
 
@@ -334,6 +472,8 @@ pub(crate) struct Owners {
     /// Picks an owner's shard: owners are often small consecutive numbers,
     /// which a hash spreads over the shards.
     hasher: hashbrown::DefaultHashBuilder,
+    /// The accounts with at least one owner.
+    accounts: spin::Mutex<hashbrown::HashMap<AccountId, Arc<Account>>>,
 }
 
 impl Owners {
@@ -341,7 +481,54 @@ impl Owners {
         Owners {
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
+            accounts: spin::Mutex::new(hashbrown::HashMap::new()),
         }
+    }
+
+    /// Makes `owner` a member of `account` (see the module docs). An owner
+    /// joins once: joining again, or after it was charged, changes nothing
+    /// and returns false.
+    pub fn join(&self, owner: OwnerId, account: AccountId) -> bool {
+        let shared = self
+            .accounts
+            .lock()
+            .entry(account)
+            .or_insert_with(|| Arc::new(Account::new(account)))
+            .clone();
+        let joined = {
+            let mut shard = self.lock(owner);
+            let entry = shard.entry_or_new(owner);
+            if entry.account.is_none() && entry.charged == [0, 0] {
+                entry.account = Some(shared);
+                true
+            } else {
+                false
+            }
+        };
+        self.forget_if_unused(account);
+        joined
+    }
+
+    /// Forgets `account` if no owner belongs to it any more.
+    fn forget_if_unused(&self, account: AccountId) {
+        let mut accounts = self.accounts.lock();
+        if accounts
+            .get(&account)
+            .is_some_and(|a| Arc::strong_count(a) == 1)
+        {
+            if let Some(a) = accounts.remove(&account) {
+                debug_assert_eq!(a.charged(), [0, 0], "an account outlived its charges");
+            }
+        }
+    }
+
+    /// Bytes charged to `account` per domain (zero for an account with no
+    /// owner).
+    pub fn account_charged(&self, account: AccountId) -> [u64; 2] {
+        self.accounts
+            .lock()
+            .get(&account)
+            .map_or([0, 0], |a| a.charged())
     }
 
     /// The locked shard of `owner`.
@@ -359,9 +546,21 @@ impl Owners {
         }
     }
 
-    /// Removes `owner` and returns what it held.
-    pub fn take(&self, owner: OwnerId) -> Option<OwnerEntry> {
-        self.lock(owner).remove(&owner)
+    /// Ends `owner`: removes it, ends every charge it had (its account's
+    /// with them; an account left without owners is forgotten) and
+    /// returns the BOs it held, for the caller to let go of.
+    pub fn end(&self, owner: OwnerId) -> Option<IdSet> {
+        let mut entry = self.lock(owner).remove(&owner)?;
+        for d in Domain::ALL {
+            let bytes = entry.charged[d.index()];
+            entry.uncharge(d, bytes);
+        }
+        if let Some(account) = entry.account.take() {
+            let id = account.id;
+            drop(account);
+            self.forget_if_unused(id);
+        }
+        Some(entry.held)
     }
 
     /// The BOs `owner` holds, in id order.
@@ -435,7 +634,13 @@ mod tests {
         shard.remove_if_empty(7);
         assert!(shard.contains_key(&7), "an owner holding a BO stays");
         shard.get_mut(&7).unwrap().held.remove(&1);
-        shard.entry_or_new(7).charge(Domain::Vram, 10);
+        let no_limits = ChargeLimits::default();
+        assert_eq!(
+            shard
+                .entry_or_new(7)
+                .try_charge(Domain::Vram, 10, no_limits),
+            Ok(())
+        );
         shard.remove_if_empty(7);
         assert!(shard.contains_key(&7), "an owner with charged bytes stays");
         shard.get_mut(&7).unwrap().uncharge(Domain::Vram, 10);
@@ -452,8 +657,62 @@ mod tests {
             "one spare only: the next owner starts with a fresh set"
         );
         shard.entry_or_new(9).held.insert(5);
-        shard.entry_or_new(9).charge(Domain::Gtt, 4);
+        assert_eq!(
+            shard.entry_or_new(9).try_charge(Domain::Gtt, 4, no_limits),
+            Ok(())
+        );
         shard.let_go(9, BoId(5), Domain::Gtt, 4);
         assert!(!shard.contains_key(&9), "letting go of its last BO ends it");
+    }
+
+    #[test]
+    fn an_account_is_charged_with_its_owners_and_forgotten_after_them() {
+        let owners = Owners::new();
+        assert!(owners.join(1, 500));
+        assert!(owners.join(2, 500));
+        assert!(!owners.join(2, 600), "an owner joins once");
+        let limits = ChargeLimits {
+            owner: Some(12),
+            account: Some(10),
+        };
+        let charge = |o: OwnerId, d, n| owners.lock(o).entry_or_new(o).try_charge(d, n, limits);
+        assert_eq!(charge(1, Domain::Vram, 6), Ok(()));
+        assert_eq!(
+            charge(2, Domain::Vram, 6),
+            Err(Refusal::Account {
+                account: 500,
+                held: 6
+            }),
+            "two owners of one account share its limit"
+        );
+        assert_eq!(charge(2, Domain::Gtt, 6), Ok(()), "per domain");
+        assert_eq!(
+            charge(1, Domain::Gtt, 7),
+            Err(Refusal::Owner { held: 6 }),
+            "the owner's own quota holds too"
+        );
+        assert_eq!(owners.account_charged(500), [6, 6]);
+        assert_eq!(owners.account_charged(600), [0, 0]);
+        assert!(owners.join(3, 600), "another account has its own share");
+        assert_eq!(charge(3, Domain::Vram, 10), Ok(()));
+        {
+            let mut shard = owners.lock(1);
+            let e = shard.entry_or_new(1);
+            assert_eq!(e.settle(Domain::Vram, 6, 2, limits), Ok(()));
+        }
+        assert_eq!(owners.account_charged(500), [2, 6], "settling shrinks both");
+        owners.end(1);
+        assert_eq!(
+            owners.account_charged(500),
+            [0, 6],
+            "an exit ends its charges"
+        );
+        owners.end(2);
+        owners.end(3);
+        assert!(
+            owners.accounts.lock().is_empty(),
+            "accounts go with their owners"
+        );
+        assert!(owners.end(2).is_none());
     }
 }

@@ -38,6 +38,8 @@ pub struct ClientUsage {
     pub gtt_bytes: u64,
     /// Its quota, if quotas are on.
     pub quota: Option<u64>,
+    /// The account (user) it belongs to, if it joined one.
+    pub account: Option<super::AccountId>,
 }
 
 /// The driver's health: healthy, or a list of problems.

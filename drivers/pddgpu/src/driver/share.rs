@@ -67,9 +67,10 @@ impl Driver {
     }
 
     /// Imports an exported BO: `owner` gets a reference to it and, if it
-    /// did not hold it yet, is charged its allocated size (refused with
-    /// [`DriverError::QuotaExceeded`] when that would take it over its
-    /// quota; see [`super::ownership`]).
+    /// did not hold it yet, is charged its allocated size, and so is its
+    /// account (refused with [`DriverError::QuotaExceeded`] or
+    /// [`DriverError::AccountQuotaExceeded`] when that would take either
+    /// over its quota; see [`super::ownership`]).
     pub fn bo_import(
         &self,
         owner: OwnerId,
@@ -77,7 +78,6 @@ impl Driver {
         token: ExportToken,
     ) -> Result<BoInfo, DriverError> {
         let _pass = self.gate.enter(Lane::Other, Mode::Wait)?;
-        let quota = self.tunables.client_quota();
         let mut owners = self.owners.lock(owner);
         let mut shard = self.table.shard(id);
         let entry = shard.bos.get_mut(&id.0).ok_or(DriverError::NoSuchBo)?;
@@ -87,15 +87,11 @@ impl Driver {
         if !entry.own.is_held_by(owner) {
             let bytes = entry.placement.allocated_size();
             let domain = entry.placement.domain();
+            let limits = self.charge_limits(domain);
             let holder = owners.entry_or_new(owner);
-            if let Err(held) = holder.try_charge(domain, bytes, quota) {
+            if let Err(refusal) = holder.try_charge(domain, bytes, limits) {
                 owners.remove_if_empty(owner);
-                return Err(DriverError::QuotaExceeded {
-                    owner,
-                    quota: quota.unwrap_or(0),
-                    held,
-                    requested: bytes,
-                });
+                return Err(self.quota_error(owner, domain, limits, refusal, bytes));
             }
         }
         entry.own.add_reference(owner);
