@@ -107,22 +107,64 @@ fn soft_nofile(pid: u32) -> u64 {
         .expect("Max open files")
 }
 
-/// Starts the daemon with `resource` limited to `soft`/`hard` (set in the
-/// child before exec).
+/// Starts the daemon with `resource` limited to `soft`/`hard`.
 fn daemon_with_limit(resource: Resource, soft: u64, hard: u64, extra: &[&str]) -> Daemon {
     Daemon::start_with(&daemon_bin(), extra, |cmd, _| {
-        // SAFETY: `setrlimit` is async-signal-safe; the closure allocates
-        // nothing and touches no lock.
-        unsafe {
-            cmd.pre_exec(move || {
-                let limit = Rlimit {
-                    current: Some(soft),
-                    maximum: Some(hard),
-                };
-                rustix::process::setrlimit(resource, limit).map_err(std::io::Error::from)
-            });
-        }
+        limit_in_child(cmd, resource, soft, hard)
     })
+}
+
+/// Makes `cmd`'s child set `resource` to `soft`/`hard` before exec.
+fn limit_in_child(cmd: &mut std::process::Command, resource: Resource, soft: u64, hard: u64) {
+    // SAFETY: `setrlimit` is async-signal-safe; the closure allocates
+    // nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = Rlimit {
+                current: Some(soft),
+                maximum: Some(hard),
+            };
+            rustix::process::setrlimit(resource, limit).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Runs `step` up to `tries` times until it is refused: what it returned
+/// until then, and the refusal's errno (`None` if it never was).
+fn until_refused<T>(
+    tries: usize,
+    mut step: impl FnMut() -> Result<T, i32>,
+) -> (Vec<T>, Option<i32>) {
+    let mut done = Vec::new();
+    for _ in 0..tries {
+        match step() {
+            Ok(t) => done.push(t),
+            Err(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
+/// Opens up to `tries` connections that each open `stats`, until the
+/// server refuses one: the connections it served, and the refusal.
+fn connect_until_refused(daemon: &Daemon, tries: usize) -> (Vec<HostConnection>, Option<i32>) {
+    until_refused(tries, || {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        open(&mut c, "stats", O_RDONLY).map(|_| c)
+    })
+}
+
+/// Creates and maps 4 KiB GTT BOs, up to `tries`, until a map is refused:
+/// how many were mapped, and the refusal.
+fn map_small_bos_until_refused(c: &mut HostConnection, tries: usize) -> (usize, Option<i32>) {
+    let (mapped, refusal) = until_refused(tries, || {
+        let h = open(c, "bo/new?size=4096&domain=gtt", O_RDWR).expect("create");
+        map(c, h)
+    });
+    (mapped.len(), refusal)
 }
 
 // ---- mappings ------------------------------------------------------------
@@ -316,18 +358,7 @@ fn one_user_cannot_use_up_the_servers_descriptors() {
         "the server did not raise its soft descriptor limit"
     );
     let mut c = HostConnection::connect(daemon.socket()).unwrap();
-    let mut mapped = 0;
-    let mut refusal = None;
-    for _ in 0..2000 {
-        let h = open(&mut c, "bo/new?size=4096&domain=gtt", O_RDWR).expect("create");
-        match map(&mut c, h) {
-            Ok(()) => mapped += 1,
-            Err(e) => {
-                refusal = Some(e);
-                break;
-            }
-        }
-    }
+    let (mapped, refusal) = map_small_bos_until_refused(&mut c, 2000);
     assert_eq!(refusal, Some(EDQUOT), "refused after {mapped} mapped BOs");
     assert!(
         mapped <= 1024,
@@ -349,18 +380,7 @@ fn one_user_cannot_use_up_the_servers_descriptors() {
 fn a_low_descriptor_limit_shrinks_each_users_share() {
     let mut daemon = daemon_with_limit(Resource::Nofile, 1024, 1024, &[]);
     let mut c = HostConnection::connect(daemon.socket()).unwrap();
-    let mut mapped = 0;
-    let mut refusal = None;
-    for _ in 0..1100 {
-        let h = open(&mut c, "bo/new?size=4096&domain=gtt", O_RDWR).expect("create");
-        match map(&mut c, h) {
-            Ok(()) => mapped += 1,
-            Err(e) => {
-                refusal = Some(e);
-                break;
-            }
-        }
-    }
+    let (mapped, refusal) = map_small_bos_until_refused(&mut c, 1100);
     assert_eq!(refusal, Some(EDQUOT), "refused after {mapped} mapped BOs");
     assert!(
         mapped <= 256,
@@ -383,21 +403,7 @@ fn a_low_descriptor_limit_shrinks_each_users_share() {
 #[test]
 fn out_of_descriptors_the_server_refuses_and_backs_off() {
     let mut daemon = daemon_with_limit(Resource::Nofile, 64, 64, &[]);
-    let mut held = Vec::new();
-    let mut refusal = None;
-    for _ in 0..60 {
-        let mut c = HostConnection::connect(daemon.socket()).unwrap();
-        c.stream()
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        match open(&mut c, "stats", O_RDONLY) {
-            Ok(_) => held.push(c),
-            Err(e) => {
-                refusal = Some(e);
-                break;
-            }
-        }
-    }
+    let (mut held, refusal) = connect_until_refused(&daemon, 60);
     assert_eq!(
         refusal,
         Some(ENFILE),
@@ -487,32 +493,9 @@ fn a_connection_whose_thread_cannot_start_is_refused_with_a_reason() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         cmd.uid(DAEMON_UID).gid(DAEMON_UID);
-        // SAFETY: `setrlimit` is async-signal-safe; nothing is allocated.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = Rlimit {
-                    current: Some(8),
-                    maximum: Some(8),
-                };
-                rustix::process::setrlimit(Resource::Nproc, limit).map_err(std::io::Error::from)
-            });
-        }
+        limit_in_child(cmd, Resource::Nproc, 8, 8);
     });
-    let mut held = Vec::new();
-    let mut refusal = None;
-    for _ in 0..32 {
-        let mut c = HostConnection::connect(daemon.socket()).unwrap();
-        c.stream()
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        match open(&mut c, "stats", O_RDONLY) {
-            Ok(_) => held.push(c),
-            Err(e) => {
-                refusal = Some(e);
-                break;
-            }
-        }
-    }
+    let (held, refusal) = connect_until_refused(&daemon, 32);
     assert_eq!(
         refusal,
         Some(EAGAIN),
