@@ -16,6 +16,8 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::bits_from;
+
 /// "No node" in links, parents and list heads.
 pub(crate) const NIL: u32 = u32::MAX;
 
@@ -330,6 +332,9 @@ impl NodeStore {
             "split_to of a node that is not a free leaf of `from` at `offset` holding `target`"
         );
         let levels = (from - to) as usize;
+        if levels == 0 {
+            return (idx, offset);
+        }
         self.reserve_spares(levels);
         let NodeStore {
             pairs,
@@ -350,45 +355,69 @@ impl NodeStore {
         let (orders, region_shift, chunk_shift) = (*orders, *region_shift, *chunk_shift);
         let pairs = pairs.as_mut_slice();
         let heads = heads.as_mut_slice();
+        // Below `region_order` both halves of a split lie in the region of
+        // `target`: their region and its mask bit need no computing, and
+        // that region's order mask is updated once after the loop.
+        let region_order = region_shift - chunk_shift;
+        let home = (target >> region_shift) as usize & 63;
+        let home_bit = 1u64 << home;
         let mut c = *spare;
+        {
+            let side = (idx & 1) as usize;
+            let p = &mut pairs[(idx >> 1) as usize];
+            p.state[side] = NodeState::Split;
+            p.a[side] = c;
+        }
         let mut cur = idx;
         let mut left = offset;
+        let mut half = 1u64 << ((from + chunk_shift) & 63);
         let mut order = from;
         while order > to {
             order -= 1;
-            let half = 1u64 << ((order + chunk_shift) & 63);
+            half >>= 1;
             // `left` is aligned to twice `half`, so this bit of `target`
             // says which half holds it.
             let keep_right = !LOW && target & half != 0;
             let after = pairs[(c >> 1) as usize].next[0];
+            let bit = order as usize & 63;
             let (free_idx, free_offset) = if keep_right {
                 (c, left)
             } else {
                 (c | 1, left + half)
             };
-            let region = (free_offset >> region_shift) as usize & 63;
-            let bit = order as usize & 63;
+            let (region, region_bit) = if order < region_order {
+                (home, home_bit)
+            } else {
+                let region = (free_offset >> region_shift) as usize & 63;
+                region_orders[region] |= 1 << bit;
+                (region, 1 << region)
+            };
             let slot = region * orders + bit;
             let head = heads[slot];
-            pairs[(c >> 1) as usize] = Pair {
-                offset: left,
-                parent: cur,
-                order: order as u8,
-                state: [NodeState::Free; 2],
-                a: [NIL; 2],
-                next: if keep_right { [head, NIL] } else { [NIL, head] },
-            };
-            {
-                let side = (cur & 1) as usize;
-                let p = &mut pairs[(cur >> 1) as usize];
-                p.state[side] = NodeState::Split;
-                p.a[side] = c;
-            }
-            if head == NIL {
-                region_orders[region] |= 1 << bit;
-                order_regions[bit] |= 1 << region;
-                *order_mask |= 1 << bit;
+            // The kept half is split at the next level (its children are
+            // the next pair of the spare chain); the last one is fixed up
+            // after the loop.
+            pairs[(c >> 1) as usize] = if keep_right {
+                Pair {
+                    offset: left,
+                    parent: cur,
+                    order: order as u8,
+                    state: [NodeState::Free, NodeState::Split],
+                    a: [NIL, after],
+                    next: [head, NIL],
+                }
             } else {
+                Pair {
+                    offset: left,
+                    parent: cur,
+                    order: order as u8,
+                    state: [NodeState::Split, NodeState::Free],
+                    a: [after, NIL],
+                    next: [NIL, head],
+                }
+            };
+            order_regions[bit] |= region_bit;
+            if head != NIL {
                 pairs[(head >> 1) as usize].a[(head & 1) as usize] = free_idx;
             }
             heads[slot] = free_idx;
@@ -401,6 +430,15 @@ impl NodeStore {
             }
             c = after;
         }
+        {
+            let side = (cur & 1) as usize;
+            let p = &mut pairs[(cur >> 1) as usize];
+            p.state[side] = NodeState::Free;
+            p.a[side] = NIL;
+        }
+        let listed = bits_from(to) & !bits_from(from);
+        region_orders[home] |= listed & !bits_from(region_order);
+        *order_mask |= listed;
         *spare = c;
         *spares -= levels;
         *leaves += levels;
@@ -441,6 +479,15 @@ impl NodeStore {
             let pairs = pairs.as_mut_slice();
             let heads = heads.as_mut_slice();
             let first_order = u32::from(pairs[(idx >> 1) as usize].order);
+            // Below `region_order` a buddy lies in the region of `idx`'s
+            // block (their parent fits in one region).
+            let region_order = region_shift - chunk_shift;
+            let home = {
+                let pair = &pairs[(idx >> 1) as usize];
+                let offset =
+                    pair.offset + (u64::from(idx & 1) << ((first_order + chunk_shift) & 63));
+                (offset >> region_shift) as usize & 63
+            };
             let mut cur = idx;
             let mut merged = 0u32;
             loop {
@@ -459,12 +506,17 @@ impl NodeStore {
                     },
                     "merge into a parent that is not split into this pair"
                 );
-                let bit = pair.order as usize & 63;
+                let order = u32::from(pair.order);
+                let bit = order as usize & 63;
                 let (prev, next) = (pair.a[buddy], pair.next[buddy]);
                 if prev == NIL {
-                    let shift = (bit as u32 + chunk_shift) & 63;
-                    let offset = pair.offset + ((buddy as u64) << shift);
-                    let region = (offset >> region_shift) as usize & 63;
+                    let region = if order < region_order {
+                        home
+                    } else {
+                        let shift = (order + chunk_shift) & 63;
+                        let offset = pair.offset + ((buddy as u64) << shift);
+                        (offset >> region_shift) as usize & 63
+                    };
                     let slot = region * orders + bit;
                     debug_assert_eq!(heads[slot], cur ^ 1, "a node without prev heads its list");
                     heads[slot] = next;
@@ -484,15 +536,16 @@ impl NodeStore {
                     }
                 }
                 free_count[bit] -= 1;
-                pairs[p] = Pair {
-                    next: [*spare, NIL],
-                    ..UNUSED_PAIR
-                };
+                // The pair goes back on the spare chain; marking both
+                // nodes unused is what makes stale node hints fail.
+                let recycled = &mut pairs[p];
+                recycled.state = [NodeState::Unused; 2];
+                recycled.next[0] = *spare;
                 *spare = cur & !1;
-                *spares += 1;
                 merged += 1;
                 cur = parent;
             }
+            *spares += merged as usize;
             *leaves -= merged as usize;
             // The buddies merged in were free bytes already.
             let merged_bytes = (1u64 << ((first_order + merged + chunk_shift) & 63))
