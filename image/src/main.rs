@@ -237,6 +237,16 @@ impl From<AccelArg> for Accel {
     }
 }
 
+/// Prints `<command>: PASS` (or `FAIL`) with the time taken; returns `ok`.
+fn print_verdict(command: &str, ok: bool, progress: &Progress) -> bool {
+    println!(
+        "{command}: {} [{}]",
+        if ok { "PASS" } else { "FAIL" },
+        redox::progress::seconds(progress.elapsed())
+    );
+    ok
+}
+
 fn redox_progress_for(build: &RedoxBuildArgs) -> Progress {
     redox::progress(build.verbose)
 }
@@ -336,13 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 return Ok(true);
             }
             let report = sel4::boot_runs(&built, &boot, no_gpu, &progress)?;
-            let ok = report.ok();
-            println!(
-                "sel4-boot: {} [{}]",
-                if ok { "PASS" } else { "FAIL" },
-                redox::progress::seconds(progress.elapsed())
-            );
-            Ok(ok)
+            Ok(print_verdict("sel4-boot", report.ok(), &progress))
         }
         Command::Qemu { no_gpu, common } => {
             let opts = common.options().map_err(anyhow::Error::msg)?;
@@ -399,13 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 let _ = std::fs::remove_file(&image.disk);
             }
             let report = report?;
-            let ok = report.ok();
-            println!(
-                "redox-boot: {} [{}]",
-                if ok { "PASS" } else { "FAIL" },
-                redox::progress::seconds(progress.elapsed())
-            );
-            Ok(ok)
+            Ok(print_verdict("redox-boot", report.ok(), &progress))
         }
     }
 }
