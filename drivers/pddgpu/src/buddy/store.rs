@@ -372,6 +372,7 @@ impl NodeStore {
         let mut left = offset;
         let mut half = 1u64 << ((from + chunk_shift) & 63);
         let mut order = from;
+        let home_base = home * orders;
         while order > to {
             order -= 1;
             half >>= 1;
@@ -385,14 +386,15 @@ impl NodeStore {
             } else {
                 (c | 1, left + half)
             };
-            let (region, region_bit) = if order < region_order {
-                (home, home_bit)
+            let slot = if order < region_order {
+                order_regions[bit] |= home_bit;
+                home_base + bit
             } else {
                 let region = (free_offset >> region_shift) as usize & 63;
                 region_orders[region] |= 1 << bit;
-                (region, 1 << region)
+                order_regions[bit] |= 1 << region;
+                region * orders + bit
             };
-            let slot = region * orders + bit;
             let head = heads[slot];
             // The kept half is split at the next level (its children are
             // the next pair of the spare chain); the last one is fixed up
@@ -416,7 +418,6 @@ impl NodeStore {
                     next: [NIL, head],
                 }
             };
-            order_regions[bit] |= region_bit;
             if head != NIL {
                 pairs[(head >> 1) as usize].a[(head & 1) as usize] = free_idx;
             }
@@ -488,8 +489,15 @@ impl NodeStore {
                     pair.offset + (u64::from(idx & 1) << ((first_order + chunk_shift) & 63));
                 (offset >> region_shift) as usize & 63
             };
+            let home_bit = 1u64 << home;
+            let home_base = home * orders;
+            // Orders whose list in the home region / anywhere became empty
+            // (masks updated once after the loop).
+            let mut home_emptied = 0u64;
+            let mut emptied = 0u64;
             let mut cur = idx;
             let mut merged = 0u32;
+            let mut spare_head = *spare;
             loop {
                 let p = (cur >> 1) as usize;
                 let buddy = ((cur & 1) ^ 1) as usize;
@@ -510,23 +518,41 @@ impl NodeStore {
                 let bit = order as usize & 63;
                 let (prev, next) = (pair.a[buddy], pair.next[buddy]);
                 if prev == NIL {
-                    let region = if order < region_order {
-                        home
+                    if order < region_order {
+                        let slot = home_base + bit;
+                        debug_assert_eq!(
+                            heads[slot],
+                            cur ^ 1,
+                            "a node without prev heads its list"
+                        );
+                        heads[slot] = next;
+                        if next == NIL {
+                            home_emptied |= 1 << bit;
+                            order_regions[bit] &= !home_bit;
+                            if order_regions[bit] == 0 {
+                                emptied |= 1 << bit;
+                            }
+                        }
                     } else {
                         let shift = (order + chunk_shift) & 63;
                         let offset = pair.offset + ((buddy as u64) << shift);
-                        (offset >> region_shift) as usize & 63
-                    };
-                    let slot = region * orders + bit;
-                    debug_assert_eq!(heads[slot], cur ^ 1, "a node without prev heads its list");
-                    heads[slot] = next;
-                    if next == NIL {
-                        region_orders[region] &= !(1 << bit);
-                        order_regions[bit] &= !(1 << region);
-                        if order_regions[bit] == 0 {
-                            *order_mask &= !(1 << bit);
+                        let region = (offset >> region_shift) as usize & 63;
+                        let slot = region * orders + bit;
+                        debug_assert_eq!(
+                            heads[slot],
+                            cur ^ 1,
+                            "a node without prev heads its list"
+                        );
+                        heads[slot] = next;
+                        if next == NIL {
+                            region_orders[region] &= !(1 << bit);
+                            order_regions[bit] &= !(1 << region);
+                            if order_regions[bit] == 0 {
+                                emptied |= 1 << bit;
+                            }
                         }
-                    } else {
+                    }
+                    if next != NIL {
                         pairs[(next >> 1) as usize].a[(next & 1) as usize] = NIL;
                     }
                 } else {
@@ -540,11 +566,14 @@ impl NodeStore {
                 // nodes unused is what makes stale node hints fail.
                 let recycled = &mut pairs[p];
                 recycled.state = [NodeState::Unused; 2];
-                recycled.next[0] = *spare;
-                *spare = cur & !1;
+                recycled.next[0] = spare_head;
+                spare_head = cur & !1;
                 merged += 1;
                 cur = parent;
             }
+            *spare = spare_head;
+            region_orders[home] &= !home_emptied;
+            *order_mask &= !emptied;
             *spares += merged as usize;
             *leaves -= merged as usize;
             // The buddies merged in were free bytes already.
