@@ -143,7 +143,47 @@ pub trait HostScheme: SchemeSync {
         let _ = pool;
         u64::MAX
     }
+
+    /// Work that request `request` needs before it is dispatched and that
+    /// can be done without the scheme lock (e.g. formatting a generated
+    /// file from data gathered under the lock): called under the lock; the
+    /// server runs the returned [`Prework`] after releasing it, takes the
+    /// lock again, gives the scheme the result ([`Install`]) and then
+    /// dispatches the request. Only requests on a handle the connection
+    /// holds are asked about. The default needs none.
+    fn prework(&mut self, request: PreworkRequest) -> Option<Prework<Self>>
+    where
+        Self: Sized,
+    {
+        let _ = request;
+        None
+    }
 }
+
+/// A request a scheme may do work for outside the lock (see
+/// [`HostScheme::prework`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreworkRequest {
+    /// A read.
+    Read {
+        /// The handle read.
+        id: usize,
+        /// Where the read starts.
+        offset: u64,
+    },
+    /// `fstat` or `fsize`.
+    Size {
+        /// The handle asked about.
+        id: usize,
+    },
+}
+
+/// What the result of a [`Prework`] does to the scheme, under its lock,
+/// right before the request is dispatched.
+pub type Install<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// Work done without the scheme lock (see [`HostScheme::prework`]).
+pub type Prework<S> = Box<dyn FnOnce() -> Install<S> + Send>;
 
 /// Pools parked requests may wait on (e.g. memory domains), numbered from
 /// 0.
@@ -854,8 +894,18 @@ fn serve_request<S: HostScheme>(
     payload: &mut Vec<u8>,
 ) -> Dispatched {
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
+    let prework_request = prework_request(conn, header);
     let run = |conn: &mut ConnState, payload: &mut Vec<u8>, retry: bool| {
         let mut guard = lock(&shared.locked);
+        if let Some(job) = prework_request.and_then(|r| guard.scheme.prework(r)) {
+            // The lock is free while the work runs: other connections'
+            // requests go on meanwhile.
+            drop(guard);
+            crate::logline::flush();
+            let install = job();
+            guard = lock(&shared.locked);
+            install(&mut guard.scheme);
+        }
         let Locked { scheme } = &mut *guard;
         if retry {
             scheme.on_retry(payload);
@@ -934,6 +984,25 @@ fn serve_request<S: HostScheme>(
         Vec::new(),
         None,
     )
+}
+
+/// What the scheme may do work for outside the lock before serving
+/// `header` (see [`HostScheme::prework`]): reads, `fstat` and `fsize` of a
+/// handle this connection holds.
+fn prework_request(conn: &ConnState, header: &RequestHeader) -> Option<PreworkRequest> {
+    let sqe = &header.sqe;
+    let id = usize::try_from(sqe.args[0]).ok()?;
+    if !conn.handles.contains(&id) {
+        return None;
+    }
+    match Opcode::try_from_raw(sqe.opcode)? {
+        Opcode::Read => Some(PreworkRequest::Read {
+            id,
+            offset: sqe.args[3],
+        }),
+        Opcode::Fstat | Opcode::Fsize => Some(PreworkRequest::Size { id }),
+        _ => None,
+    }
 }
 
 fn is_errno(cqe: &Cqe, errno: i32) -> bool {
