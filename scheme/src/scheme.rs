@@ -396,6 +396,11 @@ impl PddgpuScheme {
         if used > 0 && used + expected > self.user_limits.snapshot_bytes_per_uid {
             return None;
         }
+        let all = self.snapshot_bytes.total().saturating_sub(snapshot.len());
+        let privileged = uid == 0 || Some(uid) == self.options.admin_uid;
+        if !privileged && all + expected > self.user_limits.snapshot_bytes_total {
+            return None;
+        }
         let owners = format::Owners::of(&self.callers);
         Some((*kind, self.renders.state(), owners))
     }
@@ -408,7 +413,8 @@ impl PddgpuScheme {
         }
     }
 
-    /// Charges `bytes` of snapshot to `uid` within `limit`, or logs the
+    /// Charges `bytes` of snapshot to `uid` within `limit` and, unless the
+    /// caller is privileged, within the all-users budget; or logs the
     /// refusal and fails with `ENOBUFS`.
     fn charge_snapshot(
         &mut self,
@@ -417,6 +423,15 @@ impl PddgpuScheme {
         limit: usize,
         ctx: &CallerCtx,
     ) -> Result<()> {
+        let all = self.snapshot_bytes.total();
+        let all_budget = self.user_limits.snapshot_bytes_total;
+        if !self.privileged(ctx) && all.saturating_add(bytes) > all_budget {
+            let reason = format!(
+                "all users hold {all} bytes of read snapshots; {bytes} more would pass the server's {all_budget}"
+            );
+            self.log_refusal(ctx, "read a generated file", ENOBUFS, &reason);
+            return Err(err(ENOBUFS));
+        }
         if let Err(held) = self.snapshot_bytes.try_charge(uid, bytes, limit) {
             let budget = self.user_limits.snapshot_bytes_per_uid;
             let reason = format!(

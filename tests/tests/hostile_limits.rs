@@ -1114,6 +1114,180 @@ fn unread_answers_pin_a_bounded_amount_per_user() {
     assert_server_intact(&mut daemon);
 }
 
+/// Answers of all users together hold at most `--max-answer-bytes`: two
+/// unread 16 MiB reads take the server's 32 MiB, and a third read, though
+/// its user's own budget (64 MiB) has room, is answered short (64 KiB), so
+/// users acting together cannot pin more than the server-wide figure (the
+/// red team's R11: 64 MiB more per colluding uid, 2.5 GiB for 64 uids).
+#[test]
+fn answers_of_all_users_together_are_bounded() {
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-answer-bytes", "32M"]);
+    let dev = daemon.connect();
+    const SIZE: usize = 16 << 20;
+    let bo = dev
+        .create_bo(SIZE as u64, Domain::Gtt, BoFlags::empty())
+        .expect("BO");
+    let path = bo.export().expect("export").to_path();
+    let mut stalled = Vec::new();
+    for tag in 0..2u32 {
+        let mut c = HostConnection::connect(daemon.socket()).unwrap();
+        let h = open(&mut c, &path, O_RDONLY).expect("import");
+        let header = pddgpu_ipc::frame::RequestHeader {
+            payload_len: 0,
+            out_len: SIZE as u32,
+            sqe: syscall::schemev2::Sqe {
+                opcode: Opcode::Read as u8,
+                sqe_flags: syscall::schemev2::SqeFlags::empty(),
+                _rsvd: 0,
+                tag: 1000 + tag,
+                args: [h, 0, 0, 0, 0, 0],
+                caller: 0,
+            },
+        };
+        // The answer is never read.
+        c.send_raw(&header.encode()).unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut c, &path, O_RDONLY).expect("import");
+    let n = read_at(&mut c, h, 0, SIZE).expect("read");
+    assert_eq!(
+        n,
+        pddgpu_ipc::host::server::MIN_ANSWER as u64,
+        "a read past the server-wide answer budget was not answered short"
+    );
+    drop(stalled);
+    // Once the stalled answers are gone, reads are whole again.
+    let whole = wait_until(Duration::from_secs(30), || {
+        read_at(&mut c, h, 0, SIZE) == Ok(SIZE as u64)
+    });
+    assert!(whole, "the server-wide answer budget was not given back");
+    drop(c);
+    drop(bo);
+    assert_server_intact(&mut daemon);
+}
+
+/// A served request's copy of its payload is given back once it is
+/// served, so what connections that sent a big frame and then sit hold
+/// does not add up: 30 connections that each sent one 1 MiB write and
+/// then sit (holding a BO, so they are never idle-closed), then 30 more
+/// doing the same, and the second 30 cost the server little more memory
+/// (the first ones' freed buffers are reused), where each used to keep
+/// 1 MiB for its life, outside every frame budget (the red team's R1: 1.1
+/// GiB for 1008 connections). Memory freed is not always given back to
+/// the system, so the first 30 are the baseline, not zero.
+#[test]
+fn served_payloads_are_not_kept_by_idle_connections() {
+    let mut daemon = Daemon::start(&daemon_bin(), &[]);
+    let pid = daemon.pid();
+    let sit_after_write = || {
+        let before = rss_kib(pid);
+        let conns: Vec<HostConnection> = (0..30)
+            .map(|_| {
+                let mut c = HostConnection::connect(daemon.socket()).unwrap();
+                let h = open(&mut c, "bo/new?size=4096&domain=gtt", O_RDWR).expect("BO");
+                let payload = vec![7u8; 1 << 20];
+                let written = request(&mut c, Opcode::Write, [h, 0, 0, 0, 0, 0], &payload);
+                assert_eq!(written, Ok(4096), "a write into a 4 KiB BO");
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        (rss_kib(pid).saturating_sub(before), conns)
+    };
+    let (first, first_conns) = sit_after_write();
+    let (second, second_conns) = sit_after_write();
+    eprintln!("30 idle connections after a 1 MiB write: +{first} KiB, 30 more: +{second} KiB");
+    assert!(
+        second < 16 << 10,
+        "30 more connections that wrote 1 MiB each added {second} KiB to the server"
+    );
+    drop((first_conns, second_conns));
+    assert_server_intact(&mut daemon);
+}
+
+/// Read snapshots of all users together hold at most
+/// `--max-snapshot-bytes`, root and the admin exempt: while root holds a
+/// snapshot of a map bigger than the figure, another user cannot take
+/// even a tiny one (`ENOBUFS`), and can again once root lets go (the red
+/// team's R12: 16 MiB more per colluding uid, held for as long as the
+/// handles stay open).
+#[test]
+fn snapshots_of_all_users_together_are_bounded() {
+    if !is_root() {
+        eprintln!("not root: no second user");
+        return;
+    }
+    let mut daemon = Daemon::start(&daemon_bin(), &["--max-snapshot-bytes", "64K"]);
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let label = "L".repeat(48);
+    let bos: Vec<u64> = (0..1000)
+        .map(|_| {
+            let path = format!("bo/new?size=4096&domain=gtt&label={label}");
+            open(&mut c, &path, O_RDWR).expect("BO")
+        })
+        .collect();
+    let map = open(&mut c, "gtt.map.json", O_RDONLY).unwrap();
+    assert_eq!(read_at(&mut c, map, 0, 1), Ok(1), "root is exempt");
+    assert!(fstat_size(&mut c, map) > 64 << 10, "the map is too small");
+    assert_eq!(
+        as_other_user(&daemon, &["cat", "health"]).as_deref(),
+        Some("err ENOBUFS"),
+        "another user took a snapshot past the all-users figure"
+    );
+    close(&mut c, map).unwrap();
+    let line = as_other_user(&daemon, &["cat", "health"]).unwrap();
+    assert!(line.starts_with("ok "), "after root let go: {line}");
+    for bo in bos {
+        close(&mut c, bo).unwrap();
+    }
+    drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+/// With few descriptors (a hard `RLIMIT_NOFILE` of 1024, common for
+/// services), the connection limit is lowered to what the descriptors
+/// allow, so one user allowed any number of connections is refused
+/// (`ENFILE`) before the server runs out of descriptors, and root still
+/// gets one of the connections kept for the admin (the red team's R2:
+/// about 500 connections took every descriptor and root's `health` got
+/// `ENFILE`).
+#[test]
+fn few_descriptors_still_leave_the_admin_its_connections() {
+    if !is_root() {
+        eprintln!("not root: no second user");
+        return;
+    }
+    let mut daemon = Daemon::start_with(
+        &daemon_bin(),
+        &["--max-connections-per-uid", "4000"],
+        |cmd, _| limit_in_child(cmd, Resource::Nofile, 1024, 1024),
+    );
+    let mut filler = helper_as(&daemon, &["hold-connections", "900"], OTHER_UID);
+    let line = first_line(&mut filler.0);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let ["held", held, "refused", errno] = words.as_slice() else {
+        panic!("hold-connections said {line:?}");
+    };
+    let held: usize = held.parse().unwrap();
+    assert_eq!(*errno, "ENFILE", "{held} connections held");
+    assert!(
+        open_descriptors(daemon.pid()) < 1000,
+        "the server is out of descriptors: {} open",
+        open_descriptors(daemon.pid())
+    );
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    assert!(
+        open(&mut c, "health", O_RDONLY).is_ok(),
+        "root was locked out by {held} connections of another user"
+    );
+    drop(c);
+    kill(filler);
+    assert!(serves_again(&daemon));
+    assert_server_intact(&mut daemon);
+}
+
 // ---- frames in flight and answers being sent -----------------------------
 
 /// A request header of `opcode` on handle `handle` announcing

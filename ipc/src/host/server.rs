@@ -45,8 +45,10 @@
 //!   ([`ServerLimits::max_frame_bytes_per_uid`]) and to all users
 //!   together ([`ServerLimits::max_frame_bytes`]): a frame that would grow
 //!   past either is answered `ENOBUFS` and its bytes are dropped as they
-//!   arrive. The answers of one user waiting to be sent hold at most
-//!   [`ServerLimits::max_answer_bytes_per_uid`]: past it, a read is
+//!   arrive. A request's own copy of its payload is given back as soon as
+//!   it is served. The answers of one user waiting to be sent hold at
+//!   most [`ServerLimits::max_answer_bytes_per_uid`], and those of all
+//!   users [`ServerLimits::max_answer_bytes`]: past either, a read is
 //!   answered short, with at most [`MIN_ANSWER`] bytes (a short read, as
 //!   `read` allows), and a larger `call` (whose answer is its whole
 //!   payload) fails with `ENOBUFS`, so a user that does not read its
@@ -255,6 +257,10 @@ pub struct ServerLimits {
     /// being sent; past it, reads are answered short (at most
     /// [`MIN_ANSWER`] bytes each) and larger `call`s fail with `ENOBUFS`.
     pub max_answer_bytes_per_uid: usize,
+    /// The same for all users together, so users acting together cannot
+    /// pin more (each read still gets [`MIN_ANSWER`], so at most that per
+    /// connection beyond it).
+    pub max_answer_bytes: usize,
     /// Bytes the receive buffers of one user's connections may hold beyond
     /// [`INBUF_INITIAL`] each (frames in flight); a frame that would grow
     /// past it is answered `ENOBUFS`.
@@ -288,6 +294,7 @@ impl Default for ServerLimits {
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
             max_answer_bytes_per_uid: 64 << 20,
+            max_answer_bytes: 512 << 20,
             max_frame_bytes_per_uid: 64 << 20,
             max_frame_bytes: 512 << 20,
             admin_connections: 8,
@@ -322,6 +329,9 @@ struct Shared<S> {
     conns: Mutex<Vec<ConnCtl>>,
     /// Bytes all receive buffers hold beyond [`INBUF_INITIAL`] each.
     frame_bytes: AtomicUsize,
+    /// Bytes of all users' answers being built or sent (see
+    /// [`UserUsage::answer_bytes`]).
+    answer_bytes: Arc<AtomicUsize>,
     /// Connections and handles per user.
     users: Mutex<HashMap<u32, Arc<UserUsage>>>,
     /// Parked requests wait on their pool's `woken` under this lock; it
@@ -409,8 +419,10 @@ struct ConnState {
     /// caller maps). The ids are the scheme's, never chosen by a client.
     handles: hashbrown::HashSet<usize>,
     user: Arc<UserUsage>,
+    /// The server's count of answer bytes, all users.
+    all_answers: Arc<AtomicUsize>,
     /// Bytes of the answer being built or sent, counted in the user's
-    /// `answer_bytes`.
+    /// and the server's `answer_bytes`.
     answer_reserved: usize,
     /// Bytes of the receive buffer beyond [`INBUF_INITIAL`], counted in
     /// the user's and the server's `frame_bytes`.
@@ -552,6 +564,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 served: AtomicU64::new(0),
                 conns: Mutex::new(Vec::new()),
                 frame_bytes: AtomicUsize::new(0),
+                answer_bytes: Default::default(),
                 users: Mutex::new(HashMap::new()),
                 stopping: Mutex::new(false),
                 pools: Default::default(),
@@ -1024,6 +1037,7 @@ fn serve_connection<S: HostScheme>(
         caller: caller_id(serial, cred.pid),
         handles: hashbrown::HashSet::default(),
         user,
+        all_answers: shared.answer_bytes.clone(),
         answer_reserved: 0,
         frame_charged: 0,
     };
@@ -1129,8 +1143,11 @@ fn serve_connection<S: HostScheme>(
             payload.extend_from_slice(&inbuf[consumed + REQUEST_HEADER_LEN..consumed + total]);
             consumed += total;
             let (cqe, out, fd) = serve_request(&shared, &mut conn, &header, &mut payload);
-            if payload.capacity() > 1 << 20 {
-                // Give back the memory of a large write.
+            if payload.capacity() > INBUF_INITIAL {
+                // Give back the memory of a large request at once: the
+                // copy is charged to no budget, so it must not outlive
+                // the request (held by every idle connection, it would
+                // add up past the frame budgets).
                 payload = Vec::new();
             }
             let sent = send_response(&stream, cqe, &out, fd, limits.send_timeout);
@@ -1186,28 +1203,42 @@ fn serve_connection<S: HostScheme>(
 }
 
 impl ConnState {
-    /// Counts an answer of up to `wanted` bytes against the user's
-    /// `limit` and returns how many it may have: all of them while the
-    /// user's answers stay within the limit, else at most [`MIN_ANSWER`].
-    /// Call under the scheme lock.
-    fn reserve_answer(&mut self, wanted: usize, limit: usize) -> usize {
-        let held = self.user.answer_bytes.load(Ordering::Relaxed);
-        let granted = wanted.min(limit.saturating_sub(held).max(MIN_ANSWER));
-        self.user.answer_bytes.fetch_add(granted, Ordering::Relaxed);
-        self.answer_reserved += granted;
+    /// What another answer may hold within the user's and the server's
+    /// answer budgets, but at least [`MIN_ANSWER`].
+    fn answer_room(&self, limits: &ServerLimits) -> usize {
+        let user = self.user.answer_bytes.load(Ordering::Relaxed);
+        let all = self.all_answers.load(Ordering::Relaxed);
+        let room = limits.max_answer_bytes_per_uid.saturating_sub(user);
+        room.min(limits.max_answer_bytes.saturating_sub(all))
+            .max(MIN_ANSWER)
+    }
+
+    /// Counts `bytes` of answer against the user's and the server's
+    /// budgets.
+    fn count_answer(&mut self, bytes: usize) {
+        self.user.answer_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.all_answers.fetch_add(bytes, Ordering::Relaxed);
+        self.answer_reserved += bytes;
+    }
+
+    /// Counts an answer of up to `wanted` bytes and returns how many it may
+    /// have: all of them while the user's and all users' answers stay
+    /// within their budgets, else at most [`MIN_ANSWER`]. Call under the
+    /// scheme lock.
+    fn reserve_answer(&mut self, wanted: usize, limits: &ServerLimits) -> usize {
+        let granted = wanted.min(self.answer_room(limits));
+        self.count_answer(granted);
         granted
     }
 
-    /// Counts an answer of exactly `wanted` bytes against the user's
-    /// `limit`: whether it may have them (always, up to [`MIN_ANSWER`],
-    /// as a read gets at least that). Call under the scheme lock.
-    fn try_reserve_answer(&mut self, wanted: usize, limit: usize) -> bool {
-        let held = self.user.answer_bytes.load(Ordering::Relaxed);
-        if wanted > limit.saturating_sub(held).max(MIN_ANSWER) {
+    /// Counts an answer of exactly `wanted` bytes: whether it may have
+    /// them (always, up to [`MIN_ANSWER`], as a read gets at least that).
+    /// Call under the scheme lock.
+    fn try_reserve_answer(&mut self, wanted: usize, limits: &ServerLimits) -> bool {
+        if wanted > self.answer_room(limits) {
             return false;
         }
-        self.user.answer_bytes.fetch_add(wanted, Ordering::Relaxed);
-        self.answer_reserved += wanted;
+        self.count_answer(wanted);
         true
     }
 
@@ -1215,6 +1246,7 @@ impl ConnState {
     fn release_answer(&mut self) {
         let n = std::mem::take(&mut self.answer_reserved);
         self.user.answer_bytes.fetch_sub(n, Ordering::Relaxed);
+        self.all_answers.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Charges `more` bytes of receive buffer to the user and the server,
@@ -1522,13 +1554,11 @@ fn dispatch<S: SchemeSync>(
     // read's is cut short to fit (below); a `call` answers with its whole
     // payload, so one that does not fit is refused.
     match reply {
-        Reply::Payload
-            if !conn.try_reserve_answer(payload.len(), limits.max_answer_bytes_per_uid) =>
-        {
+        Reply::Payload if !conn.try_reserve_answer(payload.len(), &limits) => {
             return fail(syscall::error::ENOBUFS);
         }
         Reply::Stat => {
-            conn.reserve_answer(size_of::<Stat>(), limits.max_answer_bytes_per_uid);
+            conn.reserve_answer(size_of::<Stat>(), &limits);
         }
         _ => {}
     }
@@ -1541,7 +1571,7 @@ fn dispatch<S: SchemeSync>(
             sqe.args[2] = payload.len() as u64;
         }
         Lend::Out => {
-            let granted = conn.reserve_answer(out_len, limits.max_answer_bytes_per_uid);
+            let granted = conn.reserve_answer(out_len, &limits);
             out = vec![0u8; granted];
             sqe.args[1] = out.as_mut_ptr() as u64;
             sqe.args[2] = granted as u64;
