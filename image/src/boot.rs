@@ -185,8 +185,7 @@ pub fn boot(prepared: &Prepared, opts: &Options, gpu: bool) -> Result<BootRun> {
     let log_path = prepared
         .initrd
         .with_file_name(crate::serial::log_file_name(gpu));
-    std::fs::write(&log_path, run.log.join("\n") + "\n")
-        .with_context(|| format!("writing {}", log_path.display()))?;
+    run.save_log(&log_path)?;
     step.finish(format!(
         "{} [boot {:.1} s, serial log {}]",
         run.outcome,

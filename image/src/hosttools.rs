@@ -132,6 +132,22 @@ pub fn apt_update() -> Result<()> {
     Ok(())
 }
 
+/// Installs `packages` with apt-get (after refreshing the package lists),
+/// non-interactively.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    apt_update()?;
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed ({status})", packages.join(" "));
+    }
+    Ok(())
+}
+
 /// Makes sure every tool in `tools` is installed, installing the missing
 /// ones if `policy` allows and this is root on Debian; otherwise fails with
 /// the exact install command.
@@ -156,16 +172,7 @@ pub fn ensure(tools: &[Tool], policy: InstallPolicy) -> Result<()> {
         packages.join(" "),
         commands.join(", ")
     );
-    apt_update()?;
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get install")?;
-    if !status.success() {
-        bail!("apt-get install {} failed ({status})", packages.join(" "));
-    }
+    apt_install(&packages)?;
     let still = self::missing(tools);
     if !still.is_empty() {
         let names: Vec<&str> = still.iter().map(|t| t.command).collect();

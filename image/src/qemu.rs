@@ -38,6 +38,44 @@ impl Accel {
     }
 }
 
+/// The arguments every guest boots with: the serial console on stdio and
+/// no window, QEMU exits instead of rebooting, no network and no default
+/// VGA (so a `bochs-display` is the only display device, or there is
+/// none); then the CPU model when `cpu` names one, `accel`, and
+/// `memory_mib` MiB of RAM.
+pub fn headless_args(cpu: Option<&str>, accel: Accel, memory_mib: u32) -> Vec<String> {
+    let mut args: Vec<String> = ["-nographic", "-no-reboot", "-nic", "none", "-vga", "none"]
+        .map(str::to_string)
+        .to_vec();
+    if let Some(cpu) = cpu {
+        args.extend(["-cpu".into(), cpu.into()]);
+    }
+    args.extend([
+        "-accel".into(),
+        accel.name().into(),
+        "-m".into(),
+        memory_mib.to_string(),
+    ]);
+    args
+}
+
+/// The arguments of a `bochs-display` with `vram_mib` MiB of VRAM.
+pub fn bochs_display(vram_mib: u32) -> [String; 2] {
+    [
+        "-device".into(),
+        format!("bochs-display,vgamem={vram_mib}M"),
+    ]
+}
+
+/// The command line a person can paste to run `qemu` with `args`.
+pub fn command_line(qemu: &Path, args: Vec<String>) -> String {
+    std::iter::once(qemu.display().to_string())
+        .chain(args)
+        .map(crate::redox::command::shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Everything that decides the QEMU command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QemuConfig {
@@ -76,25 +114,11 @@ impl QemuConfig {
 
     /// The full argument list (without the program name).
     pub fn args(&self) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-            "-vga",
-            "none",
-            "-accel",
-            self.accel.name(),
-            "-m",
-        ]
-        .map(str::to_string)
-        .to_vec();
-        args.push(self.memory_mib.to_string());
+        let mut args = headless_args(None, self.accel, self.memory_mib);
         args.push("-smp".into());
         args.push(self.cpus.to_string());
         if let Some(mib) = self.gpu_vram_mib {
-            args.push("-device".into());
-            args.push(format!("bochs-display,vgamem={mib}M"));
+            args.extend(bochs_display(mib));
         }
         args.push("-kernel".into());
         args.push(self.kernel.display().to_string());
@@ -118,6 +142,14 @@ pub struct BootRun {
     pub elapsed: Duration,
     /// Steps the guest announced, in order.
     pub steps: Vec<String>,
+}
+
+impl BootRun {
+    /// Saves the console to `path`, one line per entry.
+    pub fn save_log(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.log.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 #[cfg(test)]

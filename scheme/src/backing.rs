@@ -169,13 +169,29 @@ impl Backing {
         }
     }
 
-    /// The region of `domain` and the mapping budget, both writable.
+    /// The per-BO memories of `domain` and the domain pages they are
+    /// carved from; `None` unless clients map `domain` per BO
+    /// ([`ClientAccess::PerBo`]) through a server mapping.
     #[cfg(not(target_os = "redox"))]
-    fn region_mut(&mut self, domain: Domain) -> (&mut Region, &mut host::MappingBudget) {
-        match domain {
-            Domain::Vram => (&mut self.vram, &mut self.budget),
-            Domain::Gtt => (&mut self.gtt, &mut self.budget),
-        }
+    fn per_bo_memories(
+        &mut self,
+        domain: Domain,
+    ) -> Option<(&mut host::BoMemories, host::DomainPages<'_>)> {
+        let region = match domain {
+            Domain::Vram => &mut self.vram,
+            Domain::Gtt => &mut self.gtt,
+        };
+        let base = region.server_addr?;
+        let ClientAccess::PerBo { memory, len } = &region.clients else {
+            return None;
+        };
+        let pages = host::DomainPages {
+            base,
+            memory,
+            len: *len,
+            budget: &mut self.budget,
+        };
+        Some((&mut region.memories, pages))
     }
 
     /// Sets what mapping may cost the server (host transport).
@@ -251,14 +267,10 @@ impl Backing {
         writable: bool,
         uid: u32,
     ) -> Result<std::os::fd::OwnedFd, BoMemoryError> {
-        let (region, budget) = self.region_mut(domain);
-        let base = region.server_addr.ok_or(BoMemoryError::NotMappable)?;
-        let ClientAccess::PerBo { memory, len } = &region.clients else {
-            return Err(BoMemoryError::NotMappable);
-        };
-        region.memories.descriptor(
-            base, memory, *len, budget, bo, size, segments, writable, uid,
-        )
+        let (memories, mut pages) = self
+            .per_bo_memories(domain)
+            .ok_or(BoMemoryError::NotMappable)?;
+        memories.descriptor(&mut pages, bo, size, segments, writable, uid)
     }
 
     /// A descriptor of all of `domain`'s memory, for privileged callers of
@@ -295,13 +307,8 @@ impl Backing {
     pub fn reclaim(&mut self, domain: Domain, segments: &[(u64, u64, u64)]) {
         #[cfg(not(target_os = "redox"))]
         {
-            let (region, budget) = self.region_mut(domain);
-            if let (Some(base), ClientAccess::PerBo { memory, .. }) =
-                (region.server_addr, &region.clients)
-            {
-                region
-                    .memories
-                    .reclaim_overlapping(base, memory, budget, segments);
+            if let Some((memories, mut pages)) = self.per_bo_memories(domain) {
+                memories.reclaim_overlapping(&mut pages, segments);
             }
         }
         #[cfg(target_os = "redox")]
@@ -315,11 +322,8 @@ impl Backing {
     pub fn sweep(&mut self, is_live: impl Fn(u64) -> bool) {
         #[cfg(not(target_os = "redox"))]
         for domain in [Domain::Vram, Domain::Gtt] {
-            let (region, budget) = self.region_mut(domain);
-            if let (Some(base), ClientAccess::PerBo { memory, .. }) =
-                (region.server_addr, &region.clients)
-            {
-                region.memories.reclaim_dead(base, memory, budget, &is_live);
+            if let Some((memories, mut pages)) = self.per_bo_memories(domain) {
+                memories.reclaim_dead(&mut pages, &is_live);
             }
         }
         #[cfg(target_os = "redox")]
@@ -345,11 +349,8 @@ impl Backing {
     pub fn let_go(&mut self, bo: u64, uid: u32) {
         #[cfg(not(target_os = "redox"))]
         for domain in [Domain::Vram, Domain::Gtt] {
-            let (region, budget) = self.region_mut(domain);
-            if let (Some(base), ClientAccess::PerBo { memory, .. }) =
-                (region.server_addr, &region.clients)
-            {
-                region.memories.let_go(base, memory, budget, bo, uid);
+            if let Some((memories, mut pages)) = self.per_bo_memories(domain) {
+                memories.let_go(&mut pages, bo, uid);
             }
         }
         #[cfg(target_os = "redox")]
@@ -552,6 +553,16 @@ mod host {
         fd_offset: u64,
     }
 
+    /// One domain as its BO memories see it: the server's mapping of it at
+    /// `base`, the descriptor behind that mapping (`len` bytes), and the
+    /// budget every BO memory is charged to.
+    pub(super) struct DomainPages<'a> {
+        pub(super) base: usize,
+        pub(super) memory: &'a OwnedFd,
+        pub(super) len: usize,
+        pub(super) budget: &'a mut MappingBudget,
+    }
+
     /// The per-BO memories of one domain.
     #[derive(Debug, Default)]
     pub(super) struct BoMemories {
@@ -576,14 +587,7 @@ mod host {
 
         /// User `uid` let go of `bo`: its charge ends, and a memory charged
         /// to nobody goes back to the domain with the BO's bytes.
-        pub(super) fn let_go(
-            &mut self,
-            base: usize,
-            domain_memory: &OwnedFd,
-            budget: &mut MappingBudget,
-            bo: u64,
-            uid: u32,
-        ) {
+        pub(super) fn let_go(&mut self, domain: &mut DomainPages<'_>, bo: u64, uid: u32) {
             let Some(memory) = self.by_bo.get_mut(&bo) else {
                 return;
             };
@@ -591,21 +595,17 @@ mod host {
                 return;
             };
             memory.users.swap_remove(i);
-            budget.release_user(uid, memory.ranges.len(), true);
+            domain.budget.release_user(uid, memory.ranges.len(), true);
             if memory.users.is_empty() {
-                self.give_back(base, domain_memory, budget, bo, Contents::Keep);
+                self.give_back(domain, bo, Contents::Keep);
             }
         }
 
         /// The descriptor of `bo`'s memory, created on first use; charged
         /// to `uid` unless it already is.
-        #[allow(clippy::too_many_arguments)]
         pub(super) fn descriptor(
             &mut self,
-            base: usize,
-            domain_memory: &OwnedFd,
-            domain_len: usize,
-            budget: &mut MappingBudget,
+            domain: &mut DomainPages<'_>,
             bo: u64,
             size: u64,
             segments: &[(u64, u64, u64)],
@@ -613,17 +613,17 @@ mod host {
             uid: u32,
         ) -> Result<OwnedFd, BoMemoryError> {
             if !self.by_bo.contains_key(&bo) {
-                let ranges = page_ranges(size, segments, domain_len)?;
+                let ranges = page_ranges(size, segments, domain.len)?;
                 // Pages of BOs freed since they were mapped: give them back
                 // first (their ranges may overlap this BO's, and they count
                 // against the budget until then).
-                self.reclaim_overlapping(base, domain_memory, budget, segments);
-                budget.charge(uid, ranges.len(), true)?;
-                let memory = match carve(base, domain_memory, size, &ranges, uid) {
+                self.reclaim_overlapping(domain, segments);
+                domain.budget.charge(uid, ranges.len(), true)?;
+                let memory = match carve(domain.base, domain.memory, size, &ranges, uid) {
                     Ok(memory) => memory,
                     Err(e) => {
-                        budget.release_user(uid, ranges.len(), true);
-                        budget.release_total(ranges.len(), true);
+                        domain.budget.release_user(uid, ranges.len(), true);
+                        domain.budget.release_total(ranges.len(), true);
                         return Err(e);
                     }
                 };
@@ -633,7 +633,7 @@ mod host {
                 self.by_bo.insert(bo, memory);
             } else if let Some(memory) = self.by_bo.get_mut(&bo) {
                 if !memory.users.contains(&uid) {
-                    budget.charge(uid, memory.ranges.len(), false)?;
+                    domain.budget.charge(uid, memory.ranges.len(), false)?;
                     memory.users.push(uid);
                 }
             }
@@ -656,9 +656,7 @@ mod host {
         /// Gives back every BO memory mapped over any of `segments`.
         pub(super) fn reclaim_overlapping(
             &mut self,
-            base: usize,
-            domain_memory: &OwnedFd,
-            budget: &mut MappingBudget,
+            domain: &mut DomainPages<'_>,
             segments: &[(u64, u64, u64)],
         ) {
             if self.by_bo.is_empty() {
@@ -680,16 +678,14 @@ mod host {
             dead.sort_unstable();
             dead.dedup();
             for bo in dead {
-                self.give_back(base, domain_memory, budget, bo, Contents::Drop);
+                self.give_back(domain, bo, Contents::Drop);
             }
         }
 
         /// Gives back every BO memory whose BO is gone.
         pub(super) fn reclaim_dead(
             &mut self,
-            base: usize,
-            domain_memory: &OwnedFd,
-            budget: &mut MappingBudget,
+            domain: &mut DomainPages<'_>,
             is_live: &dyn Fn(u64) -> bool,
         ) {
             let dead: Vec<u64> = self
@@ -699,7 +695,7 @@ mod host {
                 .filter(|&bo| !is_live(bo))
                 .collect();
             for bo in dead {
-                self.give_back(base, domain_memory, budget, bo, Contents::Drop);
+                self.give_back(domain, bo, Contents::Drop);
             }
         }
 
@@ -707,14 +703,7 @@ mod host {
         /// it (and its charges). With [`Contents::Keep`] (a live BO) the
         /// BO's bytes are copied into them first; with [`Contents::Drop`]
         /// (a freed BO) they read as zero.
-        fn give_back(
-            &mut self,
-            base: usize,
-            domain_memory: &OwnedFd,
-            budget: &mut MappingBudget,
-            bo: u64,
-            contents: Contents,
-        ) {
+        fn give_back(&mut self, domain: &mut DomainPages<'_>, bo: u64, contents: Contents) {
             let Some(memory) = self.by_bo.remove(&bo) else {
                 return;
             };
@@ -727,7 +716,7 @@ mod host {
                 // earlier may have failed half-way), then copy the BO's
                 // bytes in when it lives on.
                 let punched = rustix::fs::fallocate(
-                    domain_memory,
+                    domain.memory,
                     FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
                     at,
                     len,
@@ -737,7 +726,7 @@ mod host {
                 }
                 if contents == Contents::Keep {
                     let n = len.min(memory.size.saturating_sub(r.fd_offset));
-                    if let Err(e) = copy(&memory.fd, r.fd_offset, domain_memory, at, n) {
+                    if let Err(e) = copy(&memory.fd, r.fd_offset, domain.memory, at, n) {
                         // The BO memory stays mapped here, so the BO loses
                         // nothing; the next try is when the BO is freed.
                         log::error!("cannot copy {n} bytes of BO {bo} back at {at:#x}: {e}");
@@ -745,7 +734,7 @@ mod host {
                         continue;
                     }
                 }
-                if let Err(e) = map_over(base, at, len, domain_memory, at) {
+                if let Err(e) = map_over(domain.base, at, len, domain.memory, at) {
                     // Only a kernel out of mapping slots refuses this (what
                     // MAX_MAPPED_SEGMENTS guards against). The BO memory
                     // then stays mapped here and tracked, and the next
@@ -757,9 +746,9 @@ mod host {
             // What could not be given back stays charged until it is.
             let (released, whole) = (memory.ranges.len() - failed.len(), failed.is_empty());
             for &uid in &memory.users {
-                budget.release_user(uid, released, whole);
+                domain.budget.release_user(uid, released, whole);
             }
-            budget.release_total(released, whole);
+            domain.budget.release_total(released, whole);
             if !failed.is_empty() {
                 for r in &failed {
                     self.by_offset.insert(r.at, (r.at + r.len, bo));

@@ -11,11 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pddgpu::device::{SimConfig, SimDevice};
+mod common;
+
+use common::{held_by, sim_driver, KIB};
 use pddgpu::driver::*;
 use proptest::prelude::*;
 
-const KIB: u64 = 1 << 10;
 const DOMAIN: u64 = 1 << 20;
 /// The account of each owner slot (`None`: the owner joins no account).
 const SLOTS: [Option<AccountId>; 4] = [Some(1000), Some(1000), Some(2000), None];
@@ -67,8 +68,7 @@ fn index(d: Domain) -> usize {
 
 impl World {
     fn new(owner_quota: u64, percent: u64) -> World {
-        let dev = SimDevice::new(SimConfig::sized(DOMAIN, DOMAIN)).unwrap();
-        let d = Driver::new(dev.resources(), 0).unwrap();
+        let (_, d) = sim_driver(DOMAIN, DOMAIN);
         d.tunables()
             .set_value(Tunable::ClientQuotaBytes, owner_quota)
             .unwrap();
@@ -266,13 +266,7 @@ impl World {
             Op::Exit { slot } => {
                 let owner = self.owners[slot];
                 self.d.owner_exit(owner);
-                let held: Vec<BoId> = self
-                    .bos
-                    .iter()
-                    .filter(|(_, b)| b.holders.contains_key(&owner))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in held {
+                for id in held_by(&self.bos, owner, |b| &b.holders) {
                     self.let_go(id, owner);
                 }
                 self.owners[slot] = self.fresh_owner(slot);

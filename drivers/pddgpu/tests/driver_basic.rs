@@ -1,15 +1,15 @@
 //! The driver's basic contract: bring-up from registers, BO life cycle,
 //! contents, ownership, sharing, quotas, tunables, leak reports, shutdown.
 
+mod common;
+
+use common::{KIB, MIB};
 use pddgpu::device::{
     DeviceError, DeviceResources, MemoryRegion, Mmio, PddgpuModel, RegisterBlock, SimConfig,
     SimDevice, Width,
 };
 use pddgpu::driver::*;
 use pddgpu::manager::{ManagerState, RetryPolicy};
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
 
 fn sim() -> SimDevice {
     SimDevice::new(SimConfig::sized(8 * MIB, 16 * MIB)).unwrap()

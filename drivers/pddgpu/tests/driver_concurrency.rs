@@ -4,15 +4,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pddgpu::device::{SimConfig, SimDevice};
+mod common;
+
+use common::{sim_driver, KIB, MIB};
 use pddgpu::driver::*;
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-
 fn driver() -> Arc<Driver> {
-    let dev = SimDevice::new(SimConfig::sized(256 * MIB, 256 * MIB)).unwrap();
-    Arc::new(Driver::new(dev.resources(), 0).unwrap())
+    Arc::new(sim_driver(256 * MIB, 256 * MIB).1)
 }
 
 fn req(size: u64, domain: Domain, flags: BoFlags) -> BoCreate<'static> {

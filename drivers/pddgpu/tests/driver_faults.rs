@@ -7,18 +7,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pddgpu::device::{SimConfig, SimDevice};
+mod common;
+
+use common::{sim_driver, KIB, MIB};
 use pddgpu::driver::*;
 use pddgpu::manager::{ManagerError, ManagerState};
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-
-fn setup(vram: u64, gtt: u64) -> (SimDevice, Driver) {
-    let dev = SimDevice::new(SimConfig::sized(vram, gtt)).unwrap();
-    let d = Driver::new(dev.resources(), 0).unwrap();
-    (dev, d)
-}
 
 fn req(size: u64, domain: Domain, flags: BoFlags) -> BoCreate<'static> {
     BoCreate::new(size, domain, "fault-test").with_flags(flags)
@@ -113,7 +106,7 @@ fn fill_and_check_no_overlap(d: &Driver, live: &HashMap<BoId, (OwnerId, BoInfo)>
 
 #[test]
 fn device_error_then_recovery_keeps_every_live_bo() {
-    let (dev, d) = setup(8 * MIB, 8 * MIB);
+    let (dev, d) = sim_driver(8 * MIB, 8 * MIB);
     let mut live = populate(&d, 60);
     dev.inject_error();
     let e = d
@@ -170,7 +163,7 @@ fn device_error_then_recovery_keeps_every_live_bo() {
 
 #[test]
 fn injected_allocation_failures_fail_exactly_n_creates() {
-    let (dev, d) = setup(4 * MIB, 4 * MIB);
+    let (dev, d) = sim_driver(4 * MIB, 4 * MIB);
     dev.fail_next_allocations(2);
     // Periodic polling does not consume injected allocation failures.
     d.tick(0);
@@ -197,7 +190,7 @@ fn injected_allocation_failures_fail_exactly_n_creates() {
 #[test]
 fn corrupted_managers_are_caught_by_the_audit_and_recovered() {
     for domain in Domain::ALL {
-        let (dev, d) = setup(4 * MIB, 4 * MIB);
+        let (dev, d) = sim_driver(4 * MIB, 4 * MIB);
         let live = populate(&d, 20);
         assert_clean(&d, 0);
         dev.corrupt_manager(domain);
@@ -237,7 +230,7 @@ fn corrupted_managers_are_caught_by_the_audit_and_recovered() {
 
 #[test]
 fn bad_vram_is_never_handed_out_again() {
-    let (dev, d) = setup(MIB, MIB);
+    let (dev, d) = sim_driver(MIB, MIB);
     let a = d
         .bo_create(1, &req(64 * KIB, Domain::Vram, BoFlags::CONTIGUOUS), 0)
         .unwrap();
@@ -287,7 +280,7 @@ fn bad_vram_is_never_handed_out_again() {
 
 #[test]
 fn recovery_under_concurrent_load_loses_nothing() {
-    let (dev, d) = setup(16 * MIB, 16 * MIB);
+    let (dev, d) = sim_driver(16 * MIB, 16 * MIB);
     let d = Arc::new(d);
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..4u64)

@@ -9,13 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use pddgpu::device::{SimConfig, SimDevice};
+mod common;
+
+use common::{held_by, sim_driver, KIB, MIB};
+use pddgpu::device::SimDevice;
 use pddgpu::driver::*;
 use pddgpu::manager::ManagerState;
 use proptest::prelude::*;
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
 const OWNERS: u64 = 3;
 
 #[derive(Clone, Debug)]
@@ -134,6 +134,21 @@ impl World {
         }
     }
 
+    /// Makes `call`, which only a holder may make, as `owner` on the BO
+    /// `pick` selects: the driver must answer as [`access`](Self::access)
+    /// predicts. The BO's id when the call was allowed.
+    fn holder_call(
+        &self,
+        owner: u64,
+        pick: usize,
+        call: impl FnOnce(&Driver, BoId) -> Result<(), DriverError>,
+    ) -> Option<BoId> {
+        let id = self.pick(pick);
+        let expect = self.access(owner, id);
+        assert_eq!(call(&self.d, id), expect);
+        expect.ok().map(|()| id)
+    }
+
     fn drop_if_unreferenced(&mut self, id: BoId) -> bool {
         if self.bos[&id].refs() == 0 {
             self.bos.remove(&id);
@@ -232,10 +247,7 @@ impl World {
                 }
             }
             Op::Unref { owner, pick } => {
-                let id = self.pick(pick);
-                let expect = self.access(owner, id);
-                assert_eq!(self.d.bo_unref(owner, id), expect);
-                if expect.is_ok() {
+                if let Some(id) = self.holder_call(owner, pick, |d, id| d.bo_unref(owner, id)) {
                     let b = self.bos.get_mut(&id).unwrap();
                     let n = b.holders.get_mut(&owner).unwrap();
                     *n -= 1;
@@ -283,10 +295,7 @@ impl World {
                 }
             }
             Op::Unexport { owner, pick } => {
-                let id = self.pick(pick);
-                let expect = self.access(owner, id);
-                assert_eq!(self.d.bo_unexport(owner, id), expect);
-                if expect.is_ok() {
+                if let Some(id) = self.holder_call(owner, pick, |d, id| d.bo_unexport(owner, id)) {
                     let b = self.bos.get_mut(&id).unwrap();
                     b.token = None;
                     b.exporter = None;
@@ -306,12 +315,7 @@ impl World {
                 }
             }
             Op::Exit { owner } => {
-                let held: Vec<BoId> = self
-                    .bos
-                    .iter()
-                    .filter(|(_, b)| b.holders.contains_key(&owner))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let held = held_by(&self.bos, owner, |b| &b.holders);
                 let summary = self.d.owner_exit(owner);
                 assert_eq!(summary.released, held.len() as u64);
                 let mut freed = 0;
@@ -368,8 +372,7 @@ proptest! {
 
     #[test]
     fn driver_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
-        let dev = SimDevice::new(SimConfig::sized(2 * MIB, 2 * MIB)).unwrap();
-        let d = Driver::new(dev.resources(), 0).unwrap();
+        let (dev, d) = sim_driver(2 * MIB, 2 * MIB);
         let mut w = World { dev, d, bos: BTreeMap::new(), gone: Vec::new(), pending_fail: false, now: 0 };
         for (i, op) in ops.iter().enumerate() {
             w.apply(op);

@@ -1,10 +1,9 @@
 //! `owner_exit`: everything a client holds goes in one batch.
 
-use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::*;
+mod common;
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
+use common::{sim_driver, KIB, MIB};
+use pddgpu::driver::*;
 
 fn req(size: u64, domain: Domain) -> BoCreate<'static> {
     BoCreate::new(size, domain, "exit")
@@ -12,8 +11,7 @@ fn req(size: u64, domain: Domain) -> BoCreate<'static> {
 
 #[test]
 fn owner_exit_frees_ten_thousand_bos_in_one_batch() {
-    let dev = SimDevice::new(SimConfig::sized(128 * MIB, 128 * MIB)).unwrap();
-    let d = Driver::new(dev.resources(), 0).unwrap();
+    let (_dev, d) = sim_driver(128 * MIB, 128 * MIB);
     let mut vram_bytes = 0;
     let mut gtt_bytes = 0;
     for i in 0..10_000u64 {

@@ -3,10 +3,10 @@
 //! domain's free epoch (and only that one), retries are counted, and a
 //! request that can never fit is not retryable.
 
-use pddgpu::device::{SimConfig, SimDevice};
-use pddgpu::driver::*;
+mod common;
 
-const MIB: u64 = 1 << 20;
+use common::{sim_driver, MIB};
+use pddgpu::driver::*;
 
 fn req(size: u64, domain: Domain) -> BoCreate<'static> {
     BoCreate::new(size, domain, "parked")
@@ -14,8 +14,7 @@ fn req(size: u64, domain: Domain) -> BoCreate<'static> {
 
 #[test]
 fn no_space_carries_the_policy_and_frees_move_the_epoch() {
-    let dev = SimDevice::new(SimConfig::sized(4 * MIB, 4 * MIB)).unwrap();
-    let d = Driver::new(dev.resources(), 0).unwrap();
+    let (_dev, d) = sim_driver(4 * MIB, 4 * MIB);
     let hog = d.bo_create(1, &req(4 * MIB, Domain::Vram), 0).unwrap();
 
     let vram_epoch = d.free_epoch(Domain::Vram);

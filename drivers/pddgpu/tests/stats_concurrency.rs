@@ -23,18 +23,6 @@ struct Progress {
     completed: [AtomicU64; 2],
 }
 
-/// What one writer did to one domain.
-#[derive(Clone, Copy, Default, Debug)]
-struct Tally {
-    allocated: u64,
-    requested: u64,
-    visible: u64,
-    allocs: u64,
-    frees: u64,
-    failures: u64,
-    retries: u64,
-}
-
 fn next(seed: &mut u64) -> u64 {
     *seed = seed
         .wrapping_mul(6364136223846793005)
@@ -44,10 +32,15 @@ fn next(seed: &mut u64) -> u64 {
 
 /// Writer `w`: allocations, frees, failures, retries and batched frees
 /// (an owner's exit, across both domains) in a random mix.
-fn writer(stats: &MemoryStats, progress: &Progress, w: usize) -> [Tally; 2] {
+///
+/// Returns what it did to each domain, in the counters' own terms: the
+/// bytes of the BOs it still holds, and its allocations, frees, failures
+/// and retries (`bo_count` and the peaks are left at 0: the final check
+/// does not compare them).
+fn writer(stats: &MemoryStats, progress: &Progress, w: usize) -> [DomainCounters; 2] {
     let mut seed = w as u64 + 1;
     let mut live: [Vec<(u64, u64, u64)>; 2] = [Vec::new(), Vec::new()];
-    let mut tally = [Tally::default(); 2];
+    let mut tally = [DomainCounters::default(); 2];
     for _ in 0..STEPS {
         let d = if next(&mut seed) % 3 == 0 {
             Domain::Gtt
@@ -99,9 +92,9 @@ fn writer(stats: &MemoryStats, progress: &Progress, w: usize) -> [Tally; 2] {
     }
     for (k, bos) in live.iter().enumerate() {
         for (a, r, v) in bos {
-            tally[k].allocated += a;
-            tally[k].requested += r;
-            tally[k].visible += v;
+            tally[k].allocated_bytes += a;
+            tally[k].requested_bytes += r;
+            tally[k].visible_bytes += v;
         }
     }
     tally
@@ -178,7 +171,8 @@ fn writers_and_readers_keep_every_read_exact_and_consistent() {
             std::thread::spawn(move || writer(&stats, &progress, w))
         })
         .collect();
-    let tallies: Vec<[Tally; 2]> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+    let tallies: Vec<[DomainCounters; 2]> =
+        writers.into_iter().map(|t| t.join().unwrap()).collect();
     done.store(true, Ordering::SeqCst);
     let reads: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(reads > 0);
@@ -187,10 +181,11 @@ fn writers_and_readers_keep_every_read_exact_and_consistent() {
     for d in Domain::ALL {
         let c = end.domain(d);
         check_invariants(c);
-        let sum = |f: fn(&Tally) -> u64| tallies.iter().map(|t| f(&t[d.index()])).sum::<u64>();
-        assert_eq!(c.allocated_bytes, sum(|t| t.allocated));
-        assert_eq!(c.requested_bytes, sum(|t| t.requested));
-        assert_eq!(c.visible_bytes, sum(|t| t.visible));
+        let sum =
+            |f: fn(&DomainCounters) -> u64| tallies.iter().map(|t| f(&t[d.index()])).sum::<u64>();
+        assert_eq!(c.allocated_bytes, sum(|t| t.allocated_bytes));
+        assert_eq!(c.requested_bytes, sum(|t| t.requested_bytes));
+        assert_eq!(c.visible_bytes, sum(|t| t.visible_bytes));
         assert_eq!(c.allocs, sum(|t| t.allocs));
         assert_eq!(c.frees, sum(|t| t.frees));
         assert_eq!(c.failures, sum(|t| t.failures));

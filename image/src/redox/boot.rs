@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use pddgpu_ipc::progress::Step;
 
 use crate::qemu::{self, Accel, AfterVerdict, BootRun, Session};
@@ -64,25 +64,13 @@ impl Default for BootOptions {
 /// bochs-display when `gpu`, the disk read-only in effect (`snapshot=on`:
 /// the guest's writes go to a temporary file, the image stays as built).
 pub fn qemu_args(disk: &Path, gpu: bool, opts: &BootOptions) -> Vec<String> {
-    let mut args: Vec<String> = ["-nographic", "-no-reboot", "-nic", "none", "-vga", "none"]
-        .map(str::to_string)
-        .to_vec();
-    args.extend([
-        // randd seeds Redox's random source from RDRAND and with zeros
-        // without it (QEMU's default CPU model has none), which would make
-        // pddgpud's export tokens the same on every boot.
-        "-cpu".into(),
-        "qemu64,+rdrand".into(),
-        "-accel".into(),
-        opts.accel.name().into(),
-        "-m".into(),
-        opts.memory_mib.to_string(),
-        "-smp".into(),
-        opts.cpus.to_string(),
-    ]);
+    // randd seeds Redox's random source from RDRAND and with zeros without
+    // it (QEMU's default CPU model has none), which would make pddgpud's
+    // export tokens the same on every boot.
+    let mut args = qemu::headless_args(Some("qemu64,+rdrand"), opts.accel, opts.memory_mib);
+    args.extend(["-smp".into(), opts.cpus.to_string()]);
     if gpu {
-        args.push("-device".into());
-        args.push(format!("bochs-display,vgamem={}M", opts.vram_mib));
+        args.extend(qemu::bochs_display(opts.vram_mib));
     }
     args.push("-drive".into());
     args.push(format!("file={},format=raw,snapshot=on", disk.display()));
@@ -91,11 +79,7 @@ pub fn qemu_args(disk: &Path, gpu: bool, opts: &BootOptions) -> Vec<String> {
 
 /// The command line a person can paste to boot the image by hand.
 pub fn command_line(qemu: &Path, disk: &Path, gpu: bool, opts: &BootOptions) -> String {
-    std::iter::once(qemu.display().to_string())
-        .chain(qemu_args(disk, gpu, opts))
-        .map(super::command::shell_quote)
-        .collect::<Vec<_>>()
-        .join(" ")
+    qemu::command_line(qemu, qemu_args(disk, gpu, opts))
 }
 
 /// Boots `disk` once, as `step` (whose news is the latest console line),
@@ -116,8 +100,7 @@ pub fn boot(
         after_verdict: AfterVerdict::Stop(AFTER_VERDICT),
     };
     let run = qemu::run_session(&session, qemu::console(step, "redox", opts.stream))?;
-    std::fs::write(log, run.log.join("\n") + "\n")
-        .with_context(|| format!("writing {}", log.display()))?;
+    run.save_log(log)?;
     Ok(run)
 }
 

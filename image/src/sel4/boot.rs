@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::qemu::{self, Accel, AfterVerdict, BootRun, Session};
 use crate::serial::{Outcome, SEL4};
@@ -66,20 +66,9 @@ impl Default for BootOptions {
 /// The QEMU arguments: console on stdio, no network, no default VGA, the
 /// bochs-display when `gpu`, the kernel and the root task by multiboot.
 pub fn qemu_args(kernel: &Path, root_task: &Path, gpu: bool, opts: &BootOptions) -> Vec<String> {
-    let mut args: Vec<String> = ["-nographic", "-no-reboot", "-nic", "none", "-vga", "none"]
-        .map(str::to_string)
-        .to_vec();
-    args.extend([
-        "-cpu".into(),
-        CPU.into(),
-        "-accel".into(),
-        opts.accel.name().into(),
-        "-m".into(),
-        opts.memory_mib.to_string(),
-    ]);
+    let mut args = qemu::headless_args(Some(CPU), opts.accel, opts.memory_mib);
     if gpu {
-        args.push("-device".into());
-        args.push(format!("bochs-display,vgamem={}M", opts.vram_mib));
+        args.extend(qemu::bochs_display(opts.vram_mib));
     }
     args.extend([
         "-kernel".into(),
@@ -98,11 +87,7 @@ pub fn command_line(
     gpu: bool,
     opts: &BootOptions,
 ) -> String {
-    std::iter::once(qemu.display().to_string())
-        .chain(qemu_args(kernel, root_task, gpu, opts))
-        .map(crate::redox::command::shell_quote)
-        .collect::<Vec<_>>()
-        .join(" ")
+    qemu::command_line(qemu, qemu_args(kernel, root_task, gpu, opts))
 }
 
 /// Boots once and saves the console (without escape sequences) to `log`.
@@ -127,8 +112,7 @@ pub fn boot(
             println!("sel4| {line}");
         }
     })?;
-    std::fs::write(log, run.log.join("\n") + "\n")
-        .with_context(|| format!("writing {}", log.display()))?;
+    run.save_log(log)?;
     Ok(run)
 }
 

@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::hosttools::{self, InstallPolicy, Tool};
 
@@ -91,16 +91,7 @@ pub fn ensure(policy: InstallPolicy) -> Result<()> {
         );
     }
     eprintln!("pddgpu-image: installing {}", missing.join(" "));
-    hosttools::apt_update()?;
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get install")?;
-    if !status.success() {
-        bail!("apt-get install {} failed ({status})", missing.join(" "));
-    }
+    hosttools::apt_install(&missing)?;
     if let Some(still) = missing.iter().find(|p| !is_installed(p)) {
         bail!("{still} is still missing after apt-get install");
     }

@@ -187,7 +187,7 @@ impl DeviceModel for PddgpuModel {
 
     fn events(&self, mmio: &Mmio) -> Result<DeviceEvents, DeviceError> {
         let status = mmio.get(regs::STATUS)? & Status::EVENTS;
-        // The event bits are laid out like `DeviceEvents`.
+        // `Status` defines its event bits as `DeviceEvents`' own.
         Ok(DeviceEvents::from_bits_truncate(status.bits()))
     }
 

@@ -117,6 +117,7 @@ impl<T: RegValue> Register<T> {
 /// | 0x040 | `SCRATCH` | 32 | RW | free for the driver (self-test) |
 pub mod pddgpu {
     use super::Register;
+    use crate::device::DeviceEvents;
 
     /// Size of the PDDGPU register region (one 4 KiB page).
     pub const REGION_SIZE: usize = 0x1000;
@@ -152,20 +153,23 @@ pub mod pddgpu {
     pub const SCRATCH: Register<u32> = Register::new("SCRATCH", 0x040);
 
     bitflags::bitflags! {
-        /// The `STATUS` register.
+        /// The `STATUS` register. Its event bits are those of
+        /// [`DeviceEvents`], so the PDDGPU model hands them to the driver
+        /// (and takes acknowledgements back) unchanged.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
         pub struct Status: u32 {
-            /// The device detected an internal error.
-            const ERROR = 1 << 0;
-            /// Injected allocation failures are pending (see `FAULT_ALLOC`);
-            /// not write-1-to-clear: it drops when the count reaches 0.
-            const ALLOC_FAULT = 1 << 1;
-            /// The VRAM manager's state is to be corrupted (fault injection).
-            const CORRUPT_VRAM = 1 << 2;
-            /// The GTT manager's state is to be corrupted (fault injection).
-            const CORRUPT_GTT = 1 << 3;
-            /// A bad VRAM range was reported in `BAD_START`/`BAD_LEN`.
-            const BAD_RANGE = 1 << 4;
+            /// [`DeviceEvents::ERROR`].
+            const ERROR = DeviceEvents::ERROR.bits();
+            /// [`DeviceEvents::ALLOC_FAULT`]: injected allocation failures
+            /// are pending (see `FAULT_ALLOC`); not write-1-to-clear: it
+            /// drops when the count reaches 0.
+            const ALLOC_FAULT = DeviceEvents::ALLOC_FAULT.bits();
+            /// [`DeviceEvents::CORRUPT_VRAM`].
+            const CORRUPT_VRAM = DeviceEvents::CORRUPT_VRAM.bits();
+            /// [`DeviceEvents::CORRUPT_GTT`].
+            const CORRUPT_GTT = DeviceEvents::CORRUPT_GTT.bits();
+            /// [`DeviceEvents::BAD_RANGE`]: reported in `BAD_START`/`BAD_LEN`.
+            const BAD_RANGE = DeviceEvents::BAD_RANGE.bits();
             /// Mirrors `CONTROL.ENABLE` (read-only).
             const ENABLED = 1 << 31;
         }

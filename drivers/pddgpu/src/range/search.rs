@@ -144,7 +144,8 @@ impl RangeAllocator {
         None
     }
 
-    /// The lowest hole overlapping `rs..re` with at least `min` bytes inside it.
+    /// The lowest hole overlapping `rs..re` with at least `min` bytes inside
+    /// it. Mirrored by [`last_in_range`](Self::last_in_range).
     fn first_in_range(&self, rs: u64, re: u64, min: u64) -> u32 {
         // Only a hole starting below `rs` can cross it.
         let p = if rs > self.start {
@@ -162,7 +163,8 @@ impl RangeAllocator {
     }
 
     /// The first hole starting in `from..re` with at least `min` bytes
-    /// before `re` (`from` must not be below the range start).
+    /// before `re` (`from` must not be below the range start). Mirrored by
+    /// [`in_range_below`](Self::in_range_below).
     fn in_range_from(&self, from: u64, re: u64, min: u64) -> u32 {
         let i = self.holes.first_sized_at_or_above(from, min);
         if i == NIL {
@@ -180,7 +182,8 @@ impl RangeAllocator {
         }
     }
 
-    /// The highest hole overlapping `rs..re` with at least `min` bytes inside it.
+    /// The highest hole overlapping `rs..re` with at least `min` bytes
+    /// inside it: the mirror of [`first_in_range`](Self::first_in_range).
     fn last_in_range(&self, rs: u64, re: u64, min: u64) -> u32 {
         let mut below = re;
         // Only a hole ending above `re` can cross it.
@@ -203,7 +206,8 @@ impl RangeAllocator {
 
     /// The last hole starting below `below` that ends inside the range and
     /// has at least `min` bytes at or above `rs` (no hole starting below
-    /// `below` may cross the range end).
+    /// `below` may cross the range end): the mirror of
+    /// [`in_range_from`](Self::in_range_from).
     fn in_range_below(&self, below: u64, rs: u64, min: u64) -> u32 {
         let i = self.holes.last_sized_below(below, min);
         if i == NIL {
