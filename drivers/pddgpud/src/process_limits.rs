@@ -75,12 +75,19 @@ pub fn max_map_count() -> Option<usize> {
         .ok()
 }
 
+/// Connections served at once however few descriptors there are (with
+/// fewer than about 100, the accept loop's own refusal of clients it has
+/// no descriptor for takes over).
+const MIN_CONNECTIONS: usize = 16;
+
 /// Connections a process allowed `descriptors` open files may serve at
 /// once: `--max-connections`, lowered so that their descriptors (two
-/// each) take at most half of what the program's own reserve leaves.
+/// each) take at most half of what the program's own reserve leaves, but
+/// not below [`MIN_CONNECTIONS`].
 pub fn connection_limit(opts: &Options, descriptors: usize) -> usize {
     let usable = descriptors.saturating_sub(DESCRIPTORS_RESERVED);
-    opts.limits.max_connections.min(usable / 4).max(1)
+    let fitted = (usable / 4).max(MIN_CONNECTIONS);
+    opts.limits.max_connections.min(fitted)
 }
 
 /// The mapping budget for a process allowed `descriptors` open files and
@@ -164,5 +171,6 @@ mod tests {
         );
         assert_eq!(tight.segments_total, (20000 - 2 * 241 - 1024) / 2);
         assert_eq!(mapping_limits(&opts, 10, Some(100)).segments_total, 0);
+        assert_eq!(connection_limit(&opts, 10), MIN_CONNECTIONS);
     }
 }

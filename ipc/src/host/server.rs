@@ -115,7 +115,8 @@ pub trait HostScheme: SchemeSync {
 
     /// Called right after an `openat` of `path` failed with `EAGAIN`:
     /// whether to park it (this client waits; everyone else is served).
-    /// A parked request is retried every `delay`, `retries` times, and in
+    /// A parked request is retried `retries` times, first after `delay`,
+    /// then after waits that double up to a cap ([`crate::retry`]), and in
     /// between whenever its pool's [`HostScheme::wake_epoch`] moves while
     /// [`HostScheme::free_bytes`] of the pool reach what it `needs`. `None`
     /// answers `EAGAIN` at once.
@@ -195,10 +196,11 @@ pub const PARK_POOLS: usize = 2;
 /// [`HostScheme::park_policy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParkPolicy {
-    /// Retries after the first attempt, one every `delay`: the request
-    /// waits at most `retries` times `delay` in all.
+    /// Retries after the first attempt: the request waits at most
+    /// [`crate::retry::total_wait`] of `delay` and `retries` in all.
     pub retries: u32,
-    /// Time between two counted retries.
+    /// Time before the first counted retry; the waits before later ones
+    /// double, up to a cap ([`crate::retry::wait`]).
     pub delay: Duration,
     /// The pool whose frees may let the request succeed (below
     /// [`PARK_POOLS`]); frees elsewhere do not wake it.
@@ -895,11 +897,13 @@ fn reap(conns: &mut Vec<ConnCtl>) {
 
 /// Runs one request; an `openat` that fails with `EAGAIN` is parked and
 /// retried as the scheme's [`HostScheme::park_policy`] says, blocking only
-/// this connection's thread: a counted retry every `delay`, and uncounted
-/// ones in between when a free in the request's own pool leaves enough
-/// room, so frees that cannot help (another pool, too little) neither
-/// wake it nor use up its retries, and it waits `retries` × `delay` at
-/// most.
+/// this connection's thread: counted retries on the schedule of
+/// [`crate::retry`] (after `delay`, then after waits that double up to a
+/// cap, so a parked request costs next to nothing while nothing is freed),
+/// and uncounted ones in between when a free in the request's own pool
+/// leaves enough room, so frees that cannot help (another pool, too
+/// little) neither wake it nor use up its retries, and it waits
+/// [`crate::retry::total_wait`] at most.
 fn serve_request<S: HostScheme>(
     shared: &Shared<S>,
     conn: &mut ConnState,
@@ -944,9 +948,9 @@ fn serve_request<S: HostScheme>(
     let pool_index = policy.pool.min(PARK_POOLS - 1);
     let pool = &shared.pools[pool_index];
     let mut seen = epochs[pool_index];
-    let parked_at = Instant::now();
+    let mut due = Instant::now();
     for counted in 1..=policy.retries {
-        let due = parked_at + policy.delay.saturating_mul(counted);
+        due += crate::retry::wait(policy.delay, counted);
         loop {
             // Wait for the counted retry's time, or a free in the pool
             // that leaves what the request needs.
