@@ -190,29 +190,38 @@ impl RedoxBuildArgs {
         BuildOptions {
             snapshot: self.snapshot.clone(),
             initfs: self.initfs.clone(),
-            install: if self.no_install {
-                InstallPolicy::Never
-            } else {
-                InstallPolicy::WhenRoot
-            },
+            install: install_policy(self.no_install),
             verbose: self.verbose,
         }
     }
 }
 
+/// What `--no-install` asks for.
+fn install_policy(no_install: bool) -> InstallPolicy {
+    if no_install {
+        InstallPolicy::Never
+    } else {
+        InstallPolicy::WhenRoot
+    }
+}
+
+/// `--vram-mib`, which must be a power of two (QEMU's `vgamem` for the
+/// bochs-display).
+fn checked_vram_mib(mib: u32) -> Result<u32, String> {
+    if mib.is_power_of_two() {
+        Ok(mib)
+    } else {
+        Err(format!("--vram-mib {mib} is not a power of two"))
+    }
+}
+
 impl RedoxBootArgs {
     fn options(&self) -> Result<BootOptions, String> {
-        if !self.vram_mib.is_power_of_two() {
-            return Err(format!(
-                "--vram-mib {} is not a power of two",
-                self.vram_mib
-            ));
-        }
         Ok(BootOptions {
             timeout: Duration::from_secs(self.timeout),
             memory_mib: self.memory_mib,
             cpus: self.cpus,
-            vram_mib: self.vram_mib,
+            vram_mib: checked_vram_mib(self.vram_mib)?,
             accel: self.accel.into(),
             stream: !self.quiet,
         })
@@ -226,6 +235,16 @@ impl From<AccelArg> for Accel {
             AccelArg::Kvm => Accel::Kvm,
         }
     }
+}
+
+/// Prints `<command>: PASS` (or `FAIL`) with the time taken; returns `ok`.
+fn print_verdict(command: &str, ok: bool, progress: &Progress) -> bool {
+    println!(
+        "{command}: {} [{}]",
+        if ok { "PASS" } else { "FAIL" },
+        redox::progress::seconds(progress.elapsed())
+    );
+    ok
 }
 
 fn redox_progress_for(build: &RedoxBuildArgs) -> Progress {
@@ -271,23 +290,13 @@ struct Common {
 
 impl Common {
     fn options(&self) -> Result<Options, String> {
-        if !self.vram_mib.is_power_of_two() {
-            return Err(format!(
-                "--vram-mib {} is not a power of two",
-                self.vram_mib
-            ));
-        }
         Ok(Options {
             timeout: Duration::from_secs(self.timeout),
-            vram_mib: self.vram_mib,
+            vram_mib: checked_vram_mib(self.vram_mib)?,
             memory_mib: self.memory_mib,
             cpus: self.cpus,
             accel: self.accel.into(),
-            install: if self.no_install {
-                InstallPolicy::Never
-            } else {
-                InstallPolicy::WhenRoot
-            },
+            install: install_policy(self.no_install),
             kernel: self.kernel.clone(),
             stream: !self.quiet,
         })
@@ -308,16 +317,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             accel,
             quiet,
         } => {
-            if !vram_mib.is_power_of_two() {
-                anyhow::bail!("--vram-mib {vram_mib} is not a power of two");
-            }
+            let vram_mib = checked_vram_mib(vram_mib).map_err(anyhow::Error::msg)?;
             let build = sel4::BuildOptions {
                 snapshot,
-                install: if no_install {
-                    InstallPolicy::Never
-                } else {
-                    InstallPolicy::WhenRoot
-                },
+                install: install_policy(no_install),
                 verbose,
             };
             let boot = sel4::boot::BootOptions {
@@ -343,13 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 return Ok(true);
             }
             let report = sel4::boot_runs(&built, &boot, no_gpu, &progress)?;
-            let ok = report.ok();
-            println!(
-                "sel4-boot: {} [{}]",
-                if ok { "PASS" } else { "FAIL" },
-                redox::progress::seconds(progress.elapsed())
-            );
-            Ok(ok)
+            Ok(print_verdict("sel4-boot", report.ok(), &progress))
         }
         Command::Qemu { no_gpu, common } => {
             let opts = common.options().map_err(anyhow::Error::msg)?;
@@ -406,13 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 let _ = std::fs::remove_file(&image.disk);
             }
             let report = report?;
-            let ok = report.ok();
-            println!(
-                "redox-boot: {} [{}]",
-                if ok { "PASS" } else { "FAIL" },
-                redox::progress::seconds(progress.elapsed())
-            );
-            Ok(ok)
+            Ok(print_verdict("redox-boot", report.ok(), &progress))
         }
     }
 }

@@ -586,10 +586,9 @@ mod sys {
     use libredox::call::MmapArgs;
     use libredox::flag::{MAP_SHARED, O_CLOEXEC, O_RDONLY, PROT_READ};
 
-    use super::hw::{memory_bar_base, page_span, PciFunctionAddr, VramBar};
+    use pddgpu_image::qemu::{BOCHS_DEVICE, BOCHS_VENDOR};
 
-    const BOCHS_VENDOR: u16 = 0x1234;
-    const BOCHS_DEVICE: u16 = 0x1111;
+    use super::hw::{memory_bar_base, page_span, PciFunctionAddr, VramBar};
 
     /// Reads one config-space dword through `/scheme/pci/access` (root
     /// only; pcid's `call` with metadata `[1 = read, address]`).
