@@ -263,7 +263,7 @@ impl PddgpuScheme {
         let pid = display_pid(ctx.pid);
         let (what, reason) = (logline::clip(what), logline::clip(reason));
         let errno = pddgpu_ipc::wire::errno_name(errno);
-        logline::defer(log::Level::Info, move || {
+        logline::defer(Some(ctx.uid), log::Level::Info, move || {
             format!("pid {pid}: {what}: {errno} ({reason})")
         });
     }
@@ -529,7 +529,7 @@ fn file_stat(mode: u16, size: u64, ino: u64, ctx: &CallerCtx) -> Stat {
 pub(crate) fn rendered(kind: FileKind, driver: &Driver, owners: &format::Owners) -> Vec<u8> {
     let bytes = format::render(kind, driver, owners);
     let (name, len) = (kind.name(), bytes.len());
-    logline::defer(log::Level::Debug, move || {
+    logline::defer(None, log::Level::Debug, move || {
         format!("rendered {name}: {len} bytes")
     });
     bytes
@@ -674,7 +674,7 @@ impl SchemeSync for PddgpuScheme {
                 match self.driver.tunables().set(&name, text.trim()) {
                     Ok(_) => {
                         let (pid, value) = (display_pid(ctx.pid), logline::excerpt(text.trim()));
-                        logline::defer(log::Level::Info, move || {
+                        logline::defer(Some(ctx.uid), log::Level::Info, move || {
                             format!("pid {pid}: config/{name} = {value}")
                         });
                         Ok(buf.len())

@@ -65,9 +65,9 @@
 //!   are served as usual. A connection whose thread cannot start gets a
 //!   refusal frame with `EAGAIN`;
 //! - the log: refusals of connections, malformed or refused frames and
-//!   connections a client ended badly share one limit of
-//!   [`REFUSAL_LINES_PER_SECOND`] lines a second
-//!   ([`crate::logline::write_limited`]), with a count of those held back.
+//!   connections a client ended badly share the one limit on lines about
+//!   clients, with a share per user ([`crate::logline::write_limited`]),
+//!   and the lines held back are counted.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, Read};
@@ -481,11 +481,6 @@ impl ConnectRate {
     }
 }
 
-/// Log lines about refused connections (and every other line about
-/// clients) written per second, at most: one limit for the whole server
-/// (see [`crate::logline`]).
-pub const REFUSAL_LINES_PER_SECOND: u32 = crate::logline::CLIENT_LINES_PER_SECOND;
-
 /// How long the accept loop sleeps when it cannot accept for lack of
 /// descriptors (and cannot free one to refuse the client).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -577,10 +572,10 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         })
     }
 
-    /// Logs a refused connection at warning level, rate-limited (see
-    /// [`REFUSAL_LINES_PER_SECOND`]).
-    fn log_refused(&mut self, line: impl FnOnce() -> String) {
-        crate::logline::write_limited(log::Level::Warn, line);
+    /// Logs a refused connection of user `uid` (`None`: unknown) at
+    /// warning level, rate-limited (see [`crate::logline`]).
+    fn log_refused(&mut self, uid: Option<u32>, line: impl FnOnce() -> String) {
+        crate::logline::write_limited(uid, log::Level::Warn, line);
     }
 
     /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
@@ -632,14 +627,14 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                     if self.refuse_with_spare() {
                         continue;
                     }
-                    self.log_refused(|| {
+                    self.log_refused(None, || {
                         format!("accept failed: {e}; backing off while existing clients are served")
                     });
                     std::thread::sleep(ACCEPT_BACKOFF);
                     return Ok(());
                 }
                 Err(e) => {
-                    self.log_refused(|| format!("accept failed: {e}"));
+                    self.log_refused(None, || format!("accept failed: {e}"));
                     std::thread::sleep(ACCEPT_BACKOFF);
                     return Ok(());
                 }
@@ -664,7 +659,9 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         };
         self.spare = spare_descriptor();
         if refused {
-            self.log_refused(|| "refusing a client: the server is out of descriptors".to_string());
+            self.log_refused(None, || {
+                "refusing a client: the server is out of descriptors".to_string()
+            });
         }
         refused
     }
@@ -679,7 +676,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             Err(e) => {
                 // Linux gives no credentials (pid 0) to a peer in another
                 // pid namespace.
-                self.log_refused(|| {
+                self.log_refused(None, || {
                     format!(
                         "refusing a client whose credentials the kernel does not give \
                          (outside the server's pid namespace?): {}",
@@ -693,7 +690,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         let is_admin = cred.uid == 0 || Some(cred.uid) == self.shared.limits.admin_uid;
         if !is_admin && !self.connects.admit(cred.uid, Instant::now()) {
             let rate = self.shared.limits.connects_per_second_per_uid;
-            self.log_refused(|| {
+            self.log_refused(Some(cred.uid), || {
                 format!(
                     "refusing pid {} (uid {}): more than {rate} new connections a second",
                     cred.pid, cred.uid
@@ -715,7 +712,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         if conns.len() >= open_to_caller {
             let open = conns.len();
             drop(conns);
-            self.log_refused(|| {
+            self.log_refused(Some(cred.uid), || {
                 format!(
                     "refusing pid {} (uid {}): {open} connections open, the limit",
                     cred.pid, cred.uid
@@ -727,7 +724,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         let Some(user) = self.shared.join_user(cred.uid) else {
             drop(conns);
             let limit = self.shared.limits.max_connections_per_uid;
-            self.log_refused(|| {
+            self.log_refused(Some(cred.uid), || {
                 format!(
                     "refusing pid {} (uid {}): the user has {limit} connections open, the limit",
                     cred.pid, cred.uid
@@ -748,7 +745,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             Err(e) => {
                 drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
-                self.log_refused(|| format!("refusing pid {}: {e}", cred.pid));
+                self.log_refused(Some(cred.uid), || format!("refusing pid {}: {e}", cred.pid));
                 refuse(stream, ENFILE);
                 return;
             }
@@ -783,7 +780,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             Err(e) => {
                 drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
-                self.log_refused(|| {
+                self.log_refused(Some(cred.uid), || {
                     format!("refusing pid {}: cannot start its thread: {e}", cred.pid)
                 });
                 refuse(stream, EAGAIN);
@@ -1072,7 +1069,7 @@ fn serve_connection<S: HostScheme>(
                 filled = 0;
                 inbuf = vec![0u8; INBUF_INITIAL];
                 conn.release_frame_bytes(&shared);
-                crate::logline::write_limited(log::Level::Warn, || {
+                crate::logline::write_limited(Some(cred.uid), log::Level::Warn, || {
                     format!(
                         "client pid {} (uid {}): refusing a frame of {} bytes: {refusal}",
                         cred.pid, cred.uid, header.payload_len
@@ -1135,7 +1132,7 @@ fn serve_connection<S: HostScheme>(
                 Ok(Incoming::Incomplete) => break,
                 Err(e) => {
                     let tag = u32::from_le_bytes([avail[20], avail[21], avail[22], avail[23]]);
-                    crate::logline::write_limited(log::Level::Warn, || {
+                    crate::logline::write_limited(Some(cred.uid), log::Level::Warn, || {
                         format!("client pid {}: malformed frame ({e}); closing", cred.pid)
                     });
                     let refused = err_cqe(tag, e.errno());
@@ -1177,7 +1174,7 @@ fn serve_connection<S: HostScheme>(
     };
     conn.release_frame_bytes(&shared);
     if filled > 0 && reason == "end of stream" {
-        crate::logline::write_limited(log::Level::Info, || {
+        crate::logline::write_limited(Some(cred.uid), log::Level::Info, || {
             format!(
                 "client pid {} went away in the middle of a request ({filled} bytes unprocessed)",
                 cred.pid
@@ -1185,7 +1182,7 @@ fn serve_connection<S: HostScheme>(
         });
     }
     if reason != "end of stream" {
-        crate::logline::write_limited(log::Level::Info, || {
+        crate::logline::write_limited(Some(cred.uid), log::Level::Info, || {
             format!("client pid {} disconnected: {reason}", cred.pid)
         });
     }

@@ -43,6 +43,9 @@
 //! - `connect-flood <count>`: connect, open `health` and close, `count`
 //!   times in a row; print `served <n> refused <n> <ERRNO,…>` (the errnos
 //!   of the refusals).
+//! - `refusal-flood <millis>`: on one connection, open a path that does
+//!   not exist as fast as the server answers for that long (each a logged
+//!   refusal); print `refused <n>`.
 
 // Tries to map a descriptor writable, as a hostile client would (the
 // mapping edge).
@@ -478,6 +481,28 @@ fn run(args: &[String]) -> Result<(), String> {
             ));
             Ok(())
         }
+        Some("refusal-flood") => {
+            let millis = number(args.get(1), "millis")?;
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(millis);
+            let socket = pddgpu_ipc::default_socket_path();
+            let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+            let mut refused = 0u64;
+            while std::time::Instant::now() < until {
+                let reply = c
+                    .request(
+                        Opcode::OpenAt,
+                        [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
+                        b"no/such/file",
+                        0,
+                    )
+                    .map_err(|e| e.to_string())?;
+                if reply.result().is_err() {
+                    refused += 1;
+                }
+            }
+            say(&format!("refused {refused}"));
+            Ok(())
+        }
         Some("share-connection") => {
             say(&share_connection()?);
             Ok(())
@@ -494,7 +519,8 @@ fn run(args: &[String]) -> Result<(), String> {
         _ => Err(
             "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | export COUNT SIZE DOMAIN | cat FILE \
              | hold-mapped COUNT SIZE DOMAIN | fill-connections N SIZE DOMAIN | hold-connections N \
-             | share-self SIZE DOMAIN | readonly-map | domain-map | share-connection"
+             | share-self SIZE DOMAIN | readonly-map | domain-map | share-connection \
+             | connect-flood COUNT | refusal-flood MILLIS"
                 .into(),
         ),
     }

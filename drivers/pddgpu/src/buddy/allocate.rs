@@ -235,20 +235,16 @@ impl BuddyAllocator {
     /// split off become free.
     #[inline(always)]
     pub(super) fn split_low(&mut self, idx: u32, order: u32, tag: u16) -> Block {
-        let mut cur = idx;
-        let (offset, mut j) = {
+        let (offset, from) = {
             let n = self.store.node(idx);
             debug_assert_eq!(n.state, NodeState::Free, "split_low of a node in use");
             debug_assert!(order <= u32::from(n.order), "split_low below the block");
             (n.offset, u32::from(n.order))
         };
-        while j > order {
-            j -= 1;
-            let c = self.store.split(cur, j as u8, offset);
-            self.store.push_free(c + 1);
-            cur = c;
-        }
-        self.allocated(cur, offset, order, tag)
+        let (leaf, _) = self
+            .store
+            .split_to::<true>(idx, offset, from, order, offset);
+        self.allocated(leaf, offset, order, tag)
     }
 
     /// Marks leaf `node` (the block of `order` at `offset`) allocated with
@@ -300,8 +296,7 @@ impl BuddyAllocator {
     #[inline(always)]
     pub(crate) fn take(&mut self, idx: u32, order: u32, target: u64, tag: u16) -> Block {
         self.store.unlink_free(idx);
-        let mut cur = idx;
-        let (mut offset, mut j) = {
+        let (offset, from) = {
             let n = self.store.node(idx);
             let bytes = self.block_bytes(u32::from(n.order));
             debug_assert!(order <= u32::from(n.order), "take above the block's order");
@@ -313,19 +308,9 @@ impl BuddyAllocator {
             );
             (n.offset, u32::from(n.order))
         };
-        while j > order {
-            j -= 1;
-            let right = offset + self.block_bytes(j);
-            let c = self.store.split(cur, j as u8, offset);
-            if target >= right {
-                self.store.push_free(c);
-                cur = c + 1;
-                offset = right;
-            } else {
-                self.store.push_free(c + 1);
-                cur = c;
-            }
-        }
-        self.allocated(cur, offset, order, tag)
+        let (leaf, offset) = self
+            .store
+            .split_to::<false>(idx, offset, from, order, target);
+        self.allocated(leaf, offset, order, tag)
     }
 }

@@ -155,18 +155,7 @@ impl BuddyAllocator {
     /// they go.
     #[inline(always)]
     pub(super) fn release(&mut self, idx: u32) {
-        debug_assert_eq!(
-            self.store.node(idx).state,
-            NodeState::Allocated,
-            "release of a block that is not allocated"
-        );
-        let mut cur = idx;
-        while let Some(parent) = self.store.mergeable_parent(cur) {
-            self.store.unlink_free(cur ^ 1);
-            self.store.merge(parent);
-            cur = parent;
-        }
-        self.store.push_free(cur);
+        self.store.release(idx);
     }
 
     /// Marks exactly `blocks` allocated (with their own tags), e.g. to

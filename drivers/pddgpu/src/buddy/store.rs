@@ -16,6 +16,8 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::bits_from;
+
 /// "No node" in links, parents and list heads.
 pub(crate) const NIL: u32 = u32::MAX;
 
@@ -89,6 +91,8 @@ pub(crate) struct NodeStore {
     pairs: Vec<Pair>,
     /// Head of the chain of recycled pairs (linked through `next`).
     spare: u32,
+    /// Pairs in the `spare` chain.
+    spares: usize,
     /// Leaves (free + allocated) in the tree.
     leaves: usize,
     /// Free-list heads, `[region * orders + order]`.
@@ -120,6 +124,7 @@ impl NodeStore {
         NodeStore {
             pairs: Vec::new(),
             spare: NIL,
+            spares: 0,
             leaves: 0,
             heads: vec![NIL; orders * regions],
             region_orders: [0; 64],
@@ -206,29 +211,40 @@ impl NodeStore {
         self.pair_mut(idx).a[side] = prev;
     }
 
-    /// The parent of node `idx` if its buddy is a free leaf (so the two
-    /// can merge), else `None` (a root, or a buddy in use or split).
-    #[inline(always)]
-    pub fn mergeable_parent(&self, idx: u32) -> Option<u32> {
-        let pair = self.pair(idx);
-        let buddy_free = pair.state[((idx & 1) ^ 1) as usize] == NodeState::Free;
-        (pair.parent != NIL && buddy_free).then_some(pair.parent)
-    }
-
     /// A fresh pair with both nodes unused; returns the left index.
     #[inline(always)]
     fn alloc_pair(&mut self) -> u32 {
-        if self.spare != NIL {
-            let left = self.spare;
-            self.spare = self.pair(left).next[0];
-            left
-        } else {
+        self.reserve_spares(1);
+        let left = self.spare;
+        self.spare = self.pair(left).next[0];
+        self.spares -= 1;
+        left
+    }
+
+    /// Makes the spare chain at least `n` pairs long (new pairs at the end
+    /// of the store), so that a split chain takes its pairs off the chain
+    /// without a check per level.
+    #[inline(always)]
+    fn reserve_spares(&mut self, n: usize) {
+        if self.spares < n {
+            self.grow_spares(n);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow_spares(&mut self, n: usize) {
+        while self.spares < n {
             let pair = u32::try_from(self.pairs.len())
                 .ok()
                 .filter(|&p| p < NIL >> 1)
                 .expect("more than 2^31 buddy nodes");
-            self.pairs.push(UNUSED_PAIR);
-            pair << 1
+            self.pairs.push(Pair {
+                next: [self.spare, NIL],
+                ..UNUSED_PAIR
+            });
+            self.spare = pair << 1;
+            self.spares += 1;
         }
     }
 
@@ -276,19 +292,268 @@ impl NodeStore {
         c
     }
 
-    /// Drops the (unlisted, leaf) children of `parent`, which becomes a
-    /// leaf again (its state is left for the caller to set).
+    /// Splits leaf `idx` — free and unlisted, the block of order `from` at
+    /// `offset` — down to the block of order `to` that contains `target`
+    /// (aligned to that order), in one pass. Every half split off on the
+    /// way becomes a free leaf on the list of its region and order; the
+    /// kept halves become split nodes, down to the returned leaf (of order
+    /// `to` at the returned offset), which is left free and unlisted for
+    /// the caller to mark. The leaf and free counters change once for the
+    /// whole chain, not per level: the chain adds `from - to` leaves and
+    /// frees `bytes(from) - bytes(to)` (the block of `from` itself was
+    /// counted off when it was unlisted).
+    // 4 KiB create+free in an empty 8 GiB space (21 levels each way):
+    // split+merge per level from ~190 to ~60 instructions (callgrind,
+    // examples/buddy_pairs.rs; figures in docs/BENCHMARKS.md).
+    ///
+    /// With `LOW` the block kept is always the lowest one (`target` must be
+    /// `offset`), which spares a test per level.
     #[inline(always)]
-    pub fn merge(&mut self, parent: u32) {
-        let c = self.node(parent).aux;
-        debug_assert_eq!(self.node(parent).state, NodeState::Split, "merge of a leaf");
-        let spare = self.spare;
-        *self.pair_mut(c) = Pair {
-            next: [spare, NIL],
-            ..UNUSED_PAIR
+    pub fn split_to<const LOW: bool>(
+        &mut self,
+        idx: u32,
+        offset: u64,
+        from: u32,
+        to: u32,
+        target: u64,
+    ) -> (u32, u64) {
+        debug_assert!(
+            {
+                let n = self.node(idx);
+                n.state == NodeState::Free
+                    && u32::from(n.order) == from
+                    && n.offset == offset
+                    && to <= from
+                    && target >= offset
+                    && target - offset < 1u64 << (from + self.chunk_shift)
+                    && target & ((1u64 << (to + self.chunk_shift)) - 1) == 0
+                    && (!LOW || target == offset)
+            },
+            "split_to of a node that is not a free leaf of `from` at `offset` holding `target`"
+        );
+        let levels = (from - to) as usize;
+        if levels == 0 {
+            return (idx, offset);
+        }
+        self.reserve_spares(levels);
+        let NodeStore {
+            pairs,
+            spare,
+            spares,
+            leaves,
+            heads,
+            region_orders,
+            order_regions,
+            order_mask,
+            free_count,
+            free_bytes,
+            orders,
+            region_shift,
+            chunk_shift,
+            ..
+        } = self;
+        let (orders, region_shift, chunk_shift) = (*orders, *region_shift, *chunk_shift);
+        let pairs = pairs.as_mut_slice();
+        let heads = heads.as_mut_slice();
+        // Below `region_order` both halves of a split lie in the region of
+        // `target`: their region and its mask bit need no computing, and
+        // that region's order mask is updated once after the loop.
+        let region_order = region_shift - chunk_shift;
+        let home = (target >> region_shift) as usize & 63;
+        let home_bit = 1u64 << home;
+        let mut c = *spare;
+        {
+            let side = (idx & 1) as usize;
+            let p = &mut pairs[(idx >> 1) as usize];
+            p.state[side] = NodeState::Split;
+            p.a[side] = c;
+        }
+        let mut cur = idx;
+        let mut left = offset;
+        let mut half = 1u64 << ((from + chunk_shift) & 63);
+        let mut order = from;
+        while order > to {
+            order -= 1;
+            half >>= 1;
+            // `left` is aligned to twice `half`, so this bit of `target`
+            // says which half holds it.
+            let keep_right = !LOW && target & half != 0;
+            let after = pairs[(c >> 1) as usize].next[0];
+            let bit = order as usize & 63;
+            let (free_idx, free_offset) = if keep_right {
+                (c, left)
+            } else {
+                (c | 1, left + half)
+            };
+            let (region, region_bit) = if order < region_order {
+                (home, home_bit)
+            } else {
+                let region = (free_offset >> region_shift) as usize & 63;
+                region_orders[region] |= 1 << bit;
+                (region, 1 << region)
+            };
+            let slot = region * orders + bit;
+            let head = heads[slot];
+            // The kept half is split at the next level (its children are
+            // the next pair of the spare chain); the last one is fixed up
+            // after the loop.
+            pairs[(c >> 1) as usize] = if keep_right {
+                Pair {
+                    offset: left,
+                    parent: cur,
+                    order: order as u8,
+                    state: [NodeState::Free, NodeState::Split],
+                    a: [NIL, after],
+                    next: [head, NIL],
+                }
+            } else {
+                Pair {
+                    offset: left,
+                    parent: cur,
+                    order: order as u8,
+                    state: [NodeState::Split, NodeState::Free],
+                    a: [after, NIL],
+                    next: [NIL, head],
+                }
+            };
+            order_regions[bit] |= region_bit;
+            if head != NIL {
+                pairs[(head >> 1) as usize].a[(head & 1) as usize] = free_idx;
+            }
+            heads[slot] = free_idx;
+            free_count[bit] += 1;
+            if keep_right {
+                left += half;
+                cur = c | 1;
+            } else {
+                cur = c;
+            }
+            c = after;
+        }
+        {
+            let side = (cur & 1) as usize;
+            let p = &mut pairs[(cur >> 1) as usize];
+            p.state[side] = NodeState::Free;
+            p.a[side] = NIL;
+        }
+        let listed = bits_from(to) & !bits_from(from);
+        region_orders[home] |= listed & !bits_from(region_order);
+        *order_mask |= listed;
+        *spare = c;
+        *spares -= levels;
+        *leaves += levels;
+        *free_bytes += (1u64 << ((from + chunk_shift) & 63)) - (1u64 << ((to + chunk_shift) & 63));
+        (cur, left)
+    }
+
+    /// Makes allocated leaf `idx` free again, merged with its free buddies
+    /// as far as they go (each buddy is unlisted and the pair of children
+    /// recycled, one level at a time up to the first buddy that is not a
+    /// free leaf), and lists the resulting free leaf. No two free buddies
+    /// are left unmerged. The leaf and free counters change once for the
+    /// whole chain: it frees exactly the bytes of `idx`'s block.
+    #[inline(always)]
+    pub fn release(&mut self, idx: u32) {
+        debug_assert_eq!(
+            self.node(idx).state,
+            NodeState::Allocated,
+            "release of a block that is not allocated"
+        );
+        let (top, merged_bytes) = {
+            let NodeStore {
+                pairs,
+                spare,
+                spares,
+                leaves,
+                heads,
+                region_orders,
+                order_regions,
+                order_mask,
+                free_count,
+                orders,
+                region_shift,
+                chunk_shift,
+                ..
+            } = &mut *self;
+            let (orders, region_shift, chunk_shift) = (*orders, *region_shift, *chunk_shift);
+            let pairs = pairs.as_mut_slice();
+            let heads = heads.as_mut_slice();
+            let first_order = u32::from(pairs[(idx >> 1) as usize].order);
+            // Below `region_order` a buddy lies in the region of `idx`'s
+            // block (their parent fits in one region).
+            let region_order = region_shift - chunk_shift;
+            let home = {
+                let pair = &pairs[(idx >> 1) as usize];
+                let offset =
+                    pair.offset + (u64::from(idx & 1) << ((first_order + chunk_shift) & 63));
+                (offset >> region_shift) as usize & 63
+            };
+            let mut cur = idx;
+            let mut merged = 0u32;
+            loop {
+                let p = (cur >> 1) as usize;
+                let buddy = ((cur & 1) ^ 1) as usize;
+                let pair = &pairs[p];
+                let parent = pair.parent;
+                if parent == NIL || pair.state[buddy] != NodeState::Free {
+                    break;
+                }
+                debug_assert!(
+                    {
+                        let side = (parent & 1) as usize;
+                        let up = &pairs[(parent >> 1) as usize];
+                        up.state[side] == NodeState::Split && up.a[side] == cur & !1
+                    },
+                    "merge into a parent that is not split into this pair"
+                );
+                let order = u32::from(pair.order);
+                let bit = order as usize & 63;
+                let (prev, next) = (pair.a[buddy], pair.next[buddy]);
+                if prev == NIL {
+                    let region = if order < region_order {
+                        home
+                    } else {
+                        let shift = (order + chunk_shift) & 63;
+                        let offset = pair.offset + ((buddy as u64) << shift);
+                        (offset >> region_shift) as usize & 63
+                    };
+                    let slot = region * orders + bit;
+                    debug_assert_eq!(heads[slot], cur ^ 1, "a node without prev heads its list");
+                    heads[slot] = next;
+                    if next == NIL {
+                        region_orders[region] &= !(1 << bit);
+                        order_regions[bit] &= !(1 << region);
+                        if order_regions[bit] == 0 {
+                            *order_mask &= !(1 << bit);
+                        }
+                    } else {
+                        pairs[(next >> 1) as usize].a[(next & 1) as usize] = NIL;
+                    }
+                } else {
+                    pairs[(prev >> 1) as usize].next[(prev & 1) as usize] = next;
+                    if next != NIL {
+                        pairs[(next >> 1) as usize].a[(next & 1) as usize] = prev;
+                    }
+                }
+                free_count[bit] -= 1;
+                // The pair goes back on the spare chain; marking both
+                // nodes unused is what makes stale node hints fail.
+                let recycled = &mut pairs[p];
+                recycled.state = [NodeState::Unused; 2];
+                recycled.next[0] = *spare;
+                *spare = cur & !1;
+                merged += 1;
+                cur = parent;
+            }
+            *spares += merged as usize;
+            *leaves -= merged as usize;
+            // The buddies merged in were free bytes already.
+            let merged_bytes = (1u64 << ((first_order + merged + chunk_shift) & 63))
+                - (1u64 << ((first_order + chunk_shift) & 63));
+            (cur, merged_bytes)
         };
-        self.spare = c;
-        self.leaves -= 1;
+        self.push_free(top);
+        self.free_bytes -= merged_bytes;
     }
 
     /// Number of leaves (free and allocated).
