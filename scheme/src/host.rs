@@ -111,7 +111,7 @@ impl HostScheme for PddgpuScheme {
             }
         }
         for owner in ended {
-            pddgpu_ipc::logline::defer(log::Level::Debug, move || {
+            pddgpu_ipc::logline::defer(None, log::Level::Debug, move || {
                 format!("client pid {pid} (owner {owner}) gone; releasing what it held")
             });
             self.end_owner(owner);

@@ -493,7 +493,7 @@ impl PddgpuScheme {
     /// dropped): the core releases whatever it still holds.
     pub(crate) fn end_owner(&mut self, owner: OwnerId) {
         let summary = self.driver.owner_exit(owner);
-        logline::defer(log::Level::Debug, move || {
+        logline::defer(None, log::Level::Debug, move || {
             format!("owner {owner} ended: {summary:?}")
         });
     }
