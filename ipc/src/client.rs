@@ -104,7 +104,8 @@ impl Device {
     /// `<domain>_retry_delay_ms` tunables say (early when memory is freed),
     /// answering `ENOSPC` when the retries run out. Where the transport
     /// cannot park (the Redox kernel answers `EAGAIN` straight back), this
-    /// is the retry layer instead: it waits the same delays and opens again
+    /// is the retry layer instead: it waits the same delays
+    /// ([`crate::retry`]) and opens again
     /// with `attempt=<n>` in the path, which the server counts in its retry
     /// statistics, and fails with `ENOSPC` after the same count.
     pub fn create(&self, desc: &BoDesc) -> Result<Bo> {
@@ -130,7 +131,8 @@ impl Device {
                         });
                     }
                     attempt += 1;
-                    std::thread::sleep(Duration::from_millis(policy.delay_ms));
+                    let delay = Duration::from_millis(policy.delay_ms);
+                    std::thread::sleep(crate::retry::wait(delay, attempt));
                 }
                 Err(e) => return Err(e),
             }

@@ -39,6 +39,7 @@ pub mod progress;
 #[cfg(target_os = "redox")]
 #[allow(unsafe_code)]
 pub mod redox;
+pub mod retry;
 pub mod size;
 pub mod stats_table;
 pub mod top;

@@ -24,10 +24,14 @@
 //!   closes. One user's snapshots may hold at most
 //!   [`UserLimits::snapshot_bytes_per_uid`] bytes, except that a user
 //!   holding none may always take one (a file's size depends on the
-//!   server's state, not on the reader); beyond: `ENOBUFS`.
+//!   server's state, not on the reader); beyond: `ENOBUFS`. All users'
+//!   snapshots together may hold at most
+//!   [`UserLimits::snapshot_bytes_total`], so users acting together cannot
+//!   pin more; root and the admin user are exempt from that one, so
+//!   they can always read the server's files.
 //!
-//! Users never share a budget, so one user that spends all of its own
-//! leaves every other user's untouched.
+//! Users never share a per-user budget, so one user that spends all of
+//! its own leaves every other user's untouched.
 
 use std::collections::HashMap;
 
@@ -42,6 +46,9 @@ pub struct UserLimits {
     pub mapped_segments_per_uid: usize,
     /// Bytes of read snapshots one user's handles may hold at once.
     pub snapshot_bytes_per_uid: usize,
+    /// Bytes of read snapshots all users' handles may hold at once (root
+    /// and the admin user exempt).
+    pub snapshot_bytes_total: usize,
 }
 
 impl UserLimits {
@@ -52,6 +59,8 @@ impl UserLimits {
     pub const DEFAULT_MAPPED_SEGMENTS_PER_UID: usize = crate::backing::MAX_MAPPED_SEGMENTS / 4;
     /// The default of [`UserLimits::snapshot_bytes_per_uid`].
     pub const DEFAULT_SNAPSHOT_BYTES_PER_UID: usize = 16 << 20;
+    /// The default of [`UserLimits::snapshot_bytes_total`].
+    pub const DEFAULT_SNAPSHOT_BYTES_TOTAL: usize = 256 << 20;
 }
 
 impl Default for UserLimits {
@@ -60,6 +69,7 @@ impl Default for UserLimits {
             mapped_bos_per_uid: Self::DEFAULT_MAPPED_BOS_PER_UID,
             mapped_segments_per_uid: Self::DEFAULT_MAPPED_SEGMENTS_PER_UID,
             snapshot_bytes_per_uid: Self::DEFAULT_SNAPSHOT_BYTES_PER_UID,
+            snapshot_bytes_total: Self::DEFAULT_SNAPSHOT_BYTES_TOTAL,
         }
     }
 }
@@ -69,6 +79,8 @@ impl Default for UserLimits {
 #[derive(Debug, Default)]
 pub struct PerUser {
     used: HashMap<u32, usize>,
+    /// The sum of `used`.
+    total: usize,
 }
 
 impl PerUser {
@@ -86,6 +98,7 @@ impl PerUser {
                 if total > 0 {
                     self.used.insert(uid, total);
                 }
+                self.total = self.total.saturating_add(amount);
                 Ok(())
             }
             _ => Err(used),
@@ -95,11 +108,17 @@ impl PerUser {
     /// Gives back `amount` that was charged to `uid`.
     pub fn release(&mut self, uid: u32, amount: usize) {
         if let Some(used) = self.used.get_mut(&uid) {
+            self.total -= amount.min(*used);
             *used = used.saturating_sub(amount);
             if *used == 0 {
                 self.used.remove(&uid);
             }
         }
+    }
+
+    /// What all users hold now.
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     /// Users holding anything.
@@ -119,8 +138,17 @@ mod tests {
         assert_eq!(p.try_charge(1, 3, 10), Err(8), "over the limit");
         assert_eq!(p.used(1), 8, "a refused charge changes nothing");
         assert_eq!(p.try_charge(2, 10, 10), Ok(()), "another user's own budget");
+        assert_eq!(p.total(), 18);
         p.release(1, 8);
         assert_eq!(p.used(1), 0);
+        assert_eq!(p.total(), 10);
+        p.release(2, 11);
+        assert_eq!(
+            p.total(),
+            0,
+            "releasing more than held gives back what was held"
+        );
+        p.try_charge(2, 10, 10).unwrap();
         assert_eq!(p.users(), 1, "a user at zero is forgotten");
         assert_eq!(p.try_charge(1, usize::MAX, usize::MAX), Ok(()));
         assert_eq!(

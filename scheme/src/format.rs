@@ -11,11 +11,11 @@ use pddgpu_ipc::model::{
     MapExtent, OccupancyMap, PoolStats, Stats, JSON_ABI,
 };
 
-use crate::callers::Callers;
+use crate::callers::{Callers, OwnerId};
 use crate::path::FileKind;
 
 /// Renders a generated file.
-pub fn render(kind: FileKind, driver: &Driver, owners: &Callers) -> Vec<u8> {
+pub fn render(kind: FileKind, driver: &Driver, owners: &Owners) -> Vec<u8> {
     let text = match kind {
         FileKind::Stats => stats_text(&stats(driver)),
         FileKind::StatsJson => json(&stats(driver)),
@@ -33,6 +33,48 @@ pub fn render(kind: FileKind, driver: &Driver, owners: &Callers) -> Vec<u8> {
         FileKind::State => state_text(driver),
     };
     text.into_bytes()
+}
+
+/// The callers as generated files show them (pid and open handles per
+/// live owner): copied out of [`Callers`] under the scheme lock, in time
+/// proportional to the number of owners, so that a file can be rendered
+/// after the lock is released. Everything else a file shows is the
+/// driver's, which serves concurrent readers itself (each of its reports
+/// is taken under its own locks, e.g. an occupancy map in one walk).
+#[derive(Clone, Debug, Default)]
+pub struct Owners {
+    /// Owner -> (pid for display, open handles).
+    by_owner: std::collections::BTreeMap<OwnerId, (usize, usize)>,
+}
+
+impl Owners {
+    /// The live owners of `callers` now.
+    pub fn of(callers: &Callers) -> Owners {
+        let by_owner = callers
+            .list()
+            .into_iter()
+            .map(|(owner, pid)| (owner, (pid, callers.handles(owner))))
+            .collect();
+        Owners { by_owner }
+    }
+
+    /// The pid of a live owner.
+    pub fn pid(&self, owner: OwnerId) -> Option<usize> {
+        self.by_owner.get(&owner).map(|&(pid, _)| pid)
+    }
+
+    /// Open handles of a live owner.
+    pub fn handles(&self, owner: OwnerId) -> usize {
+        self.by_owner.get(&owner).map_or(0, |&(_, handles)| handles)
+    }
+
+    /// All live owners with their pids, by owner id.
+    pub fn list(&self) -> Vec<(OwnerId, usize)> {
+        self.by_owner
+            .iter()
+            .map(|(&owner, &(pid, _))| (owner, pid))
+            .collect()
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -210,7 +252,7 @@ fn manager_text(
 
 /// `<domain>.map.json`: the driver's occupancy map with owners resolved to
 /// pids.
-pub fn occupancy(driver: &Driver, owners: &Callers, domain: Domain) -> OccupancyMap {
+pub fn occupancy(driver: &Driver, owners: &Owners, domain: Domain) -> OccupancyMap {
     let m = driver.occupancy(domain);
     let extents = m
         .extents
@@ -291,7 +333,7 @@ fn domain_name(d: Domain) -> String {
 }
 
 /// `leaks.json` from a driver report; owners are resolved to pids.
-pub fn leaks(r: &LeakReport, owners: &Callers) -> LeakModel {
+pub fn leaks(r: &LeakReport, owners: &Owners) -> LeakModel {
     let audits: Vec<LeakAudit> = r
         .audits
         .iter()
@@ -382,7 +424,7 @@ pub fn leaks_text(r: &LeakModel) -> String {
 
 /// `clients.json`: every live owner (with handles) joined with the
 /// driver's usage.
-pub fn clients(driver: &Driver, owners: &Callers) -> Vec<ClientInfo> {
+pub fn clients(driver: &Driver, owners: &Owners) -> Vec<ClientInfo> {
     let usage = driver.clients();
     // The largest BO each owner is shown holding: (size, label).
     let mut largest: std::collections::BTreeMap<u64, (u64, String)> = Default::default();

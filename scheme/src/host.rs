@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use pddgpu::driver::Domain;
-use pddgpu_ipc::host::{HostScheme, ParkPolicy};
+use pddgpu_ipc::host::{HostScheme, Install, ParkPolicy, Prework, PreworkRequest};
 
 use crate::convert::core_domain;
 use crate::handles::Kind;
 use crate::path::{self, Node};
-use crate::scheme::PddgpuScheme;
+use crate::scheme::{rendered, PddgpuScheme, Prepared};
 
 /// The domain a `bo/new?…` open path creates in, and the size it asks
 /// for, if it is one.
@@ -61,6 +61,26 @@ impl HostScheme for PddgpuScheme {
             .map_or(0, |&d| self.driver().free_size(d))
     }
 
+    /// A read, `fstat` or `fsize` that takes a new snapshot of a generated
+    /// file not rendered at this state yet: the callers are copied now,
+    /// under the lock, and the file is rendered by the request's own
+    /// thread after the lock is released, from that copy and the driver
+    /// (see [`crate::snapshots`]).
+    fn prework(&mut self, request: PreworkRequest) -> Option<Prework<Self>> {
+        let (id, from_start) = match request {
+            PreworkRequest::Read { id, offset } => (id, offset == 0),
+            PreworkRequest::Size { id } => (id, false),
+        };
+        let (kind, state, owners) = self.gather_for_snapshot(id, from_start)?;
+        let driver = self.driver().clone();
+        Some(Box::new(move || -> Install<Self> {
+            let text = rendered(kind, &driver, &owners).into();
+            Box::new(move |scheme: &mut Self| {
+                scheme.set_prepared(id, Prepared { kind, state, text });
+            })
+        }))
+    }
+
     /// A client connection ended: its handles are gone. An owner that
     /// ends with them is released in one `owner_exit` batch instead of BO
     /// by BO.
@@ -91,7 +111,9 @@ impl HostScheme for PddgpuScheme {
             }
         }
         for owner in ended {
-            log::debug!("client pid {pid} (owner {owner}) gone; releasing what it held");
+            pddgpu_ipc::logline::defer(None, log::Level::Debug, move || {
+                format!("client pid {pid} (owner {owner}) gone; releasing what it held")
+            });
             self.end_owner(owner);
         }
         let_go.sort_unstable_by_key(|&(bo, uid)| (bo.0, uid));

@@ -85,6 +85,19 @@ pub struct PddgpuScheme {
     /// that take a snapshot at the state it shows (see
     /// [`crate::snapshots`]).
     renders: Renders,
+    /// Per handle: a rendering made for its request being served, without
+    /// the lock (see [`PddgpuScheme::gather_for_snapshot`]), taken by that
+    /// request's snapshot.
+    prepared: std::collections::HashMap<usize, Prepared>,
+}
+
+/// A rendering made for one handle's request outside the scheme lock.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub kind: FileKind,
+    /// The server state it shows.
+    pub state: u64,
+    pub text: Arc<[u8]>,
 }
 
 /// A syscall error with `errno`.
@@ -108,6 +121,7 @@ impl PddgpuScheme {
             user_limits: UserLimits::default(),
             snapshot_bytes: PerUser::default(),
             renders: Renders::default(),
+            prepared: Default::default(),
         }
     }
 
@@ -265,6 +279,7 @@ impl PddgpuScheme {
     /// Removes handle `id` from the table and gives back its snapshot's
     /// charge.
     fn remove_handle(&mut self, id: usize) -> Option<Handle> {
+        self.prepared.remove(&id);
         let handle = self.handles.remove(id)?;
         let (uid, bytes) = handle.kind.snapshot_charge();
         self.snapshot_bytes.release(uid, bytes);
@@ -295,6 +310,7 @@ impl PddgpuScheme {
     /// last known length before anything is rendered, and against the
     /// exact length after.
     fn take_snapshot(&mut self, id: usize, ctx: &CallerCtx) -> Result<()> {
+        let prepared = self.prepared.remove(&id);
         let handle = self.handles.get_mut(id).ok_or(err(EBADF))?;
         let source = match &handle.kind {
             Kind::File { kind, .. } => Ok(*kind),
@@ -321,10 +337,18 @@ impl PddgpuScheme {
         self.charge_snapshot(uid, expected, limit, ctx)?;
         self.snapshot_bytes.release(uid, expected);
         let fresh: Arc<[u8]> = match source {
-            Ok(kind) => {
-                let (driver, callers) = (&self.driver, &self.callers);
-                self.renders.current(kind, || render(kind, driver, callers))
-            }
+            Ok(kind) => match prepared {
+                Some(p) if p.kind == kind => {
+                    self.renders.offer(kind, p.state, p.text.clone());
+                    p.text
+                }
+                _ => {
+                    let (driver, callers) = (&self.driver, &self.callers);
+                    self.renders.current(kind, || {
+                        rendered(kind, driver, &format::Owners::of(callers))
+                    })
+                }
+            },
             Err(name) => {
                 let value = self.driver.tunables().show(&name).ok_or(err(ENOENT))?;
                 format!("{value}\n").into_bytes().into()
@@ -340,7 +364,57 @@ impl PddgpuScheme {
         Ok(())
     }
 
-    /// Charges `bytes` of snapshot to `uid` within `limit`, or logs the
+    /// For a request on handle `id` that will take a new snapshot (a read
+    /// from offset 0 or `from_start`, or any first read, `fstat` or
+    /// `fsize`) of a generated file not rendered at the current state yet,
+    /// and whose last known length fits its user's budget: the file, the
+    /// state it is to show and what it needs of the scheme's own data (the
+    /// callers), so that it can be rendered without the lock and handed
+    /// back with [`PddgpuScheme::set_prepared`]. `None` when the request
+    /// needs no rendering, or will be refused without one.
+    pub(crate) fn gather_for_snapshot(
+        &self,
+        id: usize,
+        from_start: bool,
+    ) -> Option<(FileKind, u64, format::Owners)> {
+        let handle = self.handles.get(id).filter(|h| h.read)?;
+        let Kind::File { kind, snapshot } = &handle.kind else {
+            return None;
+        };
+        if !(from_start || snapshot.bytes.is_none()) || self.renders.is_current(*kind) {
+            return None;
+        }
+        let uid = self.callers.uid(handle.owner)?;
+        // The check `take_snapshot` makes before rendering.
+        let own = if snapshot.uid == uid {
+            snapshot.len()
+        } else {
+            0
+        };
+        let used = self.snapshot_bytes.used(uid).saturating_sub(own);
+        let expected = self.renders.expected_len(*kind);
+        if used > 0 && used + expected > self.user_limits.snapshot_bytes_per_uid {
+            return None;
+        }
+        let all = self.snapshot_bytes.total().saturating_sub(snapshot.len());
+        let privileged = uid == 0 || Some(uid) == self.options.admin_uid;
+        if !privileged && all + expected > self.user_limits.snapshot_bytes_total {
+            return None;
+        }
+        let owners = format::Owners::of(&self.callers);
+        Some((*kind, self.renders.state(), owners))
+    }
+
+    /// Hands handle `id`'s request the rendering made for it (see
+    /// [`PddgpuScheme::gather_for_snapshot`]).
+    pub(crate) fn set_prepared(&mut self, id: usize, prepared: Prepared) {
+        if self.handles.get(id).is_some() {
+            self.prepared.insert(id, prepared);
+        }
+    }
+
+    /// Charges `bytes` of snapshot to `uid` within `limit` and, unless the
+    /// caller is privileged, within the all-users budget; or logs the
     /// refusal and fails with `ENOBUFS`.
     fn charge_snapshot(
         &mut self,
@@ -349,6 +423,15 @@ impl PddgpuScheme {
         limit: usize,
         ctx: &CallerCtx,
     ) -> Result<()> {
+        let all = self.snapshot_bytes.total();
+        let all_budget = self.user_limits.snapshot_bytes_total;
+        if !self.privileged(ctx) && all.saturating_add(bytes) > all_budget {
+            let reason = format!(
+                "all users hold {all} bytes of read snapshots; {bytes} more would pass the server's {all_budget}"
+            );
+            self.log_refusal(ctx, "read a generated file", ENOBUFS, &reason);
+            return Err(err(ENOBUFS));
+        }
         if let Err(held) = self.snapshot_bytes.try_charge(uid, bytes, limit) {
             let budget = self.user_limits.snapshot_bytes_per_uid;
             let reason = format!(
@@ -410,7 +493,9 @@ impl PddgpuScheme {
     /// dropped): the core releases whatever it still holds.
     pub(crate) fn end_owner(&mut self, owner: OwnerId) {
         let summary = self.driver.owner_exit(owner);
-        log::debug!("owner {owner} ended: {summary:?}");
+        logline::defer(None, log::Level::Debug, move || {
+            format!("owner {owner} ended: {summary:?}")
+        });
     }
 
     fn bo_info(&self, h: &Handle) -> Result<BoInfo> {
@@ -441,8 +526,8 @@ fn file_stat(mode: u16, size: u64, ino: u64, ctx: &CallerCtx) -> Stat {
 
 /// Renders generated file `kind` (logged at debug level, so tests and
 /// admins can count renders).
-fn render(kind: FileKind, driver: &Driver, callers: &Callers) -> Vec<u8> {
-    let bytes = format::render(kind, driver, callers);
+pub(crate) fn rendered(kind: FileKind, driver: &Driver, owners: &format::Owners) -> Vec<u8> {
+    let bytes = format::render(kind, driver, owners);
     let (name, len) = (kind.name(), bytes.len());
     logline::defer(None, log::Level::Debug, move || {
         format!("rendered {name}: {len} bytes")

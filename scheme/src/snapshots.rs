@@ -17,6 +17,14 @@
 //!   state serves every handle that takes a snapshot at that state: the
 //!   renders follow the changes of the server state, not the requests of
 //!   the readers.
+//! - Over the host transport a rendering runs without the scheme lock:
+//!   what it needs of the scheme (the callers, [`crate::format::Owners`])
+//!   is copied under the lock, in time proportional to the number of
+//!   owners; the driver's reports (occupancy maps, usage, leak reports)
+//!   and the formatting follow after the lock is released, and the text
+//!   is handed to the request when it is dispatched
+//!   (`HostScheme::prework`), so a user rendering big files over and over
+//!   costs other users no lock time.
 //! - Each handle's snapshot is charged to its user as if it were its own
 //!   copy (see [`crate::budget`]); the last rendering's length, known
 //!   before rendering, lets a user past its budget be refused without
@@ -66,6 +74,29 @@ impl Renders {
         self.latest.get(&kind).map_or(0, |(_, text)| text.len())
     }
 
+    /// The current server state (see [`Renders::state_changed`]).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// Whether `kind` was rendered at the current state already.
+    pub fn is_current(&self, kind: FileKind) -> bool {
+        self.latest
+            .get(&kind)
+            .is_some_and(|(state, _)| *state == self.state)
+    }
+
+    /// Keeps `text`, a rendering of `kind` at state `state` made
+    /// elsewhere (without the scheme lock), unless a later one is kept.
+    pub fn offer(&mut self, kind: FileKind, state: u64, text: Arc<[u8]>) {
+        match self.latest.get(&kind) {
+            Some((kept, _)) if *kept >= state => {}
+            _ => {
+                self.latest.insert(kind, (state, text));
+            }
+        }
+    }
+
     /// `kind` at the current state: the rendering already made at this
     /// state, or a new one made by `render`.
     pub fn current(&mut self, kind: FileKind, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
@@ -111,5 +142,26 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!(r.expected_len(FileKind::VramMap), 3);
         assert_eq!(r.expected_len(FileKind::Health), 0, "never rendered");
+        assert!(r.is_current(FileKind::VramMap));
+        assert!(
+            !r.is_current(FileKind::Clients),
+            "rendered at an older state"
+        );
+    }
+
+    #[test]
+    fn a_rendering_made_elsewhere_serves_its_state_and_no_later_one() {
+        let mut r = Renders::default();
+        let made_at = r.state();
+        r.offer(FileKind::Clients, made_at, vec![b'a'; 4].into());
+        assert!(r.is_current(FileKind::Clients));
+        let text = r.current(FileKind::Clients, || unreachable!("rendered twice"));
+        assert_eq!(&*text, b"aaaa");
+        r.state_changed();
+        r.current(FileKind::Clients, || vec![b'b'; 2]);
+        // An older rendering arriving late does not replace a newer one.
+        r.offer(FileKind::Clients, made_at, vec![b'a'; 4].into());
+        assert_eq!(r.expected_len(FileKind::Clients), 2);
+        assert!(r.is_current(FileKind::Clients));
     }
 }

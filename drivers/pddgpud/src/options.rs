@@ -100,10 +100,18 @@ pub struct LimitOptions {
     #[arg(long, value_parser = parse_usize_size,
           default_value_t = UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID)]
     pub max_snapshot_bytes_per_uid: usize,
+    /// The same, all users together; root and --admin-uid are exempt
+    /// (ENOBUFS beyond; every transport).
+    #[arg(long, value_parser = parse_usize_size,
+          default_value_t = UserLimits::DEFAULT_SNAPSHOT_BYTES_TOTAL)]
+    pub max_snapshot_bytes: usize,
     /// Bytes the answers of one user's reads may hold while being sent;
     /// past it, reads are answered short (host transport).
     #[arg(long, value_parser = parse_usize_size, default_value_t = 64 << 20)]
     pub max_answer_bytes_per_uid: usize,
+    /// The same, all users together (host transport).
+    #[arg(long, value_parser = parse_usize_size, default_value_t = 512 << 20)]
+    pub max_answer_bytes: usize,
     /// Bytes the receive buffers of one user's frames in flight may hold
     /// (beyond 16 KiB a connection); a frame past it gets ENOBUFS (host
     /// transport).
@@ -146,7 +154,9 @@ impl Default for LimitOptions {
             max_mapped_bos_per_uid: UserLimits::DEFAULT_MAPPED_BOS_PER_UID,
             max_mapped_segments_per_uid: UserLimits::DEFAULT_MAPPED_SEGMENTS_PER_UID,
             max_snapshot_bytes_per_uid: UserLimits::DEFAULT_SNAPSHOT_BYTES_PER_UID,
+            max_snapshot_bytes: UserLimits::DEFAULT_SNAPSHOT_BYTES_TOTAL,
             max_answer_bytes_per_uid: 64 << 20,
+            max_answer_bytes: 512 << 20,
             max_frame_bytes_per_uid: 64 << 20,
             max_frame_bytes: 512 << 20,
             admin_connections: 8,
@@ -171,6 +181,7 @@ impl LimitOptions {
             mapped_bos_per_uid: self.max_mapped_bos_per_uid,
             mapped_segments_per_uid: self.max_mapped_segments_per_uid,
             snapshot_bytes_per_uid: self.max_snapshot_bytes_per_uid,
+            snapshot_bytes_total: self.max_snapshot_bytes,
         }
     }
 }

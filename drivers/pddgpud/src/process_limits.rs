@@ -4,10 +4,13 @@
 //! - **Descriptors.** Every connection holds two (its socket and the
 //!   server's handle on it, to end it at shutdown) and every mapped BO one
 //!   (its memfd). At start the soft `RLIMIT_NOFILE` is raised to the hard
-//!   one; half of the result may go to mapped BOs, all users together, and
-//!   one user may have at most a quarter of that, so no single user comes
-//!   near the limit. When the accept loop still runs out, it backs off
-//!   (see `pddgpu_ipc::host`).
+//!   one; beyond a reserve for the program itself, connections may take
+//!   at most half of the result (`--max-connections` is lowered to fit,
+//!   so the connections kept for the admin always have their
+//!   descriptors) and mapped BOs, all users together, the rest; one user
+//!   may map at most a quarter of that, so no single user comes near the
+//!   limit. When the accept loop still runs out, it backs off (see
+//!   `pddgpu_ipc::host`).
 //! - **Kernel mappings.** Each mapped segment splits the server's mapping
 //!   of its domain (up to two more VMAs) and each connection thread has a
 //!   stack and a guard page; `vm.max_map_count` bounds them all. The
@@ -72,17 +75,35 @@ pub fn max_map_count() -> Option<usize> {
         .ok()
 }
 
+/// Connections served at once however few descriptors there are (with
+/// fewer than about 100, the accept loop's own refusal of clients it has
+/// no descriptor for takes over).
+const MIN_CONNECTIONS: usize = 16;
+
+/// Connections a process allowed `descriptors` open files may serve at
+/// once: `--max-connections`, lowered so that their descriptors (two
+/// each) take at most half of what the program's own reserve leaves, but
+/// not below [`MIN_CONNECTIONS`].
+pub fn connection_limit(opts: &Options, descriptors: usize) -> usize {
+    let usable = descriptors.saturating_sub(DESCRIPTORS_RESERVED);
+    let fitted = (usable / 4).max(MIN_CONNECTIONS);
+    opts.limits.max_connections.min(fitted)
+}
+
 /// The mapping budget for a process allowed `descriptors` open files and
-/// `mappings` kernel mappings, serving as `opts` says.
+/// `mappings` kernel mappings, serving as `opts` says: the descriptors
+/// the connections ([`connection_limit`]) and the reserve leave.
 pub fn mapping_limits(
     opts: &Options,
     descriptors: usize,
     mappings: Option<usize>,
 ) -> MappingLimits {
     let limits = opts.limits.user_limits();
-    let bos_total = MAX_MAPPED_SEGMENTS.min(descriptors.saturating_sub(DESCRIPTORS_RESERVED) / 2);
+    let connections = connection_limit(opts, descriptors);
+    let usable = descriptors.saturating_sub(DESCRIPTORS_RESERVED);
+    let bos_total = MAX_MAPPED_SEGMENTS.min(usable.saturating_sub(2 * connections));
     // A thread: its stack and its guard page.
-    let threads = 2 * (opts.limits.max_connections + 1);
+    let threads = 2 * (connections + 1);
     let segments_total = mappings.map_or(MAX_MAPPED_SEGMENTS, |m| {
         MAX_MAPPED_SEGMENTS.min(m.saturating_sub(threads + MAPPINGS_RESERVED) / 2)
     });
@@ -94,10 +115,18 @@ pub fn mapping_limits(
     }
 }
 
-/// Raises the descriptor limit and fits the mapping budget to it and to
-/// the kernel's mapping bound; logs the figures.
-pub fn fit(opts: &Options) -> MappingLimits {
+/// Raises the descriptor limit and fits the connection limit and the
+/// mapping budget to it and to the kernel's mapping bound; logs the
+/// figures. Returns the mapping budget and the connection limit.
+pub fn fit(opts: &Options) -> (MappingLimits, usize) {
     let descriptors = raise_descriptor_limit();
+    let connections = connection_limit(opts, descriptors);
+    if connections < opts.limits.max_connections {
+        log::info!(
+            "connections: at most {connections} (not {}: two descriptors each)",
+            opts.limits.max_connections
+        );
+    }
     let limits = mapping_limits(opts, descriptors, max_map_count());
     log::info!(
         "mapped BOs: at most {} ({} per user), {} segments ({} per user)",
@@ -106,7 +135,7 @@ pub fn fit(opts: &Options) -> MappingLimits {
         limits.segments_total,
         limits.segments_per_uid
     );
-    limits
+    (limits, connections)
 }
 
 #[cfg(test)]
@@ -127,13 +156,21 @@ mod tests {
             2 * roomy.segments_total + 2 * 1025 + MAPPINGS_RESERVED <= 65530,
             "segments and threads fit below vm.max_map_count"
         );
+        assert_eq!(connection_limit(&opts, 1 << 20), 1024, "the option");
         let tight = mapping_limits(&opts, 1024, Some(20000));
+        let connections = connection_limit(&opts, 1024);
+        assert_eq!(connections, (1024 - 64) / 4, "half the descriptors");
+        assert!(
+            2 * connections + tight.bos_total + DESCRIPTORS_RESERVED <= 1024,
+            "connections, mapped BOs and the reserve fit the descriptors"
+        );
         assert_eq!(tight.bos_total, (1024 - 64) / 2);
         assert_eq!(
             tight.bos_per_uid, 120,
             "a quarter of what descriptors allow"
         );
-        assert_eq!(tight.segments_total, (20000 - 2050 - 1024) / 2);
+        assert_eq!(tight.segments_total, (20000 - 2 * 241 - 1024) / 2);
         assert_eq!(mapping_limits(&opts, 10, Some(100)).segments_total, 0);
+        assert_eq!(connection_limit(&opts, 10), MIN_CONNECTIONS);
     }
 }

@@ -25,6 +25,7 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
         send_timeout: ms(l.send_timeout_ms),
         shutdown_grace: ms(l.shutdown_grace_ms),
         max_answer_bytes_per_uid: l.max_answer_bytes_per_uid,
+        max_answer_bytes: l.max_answer_bytes,
         max_frame_bytes_per_uid: l.max_frame_bytes_per_uid,
         max_frame_bytes: l.max_frame_bytes,
         admin_connections: l.admin_connections,
@@ -36,9 +37,14 @@ pub fn server_limits(opts: &Options) -> ServerLimits {
 /// Serves `scheme` on the host socket until told to stop; returns it, shut
 /// down, with every client's handles released.
 pub fn serve_host(opts: &Options, mut scheme: PddgpuScheme) -> Result<PddgpuScheme, String> {
-    scheme.set_mapping_limits(crate::process_limits::fit(opts));
+    let (mapping, max_connections) = crate::process_limits::fit(opts);
+    scheme.set_mapping_limits(mapping);
+    let limits = ServerLimits {
+        max_connections,
+        ..server_limits(opts)
+    };
     let socket = opts.socket_path();
-    let mut server = HostServer::bind(&socket, server_limits(opts), scheme)
+    let mut server = HostServer::bind(&socket, limits, scheme)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     // Like a render node: any local user may connect; the scheme itself
     // decides what each caller may do (control and config writes need the

@@ -7,8 +7,8 @@ pub mod server;
 
 pub use client::{HostConnection, Reply};
 pub use server::{
-    caller_id, caller_pid, HostScheme, HostServer, ParkPolicy, PeerCred, ServerLimits, PARK_POOLS,
-    ROOT_FD,
+    caller_id, caller_pid, HostScheme, HostServer, Install, ParkPolicy, PeerCred, Prework,
+    PreworkRequest, ServerLimits, PARK_POOLS, ROOT_FD,
 };
 // Mapping a BO from the descriptor the server passed.
 #[allow(unsafe_code)]

@@ -45,8 +45,10 @@
 //!   ([`ServerLimits::max_frame_bytes_per_uid`]) and to all users
 //!   together ([`ServerLimits::max_frame_bytes`]): a frame that would grow
 //!   past either is answered `ENOBUFS` and its bytes are dropped as they
-//!   arrive. The answers of one user waiting to be sent hold at most
-//!   [`ServerLimits::max_answer_bytes_per_uid`]: past it, a read is
+//!   arrive. A request's own copy of its payload is given back as soon as
+//!   it is served. The answers of one user waiting to be sent hold at
+//!   most [`ServerLimits::max_answer_bytes_per_uid`], and those of all
+//!   users [`ServerLimits::max_answer_bytes`]: past either, a read is
 //!   answered short, with at most [`MIN_ANSWER`] bytes (a short read, as
 //!   `read` allows), and a larger `call` (whose answer is its whole
 //!   payload) fails with `ENOBUFS`, so a user that does not read its
@@ -113,7 +115,8 @@ pub trait HostScheme: SchemeSync {
 
     /// Called right after an `openat` of `path` failed with `EAGAIN`:
     /// whether to park it (this client waits; everyone else is served).
-    /// A parked request is retried every `delay`, `retries` times, and in
+    /// A parked request is retried `retries` times, first after `delay`,
+    /// then after waits that double up to a cap ([`crate::retry`]), and in
     /// between whenever its pool's [`HostScheme::wake_epoch`] moves while
     /// [`HostScheme::free_bytes`] of the pool reach what it `needs`. `None`
     /// answers `EAGAIN` at once.
@@ -143,7 +146,47 @@ pub trait HostScheme: SchemeSync {
         let _ = pool;
         u64::MAX
     }
+
+    /// Work that request `request` needs before it is dispatched and that
+    /// can be done without the scheme lock (e.g. formatting a generated
+    /// file from data gathered under the lock): called under the lock; the
+    /// server runs the returned [`Prework`] after releasing it, takes the
+    /// lock again, gives the scheme the result ([`Install`]) and then
+    /// dispatches the request. Only requests on a handle the connection
+    /// holds are asked about. The default needs none.
+    fn prework(&mut self, request: PreworkRequest) -> Option<Prework<Self>>
+    where
+        Self: Sized,
+    {
+        let _ = request;
+        None
+    }
 }
+
+/// A request a scheme may do work for outside the lock (see
+/// [`HostScheme::prework`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreworkRequest {
+    /// A read.
+    Read {
+        /// The handle read.
+        id: usize,
+        /// Where the read starts.
+        offset: u64,
+    },
+    /// `fstat` or `fsize`.
+    Size {
+        /// The handle asked about.
+        id: usize,
+    },
+}
+
+/// What the result of a [`Prework`] does to the scheme, under its lock,
+/// right before the request is dispatched.
+pub type Install<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+/// Work done without the scheme lock (see [`HostScheme::prework`]).
+pub type Prework<S> = Box<dyn FnOnce() -> Install<S> + Send>;
 
 /// Pools parked requests may wait on (e.g. memory domains), numbered from
 /// 0.
@@ -153,10 +196,11 @@ pub const PARK_POOLS: usize = 2;
 /// [`HostScheme::park_policy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParkPolicy {
-    /// Retries after the first attempt, one every `delay`: the request
-    /// waits at most `retries` times `delay` in all.
+    /// Retries after the first attempt: the request waits at most
+    /// [`crate::retry::total_wait`] of `delay` and `retries` in all.
     pub retries: u32,
-    /// Time between two counted retries.
+    /// Time before the first counted retry; the waits before later ones
+    /// double, up to a cap ([`crate::retry::wait`]).
     pub delay: Duration,
     /// The pool whose frees may let the request succeed (below
     /// [`PARK_POOLS`]); frees elsewhere do not wake it.
@@ -215,6 +259,10 @@ pub struct ServerLimits {
     /// being sent; past it, reads are answered short (at most
     /// [`MIN_ANSWER`] bytes each) and larger `call`s fail with `ENOBUFS`.
     pub max_answer_bytes_per_uid: usize,
+    /// The same for all users together, so users acting together cannot
+    /// pin more (each read still gets [`MIN_ANSWER`], so at most that per
+    /// connection beyond it).
+    pub max_answer_bytes: usize,
     /// Bytes the receive buffers of one user's connections may hold beyond
     /// [`INBUF_INITIAL`] each (frames in flight); a frame that would grow
     /// past it is answered `ENOBUFS`.
@@ -248,6 +296,7 @@ impl Default for ServerLimits {
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
             max_answer_bytes_per_uid: 64 << 20,
+            max_answer_bytes: 512 << 20,
             max_frame_bytes_per_uid: 64 << 20,
             max_frame_bytes: 512 << 20,
             admin_connections: 8,
@@ -282,6 +331,9 @@ struct Shared<S> {
     conns: Mutex<Vec<ConnCtl>>,
     /// Bytes all receive buffers hold beyond [`INBUF_INITIAL`] each.
     frame_bytes: AtomicUsize,
+    /// Bytes of all users' answers being built or sent (see
+    /// [`UserUsage::answer_bytes`]).
+    answer_bytes: Arc<AtomicUsize>,
     /// Connections and handles per user.
     users: Mutex<HashMap<u32, Arc<UserUsage>>>,
     /// Parked requests wait on their pool's `woken` under this lock; it
@@ -369,8 +421,10 @@ struct ConnState {
     /// caller maps). The ids are the scheme's, never chosen by a client.
     handles: hashbrown::HashSet<usize>,
     user: Arc<UserUsage>,
+    /// The server's count of answer bytes, all users.
+    all_answers: Arc<AtomicUsize>,
     /// Bytes of the answer being built or sent, counted in the user's
-    /// `answer_bytes`.
+    /// and the server's `answer_bytes`.
     answer_reserved: usize,
     /// Bytes of the receive buffer beyond [`INBUF_INITIAL`], counted in
     /// the user's and the server's `frame_bytes`.
@@ -507,6 +561,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
                 served: AtomicU64::new(0),
                 conns: Mutex::new(Vec::new()),
                 frame_bytes: AtomicUsize::new(0),
+                answer_bytes: Default::default(),
                 users: Mutex::new(HashMap::new()),
                 stopping: Mutex::new(false),
                 pools: Default::default(),
@@ -839,11 +894,13 @@ fn reap(conns: &mut Vec<ConnCtl>) {
 
 /// Runs one request; an `openat` that fails with `EAGAIN` is parked and
 /// retried as the scheme's [`HostScheme::park_policy`] says, blocking only
-/// this connection's thread: a counted retry every `delay`, and uncounted
-/// ones in between when a free in the request's own pool leaves enough
-/// room, so frees that cannot help (another pool, too little) neither
-/// wake it nor use up its retries, and it waits `retries` × `delay` at
-/// most.
+/// this connection's thread: counted retries on the schedule of
+/// [`crate::retry`] (after `delay`, then after waits that double up to a
+/// cap, so a parked request costs next to nothing while nothing is freed),
+/// and uncounted ones in between when a free in the request's own pool
+/// leaves enough room, so frees that cannot help (another pool, too
+/// little) neither wake it nor use up its retries, and it waits
+/// [`crate::retry::total_wait`] at most.
 fn serve_request<S: HostScheme>(
     shared: &Shared<S>,
     conn: &mut ConnState,
@@ -851,8 +908,18 @@ fn serve_request<S: HostScheme>(
     payload: &mut Vec<u8>,
 ) -> Dispatched {
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
+    let prework_request = prework_request(conn, header);
     let run = |conn: &mut ConnState, payload: &mut Vec<u8>, retry: bool| {
         let mut guard = lock(&shared.locked);
+        if let Some(job) = prework_request.and_then(|r| guard.scheme.prework(r)) {
+            // The lock is free while the work runs: other connections'
+            // requests go on meanwhile.
+            drop(guard);
+            crate::logline::flush();
+            let install = job();
+            guard = lock(&shared.locked);
+            install(&mut guard.scheme);
+        }
         let Locked { scheme } = &mut *guard;
         if retry {
             scheme.on_retry(payload);
@@ -878,9 +945,9 @@ fn serve_request<S: HostScheme>(
     let pool_index = policy.pool.min(PARK_POOLS - 1);
     let pool = &shared.pools[pool_index];
     let mut seen = epochs[pool_index];
-    let parked_at = Instant::now();
+    let mut due = Instant::now();
     for counted in 1..=policy.retries {
-        let due = parked_at + policy.delay.saturating_mul(counted);
+        due += crate::retry::wait(policy.delay, counted);
         loop {
             // Wait for the counted retry's time, or a free in the pool
             // that leaves what the request needs.
@@ -933,6 +1000,25 @@ fn serve_request<S: HostScheme>(
     )
 }
 
+/// What the scheme may do work for outside the lock before serving
+/// `header` (see [`HostScheme::prework`]): reads, `fstat` and `fsize` of a
+/// handle this connection holds.
+fn prework_request(conn: &ConnState, header: &RequestHeader) -> Option<PreworkRequest> {
+    let sqe = &header.sqe;
+    let id = usize::try_from(sqe.args[0]).ok()?;
+    if !conn.handles.contains(&id) {
+        return None;
+    }
+    match Opcode::try_from_raw(sqe.opcode)? {
+        Opcode::Read => Some(PreworkRequest::Read {
+            id,
+            offset: sqe.args[3],
+        }),
+        Opcode::Fstat | Opcode::Fsize => Some(PreworkRequest::Size { id }),
+        _ => None,
+    }
+}
+
 fn is_errno(cqe: &Cqe, errno: i32) -> bool {
     Error::demux(cqe.result as usize).is_err_and(|e| e.errno == errno)
 }
@@ -952,6 +1038,7 @@ fn serve_connection<S: HostScheme>(
         caller: caller_id(serial, cred.pid),
         handles: hashbrown::HashSet::default(),
         user,
+        all_answers: shared.answer_bytes.clone(),
         answer_reserved: 0,
         frame_charged: 0,
     };
@@ -1057,8 +1144,11 @@ fn serve_connection<S: HostScheme>(
             payload.extend_from_slice(&inbuf[consumed + REQUEST_HEADER_LEN..consumed + total]);
             consumed += total;
             let (cqe, out, fd) = serve_request(&shared, &mut conn, &header, &mut payload);
-            if payload.capacity() > 1 << 20 {
-                // Give back the memory of a large write.
+            if payload.capacity() > INBUF_INITIAL {
+                // Give back the memory of a large request at once: the
+                // copy is charged to no budget, so it must not outlive
+                // the request (held by every idle connection, it would
+                // add up past the frame budgets).
                 payload = Vec::new();
             }
             let sent = send_response(&stream, cqe, &out, fd, limits.send_timeout);
@@ -1114,28 +1204,42 @@ fn serve_connection<S: HostScheme>(
 }
 
 impl ConnState {
-    /// Counts an answer of up to `wanted` bytes against the user's
-    /// `limit` and returns how many it may have: all of them while the
-    /// user's answers stay within the limit, else at most [`MIN_ANSWER`].
-    /// Call under the scheme lock.
-    fn reserve_answer(&mut self, wanted: usize, limit: usize) -> usize {
-        let held = self.user.answer_bytes.load(Ordering::Relaxed);
-        let granted = wanted.min(limit.saturating_sub(held).max(MIN_ANSWER));
-        self.user.answer_bytes.fetch_add(granted, Ordering::Relaxed);
-        self.answer_reserved += granted;
+    /// What another answer may hold within the user's and the server's
+    /// answer budgets, but at least [`MIN_ANSWER`].
+    fn answer_room(&self, limits: &ServerLimits) -> usize {
+        let user = self.user.answer_bytes.load(Ordering::Relaxed);
+        let all = self.all_answers.load(Ordering::Relaxed);
+        let room = limits.max_answer_bytes_per_uid.saturating_sub(user);
+        room.min(limits.max_answer_bytes.saturating_sub(all))
+            .max(MIN_ANSWER)
+    }
+
+    /// Counts `bytes` of answer against the user's and the server's
+    /// budgets.
+    fn count_answer(&mut self, bytes: usize) {
+        self.user.answer_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.all_answers.fetch_add(bytes, Ordering::Relaxed);
+        self.answer_reserved += bytes;
+    }
+
+    /// Counts an answer of up to `wanted` bytes and returns how many it may
+    /// have: all of them while the user's and all users' answers stay
+    /// within their budgets, else at most [`MIN_ANSWER`]. Call under the
+    /// scheme lock.
+    fn reserve_answer(&mut self, wanted: usize, limits: &ServerLimits) -> usize {
+        let granted = wanted.min(self.answer_room(limits));
+        self.count_answer(granted);
         granted
     }
 
-    /// Counts an answer of exactly `wanted` bytes against the user's
-    /// `limit`: whether it may have them (always, up to [`MIN_ANSWER`],
-    /// as a read gets at least that). Call under the scheme lock.
-    fn try_reserve_answer(&mut self, wanted: usize, limit: usize) -> bool {
-        let held = self.user.answer_bytes.load(Ordering::Relaxed);
-        if wanted > limit.saturating_sub(held).max(MIN_ANSWER) {
+    /// Counts an answer of exactly `wanted` bytes: whether it may have
+    /// them (always, up to [`MIN_ANSWER`], as a read gets at least that).
+    /// Call under the scheme lock.
+    fn try_reserve_answer(&mut self, wanted: usize, limits: &ServerLimits) -> bool {
+        if wanted > self.answer_room(limits) {
             return false;
         }
-        self.user.answer_bytes.fetch_add(wanted, Ordering::Relaxed);
-        self.answer_reserved += wanted;
+        self.count_answer(wanted);
         true
     }
 
@@ -1143,6 +1247,7 @@ impl ConnState {
     fn release_answer(&mut self) {
         let n = std::mem::take(&mut self.answer_reserved);
         self.user.answer_bytes.fetch_sub(n, Ordering::Relaxed);
+        self.all_answers.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Charges `more` bytes of receive buffer to the user and the server,
@@ -1450,13 +1555,11 @@ fn dispatch<S: SchemeSync>(
     // read's is cut short to fit (below); a `call` answers with its whole
     // payload, so one that does not fit is refused.
     match reply {
-        Reply::Payload
-            if !conn.try_reserve_answer(payload.len(), limits.max_answer_bytes_per_uid) =>
-        {
+        Reply::Payload if !conn.try_reserve_answer(payload.len(), &limits) => {
             return fail(syscall::error::ENOBUFS);
         }
         Reply::Stat => {
-            conn.reserve_answer(size_of::<Stat>(), limits.max_answer_bytes_per_uid);
+            conn.reserve_answer(size_of::<Stat>(), &limits);
         }
         _ => {}
     }
@@ -1469,7 +1572,7 @@ fn dispatch<S: SchemeSync>(
             sqe.args[2] = payload.len() as u64;
         }
         Lend::Out => {
-            let granted = conn.reserve_answer(out_len, limits.max_answer_bytes_per_uid);
+            let granted = conn.reserve_answer(out_len, &limits);
             out = vec![0u8; granted];
             sqe.args[1] = out.as_mut_ptr() as u64;
             sqe.args[2] = granted as u64;

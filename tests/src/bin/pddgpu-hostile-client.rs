@@ -30,6 +30,10 @@
 //!   connections and on each create BOs of `size` until one is refused;
 //!   print `held <bytes> refused <ERRNO>` (the last refusal), then sleep
 //!   until killed.
+//! - `hold-connections <count>`: open up to that many connections, each
+//!   with a handle on `stats`, until one is refused (a refused connect,
+//!   or a refusal frame answering the open); print `held <n> refused
+//!   <ERRNO|none>`, then sleep until killed.
 //! - `share-self <size> <vram|gtt>`: create a BO on one connection,
 //!   export it and import it on a second connection of this process;
 //!   print `import <ok|ERRNO>`, then wait for EOF on stdin.
@@ -274,6 +278,43 @@ fn fill_connections(
     Ok((devices, bos, format!("held {held} refused {refused}")))
 }
 
+/// `hold-connections`: see the module docs. Returns the connections (to
+/// keep) and the answer.
+fn hold_connections(count: u64) -> (Vec<HostConnection>, String) {
+    let socket = pddgpu_ipc::default_socket_path();
+    let mut held = Vec::new();
+    let mut refused = "none".to_string();
+    for _ in 0..count {
+        let mut c = match HostConnection::connect(&socket) {
+            Ok(c) => c,
+            Err(e) => {
+                refused = e
+                    .raw_os_error()
+                    .map_or("connect".into(), |n| errno_name(n).into());
+                break;
+            }
+        };
+        let opened = c
+            .request(
+                Opcode::OpenAt,
+                [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
+                b"stats",
+                0,
+            )
+            .map_err(|_| "EPIPE".to_string())
+            .and_then(|r| r.result().map_err(|e| errno_name(e).to_string()));
+        match opened {
+            Ok(_) => held.push(c),
+            Err(e) => {
+                refused = e;
+                break;
+            }
+        }
+    }
+    let answer = format!("held {} refused {refused}", held.len());
+    (held, answer)
+}
+
 /// `share-self`: see the module docs.
 fn share_self(size: u64, domain: Domain) -> Result<(Vec<pddgpu_ipc::Bo>, String), String> {
     let first = Device::open().map_err(|e| e.to_string())?;
@@ -386,6 +427,13 @@ fn run(args: &[String]) -> Result<(), String> {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        Some("hold-connections") => {
+            let (_held, answer) = hold_connections(number(args.get(1), "count")?);
+            say(&answer);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
         Some("share-self") => {
             let size = number(args.get(1), "size")?;
             let domain = domain(args.get(2))?;
@@ -470,7 +518,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         _ => Err(
             "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | export COUNT SIZE DOMAIN | cat FILE \
-             | hold-mapped COUNT SIZE DOMAIN | fill-connections N SIZE DOMAIN \
+             | hold-mapped COUNT SIZE DOMAIN | fill-connections N SIZE DOMAIN | hold-connections N \
              | share-self SIZE DOMAIN | readonly-map | domain-map | share-connection \
              | connect-flood COUNT | refusal-flood MILLIS"
                 .into(),
