@@ -2,8 +2,9 @@
 //! process have (host only).
 //!
 //! - **Descriptors.** Every connection holds two (its socket and the
-//!   server's handle on it, to end it at shutdown) and every mapped BO one
-//!   (its memfd). At start the soft `RLIMIT_NOFILE` is raised to the hard
+//!   server's handle on it, to end it at shutdown) and, while an answer
+//!   passing a descriptor waits for a client that does not read, a third;
+//!   every mapped BO holds one (its memfd). At start the soft `RLIMIT_NOFILE` is raised to the hard
 //!   one; beyond a reserve for the program itself, connections may take
 //!   at most half of the result (`--max-connections` is lowered to fit,
 //!   so the connections kept for the admin always have their
@@ -80,13 +81,17 @@ pub fn max_map_count() -> Option<usize> {
 /// no descriptor for takes over).
 const MIN_CONNECTIONS: usize = 16;
 
+/// Descriptors one connection may hold: its socket, the server's handle
+/// on it, and one being passed in an answer.
+const DESCRIPTORS_PER_CONNECTION: usize = 3;
+
 /// Connections a process allowed `descriptors` open files may serve at
-/// once: `--max-connections`, lowered so that their descriptors (two
-/// each) take at most half of what the program's own reserve leaves, but
-/// not below [`MIN_CONNECTIONS`].
+/// once: `--max-connections`, lowered so that their descriptors
+/// ([`DESCRIPTORS_PER_CONNECTION`] each) take at most half of what the
+/// program's own reserve leaves, but not below [`MIN_CONNECTIONS`].
 pub fn connection_limit(opts: &Options, descriptors: usize) -> usize {
     let usable = descriptors.saturating_sub(DESCRIPTORS_RESERVED);
-    let fitted = (usable / 4).max(MIN_CONNECTIONS);
+    let fitted = (usable / 2 / DESCRIPTORS_PER_CONNECTION).max(MIN_CONNECTIONS);
     opts.limits.max_connections.min(fitted)
 }
 
@@ -101,7 +106,8 @@ pub fn mapping_limits(
     let limits = opts.limits.user_limits();
     let connections = connection_limit(opts, descriptors);
     let usable = descriptors.saturating_sub(DESCRIPTORS_RESERVED);
-    let bos_total = MAX_MAPPED_SEGMENTS.min(usable.saturating_sub(2 * connections));
+    let bos_total =
+        MAX_MAPPED_SEGMENTS.min(usable.saturating_sub(DESCRIPTORS_PER_CONNECTION * connections));
     // A thread: its stack and its guard page.
     let threads = 2 * (connections + 1);
     let segments_total = mappings.map_or(MAX_MAPPED_SEGMENTS, |m| {
@@ -123,7 +129,7 @@ pub fn fit(opts: &Options) -> (MappingLimits, usize) {
     let connections = connection_limit(opts, descriptors);
     if connections < opts.limits.max_connections {
         log::info!(
-            "connections: at most {connections} (not {}: two descriptors each)",
+            "connections: at most {connections} (not {}: {DESCRIPTORS_PER_CONNECTION} descriptors each)",
             opts.limits.max_connections
         );
     }
@@ -159,9 +165,9 @@ mod tests {
         assert_eq!(connection_limit(&opts, 1 << 20), 1024, "the option");
         let tight = mapping_limits(&opts, 1024, Some(20000));
         let connections = connection_limit(&opts, 1024);
-        assert_eq!(connections, (1024 - 64) / 4, "half the descriptors");
+        assert_eq!(connections, (1024 - 64) / 6, "half the descriptors");
         assert!(
-            2 * connections + tight.bos_total + DESCRIPTORS_RESERVED <= 1024,
+            3 * connections + tight.bos_total + DESCRIPTORS_RESERVED <= 1024,
             "connections, mapped BOs and the reserve fit the descriptors"
         );
         assert_eq!(tight.bos_total, (1024 - 64) / 2);
@@ -169,7 +175,7 @@ mod tests {
             tight.bos_per_uid, 120,
             "a quarter of what descriptors allow"
         );
-        assert_eq!(tight.segments_total, (20000 - 2 * 241 - 1024) / 2);
+        assert_eq!(tight.segments_total, (20000 - 2 * 161 - 1024) / 2);
         assert_eq!(mapping_limits(&opts, 10, Some(100)).segments_total, 0);
         assert_eq!(connection_limit(&opts, 10), MIN_CONNECTIONS);
     }
