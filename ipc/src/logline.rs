@@ -97,9 +97,19 @@ fn write_overdue_summary() {
 
 type Line = Box<dyn FnOnce() -> String>;
 
+/// How a deferred line is written: a line about a client through the
+/// limit, as a line about its source; a trace line (the server's own
+/// debug diagnostics, such as each rendering of a generated file) as it
+/// is, so that whoever counts them sees every one.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    About(Source),
+    Trace,
+}
+
 /// Lines deferred on one thread, at most [`MAX_PENDING`].
 struct Pending {
-    lines: Vec<(Source, log::Level, Line)>,
+    lines: Vec<(Kind, log::Level, Line)>,
 }
 
 thread_local! {
@@ -214,16 +224,25 @@ pub fn excerpt_bytes(bytes: &[u8]) -> String {
 /// parts (see [`excerpt`]).
 pub fn defer(source: Source, level: log::Level, line: impl FnOnce() -> String + 'static) {
     if log::log_enabled!(level) {
-        push(source, level, Box::new(line));
+        push(Kind::About(source), level, Box::new(line));
     }
 }
 
-fn push(source: Source, level: log::Level, line: Line) {
+/// Records a debug-level diagnostic of the server's own, to be written at
+/// the next [`flush`] on this thread outside the limit on lines about
+/// clients (debug level is for developers; tests count these lines).
+pub fn defer_trace(line: impl FnOnce() -> String + 'static) {
+    if log::log_enabled!(log::Level::Debug) {
+        push(Kind::Trace, log::Level::Debug, Box::new(line));
+    }
+}
+
+fn push(kind: Kind, level: log::Level, line: Line) {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         if p.lines.len() < MAX_PENDING {
-            p.lines.push((source, level, line));
-        } else {
+            p.lines.push((kind, level, line));
+        } else if let Kind::About(source) = kind {
             // Counting only: the limiter's lock is a leaf, held for a few
             // instructions, so taking it under the scheme lock is fine.
             client_lines().hold_back(source, 1);
@@ -235,8 +254,11 @@ fn push(source: Source, level: log::Level, line: Line) {
 /// lock held.
 pub fn flush() {
     let lines = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().lines));
-    for (source, level, line) in lines {
-        write_limited(source, level, line);
+    for (kind, level, line) in lines {
+        match kind {
+            Kind::About(source) => write_limited(source, level, line),
+            Kind::Trace => log::log!(level, "{}", line()),
+        }
     }
     write_overdue_summary();
 }
@@ -470,7 +492,11 @@ mod tests {
         // (No logger is installed in unit tests, so `defer` itself would
         // queue nothing: use the queue underneath it.)
         for _ in 0..MAX_PENDING + 3 {
-            push(Some(1), log::Level::Info, Box::new(String::new));
+            push(
+                Kind::About(Some(1)),
+                log::Level::Info,
+                Box::new(String::new),
+            );
         }
         PENDING.with(|p| assert_eq!(p.borrow().lines.len(), MAX_PENDING));
         flush();

@@ -71,10 +71,12 @@ impl HostScheme for PddgpuScheme {
             PreworkRequest::Read { id, offset } => (id, offset == 0),
             PreworkRequest::Size { id } => (id, false),
         };
-        let (kind, state, owners) = self.gather_for_snapshot(id, from_start)?;
+        let (kind, state, owners, pending) = self.gather_for_snapshot(id, from_start)?;
         let driver = self.driver().clone();
         Some(Box::new(move || -> Install<Self> {
-            let text = rendered(kind, &driver, &owners).into();
+            let text = pending
+                .get_or_init(|| rendered(kind, &driver, &owners).into())
+                .clone();
             Box::new(move |scheme: &mut Self| {
                 scheme.set_prepared(id, Prepared { kind, state, text });
             })

@@ -30,7 +30,7 @@ use crate::errno::driver_errno;
 use crate::format;
 use crate::handles::{Handle, Handles, Kind};
 use crate::path::{self, DirKind, FileKind};
-use crate::snapshots::{Renders, Snapshot};
+use crate::snapshots::{PendingRender, Renders, Snapshot};
 
 /// The handle id of the scheme root (what `/scheme/pddgpu` opens to).
 pub const ROOT_ID: usize = 1;
@@ -369,14 +369,15 @@ impl PddgpuScheme {
     /// `fsize`) of a generated file not rendered at the current state yet,
     /// and whose last known length fits its user's budget: the file, the
     /// state it is to show and what it needs of the scheme's own data (the
-    /// callers), so that it can be rendered without the lock and handed
+    /// callers), and the rendering shared with other requests at that
+    /// state, so that it can be rendered without the lock (once) and handed
     /// back with [`PddgpuScheme::set_prepared`]. `None` when the request
     /// needs no rendering, or will be refused without one.
     pub(crate) fn gather_for_snapshot(
-        &self,
+        &mut self,
         id: usize,
         from_start: bool,
-    ) -> Option<(FileKind, u64, format::Owners)> {
+    ) -> Option<(FileKind, u64, format::Owners, PendingRender)> {
         let handle = self.handles.get(id).filter(|h| h.read)?;
         let Kind::File { kind, snapshot } = &handle.kind else {
             return None;
@@ -401,8 +402,9 @@ impl PddgpuScheme {
         if !privileged && all + expected > self.user_limits.snapshot_bytes_total {
             return None;
         }
-        let owners = format::Owners::of(&self.callers);
-        Some((*kind, self.renders.state(), owners))
+        let (kind, owners) = (*kind, format::Owners::of(&self.callers));
+        let pending = self.renders.pending(kind);
+        Some((kind, self.renders.state(), owners, pending))
     }
 
     /// Hands handle `id`'s request the rendering made for it (see
@@ -529,9 +531,7 @@ fn file_stat(mode: u16, size: u64, ino: u64, ctx: &CallerCtx) -> Stat {
 pub(crate) fn rendered(kind: FileKind, driver: &Driver, owners: &format::Owners) -> Vec<u8> {
     let bytes = format::render(kind, driver, owners);
     let (name, len) = (kind.name(), bytes.len());
-    logline::defer(None, log::Level::Debug, move || {
-        format!("rendered {name}: {len} bytes")
-    });
+    logline::defer_trace(move || format!("rendered {name}: {len} bytes"));
     bytes
 }
 

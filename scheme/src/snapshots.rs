@@ -31,7 +31,7 @@
 //!   rendering.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::path::FileKind;
 
@@ -59,13 +59,30 @@ pub(crate) struct Renders {
     state: u64,
     /// Per file: the state it was rendered at, and the text.
     latest: HashMap<FileKind, (u64, Arc<[u8]>)>,
+    /// Per file: the rendering of the current state being made without
+    /// the lock. A second request that needs it waits for the first one's
+    /// instead of rendering again, so renders stay one per file and state
+    /// however many readers ask at once.
+    pending: HashMap<FileKind, PendingRender>,
 }
+
+/// A rendering being made without the lock, shared by every request that
+/// needs the same file at the same state: the first to get to it renders,
+/// the others wait for its text (`OnceLock::get_or_init`).
+pub(crate) type PendingRender = Arc<OnceLock<Arc<[u8]>>>;
 
 impl Renders {
     /// A request may have changed what files show: renderings taken
     /// before are not reused from now on.
     pub fn state_changed(&mut self) {
         self.state = self.state.wrapping_add(1);
+        self.pending.clear();
+    }
+
+    /// The rendering of `kind` at the current state that requests make
+    /// without the lock (see [`PendingRender`]).
+    pub fn pending(&mut self, kind: FileKind) -> PendingRender {
+        self.pending.entry(kind).or_default().clone()
     }
 
     /// The length of `kind` when last rendered (at this state or an
