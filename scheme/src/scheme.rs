@@ -30,7 +30,9 @@ use crate::errno::driver_errno;
 use crate::format;
 use crate::handles::{Handle, Handles, Kind};
 use crate::path::{self, DirKind, FileKind};
-use crate::snapshots::{PendingRender, Renders, Snapshot};
+#[cfg(not(target_os = "redox"))]
+use crate::snapshots::PendingRender;
+use crate::snapshots::{Renders, Snapshot};
 
 /// The handle id of the scheme root (what `/scheme/pddgpu` opens to).
 pub const ROOT_ID: usize = 1;
@@ -364,6 +366,7 @@ impl PddgpuScheme {
         Ok(())
     }
 
+    #[cfg(not(target_os = "redox"))]
     /// For a request on handle `id` that will take a new snapshot (a read
     /// from offset 0 or `from_start`, or any first read, `fstat` or
     /// `fsize`) of a generated file not rendered at the current state yet,
@@ -407,6 +410,7 @@ impl PddgpuScheme {
         Some((kind, self.renders.state(), owners, pending))
     }
 
+    #[cfg(not(target_os = "redox"))]
     /// Hands handle `id`'s request the rendering made for it (see
     /// [`PddgpuScheme::gather_for_snapshot`]).
     pub(crate) fn set_prepared(&mut self, id: usize, prepared: Prepared) {

@@ -79,6 +79,7 @@ impl Renders {
         self.pending.clear();
     }
 
+    #[cfg(not(target_os = "redox"))]
     /// The rendering of `kind` at the current state that requests make
     /// without the lock (see [`PendingRender`]).
     pub fn pending(&mut self, kind: FileKind) -> PendingRender {
@@ -91,11 +92,13 @@ impl Renders {
         self.latest.get(&kind).map_or(0, |(_, text)| text.len())
     }
 
+    #[cfg(not(target_os = "redox"))]
     /// The current server state (see [`Renders::state_changed`]).
     pub fn state(&self) -> u64 {
         self.state
     }
 
+    #[cfg(not(target_os = "redox"))]
     /// Whether `kind` was rendered at the current state already.
     pub fn is_current(&self, kind: FileKind) -> bool {
         self.latest
