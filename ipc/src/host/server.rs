@@ -666,6 +666,21 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         refused
     }
 
+    /// Refuses the connection of peer `cred` with `errno`, logging why as
+    /// a line about its user (`refusing pid P (uid U): why`).
+    fn refuse_peer(
+        &mut self,
+        stream: UnixStream,
+        cred: PeerCred,
+        errno: i32,
+        why: impl FnOnce() -> String,
+    ) {
+        self.log_refused(Some(cred.uid), || {
+            format!("refusing pid {} (uid {}): {}", cred.pid, cred.uid, why())
+        });
+        refuse(stream, errno);
+    }
+
     fn add_connection(&mut self, stream: UnixStream) {
         let cred = match rustix::net::sockopt::socket_peercred(&stream) {
             Ok(c) => PeerCred {
@@ -690,13 +705,9 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         let is_admin = cred.uid == 0 || Some(cred.uid) == self.shared.limits.admin_uid;
         if !is_admin && !self.connects.admit(cred.uid, Instant::now()) {
             let rate = self.shared.limits.connects_per_second_per_uid;
-            self.log_refused(Some(cred.uid), || {
-                format!(
-                    "refusing pid {} (uid {}): more than {rate} new connections a second",
-                    cred.pid, cred.uid
-                )
+            self.refuse_peer(stream, cred, EAGAIN, || {
+                format!("more than {rate} new connections a second")
             });
-            refuse(stream, EAGAIN);
             return;
         }
         let mut conns = lock(&self.shared.conns);
@@ -712,25 +723,17 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         if conns.len() >= open_to_caller {
             let open = conns.len();
             drop(conns);
-            self.log_refused(Some(cred.uid), || {
-                format!(
-                    "refusing pid {} (uid {}): {open} connections open, the limit",
-                    cred.pid, cred.uid
-                )
+            self.refuse_peer(stream, cred, ENFILE, || {
+                format!("{open} connections open, the limit")
             });
-            refuse(stream, ENFILE);
             return;
         }
         let Some(user) = self.shared.join_user(cred.uid) else {
             drop(conns);
             let limit = self.shared.limits.max_connections_per_uid;
-            self.log_refused(Some(cred.uid), || {
-                format!(
-                    "refusing pid {} (uid {}): the user has {limit} connections open, the limit",
-                    cred.pid, cred.uid
-                )
+            self.refuse_peer(stream, cred, EMFILE, || {
+                format!("the user has {limit} connections open, the limit")
             });
-            refuse(stream, EMFILE);
             return;
         };
         let configured = stream
@@ -745,8 +748,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             Err(e) => {
                 drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
-                self.log_refused(Some(cred.uid), || format!("refusing pid {}: {e}", cred.pid));
-                refuse(stream, ENFILE);
+                self.refuse_peer(stream, cred, ENFILE, || e.to_string());
                 return;
             }
         };
@@ -780,10 +782,9 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             Err(e) => {
                 drop(conns);
                 self.shared.leave_user(cred.uid, &user, 0);
-                self.log_refused(Some(cred.uid), || {
-                    format!("refusing pid {}: cannot start its thread: {e}", cred.pid)
+                self.refuse_peer(stream, cred, EAGAIN, || {
+                    format!("cannot start its thread: {e}")
                 });
-                refuse(stream, EAGAIN);
             }
         }
     }
