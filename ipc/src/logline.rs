@@ -33,6 +33,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -77,7 +78,14 @@ pub fn write_limited(source: Source, level: log::Level, line: impl FnOnce() -> S
     if !log::log_enabled!(level) {
         return;
     }
-    let admission = client_lines().admit(source, Instant::now());
+    let admission = {
+        let mut limit = client_lines();
+        let admission = limit.admit(source, Instant::now());
+        if !admission.write {
+            HOLDING_BACK.store(true, Ordering::Relaxed);
+        }
+        admission
+    };
     if let Some(summary) = admission.summary {
         log::warn!("{summary}");
     }
@@ -86,10 +94,32 @@ pub fn write_limited(source: Source, level: log::Level, line: impl FnOnce() -> S
     }
 }
 
+/// Whether [`CLIENT_LINES`] holds back lines not yet summarised: set and
+/// cleared under its lock, read without it, so that a [`flush`] with
+/// nothing to report costs neither the lock nor a clock reading.
+static HOLDING_BACK: AtomicBool = AtomicBool::new(false);
+
+/// Counts `n` lines about `source` held back.
+fn hold_back(source: Source, n: u64) {
+    let mut limit = client_lines();
+    limit.hold_back(source, n);
+    HOLDING_BACK.store(true, Ordering::Relaxed);
+}
+
 /// Writes the summary of lines about clients held back once their window
 /// is over (a flood that stopped is still reported).
 fn write_overdue_summary() {
-    let overdue = client_lines().overdue(Instant::now());
+    if !HOLDING_BACK.load(Ordering::Relaxed) {
+        return;
+    }
+    let overdue = {
+        let mut limit = client_lines();
+        let overdue = limit.overdue(Instant::now());
+        if !limit.holds_back() {
+            HOLDING_BACK.store(false, Ordering::Relaxed);
+        }
+        overdue
+    };
     if let Some(summary) = overdue {
         log::warn!("{summary}");
     }
@@ -245,7 +275,7 @@ fn push(kind: Kind, level: log::Level, line: Line) {
         } else if let Kind::About(source) = kind {
             // Counting only: the limiter's lock is a leaf, held for a few
             // instructions, so taking it under the scheme lock is fine.
-            client_lines().hold_back(source, 1);
+            hold_back(source, 1);
         }
     });
 }
@@ -355,6 +385,11 @@ impl RateLimit {
         } else {
             self.held_back_untracked = self.held_back_untracked.saturating_add(n);
         }
+    }
+
+    /// Whether lines are held back that no summary has reported yet.
+    pub fn holds_back(&self) -> bool {
+        !self.held_back.is_empty() || self.held_back_untracked > 0
     }
 
     /// The summary of the lines held back, once the window they were held
