@@ -12,6 +12,7 @@ use crate::convert::core_domain;
 use crate::handles::Kind;
 use crate::path::{self, Node};
 use crate::scheme::{rendered, PddgpuScheme, Prepared};
+use crate::snapshots::timed;
 
 /// The domain a `bo/new?…` open path creates in, and the size it asks
 /// for, if it is one.
@@ -74,11 +75,19 @@ impl HostScheme for PddgpuScheme {
         let (kind, state, owners, pending) = self.gather_for_snapshot(id, from_start)?;
         let driver = self.driver().clone();
         Some(Box::new(move || -> Install<Self> {
-            let text = pending
-                .get_or_init(|| rendered(kind, &driver, &owners).into())
+            let (text, cost) = pending
+                .get_or_init(|| timed(|| rendered(kind, &driver, &owners)))
                 .clone();
             Box::new(move |scheme: &mut Self| {
-                scheme.set_prepared(id, Prepared { kind, state, text });
+                scheme.set_prepared(
+                    id,
+                    Prepared {
+                        kind,
+                        state,
+                        text,
+                        cost,
+                    },
+                );
             })
         }))
     }

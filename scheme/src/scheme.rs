@@ -100,6 +100,8 @@ pub(crate) struct Prepared {
     /// The server state it shows.
     pub state: u64,
     pub text: Arc<[u8]>,
+    /// How long rendering it took.
+    pub cost: std::time::Duration,
 }
 
 /// A syscall error with `errno`.
@@ -341,12 +343,12 @@ impl PddgpuScheme {
         let fresh: Arc<[u8]> = match source {
             Ok(kind) => match prepared {
                 Some(p) if p.kind == kind => {
-                    self.renders.offer(kind, p.state, p.text.clone());
+                    self.renders.offer(kind, p.state, p.text.clone(), p.cost);
                     p.text
                 }
                 _ => {
                     let (driver, callers) = (&self.driver, &self.callers);
-                    self.renders.current(kind, || {
+                    self.renders.current(kind, Instant::now(), || {
                         rendered(kind, driver, &format::Owners::of(callers))
                     })
                 }
@@ -385,7 +387,9 @@ impl PddgpuScheme {
         let Kind::File { kind, snapshot } = &handle.kind else {
             return None;
         };
-        if !(from_start || snapshot.bytes.is_none()) || self.renders.is_current(*kind) {
+        if !(from_start || snapshot.bytes.is_none())
+            || self.renders.serves_now(*kind, Instant::now())
+        {
             return None;
         }
         let uid = self.callers.uid(handle.owner)?;

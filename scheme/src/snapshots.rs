@@ -24,7 +24,13 @@
 //!   and the formatting follow after the lock is released, and the text
 //!   is handed to the request when it is dispatched
 //!   (`HostScheme::prework`), so a user rendering big files over and over
-//!   costs other users no lock time.
+//!   costs other users no lock time. Requests that need the same file at
+//!   the same state share one such rendering ([`PendingRender`]).
+//! - Changing the state is cheap for a client and rendering a big file is
+//!   not, so a big rendering is paced ([`PACED_FROM`], [`PACE`]): it serves
+//!   later states too, for a time proportional to what it cost, which
+//!   bounds the share of the server's time renders take whatever readers
+//!   do.
 //! - Each handle's snapshot is charged to its user as if it were its own
 //!   copy (see [`crate::budget`]); the last rendering's length, known
 //!   before rendering, lets a user past its budget be refused without
@@ -32,6 +38,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::path::FileKind;
 
@@ -53,12 +60,41 @@ impl Snapshot {
 
 /// The latest rendering of each generated file, and the server state it
 /// shows.
+/// Renderings of at least this many bytes are paced (see [`PACE`]): a
+/// map of several thousand labelled BOs. Smaller ones, every file of a
+/// server of ordinary size, are made at every state that needs one, so a
+/// client reads its own changes.
+pub(crate) const PACED_FROM: usize = 1 << 20;
+
+/// A paced file is rendered again at most once per `PACE` times its last
+/// rendering's duration: until then a reader gets that rendering (at most
+/// that much out of date, tens to hundreds of milliseconds), so renders
+/// of one big file take at most a twentieth of the server's time whatever
+/// readers do. Changing the state
+/// costs a client one cheap request and a rendering of a map of 64 Ki BOs
+/// tens of milliseconds; without pacing, users taking turns at both would
+/// keep the CPUs rendering.
+pub(crate) const PACE: u32 = 20;
+
+/// One rendering of a file.
+#[derive(Debug)]
+struct Rendering {
+    /// The server state it shows.
+    state: u64,
+    text: Arc<[u8]>,
+    /// When it was made, and how long that took.
+    made_at: Instant,
+    cost: Duration,
+}
+
+/// The latest rendering of each generated file, and the server state it
+/// shows.
 #[derive(Debug, Default)]
 pub(crate) struct Renders {
     /// The current server state; moves on every change.
     state: u64,
-    /// Per file: the state it was rendered at, and the text.
-    latest: HashMap<FileKind, (u64, Arc<[u8]>)>,
+    /// Per file: the latest rendering.
+    latest: HashMap<FileKind, Rendering>,
     /// Per file: the rendering of the current state being made without
     /// the lock. A second request that needs it waits for the first one's
     /// instead of rendering again, so renders stay one per file and state
@@ -67,13 +103,21 @@ pub(crate) struct Renders {
 }
 
 /// A rendering being made without the lock, shared by every request that
-/// needs the same file at the same state: the first to get to it renders,
-/// the others wait for its text (`OnceLock::get_or_init`).
-pub(crate) type PendingRender = Arc<OnceLock<Arc<[u8]>>>;
+/// needs the same file at the same state: the first to get to it renders
+/// (and times the rendering), the others wait for its text
+/// (`OnceLock::get_or_init`).
+pub(crate) type PendingRender = Arc<OnceLock<(Arc<[u8]>, Duration)>>;
+
+/// Runs `render`, timing it.
+pub(crate) fn timed(render: impl FnOnce() -> Vec<u8>) -> (Arc<[u8]>, Duration) {
+    let start = Instant::now();
+    let text = render().into();
+    (text, start.elapsed())
+}
 
 impl Renders {
     /// A request may have changed what files show: renderings taken
-    /// before are not reused from now on.
+    /// before are not reused from now on (but see [`PACE`]).
     pub fn state_changed(&mut self) {
         self.state = self.state.wrapping_add(1);
         self.pending.clear();
@@ -89,7 +133,7 @@ impl Renders {
     /// The length of `kind` when last rendered (at this state or an
     /// earlier one; 0 if never): what a snapshot of it will likely cost.
     pub fn expected_len(&self, kind: FileKind) -> usize {
-        self.latest.get(&kind).map_or(0, |(_, text)| text.len())
+        self.latest.get(&kind).map_or(0, |r| r.text.len())
     }
 
     #[cfg(not(target_os = "redox"))]
@@ -98,36 +142,55 @@ impl Renders {
         self.state
     }
 
-    #[cfg(not(target_os = "redox"))]
-    /// Whether `kind` was rendered at the current state already.
-    pub fn is_current(&self, kind: FileKind) -> bool {
-        self.latest
-            .get(&kind)
-            .is_some_and(|(state, _)| *state == self.state)
+    /// Whether a snapshot of `kind` taken `now` is served by its latest
+    /// rendering: one made at the current state, or a paced one still
+    /// within its pace (see [`PACE`]).
+    pub fn serves_now(&self, kind: FileKind, now: Instant) -> bool {
+        self.latest.get(&kind).is_some_and(|r| {
+            r.state == self.state
+                || (r.text.len() >= PACED_FROM
+                    && now.saturating_duration_since(r.made_at) < r.cost * PACE)
+        })
     }
 
     /// Keeps `text`, a rendering of `kind` at state `state` made
-    /// elsewhere (without the scheme lock), unless a later one is kept.
-    pub fn offer(&mut self, kind: FileKind, state: u64, text: Arc<[u8]>) {
+    /// elsewhere (without the scheme lock) in `cost`, unless a later one
+    /// is kept.
+    pub fn offer(&mut self, kind: FileKind, state: u64, text: Arc<[u8]>, cost: Duration) {
         match self.latest.get(&kind) {
-            Some((kept, _)) if *kept >= state => {}
+            Some(kept) if kept.state >= state => {}
             _ => {
-                self.latest.insert(kind, (state, text));
+                let made_at = Instant::now();
+                self.latest.insert(
+                    kind,
+                    Rendering {
+                        state,
+                        text,
+                        made_at,
+                        cost,
+                    },
+                );
             }
         }
     }
 
-    /// `kind` at the current state: the rendering already made at this
-    /// state, or a new one made by `render`.
-    pub fn current(&mut self, kind: FileKind, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
-        match self.latest.get(&kind) {
-            Some((state, text)) if *state == self.state => text.clone(),
-            _ => {
-                let text: Arc<[u8]> = render().into();
-                self.latest.insert(kind, (self.state, text.clone()));
-                text
+    /// `kind` for a snapshot taken `now`: the latest rendering if it
+    /// [serves now](Renders::serves_now), or a new one made by `render`.
+    pub fn current(
+        &mut self,
+        kind: FileKind,
+        now: Instant,
+        render: impl FnOnce() -> Vec<u8>,
+    ) -> Arc<[u8]> {
+        if self.serves_now(kind, now) {
+            if let Some(r) = self.latest.get(&kind) {
+                return r.text.clone();
             }
         }
+        let (text, cost) = timed(render);
+        let state = self.state;
+        self.offer(kind, state, text.clone(), cost);
+        text
     }
 }
 
@@ -135,12 +198,21 @@ impl Renders {
 mod tests {
     use super::*;
 
+    /// A big rendering (paced) that takes `ms` milliseconds.
+    fn slow(ms: u64, byte: u8, calls: &std::cell::Cell<u32>) -> impl FnOnce() -> Vec<u8> + '_ {
+        move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            calls.set(calls.get() + 1);
+            vec![byte; PACED_FROM + calls.get() as usize]
+        }
+    }
+
     #[test]
     fn one_rendering_per_file_and_state() {
         let mut r = Renders::default();
         let calls = std::cell::Cell::new(0);
         let render = |r: &mut Renders, kind| {
-            r.current(kind, || {
+            r.current(kind, Instant::now(), || {
                 calls.set(calls.get() + 1);
                 vec![b'x'; calls.get()]
             })
@@ -158,30 +230,61 @@ mod tests {
             "known before rendering"
         );
         let c = render(&mut r, FileKind::VramMap);
-        assert_eq!(calls.get(), 3, "a new state renders again");
+        assert_eq!(
+            calls.get(),
+            3,
+            "a quick rendering is made again at a new state"
+        );
         assert_eq!(c.len(), 3);
         assert_eq!(r.expected_len(FileKind::VramMap), 3);
         assert_eq!(r.expected_len(FileKind::Health), 0, "never rendered");
-        assert!(r.is_current(FileKind::VramMap));
+        assert!(r.serves_now(FileKind::VramMap, Instant::now()));
         assert!(
-            !r.is_current(FileKind::Clients),
-            "rendered at an older state"
+            !r.serves_now(FileKind::Clients, Instant::now()),
+            "a quick rendering at an older state"
         );
+    }
+
+    #[test]
+    fn a_slow_rendering_serves_later_states_until_its_pace_is_over() {
+        let mut r = Renders::default();
+        let calls = std::cell::Cell::new(0);
+        let first = r.current(FileKind::VramMap, Instant::now(), slow(2, b'a', &calls));
+        let made = Instant::now();
+        for _ in 0..5 {
+            r.state_changed();
+            let again = r.current(FileKind::VramMap, made, slow(2, b'b', &calls));
+            assert!(
+                Arc::ptr_eq(&first, &again),
+                "rendered again within its pace"
+            );
+        }
+        assert_eq!(calls.get(), 1);
+        // The pace is PACE times the rendering's cost (at least 2 ms).
+        let later = made + Duration::from_millis(2) * PACE * 50;
+        assert!(!r.serves_now(FileKind::VramMap, later));
+        let fresh = r.current(FileKind::VramMap, later, slow(2, b'c', &calls));
+        assert_eq!(fresh.len(), PACED_FROM + 2);
+        assert_eq!(fresh[0], b'c');
+        assert_eq!(calls.get(), 2);
     }
 
     #[test]
     fn a_rendering_made_elsewhere_serves_its_state_and_no_later_one() {
         let mut r = Renders::default();
         let made_at = r.state();
-        r.offer(FileKind::Clients, made_at, vec![b'a'; 4].into());
-        assert!(r.is_current(FileKind::Clients));
-        let text = r.current(FileKind::Clients, || unreachable!("rendered twice"));
+        let quick = Duration::from_micros(10);
+        r.offer(FileKind::Clients, made_at, vec![b'a'; 4].into(), quick);
+        assert!(r.serves_now(FileKind::Clients, Instant::now()));
+        let text = r.current(FileKind::Clients, Instant::now(), || {
+            unreachable!("rendered twice")
+        });
         assert_eq!(&*text, b"aaaa");
         r.state_changed();
-        r.current(FileKind::Clients, || vec![b'b'; 2]);
+        r.current(FileKind::Clients, Instant::now(), || vec![b'b'; 2]);
         // An older rendering arriving late does not replace a newer one.
-        r.offer(FileKind::Clients, made_at, vec![b'a'; 4].into());
+        r.offer(FileKind::Clients, made_at, vec![b'a'; 4].into(), quick);
         assert_eq!(r.expected_len(FileKind::Clients), 2);
-        assert!(r.is_current(FileKind::Clients));
+        assert!(r.serves_now(FileKind::Clients, Instant::now()));
     }
 }

@@ -1005,6 +1005,30 @@ fn victim_ops_beside_hogs(daemon: &Daemon, file: &str, window: Duration) -> (u64
     (victim.join().unwrap(), hog_reads)
 }
 
+/// A daemon whose `gtt.map.json` lists 12000 BOs with 48-byte labels
+/// (held on the returned connection): a rendering of about 1.8 MB. It
+/// logs at debug level, so renders can be counted.
+fn daemon_with_a_big_map() -> (Daemon, HostConnection, Vec<u64>) {
+    let limits = [
+        "--max-bos-per-uid",
+        "12100",
+        "--max-handles-per-uid",
+        "12100",
+        "--log-level",
+        "debug",
+    ];
+    let daemon = Daemon::start(&daemon_bin(), &limits);
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let label = "L".repeat(48);
+    let bos: Vec<u64> = (0..12000)
+        .map(|_| {
+            let path = format!("bo/new?size=4096&domain=gtt&label={label}");
+            open(&mut c, &path, O_RDWR).expect("BO")
+        })
+        .collect();
+    (daemon, c, bos)
+}
+
 /// Rendering a generated file runs outside the scheme lock, so a user
 /// that makes the server render a big file over and over (each of its
 /// four connections changes the state, then reads a map of 12000 labelled
@@ -1017,21 +1041,7 @@ fn victim_ops_beside_hogs(daemon: &Daemon, file: &str, window: Duration) -> (u64
 /// team's N3 variant, R8); now 80–100 %.
 #[test]
 fn rendering_big_files_does_not_hold_up_other_users() {
-    let limits = [
-        "--max-bos-per-uid",
-        "12100",
-        "--max-handles-per-uid",
-        "12100",
-    ];
-    let mut daemon = Daemon::start(&daemon_bin(), &limits);
-    let mut c = HostConnection::connect(daemon.socket()).unwrap();
-    let label = "L".repeat(48);
-    let bos: Vec<u64> = (0..12000)
-        .map(|_| {
-            let path = format!("bo/new?size=4096&domain=gtt&label={label}");
-            open(&mut c, &path, O_RDWR).expect("BO")
-        })
-        .collect();
+    let (mut daemon, mut c, bos) = daemon_with_a_big_map();
     // Control and attack alternate, so a change in the machine's load
     // weighs on both alike.
     let window = Duration::from_millis(500);
@@ -1056,6 +1066,34 @@ fn rendering_big_files_does_not_hold_up_other_users() {
         attacked * 3 >= control,
         "renders held up another user: {attacked} create+close beside map readers, \
          {control} beside health readers"
+    );
+    for bo in bos {
+        close(&mut c, bo).unwrap();
+    }
+    drop(c);
+    assert_server_intact(&mut daemon);
+}
+
+/// Readers cannot buy a render per read by changing the server state
+/// before each one (the red team's R8: one cheap create+close, then a read
+/// of a big map from offset 0, by many users in turn): a rendering that
+/// of 1 MiB or more serves later states until `PACE` times its duration
+/// has passed, so the hogs' reads of a 1.8 MB map cost a few renders, not
+/// one each. Without pacing every read rendered.
+#[test]
+fn changing_the_state_before_each_read_does_not_buy_a_render_each() {
+    let (mut daemon, mut c, bos) = daemon_with_a_big_map();
+    let before = renders_of(&daemon, "gtt.map.json");
+    let (served, reads) = victim_ops_beside_hogs(&daemon, "gtt.map.json", Duration::from_secs(2));
+    let renders = renders_of(&daemon, "gtt.map.json") - before;
+    eprintln!("{reads} map reads after state changes: {renders} renders; victim {served} ops");
+    assert!(
+        reads >= 40,
+        "the hogs made only {reads} reads: not an attack"
+    );
+    assert!(
+        renders as u64 * 4 <= reads,
+        "{reads} reads of gtt.map.json, each after a state change, rendered it {renders} times"
     );
     for bo in bos {
         close(&mut c, bo).unwrap();
