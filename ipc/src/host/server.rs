@@ -324,7 +324,11 @@ struct Locked<S> {
 
 /// What all connection threads share.
 struct Shared<S> {
-    locked: Mutex<Locked<S>>,
+    /// Released fairly after each request (`unlock_fair`: to the request
+    /// that waited longest), so a request never loses its turn to ones
+    /// that came later; with [`UserUsage::turn`] that shares the scheme
+    /// out per user.
+    locked: parking_lot::Mutex<Locked<S>>,
     root: Option<usize>,
     limits: ServerLimits,
     served: AtomicU64,
@@ -399,6 +403,13 @@ struct UserUsage {
     /// Bytes the user's receive buffers hold beyond [`INBUF_INITIAL`]
     /// each.
     frame_bytes: AtomicUsize,
+    /// The user's turn at the scheme: a request holds it while it waits
+    /// for and holds the scheme lock, so at most one request of each user
+    /// contends for that lock. The lock is then shared out per user, not
+    /// per connection: a user flooding from many connections gets one
+    /// user's turns, and another user's request waits for at most one
+    /// request of each other user instead of one per connection.
+    turn: Mutex<()>,
 }
 
 /// The server's grip on one connection: a second handle on its socket (to
@@ -555,7 +566,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
             listener,
             path: None,
             shared: Arc::new(Shared {
-                locked: Mutex::new(Locked { scheme }),
+                locked: parking_lot::Mutex::new(Locked { scheme }),
                 root,
                 limits,
                 served: AtomicU64::new(0),
@@ -580,7 +591,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
 
     /// Runs `f` on the scheme, between requests (ticks, shutdown steps).
     pub fn with_scheme<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
-        let result = f(&mut lock(&self.shared.locked).scheme);
+        let result = f(&mut self.shared.locked.lock().scheme);
         crate::logline::flush();
         result
     }
@@ -802,11 +813,7 @@ impl<S: HostScheme + Send + 'static> HostServer<S> {
         drop(self);
         let shared = Arc::try_unwrap(shared)
             .unwrap_or_else(|_| panic!("a connection thread outlived the server"));
-        shared
-            .locked
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
-            .scheme
+        shared.locked.into_inner().scheme
     }
 }
 
@@ -911,14 +918,16 @@ fn serve_request<S: HostScheme>(
     let parkable = header.sqe.opcode == Opcode::OpenAt as u8;
     let prework_request = prework_request(conn, header);
     let run = |conn: &mut ConnState, payload: &mut Vec<u8>, retry: bool| {
-        let mut guard = lock(&shared.locked);
+        let user = conn.user.clone();
+        let turn = lock(&user.turn);
+        let mut guard = shared.locked.lock();
         if let Some(job) = prework_request.and_then(|r| guard.scheme.prework(r)) {
             // The lock is free while the work runs: other connections'
             // requests go on meanwhile.
-            drop(guard);
+            parking_lot::MutexGuard::unlock_fair(guard);
             crate::logline::flush();
             let install = job();
-            guard = lock(&shared.locked);
+            guard = shared.locked.lock();
             install(&mut guard.scheme);
         }
         let Locked { scheme } = &mut *guard;
@@ -932,7 +941,11 @@ fn serve_request<S: HostScheme>(
             None
         };
         let freed = Freed::observe(shared, scheme);
-        drop(guard);
+        // Handed to the request that waited longest (one per user, see
+        // `UserUsage::turn`), never taken back by a request that came
+        // later: the scheme is shared out in turns.
+        parking_lot::MutexGuard::unlock_fair(guard);
+        drop(turn);
         crate::logline::flush();
         shared.served.fetch_add(1, Ordering::Relaxed);
         // Wake parked requests if this one freed something.
@@ -1190,7 +1203,7 @@ fn serve_connection<S: HostScheme>(
     let mut ids: Vec<usize> = conn.handles.into_iter().collect();
     ids.sort_unstable();
     let freed = {
-        let mut guard = lock(&shared.locked);
+        let mut guard = shared.locked.lock();
         guard.scheme.on_disconnect(conn.caller as usize, &ids);
         Freed::observe(&shared, &guard.scheme)
     };
