@@ -1104,6 +1104,28 @@ fn changing_the_state_before_each_read_does_not_buy_a_render_each() {
 
 // ---- answers -------------------------------------------------------------
 
+/// A new connection that imports the BO at `path` and asks for a read of
+/// `size` bytes it never takes (the answer stays in the server until the
+/// connection goes or the send deadline passes).
+fn unread_read(daemon: &Daemon, path: &str, size: usize, tag: u32) -> HostConnection {
+    let mut c = HostConnection::connect(daemon.socket()).unwrap();
+    let h = open(&mut c, path, O_RDONLY).expect("import");
+    let header = pddgpu_ipc::frame::RequestHeader {
+        payload_len: 0,
+        out_len: size as u32,
+        sqe: syscall::schemev2::Sqe {
+            opcode: Opcode::Read as u8,
+            sqe_flags: syscall::schemev2::SqeFlags::empty(),
+            _rsvd: 0,
+            tag,
+            args: [h, 0, 0, 0, 0, 0],
+            caller: 0,
+        },
+    };
+    c.send_raw(&header.encode()).unwrap();
+    c
+}
+
 /// Many connections of one user each asking for a 16 MiB read and never
 /// reading the answer pin at most the user's answer budget in the server
 /// (64 MiB): past it, reads are answered short.
@@ -1125,23 +1147,7 @@ fn unread_answers_pin_a_bounded_amount_per_user() {
     let before = rss_kib(pid);
     let mut stalled = Vec::new();
     for tag in 0..24u32 {
-        let mut c = HostConnection::connect(daemon.socket()).unwrap();
-        let h = open(&mut c, &path, O_RDONLY).expect("import");
-        let header = pddgpu_ipc::frame::RequestHeader {
-            payload_len: 0,
-            out_len: SIZE as u32,
-            sqe: syscall::schemev2::Sqe {
-                opcode: Opcode::Read as u8,
-                sqe_flags: syscall::schemev2::SqeFlags::empty(),
-                _rsvd: 0,
-                tag: 1000 + tag,
-                args: [h, 0, 0, 0, 0, 0],
-                caller: 0,
-            },
-        };
-        // The answer is never read.
-        c.send_raw(&header.encode()).unwrap();
-        stalled.push(c);
+        stalled.push(unread_read(&daemon, &path, SIZE, 1000 + tag));
     }
     std::thread::sleep(Duration::from_millis(1000));
     let grown = rss_kib(pid).saturating_sub(before);
@@ -1176,23 +1182,7 @@ fn answers_of_all_users_together_are_bounded() {
     let path = bo.export().expect("export").to_path();
     let mut stalled = Vec::new();
     for tag in 0..2u32 {
-        let mut c = HostConnection::connect(daemon.socket()).unwrap();
-        let h = open(&mut c, &path, O_RDONLY).expect("import");
-        let header = pddgpu_ipc::frame::RequestHeader {
-            payload_len: 0,
-            out_len: SIZE as u32,
-            sqe: syscall::schemev2::Sqe {
-                opcode: Opcode::Read as u8,
-                sqe_flags: syscall::schemev2::SqeFlags::empty(),
-                _rsvd: 0,
-                tag: 1000 + tag,
-                args: [h, 0, 0, 0, 0, 0],
-                caller: 0,
-            },
-        };
-        // The answer is never read.
-        c.send_raw(&header.encode()).unwrap();
-        stalled.push(c);
+        stalled.push(unread_read(&daemon, &path, SIZE, 1000 + tag));
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut c = HostConnection::connect(daemon.socket()).unwrap();

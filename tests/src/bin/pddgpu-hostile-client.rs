@@ -43,10 +43,9 @@
 //! - `connect-flood <count>`: connect, open `health` and close, `count`
 //!   times in a row; print `served <n> refused <n> <ERRNO,…>` (the errnos
 //!   of the refusals).
-//! - `refusal-flood <millis> [connections]`: on each of that many
-//!   connections (1 by default) at once, open a path that does not exist
-//!   as fast as the server answers for that long (each a logged refusal);
-//!   print `refused <n>`, all connections together.
+//! - `refusal-flood <millis>`: on one connection, open a path that does
+//!   not exist as fast as the server answers for that long (each a logged
+//!   refusal); print `refused <n>`.
 
 // Tries to map a descriptor writable, as a hostile client would (the
 // mapping edge).
@@ -330,6 +329,20 @@ fn share_self(size: u64, domain: Domain) -> Result<(Vec<pddgpu_ipc::Bo>, String)
     })
 }
 
+/// Opens `path` read-only on `c`: the server's answer (a handle or an
+/// errno), or the transport's failure.
+fn open_read_only(c: &mut HostConnection, path: &[u8]) -> Result<Result<usize, i32>, String> {
+    let reply = c
+        .request(
+            Opcode::OpenAt,
+            [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
+            path,
+            0,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(reply.result())
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("create") => {
@@ -459,15 +472,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let mut refusals = 0u64;
             for _ in 0..count {
                 let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
-                let reply = c
-                    .request(
-                        Opcode::OpenAt,
-                        [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
-                        b"health",
-                        0,
-                    )
-                    .map_err(|e| e.to_string())?;
-                match reply.result() {
+                match open_read_only(&mut c, b"health")? {
                     Ok(_) => served += 1,
                     Err(e) => {
                         refusals += 1;
@@ -484,36 +489,15 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("refusal-flood") => {
             let millis = number(args.get(1), "millis")?;
-            let connections = args.get(2).map_or(Ok(1), |_| number(args.get(2), "connections"))?;
             let until = std::time::Instant::now() + std::time::Duration::from_millis(millis);
             let socket = pddgpu_ipc::default_socket_path();
-            let flood = |mut c: HostConnection| -> Result<u64, String> {
-                let mut refused = 0u64;
-                while std::time::Instant::now() < until {
-                    let reply = c
-                        .request(
-                            Opcode::OpenAt,
-                            [ROOT_FD, 0, 0, O_RDONLY as u64, 0, 0],
-                            b"no/such/file",
-                            0,
-                        )
-                        .map_err(|e| e.to_string())?;
-                    if reply.result().is_err() {
-                        refused += 1;
-                    }
+            let mut c = HostConnection::connect(&socket).map_err(|e| e.to_string())?;
+            let mut refused = 0u64;
+            while std::time::Instant::now() < until {
+                if open_read_only(&mut c, b"no/such/file")?.is_err() {
+                    refused += 1;
                 }
-                Ok(refused)
-            };
-            let conns = (0..connections)
-                .map(|_| HostConnection::connect(&socket).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let refused: u64 = std::thread::scope(|s| {
-                let floods: Vec<_> = conns.into_iter().map(|c| s.spawn(|| flood(c))).collect();
-                floods
-                    .into_iter()
-                    .map(|f| f.join().expect("flood thread"))
-                    .sum::<Result<u64, String>>()
-            })?;
+            }
             say(&format!("refused {refused}"));
             Ok(())
         }
@@ -534,7 +518,7 @@ fn run(args: &[String]) -> Result<(), String> {
             "usage: create SIZE DOMAIN | create-map SIZE DOMAIN | export COUNT SIZE DOMAIN | cat FILE \
              | hold-mapped COUNT SIZE DOMAIN | fill-connections N SIZE DOMAIN | hold-connections N \
              | share-self SIZE DOMAIN | readonly-map | domain-map | share-connection \
-             | connect-flood COUNT | refusal-flood MILLIS [CONNECTIONS]"
+             | connect-flood COUNT | refusal-flood MILLIS"
                 .into(),
         ),
     }
