@@ -17,7 +17,7 @@ use syscall::flag::{O_DIRECTORY, O_RDONLY, O_RDWR, O_WRONLY};
 
 use crate::error::{Error, Result};
 use crate::model::{ClientInfo, LeakReport, OccupancyMap, Stats};
-use crate::transport::{Mapping, SharedBytes, Transport};
+use crate::transport::{BoLayout, Mapping, SharedBytes, Transport};
 use crate::wire::{
     BoCall, BoDesc, BoFlags, BoInfoWire, Domain, ExportWire, SegmentWire, ShareToken,
 };
@@ -433,10 +433,15 @@ impl Bo {
         let mapping = match self.mapping.take() {
             Some(m) => m,
             None => {
-                let segs = self.segments()?;
+                let segments = self.segments()?;
+                let layout = BoLayout {
+                    domain: self.domain(),
+                    size: self.info.size,
+                    segments: &segments,
+                };
                 self.dev
                     .t()
-                    .map(self.handle, self.domain(), self.info.size, &segs)
+                    .map(self.handle, &layout)
                     .map_err(|e| Error::from_transport("map", &self.path, e))?
             }
         };

@@ -24,8 +24,7 @@ use syscall::data::Stat;
 use syscall::CallFlags;
 
 use crate::error::{Error, Result};
-use crate::transport::{validate_segments, Mapping, TResult, Transport, TransportError};
-use crate::wire::{Domain, SegmentWire};
+use crate::transport::{validate_segments, BoLayout, Mapping, TResult, Transport, TransportError};
 use crate::Device;
 
 /// Where pddgpud's scheme appears.
@@ -206,14 +205,11 @@ impl Transport for RedoxTransport {
         .map_err(|e| TransportError::Errno(e.errno))
     }
 
-    fn map(
-        &mut self,
-        handle: usize,
-        _domain: Domain,
-        size: u64,
-        segments: &[SegmentWire],
-    ) -> TResult<Mapping> {
-        let segs = validate_segments(size, PAGE, segments)?;
+    fn map(&mut self, handle: usize, layout: &BoLayout<'_>) -> TResult<Mapping> {
+        // Each segment is mapped from the BO's own handle at its BO offset,
+        // so the backing (and with it the domain) never has to be named.
+        let size = layout.size;
+        let segs = validate_segments(size, PAGE, layout.segments)?;
         let reserved = round_up(size, PAGE)
             .and_then(|r| usize::try_from(r).ok())
             .ok_or_else(|| TransportError::Protocol("BO too large to map".into()))?;

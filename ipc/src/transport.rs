@@ -49,14 +49,19 @@ pub trait Transport: Send {
     /// written (0 at the end).
     fn getdents(&mut self, handle: usize, buf: &mut [u8], opaque_offset: u64) -> TResult<usize>;
     /// Maps a BO: every segment at its BO offset inside one reserved range,
-    /// so the BO appears as one contiguous slice of `size` bytes.
-    fn map(
-        &mut self,
-        handle: usize,
-        domain: Domain,
-        size: u64,
-        segments: &[SegmentWire],
-    ) -> TResult<Mapping>;
+    /// so the BO appears as one contiguous slice of `layout.size` bytes.
+    fn map(&mut self, handle: usize, layout: &BoLayout<'_>) -> TResult<Mapping>;
+}
+
+/// Where a BO's bytes lie: what a transport needs to map it.
+#[derive(Clone, Copy, Debug)]
+pub struct BoLayout<'a> {
+    /// The memory domain the segments' backing offsets are in.
+    pub domain: Domain,
+    /// The BO's size in bytes; the mapping is this long.
+    pub size: u64,
+    /// The BO's pieces, each at its offset in the BO and in the backing.
+    pub segments: &'a [SegmentWire],
 }
 
 /// A BO mapped into this process. Unmapped on drop.

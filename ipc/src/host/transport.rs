@@ -15,7 +15,7 @@ use syscall::schemev2::Opcode;
 use super::client::{HostConnection, Reply};
 use super::server::ROOT_FD;
 use crate::frame::MAX_PAYLOAD;
-use crate::transport::{validate_segments, Mapping, TResult, Transport, TransportError};
+use crate::transport::{validate_segments, BoLayout, Mapping, TResult, Transport, TransportError};
 use crate::wire::{Domain, SegmentWire, DUP_BACKING, DUP_DOMAIN_BACKING};
 
 /// The host transport seen from a client.
@@ -221,13 +221,12 @@ impl Transport for HostTransport {
         Ok(n)
     }
 
-    fn map(
-        &mut self,
-        handle: usize,
-        domain: Domain,
-        size: u64,
-        segments: &[SegmentWire],
-    ) -> TResult<Mapping> {
+    fn map(&mut self, handle: usize, layout: &BoLayout<'_>) -> TResult<Mapping> {
+        let BoLayout {
+            domain,
+            size,
+            segments,
+        } = *layout;
         let page = page_size();
         let reserved = round_up(size, page)
             .and_then(|r| usize::try_from(r).ok())

@@ -155,18 +155,19 @@ pub fn figures(view: View, d: &DomainView) -> [String; 2] {
     let space = format!(
         "free {}  largest free {}  fragmentation {}",
         format_size(d.free),
-        d.largest_free.map_or("-".into(), format_size),
-        d.fragmentation_pct.map_or("-".into(), |p| format!("{p}%")),
+        d.holes.map_or("-".into(), |h| format_size(h.largest_free)),
+        d.holes
+            .map_or("-".into(), |h| format!("{}%", h.fragmentation_pct)),
     );
     let activity = if view == View::Visible {
         "allocs, frees, failures, retries: counted with VRAM".to_string()
     } else {
         format!(
             "allocs/s {}  frees/s {}  failures {}  retries {}  (since the last frame)",
-            opt_rate(d.allocs_per_s),
-            opt_rate(d.frees_per_s),
-            opt_delta(d.failures),
-            opt_delta(d.retries),
+            opt_rate(d.activity.allocs_per_s),
+            opt_rate(d.activity.frees_per_s),
+            opt_delta(d.activity.failures),
+            opt_delta(d.activity.retries),
         )
     };
     [space, activity]
@@ -474,7 +475,7 @@ pub fn plain(screen: &Screen, width: u16) -> String {
 mod tests {
     use super::*;
     use crate::model::{ClientInfo, ExtentKind, LeakAudit, LeakReport, MapExtent};
-    use crate::top::watch::SortKey;
+    use crate::top::watch::{Activity, Holes, SortKey};
     use std::time::Duration;
 
     fn screen() -> Screen {
@@ -482,12 +483,16 @@ mod tests {
             total,
             used,
             free: total - used,
-            largest_free: Some(total - used),
-            fragmentation_pct: Some(0),
-            allocs_per_s: Some(2.5),
-            frees_per_s: Some(1.0),
-            failures: Some(0),
-            retries: Some(4),
+            holes: Some(Holes {
+                largest_free: total - used,
+                fragmentation_pct: 0,
+            }),
+            activity: Activity {
+                allocs_per_s: Some(2.5),
+                frees_per_s: Some(1.0),
+                failures: Some(0),
+                retries: Some(4),
+            },
             history: vec![0, used / 2, used],
             state: "ready".into(),
         };

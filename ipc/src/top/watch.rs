@@ -147,24 +147,39 @@ pub struct DomainView {
     pub used: u64,
     /// Bytes free.
     pub free: u64,
-    /// Largest free run, when known.
-    pub largest_free: Option<u64>,
-    /// Fragmentation in percent (`100 * (1 - largest_free / free)`), when
-    /// known.
-    pub fragmentation_pct: Option<u64>,
-    /// Allocations per second since the previous frame (`None` on the first
-    /// frame, or for a view without its own counters).
-    pub allocs_per_s: Option<f64>,
-    /// Frees per second since the previous frame.
-    pub frees_per_s: Option<f64>,
-    /// Failed allocations since the previous frame.
-    pub failures: Option<u64>,
-    /// Retried allocations since the previous frame.
-    pub retries: Option<u64>,
+    /// The free space's shape, when known (the visible window knows it
+    /// only from an occupancy map).
+    pub holes: Option<Holes>,
+    /// Activity since the previous frame.
+    pub activity: Activity,
     /// Bytes in use over the last minute, oldest first, one per frame.
     pub history: Vec<u64>,
     /// Manager state (`ready`, `error`, …).
     pub state: String,
+}
+
+/// How the free space of a view is cut up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holes {
+    /// Largest free run.
+    pub largest_free: u64,
+    /// Fragmentation in percent (`100 * (1 - largest_free / free)`).
+    pub fragmentation_pct: u64,
+}
+
+/// What a view's counters did since the previous frame. Each figure is
+/// `None` on the first frame, and for a counter the server did not report
+/// (the visible window has no counters of its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Activity {
+    /// Allocations per second.
+    pub allocs_per_s: Option<f64>,
+    /// Frees per second.
+    pub frees_per_s: Option<f64>,
+    /// Failed allocations.
+    pub failures: Option<u64>,
+    /// Retried allocations.
+    pub retries: Option<u64>,
 }
 
 /// The connection's state as shown in a frame.
@@ -389,12 +404,16 @@ impl Watcher {
                     total: p.total,
                     used: p.used,
                     free: p.free,
-                    largest_free: Some(p.largest_free),
-                    fragmentation_pct: Some(p.fragmentation_pct),
-                    allocs_per_s: per_s(&format!("{name}_allocs")),
-                    frees_per_s: per_s(&format!("{name}_frees")),
-                    failures: delta(&format!("{name}_failures")),
-                    retries: delta(&format!("{name}_retries")),
+                    holes: Some(Holes {
+                        largest_free: p.largest_free,
+                        fragmentation_pct: p.fragmentation_pct,
+                    }),
+                    activity: Activity {
+                        allocs_per_s: per_s(&format!("{name}_allocs")),
+                        frees_per_s: per_s(&format!("{name}_frees")),
+                        failures: delta(&format!("{name}_failures")),
+                        retries: delta(&format!("{name}_retries")),
+                    },
                     history,
                     state: p.state.clone(),
                 }
@@ -404,28 +423,25 @@ impl Watcher {
                 let free = total.saturating_sub(s.vram.visible_used);
                 // The window's holes come from the map: the allocator keeps
                 // no per-window largest-free figure.
-                let largest = last.vram_map.as_ref().map(|m| m.largest_free_in(0..total));
-                let free_in_map = last
-                    .vram_map
-                    .as_ref()
-                    .map(|m| m.bytes_in(ExtentKind::Free, 0..total));
-                let fragmentation = largest.zip(free_in_map).map(|(l, f)| {
-                    if f == 0 {
+                let holes = last.vram_map.as_ref().map(|m| {
+                    let largest_free = m.largest_free_in(0..total);
+                    let free_in_map = m.bytes_in(ExtentKind::Free, 0..total);
+                    let fragmentation_pct = if free_in_map == 0 {
                         0
                     } else {
-                        100 - (l as u128 * 100 / f as u128) as u64
+                        100 - (largest_free as u128 * 100 / free_in_map as u128) as u64
+                    };
+                    Holes {
+                        largest_free,
+                        fragmentation_pct,
                     }
                 });
                 DomainView {
                     total,
                     used: s.vram.visible_used,
                     free,
-                    largest_free: largest,
-                    fragmentation_pct: fragmentation,
-                    allocs_per_s: None,
-                    frees_per_s: None,
-                    failures: None,
-                    retries: None,
+                    holes,
+                    activity: Activity::default(),
                     history,
                     state: s.vram.state.clone(),
                 }
@@ -548,20 +564,29 @@ mod tests {
         w.accept(poll(t0, 100, 10, 1));
         let first = w.screen();
         assert_eq!(first.link, Link::Up);
-        assert_eq!(first.views[0].allocs_per_s, None, "no rate on frame one");
+        assert_eq!(
+            first.views[0].activity.allocs_per_s, None,
+            "no rate on frame one"
+        );
         w.accept(poll(t0 + Duration::from_secs(2), 300, 30, 4));
         let s = w.screen();
         let vram = &s.views[0];
         assert_eq!(vram.used, 300);
-        assert_eq!(vram.allocs_per_s, Some(10.0));
-        assert_eq!(vram.frees_per_s, Some(5.0));
-        assert_eq!(vram.failures, Some(3));
-        assert_eq!(vram.retries, Some(0));
+        assert_eq!(vram.activity.allocs_per_s, Some(10.0));
+        assert_eq!(vram.activity.frees_per_s, Some(5.0));
+        assert_eq!(vram.activity.failures, Some(3));
+        assert_eq!(vram.activity.retries, Some(0));
         assert_eq!(vram.history, [100, 300]);
         let visible = &s.views[1];
         assert_eq!((visible.total, visible.used, visible.free), (400, 150, 250));
-        assert_eq!(visible.allocs_per_s, None, "the window has no counters");
-        assert_eq!(s.views[2].allocs_per_s, None, "no GTT counters were given");
+        assert_eq!(
+            visible.activity.allocs_per_s, None,
+            "the window has no counters"
+        );
+        assert_eq!(
+            s.views[2].activity.allocs_per_s, None,
+            "no GTT counters were given"
+        );
     }
 
     #[test]
