@@ -41,11 +41,16 @@ mod tests {
 
     #[test]
     fn parses_ids() {
-        assert_eq!(parse_id("0x1234\n"), Some(0x1234));
-        assert_eq!(parse_id("0X1af4"), Some(0x1af4));
-        assert_eq!(parse_id("1234"), None);
-        assert_eq!(parse_id("0x12345"), None);
-        assert_eq!(parse_id(""), None);
+        let cases = [
+            ("0x1234\n", Some(0x1234)),
+            ("0X1af4", Some(0x1af4)),
+            ("1234", None),
+            ("0x12345", None),
+            ("", None),
+        ];
+        for (text, id) in cases {
+            assert_eq!(parse_id(text), id, "{text:?}");
+        }
     }
 
     #[test]

@@ -14,10 +14,9 @@ use pddgpu_ipc::progress::Step;
 
 use crate::serial::{sanitize, Markers, Outcome, RunEnd, SerialWatch, LINUX};
 
-/// The PCI identity of QEMU's `bochs-display` (and std VGA): vendor 0x1234.
-pub const BOCHS_VENDOR: u16 = 0x1234;
-/// The PCI device id of QEMU's `bochs-display`.
-pub const BOCHS_DEVICE: u16 = 0x1111;
+/// The PCI identity of QEMU's `bochs-display` (and std VGA), as the core's
+/// device model knows it.
+pub use pddgpu::device::bochs::{PCI_DEVICE as BOCHS_DEVICE, PCI_VENDOR as BOCHS_VENDOR};
 
 /// CPU emulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

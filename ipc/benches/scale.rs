@@ -28,7 +28,7 @@ use std::time::Instant;
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, Domain, Driver};
 use pddgpu_ipc::host::HostConnection;
-use pddgpu_ipc::progress::{seconds, Reporter, Step};
+use pddgpu_ipc::progress::{joined_span, seconds, Reporter, Step};
 use rustix::thread::{sched_setaffinity, CpuSet};
 use support::{alloc_free, Server};
 
@@ -69,15 +69,7 @@ fn in_process() -> f64 {
             })
         })
         .collect();
-    // From the first thread's start to the last one's end (the main thread
-    // may be scheduled late, so it does not hold the clock).
-    let spans: Vec<(Instant, Instant)> = threads
-        .into_iter()
-        .map(|t| t.join().expect("thread"))
-        .collect();
-    let first = spans.iter().map(|s| s.0).min().expect("threads");
-    let last = spans.iter().map(|s| s.1).max().expect("threads");
-    (last - first).as_secs_f64()
+    joined_span(threads).as_secs_f64()
 }
 
 /// Worker process: `threads` connections, each in its own thread; runs

@@ -327,6 +327,23 @@ pub fn seconds(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
+/// Joins benchmark threads that each return the `(start, end)` of their own
+/// timed run, and gives the wall time from the first start to the last end.
+/// Each thread reads its own clock, so a main thread scheduled late does
+/// not shorten the span.
+///
+/// # Panics
+/// If a thread panicked, or there are no threads.
+pub fn joined_span(threads: Vec<std::thread::JoinHandle<(Instant, Instant)>>) -> Duration {
+    let spans: Vec<(Instant, Instant)> = threads
+        .into_iter()
+        .map(|t| t.join().expect("benchmark thread"))
+        .collect();
+    let first = spans.iter().map(|s| s.0).min().expect("no threads");
+    let last = spans.iter().map(|s| s.1).max().expect("no threads");
+    last - first
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

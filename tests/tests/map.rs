@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use pddgpu::device::{SimConfig, SimDevice};
 use pddgpu::driver::{BoCreate, BoFlags, BoId, Domain, Driver, OccupancyMap, Occupant, OwnerId};
@@ -249,16 +248,23 @@ fn leaked_and_retired_memory_have_their_own_kinds() {
     d.bo_unref(owner, g).unwrap();
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn maps_taken_during_churn_always_tile() {
     let (_dev, d) = setup(64 * MIB, 64 * MIB);
-    let d = Arc::new(d);
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2u64)
-        .map(|t| {
-            let d = Arc::clone(&d);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
+    let stop = AtomicBool::new(false);
+    let settled = std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (d, stop) = (&d, &stop);
+            s.spawn(move || {
                 let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 let mut held = Vec::new();
                 let mut n = 0u64;
@@ -285,29 +291,29 @@ fn maps_taken_during_churn_always_tile() {
                 for id in held {
                     d.bo_unref(t + 1, id).unwrap();
                 }
-            })
-        })
-        .collect();
-    let mut settled = 0;
-    for i in 0..100 {
-        let m = d.occupancy(if i % 2 == 0 {
-            Domain::Vram
-        } else {
-            Domain::Gtt
-        });
-        check_tiling(&m);
-        if m.settled {
-            settled += 1;
-            assert!(
-                !m.extents.iter().any(|e| e.occupant == Occupant::Unowned),
-                "a settled map names every allocated run"
-            );
+            });
         }
-    }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
+        // Stops the workers when the checks end, also by a panic: the scope
+        // joins them before it passes the panic on.
+        let _stop = SetOnDrop(&stop);
+        let mut settled = 0;
+        for i in 0..100 {
+            let m = d.occupancy(if i % 2 == 0 {
+                Domain::Vram
+            } else {
+                Domain::Gtt
+            });
+            check_tiling(&m);
+            if m.settled {
+                settled += 1;
+                assert!(
+                    !m.extents.iter().any(|e| e.occupant == Occupant::Unowned),
+                    "a settled map names every allocated run"
+                );
+            }
+        }
+        settled
+    });
     // Quiet again: everything is free and the maps are one hole each.
     for domain in Domain::ALL {
         let m = d.occupancy(domain);

@@ -53,7 +53,7 @@ mod cpeers;
 mod support;
 
 use counting::{live_bytes, Counting};
-use pddgpu_ipc::progress::Reporter;
+use pddgpu_ipc::progress::{joined_span, Reporter};
 use support::Rng;
 
 use std::hint::black_box;
@@ -688,8 +688,7 @@ fn thread_streams() -> Vec<Vec<u64>> {
 }
 
 /// Runs the stress shape on `subject`; wall time from the first thread's
-/// start to the last thread's end (each thread takes its own clock readings,
-/// so a main thread scheduled late does not shorten the span).
+/// start to the last thread's end ([`joined_span`]).
 fn run_threads<L: Locked>(subject: L, streams: &Arc<Vec<Vec<u64>>>) -> Duration {
     let shared = Arc::new(Mutex::new(subject));
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -706,13 +705,7 @@ fn run_threads<L: Locked>(subject: L, streams: &Arc<Vec<Vec<u64>>>) -> Duration 
             })
         })
         .collect();
-    let spans: Vec<(Instant, Instant)> = handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .collect();
-    let first = spans.iter().map(|s| s.0).min().expect("threads");
-    let last = spans.iter().map(|s| s.1).max().expect("threads");
-    last - first
+    joined_span(handles)
 }
 
 fn threads_workload(peers: &'static Peers, rounds: usize) {
