@@ -36,7 +36,7 @@ const MAX_LEGEND_LINES: usize = 4;
 const MAP_HEAD: usize = 8;
 
 fn map_height(screen: &Screen, width: u16) -> u16 {
-    let rows = [screen.vram_map.is_some(), screen.gtt_map.is_some()];
+    let rows = [screen.maps.vram.is_some(), screen.maps.gtt.is_some()];
     match rows {
         [false, false] => 0,
         // Borders, vram row and its visible-window marker, gtt row, legend.
@@ -261,7 +261,7 @@ fn map_row(map: &OccupancyMap, width: usize, palette: &Palette) -> Line<'static>
 /// client, packed into lines after the `clients` heading, then what the
 /// other symbols mean; at most [`MAX_LEGEND_LINES`] lines.
 fn legend_lines(screen: &Screen, width: u16) -> Vec<Line<'static>> {
-    let palette = Palette::of(screen.vram_map.iter().chain(screen.gtt_map.iter()));
+    let palette = Palette::of(screen.maps.iter());
     // Inside the borders, after the heading.
     let room = (width as usize).saturating_sub(2 + MAP_HEAD).max(20);
     let mut entries: Vec<Vec<Span<'static>>> = palette
@@ -314,10 +314,10 @@ fn render_map(screen: &Screen, area: Rect, buf: &mut Buffer) {
     let block = Block::bordered().title(" Occupancy (one letter per client, . free) ");
     let inner = block.inner(area);
     block.render(area, buf);
-    let palette = Palette::of(screen.vram_map.iter().chain(screen.gtt_map.iter()));
+    let palette = Palette::of(screen.maps.iter());
     let width = (inner.width as usize).saturating_sub(MAP_HEAD);
     let mut lines: Vec<Line<'static>> = Vec::new();
-    if let Some(m) = &screen.vram_map {
+    if let Some(m) = &screen.maps.vram {
         let mut row = map_row(m, width, &palette);
         row.spans.insert(0, Span::raw(format!("{:<8}", "vram")));
         lines.push(row);
@@ -337,7 +337,7 @@ fn render_map(screen: &Screen, area: Rect, buf: &mut Buffer) {
         };
         lines.push(Line::styled(marker, Style::default().fg(Color::DarkGray)));
     }
-    if let Some(m) = &screen.gtt_map {
+    if let Some(m) = &screen.maps.gtt {
         let mut row = map_row(m, width, &palette);
         row.spans.insert(0, Span::raw(format!("{:<8}", "gtt")));
         lines.push(row);
@@ -475,7 +475,7 @@ pub fn plain(screen: &Screen, width: u16) -> String {
 mod tests {
     use super::*;
     use crate::model::{ClientInfo, ExtentKind, LeakAudit, LeakReport, MapExtent};
-    use crate::top::watch::{Activity, Holes, SortKey};
+    use crate::top::watch::{Activity, Holes, Maps, SortKey};
     use std::time::Duration;
 
     fn screen() -> Screen {
@@ -556,8 +556,10 @@ mod tests {
                 live_bos: 1,
                 ..LeakReport::default()
             }),
-            vram_map: Some(map("vram", 32 << 20)),
-            gtt_map: Some(map("gtt", 0)),
+            maps: Maps {
+                vram: Some(map("vram", 32 << 20)),
+                gtt: Some(map("gtt", 0)),
+            },
             has_data: true,
         }
     }
@@ -610,7 +612,7 @@ mod tests {
     #[test]
     fn a_long_client_legend_wraps_within_the_frame() {
         let mut s = screen();
-        let map = s.vram_map.as_mut().unwrap();
+        let map = s.maps.vram.as_mut().unwrap();
         map.extents = (0..40u64)
             .map(|i| MapExtent {
                 start: i << 20,

@@ -29,10 +29,25 @@ pub struct Poll {
     pub health: String,
     /// `leaks.json`, when it could be read.
     pub leaks: Option<LeakReport>,
-    /// `vram.map.json`, when the server has it.
-    pub vram_map: Option<OccupancyMap>,
-    /// `gtt.map.json`, when the server has it.
-    pub gtt_map: Option<OccupancyMap>,
+    /// The occupancy maps the server has.
+    pub maps: Maps,
+}
+
+/// The occupancy maps of a poll: each when the server has it (and `top`
+/// asked for maps).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Maps {
+    /// `vram.map.json`.
+    pub vram: Option<OccupancyMap>,
+    /// `gtt.map.json`.
+    pub gtt: Option<OccupancyMap>,
+}
+
+impl Maps {
+    /// The maps present, VRAM first.
+    pub fn iter(&self) -> impl Iterator<Item = &OccupancyMap> {
+        self.vram.iter().chain(self.gtt.iter())
+    }
 }
 
 impl Poll {
@@ -58,8 +73,10 @@ impl Poll {
             clients,
             health,
             leaks,
-            vram_map: map("vram"),
-            gtt_map: map("gtt"),
+            maps: Maps {
+                vram: map("vram"),
+                gtt: map("gtt"),
+            },
         })
     }
 }
@@ -138,9 +155,12 @@ impl SortKey {
     }
 }
 
-/// One memory view as shown in a frame.
+/// One memory view as shown in a frame, its figures in the order the frame
+/// shows them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DomainView {
+    /// Manager state (`ready`, `error`, …).
+    pub state: String,
     /// Bytes in the view.
     pub total: u64,
     /// Bytes in use.
@@ -154,8 +174,6 @@ pub struct DomainView {
     pub activity: Activity,
     /// Bytes in use over the last minute, oldest first, one per frame.
     pub history: Vec<u64>,
-    /// Manager state (`ready`, `error`, …).
-    pub state: String,
 }
 
 /// How the free space of a view is cut up.
@@ -225,10 +243,8 @@ pub struct Screen {
     pub health: String,
     /// The last leak audit.
     pub leaks: Option<LeakReport>,
-    /// The occupancy maps, when the server has them.
-    pub vram_map: Option<OccupancyMap>,
-    /// The GTT occupancy map.
-    pub gtt_map: Option<OccupancyMap>,
+    /// The occupancy maps the server has.
+    pub maps: Maps,
     /// Whether any poll succeeded yet (else there is nothing to show but
     /// the link).
     pub has_data: bool,
@@ -423,7 +439,7 @@ impl Watcher {
                 let free = total.saturating_sub(s.vram.visible_used);
                 // The window's holes come from the map: the allocator keeps
                 // no per-window largest-free figure.
-                let holes = last.vram_map.as_ref().map(|m| {
+                let holes = last.maps.vram.as_ref().map(|m| {
                     let largest_free = m.largest_free_in(0..total);
                     let free_in_map = m.bytes_in(ExtentKind::Free, 0..total);
                     let fragmentation_pct = if free_in_map == 0 {
@@ -465,8 +481,7 @@ impl Watcher {
                 sort: self.sort,
                 health: String::new(),
                 leaks: None,
-                vram_map: None,
-                gtt_map: None,
+                maps: Maps::default(),
                 has_data: false,
             };
         };
@@ -492,8 +507,7 @@ impl Watcher {
             sort: self.sort,
             health: last.health.clone(),
             leaks: last.leaks.clone(),
-            vram_map: last.vram_map.clone(),
-            gtt_map: last.gtt_map.clone(),
+            maps: last.maps.clone(),
             has_data: true,
         }
     }
@@ -544,8 +558,7 @@ mod tests {
             ],
             health: "ok".into(),
             leaks: None,
-            vram_map: None,
-            gtt_map: None,
+            maps: Maps::default(),
         }
     }
 
