@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use pddgpu::driver::{AuditVerdict, Domain, Driver, LeakReport, Occupant, SuspectReason};
+use pddgpu::gtt::GttStats;
 use pddgpu::manager::{ManagerState, RetryPolicy};
 use pddgpu_ipc::model::{
     BoTotals, ClientInfo, DeviceStats, ExtentKind, LeakAudit, LeakReport as LeakModel, LeakSuspect,
@@ -20,7 +21,7 @@ pub fn render(kind: FileKind, driver: &Driver, owners: &Owners) -> Vec<u8> {
         FileKind::Stats => stats_text(&stats(driver)),
         FileKind::StatsJson => json(&stats(driver)),
         FileKind::Vram => vram_text(driver),
-        FileKind::Gtt => gtt_text(driver),
+        FileKind::Gtt => gtt_text(&driver.gtt_stats()),
         FileKind::VramMap => map_text(&occupancy(driver, owners, Domain::Vram)),
         FileKind::VramMapJson => json(&occupancy(driver, owners, Domain::Vram)),
         FileKind::GttMap => map_text(&occupancy(driver, owners, Domain::Gtt)),
@@ -174,6 +175,24 @@ pub fn stats_text(s: &Stats) -> String {
     t
 }
 
+/// [`manager_text`] of a manager's statistics with the allocator's own
+/// rows: [`VramStats`](pddgpu::vram::VramStats) and
+/// [`GttStats`](pddgpu::gtt::GttStats) carry the figures every manager has
+/// under the same names.
+macro_rules! manager_text_of {
+    ($stats:expr, $allocator:expr) => {{
+        let s = &$stats;
+        manager_text(
+            s.state,
+            s.is_healthy,
+            [s.total_size, s.used_size, s.free_size],
+            $allocator,
+            s.fragmentation_permille(),
+            s.retry,
+        )
+    }};
+}
+
 fn vram_text(driver: &Driver) -> String {
     let v = driver.vram_stats();
     let allocator = [
@@ -185,15 +204,7 @@ fn vram_text(driver: &Driver) -> String {
         ("blocks", v.block_count),
         ("free_blocks", v.free_block_count),
     ];
-    let usage = [v.total_size, v.used_size, v.free_size];
-    let mut t = manager_text(
-        v.state,
-        v.is_healthy,
-        usage,
-        &allocator,
-        v.fragmentation_permille(),
-        v.retry,
-    );
+    let mut t = manager_text_of!(v, &allocator);
     let (bad, retired) = driver.bad_vram();
     let _ = writeln!(t, "bad_ranges {}", bad.len());
     let _ = writeln!(t, "retired_bytes {retired}");
@@ -206,22 +217,13 @@ fn vram_text(driver: &Driver) -> String {
     t
 }
 
-fn gtt_text(driver: &Driver) -> String {
-    let g = driver.gtt_stats();
+fn gtt_text(g: &GttStats) -> String {
     let allocator = [
         ("holes", g.hole_count),
         ("largest_hole", g.largest_hole),
         ("nodes", g.node_count),
     ];
-    let usage = [g.total_size, g.used_size, g.free_size];
-    manager_text(
-        g.state,
-        g.is_healthy,
-        usage,
-        &allocator,
-        g.fragmentation_permille(),
-        g.retry,
-    )
+    manager_text_of!(g, &allocator)
 }
 
 /// The `key value` lines both managers' files share, in this order: state,
