@@ -74,7 +74,7 @@ enum Command {
         #[arg(long, default_value = "vram")]
         domain: Domain,
         /// Comma-separated: contiguous, visible, topdown, cleared.
-        #[arg(long, default_value = "", value_parser = BoFlags::parse_list)]
+        #[arg(long, default_value = "", value_parser = crate::wire::parse_flags)]
         flags: BoFlags,
         /// Alignment (power of two), e.g. 64K.
         #[arg(long, value_parser = parse_size, default_value = "0")]

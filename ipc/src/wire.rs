@@ -104,21 +104,9 @@ impl FromStr for Domain {
     }
 }
 
-bitflags::bitflags! {
-    /// Placement flags of a new BO (the `flags=` query key, comma
-    /// separated).
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-    pub struct BoFlags: u32 {
-        /// One physically contiguous range.
-        const CONTIGUOUS = 1 << 0;
-        /// Inside the CPU-visible part of VRAM.
-        const VISIBLE = 1 << 1;
-        /// Placed from the top of the address space down.
-        const TOPDOWN = 1 << 2;
-        /// Zero-filled before it is handed out.
-        const CLEARED = 1 << 3;
-    }
-}
+/// Placement flags of a new BO: the core's own flags, whose bits are the
+/// wire's (the `flags=` query key names them, comma separated).
+pub use pddgpu::driver::BoFlags;
 
 const FLAG_NAMES: [(&str, BoFlags); 4] = [
     ("contiguous", BoFlags::CONTIGUOUS),
@@ -127,28 +115,26 @@ const FLAG_NAMES: [(&str, BoFlags); 4] = [
     ("cleared", BoFlags::CLEARED),
 ];
 
-impl BoFlags {
-    /// Parses `contiguous,visible,…` (empty string: no flags).
-    pub fn parse_list(s: &str) -> Result<Self, String> {
-        let mut flags = BoFlags::empty();
-        for word in s.split(',').filter(|w| !w.is_empty()) {
-            let (_, f) = FLAG_NAMES.iter().find(|(n, _)| *n == word).ok_or_else(|| {
-                format!("unknown flag `{word}` (expected contiguous, visible, topdown, cleared)")
-            })?;
-            flags |= *f;
-        }
-        Ok(flags)
+/// Parses a `flags=` list, `contiguous,visible,…` (empty: no flags).
+pub fn parse_flags(s: &str) -> Result<BoFlags, String> {
+    let mut flags = BoFlags::empty();
+    for word in s.split(',').filter(|w| !w.is_empty()) {
+        let (_, f) = FLAG_NAMES.iter().find(|(n, _)| *n == word).ok_or_else(|| {
+            format!("unknown flag `{word}` (expected contiguous, visible, topdown, cleared)")
+        })?;
+        flags |= *f;
     }
+    Ok(flags)
+}
 
-    /// The comma-separated list form.
-    pub fn to_list(self) -> String {
-        FLAG_NAMES
-            .iter()
-            .filter(|(_, f)| self.contains(*f))
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
+/// The `flags=` list form of `flags`.
+pub fn flags_list(flags: BoFlags) -> String {
+    FLAG_NAMES
+        .iter()
+        .filter(|(_, f)| flags.contains(*f))
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Longest BO label accepted.
@@ -193,7 +179,7 @@ impl BoDesc {
             p += &format!("&align={}", self.align);
         }
         if !self.flags.is_empty() {
-            p += &format!("&flags={}", self.flags.to_list());
+            p += &format!("&flags={}", flags_list(self.flags));
         }
         if !self.label.is_empty() {
             p += &format!("&label={}", self.label);
@@ -232,7 +218,7 @@ impl BoDesc {
                     }
                 }
                 "flags" => {
-                    let v = BoFlags::parse_list(value)?;
+                    let v = parse_flags(value)?;
                     if flags.replace(v).is_some() {
                         return Err(dup());
                     }

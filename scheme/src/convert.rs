@@ -1,15 +1,7 @@
 //! Conversions between the wire types of `pddgpu-ipc` and the core's.
 
-use pddgpu::driver::{BoFlags as CoreBoFlags, BoInfo, Domain as CoreDomain};
-use pddgpu_ipc::wire::{BoFlags, BoInfoWire, Domain, WIRE_ABI};
-
-/// Wire flag ↔ core flag, one pair per flag.
-const FLAGS: [(BoFlags, CoreBoFlags); 4] = [
-    (BoFlags::CONTIGUOUS, CoreBoFlags::CONTIGUOUS),
-    (BoFlags::VISIBLE, CoreBoFlags::VISIBLE),
-    (BoFlags::TOPDOWN, CoreBoFlags::TOPDOWN),
-    (BoFlags::CLEARED, CoreBoFlags::CLEARED),
-];
+use pddgpu::driver::{BoInfo, Domain as CoreDomain};
+use pddgpu_ipc::wire::{BoInfoWire, Domain, WIRE_ABI};
 
 /// The core's domain for a wire domain.
 pub fn core_domain(d: Domain) -> CoreDomain {
@@ -27,22 +19,6 @@ pub fn wire_domain(d: CoreDomain) -> Domain {
     }
 }
 
-/// The core's flags for wire flags.
-pub fn core_flags(f: BoFlags) -> CoreBoFlags {
-    FLAGS
-        .iter()
-        .filter(|(w, _)| f.contains(*w))
-        .fold(CoreBoFlags::empty(), |out, (_, c)| out | *c)
-}
-
-/// The wire flags for core flags.
-pub fn wire_flags(f: CoreBoFlags) -> BoFlags {
-    FLAGS
-        .iter()
-        .filter(|(_, c)| f.contains(*c))
-        .fold(BoFlags::empty(), |out, (w, _)| out | *w)
-}
-
 /// The `Info` call's answer for a BO.
 pub fn info_wire(info: &BoInfo) -> BoInfoWire {
     BoInfoWire {
@@ -50,7 +26,7 @@ pub fn info_wire(info: &BoInfo) -> BoInfoWire {
         domain: wire_domain(info.domain).to_raw(),
         id: info.id.0,
         size: info.size,
-        flags: wire_flags(info.flags).bits(),
+        flags: info.flags.bits(),
         refcount: info.refcount,
         owner: info.owner,
         created_ms: info.created_ms,
@@ -73,11 +49,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_and_domains_round_trip() {
-        for bits in 0..16u32 {
-            let w = BoFlags::from_bits_truncate(bits);
-            assert_eq!(wire_flags(core_flags(w)), w);
-        }
+    fn domains_round_trip_and_copies_clip() {
         for d in [Domain::Vram, Domain::Gtt] {
             assert_eq!(wire_domain(core_domain(d)), d);
         }

@@ -4,14 +4,14 @@
 //! `pddgpu::driver::ownership`): opening takes one (create, a second
 //! handle, or an import), closing drops it.
 
-use pddgpu::driver::{BoCreate, BoFlags as CoreBoFlags, BoId, DriverError, ExportToken};
+use pddgpu::driver::{BoCreate, BoFlags, BoId, DriverError, ExportToken};
 use pddgpu_ipc::wire::Domain;
 use redox_scheme::CallerCtx;
 use syscall::error::{EACCES, EDQUOT, EISDIR, ENOENT, EPERM, ESHUTDOWN};
 use syscall::flag::{O_ACCMODE, O_RDONLY, O_RDWR, O_WRONLY};
 
 use crate::callers::OwnerId;
-use crate::convert::{core_domain, core_flags, wire_domain};
+use crate::convert::{core_domain, wire_domain};
 use crate::errno::driver_errno;
 use crate::path::{DirKind, FileKind, Node};
 use crate::scheme::PddgpuScheme;
@@ -214,7 +214,7 @@ impl PddgpuScheme {
                     // Every BO handed to a client starts zeroed, whatever
                     // flags it asked for: memory freed by one client must
                     // never show up in another's BO.
-                    flags: core_flags(desc.flags) | CoreBoFlags::CLEARED,
+                    flags: desc.flags | BoFlags::CLEARED,
                     // The core gives every BO whole pages of its own
                     // (`pddgpu::driver::PAGE_SIZE`), as page-granular
                     // mapping needs.

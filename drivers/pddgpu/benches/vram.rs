@@ -63,8 +63,9 @@ use std::time::{Duration, Instant};
 
 use buddy_system_allocator::FrameAllocator;
 use cpeers::{DrmBuddy, Peers};
+use pddgpu::bo::BoFlags;
 use pddgpu::buddy::{AllocFlags, BlockList, BuddyAllocator};
-use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
+use pddgpu::vram::{VramAllocation, VramConfig, VramManager};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -758,7 +759,7 @@ fn manager_mix(w: &Workload) -> (Duration, u64) {
         match s {
             Step::Alloc { pages, slot } => {
                 allocs += 1;
-                slots[slot] = manager.alloc(pages * PAGE, 0, VramFlags::empty()).ok();
+                slots[slot] = manager.alloc(pages * PAGE, 0, BoFlags::empty()).ok();
             }
             Step::Free { slot } => {
                 if let Some(a) = slots[slot].take() {

@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager, VramStats};
+use pddgpu::bo::BoFlags;
+use pddgpu::vram::{VramAllocation, VramConfig, VramManager, VramStats};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -14,12 +15,12 @@ const GIB: u64 = 1 << 30;
 
 /// What a game-like client asks for: name, size, alignment, flags, count.
 #[rustfmt::skip]
-fn workload() -> Vec<(&'static str, u64, u64, VramFlags, usize)> {
+fn workload() -> Vec<(&'static str, u64, u64, BoFlags, usize)> {
     let rgba = |w: u64, h: u64| w * h * 4;
     // A mipmapped texture takes about 4/3 of its top level.
     let mipped = |w: u64, h: u64| rgba(w, h) * 4 / 3;
-    let none = VramFlags::empty();
-    let (contig, visible) = (VramFlags::CONTIGUOUS, VramFlags::VISIBLE);
+    let none = BoFlags::empty();
+    let (contig, visible) = (BoFlags::CONTIGUOUS, BoFlags::VISIBLE);
     vec![
         ("scanout framebuffer 3840x2160", rgba(3840, 2160), 64 * KIB, contig | visible, 2),
         ("render target 1920x1080 RGBA8", rgba(1920, 1080), 64 * KIB, none, 6),

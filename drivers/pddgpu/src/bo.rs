@@ -63,7 +63,10 @@ impl fmt::Display for BoId {
 }
 
 bitflags::bitflags! {
-    /// Placement and initialisation requests of [`BoCreate`].
+    /// Placement and initialisation requests of [`BoCreate`]. The VRAM
+    /// manager places by these same flags
+    /// ([`VramManager::alloc`](crate::vram::VramManager::alloc)); the wire
+    /// protocol carries their bits as they are.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct BoFlags: u32 {
         /// One physically contiguous run (VRAM; GTT ranges always are).

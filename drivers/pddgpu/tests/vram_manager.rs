@@ -2,8 +2,9 @@
 //! placement and accounting, retry policy, exhaustion, invalid input, and
 //! recovery with live allocations across an injected error.
 
+use pddgpu::bo::BoFlags;
 use pddgpu::manager::{ManagerError, ManagerState, RetryPolicy};
-use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
+use pddgpu::vram::{VramAllocation, VramConfig, VramManager};
 
 /// The error of an operation refused in `state`.
 fn wrong_state(action: &'static str, state: ManagerState) -> ManagerError {
@@ -78,14 +79,12 @@ fn check_ops_in_state(m: &VramManager, live: &VramAllocation, state: ManagerStat
     m.set_retry_policy(RetryPolicy::VRAM_DEFAULT);
     match state {
         ManagerState::Ready => {
-            let a = m
-                .alloc(MIB, 0, VramFlags::empty())
-                .expect("alloc when ready");
+            let a = m.alloc(MIB, 0, BoFlags::empty()).expect("alloc when ready");
             m.free(&a).expect("free when ready");
             assert_eq!(m.recover([live]), Err(wrong_state("recover", state)));
         }
         _ => {
-            assert_eq!(m.alloc(MIB, 0, VramFlags::empty()), Err(not_ready.clone()));
+            assert_eq!(m.alloc(MIB, 0, BoFlags::empty()), Err(not_ready.clone()));
             assert_eq!(m.free(live), Err(not_ready));
             if state != ManagerState::Error {
                 assert_eq!(m.recover([live]), Err(wrong_state("recover", state)));
@@ -105,7 +104,7 @@ fn every_operation_in_every_state() {
     let m = VramManager::create(VramConfig::new(64 * MIB, 16 * MIB)).unwrap();
     assert_eq!(m.state(), ManagerState::Initializing);
     assert_eq!(
-        m.alloc(MIB, 0, VramFlags::empty()),
+        m.alloc(MIB, 0, BoFlags::empty()),
         Err(ManagerError::NotReady {
             state: ManagerState::Initializing
         })
@@ -116,7 +115,7 @@ fn every_operation_in_every_state() {
     );
     m.start().unwrap();
     assert_eq!(m.start(), Err(wrong_state("start", ManagerState::Ready)));
-    let live = m.alloc(2 * MIB, 0, VramFlags::empty()).unwrap();
+    let live = m.alloc(2 * MIB, 0, BoFlags::empty()).unwrap();
 
     // INITIALIZING with a live allocation: fault injected mid-start is
     // covered by a separate manager below; here READY → ERROR → READY.
@@ -150,13 +149,13 @@ fn visible_allocations_stay_in_the_window_and_others_avoid_it() {
     let mut other = Vec::new();
     for i in 0..8u64 {
         let a = m
-            .alloc(MIB + i * 4096, 0, VramFlags::VISIBLE)
+            .alloc(MIB + i * 4096, 0, BoFlags::VISIBLE)
             .expect("visible alloc");
         assert!(a.is_visible());
         assert!(a.blocks().iter().all(|b| b.end() <= visible));
         vis.push(a);
         let b = m
-            .alloc(3 * MIB + i * 8192, 0, VramFlags::empty())
+            .alloc(3 * MIB + i * 8192, 0, BoFlags::empty())
             .expect("normal alloc");
         assert!(
             b.blocks().iter().all(|b| b.offset() >= visible),
@@ -178,7 +177,7 @@ fn visible_allocations_stay_in_the_window_and_others_avoid_it() {
     assert_disjoint(&refs);
     // Too large for the window is an argument error, not "retry later".
     assert!(matches!(
-        m.alloc(visible + 4096, 0, VramFlags::VISIBLE),
+        m.alloc(visible + 4096, 0, BoFlags::VISIBLE),
         Err(ManagerError::InvalidArgument(_))
     ));
     for a in vis.iter().chain(other.iter()) {
@@ -196,9 +195,9 @@ fn visible_allocations_stay_in_the_window_and_others_avoid_it() {
 #[test]
 fn non_visible_allocations_spill_into_the_window_when_needed() {
     let m = manager(64 * MIB, 32 * MIB);
-    let outside = m.alloc(32 * MIB, 0, VramFlags::empty()).unwrap();
+    let outside = m.alloc(32 * MIB, 0, BoFlags::empty()).unwrap();
     assert!(outside.blocks().iter().all(|b| b.offset() >= 32 * MIB));
-    let spill = m.alloc(8 * MIB, 0, VramFlags::empty()).unwrap();
+    let spill = m.alloc(8 * MIB, 0, BoFlags::empty()).unwrap();
     assert!(spill.blocks().iter().all(|b| b.end() <= 32 * MIB));
     assert_eq!(
         m.visible_used(),
@@ -216,7 +215,7 @@ fn non_visible_allocations_spill_into_the_window_when_needed() {
 fn alignment_contiguity_and_segments() {
     let m = manager(256 * MIB, 64 * MIB);
     let a = m
-        .alloc(5 * MIB + 100, 2 * MIB, VramFlags::CONTIGUOUS)
+        .alloc(5 * MIB + 100, 2 * MIB, BoFlags::CONTIGUOUS)
         .unwrap();
     assert!(a.is_contiguous());
     assert_eq!(a.size(), 5 * MIB + 100);
@@ -233,24 +232,24 @@ fn alignment_contiguity_and_segments() {
     assert_eq!(segs.iter().map(|s| s.1).sum::<u64>(), a.size());
     assert_eq!(segs[0].0, a.start());
     // Non-contiguous: every block at least the alignment.
-    let b = m.alloc(7 * MIB + 1, MIB, VramFlags::empty()).unwrap();
+    let b = m.alloc(7 * MIB + 1, MIB, BoFlags::empty()).unwrap();
     assert!(b
         .blocks()
         .iter()
         .all(|blk| blk.size() >= MIB && blk.offset() % MIB == 0));
     assert_eq!(b.segments().map(|s| s.1).sum::<u64>(), b.size());
     assert_eq!(
-        m.alloc(MIB, 3 * 4096, VramFlags::empty()),
+        m.alloc(MIB, 3 * 4096, BoFlags::empty()),
         Err(ManagerError::InvalidArgument(
             "alignment is not a power of two"
         ))
     );
     assert_eq!(
-        m.alloc(0, 0, VramFlags::empty()),
+        m.alloc(0, 0, BoFlags::empty()),
         Err(ManagerError::InvalidArgument("zero size"))
     );
     assert!(matches!(
-        m.alloc(512 * MIB, 0, VramFlags::empty()),
+        m.alloc(512 * MIB, 0, BoFlags::empty()),
         Err(ManagerError::InvalidArgument(_))
     ));
     m.free(&a).unwrap();
@@ -261,8 +260,8 @@ fn alignment_contiguity_and_segments() {
 fn bad_frees_are_rejected_without_changes() {
     let m = manager(64 * MIB, 16 * MIB);
     let other = manager(64 * MIB, 16 * MIB);
-    let a = m.alloc(MIB, 0, VramFlags::empty()).unwrap();
-    let foreign = other.alloc(MIB, 0, VramFlags::empty()).unwrap();
+    let a = m.alloc(MIB, 0, BoFlags::empty()).unwrap();
+    let foreign = other.alloc(MIB, 0, BoFlags::empty()).unwrap();
     assert_eq!(
         m.free(&foreign),
         Err(ManagerError::InvalidFree(
@@ -275,7 +274,7 @@ fn bad_frees_are_rejected_without_changes() {
         "double free"
     );
     // A stale copy after the memory was handed out again is still rejected.
-    let b = m.alloc(MIB, 0, VramFlags::empty()).unwrap();
+    let b = m.alloc(MIB, 0, BoFlags::empty()).unwrap();
     assert_eq!(spans(&a), spans(&b), "same memory reused");
     assert!(
         matches!(m.free(&a), Err(ManagerError::InvalidFree(_))),
@@ -297,7 +296,7 @@ fn exhaustion_reports_no_space_with_the_retry_policy_then_recovers() {
     m.set_retry_policy(policy);
     let mut held = Vec::new();
     loop {
-        match m.alloc(3 * MIB, 0, VramFlags::empty()) {
+        match m.alloc(3 * MIB, 0, BoFlags::empty()) {
             Ok(a) => held.push(a),
             Err(e) => {
                 assert_eq!(
@@ -314,14 +313,14 @@ fn exhaustion_reports_no_space_with_the_retry_policy_then_recovers() {
     }
     assert_eq!(held.len(), 21, "64 MiB holds 21 allocations of 3 MiB");
     // Fill the rest with small blocks until truly full.
-    while let Ok(a) = m.alloc(4096, 0, VramFlags::empty()) {
+    while let Ok(a) = m.alloc(4096, 0, BoFlags::empty()) {
         held.push(a);
     }
     let stats = m.get_stats();
     assert_eq!(stats.free_size, 0);
     assert_eq!(stats.largest_free, 0);
     assert!(matches!(
-        m.alloc(4096, 0, VramFlags::VISIBLE),
+        m.alloc(4096, 0, BoFlags::VISIBLE),
         Err(ManagerError::NoSpace { .. })
     ));
     let refs: Vec<&VramAllocation> = held.iter().collect();
@@ -330,11 +329,11 @@ fn exhaustion_reports_no_space_with_the_retry_policy_then_recovers() {
     let freed = held.remove(0);
     m.free(&freed).unwrap();
     assert!(matches!(
-        m.alloc(4 * MIB, 0, VramFlags::empty()),
+        m.alloc(4 * MIB, 0, BoFlags::empty()),
         Err(ManagerError::NoSpace { .. })
     ));
     let again = m
-        .alloc(3 * MIB, 0, VramFlags::empty())
+        .alloc(3 * MIB, 0, BoFlags::empty())
         .expect("fits after free");
     held.push(again);
     for a in &held {
@@ -352,10 +351,10 @@ fn recovery_keeps_live_allocations_and_reclaims_the_rest() {
     let mut dropped = Vec::new();
     for i in 0..40u64 {
         let flags = match i % 4 {
-            0 => VramFlags::VISIBLE,
-            1 => VramFlags::CONTIGUOUS,
-            2 => VramFlags::VISIBLE | VramFlags::CONTIGUOUS,
-            _ => VramFlags::empty(),
+            0 => BoFlags::VISIBLE,
+            1 => BoFlags::CONTIGUOUS,
+            2 => BoFlags::VISIBLE | BoFlags::CONTIGUOUS,
+            _ => BoFlags::empty(),
         };
         let a = m.alloc((i % 7 + 1) * 300 * 1024, 0, flags).unwrap();
         if i % 3 == 0 {
@@ -399,10 +398,10 @@ fn recovery_keeps_live_allocations_and_reclaims_the_rest() {
     // Nothing live is handed out again: fill all remaining memory and
     // check it never overlaps a live allocation.
     let mut fresh = Vec::new();
-    while let Ok(a) = m.alloc(256 * 1024, 0, VramFlags::empty()) {
+    while let Ok(a) = m.alloc(256 * 1024, 0, BoFlags::empty()) {
         fresh.push(a);
     }
-    while let Ok(a) = m.alloc(4096, 0, VramFlags::empty()) {
+    while let Ok(a) = m.alloc(4096, 0, BoFlags::empty()) {
         fresh.push(a);
     }
     assert_eq!(m.get_stats().free_size, 0);
@@ -428,8 +427,8 @@ fn recovery_keeps_live_allocations_and_reclaims_the_rest() {
 fn recovery_rejects_foreign_and_forged_allocations() {
     let m = manager(64 * MIB, 0);
     let other = manager(64 * MIB, 0);
-    let a = m.alloc(MIB, 0, VramFlags::empty()).unwrap();
-    let f = other.alloc(MIB, 0, VramFlags::empty()).unwrap();
+    let a = m.alloc(MIB, 0, BoFlags::empty()).unwrap();
+    let f = other.alloc(MIB, 0, BoFlags::empty()).unwrap();
     m.mark_error();
     assert_eq!(
         m.recover([&a, &f]),

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::thread;
 
-use pddgpu::vram::{VramAllocation, VramConfig, VramFlags, VramManager};
+use pddgpu::bo::BoFlags;
+use pddgpu::vram::{VramAllocation, VramConfig, VramManager};
 
 const THREADS: u64 = 100;
 const PAIRS: u64 = 1000;
@@ -26,13 +27,13 @@ fn hundred_threads_thousand_pairs_each() {
                     rng ^= rng << 17;
                     let size = 4096 + rng % (512 * 1024);
                     let flags = match rng % 5 {
-                        0 => VramFlags::VISIBLE,
-                        1 => VramFlags::CONTIGUOUS,
-                        _ => VramFlags::empty(),
+                        0 => BoFlags::VISIBLE,
+                        1 => BoFlags::CONTIGUOUS,
+                        _ => BoFlags::empty(),
                     };
                     let a = m.alloc(size, 0, flags).expect("1 GiB never runs out here");
                     assert!(a.allocated_size() >= size);
-                    if flags.contains(VramFlags::VISIBLE) {
+                    if flags.contains(BoFlags::VISIBLE) {
                         assert!(a.blocks().iter().all(|b| b.end() <= 256 << 20));
                     }
                     allocated += 1;

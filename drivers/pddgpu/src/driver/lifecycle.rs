@@ -17,7 +17,6 @@ use crate::device::{DeviceError, Domain};
 use crate::manager::ManagerError;
 use crate::range::InsertMode;
 use crate::stats::{Delta, StatsBatch};
-use crate::vram::VramFlags;
 
 /// Most allocations one create may retire because they touch bad VRAM.
 const MAX_RETIRE_PER_CREATE: usize = 4096;
@@ -246,13 +245,7 @@ impl Driver {
     fn allocate(&self, req: &BoCreate<'_>) -> Result<Placement, DriverError> {
         match req.domain {
             Domain::Vram => {
-                let mut flags = VramFlags::empty();
-                flags.set(
-                    VramFlags::CONTIGUOUS,
-                    req.flags.contains(BoFlags::CONTIGUOUS),
-                );
-                flags.set(VramFlags::VISIBLE, req.flags.contains(BoFlags::VISIBLE));
-                flags.set(VramFlags::TOPDOWN, req.flags.contains(BoFlags::TOPDOWN));
+                let flags = req.flags;
                 // Buddy blocks are whole pages (the minimum block size is
                 // at least a page), so only the alignment needs raising.
                 let align = req.align.max(PAGE_SIZE);

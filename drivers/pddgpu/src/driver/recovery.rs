@@ -13,7 +13,7 @@ use crate::leak::AuditVerdict;
 use crate::manager::{ManagerError, ManagerState};
 use crate::vram::VramAllocation;
 #[cfg(feature = "fault-injection")]
-use {super::faults::Faults, crate::range::InsertMode, crate::vram::VramFlags};
+use {super::faults::Faults, crate::bo::BoFlags, crate::range::InsertMode};
 
 /// Size of an allocation leaked by corruption injection.
 #[cfg(feature = "fault-injection")]
@@ -113,7 +113,7 @@ impl Driver {
         if events.contains(DeviceEvents::CORRUPT_VRAM) {
             self.model
                 .acknowledge(&self.mmio, DeviceEvents::CORRUPT_VRAM)?;
-            match self.vram.alloc(PHANTOM_SIZE, 0, VramFlags::empty()) {
+            match self.vram.alloc(PHANTOM_SIZE, 0, BoFlags::empty()) {
                 Ok(a) => faults.phantoms_vram.push(a),
                 Err(e) => log::warn!("pddgpu: cannot inject VRAM corruption: {e}"),
             }

@@ -1,6 +1,6 @@
 //! [`VramAllocation`]: what a caller holds for an allocation of VRAM.
 
-use super::VramFlags;
+use crate::bo::BoFlags;
 use crate::buddy::{Block, BlockList};
 
 /// One VRAM allocation: the blocks backing it, in the order of the buffer's
@@ -17,7 +17,7 @@ pub struct VramAllocation {
     blocks: BlockList,
     size: u64,
     allocated: u64,
-    flags: VramFlags,
+    flags: BoFlags,
 }
 
 impl VramAllocation {
@@ -26,7 +26,7 @@ impl VramAllocation {
         blocks: BlockList,
         size: u64,
         allocated: u64,
-        flags: VramFlags,
+        flags: BoFlags,
     ) -> Self {
         VramAllocation {
             manager_id,
@@ -59,16 +59,16 @@ impl VramAllocation {
 
     /// Whether the allocation was asked to be CPU-visible.
     pub fn is_visible(&self) -> bool {
-        self.flags.contains(VramFlags::VISIBLE)
+        self.flags.contains(BoFlags::VISIBLE)
     }
 
     /// Whether the allocation was asked to be one contiguous run.
     pub fn is_contiguous(&self) -> bool {
-        self.flags.contains(VramFlags::CONTIGUOUS)
+        self.flags.contains(BoFlags::CONTIGUOUS)
     }
 
     /// The flags the allocation was made with.
-    pub fn flags(&self) -> VramFlags {
+    pub fn flags(&self) -> BoFlags {
         self.flags
     }
 

@@ -3,7 +3,7 @@
 //! placement and accounting, lock-free usage counters, and the rebuild of
 //! the allocator from the table of live allocations.
 //!
-//! Placement: allocations flagged [`VramFlags::VISIBLE`] are placed inside
+//! Placement: allocations flagged [`BoFlags::VISIBLE`] are placed inside
 //! the CPU-visible window `0..visible_size`; all others go top-down and
 //! first try outside the window, so that the window stays free for those
 //! that need it, falling back to the whole VRAM only when the rest is full.
@@ -17,22 +17,9 @@ pub use stats::VramStats;
 use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bo::BoFlags;
 use crate::buddy::{AllocFlags, Block, BlockList, BuddyAllocator, BuddyError};
 use crate::manager::{Manager, ManagerError, ManagerState, RetryPolicy};
-
-bitflags::bitflags! {
-    /// Placement requests for [`VramManager::alloc`].
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-    pub struct VramFlags: u32 {
-        /// One physically contiguous run.
-        const CONTIGUOUS = 1 << 0;
-        /// Must be CPU-accessible: placed inside the visible window.
-        const VISIBLE = 1 << 1;
-        /// Prefer high addresses (non-visible allocations always do; for
-        /// visible ones it means the top of the window).
-        const TOPDOWN = 1 << 2;
-    }
-}
 
 /// Configuration of a [`VramManager`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +156,12 @@ impl VramManager {
     /// the block size). Every block of the result is at least `align`
     /// bytes, so the allocation is `align`-aligned piecewise too.
     ///
+    /// Placement follows the BO's `flags`: [`BoFlags::CONTIGUOUS`] gives one
+    /// run, [`BoFlags::VISIBLE`] places it inside the visible window and
+    /// [`BoFlags::TOPDOWN`] at the window's top (non-visible allocations
+    /// are always placed from the top). [`BoFlags::CLEARED`] is the
+    /// driver's business, not the manager's.
+    ///
     /// Fails with [`ManagerError::NotReady`] unless READY,
     /// [`ManagerError::InvalidArgument`] for impossible requests, and
     /// [`ManagerError::NoSpace`] (carrying the retry policy) when the
@@ -177,7 +170,7 @@ impl VramManager {
         &self,
         size: u64,
         align: u64,
-        flags: VramFlags,
+        flags: BoFlags,
     ) -> Result<VramAllocation, ManagerError> {
         self.ensure_ready()?;
         if size == 0 {
@@ -191,15 +184,15 @@ impl VramManager {
         let min_block = align.max(self.config.min_block_size);
         let visible = self.config.visible_size;
         let mut buddy_flags = AllocFlags::empty();
-        if flags.contains(VramFlags::CONTIGUOUS) {
+        if flags.contains(BoFlags::CONTIGUOUS) {
             buddy_flags |= AllocFlags::CONTIGUOUS;
         }
-        if flags.contains(VramFlags::VISIBLE) && visible == 0 {
+        if flags.contains(BoFlags::VISIBLE) && visible == 0 {
             return Err(ManagerError::InvalidArgument("no CPU-visible window"));
         }
         let (blocks, allocated) = self.manager.with_ready(|buddy| {
-            let blocks = if flags.contains(VramFlags::VISIBLE) {
-                if flags.contains(VramFlags::TOPDOWN) {
+            let blocks = if flags.contains(BoFlags::VISIBLE) {
+                if flags.contains(BoFlags::TOPDOWN) {
                     buddy_flags |= AllocFlags::TOPDOWN;
                 }
                 buddy
