@@ -16,7 +16,7 @@ pub type BlockList = smallvec::SmallVec<[Block; 1]>;
 
 bitflags::bitflags! {
     /// How [`BuddyAllocator::alloc`] places an allocation.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    #[derive(Clone, Copy, Debug)]
     pub struct AllocFlags: u32 {
         /// One physically contiguous run (rounded up to a power of two,
         /// placed, then trimmed back to the requested size).

@@ -15,7 +15,7 @@ use super::{DeviceError, DeviceInfo};
 
 bitflags::bitflags! {
     /// Events a device reports to the driver (see [`DeviceModel::events`]).
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct DeviceEvents: u32 {
         /// The device failed internally.
         const ERROR = 1 << 0;
