@@ -14,17 +14,17 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// Life-cycle state of a memory manager.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ManagerState {
     /// Being built; not yet serving requests.
-    Initializing = 0,
+    Initializing,
     /// Serving requests.
-    Ready = 1,
+    Ready,
     /// Shut down for good; nothing is served any more.
-    Shutdown = 2,
+    Shutdown,
     /// An inconsistency was detected (or injected); only recovery is allowed.
-    Error = 3,
+    Error,
 }
 
 impl ManagerState {
@@ -38,11 +38,15 @@ impl ManagerState {
         }
     }
 
+    /// The state stored as `raw` (`state as u8`) in a [`StateCell`].
     const fn from_u8(raw: u8) -> Self {
+        const INITIALIZING: u8 = ManagerState::Initializing as u8;
+        const READY: u8 = ManagerState::Ready as u8;
+        const SHUTDOWN: u8 = ManagerState::Shutdown as u8;
         match raw {
-            0 => ManagerState::Initializing,
-            1 => ManagerState::Ready,
-            2 => ManagerState::Shutdown,
+            INITIALIZING => ManagerState::Initializing,
+            READY => ManagerState::Ready,
+            SHUTDOWN => ManagerState::Shutdown,
             _ => ManagerState::Error,
         }
     }

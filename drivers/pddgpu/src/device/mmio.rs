@@ -15,23 +15,27 @@ use core::ptr::NonNull;
 use super::regs::{RegValue, Register};
 
 /// Width of one register access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Width {
     /// 8 bits.
-    W8 = 1,
+    W8,
     /// 16 bits.
-    W16 = 2,
+    W16,
     /// 32 bits.
-    W32 = 4,
+    W32,
     /// 64 bits.
-    W64 = 8,
+    W64,
 }
 
 impl Width {
     /// The access size in bytes.
     pub const fn bytes(self) -> usize {
-        self as usize
+        match self {
+            Width::W8 => 1,
+            Width::W16 => 2,
+            Width::W32 => 4,
+            Width::W64 => 8,
+        }
     }
 
     /// A mask of the value bits of this width.
