@@ -407,6 +407,7 @@ pub fn fragmentation_permille(free: u64, largest_free: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ManagerState::{Error, Initializing, Ready, Shutdown};
 
     fn not_ready(state: ManagerState) -> ManagerError {
         ManagerError::NotReady { state }
@@ -418,40 +419,29 @@ mod tests {
 
     #[test]
     fn transitions_are_compare_and_swap() {
-        let cell = StateCell::new(ManagerState::Initializing);
-        assert_eq!(
-            cell.ensure_ready(),
-            Err(not_ready(ManagerState::Initializing))
-        );
-        assert!(cell
-            .transition(ManagerState::Initializing, ManagerState::Ready)
-            .is_ok());
-        assert_eq!(
-            cell.transition(ManagerState::Initializing, ManagerState::Ready),
-            Err(ManagerState::Ready)
-        );
+        let cell = StateCell::new(Initializing);
+        assert_eq!(cell.ensure_ready(), Err(not_ready(Initializing)));
+        assert!(cell.transition(Initializing, Ready).is_ok());
+        assert_eq!(cell.transition(Initializing, Ready), Err(Ready));
         assert!(cell.ensure_ready().is_ok());
-        cell.set(ManagerState::Error);
-        assert_eq!(cell.get(), ManagerState::Error);
+        cell.set(Error);
+        assert_eq!(cell.get(), Error);
     }
 
     #[test]
     fn fail_and_recovery_transitions() {
-        let cell = StateCell::new(ManagerState::Ready);
-        assert_eq!(
-            cell.begin_recovery(),
-            Err(wrong_state("recover", ManagerState::Ready))
-        );
+        let cell = StateCell::new(Ready);
+        assert_eq!(cell.begin_recovery(), Err(wrong_state("recover", Ready)));
         assert!(cell.fail());
         assert!(!cell.fail(), "already failed");
         assert_eq!(cell.begin_recovery(), Ok(()));
-        assert_eq!(cell.get(), ManagerState::Initializing);
+        assert_eq!(cell.get(), Initializing);
         assert_eq!(cell.start(), Ok(()));
-        assert_eq!(cell.start(), Err(wrong_state("start", ManagerState::Ready)));
+        assert_eq!(cell.start(), Err(wrong_state("start", Ready)));
         cell.fail();
-        cell.set(ManagerState::Shutdown);
+        cell.set(Shutdown);
         assert!(!cell.fail(), "a shut-down manager stays shut down");
-        assert_eq!(cell.get(), ManagerState::Shutdown);
+        assert_eq!(cell.get(), Shutdown);
     }
 
     #[test]
@@ -483,10 +473,7 @@ mod tests {
     #[test]
     fn the_manager_serves_only_when_ready_and_recovers_only_from_error() {
         let m = Manager::new("test", 10u64, RetryPolicy::GTT_DEFAULT);
-        assert_eq!(
-            m.with_ready(|a| Ok(*a)),
-            Err(not_ready(ManagerState::Initializing))
-        );
+        assert_eq!(m.with_ready(|a| Ok(*a)), Err(not_ready(Initializing)));
         m.start().unwrap();
         assert_eq!(m.with_ready(|a| Ok(*a + 1)), Ok(11));
         assert_eq!(
@@ -502,20 +489,17 @@ mod tests {
             Err(ManagerError::WrongState { .. })
         ));
         m.mark_error();
-        assert_eq!(
-            m.with_ready(|a| Ok(*a)),
-            Err(not_ready(ManagerState::Error))
-        );
+        assert_eq!(m.with_ready(|a| Ok(*a)), Err(not_ready(Error)));
         // A failed rebuild keeps the old allocator and the ERROR state.
         assert_eq!(
             m.recover(|a| {
-                assert_eq!(m.state(), ManagerState::Initializing);
+                assert_eq!(m.state(), Initializing);
                 assert_eq!(*a, 10);
                 Err(ManagerError::RecoveryFailed("no"))
             }),
             Err(ManagerError::RecoveryFailed("no"))
         );
-        assert_eq!(m.state(), ManagerState::Error);
+        assert_eq!(m.state(), Error);
         assert_eq!(m.inspect(|a| *a), 10);
         assert_eq!(
             m.recover(|a| {
@@ -527,6 +511,6 @@ mod tests {
         assert_eq!(m.with_ready(|a| Ok(*a)), Ok(20));
         m.shutdown();
         m.mark_error();
-        assert_eq!(m.state(), ManagerState::Shutdown);
+        assert_eq!(m.state(), Shutdown);
     }
 }
