@@ -99,6 +99,17 @@ impl<T: RegValue> Register<T> {
     }
 }
 
+/// Declares registers, each named once (`NAME: type = offset;`): a
+/// `pub const NAME: Register<type>` whose name in logs is `"NAME"`.
+macro_rules! registers {
+    ($($(#[$attr:meta])* $name:ident: $ty:ty = $offset:expr;)*) => {
+        $(
+            $(#[$attr])*
+            pub const $name: Register<$ty> = Register::new(stringify!($name), $offset);
+        )*
+    };
+}
+
 /// The PDDGPU register map (version 1.0).
 ///
 /// | offset | name | width | access | meaning |
@@ -126,31 +137,33 @@ pub mod pddgpu {
     /// Register layout version implemented by this driver (major 1).
     pub const VERSION_MAJOR: u16 = 1;
 
-    /// Identity register.
-    pub const ID: Register<u32> = Register::new("ID", 0x000);
-    /// Layout version, `major << 16 | minor`.
-    pub const VERSION: Register<u32> = Register::new("VERSION", 0x004);
-    /// VRAM size in bytes.
-    pub const VRAM_SIZE: Register<u64> = Register::new("VRAM_SIZE", 0x008);
-    /// Size of the CPU-visible VRAM window.
-    pub const VISIBLE_SIZE: Register<u64> = Register::new("VISIBLE_SIZE", 0x010);
-    /// GTT aperture size in bytes.
-    pub const GTT_SIZE: Register<u64> = Register::new("GTT_SIZE", 0x018);
-    /// Event bits; writing 1 to a bit clears it.
-    pub const STATUS: Register<Status> = Register::new("STATUS", 0x020);
-    /// Device control.
-    pub const CONTROL: Register<Control> = Register::new("CONTROL", 0x024);
-    /// Reading consumes one pending injected allocation failure (reads 1),
-    /// or reads 0 when none is pending.
-    pub const FAULT_ALLOC: Register<u32> = Register::new("FAULT_ALLOC", 0x028);
-    /// Injected allocation failures not yet consumed.
-    pub const FAULT_PENDING: Register<u32> = Register::new("FAULT_PENDING", 0x02c);
-    /// Start of the reported bad VRAM range.
-    pub const BAD_START: Register<u64> = Register::new("BAD_START", 0x030);
-    /// Length of the reported bad VRAM range (0 = none).
-    pub const BAD_LEN: Register<u64> = Register::new("BAD_LEN", 0x038);
-    /// A read/write register with no effect, for self-tests.
-    pub const SCRATCH: Register<u32> = Register::new("SCRATCH", 0x040);
+    registers! {
+        /// Identity register.
+        ID: u32 = 0x000;
+        /// Layout version, `major << 16 | minor`.
+        VERSION: u32 = 0x004;
+        /// VRAM size in bytes.
+        VRAM_SIZE: u64 = 0x008;
+        /// Size of the CPU-visible VRAM window.
+        VISIBLE_SIZE: u64 = 0x010;
+        /// GTT aperture size in bytes.
+        GTT_SIZE: u64 = 0x018;
+        /// Event bits; writing 1 to a bit clears it.
+        STATUS: Status = 0x020;
+        /// Device control.
+        CONTROL: Control = 0x024;
+        /// Reading consumes one pending injected allocation failure (reads 1),
+        /// or reads 0 when none is pending.
+        FAULT_ALLOC: u32 = 0x028;
+        /// Injected allocation failures not yet consumed.
+        FAULT_PENDING: u32 = 0x02c;
+        /// Start of the reported bad VRAM range.
+        BAD_START: u64 = 0x030;
+        /// Length of the reported bad VRAM range (0 = none).
+        BAD_LEN: u64 = 0x038;
+        /// A read/write register with no effect, for self-tests.
+        SCRATCH: u32 = 0x040;
+    }
 
     bitflags::bitflags! {
         /// The `STATUS` register. Its event bits are those of
