@@ -9,6 +9,14 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const NONE: AllocFlags = AllocFlags::empty();
 
+/// Frees each list in order, then checks the allocator is as it started.
+fn free_to_pristine(a: &mut BuddyAllocator, lists: &[&[Block]]) {
+    for blocks in lists {
+        a.free(blocks).unwrap();
+    }
+    assert!(a.is_pristine());
+}
+
 #[test]
 fn odd_sizes_split_into_power_of_two_roots() {
     let a = BuddyAllocator::new(12 * K4 + 100, K4).unwrap();
@@ -49,9 +57,7 @@ fn split_allocations_take_largest_blocks_first() {
     let b = a.alloc(5 * K4, 4 * K4, NONE, 0..0).unwrap();
     assert!(b.iter().all(|x| x.size() >= 4 * K4));
     assert_eq!(b.iter().map(Block::size).sum::<u64>(), 8 * K4);
-    a.free(&blocks).unwrap();
-    a.free(&b).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&blocks, &b]);
 }
 
 #[test]
@@ -78,9 +84,7 @@ fn contiguous_rounds_up_then_trims_the_tail() {
         )
         .unwrap();
     assert_eq!(tail[0].offset(), run[0].offset() + 5 * MIB);
-    a.free(&run).unwrap();
-    a.free(&tail).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&run, &tail]);
     // Top-down keeps the high end of the block.
     let top = a
         .alloc(
@@ -91,8 +95,7 @@ fn contiguous_rounds_up_then_trims_the_tail() {
         )
         .unwrap();
     assert_eq!(top.last().unwrap().end(), 64 * MIB);
-    a.free(&top).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&top]);
 }
 
 #[test]
@@ -115,9 +118,7 @@ fn contiguous_tries_harder_across_adjacent_free_blocks() {
         a.alloc(4 * K4, K4, AllocFlags::CONTIGUOUS, 0..0),
         Err(BuddyError::NoSpace { size: 4 * K4 })
     );
-    a.free(&low).unwrap();
-    a.free(&run).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&low, &run]);
 }
 
 #[test]
@@ -182,9 +183,7 @@ fn huge_space_starts_as_a_few_roots() {
     // one free buddy per level (26 levels), not millions of entries.
     assert!(a.leaf_count() < 100, "{} leaves", a.leaf_count());
     a.check().unwrap();
-    a.free(&small).unwrap();
-    a.free(&big).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&small, &big]);
     // Full u64-range space with 1-byte chunks works too.
     let mut b = BuddyAllocator::new(u64::MAX, 1).unwrap();
     assert_eq!(b.stats().roots, 64);
@@ -254,8 +253,7 @@ fn rejected_frees_and_claims_change_nothing() {
     a.free(&x[..1]).unwrap();
     a.free(&x[1..]).unwrap();
     assert!(matches!(a.free(&x), Err(BuddyError::NotAllocated { .. })));
-    a.free(&y).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&y]);
     other.free(&theirs).unwrap();
     // Bad allocation requests.
     assert_eq!(a.alloc(0, K4, NONE, 0..0), Err(BuddyError::ZeroSize));
@@ -309,7 +307,6 @@ fn long_free_lists_are_validated_before_anything_is_freed() {
     assert!(matches!(a.free(&blocks), Err(BuddyError::StaleTag { .. })));
     assert_eq!(a.stats(), before);
     blocks.pop();
-    a.free(&blocks).unwrap();
-    assert!(a.is_pristine());
+    free_to_pristine(&mut a, &[&blocks]);
     a.check().unwrap();
 }
