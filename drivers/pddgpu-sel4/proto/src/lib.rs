@@ -39,7 +39,7 @@ pub const PAGE_SIZE: u64 = 4096;
 /// client does not have.
 pub const BO_WINDOW: usize = 0x4000_0000;
 /// Pages in [`BO_WINDOW`] (16 MiB).
-pub const BO_WINDOW_PAGES: usize = 4096;
+pub const BO_WINDOW_PAGES: usize = (16 << 20) / PAGE_SIZE as usize;
 
 /// The capability slots of a client's CNode (a CNode of
 /// `2^CNODE_SIZE_BITS` slots, addressed by index alone).
@@ -415,11 +415,17 @@ mod tests {
 
     #[test]
     fn flag_bits_and_domain_numbers_match_the_other_transports() {
-        // pddgpu_ipc::BoFlags and BoInfoWire::domain use these values.
-        assert_eq!(BoFlags::CONTIGUOUS.bits(), 1);
-        assert_eq!(BoFlags::VISIBLE.bits(), 2);
-        assert_eq!(BoFlags::TOPDOWN.bits(), 4);
-        assert_eq!(BoFlags::CLEARED.bits(), 8);
+        // The host and Redox wire (pddgpu_ipc's `flags=` bits and
+        // BoInfoWire::domain) carries the same values.
+        let bits = [
+            (BoFlags::CONTIGUOUS, 1),
+            (BoFlags::VISIBLE, 2),
+            (BoFlags::TOPDOWN, 4),
+            (BoFlags::CLEARED, 8),
+        ];
+        for (flag, bit) in bits {
+            assert_eq!(flag.bits(), bit, "{flag:?}");
+        }
         assert_eq!(domain_to_raw(Domain::Vram), 0);
         assert_eq!(domain_to_raw(Domain::Gtt), 1);
     }

@@ -111,22 +111,17 @@ pub fn spawn(
     let client_slot = |index: usize| {
         cnode.absolute_cptr_from_bits_with_depth(index as u64, slots::CNODE_SIZE_BITS)
     };
-    client_slot(slots::ENDPOINT).mint(
-        &slot::CNODE.cap().absolute_cptr(endpoint),
-        sel4::CapRightsBuilder::none()
+    // The server's endpoint, send-only (write and grant-reply), under
+    // `badge` in the client's CNode slot `index`.
+    let mint_endpoint = |index: usize, badge: u64| {
+        let rights = sel4::CapRightsBuilder::none()
             .write(true)
             .grant_reply(true)
-            .build(),
-        badge,
-    )?;
-    client_slot(slots::FAULT_ENDPOINT).mint(
-        &slot::CNODE.cap().absolute_cptr(endpoint),
-        sel4::CapRightsBuilder::none()
-            .write(true)
-            .grant_reply(true)
-            .build(),
-        FAULT_BADGE | badge,
-    )?;
+            .build();
+        client_slot(index).mint(&slot::CNODE.cap().absolute_cptr(endpoint), rights, badge)
+    };
+    mint_endpoint(slots::ENDPOINT, badge)?;
+    mint_endpoint(slots::FAULT_ENDPOINT, FAULT_BADGE | badge)?;
     client_slot(slots::VSPACE).copy(
         &slot::CNODE.cap().absolute_cptr(vspace),
         sel4::CapRights::all(),
