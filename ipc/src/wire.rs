@@ -16,7 +16,6 @@ pub const WIRE_ABI: u32 = 2;
 /// `call` operation codes, passed in `metadata[0]` of a `call` on a BO
 /// handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
 pub enum BoCall {
     /// Payload out: one [`BoInfoWire`].
     Info = 1,

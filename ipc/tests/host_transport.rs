@@ -56,14 +56,7 @@ impl SchemeSync for FileScheme {
             flags: NewFdFlags::POSITIONED,
         })
     }
-    fn read(
-        &mut self,
-        id: usize,
-        buf: &mut [u8],
-        offset: u64,
-        _f: u32,
-        _ctx: &CallerCtx,
-    ) -> Result<usize> {
+    fn read(&mut self, id: usize, buf: &mut [u8], at: u64, _: u32, _: &CallerCtx) -> Result<usize> {
         let (name, pid) = self.open.get(&id).ok_or(Error::new(EBADF))?;
         let content = if name == "whoami" {
             caller_pid(*pid).to_string().into_bytes()
@@ -72,26 +65,19 @@ impl SchemeSync for FileScheme {
         } else {
             self.files[name].clone()
         };
-        let start = (offset as usize).min(content.len());
+        let start = (at as usize).min(content.len());
         let n = buf.len().min(content.len() - start);
         buf[..n].copy_from_slice(&content[start..start + n]);
         Ok(n)
     }
-    fn write(
-        &mut self,
-        id: usize,
-        buf: &[u8],
-        offset: u64,
-        _f: u32,
-        _ctx: &CallerCtx,
-    ) -> Result<usize> {
+    fn write(&mut self, id: usize, buf: &[u8], at: u64, _: u32, _: &CallerCtx) -> Result<usize> {
         let (name, _) = self.open.get(&id).ok_or(Error::new(EBADF))?;
         let file = self.files.get_mut(name).ok_or(Error::new(EBADF))?;
-        let end = offset as usize + buf.len();
+        let end = at as usize + buf.len();
         if file.len() < end {
             file.resize(end, 0);
         }
-        file[offset as usize..end].copy_from_slice(buf);
+        file[at as usize..end].copy_from_slice(buf);
         Ok(buf.len())
     }
     fn fstat(&mut self, id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {
@@ -100,13 +86,7 @@ impl SchemeSync for FileScheme {
         stat.st_mode = 0o100644;
         Ok(())
     }
-    fn call(
-        &mut self,
-        id: usize,
-        payload: &mut [u8],
-        meta: &[u64],
-        ctx: &CallerCtx,
-    ) -> Result<usize> {
+    fn call(&mut self, id: usize, buf: &mut [u8], meta: &[u64], ctx: &CallerCtx) -> Result<usize> {
         self.open.get(&id).ok_or(Error::new(EBADF))?;
         if meta[0] == 9 {
             // Who the transport says the caller is.
@@ -115,8 +95,8 @@ impl SchemeSync for FileScheme {
         if meta[0] != 7 {
             return Err(Error::new(EINVAL));
         }
-        payload.reverse();
-        Ok(payload.len())
+        buf.reverse();
+        Ok(buf.len())
     }
     fn dup(&mut self, id: usize, buf: &[u8], _ctx: &CallerCtx) -> Result<OpenResult> {
         let (name, _) = self.open.get(&id).ok_or(Error::new(EBADF))?;
