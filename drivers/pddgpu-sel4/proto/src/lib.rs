@@ -69,38 +69,39 @@ pub const TEXT_MAX: usize = 240;
 /// id).
 pub const FAULT_BADGE: u64 = 1 << 63;
 
-/// The operations, as message labels.
+/// The operations, as message labels: 1, 2, … in declaration order (a
+/// new operation goes at the end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum Op {
     /// `[] -> [client number, quota in bytes (0: none)]`.
     Hello = 1,
     /// `[size, domain, flags, align] -> [bo id]`.
-    Create = 2,
+    Create,
     /// `[bo] -> []`.
-    Free = 3,
+    Free,
     /// `[bo] -> [domain, size, allocated size, flags, owner, refcount]`.
-    Info = 4,
+    Info,
     /// `[] -> [vram bo count, vram requested bytes, vram allocated bytes,
     /// gtt bo count, gtt requested bytes, gtt allocated bytes]`.
-    Stats = 5,
+    Stats,
     /// `[] -> [clean (0/1), live bos, suspects]`.
-    LeakCheck = 6,
+    LeakCheck,
     /// `[domain] -> []`.
-    Recover = 7,
+    Recover,
     /// `[bo] -> [first slot, pages]`.
-    Map = 8,
+    Map,
     /// `[bo, seed] -> []`: the server reads the BO through its own mapping
     /// and checks [`pattern`]`(seed, i)` at every byte.
-    Verify = 9,
+    Verify,
     /// `[bytes of text…] -> never answered`: the client gives up.
-    Fail = 10,
+    Fail,
     /// `[holding (0/1)] -> never answered`: the client's script is over.
-    Done = 11,
+    Done,
     /// `[bytes of text…] -> []`: a progress line the server prints for the
     /// client, whole (clients share a priority and would interleave
     /// mid-line on the debug console).
-    Say = 12,
+    Say,
 }
 
 impl Op {
