@@ -137,11 +137,16 @@ pub mod pddgpu {
     /// Register layout version implemented by this driver (major 1).
     pub const VERSION_MAJOR: u16 = 1;
 
+    // Identity: checked before anything else is touched.
     registers! {
-        /// Identity register.
+        /// Identity register; reads [`ID_VALUE`].
         ID: u32 = 0x000;
-        /// Layout version, `major << 16 | minor`.
+        /// Layout version, `major << 16 | minor` (major [`VERSION_MAJOR`]).
         VERSION: u32 = 0x004;
+    }
+
+    // Geometry, events, control and fault reports.
+    registers! {
         /// VRAM size in bytes.
         VRAM_SIZE: u64 = 0x008;
         /// Size of the CPU-visible VRAM window.
@@ -217,21 +222,26 @@ mod tests {
     use super::pddgpu::*;
     use super::*;
 
+    fn span<T: RegValue>(r: Register<T>) -> (usize, usize) {
+        (r.offset(), r.width().bytes())
+    }
+
     #[test]
     fn map_is_naturally_aligned_and_disjoint() {
-        let regs: [(usize, usize); 12] = [
-            (ID.offset(), 4),
-            (VERSION.offset(), 4),
-            (VRAM_SIZE.offset(), 8),
-            (VISIBLE_SIZE.offset(), 8),
-            (GTT_SIZE.offset(), 8),
-            (STATUS.offset(), 4),
-            (CONTROL.offset(), 4),
-            (FAULT_ALLOC.offset(), 4),
-            (FAULT_PENDING.offset(), 4),
-            (BAD_START.offset(), 8),
-            (BAD_LEN.offset(), 8),
-            (SCRATCH.offset(), 4),
+        // Each register's offset and its width in bytes, as declared.
+        let regs = [
+            span(ID),
+            span(VERSION),
+            span(VRAM_SIZE),
+            span(VISIBLE_SIZE),
+            span(GTT_SIZE),
+            span(STATUS),
+            span(CONTROL),
+            span(FAULT_ALLOC),
+            span(FAULT_PENDING),
+            span(BAD_START),
+            span(BAD_LEN),
+            span(SCRATCH),
         ];
         for (i, (off, w)) in regs.iter().enumerate() {
             assert_eq!(off % w, 0);
