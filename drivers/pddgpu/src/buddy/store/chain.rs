@@ -19,7 +19,7 @@ impl NodeStore {
     ///
     /// With `LOW` the block kept is always the lowest one (`target` must be
     /// `offset`), which spares a test per level.
-    // One pass per chain (and in `release`): 4 KiB create+free, empty 8 GiB: 4,102 -> 2,639 instr., loops 181 -> 103 per level (callgrind).
+    // One pass per chain (and in `release`): 4 KiB create+free, empty 8 GiB: 4,102 -> 2,644 instr., loops 181 -> 103 per level (callgrind).
     #[inline(always)]
     pub fn split_to<const LOW: bool>(
         &mut self,
@@ -107,8 +107,8 @@ impl NodeStore {
                 // The kept half is split at the next level (its children
                 // are the next pair of the spare chain); the last one is
                 // fixed up after the loops.
-                // One literal per side, mirrors of each other: 2,639 instr.
-                // per 4 KiB pair against 2,755 when the side is an index
+                // One literal per side, mirrors of each other: indexing the
+                // arrays by side costs 116 more instructions per 4 KiB pair
                 // (callgrind, examples/buddy_pairs 4k).
                 pairs[(c >> 1) as usize] = if keep_right {
                     // Mirror of the keep-left literal below.
